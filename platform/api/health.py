@@ -1,0 +1,51 @@
+"""``GET /api/v1/health``: database, broker and worker status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from latentops.platform.database import check_connection
+from latentops.platform.errors import ServiceUnavailable
+from latentops.platform.services.jobs import ping_broker
+from latentops.platform.settings import Settings
+
+router = APIRouter(tags=["health"])
+
+
+def _workers(settings: Settings) -> dict[str, Any]:
+    from latentops.platform.queue.app import celery_app
+
+    replies = celery_app().control.ping(timeout=1.0) or []
+    names = sorted(name for reply in replies for name in reply)
+    return {"status": "ok" if names else "none", "workers": names}
+
+
+def health_report(settings: Settings) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    try:
+        check_connection(settings.database_url)
+        report["database"] = {"status": "ok"}
+    except ServiceUnavailable as error:
+        report["database"] = {"status": "error", "detail": error.detail}
+    try:
+        ping_broker(settings, timeout=2.0)
+        report["broker"] = {"status": "ok"}
+        report["workers"] = _workers(settings)
+    except ServiceUnavailable as error:
+        report["broker"] = {"status": "error", "detail": error.detail}
+        report["workers"] = {"status": "unknown", "workers": []}
+    healthy = report["database"]["status"] == "ok" and report["broker"]["status"] == "ok"
+    report["status"] = "ok" if healthy and report["workers"]["status"] == "ok" else ("degraded" if healthy else "error")
+    report["mode"] = settings.mode
+    return report
+
+
+@router.get("/health")
+async def health(request: Request, response: Response) -> dict[str, Any]:
+    report = await run_in_threadpool(health_report, request.app.state.settings)
+    if report["status"] == "error":
+        response.status_code = 503
+    return report

@@ -1,0 +1,141 @@
+"""Running latentops: ``up`` (the whole local stack), ``serve`` (API), ``worker``, ``demo``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import typer
+
+from latentops.platform.cli import context, output
+from latentops.platform.database import check_connection
+from latentops.platform.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from latentops.platform.queue.app import QUEUES
+from latentops.platform.stack import LocalStack, free_port, port_in_use
+
+
+def up(
+    port: int = typer.Option(8000, help="Port for the API and portal."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+) -> None:
+    """Start the local stack in the foreground: Redis, one worker and the API (Ctrl-C stops all)."""
+    stack = LocalStack(context.settings(), host=host, port=port, on_event=output.say)
+    stack.start()
+    raise typer.Exit(stack.run_forever())
+
+
+def serve(
+    port: int = typer.Option(None, help="Port (default: LATENTOPS_API_PORT, 8000)."),
+    host: str = typer.Option(None, help="Address (default: LATENTOPS_API_HOST, 127.0.0.1)."),
+) -> None:
+    """Start the API and portal against the configured database and broker (production)."""
+    import uvicorn
+
+    settings = context.settings()
+    host, port = host or settings.api_host, port or settings.api_port
+    check_connection(settings.database_url)
+    if port_in_use(host, port):
+        raise Conflict(f"port {port} on {host} is already in use; choose another with --port")
+    uvicorn.run("latentops.platform.api.app:create_app", factory=True, host=host, port=port,
+                log_level=settings.log_level.lower(), proxy_headers=True)
+
+
+def worker(
+    queues: str = typer.Option("gpu,cpu", help="Comma-separated queues to consume: gpu, cpu."),
+    gpus: str = typer.Option(None, help="GPU indices to pin (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,1."),
+    concurrency: int = typer.Option(1, min=1, max=64, help="Worker processes (1 per GPU)."),
+) -> None:
+    """Start a Celery worker consuming job ids from the broker."""
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if not wanted or unknown:
+        raise InvalidInput(f"queues: unknown queue(s) {', '.join(unknown) or '(none)'}; valid: {', '.join(QUEUES)}")
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    settings = context.settings()
+    check_connection(settings.database_url)
+    from latentops.platform.services.jobs import ping_broker
+
+    ping_broker(settings)
+    from latentops.platform.queue.app import celery_app
+
+    celery_app().worker_main([
+        "worker", "--queues", ",".join(wanted), "--concurrency", str(concurrency), "--pool", "prefork",
+        "--hostname", f"latentops-{os.getpid()}@%h", "--loglevel", settings.log_level, "--without-gossip",
+        "--without-mingle",
+    ])
+
+
+def demo(
+    port: int = typer.Option(0, help="API port for the demo stack (0 picks a free one)."),
+    steps: int = typer.Option(20, min=1, max=1000, help="Steps of the diagnostics job."),
+) -> None:
+    """Run the main job end to end on the embedded stack: start it, submit, watch, print, stop."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from latentops.platform import migrate
+    from latentops.platform.services import jobs, users
+
+    settings = context.settings()
+    settings.ensure_home()
+    port = port or free_port()
+    output.say(f"[bold]latentops demo[/] in {settings.home}")
+    migrate.upgrade(settings.database_url)
+    with context.session() as db:
+        try:
+            users.get_user_by_email(db, "demo@latentops.local")
+        except NotFound:
+            users.create_user(db, email="demo@latentops.local", role="admin", team="demo", password=None,
+                              actor=context.actor())
+    stack = subprocess.Popen([sys.executable, "-m", "latentops.platform.cli.main", "up", "--port", str(port)])
+    try:
+        _wait_healthy(port, stack)
+        job_id = jobs.submit(settings, kind="diagnostics", params={"steps": steps, "seed": 0}, actor=context.actor(),
+                             owner_email="demo@latentops.local")
+        output.say(f"submitted job {job_id} (diagnostics) to the gpu queue")
+        with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeRemainingColumn(), console=output.console) as bar:
+            task = bar.add_task("run", total=steps, job=job_id)
+            while True:
+                with context.session() as db:
+                    job = jobs.get(db, job_id)
+                    bar.update(task, completed=job.progress.get("step", 0))
+                    if job.state.finished:
+                        break
+                if stack.poll() is not None:
+                    raise ServiceUnavailable("the stack stopped while the job was running")
+                time.sleep(0.25)
+        output.say(f"job {job_id} {job.state.value}: {job.result or job.error}")
+        if job.error:
+            raise typer.Exit(1)
+    finally:
+        if stack.poll() is None:
+            stack.send_signal(signal.SIGTERM)
+            stack.wait(60)
+        output.say("stack stopped")
+
+
+def _wait_healthy(port: int, stack: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.poll() is not None:
+            raise ServiceUnavailable(f"the stack exited with code {stack.returncode} during start-up")
+        try:
+            report = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).json()
+            if report.get("status") == "ok":
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServiceUnavailable(f"the stack did not become healthy within {timeout:.0f}s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(serve)
+    app.command()(worker)
+    app.command()(demo)

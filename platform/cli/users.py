@@ -1,0 +1,60 @@
+"""``latentops users``: create and list users."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from latentops.platform.cli import context, output
+from latentops.platform.errors import InvalidInput
+from latentops.platform.models import Role
+from latentops.platform.services import users as users_service
+
+users_app = typer.Typer(help="Users, teams and roles.", no_args_is_help=True)
+ROLES = ", ".join(role.value for role in Role)
+
+
+@users_app.command("create")
+def create(
+    email: str = typer.Option(..., help="The user's email address (their login)."),
+    role: str = typer.Option(..., help=f"Role in the team: {ROLES}."),
+    team: str = typer.Option(..., help="Team name; created if it does not exist."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Create a user with a role in a team (audited)."""
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise InvalidInput("password: --password-stdin was given but standard input was empty")
+    with context.session() as db:
+        user = users_service.create_user(db, email=email, role=role, team=team, password=password, actor=context.actor())
+        result = {"id": user.id, "email": user.email, "team": team.strip().lower(), "role": role}
+    if json_output:
+        output.emit_json(result)
+    else:
+        output.say(f"created user {result['email']} (id {result['id']}) as {role} in team {result['team']}")
+
+
+@users_app.command("list")
+def list_users(
+    offset: int = typer.Option(0, min=0), limit: int = typer.Option(50, min=1, max=1000),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
+) -> None:
+    """List users with their teams and roles."""
+    with context.session() as db:
+        rows = []
+        for user in users_service.list_users(db, offset=offset, limit=limit):
+            teams = ", ".join(f"{name}:{role.value}" for name, role in users_service.memberships_of(db, user))
+            rows.append((user.id, user.email, teams, "yes" if user.is_active else "no"))
+    if json_output:
+        for row in rows:
+            output.emit_json(dict(zip(("id", "email", "teams", "active"), row, strict=True)))
+    else:
+        output.table("users", ["id", "email", "teams", "active"], rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(users_app, name="users")

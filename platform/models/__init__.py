@@ -1,0 +1,20 @@
+"""The ORM: SQLAlchemy 2.0 typed models for every table. Import from here."""
+
+from latentops.platform.models.assets import Asset, Dataset
+from latentops.platform.models.base import Base, utcnow
+from latentops.platform.models.catalog import AccessGrant, LoraAdapter, ModelRecord, ModelVersion
+from latentops.platform.models.governance import (
+    AuditCheckpoint,
+    AuditEntry,
+    CopyrightReference,
+    PolicyDecision,
+    ScreeningResult,
+)
+from latentops.platform.models.identity import ApiToken, Membership, Role, Team, User
+from latentops.platform.models.jobs import Job, JobEvent, JobState
+
+__all__ = [
+    "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "Base", "CopyrightReference",
+    "Dataset", "Job", "JobEvent", "JobState", "LoraAdapter", "Membership", "ModelRecord", "ModelVersion",
+    "PolicyDecision", "Role", "ScreeningResult", "Team", "User", "utcnow",
+]

@@ -1,0 +1,44 @@
+"""The Celery application.
+
+The broker carries only job ids; job state lives in the database. Settings that keep a job from
+being lost: late acknowledgement (a message is acked only after the task returns), requeue when
+the worker process dies, one message prefetched per worker process, and a visibility timeout
+longer than the longest job so Redis does not hand a running job to a second worker.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from latentops.platform.settings import Settings, get_settings
+
+QUEUES = ("gpu", "cpu")
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("latentops", broker=settings.broker_url, include=["latentops.platform.queue.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
+        task_default_queue="gpu",
+        task_create_missing_queues=False,
+    )
+    return app
+
+
+@functools.lru_cache(maxsize=1)
+def celery_app() -> Celery:
+    """The process-wide Celery app for the configured broker."""
+    return create_celery(get_settings())

@@ -1,0 +1,363 @@
+"""Jobs: submit, dispatch, execute under a lease, record the outcome.
+
+The job row is the truth. ``submit`` writes it and its audit entry in one transaction; only after
+that commits is the id handed to the broker. A worker that receives an id *claims* the job with a
+conditional UPDATE that bumps ``lease_token`` (a fencing token): every later write by that worker
+names the token it holds, so a worker whose lease was taken over can no longer write progress or
+an outcome. A heartbeat thread extends the lease while the handler runs.
+
+Handlers are plain functions ``run(ctx: JobContext) -> dict`` registered by kind in ``JOB_KINDS``
+as import strings, so the API never imports torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from latentops.governance import audit
+from latentops.platform.database import session_scope
+from latentops.platform.errors import Conflict, InvalidInput, LatentopsError, NotFound, ServiceUnavailable
+from latentops.platform.models import Job, JobEvent, JobState, User, utcnow
+from latentops.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    handler: str  # "module:function"
+    queue: str  # gpu | cpu
+    description: str
+
+
+JOB_KINDS: dict[str, JobKind] = {
+    "diagnostics": JobKind(
+        "latentops.platform.services.diagnostics:run", "gpu", "checks the worker's accelerator and numerics"
+    ),
+}
+
+PROGRESS_INTERVAL_S = 1.0
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler when cancellation was requested; the job ends ``cancelled``."""
+
+
+class LeaseLost(Exception):
+    """This worker's lease was taken over; it must stop without writing anything more."""
+
+
+# --- submitting -----------------------------------------------------------------------------
+
+
+def create(
+    session: Session,
+    *,
+    kind: str,
+    params: dict[str, Any],
+    actor: audit.Actor | str,
+    owner: User | None = None,
+    team_id: int | None = None,
+    priority: int = 0,
+) -> Job:
+    """Write a queued job and its audit entry in the caller's transaction."""
+    if kind not in JOB_KINDS:
+        raise InvalidInput(f"kind: unknown job kind {kind!r}; known: {', '.join(sorted(JOB_KINDS))}")
+    job = Job(
+        kind=kind,
+        queue=JOB_KINDS[kind].queue,
+        params=params,
+        owner_id=owner.id if owner else None,
+        team_id=team_id,
+        priority=priority,
+    )
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, kind="state", message="queued"))
+    audit.record(session, actor=actor, action="job.submit", resource=f"job:{job.id}", details={"kind": kind, "queue": job.queue})
+    return job
+
+
+def dispatch(settings: Settings, job: Job) -> None:
+    """Hand the job id to the broker. Call only after the job's transaction committed."""
+    from latentops.platform.queue.app import celery_app
+
+    try:
+        celery_app().send_task(
+            "latentops.run_job", args=[job.id], queue=job.queue, priority=job.priority,
+            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception as error:  # kombu raises several unrelated connection errors
+        raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
+
+
+def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
+    """Raise ``ServiceUnavailable`` if the broker does not answer."""
+    from latentops.platform.queue.app import celery_app
+
+    try:
+        with celery_app().connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    except Exception as error:
+        raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
+
+
+def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
+           owner_email: str | None = None, team_id: int | None = None, priority: int = 0) -> int:
+    """Create a job and enqueue it: the broker is checked first so nothing is half-created."""
+    ping_broker(settings)
+    with session_scope(settings.database_url) as session:
+        owner = None
+        if owner_email is not None:
+            owner = session.scalar(sa.select(User).where(User.email == owner_email))
+            if owner is None:
+                raise NotFound(f"owner: no user with email {owner_email!r}")
+        job = create(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team_id, priority=priority)
+    try:
+        dispatch(settings, job)
+    except ServiceUnavailable as error:
+        with session_scope(settings.database_url) as session:
+            _finish_unleased(session, job.id, JobState.FAILED, error=error.detail, actor=actor)
+        raise
+    return job.id
+
+
+# --- reading and controlling ----------------------------------------------------------------
+
+
+def get(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job: no job with id {job_id}")
+    return job
+
+
+def list_jobs(session: Session, *, state: str | None = None, offset: int = 0, limit: int = 50) -> list[Job]:
+    query = sa.select(Job).order_by(Job.id.desc()).offset(offset).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == JobState(state))
+    return list(session.scalars(query))
+
+
+def events(session: Session, job_id: int) -> list[JobEvent]:
+    return list(session.scalars(sa.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def cancel(session: Session, *, job_id: int, actor: audit.Actor | str) -> Job:
+    """Request cancellation: a queued job ends at once, a running one at its next step."""
+    job = get(session, job_id)
+    if job.state.finished:
+        raise Conflict(f"job {job_id} already finished ({job.state.value}); nothing to cancel")
+    job.cancel_requested = True
+    audit.record(session, actor=actor, action="job.cancel", resource=f"job:{job_id}", details={"state": job.state.value})
+    if job.state == JobState.QUEUED:
+        job.state, job.finished_at = JobState.CANCELLED, utcnow()
+        session.add(JobEvent(job_id=job_id, kind="state", message="cancelled before it started"))
+    return job
+
+
+def as_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "queue": job.queue,
+        "state": job.state.value,
+        "progress": job.progress,
+        "result": job.result,
+        "error": job.error,
+        "attempts": job.attempts,
+        "owner_id": job.owner_id,
+        "team_id": job.team_id,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else audit.format_time(value)
+
+
+# --- executing ------------------------------------------------------------------------------
+
+
+class JobContext:
+    """What a handler sees: its parameters, a work folder, progress, logging and cancellation."""
+
+    def __init__(self, settings: Settings, job: Job, token: int, worker: str) -> None:
+        self.settings = settings
+        self.job_id = job.id
+        self.kind = job.kind
+        self.params = dict(job.params)
+        self.attempt = job.attempts
+        self.token = token
+        self.worker = worker
+        self.workdir: Path = settings.jobs_dir / str(job.id)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._last_progress = 0.0
+        self._started = time.monotonic()
+        self._first_step: int | None = None
+
+    def _guarded_update(self, session: Session, **values: Any) -> None:
+        result = session.execute(
+            sa.update(Job).where(Job.id == self.job_id, Job.lease_token == self.token).values(**values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost(f"job {self.job_id}: lease token {self.token} is no longer current")
+
+    def progress(self, step: int, total: int, **metrics: float) -> None:
+        """Record progress; written at most about once a second (and always at the last step)."""
+        now = time.monotonic()
+        if self._first_step is None:
+            self._first_step, self._started = step, now
+        if now - self._last_progress < PROGRESS_INTERVAL_S and step < total:
+            return
+        self._last_progress = now
+        done = step - self._first_step
+        rate = done / (now - self._started) if done > 0 and now > self._started else 0.0
+        eta = (total - step) / rate if rate > 0 else None
+        payload = {"step": step, "total": total, "percent": round(100.0 * step / max(total, 1), 1),
+                   "eta_s": None if eta is None else round(eta, 1), **{k: float(v) for k, v in metrics.items()}}
+        with session_scope(self.settings.database_url) as session:
+            self._guarded_update(session, progress=payload, heartbeat_at=utcnow())
+
+    def log(self, message: str, *, kind: str = "log") -> None:
+        with session_scope(self.settings.database_url) as session:
+            session.add(JobEvent(job_id=self.job_id, kind=kind, message=message))
+
+    def check_cancelled(self) -> None:
+        with session_scope(self.settings.database_url) as session:
+            if session.scalar(sa.select(Job.cancel_requested).where(Job.id == self.job_id)):
+                raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
+    module_name, function = JOB_KINDS[kind].handler.split(":")
+    return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+
+
+def _claim(settings: Settings, job_id: int, worker: str) -> Job | None:
+    """Take the job's lease if nobody holds a live one. Returns the job, or None if not ours."""
+    actor = f"worker:{worker}"
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            log.warning("job %s does not exist; message dropped", job_id)
+            return None
+        if job.state.finished:
+            log.info("job %s already %s; redelivery ignored", job_id, job.state.value)
+            return None
+        now = utcnow()
+        expires = job.lease_expires_at
+        if job.state == JobState.RUNNING and expires is not None and _utc(expires) > now:
+            log.info("job %s is leased by %s until %s; not running it twice", job_id, job.lease_owner, expires)
+            return None
+        if job.cancel_requested:
+            _finish_unleased(session, job_id, JobState.CANCELLED, error=None, actor=actor)
+            return None
+        if job.attempts >= job.max_attempts:
+            _finish_unleased(session, job_id, JobState.FAILED,
+                             error=f"gave up after {job.attempts} attempts", actor=actor)
+            return None
+        seen = job.lease_token
+        result = session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.lease_token == seen)
+            .values(
+                lease_token=seen + 1, lease_owner=worker, lease_expires_at=now + dt.timedelta(seconds=settings.job_lease_s),
+                heartbeat_at=now, state=JobState.RUNNING, attempts=Job.attempts + 1,
+                started_at=sa.func.coalesce(Job.started_at, now),
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        session.refresh(job)
+        retried = job.attempts > 1
+        session.add(JobEvent(job_id=job_id, kind="state", message=f"running on {worker} (attempt {job.attempts})"))
+        audit.record(session, actor=actor, action="job.retry" if retried else "job.start", resource=f"job:{job_id}",
+                     details={"attempt": job.attempts, "worker": worker})
+        return job
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _finish_unleased(session: Session, job_id: int, state: JobState, *, error: str | None, actor: audit.Actor | str) -> None:
+    session.execute(sa.update(Job).where(Job.id == job_id).values(state=state, error=error, finished_at=utcnow()))
+    session.add(JobEvent(job_id=job_id, kind="state", message=state.value + (f": {error}" if error else "")))
+    audit.record(session, actor=actor, action=f"job.{state.value}", resource=f"job:{job_id}", outcome=_outcome(state),
+                 details={"error": error} if error else {})
+
+
+def _outcome(state: JobState) -> str:
+    return {JobState.SUCCEEDED: "success", JobState.CANCELLED: "cancelled"}.get(state, "failure")
+
+
+class _Heartbeat(threading.Thread):
+    """Extends the lease while the handler runs; stops quietly when the lease is lost."""
+
+    def __init__(self, settings: Settings, ctx: JobContext) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{ctx.job_id}")
+        self.settings, self.ctx, self.stopped = settings, ctx, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.job_heartbeat_s):
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    now = utcnow()
+                    self.ctx._guarded_update(session, heartbeat_at=now,
+                                             lease_expires_at=now + dt.timedelta(seconds=self.settings.job_lease_s))
+            except LeaseLost:
+                log.warning("job %s: lease lost; heartbeat stops", self.ctx.job_id)
+                return
+            except Exception:  # a database blip must not kill the job; the next beat retries
+                log.exception("job %s: heartbeat failed", self.ctx.job_id)
+
+
+def execute(settings: Settings, *, job_id: int, worker: str) -> JobState | None:
+    """Run a job to its outcome on this worker. Returns the final state, or None if not run here."""
+    job = _claim(settings, job_id, worker)
+    if job is None:
+        return None
+    ctx = JobContext(settings, job, job.lease_token, worker)
+    heartbeat = _Heartbeat(settings, ctx)
+    heartbeat.start()
+    state, result, error = JobState.FAILED, {}, None
+    try:
+        result = _handler(job.kind)(ctx) or {}
+        state = JobState.SUCCEEDED
+    except JobCancelled:
+        state = JobState.CANCELLED
+    except LeaseLost:
+        log.warning("job %s: lease lost while running; another worker owns it", job_id)
+        return None
+    except LatentopsError as exc:
+        error = f"{type(exc).__name__}: {exc.detail}"
+    except Exception as exc:  # the outcome is recorded; the traceback goes to the worker log
+        log.exception("job %s failed", job_id)
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        heartbeat.stopped.set()
+    try:
+        with session_scope(settings.database_url) as session:
+            ctx._guarded_update(session, state=state, result=result, error=error, finished_at=utcnow(),
+                                lease_owner=None, lease_expires_at=None)
+            session.add(JobEvent(job_id=job_id, kind="state", message=state.value + (f": {error}" if error else "")))
+            audit.record(session, actor=f"worker:{worker}", action=f"job.{state.value}", resource=f"job:{job_id}",
+                         outcome=_outcome(state), details={"error": error} if error else {"attempt": ctx.attempt})
+    except LeaseLost:
+        log.warning("job %s: finished but the lease was lost; outcome not written", job_id)
+        return None
+    return state

@@ -1,0 +1,140 @@
+"""Deployment settings: one pydantic-settings object, read from ``LATENTOPS_*`` environment variables.
+
+There is exactly one place where the deployment is configured. Jobs carry their own validated
+config objects; nothing here is read from ``sys.argv`` or changed at import time.
+
+Two modes:
+
+* ``embedded`` (the default, ``make demo`` and ``latentops up``): SQLite in ``LATENTOPS_HOME``, a
+  Redis broker that ``latentops up`` starts on a unix socket in the home folder, an in-process
+  policy engine and a local MLflow store.
+* ``production``: every URL must be given explicitly and insecure defaults are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from latentops.platform.errors import ConfigurationError
+
+INSECURE_SECRET = "latentops-embedded-insecure-secret"
+ENV_PREFIX = "LATENTOPS_"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can set. Field ``foo`` is read from ``LATENTOPS_FOO``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    mode: Literal["embedded", "production"] = "embedded"
+    home: Path = Field(default_factory=lambda: Path("~/.latentops"))
+    database_url: str = ""
+    broker_url: str = ""
+    mlflow_tracking_uri: str = Field(default="", validation_alias="MLFLOW_TRACKING_URI")
+    policy_engine: Literal["embedded", "opa"] = "embedded"
+    opa_url: str = "http://127.0.0.1:8181"
+    model_store: Path | None = None
+    secret_key: str = INSECURE_SECRET
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    # The broker must not redeliver a running job just because it is long: one day.
+    visibility_timeout_s: int = Field(default=86_400, ge=60)
+    job_heartbeat_s: float = Field(default=5.0, gt=0)
+    job_lease_s: float = Field(default=60.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("home", "model_store", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "redis+socket://", "amqp://", "amqps://")):
+            raise ValueError("must be a redis://, rediss://, redis+socket:// or amqp:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_and_safety(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'latentops.db'}"
+        if not self.broker_url:
+            self.broker_url = f"redis+socket://{self.local_redis_socket}"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        if self.model_store is None:
+            self.model_store = self.home / "models"
+        if self.mode == "production":
+            if self.secret_key == INSECURE_SECRET or len(self.secret_key) < 32:
+                raise ValueError(
+                    "LATENTOPS_SECRET_KEY: the built-in development secret is refused in production mode; "
+                    "set a random value of at least 32 characters"
+                )
+            if self.database_url.startswith("sqlite"):
+                raise ValueError("LATENTOPS_DATABASE_URL: production mode needs PostgreSQL, not SQLite")
+        return self
+
+    # Paths derived from the home folder ------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def local_redis_socket(self) -> Path:
+        return self.home / "run" / "redis.sock"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return self.broker_url == f"redis+socket://{self.local_redis_socket}"
+
+    def ensure_home(self) -> None:
+        for path in (self.home, self.run_dir, self.artifacts_dir, self.jobs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def _describe(error: ValidationError) -> str:
+    """One line naming the environment variable and what is wrong with it."""
+    first = error.errors()[0]
+    loc = [str(part) for part in first.get("loc", ())]
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:
+        return message
+    name = loc[0]
+    variable = "MLFLOW_TRACKING_URI" if name == "mlflow_tracking_uri" else f"{ENV_PREFIX}{name.upper()}"
+    return f"{variable}: {message} (got {os.environ.get(variable, '<unset>')!r})"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment; raise ``ConfigurationError`` with one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigurationError(_describe(error)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
+    return load_settings()
