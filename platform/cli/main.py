@@ -24,8 +24,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Command groups: (module under latentops.platform.cli, typer sub-app name or None for top-level commands).
-COMMAND_MODULES = ["stack", "db", "users", "tokens", "jobs"]
+# Modules under latentops.platform.cli; each has ``register(app)`` adding its commands.
+COMMAND_MODULES = ["stack", "db", "users", "tokens", "jobs", "models"]
 
 
 @app.callback()

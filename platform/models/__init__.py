@@ -1,17 +1,13 @@
 """The ORM: SQLAlchemy 2.0 typed models for every table. Import from here."""
 
 from latentops.platform.models.assets import Asset, Dataset
+from latentops.platform.models.audit import AuditCheckpoint, AuditEntry
 from latentops.platform.models.base import Base, utcnow
 from latentops.platform.models.catalog import AccessGrant, LoraAdapter, ModelRecord, ModelVersion
-from latentops.platform.models.governance import (
-    AuditCheckpoint,
-    AuditEntry,
-    CopyrightReference,
-    PolicyDecision,
-    ScreeningResult,
-)
 from latentops.platform.models.identity import ApiToken, Membership, Role, Team, User
 from latentops.platform.models.jobs import Job, JobEvent, JobState
+from latentops.platform.models.policy import PolicyDecision
+from latentops.platform.models.screening import CopyrightReference, ScreeningResult
 
 __all__ = [
     "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "Base", "CopyrightReference",

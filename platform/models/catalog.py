@@ -7,9 +7,8 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
-
 from latentops.platform.models.base import Base, TimestampMixin
+from sqlalchemy.orm import Mapped, mapped_column
 
 
 class ModelRecord(TimestampMixin, Base):

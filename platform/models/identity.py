@@ -6,9 +6,8 @@ import datetime as dt
 import enum
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column, relationship
-
 from latentops.platform.models.base import Base, TimestampMixin
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 
 class Role(enum.StrEnum):

@@ -7,9 +7,8 @@ import enum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
-
 from latentops.platform.models.base import Base, TimestampMixin, utcnow
+from sqlalchemy.orm import Mapped, mapped_column
 
 
 class JobState(enum.StrEnum):

@@ -1,0 +1,210 @@
+"""Shared fixtures: real databases (SQLite always, PostgreSQL when configured), real Redis,
+an isolated ``LATENTOPS_HOME`` per test, and the real CLI run as a subprocess.
+
+PostgreSQL and Redis come from ``LATENTOPS_TEST_POSTGRES_URL`` and ``LATENTOPS_TEST_REDIS_URL``.
+Without them those tests skip with a reason on a laptop; under ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+POSTGRES_URL = os.environ.get("LATENTOPS_TEST_POSTGRES_URL", "")
+REDIS_URL = os.environ.get("LATENTOPS_TEST_REDIS_URL", "")
+
+
+def require_service(value: str, variable: str) -> str:
+    """Skip (laptop) or fail (CI) when a service's URL is not configured."""
+    if value:
+        return value
+    message = f"{variable} is not set; this test needs that service"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing service fails the run)")
+    pytest.skip(message)
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+def _pg_admin(url: str):  # type: ignore[no-untyped-def]
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return psycopg.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username, password=parsed.password,
+        dbname=parsed.database or "postgres", autocommit=True,
+    )
+
+
+def _pg_url_for(url: str, database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql+psycopg", database=database).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from latentops.platform import migrate
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    from latentops.platform.database import dispose_all
+
+    dispose_all()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _pg_template() -> Iterator[str]:
+    url = require_service(POSTGRES_URL, "LATENTOPS_TEST_POSTGRES_URL")
+    from latentops.platform import migrate
+    from latentops.platform.database import dispose_all
+
+    name = f"latentops_tmpl_{os.getpid()}"
+    with _pg_admin(url) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    migrate.upgrade(_pg_url_for(url, name))
+    dispose_all()
+    yield name
+    with _pg_admin(url) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fresh_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated, empty database of ``backend`` for one test."""
+    from latentops.platform.database import dispose_all
+
+    if backend == "sqlite":
+        template = request.getfixturevalue("_sqlite_template")
+        path = tmp_path / "latentops.db"
+        shutil.copy(template, path)
+        yield f"sqlite:///{path}"
+        dispose_all()
+        return
+    template = request.getfixturevalue("_pg_template")
+    name = f"latentops_t_{uuid.uuid4().hex[:12]}"
+    with _pg_admin(POSTGRES_URL) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield _pg_url_for(POSTGRES_URL, name)
+    dispose_all()
+    with _pg_admin(POSTGRES_URL) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh migrated database, once on SQLite and once on PostgreSQL."""
+    yield from fresh_database(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_database("sqlite", tmp_path, request)
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from fresh_database("postgres", tmp_path, request)
+
+
+@pytest.fixture
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty (unmigrated) database; parametrised over both backends by the test."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    url = require_service(POSTGRES_URL, "LATENTOPS_TEST_POSTGRES_URL")
+    name = f"latentops_e_{uuid.uuid4().hex[:12]}"
+    with _pg_admin(url) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield _pg_url_for(url, name)
+    from latentops.platform.database import dispose_all
+
+    dispose_all()
+    with _pg_admin(url) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- redis ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A real Redis, its database flushed for this test."""
+    url = require_service(REDIS_URL, "LATENTOPS_TEST_REDIS_URL")
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+# --- settings and the CLI ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings_env(home: Path, database_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Settings for one test: its own home and database, read through the real Settings."""
+    from latentops.platform.settings import get_settings
+
+    for key in list(os.environ):
+        if key.startswith("LATENTOPS_") and not key.startswith("LATENTOPS_TEST_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("LATENTOPS_HOME", str(home))
+    monkeypatch.setenv("LATENTOPS_DATABASE_URL", database_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    get_settings.cache_clear()
+    settings = get_settings()
+    yield settings
+    get_settings.cache_clear()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """Runs ``latentops`` in a subprocess with the test's environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
+        merged = {**self.env, **(env or {})}
+        done = subprocess.run(
+            [sys.executable, "-m", "latentops.platform.cli.main", *args], input=input, capture_output=True,
+            text=True, timeout=timeout, env=merged, cwd=REPO,
+        )
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def cli(settings_env) -> Cli:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items()}
+    env["COLUMNS"] = "200"
+    return Cli(env)
