@@ -1,7 +1,7 @@
 """The ORM: SQLAlchemy 2.0 typed models for every table. Import from here."""
 
 from latentops.platform.models.assets import Asset, Dataset
-from latentops.platform.models.audit import AuditCheckpoint, AuditEntry
+from latentops.platform.models.audit import AuditCheckpoint, AuditEntry, AuditSubjectKey
 from latentops.platform.models.base import Base, utcnow
 from latentops.platform.models.catalog import AccessGrant, LoraAdapter, ModelRecord, ModelVersion
 from latentops.platform.models.identity import ApiToken, Membership, Role, Team, User
@@ -10,7 +10,7 @@ from latentops.platform.models.policy import PolicyDecision
 from latentops.platform.models.screening import CopyrightReference, ScreeningResult
 
 __all__ = [
-    "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "Base", "CopyrightReference",
+    "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "AuditSubjectKey", "Base", "CopyrightReference",
     "Dataset", "Job", "JobEvent", "JobState", "LoraAdapter", "Membership", "ModelRecord", "ModelVersion",
     "PolicyDecision", "Role", "ScreeningResult", "Team", "User", "utcnow",
 ]

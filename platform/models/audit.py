@@ -1,7 +1,12 @@
-"""The audit trail's tables: hash-chained entries and signed checkpoints.
+"""The audit trail's tables: hash-chained entries, signed checkpoints and per-subject keys.
 
-``audit_entries`` is append-only: database triggers (see the migrations) reject UPDATE, DELETE
-and TRUNCATE, and each entry's hash covers its predecessor's.
+``audit_entries`` and ``audit_checkpoints`` are append-only: database triggers (migrations 0001
+and 0002) reject UPDATE and DELETE, and on PostgreSQL TRUNCATE; the application role is granted
+INSERT and SELECT only. Each entry's hash covers its predecessor's, and each checkpoint signs the
+Merkle root over the first ``tree_size`` entries.
+
+``audit_subject_keys`` is the one mutable audit table: erasing a data subject overwrites their key
+with NULL (crypto-shredding), which leaves every hash intact because hashes cover ciphertext.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class AuditEntry(Base):
 
 
 class AuditCheckpoint(Base):
-    """A signed statement of the tree: size, root hash, time."""
+    """A signed statement of the tree: size, root hash, last entry hash, time."""
 
     __tablename__ = "audit_checkpoints"
 
@@ -39,4 +44,19 @@ class AuditCheckpoint(Base):
     at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     key_id: Mapped[str] = mapped_column(sa.String(64))
     signature: Mapped[str] = mapped_column(sa.String(200))
+    # Hash of entry ``tree_size - 1`` (signed): lets a writer check the head in O(entries since).
+    head_hash: Mapped[str] = mapped_column(sa.String(64), server_default="")
+    # The tree's compact range (JSON list of hex hashes): the next checkpoint hashes only new leaves.
+    frontier: Mapped[str] = mapped_column(sa.Text, server_default="[]")
 
+
+class AuditSubjectKey(Base):
+    """A data subject's key for personal data in audit details; ``key`` is NULL once erased."""
+
+    __tablename__ = "audit_subject_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(sa.String(400), index=True)
+    key: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    erased_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
