@@ -208,3 +208,71 @@ def cli(settings_env) -> Cli:  # type: ignore[no-untyped-def]
     env = {k: v for k, v in os.environ.items()}
     env["COLUMNS"] = "200"
     return Cli(env)
+
+
+# --- real worker processes --------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """A real ``latentops worker`` subprocess against the test's database and Redis."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "gpu,cpu") -> None:
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "latentops.platform.cli.main", "worker", "--queues", queues],
+            env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            if b"ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = 15) -> None:
+        import os
+        import signal as _signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, _signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def queue_settings(settings_env, redis_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Settings with the test's database and the real Redis as broker."""
+    from latentops.platform.queue.app import celery_app
+    from latentops.platform.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_BROKER_URL", redis_url)
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    yield get_settings()
+    celery_app.cache_clear()
+
+
+@pytest.fixture
+def start_worker(queue_settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Start real worker processes; all are stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+    base_env = {**os.environ}
+
+    def _start(queues: str = "gpu,cpu", env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess({**base_env, **(env or {})}, tmp_path / f"worker-{len(started)}.log", queues)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield _start
+    for worker in started:
+        worker.stop()

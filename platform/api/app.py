@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from latentops.platform.api import health
 from latentops.platform.errors import LatentopsError
@@ -37,6 +38,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems) or "invalid request"
         return JSONResponse({"error": "invalid_input", "detail": detail, "reasons": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        name = {401: "authentication_failed", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+            error.status_code, "http_error"
+        )
+        return JSONResponse({"error": name, "detail": str(error.detail), "reasons": []}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
 
     app.include_router(health.router, prefix="/api/v1")
     return app

@@ -22,8 +22,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
     generator = torch.Generator(device="cpu").manual_seed(int(ctx.params.get("seed", 0)))
     clean = torch.linspace(-1.0, 1.0, 256)
     sample = torch.randn(256, generator=generator)
-    # Move a noisy signal toward the clean one step by step: a stand-in for a denoising loop
-    # whose error must fall monotonically on any healthy device.
+    initial_error = float(torch.mean((sample - clean) ** 2))
+    # Move a noisy signal 20% of the way toward the clean one per step: a stand-in for a denoising
+    # loop whose squared error must shrink by exactly 0.8**2 per step on any healthy device.
     for step in range(1, steps + 1):
         ctx.check_cancelled()
         sample = (sample.to(device) + (clean.to(device) - sample.to(device)) * 0.2).cpu()
@@ -35,6 +36,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "cuda_devices": torch.cuda.device_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "initial_error": initial_error,
         "final_error": error,
         "steps": steps,
     }

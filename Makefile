@@ -1,0 +1,35 @@
+# latentops: `make demo` runs the main job end to end; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_HOME ?= $(CURDIR)/.demo-home
+# torch and torchvision are pinned to the builds in the local wheel cache.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint typecheck bench clean help
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: $(VENV)/.installed  ## Create .venv and install latentops with its test extras.
+
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install  ## Fresh home -> migrate -> start the stack -> run the main job -> stop (embedded).
+	LATENTOPS_HOME=$${LATENTOPS_HOME:-$(DEMO_HOME)} $(BIN)/latentops demo
+
+test: install  ## The whole suite (PostgreSQL/Redis tests need LATENTOPS_TEST_POSTGRES_URL/_REDIS_URL).
+	$(BIN)/pytest -q
+
+lint: install  ## ruff and mypy.
+	$(BIN)/ruff check platform governance pipelines tests bench
+	$(BIN)/mypy platform governance pipelines
+
+clean:  ## Remove the virtual environment and the demo home.
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache

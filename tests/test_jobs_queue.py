@@ -1,0 +1,94 @@
+"""Jobs through the real queue: a real Redis broker and real worker processes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from latentops.platform.database import session_scope
+from latentops.platform.errors import ServiceUnavailable
+from latentops.platform.models import AuditEntry, Job, JobState
+from latentops.platform.services import jobs
+
+
+def wait_finished(url: str, job_id: int, timeout: float = 120.0) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope(url) as db:
+            job = jobs.get(db, job_id)
+            if job.state.finished:
+                return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+def test_job_runs_on_a_real_worker_and_records_progress_and_audit(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    start_worker()
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 5, "seed": 1}, actor="tester")
+    job = wait_finished(queue_settings.database_url, job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempts == 1
+    assert job.progress["step"] == 5 and job.progress["total"] == 5 and job.progress["percent"] == 100.0
+    assert job.result["device"] == "cpu" and job.result["steps"] == 5
+    assert job.result["final_error"] == pytest.approx(job.result["initial_error"] * 0.64**5, rel=1e-4)
+    assert job.lease_owner is None
+    with session_scope(queue_settings.database_url) as db:
+        actions = list(db.scalars(sa.select(AuditEntry.action).where(AuditEntry.resource == f"job:{job_id}").order_by(AuditEntry.seq)))
+        messages = [e.message for e in jobs.events(db, job_id)]
+    assert actions == ["job.submit", "job.start", "job.succeeded"]
+    assert messages[0] == "queued" and messages[-1] == "succeeded"
+
+
+def test_failing_job_records_the_reason(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    start_worker()
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 0}, actor="tester")
+    job = wait_finished(queue_settings.database_url, job_id)
+    assert job.state == JobState.FAILED
+    assert job.error == "ValueError: steps: must be between 1 and 10000, got 0"
+
+
+def test_submit_with_broker_down_creates_nothing(settings_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from latentops.platform.queue.app import celery_app
+    from latentops.platform.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    try:
+        with pytest.raises(ServiceUnavailable, match="broker unreachable at redis://127.0.0.1:1/0"):
+            jobs.submit(get_settings(), kind="diagnostics", params={}, actor="tester")
+    finally:
+        celery_app.cache_clear()
+    with session_scope(settings_env.database_url) as db:
+        assert db.scalar(sa.select(sa.func.count(Job.id))) == 0
+        assert db.scalar(sa.select(sa.func.count(AuditEntry.seq))) == 0
+
+
+def test_cancelling_a_queued_job_ends_it_and_the_worker_skips_it(queue_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 3}, actor="tester")
+    with session_scope(queue_settings.database_url) as db:
+        assert jobs.cancel(db, job_id=job_id, actor="tester").state == JobState.CANCELLED
+    start_worker()
+    later = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
+    assert wait_finished(queue_settings.database_url, later).state == JobState.SUCCEEDED
+    with session_scope(queue_settings.database_url) as db:
+        cancelled = jobs.get(db, job_id)
+        assert cancelled.state == JobState.CANCELLED and cancelled.attempts == 0
+        with pytest.raises(Exception, match="already finished"):
+            jobs.cancel(db, job_id=job_id, actor="tester")
+
+
+def test_redelivered_job_id_does_not_run_twice(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    start_worker()
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
+    assert wait_finished(queue_settings.database_url, job_id).state == JobState.SUCCEEDED
+    with session_scope(queue_settings.database_url) as db:
+        job = jobs.get(db, job_id)
+    jobs.dispatch(queue_settings, job)  # the broker hands the same id out again
+    time.sleep(2.0)
+    with session_scope(queue_settings.database_url) as db:
+        assert jobs.get(db, job_id).attempts == 1
+        starts = db.scalar(sa.select(sa.func.count()).where(AuditEntry.resource == f"job:{job_id}", AuditEntry.action == "job.start"))
+    assert starts == 1

@@ -1,0 +1,33 @@
+"""The package layout: one namespace over the card's folders, and the standard library unshadowed."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_standard_library_platform_is_not_shadowed_from_the_repository_root() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import platform; print(platform.python_version())"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ".".join(str(part) for part in sys.version_info[:3])
+    assert not (REPO / "platform" / "__init__.py").exists()
+
+
+def test_top_level_folders_import_as_one_namespace() -> None:
+    for name, folder in [("latentops.platform.settings", "platform"), ("latentops.governance.audit", "governance"),
+                         ("latentops.pipelines", "pipelines"), ("latentops.migrations", "migrations")]:
+        module = importlib.import_module(name)
+        location = getattr(module, "__file__", None) or next(iter(module.__path__))
+        assert str(location).startswith(str(REPO / folder)), f"{name} resolved to {location}"
+
+
+def test_card_layout_is_present() -> None:
+    for entry in ["pyproject.toml", "platform", "governance", "pipelines", "migrations", "dashboards", "deploy",
+                  "tests", "README.md", "Makefile", ".ci/run", "bench"]:
+        assert (REPO / entry).exists(), f"{entry} is missing from the repository root"

@@ -1,0 +1,128 @@
+"""``latentops up`` and ``latentops demo``: the embedded stack, started and stopped for real."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import REPO
+from latentops.platform.stack import free_port
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    """A fresh home and nothing else: every URL takes its embedded default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTOPS_") and k != "MLFLOW_TRACKING_URI"}
+    home = Path("/tmp") / f"lo-{os.getpid()}-{tmp_path.name[-12:]}"  # short: it holds a unix socket
+    env.update(LATENTOPS_HOME=str(home), COLUMNS="200")
+    yield env
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _latentops(*args: str) -> list[str]:
+    return [sys.executable, "-m", "latentops.platform.cli.main", *args]
+
+
+def _wait_health(port: int, process: subprocess.Popen[str], timeout: float = 90) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"up exited early: {process.communicate()}"
+        try:
+            report = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).json()
+            if report["status"] == "ok":
+                return dict(report)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("stack never became healthy")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+def test_up_serves_health_and_sigterm_stops_every_child(embedded_env: dict[str, str]) -> None:
+    port = free_port()
+    up = subprocess.Popen(_latentops("up", "--port", str(port)), env=embedded_env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        report = _wait_health(port, up)
+        assert report["database"] == {"status": "ok"}
+        assert report["broker"] == {"status": "ok"}
+        workers = report["workers"]
+        assert isinstance(workers, dict) and workers["status"] == "ok" and len(workers["workers"]) == 1
+
+        # A second stack on the same port is refused with a clear line.
+        busy = subprocess.run(_latentops("up", "--port", str(port)), env=embedded_env, cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 1
+        assert busy.stderr.strip() == f"Conflict: port {port} on 127.0.0.1 is already in use; choose another with --port"
+        # ... and so is a second stack for the same home on another port.
+        twin = subprocess.run(_latentops("up", "--port", str(free_port())), env=embedded_env, cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert twin.returncode == 1 and "a latentops stack is already running" in twin.stderr
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=90)
+    assert up.returncode == 0, out
+    pids = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)", out)]
+    assert len(pids) == 3, out
+    assert not any(_alive(pid) for pid in pids), f"children still running: {out}"
+    assert "stopped api" in out and "stopped worker" in out and "stopped redis" in out
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_stack_stops_when_a_child_dies(embedded_env: dict[str, str]) -> None:
+    port = free_port()
+    up = subprocess.Popen(_latentops("up", "--port", str(port)), env=embedded_env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        started = _read_until(up, "latentops is up")
+        _wait_health(port, up)
+        found = re.search(r"started worker \(pid (\d+)", started)
+        assert found, started
+        os.kill(int(found.group(1)), signal.SIGKILL)
+        out, _ = up.communicate(timeout=90)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 1
+    assert "worker exited with code" in out and "stopping the stack" in out
+
+
+def _read_until(process: subprocess.Popen[str], marker: str) -> str:
+    seen = ""
+    assert process.stdout is not None
+    while marker not in seen:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+    return seen
+
+
+def test_demo_runs_the_main_job_end_to_end(embedded_env: dict[str, str]) -> None:
+    done = subprocess.run(_latentops("demo"), env=embedded_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"job 1 succeeded: \{'device': 'cpu'", done.stdout), done.stdout
+    assert "stack stopped" in done.stdout
+    # Nothing is left running: the socket is gone and a second run works on the same home.
+    assert not Path(embedded_env["LATENTOPS_HOME"], "run", "redis.sock").exists()
