@@ -1,0 +1,278 @@
+"""Signed checkpoints of the audit log, and the external sink they are also written to.
+
+A checkpoint states "the first ``tree_size`` entries have Merkle root ``root_hash`` and the last of
+them has entry hash ``head_hash``, at time ``at``", signed with Ed25519. The signed bytes are a
+short text (``statement_body``) that the stdlib-only verifier rebuilds the same way.
+
+Each checkpoint is written twice: to ``audit_checkpoints`` (append-only) and to an external
+append-only sink. The sink is what makes truncation visible: whoever deletes the tail of the log
+and the checkpoints in the database still cannot unsay the copy outside it. The default sink is a
+local JSON-lines file opened with ``O_APPEND`` and fsynced (``LATENTOPS_HOME/audit/checkpoints.jsonl``;
+put it on another host or make it ``chattr +a``); production registers another sink (S3 Object
+Lock, a WORM bucket) with ``register_sink``.
+
+The signing key is ``LATENTOPS_HOME/audit/checkpoint-signing-key.pem`` (PKCS#8, mode 0600) unless
+a path is given; ``latentops audit public-key`` prints the public half for auditors.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy.orm import Session
+
+from latentops.governance import audit, merkle
+from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
+from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
+from latentops.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATEMENT_HEADER = "latentops audit checkpoint v1"
+KEY_FILE = "checkpoint-signing-key.pem"
+SINK_FILE = "checkpoints.jsonl"
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def audit_dir(settings: Settings) -> Path:
+    return settings.home / "audit"
+
+
+def default_key_path(settings: Settings) -> Path:
+    return audit_dir(settings) / KEY_FILE
+
+
+def default_sink_location(settings: Settings) -> str:
+    return str(audit_dir(settings) / SINK_FILE)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The signing key at ``path``, created (mode 0600) on first use."""
+    if path.exists():
+        return load_signing_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+    log.warning("created the audit checkpoint signing key %s (key id %s)", path, key_id(private.public_key()))
+    return private
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no audit signing key there (`latentops audit checkpoint` creates one)") from None
+    except ValueError as error:
+        raise InvalidInput(f"{path}: not a PEM private key ({error})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInput(f"{path}: not an Ed25519 key")
+    return key
+
+
+def public_key_pem(public_key: Ed25519PublicKey) -> str:
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """A public key from a PEM file, or a file holding the raw 32 bytes as hex or base64."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: public key file not found") from None
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_public_key(data)
+            if not isinstance(key, Ed25519PublicKey):
+                raise InvalidInput(f"{path}: not an Ed25519 public key")
+            return key
+        text = data.decode("ascii").strip()
+        raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"{path}: not an Ed25519 public key (PEM, hex or base64): {error}") from None
+
+
+# --- statements --------------------------------------------------------------------------------
+
+
+def statement_body(tree_size: int, root_hash: str, head_hash: str, at: str) -> bytes:
+    """The exact bytes that are signed."""
+    return f"{STATEMENT_HEADER}\ntree_size {tree_size}\nroot {root_hash}\nhead {head_hash}\ntime {at}\n".encode()
+
+
+def statement(checkpoint: AuditCheckpoint) -> dict[str, Any]:
+    """A checkpoint as exported and as written to the sink."""
+    return {
+        "tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash, "head_hash": checkpoint.head_hash,
+        "at": audit.format_time(checkpoint.at), "key_id": checkpoint.key_id, "signature": checkpoint.signature,
+    }
+
+
+def signature_valid(item: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
+    try:
+        body = statement_body(int(item["tree_size"]), str(item["root_hash"]), str(item["head_hash"]), str(item["at"]))
+        public_key.verify(base64.b64decode(str(item["signature"])), body)
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+# --- sinks -------------------------------------------------------------------------------------
+
+
+class CheckpointSink(Protocol):
+    """An append-only store outside the database for checkpoint statements."""
+
+    location: str
+
+    def append(self, item: Mapping[str, Any]) -> None: ...
+
+    def read(self) -> list[dict[str, Any]]: ...
+
+
+class FileSink:
+    """JSON lines appended with ``O_APPEND`` and fsynced before the checkpoint commits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.location = str(path)
+
+    def append(self, item: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(dict(item), sort_keys=True, separators=(",", ":")) + "\n").encode()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        items = []
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                int(item["tree_size"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise IntegrityError(f"{self.path}: line {number} is not a checkpoint statement ({error})") from None
+            items.append(item)
+        return items
+
+
+_SINK_FACTORIES: dict[str, Callable[[str], CheckpointSink]] = {"file": lambda rest: FileSink(Path(rest))}
+
+
+def register_sink(scheme: str, factory: Callable[[str], CheckpointSink]) -> None:
+    """Make ``scheme://...`` locations open ``factory(rest)`` (e.g. an S3 Object Lock sink)."""
+    _SINK_FACTORIES[scheme] = factory
+
+
+def open_sink(location: str) -> CheckpointSink:
+    scheme, separator, rest = location.partition("://")
+    if not separator:
+        return FileSink(Path(location))
+    if scheme not in _SINK_FACTORIES:
+        raise InvalidInput(f"sink: unknown scheme {scheme!r} in {location!r} (known: {', '.join(sorted(_SINK_FACTORIES))})")
+    return _SINK_FACTORIES[scheme](rest)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def latest(session: Session) -> AuditCheckpoint | None:
+    return session.execute(
+        sa.select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc(), AuditCheckpoint.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def _leaves_after(session: Session, start: int, end: int) -> Any:
+    query = (sa.select(AuditEntry.hash).where(AuditEntry.seq >= start, AuditEntry.seq < end)
+             .order_by(AuditEntry.seq).execution_options(yield_per=5000))
+    return (merkle.leaf_hash(audit.leaf_data(value)) for value in session.execute(query).scalars())
+
+
+def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: CheckpointSink, force: bool = False) -> AuditCheckpoint:
+    """Sign the current tree; write it to the database and the sink (in the caller's transaction).
+
+    Returns the latest checkpoint unchanged when no entry was added since, unless ``force``.
+    """
+    audit.lock_chain(session)
+    head = audit.verified_head(session)  # alarms instead of signing a broken chain
+    public_key = signing_key.public_key()
+    previous = latest(session)
+    if previous is not None and previous.tree_size == head.size and not force:
+        return previous
+    beyond = [item for item in sink.read() if int(item["tree_size"]) > head.size]
+    if beyond:
+        raise IntegrityError(
+            f"audit trail damaged (truncated at seq {head.size}): the sink {sink.location} holds a checkpoint of "
+            f"{beyond[0]['tree_size']} entries but the database has {head.size}; refusing to sign",
+            reasons=[{"kind": "truncated", "seq": head.size}],
+        )
+
+    frontier = merkle.Frontier()
+    if previous is not None:
+        if previous.key_id != key_id(public_key) or not signature_valid(statement(previous), public_key):
+            raise IntegrityError(f"checkpoint {previous.id} (tree size {previous.tree_size}) is not signed by this "
+                                 f"key {key_id(public_key)}: forged checkpoint or a rotated key; refusing to extend it")
+        frontier = merkle.Frontier.from_hex(previous.tree_size, json.loads(previous.frontier))
+        if frontier.root().hex() != previous.root_hash:
+            raise IntegrityError(f"checkpoint {previous.id}: its stored frontier does not give its signed root")
+    for leaf in _leaves_after(session, frontier.size, head.size):
+        frontier.append(leaf)
+    if frontier.size != head.size:
+        raise IntegrityError(f"audit trail damaged: read {frontier.size} leaves for a head of {head.size}")
+
+    at = utcnow()
+    root = frontier.root().hex()
+    body = statement_body(head.size, root, head.hash, audit.format_time(at))
+    checkpoint = AuditCheckpoint(
+        tree_size=head.size, root_hash=root, head_hash=head.hash, at=at, key_id=key_id(public_key),
+        signature=base64.b64encode(signing_key.sign(body)).decode("ascii"), frontier=json.dumps(frontier.to_hex()),
+    )
+    session.add(checkpoint)
+    session.flush()
+    # The sink is written last, after everything that can fail in the database but before commit;
+    # a commit that still fails leaves a true statement about committed entries in the sink.
+    sink.append(statement(checkpoint))
+    log.info("audit checkpoint %s: %d entries, root %s", checkpoint.id, head.size, root)
+    return checkpoint
+
+
+def due(session: Session, *, every_entries: int = 1000, every: dt.timedelta = dt.timedelta(minutes=5)) -> bool:
+    """Whether a periodic checkpoint is due: enough new entries, or any new entry and enough time."""
+    previous = latest(session)
+    last = session.execute(sa.select(sa.func.max(AuditEntry.seq))).scalar_one()
+    size = 0 if last is None else last + 1
+    if previous is None:
+        return size > 0
+    new = size - previous.tree_size
+    at = previous.at if previous.at.tzinfo else previous.at.replace(tzinfo=dt.UTC)
+    return new >= every_entries or (new > 0 and utcnow() - at >= every)

@@ -1,0 +1,250 @@
+"""The audit trail for compliance officers: queries, proofs and evidence exports.
+
+* ``query``: filter by time range, actor, action, resource (exact, or a prefix ending in ``*``) and
+  outcome; keyset pagination on ``seq`` (``after`` is the last seq of the previous page), so pages
+  stay stable while new entries arrive.
+* ``inclusion`` / ``consistency``: RFC 9162 proofs against signed checkpoints.
+* ``export``: JSON lines or CSV, one row per entry with its inclusion proof, and beside it
+  ``<file>.proofs.json`` holding the signed checkpoint, the public key and consistency proofs from
+  every earlier checkpoint. ``governance/verifier/latentops_audit_verify.py`` checks both without
+  the database. Sealed personal data is exported as the ciphertext the hashes cover.
+
+Entries are never deleted; exports and verifications are themselves audited (by the callers in
+``platform/cli/audit.py``, after commit of the checkpoint they rely on).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from latentops.governance import audit, checkpoints, erasure, merkle
+from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
+from latentops.platform.models import AuditCheckpoint, AuditEntry
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "latentops-audit-export/v1"
+CSV_COLUMNS = ["seq", "at", "actor", "action", "resource", "outcome", "details", "prev_hash", "hash", "proof"]
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    actor: str | None = None
+    action: str | None = None
+    resource: str | None = None
+    outcome: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(value is None for value in self.__dict__.values())
+
+    def to_json(self) -> dict[str, str]:
+        return {name: (audit.format_time(value) if isinstance(value, dt.datetime) else value)
+                for name, value in self.__dict__.items() if value is not None}
+
+
+@dataclass
+class Page:
+    entries: list[dict[str, Any]]
+    next_after: int | None  # pass as ``after`` for the next page; None on the last page
+
+
+def _match(column: Any, pattern: str) -> Any:
+    if pattern.endswith("*"):
+        prefix = pattern[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return column.like(prefix + "%", escape="\\")
+    return column == pattern
+
+
+def _where(filters: Filters) -> list[Any]:
+    if filters.since and filters.until and filters.since > filters.until:
+        raise InvalidInput(f"since: {filters.since.isoformat()} is after until {filters.until.isoformat()}")
+    clauses: list[Any] = []
+    if filters.since is not None:
+        clauses.append(AuditEntry.at >= filters.since)
+    if filters.until is not None:
+        clauses.append(AuditEntry.at < filters.until)
+    for name in ("actor", "action", "resource", "outcome"):
+        value = getattr(filters, name)
+        if value is not None:
+            clauses.append(_match(getattr(AuditEntry, name), value))
+    return clauses
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    return {**audit.entry_payload(row), "hash": row.hash}
+
+
+def query(session: Session, *, filters: Filters = Filters(), after: int | None = None, limit: int = 100,
+          reveal: bool = False) -> Page:
+    """One page of entries in seq order; ``reveal`` decrypts sealed personal data still held."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE} (got {limit})")
+    statement = sa.select(*audit.ENTRY_COLUMNS).where(*_where(filters))
+    if after is not None:
+        statement = statement.where(AuditEntry.seq > after)
+    rows = session.execute(statement.order_by(AuditEntry.seq).limit(limit + 1)).all()
+    entries = [as_dict(row) for row in rows[:limit]]
+    if reveal:
+        for entry in entries:
+            entry["details_revealed"] = erasure.reveal(session, entry["details"])
+    return Page(entries, entries[-1]["seq"] if len(rows) > limit else None)
+
+
+# --- proofs ------------------------------------------------------------------------------------
+
+
+def load_tree(session: Session, size: int) -> merkle.MerkleTree:
+    """The tree over the first ``size`` entries, read from their stored hashes."""
+    tree = merkle.MerkleTree()
+    statement = (sa.select(AuditEntry.seq, AuditEntry.hash).where(AuditEntry.seq < size).order_by(AuditEntry.seq)
+                 .execution_options(yield_per=10_000))
+    for seq, value in session.execute(statement):
+        if seq != tree.size:
+            raise IntegrityError(f"audit trail damaged (deleted at seq {tree.size}); run `latentops audit verify`")
+        tree.append(merkle.leaf_hash(audit.leaf_data(value)))
+    if tree.size != size:
+        raise IntegrityError(f"audit trail damaged (truncated at seq {tree.size}): a checkpoint covers {size} entries")
+    return tree
+
+
+def _signed(session: Session, checkpoint: AuditCheckpoint | None = None) -> tuple[AuditCheckpoint, merkle.MerkleTree]:
+    checkpoint = checkpoint or checkpoints.latest(session)
+    if checkpoint is None:
+        raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
+    tree = load_tree(session, checkpoint.tree_size)
+    if tree.root().hex() != checkpoint.root_hash:
+        raise IntegrityError(f"the stored entries do not give the root of checkpoint {checkpoint.id}; "
+                             "run `latentops audit verify`")
+    return checkpoint, tree
+
+
+def inclusion(session: Session, *, seq: int) -> dict[str, Any]:
+    """An inclusion proof of entry ``seq`` against the latest checkpoint."""
+    if seq < 0:
+        raise InvalidInput(f"seq: must be 0 or more (got {seq})")
+    latest = checkpoints.latest(session)
+    if latest is not None and seq >= latest.tree_size:
+        raise InvalidInput(f"seq: {seq} is beyond the latest checkpoint (tree size {latest.tree_size}); "
+                           "run `latentops audit checkpoint` and ask again")
+    checkpoint, tree = _signed(session, latest)
+    entry = session.execute(sa.select(*audit.ENTRY_COLUMNS).where(AuditEntry.seq == seq)).one()
+    return {
+        "entry": as_dict(entry), "leaf_index": seq, "tree_size": checkpoint.tree_size,
+        "leaf_hash": tree.leaf(seq).hex(), "proof": [node.hex() for node in tree.inclusion_proof(seq)],
+        "root_hash": checkpoint.root_hash, "checkpoint": checkpoints.statement(checkpoint),
+    }
+
+
+def consistency(session: Session, *, old: int, new: int) -> dict[str, Any]:
+    """A consistency proof between tree sizes ``old`` and ``new`` (at most the latest checkpoint's)."""
+    latest = checkpoints.latest(session)
+    limit = 0 if latest is None else latest.tree_size
+    if not 0 <= old <= new:
+        raise InvalidInput(f"old: must be between 0 and new ({new}) (got {old})")
+    if new > limit:
+        raise InvalidInput(f"new: {new} is beyond the latest checkpoint (tree size {limit}); "
+                           "run `latentops audit checkpoint` first")
+    _checkpoint, tree = _signed(session, latest)
+    signed = {cp.tree_size: checkpoints.statement(cp) for cp in
+              session.execute(sa.select(AuditCheckpoint).where(AuditCheckpoint.tree_size.in_([old, new]))).scalars()}
+    return {
+        "old_size": old, "new_size": new, "old_root": tree.root(old).hex(), "new_root": tree.root(new).hex(),
+        "proof": [node.hex() for node in tree.consistency_proof(old, new)],
+        "old_checkpoint": signed.get(old), "new_checkpoint": signed.get(new),
+    }
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    path: Path
+    proofs_path: Path
+    entries: int
+    tree_size: int
+    root_hash: str
+    sha256: str
+
+
+def _rows(session: Session, filters: Filters, size: int) -> Iterator[Any]:
+    statement = (sa.select(*audit.ENTRY_COLUMNS).where(AuditEntry.seq < size, *_where(filters))
+                 .order_by(AuditEntry.seq).execution_options(yield_per=5000))
+    yield from session.execute(statement)
+
+
+def export(session: Session, *, path: Path, fmt: Literal["jsonl", "csv"], filters: Filters = Filters(),
+           public_key_pem: str) -> ExportSummary:
+    """Write the entries matching ``filters`` that the latest checkpoint covers, with proofs."""
+    if fmt not in ("jsonl", "csv"):
+        raise InvalidInput(f"format: must be jsonl or csv (got {fmt!r})")
+    checkpoint, tree = _signed(session)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS) if fmt == "csv" else None
+        if writer is not None:
+            writer.writeheader()
+        for row in _rows(session, filters, checkpoint.tree_size):
+            proof = [node.hex() for node in tree.inclusion_proof(row.seq)]
+            item = as_dict(row)
+            if writer is not None:
+                writer.writerow({**item, "proof": " ".join(proof)})
+            else:
+                handle.write(json.dumps({**item, "proof": proof}, ensure_ascii=False, sort_keys=True) + "\n")
+            count += 1
+    earlier = session.execute(sa.select(AuditCheckpoint).where(AuditCheckpoint.tree_size <= checkpoint.tree_size,
+                                                              AuditCheckpoint.id != checkpoint.id)
+                              .order_by(AuditCheckpoint.tree_size)).scalars().all()
+    proofs = {
+        "format": EXPORT_FORMAT,
+        "entries_file": path.name,
+        "entries_format": fmt,
+        "entries": count,
+        "complete": filters.empty,
+        "filters": filters.to_json(),
+        "checkpoint": checkpoints.statement(checkpoint),
+        "public_key_pem": public_key_pem,
+        "consistency": [
+            {"checkpoint": checkpoints.statement(old),
+             "proof": [node.hex() for node in tree.consistency_proof(old.tree_size, checkpoint.tree_size)]}
+            for old in earlier
+        ],
+    }
+    proofs_path = path.with_name(path.name + ".proofs.json")
+    proofs_path.write_text(json.dumps(proofs, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    log.info("audit export %s: %d entries against tree size %d", path, count, checkpoint.tree_size)
+    return ExportSummary(path, proofs_path, count, checkpoint.tree_size, checkpoint.root_hash, digest)
+
+
+def parse_time(value: str | None, field_name: str) -> dt.datetime | None:
+    """An ISO 8601 time from the command line or API; naive times are UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{field_name}: not an ISO 8601 time (got {value!r})") from None
+    # UTC throughout: SQLite stores times without their zone.
+    return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def summary_details(summary: ExportSummary, filters: Filters, fmt: str) -> Mapping[str, Any]:
+    return {"format": fmt, "entries": summary.entries, "tree_size": summary.tree_size, "root_hash": summary.root_hash,
+            "sha256": summary.sha256, "filters": filters.to_json()}

@@ -1,0 +1,197 @@
+"""Full verification of the audit trail in the database (``latentops audit verify``).
+
+One streaming pass over the entries recomputes every entry hash and chain link, feeds the leaves
+through a Merkle frontier and, at each checkpoint's size, compares the root and head hash the
+checkpoint signed. Checkpoints come from the database and from the external sink; each signature
+is checked with the given public key.
+
+The report names the first damage by kind and sequence number:
+
+``modified``   an entry's content or hash changed (or a rewrite re-hashed the chain after it);
+``deleted``    a sequence number is missing;
+``reordered``  an intact entry sits at another sequence number than the one it was written with;
+``truncated``  entries were removed from the tail after a checkpoint had covered them;
+``forged_checkpoint`` a checkpoint whose signature does not verify.
+
+What cannot be detected: a rewrite of entries after the newest checkpoint by someone who also
+re-hashes the chain (write checkpoints often), and anything done with the signing key itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.orm import Session
+
+from latentops.governance import audit, checkpoints, merkle
+from latentops.platform.errors import InvalidInput
+from latentops.platform.models import AuditCheckpoint, AuditEntry
+
+log = logging.getLogger(__name__)
+
+# How far from its own place a displaced entry is looked for before calling it merely modified.
+REORDER_WINDOW = 256
+
+
+@dataclass(frozen=True)
+class Damage:
+    kind: str
+    seq: int | None
+    detail: str
+
+    def line(self) -> str:
+        where = f" at seq {self.seq}" if self.seq is not None else ""
+        return f"{self.kind}{where}: {self.detail}"
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    checkpoints: int = 0
+    sink_checkpoints: int = 0
+    tree_size: int = 0
+    root_hash: str = merkle.EMPTY_ROOT.hex()
+    damage: list[Damage] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "entries": self.entries, "checkpoints": self.checkpoints,
+            "sink_checkpoints": self.sink_checkpoints, "tree_size": self.tree_size, "root_hash": self.root_hash,
+            "damage": [{"kind": d.kind, "seq": d.seq, "detail": d.detail} for d in self.damage],
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class _Statement:
+    source: str  # "database checkpoint 3" or "sink line 2"
+    tree_size: int
+    root_hash: str
+    head_hash: str
+
+
+def _check_signatures(items: Sequence[tuple[str, dict[str, Any]]], public_key: Ed25519PublicKey | None,
+                      report: Report) -> list[_Statement]:
+    if not items:
+        return []
+    if public_key is None:
+        raise InvalidInput("public key: the log has checkpoints but no public key was given and no signing key "
+                           "was found (pass --public-key)")
+    expected = checkpoints.key_id(public_key)
+    signers = {str(item.get("key_id")) for _, item in items}
+    if expected not in signers:
+        raise InvalidInput(f"public key: wrong key; it has id {expected} but the checkpoints are signed by "
+                           f"{', '.join(sorted(signers))}")
+    valid = []
+    for source, item in items:
+        if not checkpoints.signature_valid(item, public_key):
+            report.damage.append(Damage("forged_checkpoint", None, f"{source} (tree size {item.get('tree_size')}): "
+                                        "the signature does not verify with the public key"))
+            continue
+        valid.append(_Statement(source, int(item["tree_size"]), str(item["root_hash"]), str(item["head_hash"])))
+    return valid
+
+
+def _displaced(row: Any) -> int | None:
+    """The sequence number an entry was written with, if it verifies under another nearby one."""
+    payload = audit.entry_payload(row)
+    for candidate in range(max(0, row.seq - REORDER_WINDOW), row.seq + REORDER_WINDOW + 1):
+        if candidate != row.seq:
+            payload["seq"] = candidate
+            if audit.entry_hash(payload) == row.hash:
+                return candidate
+    return None
+
+
+def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report) -> None:
+    """Stream the entries; record the first break of chain or tree in ``report``."""
+    by_size: dict[int, list[_Statement]] = {}
+    for item in statements:
+        by_size.setdefault(item.tree_size, []).append(item)
+    frontier = merkle.Frontier()
+    head = audit.EMPTY_HEAD
+    proven = 0  # size of the last checkpoint whose root matched: rewrites are located after it
+
+    def check_checkpoints(size: int) -> bool:
+        nonlocal proven
+        for item in by_size.get(size, ()):
+            if frontier.root().hex() != item.root_hash or (size and head.hash != item.head_hash):
+                report.damage.append(Damage("modified", proven, f"the entries {proven}..{size - 1} do not give the "
+                                            f"root signed by {item.source}: one of them was rewritten and the chain "
+                                            "re-hashed after it"))
+                return False
+        if size in by_size:
+            proven = size
+        return True
+
+    if not check_checkpoints(0):
+        return
+    for row in rows:
+        if row.seq != head.seq + 1:
+            report.damage.append(Damage("deleted", head.seq + 1, f"expected seq {head.seq + 1}, found seq {row.seq}"))
+            return
+        own_hash_ok = audit.entry_hash(audit.entry_payload(row)) == row.hash
+        if not own_hash_ok:
+            original = _displaced(row)
+            if original is not None:
+                report.damage.append(Damage("reordered", row.seq, f"this entry was written as seq {original}"))
+            else:
+                report.damage.append(Damage("modified", row.seq, "the entry's hash does not match its content"))
+            return
+        if row.prev_hash != head.hash:
+            report.damage.append(Damage("modified", head.seq, f"entry {row.seq} chains to a different hash than "
+                                        f"entry {head.seq} now has"))
+            return
+        head = audit.Head(row.seq, row.hash)
+        frontier.append(merkle.leaf_hash(audit.leaf_data(row.hash)))
+        report.entries += 1
+        if not check_checkpoints(frontier.size):
+            return
+    report.tree_size, report.root_hash = frontier.size, frontier.root().hex()
+    beyond = [item for item in statements if item.tree_size > frontier.size]
+    if beyond:
+        item = max(beyond, key=lambda s: s.tree_size)
+        report.damage.append(Damage("truncated", frontier.size, f"{item.source} covers {item.tree_size} entries but "
+                                    f"only {frontier.size} remain: entries {frontier.size}..{item.tree_size - 1} "
+                                    "were removed from the tail"))
+
+
+def verify(session: Session, *, public_key: Ed25519PublicKey | None,
+           sink: checkpoints.CheckpointSink | None = None, batch: int = 5000) -> Report:
+    """Verify every entry, the tree, every checkpoint (database and sink) and their signatures."""
+    report = Report()
+    stored = session.execute(sa.select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars().all()
+    items = [(f"database checkpoint {cp.id}", checkpoints.statement(cp)) for cp in stored]
+    sink_items = sink.read() if sink is not None else []
+    items += [(f"sink {sink.location if sink else ''} line {n}", item) for n, item in enumerate(sink_items, start=1)]
+    report.checkpoints, report.sink_checkpoints = len(stored), len(sink_items)
+
+    in_database = {(cp.tree_size, cp.root_hash) for cp in stored}
+    in_sink = {(int(item["tree_size"]), str(item.get("root_hash"))) for item in sink_items}
+    if sink is not None:
+        for size, _root in sorted(in_database - in_sink):
+            report.warnings.append(f"database checkpoint of tree size {size} is missing from the sink")
+        for size, _root in sorted(in_sink - in_database):
+            report.warnings.append(f"sink checkpoint of tree size {size} is missing from the database")
+
+    statements = _check_signatures(items, public_key, report)
+    query = sa.select(*audit.ENTRY_COLUMNS).order_by(AuditEntry.seq).execution_options(yield_per=batch)
+    scan_report = Report()
+    scan(session.execute(query), statements, scan_report)
+    entry_damage = scan_report.damage
+    report.entries, report.tree_size, report.root_hash = scan_report.entries, scan_report.tree_size, scan_report.root_hash
+    # The first bad entry comes first; forged checkpoints follow.
+    report.damage = entry_damage + report.damage
+    for damage in report.damage:
+        log.error("audit verification: %s", damage.line())
+    return report

@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""Standalone verifier for latentops audit exports. Python 3.9+ standard library only.
+
+An outside auditor runs this on an export without trusting the latentops server, its database or
+its code:
+
+    python3 latentops_audit_verify.py audit.jsonl --public-key latentops-audit.pub \
+        [--proofs audit.jsonl.proofs.json] [--checkpoints checkpoints.jsonl]
+
+It checks, with its own implementations of RFC 8785 (for the entry fields), RFC 9162 (Merkle
+hashing and proof verification) and RFC 8032 (Ed25519 verification):
+
+1. the export's checkpoint is signed by the public key you obtained from the operator out of band
+   (the key inside the proofs file is only compared against it);
+2. every entry's hash recomputes from its fields, and its inclusion proof leads to the signed root;
+3. for a complete export (no filters): sequence numbers 0..n-1 with no gap, every ``prev_hash``
+   link, the Merkle root over all entries and the signed head hash;
+4. every earlier checkpoint in the proofs file is signed and consistent with the export's one;
+5. with ``--checkpoints`` (a copy of the external append-only sink): every statement there is
+   signed; one of the export's size must carry its root; a complete export must match every
+   smaller one, and one larger than the export is reported as the export having been truncated.
+
+Exit status: 0 verified, 1 damage found (first bad seq and kind printed), 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+EXPORT_FORMAT = "latentops-audit-export/v1"
+STATEMENT_HEADER = "latentops audit checkpoint v1"
+GENESIS_HASH = "0" * 64
+ENTRY_FIELDS = ("seq", "at", "actor", "action", "resource", "outcome", "details", "prev_hash", "hash")
+
+
+class Unusable(Exception):
+    """The input cannot be read: exit 2."""
+
+
+class Damaged(Exception):
+    """The evidence does not verify: exit 1."""
+
+    def __init__(self, kind: str, seq: Optional[int], detail: str) -> None:
+        super().__init__(detail)
+        self.kind, self.seq, self.detail = kind, seq, detail
+
+
+# --- RFC 8032 Ed25519 verification (the reference algorithm of section 6) --------------------
+
+_P = 2 ** 255 - 19
+_L = 2 ** 252 + 27742317777372353535851937790883648493
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_I = pow(2, (_P - 1) // 4, _P)
+
+
+def _recover_x(y: int, sign: int) -> Optional[int]:
+    if y >= _P:
+        return None
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P)
+    if x2 == 0:
+        return None if sign else 0
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P != 0:
+        x = x * _I % _P
+    if (x * x - x2) % _P != 0:
+        return None
+    if (x & 1) != sign:
+        x = _P - x
+    return x
+
+
+_GY = 4 * pow(5, _P - 2, _P) % _P
+_GX = _recover_x(_GY, 0)
+assert _GX is not None
+_G = (_GX, _GY, 1, _GX * _GY % _P)
+
+
+def _add(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+    A = (a[1] - a[0]) * (b[1] - b[0]) % _P
+    B = (a[1] + a[0]) * (b[1] + b[0]) % _P
+    C = 2 * a[3] * b[3] * _D % _P
+    D = 2 * a[2] * b[2] % _P
+    E, F, G, H = B - A, D - C, D + C, B + A
+    return (E * F % _P, G * H % _P, F * G % _P, E * H % _P)
+
+
+def _mul(s: int, point: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+    result = (0, 1, 1, 0)
+    while s > 0:
+        if s & 1:
+            result = _add(result, point)
+        point = _add(point, point)
+        s >>= 1
+    return result
+
+
+def _equal(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> bool:
+    return (a[0] * b[2] - b[0] * a[2]) % _P == 0 and (a[1] * b[2] - b[1] * a[2]) % _P == 0
+
+
+def _decompress(data: bytes) -> Optional[Tuple[int, int, int, int]]:
+    if len(data) != 32:
+        return None
+    y = int.from_bytes(data, "little")
+    sign = y >> 255
+    y &= (1 << 255) - 1
+    x = _recover_x(y, sign)
+    return None if x is None else (x, y, 1, x * y % _P)
+
+
+def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    if len(public) != 32 or len(signature) != 64:
+        return False
+    a_point, r_point = _decompress(public), _decompress(signature[:32])
+    if a_point is None or r_point is None:
+        return False
+    s = int.from_bytes(signature[32:], "little")
+    if s >= _L:
+        return False
+    h = int.from_bytes(hashlib.sha512(signature[:32] + public + message).digest(), "little") % _L
+    return _equal(_mul(s, _G), _add(r_point, _mul(h, a_point)))
+
+
+# --- RFC 9162 Merkle hashing ------------------------------------------------------------------
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+class Frontier:
+    def __init__(self) -> None:
+        self.size, self.hashes = 0, []  # type: int, List[bytes]
+
+    def append(self, leaf: bytes) -> None:
+        node, size = leaf, self.size
+        while size & 1:
+            node = node_hash(self.hashes.pop(), node)
+            size >>= 1
+        self.hashes.append(node)
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self.hashes:
+            return hashlib.sha256(b"").digest()
+        root = self.hashes[-1]
+        for left in reversed(self.hashes[:-1]):
+            root = node_hash(left, root)
+        return root
+
+
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes) -> bool:
+    if not 0 <= index < size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
+    if not 0 <= old <= new:
+        return False
+    if old == new:
+        return not proof and old_root == new_root
+    if old == 0:
+        return not proof
+    if not proof:
+        return False
+    path = list(proof)
+    if old & (old - 1) == 0:
+        path.insert(0, old_root)
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0
+
+
+# --- RFC 8785 for the entry (its values are strings and integers only) -------------------------
+
+
+def _jcs_string(value: str) -> str:
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char == '"':
+            out.append('\\"')
+        elif char == "\\":
+            out.append("\\\\")
+        elif code < 0x20:
+            out.append({8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}.get(code, "\\u%04x" % code))
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def entry_hash(entry: Dict[str, Any]) -> str:
+    parts = []
+    for name in sorted(ENTRY_FIELDS[:-1]):  # keys are ASCII: code-point order is UTF-16 order
+        value = entry[name]
+        parts.append(_jcs_string(name) + ":" + (str(value) if name == "seq" else _jcs_string(value)))
+    canonical = ("{" + ",".join(parts) + "}").encode("utf-8")
+    return hashlib.sha256(bytes.fromhex(entry["prev_hash"]) + canonical).hexdigest()
+
+
+# --- reading the evidence ---------------------------------------------------------------------
+
+
+def _hex(value: Any, where: str, size: int = 32) -> bytes:
+    try:
+        data = bytes.fromhex(str(value))
+    except ValueError:
+        raise Unusable(f"{where}: not hex ({value!r})") from None
+    if len(data) != size:
+        raise Unusable(f"{where}: expected {size} bytes, got {len(data)}")
+    return data
+
+
+def read_public_key(path: Path) -> bytes:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise Unusable(f"{path}: cannot read the public key ({error})") from None
+    try:
+        if text.startswith("-----BEGIN PUBLIC KEY-----"):
+            der = base64.b64decode("".join(line for line in text.splitlines() if not line.startswith("-----")))
+            # SubjectPublicKeyInfo for Ed25519: a fixed 12-byte prefix, then the 32-byte key.
+            if len(der) != 44 or der[:12] != bytes.fromhex("302a300506032b6570032100"):
+                raise Unusable(f"{path}: not an Ed25519 public key")
+            return der[12:]
+        raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raise Unusable(f"{path}: not an Ed25519 public key (PEM, hex or base64)") from None
+    if len(raw) != 32:
+        raise Unusable(f"{path}: an Ed25519 public key has 32 bytes, this has {len(raw)}")
+    return raw
+
+
+def key_id(public: bytes) -> str:
+    return hashlib.sha256(public).hexdigest()[:32]
+
+
+def statement_body(item: Dict[str, Any]) -> bytes:
+    return (f"{STATEMENT_HEADER}\ntree_size {int(item['tree_size'])}\nroot {item['root_hash']}\n"
+            f"head {item['head_hash']}\ntime {item['at']}\n").encode()
+
+
+def check_statement(item: Dict[str, Any], public: bytes, where: str) -> None:
+    try:
+        signature = base64.b64decode(str(item["signature"]), validate=True)
+        body = statement_body(item)
+    except (KeyError, ValueError, TypeError, binascii.Error) as error:
+        raise Unusable(f"{where}: not a checkpoint statement ({error})") from None
+    if item.get("key_id") != key_id(public):
+        raise Damaged("forged_checkpoint", None, f"{where}: signed by key {item.get('key_id')}, "
+                      f"not by the given public key {key_id(public)} (or the key given is wrong)")
+    if not ed25519_verify(public, body, signature):
+        raise Damaged("forged_checkpoint", None, f"{where}: the signature does not verify")
+
+
+def read_entries(path: Path) -> List[Dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise Unusable(f"{path}: cannot read ({error})") from None
+    entries = []
+    if path.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if reader.fieldnames is None or not set(ENTRY_FIELDS) <= set(reader.fieldnames):
+            raise Unusable(f"{path}: not a latentops audit CSV export (header {reader.fieldnames})")
+        for number, row in enumerate(reader, start=2):
+            try:
+                entry: Dict[str, Any] = {name: row[name] for name in ENTRY_FIELDS}
+                entry["seq"] = int(row["seq"])
+                entry["proof"] = row["proof"].split() if row.get("proof") else []
+            except (ValueError, TypeError, KeyError) as error:
+                raise Unusable(f"{path}: line {number}: {error}") from None
+            entries.append(entry)
+        return entries
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
+                raise ValueError("not an entry object with an integer seq")
+            missing = [name for name in ENTRY_FIELDS if name not in entry]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+        except ValueError as error:
+            raise Unusable(f"{path}: line {number}: {error}") from None
+        entries.append(entry)
+    return entries
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise Unusable(f"{path}: cannot read JSON ({error})") from None
+
+
+# --- verification -----------------------------------------------------------------------------
+
+
+def verify(export: Path, proofs_path: Path, public: bytes, sink: Optional[Path]) -> str:
+    proofs = read_json(proofs_path)
+    if not isinstance(proofs, dict) or proofs.get("format") != EXPORT_FORMAT:
+        raise Unusable(f"{proofs_path}: not a {EXPORT_FORMAT} proofs file")
+    checkpoint = proofs["checkpoint"]
+    check_statement(checkpoint, public, f"{proofs_path}: checkpoint")
+    size, root = int(checkpoint["tree_size"]), _hex(checkpoint["root_hash"], "checkpoint root")
+
+    entries = read_entries(export)
+    if len(entries) != proofs.get("entries"):
+        raise Damaged("deleted", None, f"{export} has {len(entries)} entries, the proofs file says {proofs.get('entries')}")
+    frontier, expected_prev = Frontier(), GENESIS_HASH
+    for entry in entries:
+        seq = entry["seq"]
+        try:
+            recomputed = entry_hash(entry)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise Unusable(f"{export}: entry {seq}: malformed field ({error})") from None
+        if recomputed != entry["hash"]:
+            raise Damaged("modified", seq, "the entry's hash does not match its content")
+        leaf = leaf_hash(_hex(entry["hash"], f"entry {seq} hash"))
+        proof = [_hex(node, f"entry {seq} proof") for node in entry.get("proof") or []]
+        if not verify_inclusion(seq, size, leaf, proof, root):
+            raise Damaged("modified", seq, f"the inclusion proof does not lead to the signed root of tree size {size}")
+        if proofs.get("complete"):
+            if seq != frontier.size:
+                kind = "deleted" if seq > frontier.size else "reordered"
+                raise Damaged(kind, frontier.size, f"expected seq {frontier.size}, found {seq}")
+            if entry["prev_hash"] != expected_prev:
+                raise Damaged("modified", seq - 1, "the chain link to the previous entry is broken")
+            frontier.append(leaf)
+            expected_prev = entry["hash"]
+    if proofs.get("complete"):
+        if frontier.size != size:
+            raise Damaged("truncated", frontier.size, f"the checkpoint covers {size} entries, the export has {frontier.size}")
+        if frontier.root() != root or (size and expected_prev != checkpoint["head_hash"]):
+            raise Damaged("modified", None, "the entries do not give the signed root")
+
+    for number, item in enumerate(proofs.get("consistency") or [], start=1):
+        old = item["checkpoint"]
+        check_statement(old, public, f"{proofs_path}: earlier checkpoint {number}")
+        nodes = [_hex(node, f"consistency proof {number}") for node in item.get("proof") or []]
+        if not verify_consistency(int(old["tree_size"]), size, _hex(old["root_hash"], "old root"), root, nodes):
+            raise Damaged("forged_checkpoint", None, f"earlier checkpoint of size {old['tree_size']} is not consistent "
+                          f"with the checkpoint of size {size}: the log was rewritten between them")
+
+    sink_note = ""
+    if sink is not None:
+        statements = []
+        for number, line in enumerate(sink.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    statements.append((number, json.loads(line)))
+                except ValueError as error:
+                    raise Unusable(f"{sink}: line {number}: {error}") from None
+        roots = {}
+        if proofs.get("complete"):
+            replay, replay_root = Frontier(), {0: hashlib.sha256(b"").digest()}
+            for entry in entries:
+                replay.append(leaf_hash(bytes.fromhex(entry["hash"])))
+                replay_root[replay.size] = replay.root()
+            roots = replay_root
+        for number, item in statements:
+            check_statement(item, public, f"{sink}: line {number}")
+            item_size = int(item["tree_size"])
+            if item_size == size and item["root_hash"] != checkpoint["root_hash"]:
+                raise Damaged("forged_checkpoint", None, f"{sink}: line {number} signs another root for size {size}")
+            if item_size in roots and roots[item_size].hex() != item["root_hash"]:
+                raise Damaged("modified", None, f"{sink}: line {number}: the export's first {item_size} entries "
+                              "do not give the root signed there")
+            if item_size > size and proofs.get("complete"):
+                raise Damaged("truncated", size, f"{sink}: line {number} covers {item_size} entries; the export stops at {size}")
+        sink_note = f", {len(statements)} sink statements"
+    kind = "complete chain" if proofs.get("complete") else "filtered entries"
+    return (f"OK: {len(entries)} {kind} verified against the checkpoint of tree size {size} "
+            f"(root {checkpoint['root_hash']}), {len(proofs.get('consistency') or [])} consistency proofs{sink_note}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Verify a latentops audit export without the database.")
+    parser.add_argument("export", type=Path, help="the exported entries (.jsonl or .csv)")
+    parser.add_argument("--proofs", type=Path, help="the proofs file (default: EXPORT.proofs.json)")
+    parser.add_argument("--public-key", type=Path, required=True, help="the operator's Ed25519 public key (PEM, hex or base64)")
+    parser.add_argument("--checkpoints", type=Path, help="a copy of the external checkpoint sink (JSON lines)")
+    args = parser.parse_args(argv)
+    proofs = args.proofs or args.export.with_name(args.export.name + ".proofs.json")
+    try:
+        public = read_public_key(args.public_key)
+        print(verify(args.export, proofs, public, args.checkpoints))
+        return 0
+    except Damaged as damage:
+        where = f" at seq {damage.seq}" if damage.seq is not None else ""
+        print(f"FAIL: {damage.kind}{where}: {damage.detail}", file=sys.stderr)
+        return 1
+    except Unusable as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, ValueError) as error:
+        print(f"ERROR: malformed evidence: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""``latentops audit``: verify, checkpoint, prove, export and query the audit trail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from latentops.governance import audit, checkpoints, compliance, erasure, verification
+from latentops.platform.cli import context, output
+from latentops.platform.errors import IntegrityError
+
+audit_app = typer.Typer(help="The tamper-evident audit trail: verify it, sign checkpoints, prove and export.",
+                        no_args_is_help=True)
+
+KEY_HELP = "Ed25519 signing key (PEM; default LATENTOPS_HOME/audit/checkpoint-signing-key.pem, created if missing)."
+SINK_HELP = "External checkpoint sink: a file path or scheme://... (default LATENTOPS_HOME/audit/checkpoints.jsonl)."
+
+
+def _key_path(key: Path | None) -> Path:
+    return key or checkpoints.default_key_path(context.settings())
+
+
+def _sink(location: str | None) -> checkpoints.CheckpointSink:
+    return checkpoints.open_sink(location or checkpoints.default_sink_location(context.settings()))
+
+
+def _public_key(path: Path | None) -> Ed25519PublicKey | None:
+    if path is not None:
+        return checkpoints.load_public_key(path)
+    default = checkpoints.default_key_path(context.settings())
+    return checkpoints.load_signing_key(default).public_key() if default.exists() else None
+
+
+def _filters(since: str | None, until: str | None, actor: str | None, action: str | None, resource: str | None,
+             outcome: str | None) -> compliance.Filters:
+    return compliance.Filters(since=compliance.parse_time(since, "since"), until=compliance.parse_time(until, "until"),
+                              actor=actor, action=action, resource=resource, outcome=outcome)
+
+
+SINCE = typer.Option(None, help="Entries at or after this ISO 8601 time (UTC if no zone).")
+UNTIL = typer.Option(None, help="Entries before this ISO 8601 time.")
+ACTOR = typer.Option(None, help="Actor, exact or a prefix ending in *.")
+ACTION = typer.Option(None, help="Action (e.g. job.submit), exact or a prefix ending in * (job.*).")
+RESOURCE = typer.Option(None, help="Resource (e.g. job:12), exact or a prefix ending in *.")
+OUTCOME = typer.Option(None, help="Outcome: success, failure, denied, ...")
+
+
+@audit_app.command("verify")
+def verify(
+    public_key: Path | None = typer.Option(None, "--public-key", help="Public key the checkpoints must be signed with."),
+    sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Recompute the chain and the Merkle tree and check every checkpoint; exit non-zero on damage."""
+    key = _public_key(public_key)
+    with context.session() as db:
+        report = verification.verify(db, public_key=key, sink=_sink(sink))
+    try:
+        with context.session() as db:
+            audit.record(db, actor=context.actor(), action="audit.verify", resource="audit:log",
+                         outcome="success" if report.ok else "failure", details=report.to_json())
+    except IntegrityError:
+        pass  # the writer refused a damaged chain and alarmed; the damage is reported below
+    if json_output:
+        output.emit_json(report.to_json())
+    for warning in report.warnings:
+        output.error(f"warning: {warning}")
+    if not report.ok:
+        first = report.damage[0]
+        raise IntegrityError(f"audit trail damaged: {first.line()}",
+                             reasons=[damage.line() for damage in report.damage[1:]])
+    if not json_output:
+        output.say(f"audit trail intact: {report.entries} entries, {report.checkpoints} checkpoints "
+                   f"({report.sink_checkpoints} in the sink) verified; tree size {report.tree_size}, root {report.root_hash}")
+
+
+@audit_app.command("checkpoint")
+def checkpoint(
+    key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
+    sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
+    force: bool = typer.Option(False, "--force", help="Sign even if no entry was added since the last checkpoint."),
+    json_output: bool = typer.Option(False, "--json", help="Print the checkpoint as JSON."),
+) -> None:
+    """Sign the current Merkle tree; store it in the database and the external sink."""
+    signing_key = checkpoints.load_or_create_signing_key(_key_path(key))
+    with context.session() as db:
+        made = checkpoints.create(db, signing_key=signing_key, sink=_sink(sink), force=force)
+        result = {"id": made.id, **checkpoints.statement(made)}
+    if json_output:
+        output.emit_json(result)
+    else:
+        output.say(f"checkpoint {result['id']}: tree size {result['tree_size']}, root {result['root_hash']}")
+
+
+@audit_app.command("prove")
+def prove(
+    seq: int = typer.Argument(..., help="The entry's sequence number."),
+    json_output: bool = typer.Option(False, "--json", help="Print the proof as JSON."),
+) -> None:
+    """Print an inclusion proof of entry SEQ against the latest checkpoint."""
+    with context.session() as db:
+        proof = compliance.inclusion(db, seq=seq)
+    if json_output:
+        output.emit_json(proof)
+        return
+    output.say(f"entry {seq} ({proof['entry']['action']} {proof['entry']['resource']}) is leaf {proof['leaf_index']} "
+               f"of the tree of size {proof['tree_size']} with root {proof['root_hash']}")
+    output.say(f"leaf hash {proof['leaf_hash']}")
+    for index, node in enumerate(proof["proof"]):
+        output.say(f"  {index:2d} {node}")
+
+
+@audit_app.command("consistency")
+def consistency(
+    old: int = typer.Argument(..., help="The earlier tree size."),
+    new: int = typer.Argument(..., help="The later tree size (at most the latest checkpoint's)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the proof as JSON."),
+) -> None:
+    """Print a consistency proof: the tree of size NEW extends the tree of size OLD."""
+    with context.session() as db:
+        proof = compliance.consistency(db, old=old, new=new)
+    if json_output:
+        output.emit_json(proof)
+        return
+    output.say(f"tree {old} (root {proof['old_root']}) is a prefix of tree {new} (root {proof['new_root']})")
+    for index, node in enumerate(proof["proof"]):
+        output.say(f"  {index:2d} {node}")
+
+
+@audit_app.command("export")
+def export(
+    out: Path = typer.Option(..., "--out", help="File to write (the proofs go to OUT.proofs.json)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
+    since: str | None = SINCE, until: str | None = UNTIL, actor: str | None = ACTOR, action: str | None = ACTION,
+    resource: str | None = RESOURCE, outcome: str | None = OUTCOME,
+    key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
+    sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
+) -> None:
+    """Export entries with inclusion proofs, after signing a fresh checkpoint (audited)."""
+    filters = _filters(since, until, actor, action, resource, outcome)
+    if fmt not in ("jsonl", "csv"):
+        raise typer.BadParameter(f"must be jsonl or csv (got {fmt!r})", param_hint="--format")
+    signing_key = checkpoints.load_or_create_signing_key(_key_path(key))
+    with context.session() as db:
+        checkpoints.create(db, signing_key=signing_key, sink=_sink(sink))
+    with context.session() as db:
+        summary = compliance.export(db, path=out, fmt=fmt, filters=filters,  # type: ignore[arg-type]
+                                    public_key_pem=checkpoints.public_key_pem(signing_key.public_key()))
+        audit.record(db, actor=context.actor(), action="audit.export", resource="audit:log",
+                     details=compliance.summary_details(summary, filters, fmt))
+    output.say(f"exported {summary.entries} entries to {summary.path} with proofs in {summary.proofs_path} "
+               f"(tree size {summary.tree_size}, root {summary.root_hash})")
+
+
+@audit_app.command("query")
+def query(
+    since: str | None = SINCE, until: str | None = UNTIL, actor: str | None = ACTOR, action: str | None = ACTION,
+    resource: str | None = RESOURCE, outcome: str | None = OUTCOME,
+    after: int | None = typer.Option(None, "--after", help="Start after this seq (the previous page's next cursor)."),
+    limit: int = typer.Option(50, "--limit", help=f"Entries per page (1 to {compliance.MAX_PAGE})."),
+    reveal: bool = typer.Option(False, "--reveal", help="Decrypt sealed personal data that is not erased."),
+    json_output: bool = typer.Option(False, "--json", help="Print the page as JSON."),
+) -> None:
+    """Search the trail by time, actor, action, resource and outcome, a page at a time."""
+    filters = _filters(since, until, actor, action, resource, outcome)
+    with context.session() as db:
+        page = compliance.query(db, filters=filters, after=after, limit=limit, reveal=reveal)
+    if json_output:
+        output.emit_json({"entries": page.entries, "next_after": page.next_after})
+        return
+    output.table("audit entries", ["seq", "at", "actor", "action", "resource", "outcome", "details"],
+                 [[e["seq"], e["at"], e["actor"], e["action"], e["resource"], e["outcome"],
+                   e.get("details_revealed", e["details"])] for e in page.entries])
+    if page.next_after is not None:
+        output.say(f"more: --after {page.next_after}")
+
+
+@audit_app.command("public-key")
+def public_key(
+    key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
+    out: Path | None = typer.Option(None, "--out", help="Write the PEM to this file instead of printing it."),
+) -> None:
+    """Print the checkpoint public key (PEM) to give to auditors."""
+    pem = checkpoints.public_key_pem(checkpoints.load_or_create_signing_key(_key_path(key)).public_key())
+    if out is not None:
+        out.write_text(pem, encoding="ascii")
+        output.say(f"public key written to {out}")
+    else:
+        output.say(pem.rstrip())
+
+
+@audit_app.command("erase")
+def erase(
+    subject: str = typer.Argument(..., help="The data subject, e.g. user:42."),
+    reason: str = typer.Option("", "--reason", help="Why (e.g. the erasure request's reference)."),
+) -> None:
+    """Crypto-shred a data subject's personal data in the trail (audited; hashes stay valid)."""
+    with context.session() as db:
+        count = erasure.erase_subject(db, subject=subject, actor=context.actor(), reason=reason)
+    output.say(f"erased {count} key(s) of {subject}: their personal data in the trail is unreadable")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")
