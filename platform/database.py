@@ -115,3 +115,11 @@ def dispose_all() -> None:
         engine.dispose()
     _engines.clear()
     _sessionmakers.clear()
+
+
+def forget_after_fork() -> None:
+    """In a forked child: drop inherited pools without closing the parent's connections."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+    _sessionmakers.clear()

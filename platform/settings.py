@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=86_400, ge=60)
     job_heartbeat_s: float = Field(default=5.0, gt=0)
     job_lease_s: float = Field(default=60.0, gt=0)
+    # Each worker sweeps for jobs whose lease expired (a crashed worker) or whose broker message
+    # may be lost (queued longer than requeue_after_s since the last dispatch).
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+    requeue_after_s: float = Field(default=600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("home", "model_store", mode="after")

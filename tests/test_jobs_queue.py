@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from latentops.platform.database import session_scope
-from latentops.platform.errors import ServiceUnavailable
+from latentops.platform.errors import InvalidInput, ServiceUnavailable
 from latentops.platform.models import AuditEntry, Job, JobState
 from latentops.platform.services import jobs
 
@@ -41,12 +41,32 @@ def test_job_runs_on_a_real_worker_and_records_progress_and_audit(start_worker, 
     assert messages[0] == "queued" and messages[-1] == "succeeded"
 
 
-def test_failing_job_records_the_reason(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_parameters_are_refused_at_submit_and_nothing_is_created(queue_settings) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidInput, match="steps: must be an integer between 1 and 10000, got 0"):
+        jobs.submit(queue_settings, kind="diagnostics", params={"steps": 0}, actor="tester")
+    with pytest.raises(InvalidInput, match="colour: unknown parameter"):
+        jobs.submit(queue_settings, kind="diagnostics", params={"colour": "red"}, actor="tester")
+    with pytest.raises(InvalidInput, match="kind: unknown job kind 'mine'"):
+        jobs.submit(queue_settings, kind="mine", params={}, actor="tester")
+    with session_scope(queue_settings.database_url) as db:
+        assert db.scalar(sa.select(sa.func.count(Job.id))) == 0
+        assert db.scalar(sa.select(sa.func.count(AuditEntry.seq))) == 0
+
+
+def test_a_job_that_fails_on_the_worker_records_the_reason(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    # The job's checkpoint is damaged before it starts: it must fail with that reason, not hang.
+    damaged = queue_settings.jobs_dir / "1"
+    damaged.mkdir(parents=True)
+    (damaged / "checkpoint.json").write_text("{not json")
     start_worker()
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 0}, actor="tester")
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 3}, actor="tester")
+    assert job_id == 1
     job = wait_finished(queue_settings.database_url, job_id)
     assert job.state == JobState.FAILED
-    assert job.error == "ValueError: steps: must be between 1 and 10000, got 0"
+    assert job.error is not None and job.error.startswith(f"InvalidInput: checkpoint {damaged / 'checkpoint.json'}: unreadable")
+    with session_scope(queue_settings.database_url) as db:
+        outcome = db.scalar(sa.select(AuditEntry.outcome).where(AuditEntry.action == "job.failed"))
+    assert outcome == "failure"
 
 
 def test_submit_with_broker_down_creates_nothing(settings_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

@@ -126,3 +126,63 @@ def test_demo_runs_the_main_job_end_to_end(embedded_env: dict[str, str]) -> None
     assert "stack stopped" in done.stdout
     # Nothing is left running: the socket is gone and a second run works on the same home.
     assert not Path(embedded_env["LATENTOPS_HOME"], "run", "redis.sock").exists()
+
+
+def test_whole_stack_killed_and_restarted_finishes_the_job_from_its_checkpoint(embedded_env: dict[str, str]) -> None:
+    env = {**embedded_env, "LATENTOPS_JOB_LEASE_S": "3", "LATENTOPS_JOB_HEARTBEAT_S": "0.5", "LATENTOPS_SWEEP_INTERVAL_S": "1"}
+    port = free_port()
+
+    def start() -> subprocess.Popen[str]:
+        process = subprocess.Popen(_latentops("up", "--port", str(port)), env=env, cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _read_until(process, "latentops is up")
+        _wait_health(port, process)
+        return process
+
+    up = start()
+    submitted = subprocess.run(
+        [sys.executable, "-c", "import json,sys; from latentops.platform.services import jobs; "
+         "from latentops.platform.settings import get_settings; "
+         "print(jobs.submit(get_settings(), kind='diagnostics', params={'steps': 30, 'step_delay_s': 0.2}, actor='t'))"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+
+    def show() -> dict[str, object]:
+        done = subprocess.run(_latentops("jobs", "show", job_id, "--json"), env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        import json
+
+        return dict(json.loads(done.stdout))
+
+    deadline = time.monotonic() + 60
+    while int(dict(show()["progress"]).get("step", 0)) < 5:  # type: ignore[call-overload]
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    # kill -9 everything at once: the supervisor and all its children.
+    import psutil
+
+    family = [up.pid, *(child.pid for child in psutil.Process(up.pid).children(recursive=True))]
+    for pid in family:
+        os.kill(pid, signal.SIGKILL)
+    up.wait()
+    for pid in family:
+        with_timeout = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < with_timeout:
+            time.sleep(0.1)
+
+    up = start()
+    try:
+        deadline = time.monotonic() + 120
+        while (job := show())["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.communicate(timeout=90)
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == 2
+    result = dict(job["result"])  # type: ignore[call-overload]
+    assert result["resumed_from"] >= 5 and result["steps"] == 30

@@ -7,7 +7,7 @@ import typer
 from latentops.platform.cli import context, output
 from latentops.platform.services import jobs as jobs_service
 
-jobs_app = typer.Typer(help="Jobs on the queue: list, show, cancel, logs.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs on the queue: list, show, cancel, retry, logs.", no_args_is_help=True)
 
 
 @jobs_app.command("list")
@@ -32,7 +32,8 @@ def list_jobs(
 def show(job_id: int, json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show one job's state, progress and result."""
     with context.session() as db:
-        row = jobs_service.as_dict(jobs_service.get(db, job_id))
+        job = jobs_service.get(db, job_id)
+        row = jobs_service.as_dict(job) | {"queue_position": jobs_service.queue_position(db, job)}
     if json_output:
         output.emit_json(row)
     else:
@@ -47,6 +48,13 @@ def cancel(job_id: int) -> None:
         job = jobs_service.cancel(db, job_id=job_id, actor=context.actor())
         state = job.state.value
     output.say(f"job {job_id}: cancellation requested (state {state})")
+
+
+@jobs_app.command("retry")
+def retry(job_id: int) -> None:
+    """Queue a failed or cancelled job again (a running or finished-successfully job is refused)."""
+    jobs_service.retry(context.settings(), job_id=job_id, actor=context.actor())
+    output.say(f"job {job_id} queued again")
 
 
 @jobs_app.command("logs")

@@ -46,16 +46,22 @@ def serve(
 
 def worker(
     queues: str = typer.Option("gpu,cpu", help="Comma-separated queues to consume: gpu, cpu."),
-    gpus: str = typer.Option(None, help="GPU indices to pin (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,1."),
-    concurrency: int = typer.Option(1, min=1, max=64, help="Worker processes (1 per GPU)."),
+    gpus: str = typer.Option(None, help="GPU indices, e.g. 0 or 0,1: one worker process per GPU, each pinned via "
+                             "CUDA_VISIBLE_DEVICES. Refused when the GPUs are not there."),
+    concurrency: int = typer.Option(None, min=1, max=64, help="Worker processes (default: 1, or one per GPU)."),
 ) -> None:
     """Start a Celery worker consuming job ids from the broker."""
+    from latentops.platform.queue.worker import GPU_LIST_ENV
+
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
     if not wanted or unknown:
         raise InvalidInput(f"queues: unknown queue(s) {', '.join(unknown) or '(none)'}; valid: {', '.join(QUEUES)}")
     if gpus is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+        indices = _check_gpus(gpus)
+        os.environ[GPU_LIST_ENV] = ",".join(indices)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(indices)
+        concurrency = concurrency or len(indices)
     settings = context.settings()
     check_connection(settings.database_url)
     from latentops.platform.services.jobs import ping_broker
@@ -64,10 +70,26 @@ def worker(
     from latentops.platform.queue.app import celery_app
 
     celery_app().worker_main([
-        "worker", "--queues", ",".join(wanted), "--concurrency", str(concurrency), "--pool", "prefork",
+        "worker", "--queues", ",".join(wanted), "--concurrency", str(concurrency or 1), "--pool", "prefork",
         "--hostname", f"latentops-{os.getpid()}@%h", "--loglevel", settings.log_level, "--without-gossip",
         "--without-mingle",
     ])
+
+
+def _check_gpus(gpus: str) -> list[str]:
+    indices = [part.strip() for part in gpus.split(",") if part.strip()]
+    if not indices or not all(part.isdigit() for part in indices):
+        raise InvalidInput(f"gpus: expected comma-separated GPU indices such as 0 or 0,1, got {gpus!r}")
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [index for index in indices if int(index) >= available]
+    if missing:
+        raise ServiceUnavailable(
+            f"gpus: this worker asked for GPU {', '.join(missing)} but the machine has {available} CUDA device(s); "
+            "start it without --gpus to run on the CPU"
+        )
+    return indices
 
 
 def demo(

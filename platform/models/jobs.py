@@ -51,6 +51,11 @@ class Job(TimestampMixin, Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # When the id was last handed to the broker: the sweeper re-dispatches jobs whose message
+    # may have been lost, and harmless duplicates are absorbed by the lease.
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # Why a queued job is not running yet (team at its concurrency limit, ...), shown to users.
+    hold_reason: Mapped[str | None] = mapped_column(sa.String(400))
     started_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow)

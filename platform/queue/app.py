@@ -19,7 +19,7 @@ QUEUES = ("gpu", "cpu")
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("latentops", broker=settings.broker_url, include=["latentops.platform.queue.tasks"])
+    app = Celery("latentops", broker=settings.broker_url, include=["latentops.platform.queue.tasks", "latentops.platform.queue.worker"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

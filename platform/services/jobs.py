@@ -36,14 +36,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobKind:
-    handler: str  # "module:function"
+    handler: str  # "module:function" run on the worker
     queue: str  # gpu | cpu
     description: str
+    validator: str | None = None  # "module:function" checking params at submit time
 
 
 JOB_KINDS: dict[str, JobKind] = {
     "diagnostics": JobKind(
-        "latentops.platform.services.diagnostics:run", "gpu", "checks the worker's accelerator and numerics"
+        "latentops.platform.services.diagnostics:run", "gpu", "checks the worker's accelerator and numerics",
+        validator="latentops.platform.services.diagnostics:validate",
     ),
 }
 
@@ -74,6 +76,8 @@ def create(
     """Write a queued job and its audit entry in the caller's transaction."""
     if kind not in JOB_KINDS:
         raise InvalidInput(f"kind: unknown job kind {kind!r}; known: {', '.join(sorted(JOB_KINDS))}")
+    if JOB_KINDS[kind].validator:
+        _load(JOB_KINDS[kind].validator)(params)  # raises InvalidInput naming the field
     job = Job(
         kind=kind,
         queue=JOB_KINDS[kind].queue,
@@ -89,17 +93,19 @@ def create(
     return job
 
 
-def dispatch(settings: Settings, job: Job) -> None:
+def dispatch(settings: Settings, job: Job, *, countdown: float | None = None) -> None:
     """Hand the job id to the broker. Call only after the job's transaction committed."""
     from latentops.platform.queue.app import celery_app
 
     try:
         celery_app().send_task(
-            "latentops.run_job", args=[job.id], queue=job.queue, priority=job.priority,
+            "latentops.run_job", args=[job.id], queue=job.queue, priority=job.priority, countdown=countdown,
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
     except Exception as error:  # kombu raises several unrelated connection errors
         raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
+    with session_scope(settings.database_url) as session:
+        session.execute(sa.update(Job).where(Job.id == job.id).values(dispatched_at=utcnow()))
 
 
 def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
@@ -167,6 +173,85 @@ def cancel(session: Session, *, job_id: int, actor: audit.Actor | str) -> Job:
     return job
 
 
+def retry(settings: Settings, *, job_id: int, actor: audit.Actor | str) -> Job:
+    """Queue a failed or cancelled job again; a queued, running or succeeded job is refused."""
+    ping_broker(settings)
+    with session_scope(settings.database_url) as session:
+        job = get(session, job_id)
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise Conflict(f"job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried")
+        job.state, job.error, job.cancel_requested, job.finished_at = JobState.QUEUED, None, False, None
+        job.max_attempts = job.attempts + max(job.max_attempts - job.attempts, 1)
+        session.add(JobEvent(job_id=job_id, kind="state", message="queued again by retry"))
+        audit.record(session, actor=actor, action="job.retry", resource=f"job:{job_id}", details={"attempts": job.attempts})
+    dispatch(settings, job)
+    return job
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """How many queued jobs on the same queue run before this one (0: next), or None if not queued."""
+    if job.state != JobState.QUEUED:
+        return None
+    ahead = sa.or_(Job.priority > job.priority, sa.and_(Job.priority == job.priority, Job.id < job.id))
+    count = session.scalar(
+        sa.select(sa.func.count(Job.id)).where(Job.queue == job.queue, Job.state == JobState.QUEUED, ahead)
+    )
+    return int(count or 0)
+
+
+def sweep(settings: Settings, *, worker: str) -> dict[str, int]:
+    """Re-dispatch jobs a crashed worker left behind and queued jobs whose message may be lost.
+
+    A job whose lease expired is set to ``retrying`` (or ``failed`` when out of attempts) and its
+    id is sent again; the lease guarantees that duplicates never run twice. Each job is claimed
+    for sweeping with a conditional update on ``dispatched_at``, so concurrent sweepers on many
+    workers do not all re-send it.
+    """
+    now = utcnow()
+    stale_queued = now - dt.timedelta(seconds=settings.requeue_after_s)
+    counts = {"retried": 0, "failed": 0, "requeued": 0}
+    actor = f"worker:{worker}"
+    to_dispatch: list[Job] = []
+    with session_scope(settings.database_url) as session:
+        expired = session.scalars(
+            sa.select(Job).where(Job.state.in_([JobState.RUNNING, JobState.RETRYING]), Job.lease_expires_at < now)
+        ).all()
+        for job in expired:
+            if job.attempts >= job.max_attempts:
+                _finish_unleased(session, job.id, JobState.FAILED, actor=actor,
+                                 error=f"worker lost; gave up after {job.attempts} attempts")
+                counts["failed"] += 1
+                continue
+            claimed = session.execute(
+                sa.update(Job).where(Job.id == job.id, Job.lease_token == job.lease_token, Job.state == job.state)
+                .values(state=JobState.RETRYING, lease_owner=None, lease_expires_at=None, dispatched_at=now)
+            )
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                session.add(JobEvent(job_id=job.id, kind="warning",
+                                     message=f"lease of {job.lease_owner} expired; dispatched again"))
+                audit.record(session, actor=actor, action="job.requeue", resource=f"job:{job.id}",
+                             details={"attempts": job.attempts, "lost_worker": job.lease_owner})
+                to_dispatch.append(job)
+                counts["retried"] += 1
+        lost = session.scalars(
+            sa.select(Job).where(Job.state == JobState.QUEUED, sa.func.coalesce(Job.dispatched_at, Job.created_at) < stale_queued)
+        ).all()
+        for job in lost:
+            claimed = session.execute(
+                sa.update(Job).where(Job.id == job.id, Job.state == JobState.QUEUED,
+                                     Job.dispatched_at.is_(None) if job.dispatched_at is None else Job.dispatched_at == job.dispatched_at)
+                .values(dispatched_at=now)
+            )
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                to_dispatch.append(job)
+                counts["requeued"] += 1
+    for job in to_dispatch:
+        dispatch(settings, job)
+    if any(counts.values()):
+        log.info("sweep: %s", counts)
+    return counts
+
+
 def as_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -182,6 +267,7 @@ def as_dict(job: Job) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
+        "hold_reason": job.hold_reason,
     }
 
 
@@ -242,9 +328,13 @@ class JobContext:
                 raise JobCancelled(f"job {self.job_id} was cancelled")
 
 
-def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
-    module_name, function = JOB_KINDS[kind].handler.split(":")
+def _load(target: str) -> Callable[..., Any]:
+    module_name, function = target.split(":")
     return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+
+
+def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
+    return _load(JOB_KINDS[kind].handler)
 
 
 def _claim(settings: Settings, job_id: int, worker: str) -> Job | None:

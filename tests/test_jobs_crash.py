@@ -1,0 +1,168 @@
+"""No job is lost: workers killed with SIGKILL, a broker that loses its data, many workers at once.
+
+Everything here is real: Redis, worker processes, and kill -9. Leases and sweeps are shortened
+through the same settings an operator would use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from latentops.platform.database import session_scope
+from latentops.platform.errors import ServiceUnavailable
+from latentops.platform.models import AuditEntry, Job, JobState
+from latentops.platform.services import jobs
+from test_jobs_queue import wait_finished
+
+FAST_RECOVERY = {"LATENTOPS_JOB_LEASE_S": "3", "LATENTOPS_JOB_HEARTBEAT_S": "0.5", "LATENTOPS_SWEEP_INTERVAL_S": "1"}
+
+
+def wait_step(url: str, job_id: int, step: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope(url) as db:
+            if jobs.get(db, job_id).progress.get("step", 0) >= step:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached step {step}")
+
+
+def audit_actions(url: str, job_id: int) -> list[str]:
+    with session_scope(url) as db:
+        return list(db.scalars(sa.select(AuditEntry.action).where(AuditEntry.resource == f"job:{job_id}").order_by(AuditEntry.seq)))
+
+
+@pytest.mark.parametrize("victim", ["whole worker", "worker child"])
+def test_sigkilled_worker_loses_no_job_and_it_resumes_from_its_checkpoint(start_worker, queue_settings, victim: str) -> None:  # type: ignore[no-untyped-def]
+    worker = start_worker(env=FAST_RECOVERY)
+    steps = 24
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": steps, "seed": 3, "step_delay_s": 0.25}, actor="t")
+    wait_step(queue_settings.database_url, job_id, 6)
+    if victim == "whole worker":
+        worker.stop(sig=signal.SIGKILL)
+        start_worker(env=FAST_RECOVERY)
+    else:
+        child = psutil.Process(worker.process.pid).children()[0]
+        os.kill(child.pid, signal.SIGKILL)  # the pool replaces it; the job must come back
+
+    job = wait_finished(queue_settings.database_url, job_id, timeout=120)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempts == 2
+    assert job.result["resumed_from"] >= 6
+    # The resumed run ends exactly where an uninterrupted one would.
+    assert job.result["final_error"] == pytest.approx(job.result["initial_error"] * 0.64**steps, rel=1e-9)
+    actions = audit_actions(queue_settings.database_url, job_id)
+    assert actions == ["job.submit", "job.start", "job.requeue", "job.retry", "job.succeeded"]
+
+
+def test_one_job_never_runs_on_two_workers_at_once(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    start_worker()
+    start_worker()
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 8, "step_delay_s": 0.2}, actor="t")
+    with session_scope(queue_settings.database_url) as db:
+        job = jobs.get(db, job_id)
+    for _ in range(4):  # duplicates of the same id reach both workers while it runs
+        jobs.dispatch(queue_settings, job)
+    finished = wait_finished(queue_settings.database_url, job_id)
+    assert finished.state == JobState.SUCCEEDED and finished.attempts == 1
+    assert audit_actions(queue_settings.database_url, job_id).count("job.start") == 1
+
+
+@pytest.fixture
+def private_redis(tmp_path):  # type: ignore[no-untyped-def]
+    """A Redis of this test's own that it may kill and restart (no persistence: data is lost)."""
+    from latentops.platform.stack import free_port
+
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path)]
+    state = {"process": subprocess.Popen(argv, stdout=subprocess.DEVNULL)}
+
+    def restart() -> None:
+        state["process"].kill()
+        state["process"].wait()
+        state["process"] = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        _wait_redis(port)
+
+    _wait_redis(port)
+    yield f"redis://127.0.0.1:{port}/0", restart
+    state["process"].kill()
+    state["process"].wait()
+
+
+def _wait_redis(port: int) -> None:
+    import redis
+
+    for _ in range(100):
+        try:
+            if redis.Redis(port=port).ping():
+                return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError("redis did not start")
+
+
+@pytest.mark.usefixtures("database_url")
+def test_broker_restart_that_loses_every_message_loses_no_job(settings_env, private_redis, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import WorkerProcess
+    from latentops.platform.queue.app import celery_app
+    from latentops.platform.settings import get_settings
+
+    url, restart = private_redis
+    monkeypatch.setenv("LATENTOPS_BROKER_URL", url)
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    settings = get_settings()
+    ids = [jobs.submit(settings, kind="diagnostics", params={"steps": 2}, actor="t") for _ in range(3)]
+    restart()  # every queued message is gone; the database still knows the jobs
+    worker = WorkerProcess({**os.environ, **FAST_RECOVERY, "LATENTOPS_REQUEUE_AFTER_S": "1"}, tmp_path / "w.log")
+    try:
+        worker.wait_ready()
+        for job_id in ids:
+            assert wait_finished(settings.database_url, job_id, timeout=90).state == JobState.SUCCEEDED
+    finally:
+        worker.stop()
+        celery_app.cache_clear()
+
+
+def test_database_outage_at_submit_sends_nothing_to_the_broker(queue_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from latentops.platform.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    get_settings.cache_clear()
+    with pytest.raises(ServiceUnavailable, match="database unreachable"):
+        jobs.submit(get_settings(), kind="diagnostics", params={}, actor="t")
+    client = redis.Redis.from_url(queue_settings.broker_url)
+    assert client.llen("gpu") == 0 and client.llen("cpu") == 0
+
+
+@pytest.mark.slow
+def test_four_workers_run_two_hundred_jobs_each_exactly_once(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(4):
+        start_worker()
+    ids = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1, "seed": n}, actor="t") for n in range(200)]
+    deadline = time.monotonic() + 300
+    with session_scope(queue_settings.database_url) as db:
+        while time.monotonic() < deadline:
+            done = db.scalar(sa.select(sa.func.count(Job.id)).where(Job.state == JobState.SUCCEEDED))
+            if done == len(ids):
+                break
+            db.rollback()
+            time.sleep(0.5)
+        rows = db.execute(sa.select(Job.id, Job.state, Job.attempts, Job.result)).all()
+        starts = dict(db.execute(sa.select(AuditEntry.resource, sa.func.count()).where(AuditEntry.action == "job.start")
+                                 .group_by(AuditEntry.resource)).all())
+    assert len(rows) == 200
+    assert all(state == JobState.SUCCEEDED and attempts == 1 for _, state, attempts, _ in rows)
+    assert starts == {f"job:{job_id}": 1 for job_id in ids}
+    workers_used = {result.get("worker") for *_, result in rows}
+    assert len(workers_used) >= 2, "the jobs should spread over several workers"
