@@ -1,0 +1,333 @@
+"""Input normalisation: the contract between callers and the policy pack.
+
+Every policy input that carries free text passes through here first; the policies see both the
+raw text and what this module derives from it. Normalisation is what makes the prompt rules
+resist evasion, and matching on whole tokens is what keeps them from tripping on ordinary words.
+
+Steps, in order (``normalize_text``):
+
+1. Unicode NFKC (fullwidth and compatibility forms become plain ones: ``ＭＩＣＫＥＹ`` -> ``MICKEY``).
+2. Removal of invisible characters: format characters (zero-width space/joiners, bidi controls,
+   soft hyphen, word joiner, BOM), variation selectors and combining marks after NFKD
+   (``mïckey`` -> ``mickey``).
+3. Case folding (``str.casefold``).
+4. Confusable folding: Cyrillic and Greek look-alikes and other homoglyphs (``ı`` dotless i,
+   ``ł``, ``ø``) become the Latin letter they imitate.
+5. Leetspeak folding inside tokens that contain at least one letter: ``0->o 1->i 3->e 4->a
+   5->s 7->t @->a $->s``. ``1`` is ambiguous (``i`` or ``l``): a second token variant with
+   ``1->l`` is matched too. Tokens without letters (``1024``, ``4``) are left alone.
+6. Separator collapsing: every other non-alphanumeric character separates tokens
+   (``MICKEY-MOUSE``, ``GREG_RUTKOWSKI``), possessive ``'s`` and apostrophes are dropped, and a
+   run of three or more single-letter tokens is joined (``m.i.c.k.e.y``, ``m i c k e y``).
+
+Matching is on whole tokens and token n-grams, never substrings: ``grapes``, ``Scunthorpe``,
+``cocktail``, ``Essex``, ``assassin`` and ``therapist`` are single tokens that equal no listed
+term, so they pass. Protected names also match their compact form (``mickeymouse``,
+``pika chu`` -> ``pikachu``); term lists match only exact token sequences, since compact
+joining of short terms would reintroduce the substring problem (``it's ex`` -> ``sex``).
+
+Set lookups happen here, not in Rego: the embedded engine (rego-cpp) scans an object linearly
+for a variable key, so a 10,000-name lookup per n-gram would take tens of milliseconds. The
+lists themselves are policy data (``governance/policies/prompt/data.json``), read from the
+bundle in force; the policies receive the matches and decide.
+
+The ``prompt`` section of a policy input (``analyse_prompt``)::
+
+    {"raw": str,                 # the prompt as given
+     "length": int,              # characters of the raw prompt
+     "normalized": str,          # tokens after steps 1-6, joined by one space
+     "analysed": bool,           # false when the prompt exceeds the analysis cap (it is denied by length)
+     "terms": {category: [term, ...]},            # blocked-term matches per category
+     "protected_names": [{"name", "category", "matched"}],
+     "personal_data": {"emails": [masked], "phones": [masked],
+                       "card_candidates": [digits],   # 13-19 digit runs; the policy checks Luhn
+                       "national_ids": [{"format", "masked"}]}}
+
+``mask_text`` replaces personal data with ``[email]``, ``[phone]``, ``[number]``, ``[id]`` for
+decision records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Longest token sequence a protected name or term may have; longer entries are refused as data.
+MAX_NGRAM = 5
+# Prompts longer than this are not analysed at all: the length rule denies them anyway, and the
+# cap bounds the work an oversize input can cause.
+ANALYSIS_CAP = 20_000
+
+_INVISIBLE_RANGES = [
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0x1D173, 0x1D17A), (0xE0000, 0xE007F),
+    (0xE0100, 0xE01EF),
+]
+
+# Look-alikes of Latin letters, applied after case folding (so only lowercase forms are needed).
+_CONFUSABLES = {
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "г": "r", "д": "d", "з": "3", "и": "u", "й": "u",
+    "к": "k", "л": "l", "м": "m", "н": "h", "о": "o", "п": "n", "р": "p", "с": "c", "т": "t",
+    "у": "y", "х": "x", "ц": "u", "ш": "w", "щ": "w", "ъ": "b", "ь": "b", "ѕ": "s", "і": "i",
+    "ї": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ү": "y", "ѵ": "v",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "δ": "d", "ε": "e", "ζ": "z", "η": "n", "θ": "o", "ι": "i",
+    "κ": "k", "λ": "l", "μ": "u", "ν": "v", "ξ": "e", "ο": "o", "π": "n", "ρ": "p", "σ": "o",
+    "ς": "c", "τ": "t", "υ": "u", "φ": "o", "χ": "x", "ψ": "w", "ω": "w",
+    # Latin look-alikes and letters NFKD does not decompose
+    "ı": "i", "ȷ": "j", "ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ŧ": "t", "ƅ": "b", "ɑ": "a",
+    "ɡ": "g", "ɩ": "i", "ɪ": "i", "ʏ": "y", "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e",
+    "ɢ": "g", "ʜ": "h", "ᴊ": "j", "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p",
+    "ʀ": "r", "ꜱ": "s", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ᴢ": "z", "æ": "ae", "œ": "oe",
+}
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_LEET_L = str.maketrans({"1": "l"})
+
+_FOLD_TABLE: dict[int, str | None] = {cp: None for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1)}
+_FOLD_TABLE.update({ord(k): v for k, v in _CONFUSABLES.items()})
+
+_APOSTROPHES = re.compile(r"['’ʼ`´]s\b|['’ʼ`´]")
+# Tokens are letters, digits and the leet symbols that can stand for letters; all else separates.
+_SEPARATORS = re.compile(r"[^\w@$]+|_+")
+_NON_ALNUM = re.compile(r"[^\w]+|_+")
+
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+CARD_RE = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+PHONE_RE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?!\w)|\+\d{8,14}(?!\d)")
+
+
+def _strip_marks(text: str) -> str:
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def fold(text: str) -> str:
+    """Steps 1-4: NFKC, invisible characters and marks removed, case-folded, confusables folded."""
+    text = unicodedata.normalize("NFKC", text).translate(_FOLD_TABLE)
+    text = _strip_marks(text).casefold()
+    if not text.isascii():
+        text = text.translate(_FOLD_TABLE)
+    return text
+
+
+def _leet(token: str) -> tuple[str, str | None]:
+    """The token with leetspeak folded; a second variant when ``1`` might have been ``l``."""
+    if token.isalpha() or not any(ch.isalpha() for ch in token):
+        return token, None
+    alt = token.translate(_LEET_L).translate(_LEET) if "1" in token else None
+    return token.translate(_LEET), alt
+
+
+def _collapse_single_letters(tokens: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Join runs of three or more one-letter tokens: ``m i c k e y`` -> ``mickey``."""
+    out: list[tuple[str, ...]] = []
+    run: list[str] = []
+    for token in [*tokens, ("",)]:
+        if len(token) == 1 and len(token[0]) == 1:
+            run.append(token[0])
+            continue
+        if len(run) >= 3:
+            out.append(("".join(run),))
+        else:
+            out.extend((letter,) for letter in run)
+        run = []
+        if token[0]:
+            out.append(token)
+    return out
+
+
+def tokenize(text: str) -> list[tuple[str, ...]]:
+    """Normalised tokens of ``text``, each as its forms: one, or two when ``1`` may be ``i`` or ``l``."""
+    folded = _APOSTROPHES.sub("", fold(text))
+    tokens: list[tuple[str, ...]] = []
+    for raw in _SEPARATORS.split(folded):
+        if not raw:
+            continue
+        first, second = _leet(raw)
+        # Symbols left in a token without letters ("$5") separate what remains.
+        pieces = [piece for piece in _NON_ALNUM.split(first) if piece]
+        if second is not None and len(pieces) == 1:
+            tokens.append((pieces[0], second))
+        else:
+            tokens.extend((piece,) for piece in pieces)
+    return _collapse_single_letters(tokens)
+
+
+def normalize_text(text: str) -> str:
+    """The normalised form of ``text``: the first form of each token, joined by single spaces."""
+    return " ".join(token[0] for token in tokenize(text))
+
+
+def term_key(text: str) -> str:
+    """The lookup key of a listed term or name: normalised tokens joined by one space."""
+    return normalize_text(text)
+
+
+@dataclass(frozen=True)
+class IdFormat:
+    name: str
+    pattern: re.Pattern[str]
+
+
+@dataclass
+class PromptIndex:
+    """Lookup sets built once per bundle revision from the prompt policy's data."""
+
+    terms: dict[str, str] = field(default_factory=dict)  # key -> category
+    names: dict[str, dict[str, str]] = field(default_factory=dict)  # spaced key -> entry
+    compact_names: dict[str, dict[str, str]] = field(default_factory=dict)  # compact key -> entry
+    id_formats: list[IdFormat] = field(default_factory=list)
+    max_terms_n: int = 1
+    max_names_n: int = 1
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> PromptIndex:
+        """Build from ``data.policy_data.prompt`` (already shape-checked by the bundle loader)."""
+        index = cls()
+        for category, terms in data.get("blocked_terms", {}).items():
+            for term in terms:
+                key = term_key(term)
+                if key:
+                    index.terms.setdefault(key, category)
+                    index.max_terms_n = max(index.max_terms_n, key.count(" ") + 1)
+        for entry in data.get("protected_names", []):
+            key = term_key(entry["name"])
+            if not key:
+                continue
+            record = {"name": entry["name"], "category": entry.get("category", "protected")}
+            index.names.setdefault(key, record)
+            index.compact_names.setdefault(key.replace(" ", ""), record)
+            index.max_names_n = max(index.max_names_n, key.count(" ") + 1)
+        for fmt in data.get("national_id_formats", []):
+            index.id_formats.append(IdFormat(fmt["name"], re.compile(fmt["pattern"])))
+        return index
+
+    def match_terms(self, tokens: Sequence[tuple[str, ...]]) -> dict[str, list[str]]:
+        found: dict[str, set[str]] = {}
+        for gram in _ngrams(tokens, self.max_terms_n, " "):
+            category = self.terms.get(gram)
+            if category is not None:
+                found.setdefault(category, set()).add(gram)
+        return {category: sorted(terms) for category, terms in sorted(found.items())}
+
+    def match_names(self, tokens: Sequence[tuple[str, ...]]) -> list[dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for gram in _ngrams(tokens, self.max_names_n, " "):
+            entry = self.names.get(gram)
+            if entry is not None:
+                found.setdefault(entry["name"], {**entry, "matched": gram})
+        # Compact forms may be split over up to max_names_n + 1 tokens ("pika chu", "mickeymouse").
+        for gram in _ngrams(tokens, self.max_names_n + 1, ""):
+            entry = self.compact_names.get(gram)
+            if entry is not None:
+                found.setdefault(entry["name"], {**entry, "matched": gram})
+        return [found[name] for name in sorted(found)]
+
+    def national_ids(self, text: str) -> list[dict[str, str]]:
+        hits = []
+        for fmt in self.id_formats:
+            for match in fmt.pattern.finditer(text):
+                hits.append({"format": fmt.name, "masked": _mask_value(match.group(0))})
+        return hits
+
+
+def _ngrams(tokens: Sequence[tuple[str, ...]], max_n: int, joiner: str) -> Iterable[str]:
+    """Every run of 1..max_n tokens, once per combination of token forms."""
+    count = len(tokens)
+    for n in range(1, min(max_n, count) + 1):
+        for start in range(count - n + 1):
+            window = tokens[start:start + n]
+            if all(len(forms) == 1 for forms in window):
+                yield window[0][0] if n == 1 else joiner.join(forms[0] for forms in window)
+            else:
+                for combination in itertools.product(*window):
+                    yield joiner.join(combination)
+
+
+def _mask_value(value: str) -> str:
+    """Keep the last two characters only: enough to tell findings apart in a record."""
+    return "*" * max(len(value) - 2, 0) + value[-2:]
+
+
+def personal_data(text: str, index: PromptIndex) -> dict[str, Any]:
+    """Personal data candidates in ``text`` (after NFKC and invisible-character removal, before leet)."""
+    emails = [_mask_value(m) for m in EMAIL_RE.findall(text)]
+    without_emails = EMAIL_RE.sub(" ", text)
+    cards = []
+    for match in CARD_RE.finditer(without_emails):
+        digits = re.sub(r"\D", "", match.group(0))
+        if 13 <= len(digits) <= 19:
+            cards.append(digits)
+    without_cards = CARD_RE.sub(" ", without_emails)
+    ids = index.national_ids(without_cards)
+    without_ids = without_cards
+    for fmt in index.id_formats:
+        without_ids = fmt.pattern.sub(" ", without_ids)
+    phones = []
+    for match in PHONE_RE.finditer(without_ids):
+        digits = re.sub(r"\D", "", match.group(0))
+        if 7 <= len(digits) <= 15:
+            phones.append(_mask_value(digits))
+    return {"emails": emails, "phones": phones, "card_candidates": cards, "national_ids": ids}
+
+
+def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
+    """The ``prompt`` section of a policy input (see the module docstring for its shape)."""
+    if not isinstance(raw, str):
+        raise TypeError(f"prompt must be a string, got {type(raw).__name__}")
+    section: dict[str, Any] = {"raw": raw, "length": len(raw)}
+    if len(raw) > ANALYSIS_CAP:
+        section.update(analysed=False, normalized="", terms={}, protected_names=[],
+                       personal_data={"emails": [], "phones": [], "card_candidates": [], "national_ids": []})
+        return section
+    tokens = tokenize(raw)
+    visible = unicodedata.normalize("NFKC", raw).translate({cp: None for cp in _INVISIBLE_CODEPOINTS})
+    section.update(
+        analysed=True,
+        normalized=" ".join(token[0] for token in tokens),
+        terms=index.match_terms(tokens),
+        protected_names=index.match_names(tokens),
+        personal_data=personal_data(visible, index),
+    )
+    return section
+
+
+_INVISIBLE_CODEPOINTS = frozenset(cp for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1))
+
+
+def mask_text(text: str, index: PromptIndex | None = None) -> str:
+    """``text`` with emails, card-like numbers, national ids and phone numbers replaced."""
+    text = EMAIL_RE.sub("[email]", text)
+    text = CARD_RE.sub("[number]", text)
+    for fmt in index.id_formats if index else []:
+        text = fmt.pattern.sub("[id]", text)
+    return PHONE_RE.sub("[phone]", text)
+
+
+def mask_input(value: Any, index: PromptIndex | None = None) -> Any:
+    """A copy of a policy input with personal data masked in every string and raw prompts dropped.
+
+    Card candidates are replaced by their masked form; ``raw`` prompt text is masked too, so the
+    record shows what was asked without storing the personal data in it.
+    """
+    if isinstance(value, str):
+        return mask_text(value, index)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if key == "card_candidates" and isinstance(item, list):
+                out[key] = [_mask_value(str(v)) for v in item]
+            else:
+                out[key] = mask_input(item, index)
+        return out
+    if isinstance(value, list | tuple):
+        return [mask_input(item, index) for item in value]
+    return value

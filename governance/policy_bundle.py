@@ -1,0 +1,280 @@
+"""Policy bundles: the Rego modules and data in force, and their revision.
+
+A bundle is read from a policy folder (``governance/policies`` by default)::
+
+    <domain>/<name>.rego         policy modules (package latentops.<domain>)
+    <domain>/<name>_test.rego    their tests (package latentops.<domain>_test)
+    <domain>/data.json           editable lists and limits, mounted at data.policy_data.<domain>
+
+Data edits made through the product (``policy_data_edits`` rows) are applied on top of the files,
+in order. The **revision** is the SHA-256 over the policy modules (tests excluded: they do not
+change a decision) and the canonical JSON of the effective data, so any change to either gives a
+new revision. Every data file is shape-checked against ``DATA_SHAPES`` before a bundle is used: a
+file with the wrong shape is refused with its path and field, and the previous bundle stays.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+from latentops.governance.normalize import MAX_NGRAM, PromptIndex, term_key
+from latentops.platform.errors import InvalidInput
+
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "policies"
+DATA_ROOT = "policy_data"
+DOMAINS = ("prompt", "jobs", "models", "datasets", "screening")
+_PACKAGE_RE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
+_TEST_RE = re.compile(r"^(test_\w+)\s+if\b", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """One immutable revision: modules, tests and effective data."""
+
+    revision: str
+    modules: dict[str, str]  # relative path -> source
+    tests: dict[str, str]  # relative path -> source
+    data: dict[str, Any]  # the whole data document: {"policy_data": {...}}
+    source: str = ""
+    edits_applied: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @cached_property
+    def prompt_index(self) -> PromptIndex:
+        return PromptIndex.from_data(self.data[DATA_ROOT].get("prompt", {}))
+
+    def entrypoint(self, path: str) -> str:
+        """``prompt`` -> ``latentops/prompt/decision`` (what the engines query)."""
+        return f"latentops/{path}/decision"
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted({pkg.removeprefix("latentops.") for pkg in (package_of(src) for src in self.modules.values())
+                       if pkg.startswith("latentops.") and pkg != "latentops.lib"})
+
+    def test_names(self) -> list[tuple[str, str]]:
+        """``(package path with slashes, test rule)`` for every test, e.g. ``("latentops/prompt_test", "test_x")``."""
+        found = []
+        for source in self.tests.values():
+            package = package_of(source).replace(".", "/")
+            found.extend((package, name) for name in _TEST_RE.findall(source))
+        return sorted(found)
+
+
+def package_of(source: str) -> str:
+    match = _PACKAGE_RE.search(source)
+    return match.group(1) if match else ""
+
+
+# --- data shapes ---------------------------------------------------------------------------------
+
+_NUMBER = (int, float)
+
+
+def _expect(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise InvalidInput(f"{where}: {message}")
+
+
+def _str_list(value: Any, where: str) -> None:
+    _expect(isinstance(value, list) and all(isinstance(v, str) for v in value), where, "must be a list of strings")
+
+
+def _check_prompt(data: Mapping[str, Any], where: str) -> None:
+    _expect(isinstance(data.get("max_length"), int) and data["max_length"] > 0, f"{where}.max_length", "must be a positive integer")
+    categories = data.get("blocked_categories")
+    _expect(isinstance(categories, dict) and all(isinstance(v, str) for v in categories.values()),
+            f"{where}.blocked_categories", "must map category names to labels")
+    terms = data.get("blocked_terms")
+    _expect(isinstance(terms, dict), f"{where}.blocked_terms", "must map categories to lists of terms")
+    for category, items in terms.items():
+        _str_list(items, f"{where}.blocked_terms.{category}")
+        for item in items:
+            _expect(0 < len(term_key(item).split()) <= MAX_NGRAM, f"{where}.blocked_terms.{category}",
+                    f"term {item!r} must have 1 to {MAX_NGRAM} words after normalisation")
+    names = data.get("protected_names")
+    _expect(isinstance(names, list), f"{where}.protected_names", "must be a list of {name, category} objects")
+    for i, entry in enumerate(names):
+        _expect(isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("category", ""), str),
+                f"{where}.protected_names[{i}]", "must be an object with string 'name' and 'category'")
+        _expect(0 < len(term_key(entry["name"]).split()) <= MAX_NGRAM, f"{where}.protected_names[{i}]",
+                f"name {entry['name']!r} must have 1 to {MAX_NGRAM} words after normalisation")
+    personal = data.get("personal_data")
+    _expect(isinstance(personal, dict) and {"email", "phone", "payment_card", "national_id"} <= set(personal),
+            f"{where}.personal_data", "must give a label for email, phone, payment_card and national_id")
+    for i, fmt in enumerate(data.get("national_id_formats", [])):
+        _expect(isinstance(fmt, dict) and isinstance(fmt.get("name"), str) and isinstance(fmt.get("pattern"), str),
+                f"{where}.national_id_formats[{i}]", "must be an object with string 'name' and 'pattern'")
+        try:
+            re.compile(fmt["pattern"])
+        except re.error as error:
+            raise InvalidInput(f"{where}.national_id_formats[{i}].pattern: not a valid regular expression ({error})") from None
+
+
+def _check_roles_map(value: Any, where: str) -> None:
+    _expect(isinstance(value, dict) and all(isinstance(v, dict) and isinstance(v.get("roles"), list) for v in value.values()),
+            where, "must map actions to {\"roles\": [...]}")
+
+
+def _check_jobs(data: Mapping[str, Any], where: str) -> None:
+    _check_roles_map(data.get("actions"), f"{where}.actions")
+    _str_list(data.get("console_roles"), f"{where}.console_roles")
+    limits = data.get("limits")
+    _expect(isinstance(limits, dict), f"{where}.limits", "must map roles to limits")
+    for role, values in limits.items():
+        for key in ("max_steps", "max_resolution", "max_rank", "max_batch"):
+            _expect(isinstance(values, dict) and isinstance(values.get(key), _NUMBER) and values[key] >= 0,
+                    f"{where}.limits.{role}.{key}", "must be a non-negative number")
+    quotas = data.get("quotas")
+    _expect(isinstance(quotas, dict) and isinstance(quotas.get("default"), dict) and isinstance(quotas.get("teams", {}), dict),
+            f"{where}.quotas", "must have a 'default' object and a 'teams' object")
+    for key in ("max_concurrent_jobs", "max_gpu_hours"):
+        _expect(isinstance(quotas["default"].get(key), _NUMBER), f"{where}.quotas.default.{key}", "must be a number")
+    _str_list(data.get("attestation_required_for"), f"{where}.attestation_required_for")
+
+
+def _check_models(data: Mapping[str, Any], where: str) -> None:
+    for key in ("actions", "grant_actions", "grant_admin_roles", "console_roles"):
+        _str_list(data.get(key), f"{where}.{key}")
+    implied = data.get("implied_by")
+    _expect(isinstance(implied, dict), f"{where}.implied_by", "must map each action to the grants that imply it")
+    for action in data["actions"]:
+        _str_list(implied.get(action), f"{where}.implied_by.{action}")
+    levels = data.get("sensitivity")
+    _expect(isinstance(levels, dict) and levels, f"{where}.sensitivity", "must map labels to rules")
+    for label, rules in levels.items():
+        _expect(isinstance(rules, dict), f"{where}.sensitivity.{label}", "must be an object")
+        _str_list(rules.get("open_actions"), f"{where}.sensitivity.{label}.open_actions")
+        _str_list(rules.get("allowed_roles"), f"{where}.sensitivity.{label}.allowed_roles")
+
+
+def _check_datasets(data: Mapping[str, Any], where: str) -> None:
+    _check_roles_map(data.get("actions"), f"{where}.actions")
+    _str_list(data.get("console_roles"), f"{where}.console_roles")
+    images = data.get("max_images")
+    _expect(isinstance(images, dict) and all(isinstance(v, int) and v >= 0 for v in images.values()),
+            f"{where}.max_images", "must map roles to non-negative integers")
+    _expect(isinstance(data.get("max_resolution"), int), f"{where}.max_resolution", "must be an integer")
+
+
+def _check_screening(data: Mapping[str, Any], where: str) -> None:
+    thresholds = data.get("thresholds")
+    _expect(isinstance(thresholds, dict) and thresholds
+            and all(isinstance(v, _NUMBER) and 0 <= v <= 1 for v in thresholds.values()),
+            f"{where}.thresholds", "must map categories to numbers between 0 and 1")
+    _expect(isinstance(data.get("release_without_detector"), bool), f"{where}.release_without_detector", "must be true or false")
+
+
+DATA_SHAPES = {
+    "prompt": _check_prompt, "jobs": _check_jobs, "models": _check_models,
+    "datasets": _check_datasets, "screening": _check_screening,
+}
+
+
+def check_data(domain: str, data: Any, where: str) -> None:
+    """Raise ``InvalidInput`` naming ``where`` and the field when ``data`` has the wrong shape."""
+    _expect(isinstance(data, dict), where, "must be a JSON object")
+    checker = DATA_SHAPES.get(domain)
+    if checker is not None:
+        checker(data, where)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def apply_edits(data: dict[str, Any], edits: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Apply ``(dotted key, value)`` edits, e.g. ``("prompt.max_length", 1500)``, to a copy."""
+    result = copy.deepcopy(data)
+    for key, value in edits:
+        parts = key.split(".")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InvalidInput(f"key: {key!r} goes through a value that is not an object")
+        node[parts[-1]] = value
+    return result
+
+
+def compute_revision(modules: Mapping[str, str], data: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(modules):
+        digest.update(path.encode() + b"\0" + modules[path].encode() + b"\0")
+    digest.update(rfc8785.dumps(dict(data)))
+    return digest.hexdigest()
+
+
+def read_files(directory: Path) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
+    """Modules, tests and per-domain data from ``directory``; data files are shape-checked."""
+    if not directory.is_dir():
+        raise InvalidInput(f"policy folder: {directory} does not exist")
+    modules: dict[str, str] = {}
+    tests: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for path in sorted(directory.rglob("*.rego")):
+        relative = path.relative_to(directory).as_posix()
+        (tests if path.stem.endswith("_test") else modules)[relative] = path.read_text(encoding="utf-8")
+    for path in sorted(directory.rglob("data.json")):
+        relative = path.relative_to(directory).as_posix()
+        domain = path.parent.relative_to(directory).as_posix().replace("/", ".")
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"{relative}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        check_data(domain, document, relative)
+        data[domain] = document
+    if not modules:
+        raise InvalidInput(f"policy folder: {directory} holds no .rego modules")
+    return modules, tests, data
+
+
+def load_bundle(directory: Path | None = None, edits: Sequence[tuple[str, Any]] = ()) -> PolicyBundle:
+    """Read, shape-check and hash a bundle (compilation is the engine's job)."""
+    directory = directory or DEFAULT_POLICY_DIR
+    modules, tests, data = read_files(directory)
+    effective = apply_edits(data, edits)
+    for domain in {key.split(".")[0] for key, _ in edits}:
+        check_data(domain, effective.get(domain), f"policy data edit of {domain}")
+    document = {DATA_ROOT: effective}
+    return PolicyBundle(
+        revision=compute_revision(modules, document), modules=modules, tests=tests, data=document,
+        source=str(directory), edits_applied=len(edits),
+    )
+
+
+def fingerprint(directory: Path | None = None) -> str:
+    """A cheap change detector for the policy folder: names, sizes and modification times."""
+    directory = directory or DEFAULT_POLICY_DIR
+    parts = []
+    for path in sorted(directory.rglob("*")):
+        if path.suffix in {".rego", ".json"}:
+            stat = path.stat()
+            parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def write_tarball(bundle: PolicyBundle, target: Path) -> Path:
+    """Write an OPA bundle (``.tar.gz`` with ``.manifest``) for an OPA server or sidecar."""
+    files: dict[str, bytes] = {f"/{path}": source.encode() for path, source in bundle.modules.items()}
+    files["/data.json"] = json.dumps(bundle.data, sort_keys=True).encode()
+    files["/.manifest"] = json.dumps({"revision": bundle.revision, "roots": ["latentops", DATA_ROOT]}).encode()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target, "w:gz") as archive:
+        for name, content in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mtime = 0
+            archive.addfile(info, io.BytesIO(content))
+    return target

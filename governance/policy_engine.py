@@ -1,0 +1,257 @@
+"""Policy engines behind one interface: embedded rego-cpp (regopy) and an OPA server.
+
+``Engine.load(bundle)`` makes a bundle the one in force; ``Engine.evaluate(path, input)``
+returns the decision document ``{"allow": bool, "deny": [{"rule_id", "reason"}]}`` or raises
+``EngineUnavailable``. Callers treat ``EngineUnavailable`` as a deny (fail closed): an engine
+error, a timeout, an undefined result, a malformed result or an unreachable server all raise it.
+
+The embedded engine compiles a bundle in a child process first: rego-cpp aborts the whole
+process on some inputs (``with input as`` over partial rules, for one), and a policy file that
+crashes the compiler must not take the API or a worker down with it.
+
+Known rego-cpp gaps the policies avoid (pinned by tests/test_policy_conformance.py): ``sprintf``
+``%q`` returns the format unchanged and ``%s`` quotes computed strings; regex inline flags such
+as ``(?i)`` give undefined; ``net.cidr_contains`` is undefined; a ``default`` rule queried
+directly gives undefined; output strings are not JSON-escaped; lookups with a variable key scan
+the whole object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from latentops.governance.policy_bundle import PolicyBundle
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 2.0
+
+
+class EngineUnavailable(Exception):
+    """The engine could not produce a usable decision; the caller denies."""
+
+
+class CompileError(Exception):
+    """A bundle's modules do not compile; the message says where."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def load(self, bundle: PolicyBundle) -> None: ...
+
+    def evaluate(self, path: str, input: dict[str, Any]) -> dict[str, Any]: ...
+
+    def query_test(self, package: str, rule: str) -> bool: ...
+
+
+def check_decision(document: Any) -> dict[str, Any]:
+    """Accept only ``{"allow": bool, "deny": [{"rule_id": str, "reason": str}, ...]}``."""
+    if not isinstance(document, dict) or not isinstance(document.get("allow"), bool) or not isinstance(document.get("deny"), list):
+        raise EngineUnavailable(f"malformed decision document: {str(document)[:200]}")
+    for item in document["deny"]:
+        if not isinstance(item, dict) or not isinstance(item.get("rule_id"), str) or not isinstance(item.get("reason"), str):
+            raise EngineUnavailable(f"malformed violation in decision: {str(item)[:200]}")
+    return document
+
+
+# --- embedded (regopy) ---------------------------------------------------------------------------
+
+_CHECK_SCRIPT = """
+import json, sys
+import regopy
+payload = json.load(sys.stdin)
+rego = regopy.Interpreter()
+try:
+    for name, source in payload["modules"].items():
+        rego.add_module(name, source)
+    rego.add_data_json(json.dumps(payload["data"]))
+    bundle = rego.build(None, payload["entrypoints"])
+    if not bundle.ok():
+        raise RuntimeError("build failed")
+except Exception as error:
+    print(str(error)[:4000])
+    sys.exit(3)
+"""
+
+
+def compile_check(modules: dict[str, str], data: dict[str, Any], entrypoints: list[str], *, timeout_s: float = 60.0) -> None:
+    """Compile in a child process; raise ``CompileError`` on an error or a compiler crash."""
+    payload = json.dumps({"modules": modules, "data": data, "entrypoints": entrypoints})
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], input=payload, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"compiling the policies took longer than {timeout_s:.0f} s") from None
+    if done.returncode == 0:
+        return
+    detail = (done.stdout or done.stderr).strip()
+    if done.returncode < 0:
+        detail = f"the Rego compiler crashed (signal {-done.returncode}): {done.stderr.strip()[-500:]}"
+    raise CompileError(_first_error(detail))
+
+
+def _first_error(detail: str) -> str:
+    """rego-cpp prints a readable block, then an AST dump; keep the readable part."""
+    readable = detail.split("(rego-errorseq")[0].strip()
+    return readable[:2000] or detail[:2000]
+
+
+@dataclass
+class _Compiled:
+    interpreter: Any
+    bundle: Any
+    entrypoints: set[str]
+
+
+class EmbeddedEngine:
+    """rego-cpp in process. One interpreter per bundle; calls are serialised (it is not thread-safe)."""
+
+    name = "embedded"
+
+    def __init__(self, *, timeout_s: float = DEFAULT_TIMEOUT_S, isolate_compile: bool = True) -> None:
+        self.timeout_s = timeout_s
+        self.isolate_compile = isolate_compile
+        self._lock = threading.Lock()
+        self._compiled: _Compiled | None = None
+        self._tests: _Compiled | None = None
+        self._bundle: PolicyBundle | None = None
+
+    @staticmethod
+    def _compile(modules: dict[str, str], data: dict[str, Any], entrypoints: list[str]) -> _Compiled:
+        import regopy
+
+        interpreter = regopy.Interpreter()
+        try:
+            for name, source in modules.items():
+                interpreter.add_module(name, source)
+            interpreter.add_data_json(json.dumps(data))
+            built = interpreter.build(None, entrypoints)
+        except regopy.RegoError as error:
+            raise CompileError(_first_error(str(error))) from None
+        if not built.ok():
+            raise CompileError("the policy bundle did not build")
+        return _Compiled(interpreter, built, set(entrypoints))
+
+    def load(self, bundle: PolicyBundle) -> None:
+        entrypoints = [bundle.entrypoint(path) for path in bundle.paths]
+        if self.isolate_compile:
+            compile_check(bundle.modules, bundle.data, entrypoints)
+        compiled = self._compile(bundle.modules, bundle.data, entrypoints)
+        with self._lock:
+            self._compiled, self._tests, self._bundle = compiled, None, bundle
+
+    def evaluate(self, path: str, input: dict[str, Any]) -> dict[str, Any]:
+        from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_ok, rego_output_string
+
+        if self._compiled is None or self._bundle is None:
+            raise EngineUnavailable("no policy bundle is loaded")
+        entrypoint = self._bundle.entrypoint(path)
+        if entrypoint not in self._compiled.entrypoints:
+            raise EngineUnavailable(f"no policy for path {path!r}")
+        started = time.perf_counter()
+        with self._lock:
+            compiled = self._compiled
+            try:
+                compiled.interpreter.set_input_term(json.dumps(input))
+                output = rego_bundle_query_entrypoint(compiled.interpreter._impl, compiled.bundle._impl, entrypoint)
+            except Exception as error:  # rego-cpp raises RegoError and, on bad input, plain errors
+                raise EngineUnavailable(f"evaluation failed: {error}") from None
+            try:
+                ok, text = rego_output_ok(output), rego_output_string(output)
+            finally:
+                rego_free_output(output)
+        if time.perf_counter() - started > self.timeout_s:
+            raise EngineUnavailable(f"evaluation took longer than {self.timeout_s} s")
+        if not ok:
+            raise EngineUnavailable(f"evaluation error: {_first_error(text)[:500]}")
+        if text == "undefined":
+            raise EngineUnavailable(f"decision for {path!r} is undefined")
+        try:
+            expressions = json.loads(text)["expressions"]
+        except (ValueError, KeyError, TypeError):
+            raise EngineUnavailable("the engine returned output that is not valid JSON") from None
+        return check_decision(expressions[0] if expressions else None)
+
+    def query_test(self, package: str, rule: str) -> bool:
+        """Run one Rego test (``package`` like ``latentops/prompt_test``); true when it passes."""
+        from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_ok, rego_output_string
+
+        if self._bundle is None:
+            raise EngineUnavailable("no policy bundle is loaded")
+        with self._lock:
+            if self._tests is None:
+                bundle = self._bundle
+                entrypoints = [f"{pkg}/{name}" for pkg, name in bundle.test_names()]
+                self._tests = self._compile({**bundle.modules, **bundle.tests}, bundle.data, entrypoints)
+            output = rego_bundle_query_entrypoint(self._tests.interpreter._impl, self._tests.bundle._impl, f"{package}/{rule}")
+            try:
+                ok, text = rego_output_ok(output), rego_output_string(output)
+            finally:
+                rego_free_output(output)
+        if not ok:
+            raise EngineUnavailable(_first_error(text)[:500])
+        return text == '{"expressions":[true]}'
+
+
+# --- OPA server (opa-python-client) -------------------------------------------------------------
+
+
+class OpaEngine:
+    """An OPA server or sidecar reached over its REST API; ``load`` pushes the bundle to it."""
+
+    name = "opa"
+
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, push: bool = True) -> None:
+        from opa_client import OpaClient
+
+        parsed = urlparse(url)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError(f"LATENTOPS_OPA_URL: {url!r} is not an http(s) URL")
+        self.url = url
+        self.push = push
+        self.client = OpaClient(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8181),
+                                ssl=parsed.scheme == "https", timeout=timeout_s, retries=0)
+        self._bundle: PolicyBundle | None = None
+
+    def load(self, bundle: PolicyBundle, *, with_tests: bool = False) -> None:
+        """Push modules and data (production OPA may instead load the tarball; then ``push=False``)."""
+        if self.push:
+            try:
+                self.client.update_or_create_data(bundle.data["policy_data"], "policy_data")
+                self.client.update_or_create_data({"revision": bundle.revision}, "latentops_meta")
+                sources = {**bundle.modules, **(bundle.tests if with_tests else {})}
+                for path, source in sources.items():
+                    self.client.update_policy_from_string(source, path.replace("/", "_").removesuffix(".rego"), rego_compat=False)
+            except Exception as error:
+                raise CompileError(f"the OPA server at {self.url} refused the bundle: {error}") from None
+        self._bundle = bundle
+
+    def evaluate(self, path: str, input: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self.client.query_rule(input, f"latentops/{path}", "decision")
+        except Exception as error:  # connection refused, timeout, HTTP error: all mean unavailable
+            raise EngineUnavailable(f"OPA server at {self.url}: {type(error).__name__}: {str(error)[:300]}") from None
+        if "result" not in response:
+            raise EngineUnavailable(f"decision for {path!r} is undefined on the OPA server")
+        return check_decision(response["result"])
+
+    def server_revision(self) -> str | None:
+        try:
+            return str(self.client.get_data("latentops_meta/revision")["result"])
+        except Exception:
+            return None
+
+    def query_test(self, package: str, rule: str) -> bool:
+        try:
+            response = self.client.query_rule({}, package, rule)
+        except Exception as error:
+            raise EngineUnavailable(str(error)[:300]) from None
+        return response.get("result") is True
