@@ -227,12 +227,25 @@ class OpaEngine:
             try:
                 self.client.update_or_create_data(bundle.data["policy_data"], "policy_data")
                 self.client.update_or_create_data({"revision": bundle.revision}, "latentops_meta")
-                sources = {**bundle.modules, **(bundle.tests if with_tests else {})}
-                for path, source in sources.items():
-                    self.client.update_policy_from_string(source, path.replace("/", "_").removesuffix(".rego"), rego_compat=False)
+                self._upload({**bundle.modules, **(bundle.tests if with_tests else {})})
             except Exception as error:
                 raise CompileError(f"the OPA server at {self.url} refused the bundle: {error}") from None
         self._bundle = bundle
+
+    def _upload(self, sources: dict[str, str]) -> None:
+        """Upload modules so that each one's imports are already there (OPA compiles on upload)."""
+        pending = dict(sorted(sources.items()))
+        while pending:
+            failures: dict[str, Exception] = {}
+            for path, source in pending.items():
+                try:
+                    self.client.update_policy_from_string(source, path.replace("/", "_").removesuffix(".rego"), rego_compat=False)
+                except Exception as error:  # retried once its dependencies are uploaded
+                    failures[path] = error
+            if len(failures) == len(pending):
+                path, error = next(iter(failures.items()))
+                raise CompileError(f"{path}: {error}")
+            pending = {path: sources[path] for path in failures}
 
     def evaluate(self, path: str, input: dict[str, Any]) -> dict[str, Any]:
         try:

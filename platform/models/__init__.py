@@ -6,11 +6,11 @@ from latentops.platform.models.base import Base, utcnow
 from latentops.platform.models.catalog import AccessGrant, LoraAdapter, ModelRecord, ModelVersion
 from latentops.platform.models.identity import ApiToken, Membership, Role, Team, User
 from latentops.platform.models.jobs import Job, JobEvent, JobState
-from latentops.platform.models.policy import PolicyDecision
+from latentops.platform.models.policy import PolicyDataEdit, PolicyDecision
 from latentops.platform.models.screening import CopyrightReference, ScreeningResult
 
 __all__ = [
     "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "AuditSubjectKey", "Base", "CopyrightReference",
     "Dataset", "Job", "JobEvent", "JobState", "LoraAdapter", "Membership", "ModelRecord", "ModelVersion",
-    "PolicyDecision", "Role", "ScreeningResult", "Team", "User", "utcnow",
+    "PolicyDataEdit", "PolicyDecision", "Role", "ScreeningResult", "Team", "User", "utcnow",
 ]

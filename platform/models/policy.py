@@ -24,3 +24,20 @@ class PolicyDecision(TimestampMixin, Base):
     actor: Mapped[str] = mapped_column(sa.String(320), default="")
     audit_seq: Mapped[int | None] = mapped_column(sa.BigInteger)
 
+
+
+class PolicyDataEdit(TimestampMixin, Base):
+    """An edit of policy data made through the product (``prompt.max_length`` = 1500, ...).
+
+    The effective data is the bundle's data files with these edits applied in ``id`` order; each
+    edit therefore yields a new bundle revision, recorded here and in the audit trail.
+    """
+
+    __tablename__ = "policy_data_edits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200))
+    value: Mapped[dict[str, Any]] = mapped_column()
+    actor: Mapped[str] = mapped_column(sa.String(320), default="")
+    note: Mapped[str] = mapped_column(sa.Text, default="")
+    revision: Mapped[str] = mapped_column(sa.String(64))

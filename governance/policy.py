@@ -1,0 +1,353 @@
+"""Policy decisions: the one door through which every part of latentops asks "may this happen?".
+
+API (what other modules call)::
+
+    from latentops.governance import policy
+
+    decision = policy.decide("prompt", {"prompt": text}, session=db, actor=actor)
+    decision.allow, decision.reasons, decision.rule_ids, decision.revision, decision.decision_id
+
+    policy.require("models", {"action": "download", "model": {...}, "grants": [...]}, session=db, actor=actor)
+        # returns the Decision when allowed, raises PolicyDenied(detail, reasons=[...]) otherwise
+
+    policy.policy_data("screening.thresholds")     # {"sexual": 0.5, ...}: data in force, read-only copy
+    policy.policy_data("jobs.limits.submitter")    # {"max_steps": ..., ...}
+    policy.revision()                              # bundle revision in force
+    policy.reload()                                # re-read policies and data now (ReloadResult)
+    policy.subject_for(session, actor)             # the "subject" input for a user or the console
+
+Paths are the policy domains: ``prompt``, ``jobs``, ``models``, ``datasets``, ``screening``. The
+input is the policy's documented input (see each ``governance/policies/<path>/<path>.rego``);
+``decide`` adds ``subject`` from ``actor`` when the input has none, and for ``prompt`` replaces
+the raw ``prompt`` string by the analysed section (``latentops.governance.normalize``).
+
+Fail closed: only an explicit ``allow: true`` with no violations allows. An engine error, a
+timeout, an undefined or malformed result, or an unreachable OPA server gives a deny with the
+reason ``policy engine unavailable`` (rule id ``policy.engine_unavailable``), recorded like any
+other decision.
+
+Every ``decide`` stores a ``PolicyDecision`` (input hash, masked input, result, reasons, rule
+ids, revision, engine) and an audit entry ``policy.decision`` in the caller's transaction; the
+decision row keeps the audit entry's ``seq``.
+
+Revisions and reload: a process checks at most every ``RELOAD_CHECK_S`` seconds whether the
+policy files or the data edits changed and, if so, loads the new bundle. A bundle that does not
+load (bad data shape, Rego that does not compile) leaves the previous revision in force; the
+error is logged and reported by ``reload()`` and ``status()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from latentops.governance import audit
+from latentops.governance.normalize import analyse_prompt, mask_input
+from latentops.governance.policy_bundle import DATA_ROOT, DEFAULT_POLICY_DIR, PolicyBundle, check_data, fingerprint, load_bundle
+from latentops.governance.policy_engine import CompileError, EmbeddedEngine, Engine, EngineUnavailable, OpaEngine
+from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
+from latentops.platform.models import Membership, PolicyDataEdit, PolicyDecision, Team, User
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_REASON = "policy engine unavailable"
+UNAVAILABLE_RULE = "policy.engine_unavailable"
+RELOAD_CHECK_S = 2.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reasons: list[str]
+    rule_ids: list[str]
+    revision: str
+    decision_id: int | None = None
+    path: str = ""
+    engine: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"allow": self.allow, "reasons": self.reasons, "rule_ids": self.rule_ids, "revision": self.revision}
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    revision: str
+    changed: bool
+    error: str = ""
+
+
+@dataclass
+class PolicyService:
+    """The bundle in force and the engine that evaluates it (one per process, see ``get_service``)."""
+
+    engine: Engine
+    directory: Path = DEFAULT_POLICY_DIR
+    bundle: PolicyBundle | None = None
+    last_error: str = ""
+    _files_seen: str = ""
+    _edits_seen: int = -1
+    _edits: list[tuple[str, Any]] = field(default_factory=list)
+    _checked_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- loading ---------------------------------------------------------------------------------
+    def reload(self, session: Session | None = None) -> ReloadResult:
+        """Load policies and data (plus data edits when a session is given) and put them in force."""
+        with self._lock:
+            return self._reload(session)
+
+    def _reload(self, session: Session | None) -> ReloadResult:
+        previous = self.bundle.revision if self.bundle else ""
+        try:
+            edits = _edits(session) if session is not None else self._edits
+            files = fingerprint(self.directory)
+            bundle = load_bundle(self.directory, edits)
+            if bundle.revision != previous:
+                self.engine.load(bundle)
+                self.bundle = bundle
+            self._files_seen, self._edits_seen, self._edits = files, len(edits), list(edits)
+            self.last_error = ""
+            if bundle.revision != previous:
+                log.info("policy revision %s in force", bundle.revision[:12], extra={"revision": bundle.revision})
+            return ReloadResult(True, bundle.revision, bundle.revision != previous)
+        except (InvalidInput, CompileError) as error:
+            message = error.detail if isinstance(error, InvalidInput) else str(error)
+            self.last_error = message
+            log.error("policy reload failed; revision %s stays in force: %s", previous[:12] or "(none)", message)
+            return ReloadResult(False, previous, False, message)
+
+    def refresh(self, session: Session | None) -> None:
+        """Reload when files or data edits changed; checks at most every ``RELOAD_CHECK_S`` seconds."""
+        now = time.monotonic()
+        if self.bundle is not None and now - self._checked_at < RELOAD_CHECK_S:
+            return
+        self._checked_at = now
+        edits_count = _edit_count(session) if session is not None else self._edits_seen
+        if self.bundle is None or fingerprint(self.directory) != self._files_seen or edits_count != self._edits_seen:
+            self.reload(session)
+
+    # -- deciding --------------------------------------------------------------------------------
+    def evaluate(self, path: str, input: Mapping[str, Any]) -> tuple[Decision, dict[str, Any], str]:
+        """Decide without recording: ``(decision, policy input, engine error or "")``."""
+        bundle = self.bundle
+        if bundle is None:
+            return _unavailable(path, "", self.engine.name), dict(input), self.last_error or "no policy bundle is loaded"
+        if path not in bundle.paths:
+            raise InvalidInput(f"path: unknown policy path {path!r}; known paths are {', '.join(bundle.paths)}")
+        policy_input = build_input(path, input, bundle)
+        try:
+            document = self.engine.evaluate(path, policy_input)
+        except EngineUnavailable as error:
+            log.error("policy engine unavailable for %s: %s", path, error)
+            return _unavailable(path, bundle.revision, self.engine.name), policy_input, str(error)
+        violations = sorted(document["deny"], key=lambda v: (v["rule_id"], v["reason"]))
+        allow = document["allow"] is True and not violations
+        return Decision(
+            allow=allow, reasons=[v["reason"] for v in violations], rule_ids=[v["rule_id"] for v in violations],
+            revision=bundle.revision, path=path, engine=self.engine.name,
+        ), policy_input, ""
+
+
+def _unavailable(path: str, revision: str, engine: str) -> Decision:
+    return Decision(False, [UNAVAILABLE_REASON], [UNAVAILABLE_RULE], revision or "unavailable", path=path, engine=engine)
+
+
+def build_input(path: str, input: Mapping[str, Any], bundle: PolicyBundle) -> dict[str, Any]:
+    """The policy input for ``path``: for ``prompt`` the raw text is replaced by its analysis."""
+    if not isinstance(input, Mapping):
+        raise InvalidInput(f"input: must be a JSON object, got {type(input).__name__}")
+    result = dict(input)
+    if path == "prompt":
+        prompt = result.get("prompt")
+        if not isinstance(prompt, str):
+            raise InvalidInput(f"prompt: must be a string, got {type(prompt).__name__}")
+        result["prompt"] = analyse_prompt(prompt, bundle.prompt_index)
+    return result
+
+
+def _edits(session: Session) -> list[tuple[str, Any]]:
+    rows = session.execute(sa.select(PolicyDataEdit.key, PolicyDataEdit.value).order_by(PolicyDataEdit.id))
+    return [(key, value["value"]) for key, value in rows]
+
+
+def _edit_count(session: Session) -> int:
+    return int(session.scalar(sa.select(sa.func.count(PolicyDataEdit.id))) or 0)
+
+
+# --- the process-wide service -------------------------------------------------------------------
+
+_service: PolicyService | None = None
+_service_lock = threading.Lock()
+
+
+def make_engine(kind: str, *, opa_url: str = "") -> Engine:
+    if kind == "opa":
+        return OpaEngine(opa_url)
+    return EmbeddedEngine()
+
+
+def get_service() -> PolicyService:
+    """The process's policy service, created on first use from the settings (engine, OPA URL)."""
+    global _service
+    with _service_lock:
+        if _service is None:
+            from latentops.platform.settings import get_settings
+
+            settings = get_settings()
+            _service = PolicyService(engine=make_engine(settings.policy_engine, opa_url=settings.opa_url))
+        return _service
+
+
+def use_service(service: PolicyService | None) -> None:
+    """Replace the process's service (another engine or policy folder); ``None`` resets it."""
+    global _service
+    with _service_lock:
+        _service = service
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+def subject_for(session: Session, actor: audit.Actor | str | User) -> dict[str, Any]:
+    """The ``subject`` input: a user with memberships, or the local console operator."""
+    if isinstance(actor, audit.Actor):
+        actor = actor.name
+    if isinstance(actor, str) and (actor.startswith("cli:") or actor == "system"):
+        return {"kind": "console" if actor.startswith("cli:") else "system", "name": actor, "user_id": None, "memberships": []}
+    user = actor if isinstance(actor, User) else session.scalar(sa.select(User).where(User.email == str(actor).strip().lower()))
+    if user is None:
+        raise NotFound(f"actor: no user {actor!r}")
+    rows = session.execute(
+        sa.select(Team.name, Membership.role).join(Membership, Membership.team_id == Team.id).where(Membership.user_id == user.id)
+    )
+    return {
+        "kind": "user", "name": user.email, "user_id": user.id, "active": user.is_active,
+        "memberships": [{"team": name, "role": getattr(role, "value", role)} for name, role in rows],
+    }
+
+
+def _actor_name(actor: audit.Actor | str | User) -> str:
+    if isinstance(actor, audit.Actor):
+        return actor.name
+    return actor.email if isinstance(actor, User) else str(actor)
+
+
+def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User) -> Decision:
+    """Evaluate, record the decision and its audit entry in ``session``'s transaction, return it."""
+    service = get_service()
+    service.refresh(session)
+    if isinstance(input, Mapping) and "subject" not in input and path != "prompt":
+        input = {**input, "subject": subject_for(session, actor)}
+    decision, policy_input, engine_error = service.evaluate(path, input)
+    index = service.bundle.prompt_index if service.bundle else None
+    masked = mask_input(policy_input, index)
+    input_hash = hashlib.sha256(rfc8785.dumps(_jsonable(policy_input))).hexdigest()
+    row = PolicyDecision(
+        path=path, input_hash=input_hash, input_masked=masked, allow=decision.allow, reasons=decision.reasons,
+        rule_ids=decision.rule_ids, revision=decision.revision, engine=decision.engine, actor=_actor_name(actor),
+    )
+    session.add(row)
+    session.flush()
+    details: dict[str, Any] = {"path": path, "allow": decision.allow, "rule_ids": decision.rule_ids,
+                               "revision": decision.revision, "input_hash": input_hash}
+    if engine_error:
+        details["engine_error"] = engine_error[:500]
+    entry = audit.record(session, actor=_actor_name(actor), action="policy.decision", resource=f"policy_decision:{row.id}",
+                         outcome="allow" if decision.allow else "deny", details=details)
+    row.audit_seq = entry.seq
+    session.flush()
+    return Decision(decision.allow, decision.reasons, decision.rule_ids, decision.revision, row.id, path, decision.engine)
+
+
+def require(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User) -> Decision:
+    """``decide``, raising ``PolicyDenied`` with the reasons when the decision is a deny.
+
+    The decision and its audit entry are flushed before raising; a caller that wants them kept
+    although it fails must commit (the CLI and API commit denied decisions).
+    """
+    decision = decide(path, input, session=session, actor=actor)
+    if not decision.allow:
+        raise PolicyDenied(f"{path} policy denied: {'; '.join(decision.reasons)}",
+                           reasons=[f"{rule}: {reason}" for rule, reason in zip(decision.rule_ids, decision.reasons, strict=True)])
+    return decision
+
+
+def evaluate(path: str, input: Mapping[str, Any]) -> Decision:
+    """Decide without recording (benchmarks, previews, ``policy eval --dry-run``)."""
+    service = get_service()
+    service.refresh(None)
+    return service.evaluate(path, input)[0]
+
+
+def policy_data(key: str) -> Any:
+    """A read-only copy of policy data in force, by dotted key (``"screening.thresholds"``)."""
+    service = get_service()
+    service.refresh(None)
+    if service.bundle is None:
+        raise InvalidInput(f"policy data: no policy bundle is loaded ({service.last_error})")
+    node: Any = service.bundle.data[DATA_ROOT]
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise InvalidInput(f"key: policy data has no {key!r}")
+        node = node[part]
+    return copy.deepcopy(node)
+
+
+def revision() -> str:
+    service = get_service()
+    service.refresh(None)
+    return service.bundle.revision if service.bundle else ""
+
+
+def reload(session: Session | None = None) -> ReloadResult:
+    return get_service().reload(session)
+
+
+def status() -> dict[str, Any]:
+    service = get_service()
+    service.refresh(None)
+    bundle = service.bundle
+    return {"revision": bundle.revision if bundle else "", "engine": service.engine.name, "paths": bundle.paths if bundle else [],
+            "source": bundle.source if bundle else str(service.directory), "edits": bundle.edits_applied if bundle else 0,
+            "last_error": service.last_error}
+
+
+def set_policy_data(session: Session, *, key: str, value: Any, actor: audit.Actor | str, note: str = "") -> str:
+    """Edit policy data (``"prompt.max_length"``, 1500): shape-checked, compiled, stored, audited.
+
+    Returns the new revision. Nothing is stored when the edited data has the wrong shape or the
+    bundle does not compile with it.
+    """
+    service = get_service()
+    domain = key.split(".")[0]
+    if domain not in {"prompt", "jobs", "models", "datasets", "screening"} or "." not in key:
+        raise InvalidInput(f"key: {key!r} must be <domain>.<field>, domain one of prompt, jobs, models, datasets, screening")
+    edits = [*_edits(session), (key, value)]
+    bundle = load_bundle(service.directory, edits)
+    check_data(domain, bundle.data[DATA_ROOT][domain], f"policy data {domain}")
+    try:
+        EmbeddedEngine().load(bundle)
+    except CompileError as error:
+        raise InvalidInput(f"value: the policies do not compile with this edit: {error}") from None
+    session.add(PolicyDataEdit(key=key, value={"value": value}, actor=_actor_name(actor), note=note, revision=bundle.revision))
+    audit.record(session, actor=actor, action="policy.data.edit", resource=f"policy_data:{key}",
+                 details={"key": key, "value": value, "revision": bundle.revision, "note": note})
+    session.flush()
+    return bundle.revision
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
