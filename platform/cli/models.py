@@ -5,9 +5,152 @@ Grant and revoke commands attach to the same group from ``latentops.platform.cli
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from latentops.platform.cli import context, output
+from latentops.platform.services import models as models_service
 
 models_app = typer.Typer(help="Base models in the local model store, and who may use them.", no_args_is_help=True)
+
+
+def _store_root() -> Path:
+    store = context.settings().model_store
+    assert store is not None  # Settings always fills it in
+    return store
+
+
+@models_app.command("import")
+def import_(
+    source: str = typer.Argument(..., help="A local diffusers folder or a .safetensors/.ckpt file."),
+    name: str = typer.Option(..., "--name", help="Catalogue name for the model."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Accept pickle checkpoints (.ckpt): loading them can run code. Audited."
+    ),
+    description: str = typer.Option("", help="What the model is for."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Import local weights into the store (content-addressed; audited). Nothing is downloaded."""
+    with context.session() as db:
+        version = models_service.import_model(
+            db, source=source, name=name, actor=context.actor(), store_root=_store_root(),
+            allow_pickle=allow_pickle, description=description,
+        )
+        result = {"name": name, "version": version.version, "family": version.config["family"],
+                  "content_hash": version.content_hash, "path": version.path, "format": version.config["format"]}
+    if json_output:
+        output.emit_json(result)
+    else:
+        output.say(f"imported {name} v{result['version']} ({result['family']}, {result['format']}) "
+                   f"sha256 {result['content_hash'][:16]}")
+
+
+@models_app.command("list")
+def list_(
+    include_removed: bool = typer.Option(False, "--all", help="Include removed models."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
+) -> None:
+    """List models in the catalogue."""
+    with context.session() as db:
+        summaries = models_service.list_models(db, include_removed=include_removed)
+    if json_output:
+        for summary in summaries:
+            output.emit_json(summary.__dict__)
+        return
+    output.table(
+        "models", ["name", "family", "versions", "sha256", "size MB", "removed"],
+        [(s.name, s.family, s.versions, s.latest_hash[:16], f"{s.size_bytes / 1e6:.1f}", "yes" if s.removed else "")
+         for s in summaries],
+    )
+
+
+@models_app.command("show")
+def show(
+    name: str = typer.Argument(..., help="Model name."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Show a model and its versions."""
+    with context.session() as db:
+        info = models_service.describe(db, name=name)
+    if json_output:
+        output.emit_json(info)
+        return
+    removed = f" (removed {info['removed_at']})" if info["removed_at"] else ""
+    output.say(f"{info['name']}: {info['family']}, {info['sensitivity']}{removed}")
+    if info["description"]:
+        output.say(info["description"])
+    output.table(
+        "versions", ["version", "sha256", "format", "size MB", "path"],
+        [(v["version"], v["content_hash"], v["format"], f"{v['size_bytes'] / 1e6:.1f}", v["path"]) for v in info["versions"]],
+    )
+
+
+@models_app.command("remove")
+def remove(name: str = typer.Argument(..., help="Model name.")) -> None:
+    """Remove a model from the catalogue (soft: weights and history stay; audited)."""
+    with context.session() as db:
+        models_service.remove_model(db, name=name, actor=context.actor())
+    output.say(f"removed {name}")
+
+
+@models_app.command("create-tiny")
+def create_tiny(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the diffusers pipeline to.")],
+    family: str = typer.Option(..., "--family", help="sd1, sdxl, sd3 or flux."),
+    seed: int = typer.Option(0, help="Seed for the random weights."),
+) -> None:
+    """Write a tiny random-init pipeline (a few MB) for tests and benchmarks; built offline."""
+    from latentops.pipelines import tiny
+    from latentops.platform.errors import InvalidInput
+
+    if family not in tiny.TINY_FAMILIES:
+        raise InvalidInput(f"family: {family!r} has no tiny model; choose one of {', '.join(tiny.TINY_FAMILIES)}")
+    tiny.create(family, out, seed=seed)
+    output.say(f"wrote tiny {family} pipeline to {out}")
+
+
+@models_app.command("train-demo")
+def train_demo(
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: LATENTOPS_HOME/demo-model).")] = None,
+    vae_steps: int | None = typer.Option(None, help="Override autoencoder steps (short trial runs)."),
+    unet_steps: int | None = typer.Option(None, help="Override denoiser steps (short trial runs)."),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure digit accuracy afterwards."),
+) -> None:
+    """Train the digits demo model from scratch (seeded; the committed model uses the defaults)."""
+    from latentops.pipelines.demo import evaluation, training
+
+    config = training.DemoTrainingConfig()
+    if vae_steps is not None:
+        config.vae_steps = vae_steps
+    if unet_steps is not None:
+        config.unet_steps = unet_steps
+    target = out or context.settings().home / "demo-model"
+
+    def progress(stage: str, step: int, total: int, loss: float) -> None:
+        output.say(f"{stage} {step}/{total} loss {loss:.4f}")
+
+    timings = training.train(config, target, progress)
+    output.say(f"trained in {timings['total_seconds']:.0f}s into {target}")
+    if evaluate:
+        started = time.perf_counter()
+        report = evaluation.evaluate(target)
+        evaluation.write_report(target, report)
+        output.say(f"digit accuracy {report.accuracy:.1%} over {report.images} images ({time.perf_counter() - started:.0f}s)")
+
+
+@models_app.command("bootstrap-demo")
+def bootstrap_demo(json_output: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Register the bundled digits demo model as ``digits-demo`` (idempotent; audited)."""
+    with context.session() as db:
+        version = models_service.bootstrap_demo(db, actor=context.actor(), store_root=_store_root())
+        result = {"name": "digits-demo", "version": version.version, "content_hash": version.content_hash,
+                  "path": version.path}
+    if json_output:
+        output.emit_json(result)
+    else:
+        output.say(f"digits-demo v{result['version']} ready (sha256 {result['content_hash'][:16]})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,176 @@
+"""Base models in the catalogue: import, list, show, remove (soft), and the bundled demo model.
+
+The weights themselves live in the content-addressed store (:mod:`latentops.pipelines.store`);
+this service keeps the catalogue rows (``base_models``, ``model_versions``) and writes an audit
+entry for every change in the same transaction. Importing validates and hashes the source before
+anything is copied or written, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from latentops.governance import audit
+from latentops.pipelines.engine import WeightsRef
+from latentops.pipelines.store import ModelStore
+from latentops.platform.errors import Conflict, InvalidInput, NotFound
+from latentops.platform.models import ModelRecord, ModelVersion, utcnow
+from sqlalchemy.orm import Session
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    family: str
+    versions: int
+    latest_hash: str
+    size_bytes: int
+    removed: bool
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not NAME_RE.match(name):
+        raise InvalidInput(f"name: {name!r} is not a valid model name (lowercase letters, digits, '.', '-', '_'; max 100)")
+    return name
+
+
+def import_model(
+    session: Session,
+    *,
+    source: str | Path,
+    name: str,
+    actor: audit.Actor | str,
+    store_root: Path,
+    allow_pickle: bool = False,
+    description: str = "",
+    licence: str = "",
+    sensitivity: str = "internal",
+) -> ModelVersion:
+    """Register ``source`` (a local diffusers folder or checkpoint) as model ``name``, version 1."""
+    name = _check_name(name)
+    existing = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == name))
+    if existing is not None:
+        state = "a removed model" if existing.removed_at else "a model"
+        raise Conflict(f"name: {state} named {name!r} already exists; choose another name")
+    store = ModelStore(store_root)
+    inspection = store.inspect(source, allow_pickle=allow_pickle)
+    path, copied = store.put(inspection)
+    record = ModelRecord(
+        name=name, family=inspection.family, description=description, licence=licence, sensitivity=sensitivity
+    )
+    session.add(record)
+    session.flush()
+    version = ModelVersion(
+        model_id=record.id, version=1, content_hash=inspection.content_hash, path=str(path),
+        size_bytes=inspection.size_bytes,
+        config={"format": inspection.format, "family": inspection.family, "source": str(inspection.source),
+                "config_sha256": inspection.config_hash, **inspection.details},
+        aliases=["latest"],
+    )
+    session.add(version)
+    session.flush()
+    audit.record(
+        session, actor=actor, action="model.import", resource=f"model:{record.id}",
+        details={"name": name, "family": inspection.family, "format": inspection.format, "version": 1,
+                 "content_hash": inspection.content_hash, "stored_copy": copied, "allow_pickle": allow_pickle},
+    )
+    return version
+
+
+def get_model(session: Session, *, name: str, include_removed: bool = False) -> ModelRecord:
+    record = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == name.strip()))
+    if record is None or (record.removed_at is not None and not include_removed):
+        raise NotFound(f"model: no model named {name!r}")
+    return record
+
+
+def versions_of(session: Session, *, model: ModelRecord) -> list[ModelVersion]:
+    return list(session.scalars(sa.select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(ModelVersion.version)))
+
+
+def get_version(session: Session, *, name: str, version: int | None = None) -> ModelVersion:
+    """A version of a live model (the latest when ``version`` is None)."""
+    model = get_model(session, name=name)
+    query = sa.select(ModelVersion).where(ModelVersion.model_id == model.id)
+    query = query.where(ModelVersion.version == version) if version is not None else query.order_by(ModelVersion.version.desc())
+    found = session.scalars(query.limit(1)).first()
+    if found is None:
+        raise NotFound(f"model: {name!r} has no version {version}")
+    return found
+
+
+def weights_ref(session: Session, *, version: ModelVersion) -> WeightsRef:
+    """What the generation engine needs to load ``version``."""
+    model = session.get(ModelRecord, version.model_id)
+    assert model is not None
+    return WeightsRef(
+        content_hash=version.content_hash, path=Path(version.path), family=model.family,
+        format=str(version.config.get("format", "diffusers")),
+    )
+
+
+def list_models(session: Session, *, include_removed: bool = False) -> list[ModelSummary]:
+    query = sa.select(ModelRecord).order_by(ModelRecord.name)
+    if not include_removed:
+        query = query.where(ModelRecord.removed_at.is_(None))
+    summaries = []
+    for record in session.scalars(query):
+        versions = versions_of(session, model=record)
+        latest = versions[-1] if versions else None
+        summaries.append(
+            ModelSummary(
+                name=record.name, family=record.family, versions=len(versions),
+                latest_hash=latest.content_hash if latest else "", size_bytes=latest.size_bytes if latest else 0,
+                removed=record.removed_at is not None,
+            )
+        )
+    return summaries
+
+
+def describe(session: Session, *, name: str) -> dict[str, Any]:
+    """Everything ``models show`` prints, as plain data."""
+    record = get_model(session, name=name, include_removed=True)
+    return {
+        "name": record.name, "family": record.family, "description": record.description,
+        "sensitivity": record.sensitivity, "licence": record.licence, "created_at": record.created_at,
+        "removed_at": record.removed_at,
+        "versions": [
+            {"version": v.version, "content_hash": v.content_hash, "path": v.path, "size_bytes": v.size_bytes,
+             "format": v.config.get("format"), "aliases": v.aliases, "created_at": v.created_at}
+            for v in versions_of(session, model=record)
+        ],
+    }
+
+
+def remove_model(session: Session, *, name: str, actor: audit.Actor | str) -> ModelRecord:
+    """Soft removal: the model disappears from listings and cannot be used; weights and rows stay."""
+    record = get_model(session, name=name)
+    record.removed_at = utcnow()
+    session.flush()
+    audit.record(session, actor=actor, action="model.remove", resource=f"model:{record.id}", details={"name": record.name})
+    return record
+
+
+def bootstrap_demo(session: Session, *, actor: audit.Actor | str, store_root: Path) -> ModelVersion:
+    """Register the committed demo model as ``digits-demo``; a no-op when it is already there."""
+    from latentops.pipelines.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+
+    existing = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == DEMO_MODEL_NAME))
+    if existing is not None and existing.removed_at is None:
+        store = ModelStore(store_root)
+        current = versions_of(session, model=existing)[-1]
+        if current.content_hash == store.inspect(DEMO_MODEL_DIR).content_hash:
+            return current
+        raise Conflict(f"name: a different model named {DEMO_MODEL_NAME!r} already exists")
+    return import_model(
+        session, source=DEMO_MODEL_DIR, name=DEMO_MODEL_NAME, actor=actor, store_root=store_root,
+        description="Tiny text-to-image model of handwritten digits, trained by latentops on scikit-learn's digits.",
+        licence="BSD-3-Clause (data: scikit-learn digits)", sensitivity="public",
+    )
