@@ -1,0 +1,96 @@
+"""``latentops models grant|revoke|grants|access``: who may use, download or manage a base model.
+
+The commands attach to the ``models`` group owned by ``latentops.platform.cli.models``. Every
+command asks the models policy through ``latentops.platform.services.grants``; a denied request
+still leaves its decision recorded.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from latentops.platform.cli import context, output
+from latentops.platform.cli.models import models_app
+from latentops.platform.errors import PolicyDenied
+from latentops.platform.services import grants as grants_service
+
+ACTION_HELP = "use, download or manage."
+
+
+def _run_recorded(work):  # type: ignore[no-untyped-def]
+    """Run ``work(db)``; keep the recorded decision even when the policy denies."""
+    denied: PolicyDenied | None = None
+    with context.session() as db:
+        try:
+            return work(db)
+        except PolicyDenied as error:
+            denied = error  # commit the decision record and its audit entry, then report
+    raise denied
+
+
+@models_app.command("grant")
+def grant(
+    name: str = typer.Argument(..., help="Base model name."),
+    action: str = typer.Option(..., "--action", help=ACTION_HELP),
+    team: str | None = typer.Option(None, "--team", help="Team to grant to."),
+    user: str | None = typer.Option(None, "--user", help="User (email) to grant to."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Grant an action on a base model to a team or a user (policy-checked, audited)."""
+    def work(db):  # type: ignore[no-untyped-def]
+        row = grants_service.grant(db, model=name, action=action, team=team, user=user, actor=context.actor())
+        return {"grant_id": row.id, "model": name, "action": action, "team": team, "user": user}
+
+    result = _run_recorded(work)
+    if json_output:
+        output.emit_json(result)
+    else:
+        output.say(f"granted {action} on {name} to {'team ' + team if team else 'user ' + str(user)} (grant {result['grant_id']})")
+
+
+@models_app.command("revoke")
+def revoke(
+    name: str = typer.Argument(..., help="Base model name."),
+    action: str = typer.Option(..., "--action", help=ACTION_HELP),
+    team: str | None = typer.Option(None, "--team", help="Team to revoke from."),
+    user: str | None = typer.Option(None, "--user", help="User (email) to revoke from."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Revoke a grant (policy-checked, audited)."""
+    count = _run_recorded(lambda db: grants_service.revoke(db, model=name, action=action, team=team, user=user, actor=context.actor()))
+    if json_output:
+        output.emit_json({"model": name, "action": action, "team": team, "user": user, "revoked": count})
+    else:
+        output.say(f"revoked {action} on {name} from {'team ' + team if team else 'user ' + str(user)}")
+
+
+@models_app.command("grants")
+def list_grants(
+    name: str = typer.Argument(..., help="Base model name."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
+) -> None:
+    """List the active grants on a base model."""
+    with context.session() as db:
+        rows = grants_service.list_grants(db, model=name)
+    if json_output:
+        for row in rows:
+            output.emit_json(row)
+    else:
+        output.table(f"grants on {name}", ["id", "action", "team", "user", "granted at"],
+                     [(r["id"], r["action"], r["team"], r["user"], r["granted_at"]) for r in rows])
+
+
+@models_app.command("access")
+def access(
+    name: str = typer.Argument(..., help="Base model name."),
+    action: str = typer.Option(..., "--action", help=ACTION_HELP),
+    as_user: str | None = typer.Option(None, "--as", help="Check for this user (email) instead of the console operator."),
+) -> None:
+    """Ask the models policy whether an action on a model is allowed (the decision is recorded)."""
+    actor = as_user or context.actor()
+    decision = _run_recorded(lambda db: grants_service.check_access(db, model=name, action=action, actor=actor))
+    output.emit_json(decision.to_json())
+
+
+def register(app: typer.Typer) -> None:
+    """The commands are on ``models_app``, which ``latentops.platform.cli.models`` adds to the app."""

@@ -1,0 +1,153 @@
+"""``latentops policy``: run the Rego tests, evaluate inputs, check prompts, reload, show the revision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from latentops.governance import policy
+from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle, write_tarball
+from latentops.governance.policy_engine import CompileError, EmbeddedEngine, OpaEngine
+from latentops.governance.policy_testing import run_tests
+from latentops.platform.cli import context, output
+from latentops.platform.errors import InvalidInput, ServiceUnavailable
+
+policy_app = typer.Typer(help="Policy-as-code: tests, evaluation, revisions.", no_args_is_help=True)
+
+
+@policy_app.command("test")
+def test(
+    directory: Path = typer.Option(DEFAULT_POLICY_DIR, "--dir", help="Policy folder."),
+    engine: str = typer.Option("embedded", "--engine", help="embedded, or opa (uses LATENTOPS_OPA_URL)."),
+    min_coverage: float = typer.Option(0.0, "--min-coverage", help="Fail below this rule-id coverage (percent)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run every Rego test with rule-id coverage; fails on a failing test or when there are none."""
+    bundle = load_bundle(directory)
+    if engine == "opa":
+        runner = OpaEngine(context.settings().opa_url)
+        runner.load(bundle, with_tests=True)
+    else:
+        runner = EmbeddedEngine()  # type: ignore[assignment]
+        try:
+            runner.load(bundle)
+        except CompileError as error:
+            raise InvalidInput(f"policies: {error}") from None
+    report = run_tests(bundle, runner)
+    summary = report.summary()
+    if json_output:
+        output.emit_json(summary)
+    else:
+        for result in report.results:
+            output.say(f"{'PASS' if result.passed else 'FAIL'}: data.{result.package.replace('/', '.')}.{result.name}"
+                       + (f" ({result.error})" if result.error else ""))
+        output.say(f"{summary['passed']}/{summary['tests']} tests passed; rule-id coverage {summary['coverage']}% "
+                   f"({summary['covered']}/{summary['rule_ids']})")
+        for rule_id in summary["uncovered"]:  # type: ignore[union-attr]
+            output.say(f"  not covered: {rule_id}")
+    if not report.results:
+        raise InvalidInput(f"policies: no tests found in {directory}")
+    if report.failed:
+        raise typer.Exit(1)
+    if report.coverage < min_coverage:
+        raise InvalidInput(f"coverage: {report.coverage:.1f}% is below --min-coverage {min_coverage}%")
+
+
+def _parse_input(raw: str) -> dict[str, object]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"input: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"input: must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _decide(path: str, value: dict[str, object]) -> policy.Decision:
+    with context.session() as db:
+        return policy.decide(path, value, session=db, actor=context.actor())
+
+
+@policy_app.command("eval")
+def eval_(
+    path: str = typer.Option(..., "--path", help="Policy path: prompt, jobs, models, datasets, screening."),
+    input_json: str = typer.Option(..., "--input", help="The input as a JSON object."),
+) -> None:
+    """Evaluate one input and print the decision as JSON (the decision is recorded)."""
+    decision = _decide(path, _parse_input(input_json))
+    output.emit_json({**decision.to_json(), "decision_id": decision.decision_id})
+    if not decision.allow:
+        raise typer.Exit(2)
+
+
+@policy_app.command("check-prompt")
+def check_prompt(
+    text: str = typer.Argument(..., help="The prompt to check."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON line."),
+) -> None:
+    """Check a prompt against the prompt policy; exits 2 when it is denied."""
+    decision = _decide("prompt", {"prompt": text})
+    if json_output:
+        output.emit_json(decision.to_json())
+    elif decision.allow:
+        output.say(f"allowed (revision {decision.revision[:12]})")
+    else:
+        output.say(f"denied (revision {decision.revision[:12]})")
+        for rule_id, reason in zip(decision.rule_ids, decision.reasons, strict=True):
+            output.say(f"  {rule_id}: {reason}")
+    if not decision.allow:
+        raise typer.Exit(2)
+
+
+@policy_app.command("reload")
+def reload() -> None:
+    """Load the policy files and data edits now; a bundle that fails keeps the previous revision."""
+    with context.session() as db:
+        result = policy.reload(db)
+    if not result.ok:
+        raise InvalidInput(f"policies: {result.error} (revision {result.revision[:12] or 'none'} stays in force)")
+    output.emit_json({"revision": result.revision, "changed": result.changed})
+
+
+@policy_app.command("revision")
+def revision(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the revision in force, the engine and the paths."""
+    with context.session() as db:
+        policy.get_service().refresh(db)
+    status = policy.status()
+    if not status["revision"]:
+        raise ServiceUnavailable(f"no policy revision is in force: {status['last_error']}")
+    if json_output:
+        output.emit_json(status)
+    else:
+        output.say(str(status["revision"]))
+
+
+@policy_app.command("set-data")
+def set_data(
+    key: str = typer.Argument(..., help="Dotted key, e.g. prompt.max_length."),
+    value: str = typer.Argument(..., help="The new value as JSON."),
+    note: str = typer.Option("", help="Why the change is made (kept in the audit trail)."),
+) -> None:
+    """Edit policy data through the product (shape-checked, compiled, audited; new revision)."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"value: not valid JSON ({error.msg})") from None
+    with context.session() as db:
+        new_revision = policy.set_policy_data(db, key=key, value=parsed, actor=context.actor(), note=note)
+    output.emit_json({"key": key, "revision": new_revision})
+
+
+@policy_app.command("bundle")
+def bundle(target: Path = typer.Option(..., "--output", help="Where to write the OPA bundle (.tar.gz).")) -> None:
+    """Write the policies and data as an OPA bundle for an OPA server or sidecar."""
+    built = load_bundle()
+    write_tarball(built, target)
+    output.emit_json({"path": str(target), "revision": built.revision})
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(policy_app, name="policy")
