@@ -11,7 +11,8 @@ Steps, in order (``normalize_text``):
    soft hyphen, word joiner, BOM), variation selectors and combining marks after NFKD
    (``mïckey`` -> ``mickey``).
 3. Case folding (``str.casefold``).
-4. Confusable folding: Cyrillic and Greek look-alikes and other homoglyphs (``ı`` dotless i,
+4. Confusable folding: Cyrillic and Greek look-alikes (capitals before case folding, since
+   Greek ``Η`` imitates ``H`` while ``η`` imitates ``n``) and other homoglyphs (``ı`` dotless i,
    ``ł``, ``ø``) become the Latin letter they imitate.
 5. Leetspeak folding inside tokens that contain at least one letter: ``0->o 1->i 3->e 4->a
    5->s 7->t @->a $->s``. ``1`` is ambiguous (``i`` or ``l``): a second token variant with
@@ -86,11 +87,19 @@ _CONFUSABLES = {
     "ɢ": "g", "ʜ": "h", "ᴊ": "j", "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p",
     "ʀ": "r", "ꜱ": "s", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ᴢ": "z", "æ": "ae", "œ": "oe",
 }
+# Capitals whose look-alike differs from their lowercase form's (Greek Η looks like H, η like n);
+# applied before case folding.
+_UPPER_CONFUSABLES = {
+    "Α": "a", "Β": "b", "Ε": "e", "Ζ": "z", "Η": "h", "Ι": "i", "Κ": "k", "Μ": "m", "Ν": "n", "Ο": "o",
+    "Ρ": "p", "Τ": "t", "Υ": "y", "Χ": "x", "А": "a", "В": "b", "Е": "e", "Н": "h", "К": "k", "М": "m",
+    "О": "o", "Р": "p", "С": "c", "Т": "t", "У": "y", "Х": "x", "Ѕ": "s", "І": "i", "Ј": "j",
+}
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _LEET_L = str.maketrans({"1": "l"})
 
 _FOLD_TABLE: dict[int, str | None] = {cp: None for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1)}
 _FOLD_TABLE.update({ord(k): v for k, v in _CONFUSABLES.items()})
+_FOLD_TABLE.update({ord(k): v for k, v in _UPPER_CONFUSABLES.items()})
 
 _APOSTROPHES = re.compile(r"['’ʼ`´]s\b|['’ʼ`´]")
 # Tokens are letters, digits and the leet symbols that can stand for letters; all else separates.

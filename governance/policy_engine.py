@@ -5,9 +5,11 @@ returns the decision document ``{"allow": bool, "deny": [{"rule_id", "reason"}]}
 ``EngineUnavailable``. Callers treat ``EngineUnavailable`` as a deny (fail closed): an engine
 error, a timeout, an undefined result, a malformed result or an unreachable server all raise it.
 
-The embedded engine compiles a bundle in a child process first: rego-cpp aborts the whole
-process on some inputs (``with input as`` over partial rules, for one), and a policy file that
-crashes the compiler must not take the API or a worker down with it.
+The embedded engine compiles a bundle in a child process first and evaluates every entry point
+there once with an empty input: rego-cpp aborts the whole process on some policies (``with input
+as`` over partial rules, for one), and a policy file that crashes it must not take the API or a
+worker down with it. A crash that only some inputs trigger is not caught this way; the policies
+avoid the constructs known to crash (see docs/policy.md).
 
 Known rego-cpp gaps the policies avoid (pinned by tests/test_policy_conformance.py): ``sprintf``
 ``%q`` returns the format unchanged and ``%s`` quotes computed strings; regex inline flags such
@@ -77,6 +79,11 @@ try:
     bundle = rego.build(None, payload["entrypoints"])
     if not bundle.ok():
         raise RuntimeError("build failed")
+    # Evaluate every entry point once: some rego-cpp crashes happen at evaluation, not compilation.
+    rego.set_input_term("{}")
+    for entrypoint in payload["entrypoints"]:
+        from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output
+        rego_free_output(rego_bundle_query_entrypoint(rego._impl, bundle._impl, entrypoint))
 except Exception as error:
     print(str(error)[:4000])
     sys.exit(3)
