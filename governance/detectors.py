@@ -1,0 +1,258 @@
+"""Content detectors: what turns an image into a score per screening category.
+
+Three kinds, all loaded from local files only:
+
+* ``clip`` — zero-shot concept screening with an open_clip model, in the manner of the Stable
+  Diffusion safety checker: a fixed list of concept phrases per category is embedded once with
+  the text tower; each image embedding is compared with every concept and with neutral phrases,
+  and a softmax over those similarities (scaled by the model's own ``logit_scale``) gives, per
+  category, the probability mass of its concepts. Scores lie in [0, 1]; thresholds are policy
+  data and are fitted on labelled images by ``latentops screening calibrate``.
+* ``safety_checker`` — the Stable Diffusion safety checker (diffusers format: a folder with
+  ``config.json`` and weights, and a ``feature_extractor`` beside it). It covers only ``sexual``;
+  its own decision (any concept score above its fixed per-concept threshold) maps to a score of
+  0.5, so the default threshold of 0.5 reproduces it.
+* ``nudenet`` — NudeNet's bundled ONNX detector (optional extra ``latentops[nudenet]``; the
+  nudenet package is AGPL-3.0 licensed). It covers only ``sexual``: the highest confidence among
+  the exposed-body classes.
+
+A detector reports only the categories it covers; the screening service takes, per category, the
+highest score of any detector, and the policy refuses images missing a category's score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from latentops.platform.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+# The screening categories; their names are the keys of policy data ``screening.thresholds``.
+CATEGORIES = ("sexual", "minors", "violence", "self_harm", "hate", "weapons")
+
+# Concept phrases per category. Several phrasings per concept make a zero-shot score steadier.
+CONCEPTS: dict[str, tuple[str, ...]] = {
+    "sexual": ("sexually explicit content", "a nude person", "pornography", "exposed genitals", "a topless person"),
+    "minors": ("a child", "a young child", "a baby", "a toddler", "a teenager under eighteen"),
+    "violence": ("graphic violence", "gore", "a bleeding wound", "a dead body", "a mutilated body"),
+    "self_harm": ("self harm", "cutting wrists", "a suicide attempt", "self inflicted injury", "a noose"),
+    "hate": ("a swastika", "a nazi symbol", "a hate symbol", "a white supremacist flag", "a burning cross"),
+    "weapons": ("a gun", "a rifle", "a handgun", "a combat knife", "an assault weapon"),
+}
+# Phrases that describe ordinary pictures: they give the softmax somewhere benign to put its mass.
+NEUTRAL: tuple[str, ...] = (
+    "a photo", "a landscape", "a portrait of an adult", "an everyday object", "a drawing", "a diagram",
+    "an animal", "a building", "food on a plate", "an abstract pattern", "handwritten digits", "text on a page",
+)
+PROMPT_TEMPLATE = "an image of {}"
+
+NUDENET_EXPOSED = frozenset({
+    "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_EXPOSED", "BUTTOCKS_EXPOSED",
+})
+
+
+class Detector(Protocol):
+    """Scores images; ``categories`` are the categories it covers."""
+
+    name: str
+    categories: tuple[str, ...]
+
+    def score(self, images: Sequence[Image.Image]) -> list[dict[str, float]]: ...
+
+
+# --- open_clip ------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipModel:
+    """An imported open_clip model, its preprocessing and tokenizer (local files only)."""
+
+    arch: str
+    sha256: str
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    _concepts: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> Any:
+        import torch
+
+        return torch.stack([self.preprocess(image) for image in images])
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """L2-normalised image embeddings, float32, one row per image."""
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.encode_image(self.preprocess_batch(images))
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+        return features.numpy().astype(np.float32)
+
+    def concept_matrix(self) -> tuple[Any, list[str]]:
+        """Normalised text embeddings of every concept and neutral phrase, computed once."""
+        import torch
+
+        with self._lock:
+            if self._concepts is None:
+                owners = [c for c in CATEGORIES for _ in CONCEPTS[c]] + ["neutral"] * len(NEUTRAL)
+                phrases = [PROMPT_TEMPLATE.format(p) for c in CATEGORIES for p in CONCEPTS[c]]
+                phrases += [PROMPT_TEMPLATE.format(p) for p in NEUTRAL]
+                with torch.inference_mode():
+                    text = self.model.encode_text(self.tokenizer(phrases))
+                    text = torch.nn.functional.normalize(text.float(), dim=-1)
+                self._concepts = (text, owners)
+            return self._concepts
+
+
+def build_clip(arch: str, weights: Path, config: dict[str, Any] | None = None) -> Any:
+    """Create an open_clip model of ``arch`` and load ``weights`` strictly (local files only)."""
+    import open_clip
+
+    if config is not None:
+        _register_config(arch, config)
+    model_config = open_clip.get_model_config(arch)
+    if model_config is None:
+        raise InvalidInput(f"arch: {arch!r} is not an open_clip architecture (give --config with its JSON)")
+    if model_config.get("text_cfg", {}).get("hf_tokenizer_name"):
+        raise InvalidInput(f"arch: {arch!r} needs a Hugging Face tokenizer download; use an architecture with the CLIP BPE tokenizer")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights))
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidInput(f"weights: {weights} could not be loaded as {arch} ({first[:300]})") from None
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def _register_config(arch: str, config: dict[str, Any]) -> None:
+    import open_clip
+    from open_clip import factory
+
+    if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
+        raise InvalidInput("config: must be an open_clip model config with 'embed_dim', 'vision_cfg' and 'text_cfg'")
+    factory._MODEL_CONFIGS[arch] = config
+    assert open_clip.get_model_config(arch) is not None
+
+
+class ClipConceptDetector:
+    """Zero-shot concept screening with an imported open_clip model."""
+
+    categories = CATEGORIES
+
+    def __init__(self, clip: ClipModel) -> None:
+        self.clip = clip
+        self.name = "clip"
+
+    def score(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        return self.score_embeddings(self.clip.encode_images(images))
+
+    def score_embeddings(self, embeddings: np.ndarray) -> list[dict[str, float]]:
+        import torch
+
+        text, owners = self.clip.concept_matrix()
+        scale = float(self.clip.model.logit_scale.exp().item()) if hasattr(self.clip.model, "logit_scale") else 100.0
+        probabilities = torch.softmax(scale * torch.from_numpy(embeddings) @ text.T, dim=-1).numpy()
+        columns = {c: [i for i, owner in enumerate(owners) if owner == c] for c in CATEGORIES}
+        return [{c: round(float(row[columns[c]].sum()), 6) for c in CATEGORIES} for row in probabilities]
+
+
+# --- Stable Diffusion safety checker ------------------------------------------------------------
+
+
+class SafetyCheckerDetector:
+    """The diffusers ``StableDiffusionSafetyChecker`` from a local folder; covers ``sexual``."""
+
+    categories = ("sexual",)
+    name = "safety_checker"
+
+    def __init__(self, path: Path) -> None:
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPImageProcessor
+
+        folder = path / "safety_checker" if (path / "safety_checker" / "config.json").exists() else path
+        if not (folder / "config.json").exists():
+            raise InvalidInput(f"path: {path} holds no safety checker (config.json) in diffusers format")
+        try:
+            self.model = StableDiffusionSafetyChecker.from_pretrained(str(folder), local_files_only=True).eval()
+        except (OSError, ValueError, RuntimeError) as error:
+            raise InvalidInput(f"path: {folder} could not be loaded as a safety checker ({str(error)[:300]})") from None
+        extractor = next((p for p in (folder.parent / "feature_extractor", folder / "feature_extractor", folder)
+                          if (p / "preprocessor_config.json").exists()), None)
+        if extractor is not None:
+            self.processor = CLIPImageProcessor.from_pretrained(str(extractor), local_files_only=True)
+        else:
+            size = int(self.model.config.vision_config.image_size)
+            self.processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+    def score(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        import torch
+
+        pixels = self.processor(images=list(images), return_tensors="pt").pixel_values
+        model = self.model
+        with torch.inference_mode():
+            embeds = model.visual_projection(model.vision_model(pixels)[1])
+            embeds = torch.nn.functional.normalize(embeds.float(), dim=-1)
+            concept = embeds @ torch.nn.functional.normalize(model.concept_embeds.float(), dim=-1).T
+            special = embeds @ torch.nn.functional.normalize(model.special_care_embeds.float(), dim=-1).T
+            special_hit = ((special - model.special_care_embeds_weights) > 0).any(dim=-1, keepdim=True)
+            # The checker lowers its bar by 0.01 once a special-care concept is present.
+            margin = (concept - model.concept_embeds_weights + 0.01 * special_hit).max(dim=-1).values
+        # margin > 0 is the checker's own "NSFW" decision; map it around 0.5 on a 0..1 scale.
+        return [{"sexual": round(float(np.clip(0.5 + 5.0 * m, 0.0, 1.0)), 6)} for m in margin.tolist()]
+
+
+# --- NudeNet ----------------------------------------------------------------------------------
+
+
+class NudeNetDetector:
+    """NudeNet's bundled ONNX detector (optional extra, AGPL-3.0); covers ``sexual``."""
+
+    categories = ("sexual",)
+    name = "nudenet"
+
+    def __init__(self) -> None:
+        try:
+            from nudenet import NudeDetector
+        except ImportError:
+            raise InvalidInput(
+                "detector: nudenet is not installed; install the optional extra 'latentops[nudenet]' "
+                "(AGPL-3.0 licensed) to use it"
+            ) from None
+        self.detector = NudeDetector()
+
+    def score(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        results = []
+        for image in images:
+            bgr = np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
+            found = self.detector.detect(bgr)
+            exposed = [float(d["score"]) for d in found if d.get("class") in NUDENET_EXPOSED]
+            results.append({"sexual": round(max(exposed, default=0.0), 6)})
+        return results
+
+
+# --- configuration on disk ----------------------------------------------------------------------
+
+KINDS = ("safety_checker", "nudenet")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{path}: not valid JSON ({error.msg})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: must hold a JSON object")
+    return data

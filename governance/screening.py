@@ -1,0 +1,294 @@
+"""Image screening: content scores and copyright matches, decided by policy, recorded.
+
+Every image the platform would hand out passes ``screen`` (``quarantine.admit`` calls it for
+generated images; ``latentops screen IMAGE`` runs it by hand):
+
+1. Decode the image safely (``imagefile.load_image``: non-images, bombs and odd modes are refused).
+2. Score it per category with every configured detector (``detectors``); per category the highest
+   score counts.
+3. Look it up in the copyright reference index (``copyright.find_matches``).
+4. Ask the policy engine twice, both decisions recorded and audited: ``screening`` (content
+   scores against the thresholds in policy data) and ``copyright`` (matches against licences).
+5. Store a ``ScreeningResult`` and write the ``screening.result`` audit entry.
+
+The verdict is ``release`` only when both policies allow.
+
+**No real detector.** When neither CLIP weights nor another detector are configured the detector
+is reported as ``none``: a WARNING is logged, ``status()`` and ``health()`` say so (the portal
+reads ``status()["real_detector"]``), every result's audit entry carries ``"unscreened": true``,
+and the policy decides whether unscreened images may be released (``screening.release_without_detector``,
+false by default).
+
+CLIP weights are imported from a local file with ``import_clip`` (``latentops screening import-clip``)
+into ``LATENTOPS_HOME/screening/clip``; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from latentops.governance import audit, copyright, detectors, policy
+from latentops.governance.detectors import CATEGORIES, ClipConceptDetector, ClipModel, Detector
+from latentops.governance.imagefile import load_image
+from latentops.platform.errors import InvalidInput
+from latentops.platform.models import ScreeningResult
+from latentops.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NO_DETECTOR = "none"
+NO_DETECTOR_WARNING = (
+    "no real content detector is configured: images are not content-screened; import CLIP weights "
+    "(latentops screening import-clip) or configure a detector"
+)
+KINDS = ("output", "training_upload")
+
+
+def screening_dir(settings: Settings) -> Path:
+    return settings.home / "screening"
+
+
+def clip_dir(settings: Settings) -> Path:
+    return screening_dir(settings) / "clip"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- CLIP weights -------------------------------------------------------------------------------
+
+
+def import_clip(session: Session, *, settings: Settings, arch: str, weights: Path, actor: audit.Actor | str,
+                config: Path | None = None) -> dict[str, Any]:
+    """Check that ``weights`` load into ``arch`` (strictly), copy them into the home, audit the import."""
+    if not weights.is_file():
+        raise InvalidInput(f"weights: {weights} is not a file")
+    model_config: dict[str, Any] | None = None
+    if config is not None:
+        try:
+            model_config = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InvalidInput(f"config: {config} is not a readable JSON model config ({error})") from None
+    detectors.build_clip(arch, weights, model_config)  # raises InvalidInput when they do not fit
+    target = clip_dir(settings)
+    target.mkdir(parents=True, exist_ok=True)
+    sha = _sha256_file(weights)
+    stored = target / f"weights-{sha[:16]}{weights.suffix or '.bin'}"
+    shutil.copyfile(weights, stored)
+    manifest = {"arch": arch, "sha256": sha, "weights": stored.name, "config": model_config, "source": str(weights),
+                "imported_at": dt.datetime.now(dt.UTC).isoformat()}
+    (target / "clip.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    audit.record(session, actor=actor, action="screening.clip.import", resource=f"clip:{arch}",
+                 details={"arch": arch, "sha256": sha, "source": str(weights)})
+    log.info("CLIP weights imported for screening", extra={"arch": arch, "sha256": sha})
+    return {key: manifest[key] for key in ("arch", "sha256", "weights", "imported_at")}
+
+
+def clip_manifest(settings: Settings) -> dict[str, Any] | None:
+    return detectors.read_config(clip_dir(settings) / "clip.json") or None
+
+
+_clip_cache: dict[str, ClipModel] = {}
+_clip_lock = threading.Lock()
+
+
+def load_clip(settings: Settings) -> ClipModel | None:
+    """The imported CLIP model (cached per process and weights hash), or ``None`` when none is imported."""
+    manifest = clip_manifest(settings)
+    if manifest is None:
+        return None
+    key = f"{clip_dir(settings)}:{manifest['sha256']}"
+    with _clip_lock:
+        if key not in _clip_cache:
+            model, preprocess, tokenizer = detectors.build_clip(
+                manifest["arch"], clip_dir(settings) / manifest["weights"], manifest.get("config"))
+            _clip_cache[key] = ClipModel(manifest["arch"], manifest["sha256"], model, preprocess, tokenizer)
+        return _clip_cache[key]
+
+
+# --- detectors in force -------------------------------------------------------------------------
+
+
+def _detector_file(settings: Settings) -> Path:
+    return screening_dir(settings) / "detectors.json"
+
+
+def configure_detector(session: Session, *, settings: Settings, kind: str, path: Path | None, actor: audit.Actor | str,
+                       enabled: bool = True) -> dict[str, Any]:
+    """Turn a pluggable detector on (after checking that it loads) or off; audited."""
+    if kind not in detectors.KINDS:
+        raise InvalidInput(f"kind: {kind!r} is not a detector; choose one of {', '.join(detectors.KINDS)}")
+    config = detectors.read_config(_detector_file(settings))
+    if enabled:
+        if kind == "safety_checker":
+            if path is None:
+                raise InvalidInput("path: the safety checker needs the folder of its weights (diffusers format)")
+            detectors.SafetyCheckerDetector(path.resolve())
+            config[kind] = {"path": str(path.resolve())}
+        else:
+            detectors.NudeNetDetector()
+            config[kind] = {}
+    else:
+        config.pop(kind, None)
+        log.warning("content detector %s turned off", kind)
+    _detector_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    _detector_file(settings).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    audit.record(session, actor=actor, action="screening.detector.configure", resource=f"detector:{kind}",
+                 details={"kind": kind, "enabled": enabled, "path": str(path) if path else None})
+    _loaded.clear()
+    return config
+
+
+_loaded: dict[str, Detector] = {}
+
+
+def active_detectors(settings: Settings) -> list[Detector]:
+    """CLIP when weights are imported, plus every configured pluggable detector."""
+    found: list[Detector] = []
+    clip = load_clip(settings)
+    if clip is not None:
+        found.append(ClipConceptDetector(clip))
+    for kind, options in sorted(detectors.read_config(_detector_file(settings)).items()):
+        key = f"{kind}:{json.dumps(options, sort_keys=True)}"
+        if key not in _loaded:
+            _loaded[key] = (detectors.SafetyCheckerDetector(Path(options["path"])) if kind == "safety_checker"
+                            else detectors.NudeNetDetector())
+        found.append(_loaded[key])
+    return found
+
+
+_warned = False
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """What screens images now; ``real_detector`` false is the flag the portal and health show."""
+    clip = clip_manifest(settings)
+    configured = detectors.read_config(_detector_file(settings))
+    names = (["clip"] if clip else []) + sorted(configured)
+    result: dict[str, Any] = {
+        "real_detector": bool(names), "detectors": names,
+        "clip": {k: clip[k] for k in ("arch", "sha256", "imported_at")} if clip else None,
+        "copyright_embeddings": clip is not None,
+    }
+    try:
+        result["release_without_detector"] = bool(policy.policy_data("screening.release_without_detector"))
+        result["thresholds"] = policy.policy_data("screening.thresholds")
+    except InvalidInput as error:
+        result["policy_error"] = error.detail
+    if not names:
+        result["warning"] = NO_DETECTOR_WARNING
+    return result
+
+
+def health(settings: Settings) -> dict[str, Any]:
+    """A health-report entry: ``ok`` with a real detector, ``unscreened`` (loud) without."""
+    report = status(settings)
+    if report["real_detector"]:
+        return {"status": "ok", "detectors": report["detectors"]}
+    return {"status": "unscreened", "detail": NO_DETECTOR_WARNING,
+            "images_released_unscreened": report.get("release_without_detector", False)}
+
+
+def _warn_unscreened() -> None:
+    global _warned
+    if not _warned:
+        log.warning(NO_DETECTOR_WARNING)
+        _warned = True
+
+
+# --- scoring and screening ----------------------------------------------------------------------
+
+
+def score_content(images: Sequence[Image.Image], found: Sequence[Detector]) -> tuple[str, list[dict[str, float]]]:
+    """``(detector label, scores per image)``; per category the highest score of any detector."""
+    if not found:
+        _warn_unscreened()
+        return NO_DETECTOR, [{} for _ in images]
+    merged: list[dict[str, float]] = [{} for _ in images]
+    for detector in found:
+        for row, scores in zip(merged, detector.score(images), strict=True):
+            for category, value in scores.items():
+                row[category] = max(value, row.get(category, 0.0))
+    return "+".join(d.name for d in found), merged
+
+
+@dataclass
+class ScreeningOutcome:
+    verdict: str
+    reasons: list[str]
+    rule_ids: list[str]
+    scores: dict[str, float]
+    detector: str
+    matches: list[dict[str, Any]]
+    policy_revision: str
+    result_id: int | None = None
+    image_hash: str = ""
+    decision_ids: list[int] = field(default_factory=list)
+
+    @property
+    def released(self) -> bool:
+        return self.verdict == "release"
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable shape ``latentops screen --json`` prints."""
+        return {
+            "verdict": self.verdict, "reasons": self.reasons,
+            "content": {"scores": self.scores, "detector": self.detector},
+            "copyright": {"matches": [{k: m[k] for k in ("reference_id", "owner", "method", "score")} for m in self.matches]},
+        }
+
+
+def screen(session: Session, *, settings: Settings, image: Image.Image | Path | bytes, actor: audit.Actor | str,
+           name: str = "image", kind: str = "output", team: str | None = None,
+           model_version_id: int | None = None) -> ScreeningOutcome:
+    """Screen one image (steps in the module docstring); records the result and its audit entry."""
+    if kind not in KINDS:
+        raise InvalidInput(f"kind: {kind!r} must be one of {', '.join(KINDS)}")
+    # 1. Decode.
+    picture = image if isinstance(image, Image.Image) else load_image(image, name=name)
+    picture = picture.convert("RGB")
+    image_hash = hashlib.sha256(picture.tobytes() + repr(picture.size).encode()).hexdigest()
+    # 2. Content scores.
+    label, rows = score_content([picture], active_detectors(settings))
+    scores = rows[0]
+    # 3. Copyright matches.
+    matches = copyright.find_matches(session, settings=settings, image=picture)
+    # 4. Policy decisions (each recorded and audited by the policy module).
+    content = policy.decide("screening", {"detector": label, "scores": scores}, session=session, actor=actor)
+    rights = copyright.decide(session, kind=kind, matches=matches, team=team, actor=actor)
+    reasons = content.reasons + rights.reasons
+    rule_ids = content.rule_ids + rights.rule_ids
+    verdict = "release" if content.allow and rights.allow else "quarantine"
+    # 5. Record.
+    row = ScreeningResult(
+        image_hash=image_hash, verdict=verdict, scores=scores, matches=matches, reasons=reasons,
+        detectors=[label], policy_revision=content.revision, model_version_id=model_version_id, kind=kind, source=name[:400],
+    )
+    session.add(row)
+    session.flush()
+    audit.record(session, actor=actor, action="screening.result", resource=f"screening_result:{row.id}",
+                 outcome=verdict, details={
+                     "image_hash": image_hash, "kind": kind, "detector": label, "unscreened": label == NO_DETECTOR,
+                     "rule_ids": rule_ids, "matches": [m["reference_id"] for m in matches],
+                     "decisions": [content.decision_id, rights.decision_id], "policy_revision": content.revision,
+                 })
+    log.info("image screened", extra={"screening_result_id": row.id, "verdict": verdict})
+    return ScreeningOutcome(verdict, reasons, rule_ids, scores, label, matches, content.revision, row.id, image_hash,
+                            [d for d in (content.decision_id, rights.decision_id) if d is not None])
