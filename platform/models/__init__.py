@@ -7,10 +7,10 @@ from latentops.platform.models.catalog import AccessGrant, LoraAdapter, ModelRec
 from latentops.platform.models.identity import ApiToken, Membership, Role, Team, User
 from latentops.platform.models.jobs import Job, JobEvent, JobState
 from latentops.platform.models.policy import PolicyDataEdit, PolicyDecision
-from latentops.platform.models.screening import CopyrightReference, ScreeningResult
+from latentops.platform.models.screening import CopyrightLicence, CopyrightReference, ScreeningResult
 
 __all__ = [
-    "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "AuditSubjectKey", "Base", "CopyrightReference",
+    "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "AuditSubjectKey", "Base", "CopyrightLicence", "CopyrightReference",
     "Dataset", "Job", "JobEvent", "JobState", "LoraAdapter", "Membership", "ModelRecord", "ModelVersion",
     "PolicyDataEdit", "PolicyDecision", "Role", "ScreeningResult", "Team", "User", "utcnow",
 ]
