@@ -14,7 +14,8 @@ avoid the constructs known to crash (see docs/policy.md).
 Known rego-cpp gaps the policies avoid (pinned by tests/test_policy_conformance.py): ``sprintf``
 ``%q`` returns the format unchanged and ``%s`` quotes computed strings; regex inline flags such
 as ``(?i)`` give undefined; ``net.cidr_contains`` is undefined; a ``default`` rule queried
-directly gives undefined; output strings are not JSON-escaped; lookups with a variable key scan
+directly gives undefined; input set as a Python value loses string escaping in the output
+(the engines set input as a JSON term); lookups with a variable key scan
 the whole object.
 """
 
