@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from latentops.platform.api import health
+from latentops.platform.api import health, metrics_route
 from latentops.platform.errors import LatentopsError
 from latentops.platform.settings import Settings, get_settings
 
@@ -48,4 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             headers=getattr(error, "headers", None))
 
     app.include_router(health.router, prefix="/api/v1")
+    app.include_router(metrics_route.router)  # GET /metrics for Prometheus
+    app.add_middleware(metrics_route.LatencyMiddleware)
     return app
