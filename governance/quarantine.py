@@ -1,0 +1,183 @@
+"""Quarantine: where flagged images wait for a compliance officer, and the gate every image passes.
+
+``admit`` is the step of the governed path between generation and the requester: it screens the
+image (``screening.screen``) and then either
+
+* **releases** it: stores the asset, writes the ``asset.release`` audit entry, applies provenance
+  (watermark and a C2PA manifest that names that entry) and returns the signed PNG; or
+* **quarantines** it: stores the unmarked PNG under ``LATENTOPS_HOME/quarantine`` with its scores
+  and reasons (the ``ScreeningResult``), writes ``asset.quarantine``, and returns no pixels.
+
+Only compliance officers see quarantined images (``list_quarantined``, ``quarantined_image``) and
+release or reject them with a reason (``release``, ``reject``). Every access is a ``quarantine``
+policy decision. Nothing is deleted: a rejected image stays in the quarantine folder, marked
+``rejected``, with who rejected it, when and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from latentops.governance import audit, policy, provenance, screening
+from latentops.governance.imagefile import load_image, png_bytes
+from latentops.platform.errors import Conflict, NotFound
+from latentops.platform.models import Asset, LoraAdapter, ModelVersion, ScreeningResult, User, utcnow
+from latentops.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def quarantine_dir(settings: Settings) -> Path:
+    return settings.home / "quarantine"
+
+
+def released_dir(settings: Settings) -> Path:
+    return settings.artifacts_dir / "assets"
+
+
+@dataclass
+class Admission:
+    asset: Asset
+    outcome: screening.ScreeningOutcome
+    image: bytes | None  # the signed PNG when released; never pixels of a flagged image
+
+    @property
+    def released(self) -> bool:
+        return self.image is not None
+
+
+def _label(session: Session, model: type[ModelVersion] | type[LoraAdapter], row_id: int | None) -> str | None:
+    if row_id is None:
+        return None
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"{model.__tablename__}: no row {row_id}")
+    return f"{model.__tablename__}:{row_id}:{getattr(row, 'content_hash', '') or getattr(row, 'name', '')}"
+
+
+def admit(session: Session, *, settings: Settings, image: Image.Image | bytes, actor: audit.Actor | str, seed: int,
+          prompt_ref: str, team: str | None = None, team_id: int | None = None, owner_id: int | None = None,
+          job_id: int | None = None, dataset_id: int | None = None, model_version_id: int | None = None,
+          lora_adapter_id: int | None = None, purpose: str = "generation", params: dict[str, Any] | None = None) -> Admission:
+    """Screen a generated image and release it with provenance, or quarantine it."""
+    picture = load_image(image, name="generated image") if isinstance(image, bytes) else image.convert("RGB")
+    outcome = screening.screen(session, settings=settings, image=picture, actor=actor, name=f"{purpose} image",
+                               kind="output", team=team, model_version_id=model_version_id)
+    asset = Asset(team_id=team_id, owner_id=owner_id, job_id=job_id, dataset_id=dataset_id, model_version_id=model_version_id,
+                  lora_adapter_id=lora_adapter_id, purpose=purpose, seed=seed, prompt_ref=prompt_ref, params=params or {},
+                  content_hash="", path="", width=picture.width, height=picture.height,
+                  status="released" if outcome.released else "quarantined", screening_result_id=outcome.result_id,
+                  policy_decision_id=outcome.decision_ids[0] if outcome.decision_ids else None)
+    session.add(asset)
+    session.flush()
+    result = session.get(ScreeningResult, outcome.result_id)
+    if result is not None:
+        result.source = f"asset:{asset.id}"
+    if not outcome.released:
+        _store_quarantined(session, settings=settings, asset=asset, picture=picture, outcome=outcome, actor=actor)
+        return Admission(asset, outcome, None)
+    signed = _release(session, settings=settings, asset=asset, picture=picture, actor=actor, reason="screening passed",
+                      revision=outcome.policy_revision)
+    return Admission(asset, outcome, signed)
+
+
+def _store_quarantined(session: Session, *, settings: Settings, asset: Asset, picture: Image.Image,
+                       outcome: screening.ScreeningOutcome, actor: audit.Actor | str) -> None:
+    data = png_bytes(picture)
+    folder = quarantine_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"asset-{asset.id}.png"
+    path.write_bytes(data)
+    asset.path, asset.content_hash = str(path), hashlib.sha256(data).hexdigest()
+    entry = audit.record(session, actor=actor, action="asset.quarantine", resource=f"asset:{asset.id}", outcome="quarantined",
+                         details={"screening_result_id": outcome.result_id, "rule_ids": outcome.rule_ids,
+                                  "content_hash": asset.content_hash})
+    asset.audit_seq = entry.seq
+    log.info("image quarantined", extra={"asset_id": asset.id, "rule_ids": outcome.rule_ids})
+
+
+def _release(session: Session, *, settings: Settings, asset: Asset, picture: Image.Image, actor: audit.Actor | str,
+             reason: str, revision: str) -> bytes:
+    entry = audit.record(session, actor=actor, action="asset.release", resource=f"asset:{asset.id}",
+                         details={"reason": reason, "screening_result_id": asset.screening_result_id, "policy_revision": revision})
+    signed, record = provenance.apply(
+        settings=settings, image=picture, asset_id=asset.id,
+        model_version=_label(session, ModelVersion, asset.model_version_id) or "unknown",
+        lora_version=_label(session, LoraAdapter, asset.lora_adapter_id), policy_revision=revision, audit_seq=entry.seq)
+    folder = released_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"asset-{asset.id}.png"
+    path.write_bytes(signed)
+    asset.path, asset.content_hash, asset.provenance, asset.audit_seq = str(path), hashlib.sha256(signed).hexdigest(), record, entry.seq
+    session.flush()
+    return signed
+
+
+# --- compliance review -----------------------------------------------------------------------------
+
+
+def _reviewer_id(session: Session, actor: audit.Actor | str) -> int | None:
+    name = actor.name if isinstance(actor, audit.Actor) else actor
+    return session.scalar(sa.select(User.id).where(User.email == name.strip().lower()))
+
+
+def _asset(session: Session, asset_id: int, *, status: str = "quarantined") -> Asset:
+    asset = session.get(Asset, asset_id)
+    if asset is None or asset.status not in {"quarantined", "rejected", "released"} or (
+            asset.screening_result_id is None):
+        raise NotFound(f"asset_id: no screened asset {asset_id}")
+    if asset.status != status:
+        raise Conflict(f"asset {asset_id} is {asset.status}, not {status}")
+    return asset
+
+
+def list_quarantined(session: Session, *, actor: audit.Actor | str, status: str = "quarantined",
+                     limit: int = 200) -> list[dict[str, Any]]:
+    """Quarantined (or rejected) images with their scores and reasons; compliance officers only."""
+    policy.require("quarantine", {"action": "view"}, session=session, actor=actor)
+    rows = session.execute(sa.select(Asset, ScreeningResult).join(ScreeningResult, ScreeningResult.id == Asset.screening_result_id)
+                           .where(Asset.status == status).order_by(Asset.id).limit(limit)).all()
+    return [{"asset_id": a.id, "status": a.status, "created_at": a.created_at.isoformat() if a.created_at else None,
+             "team_id": a.team_id, "job_id": a.job_id, "scores": r.scores, "reasons": r.reasons,
+             "matches": r.matches, "detectors": r.detectors, "review_reason": a.review_reason} for a, r in rows]
+
+
+def quarantined_image(session: Session, *, asset_id: int, actor: audit.Actor | str) -> bytes:
+    """The pixels of a quarantined image, for review; the access is decided and audited."""
+    policy.require("quarantine", {"action": "view"}, session=session, actor=actor)
+    asset = session.get(Asset, asset_id)
+    if asset is None or asset.status not in {"quarantined", "rejected"}:
+        raise NotFound(f"asset_id: no quarantined asset {asset_id}")
+    audit.record(session, actor=actor, action="quarantine.view", resource=f"asset:{asset_id}")
+    return Path(asset.path).read_bytes()
+
+
+def release(session: Session, *, settings: Settings, asset_id: int, reason: str, actor: audit.Actor | str) -> Asset:
+    """A compliance officer releases a quarantined image: provenance is applied, the reason kept."""
+    policy.require("quarantine", {"action": "release", "reason": reason}, session=session, actor=actor)
+    asset = _asset(session, asset_id)
+    picture = load_image(Path(asset.path))
+    asset.status, asset.reviewed_by, asset.reviewed_at, asset.review_reason = (
+        "released", _reviewer_id(session, actor), utcnow(), reason.strip())
+    _release(session, settings=settings, asset=asset, picture=picture, actor=actor, reason=reason.strip(),
+             revision=policy.revision())
+    return asset
+
+
+def reject(session: Session, *, asset_id: int, reason: str, actor: audit.Actor | str) -> Asset:
+    """A compliance officer rejects a quarantined image; it is kept, marked rejected, never released."""
+    policy.require("quarantine", {"action": "reject", "reason": reason}, session=session, actor=actor)
+    asset = _asset(session, asset_id)
+    asset.status, asset.reviewed_by, asset.reviewed_at, asset.review_reason = (
+        "rejected", _reviewer_id(session, actor), utcnow(), reason.strip())
+    audit.record(session, actor=actor, action="asset.reject", resource=f"asset:{asset.id}", outcome="rejected",
+                 details={"reason": reason.strip(), "content_hash": asset.content_hash})
+    return asset
