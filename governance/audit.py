@@ -219,21 +219,35 @@ def _alarm(broken: _Broken) -> IntegrityError:
     return IntegrityError(message, reasons=[{"kind": broken.kind, "seq": broken.seq}])
 
 
-def _verify_from(session: Session, start: Head, head_row: Any) -> Head:
-    if head_row is None and start.seq == -1:
-        return EMPTY_HEAD
-    if head_row is None or head_row.seq < start.seq:
-        first_missing = 0 if head_row is None else head_row.seq + 1
-        raise _Broken("truncated", first_missing, f"the chain ends before trusted entry {start.seq}")
-    if head_row.seq == start.seq:
-        if head_row.hash != start.hash:
-            raise _Broken("modified", start.seq, "the head's hash changed")
-        return start
-    head, broken = chain_break(_rows_after(session, start.seq), start)
+# Entries after a trusted head fetched in one round trip; a longer gap is streamed.
+DELTA_BATCH = 1000
+
+
+def _verify_from(session: Session, start: Head) -> Head:
+    """Check that the chain in the database extends ``start``; return its verified head.
+
+    One query fetches ``start``'s own row and every entry after it (the common case is a handful,
+    written by other processes since this one last appended).
+    """
+    rows = session.execute(
+        sa.select(*ENTRY_COLUMNS).where(AuditEntry.seq >= max(start.seq, 0)).order_by(AuditEntry.seq)
+        .limit(DELTA_BATCH + 1)
+    ).all()
+    if start.seq >= 0:
+        if not rows or rows[0].seq != start.seq:
+            last = session.execute(sa.select(sa.func.max(AuditEntry.seq))).scalar_one()
+            if last is None or last < start.seq:
+                raise _Broken("truncated", 0 if last is None else last + 1,
+                              f"the chain ends before trusted entry {start.seq}")
+            raise _Broken("deleted", start.seq, "a trusted entry is missing")
+        if rows[0].hash != start.hash:
+            raise _Broken("modified", start.seq, "a trusted entry's hash changed")
+        rows = rows[1:]
+    head, broken = chain_break(rows, start)
+    if broken is None and len(rows) == DELTA_BATCH + (1 if start.seq < 0 else 0):
+        head, broken = chain_break(_rows_after(session, head.seq), head)
     if broken is not None:
         raise _Broken(broken[0], broken[1], "the chain does not extend the trusted head")
-    if head.seq != head_row.seq:
-        raise _Broken("deleted", head.seq + 1, "entries vanished while reading")
     return head
 
 
@@ -260,21 +274,18 @@ def verified_head(session: Session) -> Head:
     """
     key = _database_key(session)
     pending = session.info.get("audit_heads", {}).get(key)
-    head_row = session.execute(
-        sa.select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)
-    ).first()
     try:
         if pending is not None:
-            return _verify_from(session, pending, head_row)
+            return _verify_from(session, pending)
         cached = _verified_heads.get(key)
         if cached is not None:
             try:
-                return _verify_from(session, cached, head_row)
+                return _verify_from(session, cached)
             except _Broken:
                 # A cached head can be stale (its transaction rolled back after a savepoint, the
                 # database was restored): judge by the signed checkpoint before alarming.
                 log.info("cached audit head %s no longer matches; re-anchoring on the checkpoint", cached.seq)
-        head = _verify_from(session, _checkpoint_anchor(session), head_row)
+        head = _verify_from(session, _checkpoint_anchor(session))
     except _Broken as broken:
         raise _alarm(broken) from None
     _trust(key, head)
