@@ -24,6 +24,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from latentops.governance.native import load_regopy
 from latentops.governance.policy_engine import CompileError, compile_check
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class _State:
 
     def evaluate(self, path: list[str], input: Any) -> tuple[bool, Any]:
         """``(defined, value)`` of ``data.<path>`` with ``input``."""
-        import regopy
+        regopy = load_regopy()
         from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_ok, rego_output_string
 
         if not path or not self.modules:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from latentops.governance.native import load_regopy
 from latentops.governance.policy_bundle import PolicyBundle
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class EmbeddedEngine:
 
     @staticmethod
     def _compile(modules: dict[str, str], data: dict[str, Any], entrypoints: list[str]) -> _Compiled:
-        import regopy
+        regopy = load_regopy()
 
         interpreter = regopy.Interpreter()
         try:
