@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from latentops.platform.errors import ServiceUnavailable
+from latentops.platform.errors import PolicyDenied, ServiceUnavailable
 
 
 def redact(url: str) -> str:
@@ -69,11 +69,19 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
 
 @contextlib.contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """A session in one transaction: committed on success, rolled back on any error."""
+    """A session in one transaction: committed on success, rolled back on any error.
+
+    One exception: a policy denial is committed before it propagates. Services ask the policy
+    engine before they change anything, so what a denial leaves in the session is its decision
+    record and audit entry, and those must be kept: a refused request is itself evidence.
+    """
     session = get_sessionmaker(url)()
     try:
         yield session
         session.commit()
+    except PolicyDenied:
+        session.commit()
+        raise
     except sa.exc.OperationalError as error:
         session.rollback()
         if _is_connection_error(error):

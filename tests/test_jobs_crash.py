@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from latentops.platform.database import session_scope
 from latentops.platform.errors import ServiceUnavailable
-from latentops.platform.models import AuditEntry, Job, JobState
+from latentops.platform.models import AuditEntry, Job, JobState, Team
 from latentops.platform.services import jobs
 from test_jobs_queue import wait_finished
 
@@ -166,3 +166,32 @@ def test_four_workers_run_two_hundred_jobs_each_exactly_once(start_worker, queue
     assert starts == {f"job:{job_id}": 1 for job_id in ids}
     workers_used = {result.get("worker") for *_, result in rows}
     assert len(workers_used) >= 2, "the jobs should spread over several workers"
+
+
+def test_team_at_its_concurrency_quota_waits_and_is_told_why(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    from latentops.governance import policy
+    from latentops.platform.services import users
+
+    with session_scope(queue_settings.database_url) as db:
+        users.create_user(db, email="q@x.io", role="submitter", team="vision", password=None, actor="t")
+        users.create_user(db, email="r@x.io", role="submitter", team="other", password=None, actor="t")
+        team_id = db.scalar(sa.select(Team.id).where(Team.name == "vision"))
+        policy.set_policy_data(db, key="jobs.quotas", actor="t",
+                               value={"default": {"max_concurrent_jobs": 4, "max_gpu_hours": 100},
+                                      "teams": {"vision": {"max_concurrent_jobs": 1}}})
+    start_worker()
+    start_worker()
+    first = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 10, "step_delay_s": 0.3}, actor="t", team_id=team_id)
+    second = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="t", team_id=team_id)
+    deadline = time.monotonic() + 30
+    reason = None
+    while reason is None and time.monotonic() < deadline:
+        with session_scope(queue_settings.database_url) as db:
+            reason = jobs.get(db, second).hold_reason
+        time.sleep(0.1)
+    assert reason == "team vision already runs 1 job(s); its quota is 1"
+    a = wait_finished(queue_settings.database_url, first)
+    b = wait_finished(queue_settings.database_url, second, timeout=90)
+    assert a.state == b.state == JobState.SUCCEEDED
+    assert b.started_at is not None and a.finished_at is not None and b.started_at >= a.finished_at
+    assert b.hold_reason is None

@@ -112,3 +112,18 @@ def test_redelivered_job_id_does_not_run_twice(start_worker, queue_settings) -> 
         assert jobs.get(db, job_id).attempts == 1
         starts = db.scalar(sa.select(sa.func.count()).where(AuditEntry.resource == f"job:{job_id}", AuditEntry.action == "job.start"))
     assert starts == 1
+
+
+def test_higher_priority_jobs_run_first(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    # Queue everything before a worker exists, then let one worker drain the queue in order.
+    low = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="t", priority=0) for _ in range(3)]
+    high = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="t", priority=5)
+    with session_scope(queue_settings.database_url) as db:
+        assert jobs.queue_position(db, jobs.get(db, high)) == 0
+        assert [jobs.queue_position(db, jobs.get(db, job_id)) for job_id in low] == [1, 2, 3]
+    start_worker()
+    for job_id in [*low, high]:
+        wait_finished(queue_settings.database_url, job_id)
+    with session_scope(queue_settings.database_url) as db:
+        order = [row.id for row in db.scalars(sa.select(Job).order_by(Job.started_at))]
+    assert order[0] == high, order

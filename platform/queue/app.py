@@ -19,7 +19,7 @@ QUEUES = ("gpu", "cpu")
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("latentops", broker=settings.broker_url, include=["latentops.platform.queue.tasks", "latentops.platform.queue.worker"])
+    app = Celery("latentops", broker=settings.broker_url, include=["latentops.platform.queue.tasks", "latentops.platform.queue.worker", "latentops.platform.queue.metrics_server"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -30,7 +30,9 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # Priorities 0-9 (admins' jobs go first); Redis emulates them with one list per step.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
+                                  "queue_order_strategy": "priority", "priority_steps": list(range(10))},
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         task_default_queue="gpu",
         task_create_missing_queues=False,

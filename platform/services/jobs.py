@@ -26,9 +26,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from latentops.governance import audit
+from latentops.platform import metrics as ops_metrics  # "metrics" is a progress() argument
 from latentops.platform.database import session_scope
 from latentops.platform.errors import Conflict, InvalidInput, LatentopsError, NotFound, ServiceUnavailable
-from latentops.platform.models import Job, JobEvent, JobState, User, utcnow
+from latentops.platform.models import Job, JobEvent, JobState, Team, User, utcnow
 from latentops.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,20 @@ def dispatch(settings: Settings, job: Job, *, countdown: float | None = None) ->
 
     try:
         celery_app().send_task(
-            "latentops.run_job", args=[job.id], queue=job.queue, priority=job.priority, countdown=countdown,
+            "latentops.run_job", args=[job.id], queue=job.queue, priority=broker_priority(settings, job.priority),
+            countdown=countdown,
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
     except Exception as error:  # kombu raises several unrelated connection errors
         raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
     with session_scope(settings.database_url) as session:
         session.execute(sa.update(Job).where(Job.id == job.id).values(dispatched_at=utcnow()))
+
+
+def broker_priority(settings: Settings, priority: int) -> int:
+    """Our priority (higher runs first, 0-9) in the broker's terms: Redis serves 0 first, AMQP 9."""
+    clipped = max(0, min(9, priority))
+    return clipped if settings.broker_url.startswith("amqp") else 9 - clipped
 
 
 def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
@@ -136,6 +144,7 @@ def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audi
         with session_scope(settings.database_url) as session:
             _finish_unleased(session, job.id, JobState.FAILED, error=error.detail, actor=actor)
         raise
+    ops_metrics.job_submitted(kind=kind, queue=job.queue)
     return job.id
 
 
@@ -313,6 +322,7 @@ class JobContext:
         done = step - self._first_step
         rate = done / (now - self._started) if done > 0 and now > self._started else 0.0
         eta = (total - step) / rate if rate > 0 else None
+        ops_metrics.training_rate(kind=self.kind, steps_per_second=rate)
         payload = {"step": step, "total": total, "percent": round(100.0 * step / max(total, 1), 1),
                    "eta_s": None if eta is None else round(eta, 1), **{k: float(v) for k, v in metrics.items()}}
         with session_scope(self.settings.database_url) as session:
@@ -337,8 +347,12 @@ def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
     return _load(JOB_KINDS[kind].handler)
 
 
-def _claim(settings: Settings, job_id: int, worker: str) -> Job | None:
-    """Take the job's lease if nobody holds a live one. Returns the job, or None if not ours."""
+def _claim(settings: Settings, job_id: int, worker: str) -> Job | str | None:
+    """Take the job's lease if nobody holds a live one.
+
+    Returns the job when this worker now runs it, a reason string when the job must wait (its
+    team is at its concurrency quota), or None when it is not this worker's to run.
+    """
     actor = f"worker:{worker}"
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
@@ -360,13 +374,19 @@ def _claim(settings: Settings, job_id: int, worker: str) -> Job | None:
             _finish_unleased(session, job_id, JobState.FAILED,
                              error=f"gave up after {job.attempts} attempts", actor=actor)
             return None
+        hold = _quota_hold(session, job)
+        if hold is not None:
+            if job.hold_reason != hold:
+                job.hold_reason = hold
+                session.add(JobEvent(job_id=job_id, kind="state", message=f"held back: {hold}"))
+            return hold
         seen = job.lease_token
         result = session.execute(
             sa.update(Job)
             .where(Job.id == job_id, Job.lease_token == seen)
             .values(
                 lease_token=seen + 1, lease_owner=worker, lease_expires_at=now + dt.timedelta(seconds=settings.job_lease_s),
-                heartbeat_at=now, state=JobState.RUNNING, attempts=Job.attempts + 1,
+                heartbeat_at=now, state=JobState.RUNNING, attempts=Job.attempts + 1, hold_reason=None,
                 started_at=sa.func.coalesce(Job.started_at, now),
             )
         )
@@ -378,6 +398,35 @@ def _claim(settings: Settings, job_id: int, worker: str) -> Job | None:
         audit.record(session, actor=actor, action="job.retry" if retried else "job.start", resource=f"job:{job_id}",
                      details={"attempt": job.attempts, "worker": worker})
         return job
+
+
+HOLD_RECHECK_S = 5.0
+TEAM_LOCK_BASE = 0x6C61_7465_6E74_0000  # + team id: one advisory lock per team
+
+
+def _quota_hold(session: Session, job: Job) -> str | None:
+    """Why the job's team may not start another job now, or None. Quotas are policy data."""
+    if job.team_id is None:
+        return None
+    from latentops.governance import policy
+
+    team = session.get(Team, job.team_id)
+    policy.get_service().refresh(session)  # take in data edits made through the product
+    quotas = policy.policy_data("jobs.quotas")
+    limit = {**quotas.get("default", {}), **quotas.get("teams", {}).get(team.name if team else "", {})}.get(
+        "max_concurrent_jobs")
+    if limit is None:
+        return None
+    # Serialise claims per team so two workers cannot both take the last free slot.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": TEAM_LOCK_BASE + job.team_id})
+    else:
+        session.execute(sa.update(Job).where(Job.id == job.id).values(lease_token=Job.lease_token))  # takes the write lock
+    running = session.scalar(sa.select(sa.func.count(Job.id)).where(
+        Job.team_id == job.team_id, Job.state == JobState.RUNNING, Job.id != job.id))
+    if running is not None and running >= int(limit):
+        return f"team {team.name if team else job.team_id} already runs {running} job(s); its quota is {limit}"
+    return None
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -419,9 +468,15 @@ class _Heartbeat(threading.Thread):
 def execute(settings: Settings, *, job_id: int, worker: str) -> JobState | None:
     """Run a job to its outcome on this worker. Returns the final state, or None if not run here."""
     job = _claim(settings, job_id, worker)
+    if isinstance(job, str):
+        with session_scope(settings.database_url) as session:
+            held = get(session, job_id)
+        dispatch(settings, held, countdown=HOLD_RECHECK_S)
+        return None
     if job is None:
         return None
     ctx = JobContext(settings, job, job.lease_token, worker)
+    started = time.monotonic()
     heartbeat = _Heartbeat(settings, ctx)
     heartbeat.start()
     state, result, error = JobState.FAILED, {}, None
@@ -450,4 +505,5 @@ def execute(settings: Settings, *, job_id: int, worker: str) -> JobState | None:
     except LeaseLost:
         log.warning("job %s: finished but the lease was lost; outcome not written", job_id)
         return None
+    ops_metrics.job_finished(kind=job.kind, queue=job.queue, state=state.value, duration_s=time.monotonic() - started)
     return state
