@@ -159,7 +159,7 @@ class ReferenceIndex:
     @classmethod
     def build(cls, ids: Sequence[int], owners: Sequence[str], hashes: np.ndarray,
               embeddings: dict[int, np.ndarray] | None = None) -> ReferenceIndex:
-        index = cls(np.asarray(ids, dtype=np.int64), list(owners), np.asarray(hashes, dtype=np.uint64).reshape(len(ids), -1))
+        index = cls(np.asarray(ids, dtype=np.int64), list(owners), np.asarray(hashes, dtype=np.uint64))
         if embeddings:
             import faiss
 
@@ -203,10 +203,11 @@ def load_index(session: Session, *, clip_sha: str = "") -> ReferenceIndex:
             return cached[1]
         rows = session.execute(sa.select(CopyrightReference.id, CopyrightReference.owner, CopyrightReference.features)
                                .order_by(CopyrightReference.id)).all()
-        hashes = np.array([[int(h, 16) for h in f.get("phashes", [])] for _, _, f in rows], dtype=np.uint64)
+        variants = 2 * len(CROPS)
+        hashes = np.array([[int(h, 16) for h in f.get("phashes", [])] for _, _, f in rows], dtype=np.uint64).reshape(-1, variants)
         embeddings = {rid: np.frombuffer(base64.b64decode(f["embedding"]), dtype=np.float32)
                       for rid, _, f in rows if clip_sha and f.get("embedding") and f.get("embedding_sha") == clip_sha}
-        index = ReferenceIndex.build([r[0] for r in rows], [r[1] for r in rows], hashes.reshape(len(rows), -1), embeddings)
+        index = ReferenceIndex.build([r[0] for r in rows], [r[1] for r in rows], hashes, embeddings)
         _index_cache[key] = (stamp, index)
         return index
 
