@@ -1,0 +1,161 @@
+"""Copyright screening: the reference index catches edited copies of protected works, lets
+unrelated images pass, lists unreadable reference files, and the policy honours licence grants
+for outputs and training uploads."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from PIL import Image, ImageEnhance, ImageOps
+from test_screening import picture, save, tiny_clip_files  # noqa: F401  (a fixture)
+
+from latentops.governance import copyright, policy, screening
+from latentops.platform.database import session_scope
+from latentops.platform.errors import PolicyDenied
+from latentops.platform.models import AuditEntry, CopyrightReference
+from latentops.platform.services import users
+
+
+def _jpeg(image: Image.Image, quality: int = 50) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def _crop(image: Image.Image, left: float, top: float) -> Image.Image:
+    w, h = image.size
+    return image.crop((int(w * left), int(h * top), int(w * (left + 0.8)), int(h * (top + 0.8))))
+
+
+EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "resized to half": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR),
+    "cropped to 80% (centre)": lambda im: _crop(im, 0.1, 0.1),
+    "cropped to 80% (off centre)": lambda im: _crop(im, 0.17, 0.03),
+    "JPEG quality 50": _jpeg,
+    "mirrored": ImageOps.mirror,
+    "brighter": lambda im: ImageEnhance.Brightness(im).enhance(1.3),
+    "darker": lambda im: ImageEnhance.Brightness(im).enhance(0.7),
+    "more saturated": lambda im: ImageEnhance.Color(im).enhance(1.6),
+    "mirrored, half size, JPEG": lambda im: _jpeg(ImageOps.mirror(im).resize((im.width // 2, im.height // 2))),
+}
+
+
+@pytest.fixture
+def works(tmp_path: Path) -> Path:
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    for i in range(4):
+        save(picture(1000 + i, 384), folder / f"work-{i}.png")
+    return folder
+
+
+@pytest.fixture
+def indexed(settings_env, database_url: str, works: Path):  # type: ignore[no-untyped-def]
+    policy.use_service(None)
+    with session_scope(database_url) as db:
+        report = copyright.add_references(db, settings=settings_env, directory=works, owner="Acme Pictures",
+                                          licence="all rights reserved", actor="cli:test")
+        users.get_or_create_team(db, name="design", actor="cli:test")
+    yield {Path(a["file"]).name: a["reference_id"] for a in report.added}
+    policy.use_service(None)
+
+
+def test_edited_copies_match_their_reference_and_unrelated_images_pass(settings_env, database_url: str, works: Path,
+                                                                        indexed: dict[str, int]) -> None:
+    missed = []
+    with session_scope(database_url) as db:
+        for name, reference_id in indexed.items():
+            original = Image.open(works / name).convert("RGB")
+            for edit, apply in EDITS.items():
+                matches = copyright.find_matches(db, settings=settings_env, image=apply(original))
+                if not matches or matches[0]["reference_id"] != reference_id or matches[0]["owner"] != "Acme Pictures":
+                    missed.append((name, edit, matches))
+        false_positives = [(seed, m) for seed in range(5000, 5012)
+                           if (m := copyright.find_matches(db, settings=settings_env, image=picture(seed, 384)))]
+    assert missed == []
+    assert false_positives == []
+
+
+def test_match_methods_and_scores_are_reported(settings_env, database_url: str, works: Path, indexed: dict[str, int]) -> None:
+    original = Image.open(works / "work-0.png").convert("RGB")
+    with session_scope(database_url) as db:
+        exact = copyright.find_matches(db, settings=settings_env, image=original)
+        shifted = copyright.find_matches(db, settings=settings_env, image=_crop(original, 0.17, 0.03))
+    assert exact[0] == {"reference_id": indexed["work-0.png"], "owner": "Acme Pictures", "method": "phash", "score": 1.0}
+    assert shifted[0]["method"] in {"phash", "orb"} and 0 < shifted[0]["score"] <= 1
+
+
+def test_screened_output_matching_a_work_is_quarantined_unless_the_team_holds_a_licence(
+        settings_env, database_url: str, works: Path, indexed: dict[str, int]) -> None:
+    copy = ImageOps.mirror(Image.open(works / "work-1.png").convert("RGB"))
+    with session_scope(database_url) as db:
+        # Content screening is not what this test is about: let unscreened images through.
+        policy.set_policy_data(db, key="screening.release_without_detector", value=True, actor="cli:test")
+    with session_scope(database_url) as db:
+        policy.reload(db)
+        flagged = screening.screen(db, settings=settings_env, image=copy, actor="cli:test", team="design")
+        copyright.grant_licence(db, team="design", owner="Acme Pictures", actor="cli:test", note="contract 42")
+    with session_scope(database_url) as db:
+        licensed = screening.screen(db, settings=settings_env, image=copy, actor="cli:test", team="design")
+        other_team = screening.screen(db, settings=settings_env, image=copy, actor="cli:test", team=None)
+    assert flagged.verdict == "quarantine" and flagged.rule_ids == ["copyright.protected_work"]
+    assert flagged.to_json()["copyright"]["matches"][0]["reference_id"] == indexed["work-1.png"]
+    assert licensed.verdict == "release" and licensed.matches
+    assert other_team.verdict == "quarantine"
+
+
+def test_training_upload_of_a_protected_work_is_denied_and_recorded(settings_env, database_url: str, works: Path,
+                                                                     indexed: dict[str, int], tmp_path: Path) -> None:
+    upload = save(_jpeg(Image.open(works / "work-2.png").convert("RGB")), tmp_path / "instance.jpg")
+    harmless = save(picture(7000, 256), tmp_path / "mine.png")
+    files = [("instance.jpg", upload), ("mine.png", harmless)]
+    with pytest.raises(PolicyDenied) as denied, session_scope(database_url) as db:
+        copyright.screen_training_upload(db, settings=settings_env, images=files, team="design", actor="cli:test")
+    assert any(r.startswith("instance.jpg: ") and "Acme Pictures" in r for r in denied.value.reasons)
+    assert not any(r.startswith("mine.png") for r in denied.value.reasons)
+    with session_scope(database_url) as db:
+        entry = db.scalars(sa.select(AuditEntry).where(AuditEntry.action == "copyright.training_upload")).one()
+        assert entry.outcome == "deny" and json.loads(entry.details)["denied"] == ["instance.jpg"]
+        copyright.grant_licence(db, team="design", owner="Other Owner", reference_id=indexed["work-2.png"], actor="cli:test")
+    with session_scope(database_url) as db:
+        results = copyright.screen_training_upload(db, settings=settings_env, images=files, team="design", actor="cli:test")
+    assert [r["allow"] for r in results] == [True, True]
+
+
+def test_copyright_add_cli_imports_readable_files_and_lists_failures(cli, works: Path) -> None:  # type: ignore[no-untyped-def]
+    (works / "notes.txt").write_text("licence terms")
+    (works / "broken.png").write_bytes((works / "work-0.png").read_bytes()[:300])
+    done = cli("copyright", "add", str(works), "--owner", "Acme Pictures", "--licence", "all rights reserved", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert len(report["added"]) == 4
+    assert sorted(Path(f["file"]).name for f in report["failures"]) == ["broken.png", "notes.txt"]
+    assert all(f["reason"] for f in report["failures"])
+    again = json.loads(cli("copyright", "add", str(works), "--owner", "Acme Pictures", "--licence", "x", "--json").stdout)
+    assert again["added"] == [] and len(again["duplicates"]) == 4
+    listed = json.loads(cli("copyright", "list", "--json").stdout)
+    assert [r["owner"] for r in listed] == ["Acme Pictures"] * 4
+
+
+def test_clip_embeddings_are_indexed_with_faiss_and_never_flag_on_similarity_alone(
+        settings_env, database_url: str, works: Path, tiny_clip_files) -> None:  # type: ignore[no-untyped-def]
+    config, weights = tiny_clip_files
+    with session_scope(database_url) as db:
+        screening.import_clip(db, settings=settings_env, arch="tiny-clip", weights=weights, config=config, actor="cli:test")
+        copyright.add_references(db, settings=settings_env, directory=works, owner="Acme Pictures", licence="arr", actor="cli:test")
+        clip = screening.load_clip(settings_env)
+        assert clip is not None
+        index = copyright.load_index(db, clip_sha=clip.sha256)
+        assert index.faiss_index is not None and index.faiss_index.ntotal == 4
+        assert all(r.features["embedding_sha"] == clip.sha256 for r in db.scalars(sa.select(CopyrightReference)))
+        copy = copyright.find_matches(db, settings=settings_env, image=_jpeg(Image.open(works / "work-3.png").convert("RGB")))
+        # A random-weight CLIP finds every picture similar: similarity alone must not flag.
+        unrelated = [copyright.find_matches(db, settings=settings_env, image=picture(seed, 384)) for seed in range(6000, 6004)]
+    assert copy and copy[0]["owner"] == "Acme Pictures"
+    assert unrelated == [[], [], [], []]
