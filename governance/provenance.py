@@ -4,8 +4,11 @@
 
 1. **Watermark** (invisible-watermark, ``dwtDct``) on images whose shorter side is at least
    ``WATERMARK_MIN_SIDE`` pixels: 64 bits = a 16-bit marker, the 32-bit asset id and a 16-bit
-   check. ``dwtDct`` is fragile on flat or nearly flat images, so the mark is read back right
-   after embedding; when it does not read back, the image is released without it and the asset's
+   check, so a damaged mark reads as "none", never as another asset. ``dwtDct`` modulates the
+   largest low-band value of each block and misreads flat regions (a lowered maximum stops being
+   the maximum), so the mark is read back right after embedding; when it does not read back, the
+   same package's ``dwtDctSvd`` (which modulates the block's largest singular value, robust on
+   flat areas) is used instead, and failing that the image is released without a mark and its
    provenance says ``"embedded": false`` with the reason (the signed manifest still identifies it).
 2. **C2PA manifest** (c2pa-python): a ``c2pa.created`` action with ``digitalSourceType``
    ``trainedAlgorithmicMedia`` and a ``com.latentops.provenance`` assertion with the asset id, the
@@ -75,6 +78,9 @@ def _parse(bits: Any) -> int | None:
     return head & 0xFFFFFFFF
 
 
+WATERMARK_METHODS = ("dwtDct", "dwtDctSvd")
+
+
 def embed_watermark(image: Image.Image, asset_id: int) -> tuple[Image.Image, dict[str, Any]]:
     """``(image, info)``: the marked image when the mark reads back, else the image unchanged."""
     if min(image.size) < WATERMARK_MIN_SIDE:
@@ -84,21 +90,31 @@ def embed_watermark(image: Image.Image, asset_id: int) -> tuple[Image.Image, dic
     encoder = WatermarkEncoder()
     encoder.set_watermark("bits", _payload(asset_id))
     bgr = np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
-    marked = Image.fromarray(encoder.encode(bgr, "dwtDct")[:, :, ::-1].copy())
-    if read_watermark(marked) != asset_id:
-        log.warning("watermark did not survive on asset %s; released with the C2PA manifest only", asset_id)
-        return image, {"embedded": False, "reason": "the dwtDct mark did not read back on this image (too flat)"}
-    return marked, {"embedded": True, "method": "dwtDct", "bits": WATERMARK_BITS}
+    for method in WATERMARK_METHODS:
+        marked = Image.fromarray(encoder.encode(bgr, method)[:, :, ::-1].copy())
+        if _read_with(marked, method) == asset_id:
+            return marked, {"embedded": True, "method": method, "bits": WATERMARK_BITS}
+        log.info("%s mark did not read back on asset %s", method, asset_id)
+    log.warning("watermark did not survive on asset %s; released with the C2PA manifest only", asset_id)
+    return image, {"embedded": False, "reason": "no watermark method read back on this image"}
+
+
+def _read_with(image: Image.Image, method: str) -> int | None:
+    from imwatermark import WatermarkDecoder
+
+    bgr = np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
+    return _parse(WatermarkDecoder("bits", WATERMARK_BITS).decode(bgr, method))
 
 
 def read_watermark(image: Image.Image) -> int | None:
     """The asset id carried by the watermark, or ``None`` (no mark, or it does not check)."""
     if min(image.size) < WATERMARK_MIN_SIDE:
         return None
-    from imwatermark import WatermarkDecoder
-
-    bgr = np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
-    return _parse(WatermarkDecoder("bits", WATERMARK_BITS).decode(bgr, "dwtDct"))
+    for method in WATERMARK_METHODS:
+        found = _read_with(image, method)
+        if found is not None:
+            return found
+    return None
 
 
 # --- signing material -------------------------------------------------------------------------------
