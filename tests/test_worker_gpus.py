@@ -22,7 +22,7 @@ def start_worker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]
     env.update(LATENTOPS_HOME=str(tmp_path), LATENTOPS_DATABASE_URL="postgresql://postgres@127.0.0.1:9/none",
                LATENTOPS_BROKER_URL="redis://127.0.0.1:9/0", COLUMNS="200")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.run([sys.executable, "-m", "latentops.platform.cli.main", "worker", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "latentops.platform.cli.main", "worker", *args], env=env, check=False,
                           capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
