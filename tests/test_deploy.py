@@ -49,7 +49,7 @@ def kubectl() -> str:
 
 def render(overlay: str) -> list[dict[str, Any]]:
     # KUBECONFIG=/dev/null: rendering must not need (or touch) a cluster.
-    done = subprocess.run([kubectl(), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)], capture_output=True, check=False, check=False,
+    done = subprocess.run([kubectl(), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)], capture_output=True, check=False,
                           text=True, timeout=120, env={**os.environ, "KUBECONFIG": os.devnull})
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
