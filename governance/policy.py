@@ -16,7 +16,7 @@ API (what other modules call)::
     policy.reload()                                # re-read policies and data now (ReloadResult)
     policy.subject_for(session, actor)             # the "subject" input for a user or the console
 
-Paths are the policy domains: ``prompt``, ``jobs``, ``models``, ``datasets``, ``screening``. The
+Paths are the policy domains: ``prompt``, ``jobs``, ``models``, ``datasets``, ``screening``, ``access``. The
 input is the policy's documented input (see each ``governance/policies/<path>/<path>.rego``);
 ``decide`` adds ``subject`` from ``actor`` when the input has none, and for ``prompt`` replaces
 the raw ``prompt`` string by the analysed section (``latentops.governance.normalize``).
@@ -333,8 +333,8 @@ def set_policy_data(session: Session, *, key: str, value: Any, actor: audit.Acto
     """
     service = get_service()
     domain = key.split(".")[0]
-    if domain not in {"prompt", "jobs", "models", "datasets", "screening"} or "." not in key:
-        raise InvalidInput(f"key: {key!r} must be <domain>.<field>, domain one of prompt, jobs, models, datasets, screening")
+    if domain not in {"prompt", "jobs", "models", "datasets", "screening", "access"} or "." not in key:
+        raise InvalidInput(f"key: {key!r} must be <domain>.<field>, domain one of prompt, jobs, models, datasets, screening, access")
     edits = [*_edits(session), (key, value)]
     bundle = load_bundle(service.directory, edits)
     check_data(domain, bundle.data[DATA_ROOT][domain], f"policy data {domain}")

@@ -34,7 +34,7 @@ from latentops.platform.errors import InvalidInput
 
 DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "policies"
 DATA_ROOT = "policy_data"
-DOMAINS = ("prompt", "jobs", "models", "datasets", "screening")
+DOMAINS = ("prompt", "jobs", "models", "datasets", "screening", "access")
 _PACKAGE_RE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
 _TEST_RE = re.compile(r"^(test_\w+)\s+if\b", re.MULTILINE)
 
@@ -177,9 +177,20 @@ def _check_screening(data: Mapping[str, Any], where: str) -> None:
     _expect(isinstance(data.get("release_without_detector"), bool), f"{where}.release_without_detector", "must be true or false")
 
 
+def _check_access(data: Mapping[str, Any], where: str) -> None:
+    actions = data.get("actions")
+    _expect(isinstance(actions, dict) and actions, f"{where}.actions", "must map API actions to {\"roles\", \"scopes\"}")
+    for action, rules in actions.items():
+        _expect(isinstance(rules, dict), f"{where}.actions.{action}", "must be an object")
+        _str_list(rules.get("roles"), f"{where}.actions.{action}.roles")
+        _str_list(rules.get("scopes"), f"{where}.actions.{action}.scopes")
+    _str_list(data.get("all_teams_roles"), f"{where}.all_teams_roles")
+    _str_list(data.get("console_roles"), f"{where}.console_roles")
+
+
 DATA_SHAPES = {
     "prompt": _check_prompt, "jobs": _check_jobs, "models": _check_models,
-    "datasets": _check_datasets, "screening": _check_screening,
+    "datasets": _check_datasets, "screening": _check_screening, "access": _check_access,
 }
 
 

@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     # Prometheus endpoint of each worker process (process i listens on port + i); off when unset.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_host: str = "0.0.0.0"
+    # Web portal and REST API: browser sessions, login throttling and lockout, upload limits.
+    public_url: str = ""  # how browsers reach the API (OIDC redirect URI); derived from the request when empty
+    cookie_secure: bool | None = None  # Secure cookies; None: on in production mode and behind https
+    session_hours: float = Field(default=12.0, gt=0)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_s: int = Field(default=900, ge=1)
+    login_rate_per_minute: int = Field(default=20, ge=1)  # login attempts per client address
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # one request body
+    # Enterprise single sign-on (OpenID Connect). Groups map to teams and roles:
+    # {"idp-group": {"team": "design", "role": "submitter"}, ...}
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_scopes: str = "openid email profile groups"
+    oidc_groups_claim: str = "groups"
+    oidc_group_map: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @field_validator("home", "model_store", mode="after")
     @classmethod

@@ -11,12 +11,25 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from latentops.platform.api import health, metrics_route
+from fastapi.responses import JSONResponse, Response
+from latentops.platform.api import (
+    assets,
+    audit,
+    auth,
+    health,
+    jobs,
+    metrics_route,
+    models,
+    policies,
+    quarantine,
+    users,
+)
+from latentops.platform.api.security import BodyLimitMiddleware, SecurityHeadersMiddleware
 from latentops.platform.errors import LatentopsError
+from latentops.platform.services.auth import LoginThrottle
 from latentops.platform.settings import Settings, get_settings
+from latentops.platform.web import portal
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="latentops", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json")
     app.state.settings = settings
+    app.state.login_throttle = LoginThrottle(settings.login_rate_per_minute)
 
     @app.exception_handler(LatentopsError)
-    async def _latentops_error(_request: Request, error: LatentopsError) -> JSONResponse:
+    async def _latentops_error(request: Request, error: LatentopsError) -> Response:
+        if portal.wants_html(request):  # a portal page or htmx fragment: the same error, as HTML
+            return portal.error_page(request, error.status_code, error.error, error.detail, error.reasons)
         return JSONResponse(error.to_json(), status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -40,14 +56,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": "invalid_input", "detail": detail, "reasons": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
         name = {401: "authentication_failed", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
             error.status_code, "http_error"
         )
+        if portal.wants_html(request):
+            return portal.error_page(request, error.status_code, name, str(error.detail), [])
         return JSONResponse({"error": name, "detail": str(error.detail), "reasons": []}, status_code=error.status_code,
                             headers=getattr(error, "headers", None))
 
     app.include_router(health.router, prefix="/api/v1")
+    for module in (auth, users, jobs, models, assets, audit, policies, quarantine):
+        app.include_router(module.router, prefix="/api/v1")
+    portal.install(app)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(metrics_route.LatencyMiddleware)
     return app

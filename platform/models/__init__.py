@@ -8,9 +8,10 @@ from latentops.platform.models.identity import ApiToken, Membership, Role, Team,
 from latentops.platform.models.jobs import Job, JobEvent, JobState
 from latentops.platform.models.policy import PolicyDataEdit, PolicyDecision
 from latentops.platform.models.screening import CopyrightLicence, CopyrightReference, ScreeningResult
+from latentops.platform.models.sessions import WebSession
 
 __all__ = [
     "AccessGrant", "ApiToken", "Asset", "AuditCheckpoint", "AuditEntry", "AuditSubjectKey", "Base", "CopyrightLicence", "CopyrightReference",
     "Dataset", "Job", "JobEvent", "JobState", "LoraAdapter", "Membership", "ModelRecord", "ModelVersion",
-    "PolicyDataEdit", "PolicyDecision", "Role", "ScreeningResult", "Team", "User", "utcnow",
+    "PolicyDataEdit", "PolicyDecision", "Role", "ScreeningResult", "Team", "User", "WebSession", "utcnow",
 ]

@@ -17,7 +17,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,10 +158,17 @@ def get(session: Session, job_id: int) -> Job:
     return job
 
 
-def list_jobs(session: Session, *, state: str | None = None, offset: int = 0, limit: int = 50) -> list[Job]:
+def list_jobs(session: Session, *, state: str | None = None, offset: int = 0, limit: int = 50,
+              team_ids: Collection[int] | None = None) -> list[Job]:
+    """Newest first; ``team_ids`` limits the list to those teams' jobs (None: every job)."""
     query = sa.select(Job).order_by(Job.id.desc()).offset(offset).limit(limit)
     if state is not None:
-        query = query.where(Job.state == JobState(state))
+        try:
+            query = query.where(Job.state == JobState(state))
+        except ValueError:
+            raise InvalidInput(f"state: {state!r} is not one of {', '.join(s.value for s in JobState)}") from None
+    if team_ids is not None:
+        query = query.where(Job.team_id.in_(list(team_ids)))
     return list(session.scalars(query))
 
 

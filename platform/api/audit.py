@@ -1,0 +1,140 @@
+"""``/api/v1/audit``: query the trail, verify it, sign checkpoints, prove entries, export evidence.
+
+Verification and export are themselves audited. ``GET /audit/export`` signs a fresh checkpoint
+first, then streams a zip holding the entries (JSON lines or CSV, each with its inclusion proof)
+and ``<file>.proofs.json`` (the signed checkpoint, the public key, consistency proofs): the
+standalone verifier checks both without the database.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from latentops.governance import access, audit, checkpoints, compliance, verification
+from latentops.governance.access import Principal
+from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
+from latentops.platform.errors import IntegrityError
+from latentops.platform.settings import Settings
+from sqlalchemy.orm import Session
+
+router = APIRouter(tags=["audit"])
+
+
+def filters_of(since: str | None, until: str | None, actor: str | None, action: str | None, resource: str | None,
+               outcome: str | None) -> compliance.Filters:
+    return compliance.Filters(since=compliance.parse_time(since, "since"), until=compliance.parse_time(until, "until"),
+                              actor=actor or None, action=action or None, resource=resource or None,
+                              outcome=outcome or None)
+
+
+def _text(description: str) -> Any:
+    return Query(default=None, max_length=400, description=description)
+
+
+@router.get("/audit/entries")
+def query(session: SessionDep, principal: PrincipalDep,
+          since: str | None = _text("At or after this ISO 8601 time (UTC when no zone)."),
+          until: str | None = _text("Before this ISO 8601 time."),
+          actor: str | None = _text("Exact, or a prefix ending in *."),
+          action: str | None = _text("Exact (job.submit), or a prefix ending in * (job.*)."),
+          resource: str | None = _text("Exact (job:12), or a prefix ending in *."),
+          outcome: str | None = _text("success, failure, deny, ..."),
+          after: int | None = Query(default=None, ge=-1, description="The last seq of the previous page."),
+          limit: int = Query(default=50, ge=1, le=compliance.MAX_PAGE)) -> dict[str, Any]:
+    """One page of entries in sequence order; pass ``next_after`` back as ``after`` for the next."""
+    access.check(session, principal=principal, action="audit.read")
+    page = compliance.query(session, filters=filters_of(since, until, actor, action, resource, outcome), after=after,
+                            limit=limit)
+    return {"entries": page.entries, "next_after": page.next_after}
+
+
+def signing_key_path(settings: Settings) -> Path:
+    return checkpoints.default_key_path(settings)
+
+
+def verify_report(session: Session, settings: Settings, principal: Principal) -> dict[str, Any]:
+    """Verify the whole trail and every checkpoint; audit the verification; return report + status."""
+    key_path = signing_key_path(settings)
+    public_key = checkpoints.load_signing_key(key_path).public_key() if key_path.exists() else None
+    sink = checkpoints.open_sink(checkpoints.default_sink_location(settings))
+    report = verification.verify(session, public_key=public_key, sink=sink)
+    latest = checkpoints.latest(session)
+    result = {**report.to_json(), "signed_checkpoints_checked": public_key is not None,
+              "latest_checkpoint": ({"id": latest.id, **checkpoints.statement(latest)} if latest else None)}
+    try:
+        audit.record(session, actor=principal.email, action="audit.verify", resource="audit:log",
+                     outcome="success" if report.ok else "failure", details=report.to_json())
+    except IntegrityError:
+        session.rollback()  # the writer refused a damaged chain and alarmed; the report says why
+    return result
+
+
+@router.post("/audit/verify")
+def verify(session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Recompute the hash chain and Merkle tree and check every signed checkpoint."""
+    access.check(session, principal=principal, action="audit.verify")
+    return verify_report(session, settings, principal)
+
+
+@router.post("/audit/checkpoints", status_code=201)
+def checkpoint(session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Sign the current tree (returns the latest checkpoint when nothing was added since)."""
+    access.check(session, principal=principal, action="audit.verify")
+    key = checkpoints.load_or_create_signing_key(signing_key_path(settings))
+    made = checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)))
+    return {"id": made.id, **checkpoints.statement(made)}
+
+
+@router.get("/audit/proofs/inclusion")
+def inclusion(session: SessionDep, principal: PrincipalDep, seq: int = Query(ge=0, le=2**62)) -> dict[str, Any]:
+    """An RFC 9162 inclusion proof of entry ``seq`` against the latest signed checkpoint."""
+    access.check(session, principal=principal, action="audit.read")
+    return compliance.inclusion(session, seq=seq)
+
+
+@router.get("/audit/proofs/consistency")
+def consistency(session: SessionDep, principal: PrincipalDep, old: int = Query(ge=0, le=2**62),
+                new: int = Query(ge=0, le=2**62)) -> dict[str, Any]:
+    """A consistency proof that the tree of size ``new`` extends the tree of size ``old``."""
+    access.check(session, principal=principal, action="audit.read")
+    return compliance.consistency(session, old=old, new=new)
+
+
+def export_zip(session: Session, settings: Settings, principal: Principal, *, fmt: Literal["jsonl", "csv"],
+               filters: compliance.Filters) -> bytes:
+    key = checkpoints.load_or_create_signing_key(signing_key_path(settings))
+    checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)))
+    session.flush()
+    with tempfile.TemporaryDirectory(prefix="latentops-export-") as folder:
+        path = Path(folder) / f"audit.{fmt}"
+        summary = compliance.export(session, path=path, fmt=fmt, filters=filters,
+                                    public_key_pem=checkpoints.public_key_pem(key.public_key()))
+        audit.record(session, actor=principal.email, action="audit.export", resource="audit:log",
+                     details=compliance.summary_details(summary, filters, fmt))
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(summary.path, summary.path.name)
+            archive.write(summary.proofs_path, summary.proofs_path.name)
+    return buffer.getvalue()
+
+
+@router.get("/audit/export", response_class=StreamingResponse,
+            responses={200: {"content": {"application/zip": {}}, "description": "entries and proofs"}})
+def export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+           format: Literal["jsonl", "csv"] = Query(default="jsonl"),
+           since: str | None = _text("At or after this ISO 8601 time."), until: str | None = _text("Before this time."),
+           actor: str | None = _text("Actor filter."), action: str | None = _text("Action filter."),
+           resource: str | None = _text("Resource filter."), outcome: str | None = _text("Outcome filter.")
+           ) -> StreamingResponse:
+    """Export matching entries with inclusion proofs and the signed checkpoint, as a zip (audited)."""
+    access.check(session, principal=principal, action="audit.export")
+    data = export_zip(session, settings, principal, fmt=format,
+                      filters=filters_of(since, until, actor, action, resource, outcome))
+    return StreamingResponse(iter([data]), media_type="application/zip",
+                             headers={"Content-Disposition": 'attachment; filename="latentops-audit-export.zip"'})

@@ -1,0 +1,99 @@
+"""Request dependencies as ``Annotated`` aliases: settings, a database session, the caller.
+
+* ``SettingsDep``: the app's ``Settings``.
+* ``SessionDep``: one transaction per request, committed when the route returns and rolled back
+  when it raises (a policy denial is committed: it is evidence). It ends *before* the response
+  is sent, so a client that sees 2xx can rely on the write.
+* ``PrincipalDep``: the caller, from ``Authorization: Bearer <api token>`` or the portal's session
+  cookie; 401 with a clear reason otherwise (unknown, expired or revoked token, ended session).
+  A request authenticated by cookie that changes anything must echo the session's CSRF token in
+  the ``X-CSRF-Token`` header or a ``csrf_token`` form field; tokens need no CSRF token because a
+  browser never attaches them by itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from latentops.governance.access import Principal, principal_for
+from latentops.platform.database import session_scope
+from latentops.platform.errors import AuthenticationFailed
+from latentops.platform.services import auth as auth_service
+from latentops.platform.services import tokens as tokens_service
+from latentops.platform.settings import Settings
+from sqlalchemy.orm import Session
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    with session_scope(settings.database_url) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def bearer_secret(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if header:
+        raise AuthenticationFailed("authorization: expected 'Bearer <token>'")
+    return None
+
+
+def authenticate(request: Request, session: Session) -> Principal:
+    """The caller of ``request``, or ``AuthenticationFailed`` naming why not."""
+    secret = bearer_secret(request)
+    if secret is not None:
+        user, token = tokens_service.authenticate(session, secret)
+        scopes = tuple(sorted(s for s in token.scopes.split(",") if s))
+        return principal_for(session, user, scopes=scopes, via="token", token_id=token.id)
+    cookie = request.cookies.get(auth_service.SESSION_COOKIE)
+    if cookie:
+        row, user = auth_service.session_user(session, cookie)
+        return principal_for(session, user, via="session", csrf_token=row.csrf_token, session_id=row.id)
+    raise AuthenticationFailed("not signed in: send 'Authorization: Bearer <api token>' or sign in to the portal")
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    principal = authenticate(request, session)
+    request.state.principal = principal
+    return principal
+
+
+async def require_csrf(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """Refuse a cookie-authenticated change that does not echo the session's CSRF token."""
+    if request.method in SAFE_METHODS or principal.via != "session":
+        return principal
+    sent = request.headers.get(CSRF_HEADER)
+    content_type = request.headers.get("content-type", "")
+    if not sent and content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        sent = value if isinstance(value, str) else None
+    if not sent or not secrets.compare_digest(sent, principal.csrf_token):
+        raise HTTPException(403, f"csrf: this form post is missing its CSRF token ({CSRF_FIELD} field or "
+                                 "X-CSRF-Token header); reload the page and try again")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(require_csrf)]

@@ -1,0 +1,185 @@
+"""``/api/v1/jobs``: submit, list, inspect, cancel, retry, logs and a live progress stream.
+
+Team isolation: a job belongs to the team it was submitted for; another team's job answers 404
+exactly like a job that does not exist. Lists show only the caller's teams' jobs unless the access
+policy lets the caller's role see every team.
+
+``GET /jobs/{id}/progress`` is a Server-Sent Events stream: an ``event: progress`` with the job's
+state, progress and queue position whenever they change (the worker writes progress about once a
+second), a comment line every 15 s to keep proxies from closing it, and ``event: done`` when the
+job finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from latentops.governance import access
+from latentops.governance.access import Principal
+from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
+from latentops.platform.database import session_scope
+from latentops.platform.errors import InvalidInput, NotFound
+from latentops.platform.models import Job, Team
+from latentops.platform.services import jobs as jobs_service
+from latentops.platform.settings import Settings
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+router = APIRouter(tags=["jobs"])
+STREAM_POLL_S = 0.5
+KEEPALIVE_S = 15.0
+
+
+class JobRequest(BaseModel):
+    kind: str = Field(min_length=1, max_length=32, description="A registered job kind, e.g. 'diagnostics'.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    team: str | None = Field(default=None, max_length=100, description="Team to run for; optional with one team.")
+    priority: int = Field(default=0, ge=0, le=9)
+
+
+def team_names(session: Session) -> dict[int, str]:
+    return dict(session.execute(sa.select(Team.id, Team.name)).all())  # type: ignore[arg-type]
+
+
+def job_json(session: Session, job: Job, names: dict[int, str] | None = None) -> dict[str, Any]:
+    names = names if names is not None else team_names(session)
+    return {**jobs_service.as_dict(job), "team": names.get(job.team_id) if job.team_id else None,
+            "queue_position": jobs_service.queue_position(session, job)}
+
+
+def visible_job(session: Session, principal: Principal, job_id: int, action: str = "jobs.read") -> Job:
+    """The job if the caller may ``action`` it; another team's job is NotFound, like a missing one."""
+    missing = f"job: no job with id {job_id}"
+    access.check(session, principal=principal, action=action)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(missing)
+    team = session.get(Team, job.team_id) if job.team_id else None
+    access.check(session, principal=principal, action=action, resource={"team": team.name if team else None},
+                 not_found=missing)
+    return job
+
+
+def submit_team(session: Session, principal: Principal, team: str | None) -> Team:
+    """The team a new job runs for: the one named (a team of the caller) or the caller's only team."""
+    teams = principal.teams
+    if team is None:
+        if len(teams) != 1:
+            raise InvalidInput(f"team: you belong to {len(teams)} teams ({', '.join(teams) or 'none'}); name one")
+        team = teams[0]
+    name = team.strip().lower()
+    row = session.scalar(sa.select(Team).where(Team.name == name))
+    access.check(session, principal=principal, action="jobs.submit", resource={"team": row.name if row else None},
+                 not_found=f"team: no team named {team!r}")
+    if row is None:
+        raise NotFound(f"team: no team named {team!r}")
+    return row
+
+
+def visible_team_ids(session: Session, principal: Principal, action: str) -> list[int] | None:
+    if access.sees_all_teams(session, principal=principal, action=action):
+        return None
+    names = principal.teams
+    return list(session.scalars(sa.select(Team.id).where(Team.name.in_(names)))) if names else []
+
+
+@router.post("/jobs", status_code=201)
+def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Submit a job for one of the caller's teams; it is queued after the row commits."""
+    access.check(session, principal=principal, action="jobs.submit")
+    team = submit_team(session, principal, body.team)
+    team_id = team.id
+    session.commit()  # the service writes in its own transaction; do not hold a write lock here
+    job_id = jobs_service.submit(settings, kind=body.kind, params=body.params, actor=principal.email,
+                                 owner_email=principal.email, team_id=team_id, priority=body.priority)
+    return job_json(session, jobs_service.get(session, job_id))
+
+
+@router.get("/jobs")
+def list_jobs(session: SessionDep, principal: PrincipalDep, state: str | None = Query(default=None, max_length=16),
+              offset: int = Query(default=0, ge=0, le=1_000_000), limit: int = Query(default=50, ge=1, le=500)
+              ) -> dict[str, Any]:
+    """The caller's teams' jobs, newest first, ``limit`` at a time from ``offset``."""
+    access.check(session, principal=principal, action="jobs.read")
+    team_ids = visible_team_ids(session, principal, "jobs.read")
+    rows = jobs_service.list_jobs(session, state=state, offset=offset, limit=limit + 1, team_ids=team_ids)
+    names = team_names(session)
+    return {"items": [job_json(session, job, names) for job in rows[:limit]], "offset": offset, "limit": limit,
+            "next_offset": offset + limit if len(rows) > limit else None}
+
+
+@router.get("/jobs/{job_id}")
+def show(job_id: int, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """One job: state, progress, result, queue position."""
+    return job_json(session, visible_job(session, principal, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(job_id: int, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Cancel: a queued job at once, a running one at its next step."""
+    visible_job(session, principal, job_id, "jobs.control")
+    job = jobs_service.cancel(session, job_id=job_id, actor=principal.email)
+    return job_json(session, job)
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry(job_id: int, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Queue a failed or cancelled job again."""
+    visible_job(session, principal, job_id, "jobs.control")
+    session.commit()
+    jobs_service.retry(settings, job_id=job_id, actor=principal.email)
+    session.expire_all()
+    return job_json(session, jobs_service.get(session, job_id))
+
+
+@router.get("/jobs/{job_id}/logs")
+def logs(job_id: int, session: SessionDep, principal: PrincipalDep) -> list[dict[str, Any]]:
+    """The job's event log: state changes, log lines, warnings."""
+    visible_job(session, principal, job_id)
+    return [{"at": e.at.isoformat(), "kind": e.kind, "message": e.message, "data": e.data}
+            for e in jobs_service.events(session, job_id)]
+
+
+def _snapshot(settings: Settings, job_id: int) -> dict[str, Any]:
+    with session_scope(settings.database_url) as session:
+        job = jobs_service.get(session, job_id)
+        return {"id": job.id, "state": job.state.value, "progress": job.progress, "error": job.error,
+                "hold_reason": job.hold_reason, "queue_position": jobs_service.queue_position(session, job),
+                "finished": job.state.finished}
+
+
+async def progress_events(request: Request, settings: Settings, job_id: int) -> AsyncIterator[str]:
+    last: dict[str, Any] | None = None
+    quiet_since = time.monotonic()
+    while True:
+        snapshot = await run_in_threadpool(_snapshot, settings, job_id)
+        if snapshot != last:
+            yield f"event: progress\ndata: {json.dumps(snapshot, sort_keys=True)}\n\n"
+            last, quiet_since = snapshot, time.monotonic()
+        if snapshot["finished"]:
+            yield f"event: done\ndata: {json.dumps({'id': job_id, 'state': snapshot['state']})}\n\n"
+            return
+        if time.monotonic() - quiet_since > KEEPALIVE_S:
+            yield ": keepalive\n\n"
+            quiet_since = time.monotonic()
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(STREAM_POLL_S)
+
+
+@router.get("/jobs/{job_id}/progress", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}})
+def progress_stream(job_id: int, request: Request, session: SessionDep, settings: SettingsDep,
+                    principal: PrincipalDep) -> StreamingResponse:
+    """Live progress as Server-Sent Events until the job finishes."""
+    visible_job(session, principal, job_id)
+    return StreamingResponse(progress_events(request, settings, job_id), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -1,0 +1,268 @@
+"""The portal's pages per persona: jobs, generate, datasets, audit, quarantine, models and admin.
+
+Each page asks the access policy like its REST twin (and reuses the API's helpers for team
+isolation), then renders a template. Live parts are htmx fragments: the jobs table and a job's
+progress poll every two seconds, the prompt box asks the prompt policy as the user types, the
+audit verification and the admin's prompt tester answer in place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from latentops.governance import access, checkpoints, compliance, policy, quarantine
+from latentops.platform.api import audit as audit_api
+from latentops.platform.api import jobs as jobs_api
+from latentops.platform.api import models as models_api
+from latentops.platform.api.deps import SessionDep, SettingsDep
+from latentops.platform.errors import InvalidInput
+from latentops.platform.models import ModelRecord, Role, Team
+from latentops.platform.services import grants as grants_service
+from latentops.platform.services import jobs as jobs_service
+from latentops.platform.services import memberships
+from latentops.platform.services import users as users_service
+from latentops.platform.web.portal import PortalUser, render
+
+router = APIRouter(include_in_schema=False)
+ROLES = [role.value for role in Role]
+
+
+def service_available(module: str) -> bool:
+    """Whether a capability's service is installed (fine-tuning, generation and datasets land separately)."""
+    return importlib.util.find_spec(module) is not None
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+def _jobs_page(request: Request, session: Any, principal: Any, offset: int) -> dict[str, Any]:
+    access.check(session, principal=principal, action="jobs.read")
+    team_ids = jobs_api.visible_team_ids(session, principal, "jobs.read")
+    rows = jobs_service.list_jobs(session, offset=offset, limit=26, team_ids=team_ids)
+    names = jobs_api.team_names(session)
+    return {"jobs": [jobs_api.job_json(session, job, names) for job in rows[:25]], "offset": offset,
+            "next_offset": offset + 25 if len(rows) > 25 else None}
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, session: SessionDep, principal: PortalUser,
+              offset: int = Query(default=0, ge=0)) -> HTMLResponse:
+    can_submit = access.allowed(session, principal=principal, action="jobs.submit")
+    return render(request, "jobs.html", session=session, principal=principal, can_submit=can_submit,
+                  kinds=sorted(jobs_service.JOB_KINDS), finetune=service_available("latentops.platform.services.finetune"),
+                  **_jobs_page(request, session, principal, offset))
+
+
+@router.get("/jobs/table", response_class=HTMLResponse)
+def jobs_table(request: Request, session: SessionDep, principal: PortalUser,
+               offset: int = Query(default=0, ge=0)) -> HTMLResponse:
+    return render(request, "fragments/jobs_table.html", **_jobs_page(request, session, principal, offset))
+
+
+@router.post("/jobs", response_class=HTMLResponse)
+def submit_job(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
+               kind: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)] = "") -> Response:
+    access.check(session, principal=principal, action="jobs.submit")
+    team_row = jobs_api.submit_team(session, principal, team or None)
+    team_id = team_row.id
+    session.commit()
+    job_id = jobs_service.submit(settings, kind=kind, params={}, actor=principal.email, owner_email=principal.email,
+                                 team_id=team_id)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+def _loss_points(job: dict[str, Any]) -> str:
+    """SVG polyline points (300x120 box) for the job's loss history, or "" when it has none."""
+    series = job["result"].get("losses") or job["result"].get("loss_history") or job["progress"].get("losses") or []
+    values = [float(v) for v in series if isinstance(v, int | float)]
+    if len(values) < 2:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = 300.0 / (len(values) - 1)
+    return " ".join(f"{i * step:.1f},{110 - 100 * (v - low) / span:.1f}" for i, v in enumerate(values))
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
+    events = jobs_service.events(session, job_id)
+    can_control = access.allowed(session, principal=principal, action="jobs.control")
+    images = [str(i) for i in job["result"].get("validation_images", []) if isinstance(i, str | int)]
+    return render(request, "job.html", session=session, principal=principal, job=job, events=events,
+                  loss_points=_loss_points(job), images=images, can_control=can_control,
+                  mlflow_url=job["result"].get("mlflow_url") or job["result"].get("mlflow_run_url"))
+
+
+@router.get("/jobs/{job_id}/status", response_class=HTMLResponse)
+def job_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
+    return render(request, "fragments/job_status.html", job=job)
+
+
+@router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
+def cancel_job(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> Response:
+    jobs_api.visible_job(session, principal, job_id, "jobs.control")
+    jobs_service.cancel(session, job_id=job_id, actor=principal.email)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+# --- generate and datasets ----------------------------------------------------------------------
+
+
+@router.get("/generate", response_class=HTMLResponse)
+def generate_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    access.check(session, principal=principal, action="prompt.check")
+    return render(request, "generate.html", session=session, principal=principal,
+                  generation=service_available("latentops.platform.services.generation"))
+
+
+@router.post("/generate/check", response_class=HTMLResponse)
+def prompt_check(request: Request, session: SessionDep, principal: PortalUser,
+                 prompt: Annotated[str, Form(max_length=20_000)] = "") -> HTMLResponse:
+    access.check(session, principal=principal, action="prompt.check")
+    if not prompt.strip():
+        return render(request, "fragments/verdict.html", decision=None)
+    policy.get_service().refresh(session)
+    decision = policy.evaluate("prompt", {"prompt": prompt})
+    reasons = list(zip(decision.rule_ids, decision.reasons, strict=True))
+    return render(request, "fragments/verdict.html", decision=decision, reasons=reasons)
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    access.check(session, principal=principal, action="datasets.read")
+    return render(request, "datasets.html", session=session, principal=principal,
+                  available=service_available("latentops.platform.services.datasets"))
+
+
+# --- audit and quarantine -----------------------------------------------------------------------
+
+AUDIT_FIELDS = ("since", "until", "actor", "action", "resource", "outcome")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, session: SessionDep, principal: PortalUser,
+               after: int | None = Query(default=None, ge=-1), limit: int = Query(default=25, ge=1, le=200)) -> HTMLResponse:
+    access.check(session, principal=principal, action="audit.read")
+    values = {name: (request.query_params.get(name) or "").strip()[:400] for name in AUDIT_FIELDS}
+    error, page = "", None
+    try:
+        filters = audit_api.filters_of(**{k: v or None for k, v in values.items()})
+        page = compliance.query(session, filters=filters, after=after, limit=limit)
+    except InvalidInput as problem:
+        error = problem.detail
+    query = "&".join(f"{k}={v}" for k, v in values.items() if v)
+    latest = checkpoints.latest(session)
+    return render(request, "audit.html", session=session, principal=principal, filters=values, error=error,
+                  entries=page.entries if page else [], next_after=page.next_after if page else None,
+                  query=query, latest=latest, can_export=access.allowed(session, principal=principal, action="audit.export"))
+
+
+@router.post("/audit/verify", response_class=HTMLResponse)
+def audit_verify(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser) -> HTMLResponse:
+    access.check(session, principal=principal, action="audit.verify")
+    report = audit_api.verify_report(session, settings, principal)
+    return render(request, "fragments/verify.html", report=report)
+
+
+@router.get("/quarantine", response_class=HTMLResponse)
+def quarantine_page(request: Request, session: SessionDep, principal: PortalUser,
+                    status: str = Query(default="quarantined", pattern="^(quarantined|rejected|released)$")) -> HTMLResponse:
+    access.check(session, principal=principal, action="quarantine.review")
+    items = quarantine.list_quarantined(session, actor=principal.email, status=status, limit=100)
+    return render(request, "quarantine.html", session=session, principal=principal, items=items, status=status)
+
+
+@router.post("/quarantine/{asset_id}/{verdict}", response_class=HTMLResponse)
+def quarantine_review(asset_id: int, verdict: str, request: Request, session: SessionDep, settings: SettingsDep,
+                      principal: PortalUser, reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    access.check(session, principal=principal, action="quarantine.review")
+    if verdict == "release":
+        quarantine.release(session, settings=settings, asset_id=asset_id, reason=reason, actor=principal.email)
+    elif verdict == "reject":
+        quarantine.reject(session, asset_id=asset_id, reason=reason, actor=principal.email)
+    else:
+        raise InvalidInput(f"verdict: must be release or reject, got {verdict!r}")
+    return RedirectResponse("/quarantine", status_code=303)
+
+
+# --- models and grants --------------------------------------------------------------------------
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, session: SessionDep, principal: PortalUser, message: str = "") -> HTMLResponse:
+    access.check(session, principal=principal, action="models.read")
+    rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
+    visible = [r for r in rows if access.allowed(session, principal=principal, action="models.read",
+                                                  resource=models_api.resource_of(session, principal, r))]
+    can_grant = access.allowed(session, principal=principal, action="grants.read")
+    models = []
+    for record in visible:
+        item = models_api.summary_json(session, record)
+        item["grants"] = grants_service.list_grants(session, model=record.name) if can_grant else []
+        models.append(item)
+    teams = [t.name for t in session.scalars(sa.select(Team).order_by(Team.name))]
+    return render(request, "models.html", session=session, principal=principal, models=models, teams=teams,
+                  can_grant=can_grant and access.allowed(session, principal=principal, action="grants.manage"),
+                  actions=policy.policy_data("models.actions"), message=message[:200])
+
+
+@router.post("/models/{name}/grants", response_class=HTMLResponse)
+def grant_model(name: str, request: Request, session: SessionDep, principal: PortalUser,
+                action: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)]) -> Response:
+    record = models_api.visible_model(session, principal, name, "grants.manage")
+    grants_service.grant(session, model=record.name, action=action, actor=principal.user, team=team)
+    return RedirectResponse(f"/models?message=granted+{action}+on+{record.name}+to+team+{team}", status_code=303)
+
+
+@router.post("/models/{name}/revoke", response_class=HTMLResponse)
+def revoke_model(name: str, request: Request, session: SessionDep, principal: PortalUser,
+                 action: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)]) -> Response:
+    record = models_api.visible_model(session, principal, name, "grants.manage")
+    grants_service.revoke(session, model=record.name, action=action, actor=principal.user, team=team)
+    return RedirectResponse(f"/models?message=revoked+{action}+on+{record.name}+from+team+{team}", status_code=303)
+
+
+# --- admin --------------------------------------------------------------------------------------
+
+
+@router.get("/admin", response_class=HTMLResponse)
+def admin_page(request: Request, session: SessionDep, principal: PortalUser, message: str = "") -> HTMLResponse:
+    access.check(session, principal=principal, action="users.read")
+    users = [memberships.describe(session, u) for u in users_service.list_users(session, limit=500)]
+    policy.get_service().refresh(session)
+    return render(request, "admin.html", session=session, principal=principal, users=users,
+                  teams=memberships.list_teams(session), roles=ROLES, status=policy.status(),
+                  can_manage=access.allowed(session, principal=principal, action="users.manage"),
+                  message=message[:200])
+
+
+@router.post("/admin/users", response_class=HTMLResponse)
+def admin_create_user(request: Request, session: SessionDep, principal: PortalUser,
+                      email: Annotated[str, Form(max_length=320)], team: Annotated[str, Form(max_length=63)],
+                      role: Annotated[str, Form(max_length=32)], password: Annotated[str, Form(max_length=1024)] = ""
+                      ) -> Response:
+    access.check(session, principal=principal, action="users.manage")
+    user = users_service.create_user(session, email=email, role=role, team=team, password=password or None,
+                                     actor=principal.email)
+    return RedirectResponse(f"/admin?message=created+{user.email}", status_code=303)
+
+
+@router.post("/admin/memberships", response_class=HTMLResponse)
+def admin_membership(request: Request, session: SessionDep, principal: PortalUser,
+                     user_id: Annotated[int, Form()], team: Annotated[str, Form(max_length=63)],
+                     role: Annotated[str, Form(max_length=32)]) -> Response:
+    access.check(session, principal=principal, action="users.manage")
+    memberships.set_membership(session, user_id=user_id, team=team, role=role, actor=principal.email)
+    return RedirectResponse("/admin?message=membership+saved", status_code=303)
+
+
+@router.post("/admin/prompt-test", response_class=HTMLResponse)
+def admin_prompt_test(request: Request, session: SessionDep, principal: PortalUser,
+                      prompt: Annotated[str, Form(max_length=20_000)] = "") -> HTMLResponse:
+    return prompt_check(request, session, principal, prompt)

@@ -1,0 +1,259 @@
+"""The REST API against the real database: authentication, authorisation through the access policy,
+team isolation (404, not 403), audit and policy routes, model downloads, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+import sqlalchemy as sa
+from api_helpers import PASSWORD, bearer, expire_token, make_token, make_user, team_id
+from fastapi.testclient import TestClient
+from latentops.platform.api.app import create_app
+from latentops.platform.database import session_scope
+from latentops.platform.models import AuditEntry, Job, ModelRecord, PolicyDecision, User
+from latentops.platform.services import jobs as jobs_service
+
+
+@pytest.fixture
+def api(settings_env) -> TestClient:  # type: ignore[no-untyped-def]
+    return TestClient(create_app(settings_env))
+
+
+@pytest.fixture
+def people(settings_env) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    url = settings_env.database_url
+    return {
+        "alice": make_user(url, "alice@example.com", "submitter", "design"),
+        "bob": make_user(url, "bob@example.com", "submitter", "marketing"),
+        "carol": make_user(url, "carol@example.com", "compliance_officer", "compliance"),
+        "dave": make_user(url, "dave@example.com", "admin", "ops"),
+    }
+
+
+def _job(database_url: str, team: str) -> int:
+    with session_scope(database_url) as session:
+        job = jobs_service.create(session, kind="diagnostics", params={}, actor="system", team_id=team_id(database_url, team))
+        return job.id
+
+
+def _count(database_url: str, model: type) -> int:
+    with session_scope(database_url) as session:
+        return int(session.scalar(sa.select(sa.func.count()).select_from(model)) or 0)
+
+
+def test_token_authenticates_and_bad_tokens_get_a_clear_401(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
+    me = api.get("/api/v1/auth/me", headers=bearer(people["alice"]))
+    assert me.status_code == 200 and me.json()["email"] == "alice@example.com"
+    assert me.json()["memberships"] == [{"team": "design", "role": "submitter"}] and me.json()["via"] == "token"
+
+    anonymous = api.get("/api/v1/jobs")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "authentication_failed"
+    assert api.get("/api/v1/jobs", headers={"Authorization": "Basic abc"}).json()["detail"].startswith("authorization:")
+    assert api.get("/api/v1/jobs", headers=bearer("lat_nope")).json()["detail"] == "token: unknown token"
+
+    expired = make_token(settings_env.database_url, "alice@example.com")
+    expire_token(settings_env.database_url, expired)
+    body = api.get("/api/v1/jobs", headers=bearer(expired)).json()
+    assert body == {"error": "authentication_failed", "detail": "token: this token has expired", "reasons": []}
+
+    created = api.post("/api/v1/tokens", json={"name": "laptop", "scopes": ["read"]}, headers=bearer(people["alice"]))
+    assert created.status_code == 201
+    secret, token_id = created.json()["token"], created.json()["id"]
+    assert api.get("/api/v1/jobs", headers=bearer(secret)).status_code == 200
+    assert api.delete(f"/api/v1/tokens/{token_id}", headers=bearer(people["bob"])).status_code == 404  # not bob's
+    assert api.delete(f"/api/v1/tokens/{token_id}", headers=bearer(people["alice"])).json()["revoked"] is True
+    revoked = api.get("/api/v1/jobs", headers=bearer(secret))
+    assert revoked.status_code == 401 and revoked.json()["detail"] == "token: this token was revoked"
+
+
+def test_team_isolation_hides_other_teams_jobs_as_not_found(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
+    url = settings_env.database_url
+    design_job, marketing_job = _job(url, "design"), _job(url, "marketing")
+
+    listed = api.get("/api/v1/jobs", headers=bearer(people["alice"])).json()
+    assert [j["id"] for j in listed["items"]] == [design_job] and listed["items"][0]["team"] == "design"
+    assert listed["items"][0]["queue_position"] == 0  # first on the gpu queue
+    assert api.get(f"/api/v1/jobs/{design_job}", headers=bearer(people["alice"])).status_code == 200
+
+    hidden = api.get(f"/api/v1/jobs/{marketing_job}", headers=bearer(people["alice"]))
+    missing = api.get("/api/v1/jobs/999999", headers=bearer(people["alice"]))
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json() == {"error": "not_found", "detail": f"job: no job with id {marketing_job}", "reasons": []}
+    for path in ("logs", "progress"):
+        assert api.get(f"/api/v1/jobs/{marketing_job}/{path}", headers=bearer(people["alice"])).status_code == 404
+    assert api.post(f"/api/v1/jobs/{marketing_job}/cancel", headers=bearer(people["alice"])).status_code == 404
+
+    # Roles that see every team (policy data) list both.
+    officer = api.get("/api/v1/jobs", headers=bearer(people["carol"])).json()
+    assert {j["id"] for j in officer["items"]} == {design_job, marketing_job}
+
+    cancelled = api.post(f"/api/v1/jobs/{design_job}/cancel", headers=bearer(people["alice"]))
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    logs = api.get(f"/api/v1/jobs/{design_job}/logs", headers=bearer(people["alice"])).json()
+    assert [e["message"] for e in logs] == ["queued", "cancelled before it started"]
+    stream = api.get(f"/api/v1/jobs/{design_job}/progress", headers=bearer(people["alice"]))
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert "event: progress" in stream.text and "event: done" in stream.text and '"state": "cancelled"' in stream.text
+
+
+def test_roles_and_scopes_are_decided_by_the_access_policy_and_denials_recorded(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
+    denied = api.get("/api/v1/audit/entries", headers=bearer(people["alice"]))
+    assert denied.status_code == 403 and denied.json()["error"] == "policy_denied"
+    assert denied.json()["reasons"][0].startswith("access.role: none of your roles may audit.read")
+
+    read_only = make_token(settings_env.database_url, "alice@example.com", scopes=["read"])
+    refused = api.post("/api/v1/jobs", json={"kind": "diagnostics"}, headers=bearer(read_only))
+    assert refused.status_code == 403
+    assert refused.json()["reasons"] == ["access.scope: this API token's scopes do not allow jobs.submit"]
+    with session_scope(settings_env.database_url) as session:
+        rows = session.scalars(sa.select(PolicyDecision).where(PolicyDecision.path == "access")).all()
+        assert [(r.allow, r.rule_ids) for r in rows] == [(False, ["access.role"]), (False, ["access.scope"])]
+    assert api.get("/api/v1/users", headers=bearer(people["alice"])).status_code == 403
+    assert api.get("/api/v1/users", headers=bearer(people["dave"])).status_code == 200
+    assert api.get("/api/v1/quarantine", headers=bearer(people["dave"])).status_code == 403  # quarantine: officers
+    assert api.get("/api/v1/quarantine", headers=bearer(people["carol"])).json() == []
+
+
+def test_compliance_officer_queries_verifies_exports_and_proves(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
+    officer = bearer(people["carol"])
+    page = api.get("/api/v1/audit/entries", params={"action": "user.*", "limit": 2}, headers=officer).json()
+    assert [e["action"] for e in page["entries"]] == ["user.create", "user.create"] and page["next_after"] is not None
+    rest = api.get("/api/v1/audit/entries", params={"action": "user.*", "after": page["next_after"]}, headers=officer).json()
+    assert [e["resource"] for e in page["entries"] + rest["entries"]] == [f"user:{i}" for i in range(1, 5)]
+    bad = api.get("/api/v1/audit/entries", params={"since": "yesterday"}, headers=officer)
+    assert bad.status_code == 422 and "since" in bad.json()["detail"]
+
+    report = api.post("/api/v1/audit/verify", headers=officer).json()
+    assert report["ok"] is True and report["damage"] == [] and report["entries"] > 8
+
+    exported = api.get("/api/v1/audit/export", params={"format": "csv", "action": "user.create"}, headers=officer)
+    assert exported.status_code == 200 and exported.headers["content-type"] == "application/zip"
+    import zipfile
+
+    archive = zipfile.ZipFile(io.BytesIO(exported.content))
+    assert sorted(archive.namelist()) == ["audit.csv", "audit.csv.proofs.json"]
+    assert archive.read("audit.csv").decode().count("user.create") == 4
+    proof = api.get("/api/v1/audit/proofs/inclusion", params={"seq": 0}, headers=officer).json()
+    assert proof["leaf_index"] == 0 and proof["checkpoint"]["tree_size"] >= 1
+    with session_scope(settings_env.database_url) as session:
+        actions = set(session.scalars(sa.select(AuditEntry.action).where(AuditEntry.actor == "carol@example.com")))
+    assert {"audit.verify", "audit.export"} <= actions
+
+
+def test_prompt_check_and_policy_routes(api: TestClient, people) -> None:  # type: ignore[no-untyped-def]
+    blocked = api.post("/api/v1/policies/prompt/check", json={"prompt": "Mickey Mouse on a skateboard"},
+                       headers=bearer(people["alice"])).json()
+    assert blocked["allow"] is False and blocked["recorded"] is False
+    assert any("Mickey Mouse" in reason for reason in blocked["reasons"])
+    fine = api.post("/api/v1/policies/prompt/check", json={"prompt": "a red apple on a table"},
+                    headers=bearer(people["alice"])).json()
+    assert fine["allow"] is True
+    status = api.get("/api/v1/policies", headers=bearer(people["alice"])).json()
+    assert "access" in status["paths"] and len(status["revision"]) == 64
+    source = api.get("/api/v1/policies/access", headers=bearer(people["alice"])).json()
+    assert "access/access.rego" in source["modules"] and "jobs.submit" in source["data"]["actions"]
+    assert api.get("/api/v1/policies/nope", headers=bearer(people["alice"])).status_code == 404
+    evaluated = api.post("/api/v1/policies/models/evaluate", headers=bearer(people["dave"]), json={"input": {
+        "action": "download", "model": {"name": "m", "sensitivity": "internal", "owner_team": None}, "grants": []}}).json()
+    assert evaluated["allow"] is False and evaluated["decision_id"] is not None
+
+
+def test_model_visibility_grants_and_audited_download(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
+    from latentops.pipelines import tiny
+
+    url = settings_env.database_url
+    tiny.create("sd1", settings_env.home / "imports" / "tiny-sd1")
+    imported = api.post("/api/v1/models", json={"name": "tiny-sd1", "source": "tiny-sd1", "sensitivity": "internal"},
+                        headers=bearer(people["dave"]))
+    assert imported.status_code == 201, imported.text
+    assert api.post("/api/v1/models", json={"name": "again", "source": "tiny-sd1"},
+                    headers=bearer(people["alice"])).status_code == 403  # importing is for admins
+    name = "tiny-sd1"
+    with session_scope(url) as session:
+        record = session.scalar(sa.select(ModelRecord))
+        assert record is not None
+        record.owner_team_id = team_id(url, "marketing")
+
+    assert api.get("/api/v1/models", headers=bearer(people["alice"])).json() == []  # marketing's model
+    hidden = api.get(f"/api/v1/models/{name}", headers=bearer(people["alice"]))
+    assert hidden.status_code == 404 and hidden.json()["detail"] == f"model: no model named {name!r}"
+    assert [m["name"] for m in api.get("/api/v1/models", headers=bearer(people["bob"])).json()] == [name]
+
+    no_grant = api.get(f"/api/v1/models/{name}/download", headers=bearer(people["bob"]))
+    assert no_grant.status_code == 403 and no_grant.json()["reasons"][0].startswith("models.no_grant")
+    refused_grant = api.post(f"/api/v1/models/{name}/grants", json={"action": "download", "team": "design"},
+                             headers=bearer(people["bob"]))
+    assert refused_grant.status_code == 403
+    granted = api.post(f"/api/v1/models/{name}/grants", json={"action": "download", "team": "design"},
+                       headers=bearer(people["dave"]))
+    assert granted.status_code == 201
+    assert [m["name"] for m in api.get("/api/v1/models", headers=bearer(people["alice"])).json()] == [name]
+
+    download = api.get(f"/api/v1/models/{name}/download", headers=bearer(people["alice"]))
+    assert download.status_code == 200 and download.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(download.content)) as archive:
+        members = archive.getnames()
+    assert members and all(m.startswith(f"{name}-v1/") for m in members)
+    with session_scope(url) as session:
+        entry = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "model.download")).one()
+    assert entry.actor == "alice@example.com" and json.loads(entry.details)["name"] == name
+
+
+def test_bad_input_is_a_clear_4xx_and_stores_nothing(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
+    url = settings_env.database_url
+    admin = bearer(people["dave"])
+    users_before, jobs_before = _count(url, User), _count(url, Job)
+
+    malformed = api.post("/api/v1/users", content=b'{"email": "x@y.z", ', headers={**admin, "Content-Type": "application/json"})
+    assert malformed.status_code == 422 and malformed.json()["error"] == "invalid_input"
+    wrong_type = api.post("/api/v1/users", content=b"email=x@y.z", headers={**admin, "Content-Type": "text/plain"})
+    assert wrong_type.status_code == 422 and wrong_type.json()["error"] == "invalid_input"
+    bad_role = api.post("/api/v1/users", json={"email": "e@x.io", "role": "king", "team": "t", "password": PASSWORD},
+                        headers=admin)
+    assert bad_role.status_code == 422 and bad_role.json()["detail"].startswith("role: unknown role 'king'")
+    huge = api.post("/api/v1/users", content=b"{" + b" " * (settings_env.max_upload_bytes + 1) + b"}",
+                    headers={**admin, "Content-Type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["error"] == "payload_too_large"
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(settings_env.max_upload_bytes // 65536 + 2):
+            yield b" " * 65536
+
+    chunked = api.post("/api/v1/jobs", content=chunks(), headers={**admin, "Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    traversal = api.post("/api/v1/models", json={"name": "evil", "source": "../../etc"}, headers=admin)
+    assert traversal.status_code == 422 and "leaves the import folder" in traversal.json()["detail"]
+    absolute = api.post("/api/v1/models", json={"name": "evil", "source": "/etc/passwd"}, headers=admin)
+    assert absolute.status_code == 422
+    unknown_kind = api.post("/api/v1/jobs", json={"kind": "mine-bitcoin"}, headers=bearer(people["alice"]))
+    assert unknown_kind.status_code in (422, 503)  # 503 only when no broker is configured for this test
+    assert api.get("/api/v1/jobs", params={"state": "sleepy"}, headers=admin).status_code == 422
+    assert api.get("/api/v1/jobs/notanumber", headers=admin).status_code == 422
+    assert (_count(url, User), _count(url, Job), _count(url, ModelRecord)) == (users_before, jobs_before, 0)
+
+
+def test_responses_carry_security_headers(api: TestClient) -> None:
+    response = api.get("/login")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff" and response.headers["x-frame-options"] == "DENY"
+    assert api.get("/api/v1/jobs").headers["cache-control"] == "no-store"
+    assert api.get("/static/htmx.min.js").status_code == 200
+
+
+@pytest.mark.redis
+def test_submit_runs_for_the_callers_team(queue_settings, people) -> None:  # type: ignore[no-untyped-def]
+    api = TestClient(create_app(queue_settings))
+    submitted = api.post("/api/v1/jobs", json={"kind": "diagnostics", "params": {}}, headers=bearer(people["alice"]))
+    assert submitted.status_code == 201, submitted.text
+    job = submitted.json()
+    assert job["team"] == "design" and job["state"] == "queued" and job["owner_id"] is not None
+    other_team = api.post("/api/v1/jobs", json={"kind": "diagnostics", "team": "marketing"}, headers=bearer(people["alice"]))
+    assert other_team.status_code == 404 and other_team.json()["detail"] == "team: no team named 'marketing'"
+    officer = api.post("/api/v1/jobs", json={"kind": "diagnostics"}, headers=bearer(people["carol"]))
+    assert officer.status_code == 403 and officer.json()["reasons"][0].startswith("access.role")
+    with session_scope(queue_settings.database_url) as session:
+        assert session.scalar(sa.select(sa.func.count(Job.id))) == 1
