@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Modules under latentops.platform.cli; each has ``register(app)`` adding its commands.
-COMMAND_MODULES = ["stack", "db", "users", "tokens", "jobs", "models", "grants", "audit", "policy", "screening"]
+COMMAND_MODULES = ["stack", "db", "users", "tokens", "jobs", "models", "grants", "audit", "policy", "screening", "finetune"]
 
 
 @app.callback()

@@ -48,6 +48,10 @@ JOB_KINDS: dict[str, JobKind] = {
         "latentops.platform.services.diagnostics:run", "gpu", "checks the worker's accelerator and numerics",
         validator="latentops.platform.services.diagnostics:validate",
     ),
+    "finetune": JobKind(
+        "latentops.platform.services.finetune:run", "gpu", "LoRA / DreamBooth-LoRA fine-tuning of a base model",
+        validator="latentops.platform.services.finetune:validate",
+    ),
 }
 
 PROGRESS_INTERVAL_S = 1.0

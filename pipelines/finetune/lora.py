@@ -1,0 +1,455 @@
+"""The LoRA recipe: LoRA on the denoiser (and optionally the text encoders) of any stored family.
+
+Read top to bottom: 1. data, 2. base model, 3. feature cache, 4. LoRA + optimizer, 5. resume,
+6. training loop (with checkpoints and validation), 7. outputs. DreamBooth
+(:mod:`latentops.pipelines.finetune.dreambooth`) runs this same loop with a prior-preservation
+batch beside every instance batch.
+
+Determinism: the batch plan (data order, crops, flips) is fixed by the seed before the loop, and
+every step draws its noise, timesteps and latent samples from its own generator seeded by
+``(seed, step)``. Together with the optimizer, scheduler, RNG and EMA state in each checkpoint, a
+run stopped at step k and resumed ends bit-identical (on CPU) to one that never stopped.
+
+The loop runs under ``accelerate`` (mixed precision on GPU, and ready for several processes);
+the caller passes ``hooks`` for progress, logging and cooperative cancellation, and optionally a
+tracker (:mod:`tracking`) that receives metrics and the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from latentops.pipelines.engine import AdapterRef, WeightsRef
+from latentops.pipelines.finetune import checkpoint as ckpt
+from latentops.pipelines.finetune import data, interop, validation
+from latentops.pipelines.finetune.cache import FeatureCache
+from latentops.pipelines.finetune.checkpoint import TrainingFailed
+from latentops.pipelines.finetune.config import LoraConfig
+from latentops.pipelines.finetune.families import Family, micro_conditioning
+from latentops.platform.errors import Conflict, InvalidInput
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+class Hooks(Protocol):
+    """What the caller sees of a run: the CLI shows a progress bar, a job writes the database."""
+
+    def progress(self, step: int, total: int, **metrics: float) -> None: ...
+    def log(self, message: str) -> None: ...
+    def check_cancelled(self) -> None: ...
+
+
+class QuietHooks:
+    def progress(self, step: int, total: int, **metrics: float) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        logger.info("%s", message)
+
+    def check_cancelled(self) -> None:
+        pass
+
+
+class Tracker(Protocol):
+    def start(self, *, config: LoraConfig, meta: dict[str, Any], resumed_from: int) -> None: ...
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...
+    def finish(self, *, result: TrainingResult) -> None: ...
+
+
+@dataclass
+class PriorData:
+    """DreamBooth's class images: prompt and folder (already generated and validated)."""
+
+    class_prompt: str
+    folder: Path
+    weight: float
+
+
+@dataclass
+class TrainingResult:
+    out_dir: Path
+    weights_path: Path
+    kohya_path: Path | None
+    steps: int
+    final_loss: float
+    losses: list[float]
+    resumed_from: int
+    stopped_early: bool
+    base_model_hash: str
+    dataset_hash: str
+    samples: list[Path] = field(default_factory=list)
+    sample_grid: Path | None = None
+    seconds_per_step: float = 0.0
+    images_per_second: float = 0.0
+    peak_memory_mb: float = 0.0
+    optimizer: str = "adamw"
+    mixed_precision: str = "no"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "samples" else v)
+                for k, v in asdict(self).items()}
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _precision(config: LoraConfig, device: torch.device) -> str:
+    if device.type != "cuda":
+        if config.mixed_precision in ("fp16", "bf16"):
+            raise InvalidInput(f"mixed_precision: {config.mixed_precision} needs a GPU; use 'no' or 'auto' on CPU")
+        return "no"
+    if config.mixed_precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return config.mixed_precision
+
+
+def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.device) -> tuple[torch.optim.Optimizer, str]:
+    wants_8bit = config.optimizer == "adamw_8bit" or (config.optimizer == "auto" and device.type == "cuda")
+    if wants_8bit:
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+
+            return bnb.optim.AdamW8bit(groups, weight_decay=config.weight_decay), "adamw_8bit"
+        except ImportError:
+            if config.optimizer == "adamw_8bit":
+                raise InvalidInput("optimizer: adamw_8bit needs the bitsandbytes package, which is not installed") from None
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay), "adamw"
+
+
+def _load_pipeline(weights: WeightsRef, dtype: torch.dtype) -> Any:
+    from diffusers import DiffusionPipeline
+    from latentops.pipelines.engine import _DTYPE_ARGUMENT
+
+    if weights.format != "diffusers" or not (weights.path / "model_index.json").exists():
+        raise InvalidInput(f"model: {weights.path} is not a stored diffusers folder; fine-tuning needs one")
+    pipeline = DiffusionPipeline.from_pretrained(str(weights.path), **{_DTYPE_ARGUMENT: dtype}, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _conditioning(family: Family, cache: FeatureCache, prompt: str, device: torch.device) -> dict[str, torch.Tensor]:
+    path = cache.text_path(prompt)
+    found = cache.get(path)
+    if found is None:
+        found = family.encode_cached(prompt, device).tensors
+        cache.put(path, found)
+    return found
+
+
+def _latents(family: Family, cache: FeatureCache, folder: Path, image: data.InstanceImage, transform: data.Transform,
+             *, min_side: int) -> dict[str, torch.Tensor]:
+    path = cache.latent_path(image.sha256, transform.key())
+    found = cache.get(path)
+    if found is None:
+        pixels = data.to_tensor(data.apply_transform(data.decode(folder / image.file, min_side=min_side), transform))
+        mean, std = family.latent_distribution(pixels.unsqueeze(0))
+        found = {"mean": mean[0].cpu(), "std": std[0].cpu()}
+        cache.put(path, found)
+    return found
+
+
+@dataclass
+class _Stream:
+    """One source of batches (instance images, or DreamBooth class images)."""
+
+    folder: Path
+    images: list[data.InstanceImage]
+    plan: list[list[data.Sample]]
+    weight: float
+    min_side: int
+
+
+def _batch(family: Family, cache: FeatureCache, stream: _Stream, step: int, device: torch.device,
+           generator: torch.Generator, text_cache: dict[str, dict[str, torch.Tensor]] | None,
+           ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[tuple[int, int, int, int, int, int]]]:
+    samples = stream.plan[step - 1]
+    entries = [_latents(family, cache, stream.folder, stream.images[s.index], s.transform, min_side=stream.min_side)
+               for s in samples]
+    mean = torch.stack([e["mean"] for e in entries])
+    std = torch.stack([e["std"] for e in entries])
+    latents = family.to_model_latents(mean, std, generator)
+    captions = [stream.images[s.index].caption for s in samples]
+    if text_cache is not None:
+        cond = {k: torch.stack([text_cache[c][k] for c in captions]) for k in text_cache[captions[0]]}
+    else:
+        cond = family.encode(captions, device)  # text encoders train: no cached embeddings
+    micro = [micro_conditioning((stream.images[s.index].width, stream.images[s.index].height),
+                                (s.transform.crop_x, s.transform.crop_y), s.transform.bucket) for s in samples]
+    return latents, cond, micro
+
+
+def train(
+    config: LoraConfig,
+    *,
+    weights: WeightsRef,
+    instance_dir: Path,
+    out_dir: Path,
+    cache_dir: Path | None = None,
+    hooks: Hooks | None = None,
+    tracker: Tracker | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    prior: PriorData | None = None,
+    job_id: int | None = None,
+    device: torch.device | None = None,
+) -> TrainingResult:
+    """Train a LoRA for ``config`` on the images in ``instance_dir``; outputs go to ``out_dir``."""
+    hooks = hooks or QuietHooks()
+    device = device or _device()
+    out_dir = Path(out_dir)
+    checkpoints = out_dir / "checkpoints"
+    if stop_after is not None and not 1 <= stop_after <= config.steps:
+        raise InvalidInput(f"stop_after: must be between 1 and steps ({config.steps}), got {stop_after}")
+    existing = ckpt.load_latest(checkpoints)
+    if existing is not None and not resume:
+        raise Conflict(f"out: {out_dir} already holds a run (checkpoint at step {existing.step}); pass --resume "
+                       "to continue it, or choose another folder")
+
+    # 1. Data: validate, caption and hash the instance images; fix the batch plan from the seed.
+    images = data.require_instances(instance_dir, instance_prompt=config.instance_prompt)
+    _, refused = data.load_instances(instance_dir, instance_prompt=config.instance_prompt)
+    dataset_hash = data.dataset_hash(images)
+    plan_args = {"steps": config.steps, "batch_size": config.batch_size, "resolution": config.resolution,
+                 "crop": config.crop, "flip": config.flip}
+    streams = [_Stream(Path(instance_dir), images, data.batch_plan(images, seed=config.seed, **plan_args), 1.0,
+                       data.MIN_SIDE)]
+    if prior is not None:
+        # Class images come from the base model itself (often at its native, small size).
+        class_images = data.require_instances(prior.folder, instance_prompt=prior.class_prompt, min_side=8)
+        streams.append(_Stream(prior.folder, class_images,
+                               data.batch_plan(class_images, seed=config.seed + 1, **plan_args), prior.weight, 8))
+        dataset_hash = data.dataset_hash(images + class_images)
+
+    # 2. Base model, in the dtype the run computes in (weights stay frozen; LoRA trains in fp32).
+    precision = _precision(config, device)
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    torch.manual_seed(config.seed)
+    pipeline = _load_pipeline(weights, dtype)
+    family = Family(weights.family, pipeline)
+    family.check(min_snr_gamma=config.min_snr_gamma, resolution=config.resolution)
+    for module in [family.vae, family.denoiser, *family.all_text_encoders()]:
+        module.requires_grad_(False)
+        module.eval()
+    family.vae.to(device)
+    for encoder in family.all_text_encoders():
+        encoder.to(device)
+
+    # 3. Feature cache: every latent the plan needs and every caption's conditioning, computed once.
+    cache = FeatureCache(cache_dir or out_dir / "cache", weights.content_hash)
+    started_cache = time.perf_counter()
+    for stream in streams:
+        for batch in stream.plan:
+            for sample in batch:
+                _latents(family, cache, stream.folder, stream.images[sample.index], sample.transform, min_side=stream.min_side)
+    text_cache = None
+    if not config.train_text_encoder:
+        captions = {image.caption for stream in streams for image in stream.images}
+        text_cache = {c: _conditioning(family, cache, c, device) for c in sorted(captions)}
+        for encoder in family.all_text_encoders():
+            encoder.to("cpu")  # not needed again until validation renders
+    family.vae.to("cpu")
+    hooks.log(f"feature cache ready in {time.perf_counter() - started_cache:.1f}s "
+              f"({cache.hits} reused, {cache.misses} computed)")
+
+    # 4. LoRA layers, optimizer, schedule, under accelerate.
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    family.denoiser.to(device)
+    torch.manual_seed(config.seed)  # LoRA initialisation depends only on the seed
+    trained = family.add_lora(rank=config.rank, alpha=config.lora_alpha, text_encoder=config.train_text_encoder)
+    if config.gradient_checkpointing:
+        family.denoiser.enable_gradient_checkpointing()
+    named = {f"{attr}.{name}": p for attr, module in trained.items() for name, p in module.named_parameters()
+             if p.requires_grad}
+    for parameter in named.values():
+        parameter.data = parameter.data.float()  # trainable weights in fp32 whatever the compute dtype
+    groups = [{"params": [p for n, p in named.items() if n.startswith(family.denoiser_attr + ".")], "lr": config.lr}]
+    if config.train_text_encoder:
+        groups.append({"params": [p for n, p in named.items() if not n.startswith(family.denoiser_attr + ".")],
+                       "lr": config.text_encoder_lr or config.lr})
+    optimizer, optimizer_name = _optimizer(config, groups, device)
+    lr_scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
+                                 num_training_steps=config.steps)
+    prepared = accelerator.prepare(trained[family.denoiser_attr], optimizer, lr_scheduler)
+    _, optimizer, lr_scheduler = prepared
+    ema = {n: p.detach().clone() for n, p in named.items()} if config.ema_decay else None
+
+    # 5. Resume: restore every piece of state, then check it belongs to this very run.
+    meta = {"base_model_hash": weights.content_hash, "dataset_hash": dataset_hash, "family": weights.family,
+            "config_fingerprint": config.fingerprint(), "method": config.method}
+    start, losses = 0, []
+    if resume and existing is not None:
+        for key in ("base_model_hash", "dataset_hash", "config_fingerprint"):
+            if existing.state.get(key) != meta[key]:
+                raise Conflict(f"resume: checkpoint {existing.path} was written with a different {key.removesuffix('_hash')}"
+                               f" ({key}); start a new run in another folder")
+        saved = ckpt.read_tensors(existing, "trainable.safetensors")
+        with torch.no_grad():
+            for name, parameter in named.items():
+                parameter.copy_(saved[name])
+        optimizer.load_state_dict(ckpt.read_torch(existing, "optimizer.pt"))
+        lr_scheduler.load_state_dict(ckpt.read_torch(existing, "scheduler.pt"))
+        if ema is not None:
+            ema = ckpt.read_tensors(existing, "ema.safetensors")
+        ckpt.restore_rng(ckpt.read_torch(existing, "rng.pt"))
+        streams[0].plan = data.plan_from_json(existing.state["plan"])
+        start, losses = existing.step, list(existing.state.get("losses", []))
+        hooks.log(f"resuming from checkpoint at step {start}")
+    if tracker is not None:
+        tracker.start(config=config, meta={**meta, "optimizer": optimizer_name, "mixed_precision": precision,
+                                           "images": len(images), "refused": len(refused)}, resumed_from=start)
+
+    def save_checkpoint(step: int) -> None:
+        ckpt.save(checkpoints, step=step, trainable=named, optimizer=optimizer.state_dict(),
+                  scheduler=lr_scheduler.state_dict(), ema=ema, keep=config.keep_checkpoints,
+                  state={**meta, "config": config.params(), "plan": data.plan_to_json(streams[0].plan), "losses": losses})
+
+    # 6. The loop.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    last = stop_after if stop_after is not None else config.steps
+    step_times: list[float] = []
+    family.denoiser.train()
+    for step in range(start + 1, last + 1):
+        hooks.check_cancelled()
+        began = time.perf_counter()
+        generator = _step_generator(config.seed, step)
+        total = torch.zeros((), device=device)
+        for stream in streams:
+            latents, cond, micro = _batch(family, cache, stream, step, device, generator, text_cache)
+            with accelerator.autocast():
+                per_sample = family.loss(latents, cond, generator=generator, micro=micro, noise_offset=config.noise_offset,
+                                         min_snr_gamma=config.min_snr_gamma, dtype=dtype)
+            total = total + stream.weight * per_sample.mean()
+        loss_value = float(total.detach())
+        if not torch.isfinite(total):
+            kept = ckpt.latest_step(checkpoints)
+            raise TrainingFailed(f"loss is NaN or infinite at step {step}; "
+                                 + (f"last good checkpoint: step {kept}" if kept is not None else "no checkpoint was written"))
+        accelerator.backward(total)
+        accelerator.clip_grad_norm_(list(named.values()), config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            with torch.no_grad():
+                for name, parameter in named.items():
+                    ema[name].mul_(config.ema_decay).add_(parameter.detach(), alpha=1 - config.ema_decay)
+        losses.append(loss_value)
+        elapsed = time.perf_counter() - began
+        step_times.append(elapsed)
+        metrics = {"loss": loss_value, "lr": float(lr_scheduler.get_last_lr()[0]), "step_time_s": elapsed,
+                   "images_per_s": config.batch_size * len(streams) / elapsed if elapsed > 0 else 0.0,
+                   "peak_memory_mb": _peak_memory_mb(device)}
+        if tracker is not None:
+            tracker.metrics(step, metrics)
+        if step % config.checkpoint_every == 0 or step == last:
+            save_checkpoint(step)
+        if config.validation_every and step % config.validation_every == 0 and step < config.steps:
+            _validate(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir, step=step,
+                      device=device, job_id=job_id)
+        hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"])
+    stopped_early = last < config.steps
+    seconds_per_step = sum(step_times) / len(step_times) if step_times else 0.0
+
+    # 7. Outputs: LoRA weights (EMA when on), a kohya-format export, the sample grid, a manifest.
+    final_weights = ema if ema is not None else None
+    weights_path = _write_lora(family, named, final_weights, out_dir)
+    kohya_path = None
+    samples: list[Path] = []
+    grid_path = None
+    if not stopped_early:
+        kohya_path = interop.export_kohya(weights_path, out_dir / "kohya" / "lora.safetensors", family=weights.family,
+                                          alpha=config.lora_alpha)
+        samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id)
+    _write_manifest(out_dir, config, meta, images, refused, streams)
+    result = TrainingResult(
+        out_dir=out_dir, weights_path=weights_path, kohya_path=kohya_path, steps=last, final_loss=losses[-1] if losses else 0.0,
+        losses=losses, resumed_from=start, stopped_early=stopped_early, base_model_hash=weights.content_hash,
+        dataset_hash=dataset_hash, samples=samples, sample_grid=grid_path, seconds_per_step=seconds_per_step,
+        images_per_second=(config.batch_size * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
+        peak_memory_mb=_peak_memory_mb(device), optimizer=optimizer_name, mixed_precision=precision,
+    )
+    (out_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    if tracker is not None and not stopped_early:
+        tracker.finish(result=result)
+    return result
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def lora_layers(named: dict[str, torch.Tensor], override: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, dict[str, torch.Tensor]]:
+    """Trainable tensors grouped by pipeline attribute, as peft state dicts (adapter name dropped)."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in named.items():
+        attr, key = name.split(".", 1)
+        value = (override or {}).get(name, tensor)
+        layers.setdefault(attr, {})[key.replace(".default", "")] = value.detach().float().cpu()
+    return layers
+
+
+def _write_lora(family: Family, named: dict[str, torch.Tensor], override: dict[str, torch.Tensor] | None,
+                out_dir: Path) -> Path:
+    return family.save_lora(out_dir, lora_layers(named, override))
+
+
+def _validate(family: Family, named: dict[str, torch.Tensor], *, ema: dict[str, torch.Tensor] | None,
+              weights: WeightsRef, config: LoraConfig, out_dir: Path, step: int, device: torch.device,
+              job_id: int | None) -> list[Path]:
+    folder = out_dir / "validation" / f"step-{step:06d}"
+    path = family.save_lora(folder / "adapter", lora_layers(named, ema))
+    prompts = list(config.validation_prompts or (config.instance_prompt,))
+    images = validation.render(validation.RenderRequest(
+        weights=weights, prompts=prompts, seed=config.sample_seed, steps=config.validation_steps, job_id=job_id,
+        adapter=AdapterRef(content_hash=interop.file_sha256(path), path=path.parent)), device=device.type)
+    return validation.save_images(images, folder, "sample")
+
+
+def _final_samples(weights: WeightsRef, weights_path: Path, config: LoraConfig, out_dir: Path, device: torch.device,
+                   job_id: int | None) -> tuple[list[Path], Path]:
+    prompts = list(config.validation_prompts or (config.instance_prompt,))
+    images: Sequence[Image.Image] = validation.render(validation.RenderRequest(
+        weights=weights, prompts=prompts, seed=config.sample_seed, steps=config.validation_steps, images_per_prompt=2,
+        purpose="samples", job_id=job_id,
+        adapter=AdapterRef(content_hash=interop.file_sha256(weights_path), path=weights_path.parent)), device=device.type)
+    folder = out_dir / "samples"
+    paths = validation.save_images(list(images), folder, "sample")
+    grid_path = folder / "grid.png"
+    validation.grid(list(images), columns=2).save(grid_path)
+    return paths, grid_path
+
+
+def _write_manifest(out_dir: Path, config: LoraConfig, meta: dict[str, Any], images: list[data.InstanceImage],
+                    refused: list[data.FileReport], streams: list[_Stream]) -> None:
+    manifest = {
+        **meta,
+        "config": config.params(),
+        "instance_images": [asdict(i) for i in images],
+        "refused": [r.to_json() for r in refused],
+        "class_images": [asdict(i) for i in streams[1].images] if len(streams) > 1 else [],
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (out_dir / "config.json").write_text(json.dumps(config.params(), indent=2, sort_keys=True))

@@ -1,0 +1,201 @@
+"""``latentops finetune``: run (in process), submit (queued), validate-images, adapters, promote.
+
+``run`` and ``submit`` take the same options, or a ``--config job.toml`` with the same keys (a
+``[finetune]`` table or top-level keys; options given on the command line win). Both go through
+the same checks (config, images, copyright screening, jobs policy) and the same recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from latentops.platform.cli import context, output
+from latentops.platform.errors import InvalidInput
+
+finetune_app = typer.Typer(help="Fine-tune base models: LoRA and DreamBooth-LoRA.", no_args_is_help=True)
+
+# Keys of a job that are not recipe settings.
+JOB_KEYS = {"model", "model_version", "instance_dir", "class_dir", "out", "team", "name", "attest_licence",
+            "attest_consent"}
+
+
+def _request(options: dict[str, Any], config_file: Path | None) -> tuple[Any, dict[str, Any]]:
+    from latentops.pipelines.finetune.config import load_toml
+    from latentops.platform.services.finetune import Request
+
+    merged = load_toml(config_file) if config_file else {}
+    merged.update({k: v for k, v in options.items() if v is not None and v is not False})
+    for key in ("model", "instance_dir", "instance_prompt"):
+        if not merged.get(key):
+            raise InvalidInput(f"{key}: required (as --{key.replace('_', '-')} or in the config file)")
+    values = {k: v for k, v in merged.items() if k not in JOB_KEYS}
+    request = Request(
+        model=str(merged["model"]), model_version=merged.get("model_version"), instance_dir=Path(merged["instance_dir"]),
+        class_dir=Path(merged["class_dir"]) if merged.get("class_dir") else None, values=values,
+        team=merged.get("team"), adapter_name=merged.get("name"),
+        attest_licence=bool(merged.get("attest_licence")), attest_consent=bool(merged.get("attest_consent")),
+    )
+    return request, merged
+
+
+def _options(model: str | None, method: str | None, instance_dir: Path | None, instance_prompt: str | None,
+             class_prompt: str | None, class_dir: Path | None, steps: int | None, rank: int | None, lr: float | None,
+             resolution: int | None, batch_size: int | None, seed: int | None, checkpoint_every: int | None,
+             train_text_encoder: bool, team: str | None, name: str | None, attest_licence: bool,
+             attest_consent: bool) -> dict[str, Any]:
+    return {"model": model, "method": method, "instance_dir": instance_dir, "instance_prompt": instance_prompt,
+            "class_prompt": class_prompt, "class_dir": class_dir, "steps": steps, "rank": rank, "lr": lr,
+            "resolution": resolution, "batch_size": batch_size, "seed": seed, "checkpoint_every": checkpoint_every,
+            "train_text_encoder": train_text_encoder, "team": team, "name": name, "attest_licence": attest_licence,
+            "attest_consent": attest_consent}
+
+
+MODEL = typer.Option(None, "--model", help="Base model name in the catalogue.")
+METHOD = typer.Option(None, "--method", help="lora or dreambooth.")
+INSTANCE_DIR = typer.Option(None, "--instance-dir", help="Folder of instance images (.txt sidecars or metadata.jsonl).")
+INSTANCE_PROMPT = typer.Option(None, "--instance-prompt", help="Prompt for images without a caption.")
+CLASS_PROMPT = typer.Option(None, "--class-prompt", help="DreamBooth: prompt of the subject's class.")
+CLASS_DIR = typer.Option(None, "--class-dir", help="DreamBooth: folder of class images (missing ones are generated).")
+CONFIG = typer.Option(None, "--config", help="job.toml with the same keys as these options.")
+
+
+class _ProgressHooks:
+    """Progress bar for in-process runs (through the CLI's output layer's console)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=output.err_console)
+        self.task = self.bar.add_task("train", total=None, loss="")
+
+    def progress(self, step: int, total: int, **metrics: float) -> None:
+        self.bar.update(self.task, completed=step, total=total, loss=f"loss {metrics.get('loss', 0.0):.4f}")
+
+    def log(self, message: str) -> None:
+        self.bar.console.print(message, highlight=False)
+
+    def check_cancelled(self) -> None:
+        pass
+
+
+@finetune_app.command("run")
+def run(
+    model: str = MODEL, method: str = METHOD, instance_dir: Path = INSTANCE_DIR, instance_prompt: str = INSTANCE_PROMPT,
+    class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR,
+    steps: int = typer.Option(None), rank: int = typer.Option(None), lr: float = typer.Option(None),
+    resolution: int = typer.Option(None), batch_size: int = typer.Option(None), seed: int = typer.Option(None),
+    checkpoint_every: int = typer.Option(None),
+    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also put LoRA on the text encoder(s)."),
+    team: str = typer.Option(None, help="Team the run counts against."),
+    name: str = typer.Option(None, "--name", help="Adapter name (default MODEL-METHOD)."),
+    attest_licence: bool = typer.Option(False, "--attest-licence", help="I hold the rights to train on these images."),
+    attest_consent: bool = typer.Option(False, "--attest-consent", help="People shown consented to this use."),
+    out: Path = typer.Option(None, "--out", help="Output folder (weights, checkpoints, samples)."),
+    stop_after: int = typer.Option(None, "--stop-after", help="Stop (with a checkpoint) after this step."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow or register the adapter there."),
+    config: Path = CONFIG,
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fine-tune in this process, with a progress bar."""
+    from latentops.platform.services import finetune as service
+
+    options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
+                       batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent)
+    options["out"] = out
+    request, merged = _request(options, config)
+    if not merged.get("out"):
+        raise InvalidInput("out: required (as --out or in the config file)")
+    hooks = _ProgressHooks()
+    with hooks.bar:
+        result = service.run_local(context.settings(), actor=context.actor(), request=request, out_dir=Path(merged["out"]),
+                                   hooks=hooks, resume=resume, stop_after=stop_after, track=not no_track)
+    if json_output:
+        output.emit_json(result)
+    elif "stopped_at" in result:
+        output.say(f"stopped after step {result['stopped_at']}; continue with --resume")
+    else:
+        output.say(f"adapter {result['adapter']} v{result['adapter_version']}: {result['weights']} "
+                   f"(final loss {result['final_loss']:.4f})")
+
+
+@finetune_app.command("submit")
+def submit(
+    model: str = MODEL, method: str = METHOD, instance_dir: Path = INSTANCE_DIR, instance_prompt: str = INSTANCE_PROMPT,
+    class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR,
+    steps: int = typer.Option(None), rank: int = typer.Option(None), lr: float = typer.Option(None),
+    resolution: int = typer.Option(None), batch_size: int = typer.Option(None), seed: int = typer.Option(None),
+    checkpoint_every: int = typer.Option(None),
+    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also put LoRA on the text encoder(s)."),
+    team: str = typer.Option(None, help="Team the job runs for."),
+    name: str = typer.Option(None, "--name", help="Adapter name (default MODEL-METHOD)."),
+    attest_licence: bool = typer.Option(False, "--attest-licence", help="I hold the rights to train on these images."),
+    attest_consent: bool = typer.Option(False, "--attest-consent", help="People shown consented to this use."),
+    priority: int = typer.Option(0, min=0, max=9),
+    config: Path = CONFIG,
+    json_output: bool = typer.Option(False, "--json", help='Print {"job_id": ...}.'),
+) -> None:
+    """Queue a fine-tuning job (checked, screened and decided before it is queued)."""
+    from latentops.platform.services import finetune as service
+
+    options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
+                       batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent)
+    request, _ = _request(options, config)
+    job_id = service.submit(context.settings(), actor=context.actor(), request=request, priority=priority)
+    if json_output:
+        output.emit_json({"job_id": job_id})
+    else:
+        output.say(f"job {job_id} queued; follow it with: latentops jobs show {job_id}")
+
+
+@finetune_app.command("validate-images")
+def validate_images(
+    folder: Path = typer.Argument(..., help="Folder of instance images."),
+    json_output: bool = typer.Option(False, "--json", help='Print [{"file","ok","reason","width","height"}].'),
+) -> None:
+    """Check every file of an instance folder; exits 1 when no image is usable."""
+    from latentops.pipelines.finetune.data import inspect_folder
+
+    reports = inspect_folder(folder)
+    if json_output:
+        output.emit_json([r.to_json() for r in reports])
+    else:
+        output.table(f"images in {folder}", ["file", "ok", "reason", "width", "height"],
+                     [(r.file, "yes" if r.ok else "no", r.reason, r.width, r.height) for r in reports])
+    if not any(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+@finetune_app.command("adapters")
+def adapters(name: str = typer.Option(None, help="Only this adapter."),
+             json_output: bool = typer.Option(False, "--json", help="Print JSON lines.")) -> None:
+    """List trained LoRA adapters and their aliases."""
+    from latentops.platform.services import finetune as service
+
+    with context.session() as db:
+        rows = service.list_adapters(db, name=name)
+    if json_output:
+        for row in rows:
+            output.emit_json(row)
+        return
+    output.table("LoRA adapters", ["name", "version", "aliases", "job", "mlflow"],
+                 [(r["name"], r["version"], ",".join(r["aliases"]), r["job_id"], r["mlflow_model_uri"]) for r in rows])
+
+
+@finetune_app.command("promote")
+def promote(name: str = typer.Argument(..., help="Adapter name."),
+            version: int = typer.Option(..., "--version", help="Adapter version to put in production.")) -> None:
+    """Approve an adapter version for production (admins and manage-grant holders; audited)."""
+    from latentops.platform.services import finetune as service
+
+    with context.session() as db:
+        adapter = service.promote(db, settings=context.settings(), name=name, version=version, actor=context.actor())
+        aliases = list(adapter.aliases)
+    output.say(f"{name} v{version} approved for production (aliases: {', '.join(aliases)})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(finetune_app, name="finetune")

@@ -1,0 +1,369 @@
+"""Fine-tuning as a governed service: check, screen, decide, queue, run, register, promote.
+
+``submit`` does everything that can refuse a job before anything is queued, in this order:
+1. the recipe config (an out-of-range value names its field), the base model and its version;
+2. the instance images (each refused file named with its reason; no valid image, no job);
+3. copyright screening of every upload against the reference index (a protected work without the
+   team's licence grant is refused; the decisions are kept as evidence even then);
+4. the ``jobs`` policy: role, model use grant, limits on steps/resolution/rank/batch, the team's
+   quotas (current concurrent jobs and GPU-hours are passed as usage) and the licence/consent
+   attestation for uploads.
+Then the accepted images are frozen in a content-addressed upload folder (so what runs is what
+was screened), the job row and its audit entry are written, and only after that commit is the id
+handed to the broker.
+
+``run`` is the handler the queue calls (kind ``finetune`` on queue ``gpu``); it delegates to the
+recipe with the job context for progress, logs, cancellation and its checkpoint folder, then
+registers the adapter. ``run_local`` is the same path for ``latentops finetune run`` in process.
+``promote`` moves the ``production`` alias once the policy says the actor may approve.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from latentops.governance import audit, copyright, policy
+from latentops.pipelines.engine import WeightsRef
+from latentops.pipelines.finetune import data, dreambooth, interop, tracking
+from latentops.pipelines.finetune.config import FinetuneConfig, build_config
+from latentops.pipelines.finetune.lora import Hooks, TrainingResult
+from latentops.platform.database import session_scope
+from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, ServiceUnavailable
+from latentops.platform.models import Job, JobEvent, JobState, LoraAdapter, ModelRecord, ModelVersion, Team, User, utcnow
+from latentops.platform.services import grants, jobs
+from latentops.platform.services import models as models_service
+from latentops.platform.settings import Settings
+from sqlalchemy.orm import Session
+
+logger = logging.getLogger(__name__)
+KIND = "finetune"
+ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
+
+
+@dataclass
+class Request:
+    """What a user asks for, from the CLI, a ``job.toml`` or the API."""
+
+    model: str
+    instance_dir: Path
+    values: dict[str, Any]
+    model_version: int | None = None
+    class_dir: Path | None = None
+    team: str | None = None
+    adapter_name: str | None = None
+    attest_licence: bool = False
+    attest_consent: bool = False
+
+
+@dataclass
+class Preflight:
+    """A request that passed every check, with the evidence the run and the registry carry."""
+
+    config: FinetuneConfig
+    weights: WeightsRef
+    version_id: int
+    team: str
+    team_id: int | None
+    adapter_name: str
+    instance_dir: Path
+    images: list[data.InstanceImage]
+    decision_ids: list[int] = field(default_factory=list)
+    screening: dict[str, Any] = field(default_factory=dict)
+
+    def lineage(self, job_id: int | None) -> dict[str, Any]:
+        return {"job_id": job_id, "policy_decision_ids": self.decision_ids, "screening": self.screening}
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+def validate(params: dict[str, Any]) -> None:
+    """The job kind's validator: a queued job's params must hold a valid recipe config."""
+    for key in ("config", "weights", "instance_dir", "version_id", "adapter_name"):
+        if key not in params:
+            raise InvalidInput(f"{key}: missing from fine-tuning job parameters")
+    build_config(params["config"])
+
+
+def _team(session: Session, actor: audit.Actor | str, team: str | None) -> tuple[str, int | None]:
+    if team:
+        row = session.scalar(sa.select(Team).where(Team.name == team.strip().lower()))
+        if row is None:
+            raise NotFound(f"team: no team named {team!r}")
+        return row.name, row.id
+    subject = policy.subject_for(session, actor)
+    teams = sorted({m["team"] for m in subject.get("memberships", [])})
+    if len(teams) > 1:
+        raise InvalidInput(f"team: you belong to several teams ({', '.join(teams)}); say which one the job runs for")
+    if not teams:
+        return "", None
+    row = session.scalar(sa.select(Team).where(Team.name == teams[0]))
+    return teams[0], row.id if row else None
+
+
+def _usage(session: Session, team_id: int | None) -> dict[str, float]:
+    if team_id is None:
+        return {"concurrent_jobs": 0, "gpu_hours": 0.0}
+    active = session.scalar(sa.select(sa.func.count(Job.id)).where(Job.team_id == team_id, Job.state.in_(ACTIVE_STATES)))
+    spans = session.execute(sa.select(Job.started_at, Job.finished_at).where(
+        Job.team_id == team_id, Job.queue == "gpu", Job.started_at.is_not(None))).all()
+    now = utcnow()
+    seconds = sum(((_utc(end) if end else now) - _utc(start)).total_seconds() for start, end in spans)
+    return {"concurrent_jobs": int(active or 0), "gpu_hours": round(seconds / 3600.0, 4)}
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _freeze_uploads(settings: Settings, folder: Path, images: list[data.InstanceImage]) -> Path:
+    """Copy the accepted images (and their captions) to a folder named by the dataset hash."""
+    target = settings.artifacts_dir / "finetune-uploads" / data.dataset_hash(images)
+    if target.exists():
+        return target
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    lines = []
+    for image in images:
+        shutil.copy2(folder / image.file, staging / image.file)
+        lines.append(json.dumps({"file_name": image.file, "text": image.caption}))
+    (staging / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    staging.replace(target)
+    return target
+
+
+def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str, request: Request) -> Preflight:
+    """Every check a fine-tuning request must pass; raises before anything is stored but decisions."""
+    # 1. Config, base model and version.
+    values = {**request.values}
+    config = build_config(values)
+    version = models_service.get_version(session, name=request.model, version=request.model_version)
+    weights = models_service.weights_ref(session, version=version)
+    model = session.get(ModelRecord, version.model_id)
+    assert model is not None
+    adapter_name = (request.adapter_name or f"{model.name}-{config.method}").strip().lower()
+    if not ADAPTER_NAME_RE.match(adapter_name):
+        raise InvalidInput(f"name: {adapter_name!r} is not a valid adapter name (lowercase letters, digits, '.', '-', '_')")
+    # 2. Images: nothing is queued for a folder without one valid image.
+    images = data.require_instances(Path(request.instance_dir), instance_prompt=config.instance_prompt)
+    team, team_id = _team(session, actor, request.team)
+    # 3. Copyright screening of each upload (normalised pixels, so 16-bit and CMYK files screen too).
+    uploads = [(i.file, _png(Path(request.instance_dir) / i.file)) for i in images]
+    results = copyright.screen_training_upload(session, settings=settings, images=uploads, team=team, actor=actor)
+    screening = {"files": len(results), "matches": sum(len(r["matches"]) for r in results),
+                 "verdict": "clear" if all(r["allow"] for r in results) else "licensed"}
+    # 4. The jobs policy: role, model grant, limits, quotas, attestation.
+    decision = policy.require("jobs", {
+        "action": "fine_tune", "team": team, **grants.model_input(session, model),
+        "params": {"steps": config.steps, "resolution": config.resolution, "rank": config.rank, "batch": config.batch_size},
+        "uploads": {"count": len(images), "attestation": {"licence": request.attest_licence, "consent": request.attest_consent}},
+        "usage": _usage(session, team_id),
+    }, session=session, actor=actor)
+    frozen = _freeze_uploads(settings, Path(request.instance_dir), images)
+    return Preflight(config=config, weights=weights, version_id=version.id, team=team, team_id=team_id,
+                     adapter_name=adapter_name, instance_dir=frozen, images=images,
+                     decision_ids=[d for d in (decision.decision_id,) if d is not None], screening=screening)
+
+
+def _png(path: Path) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    data.decode(path).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- submitting --------------------------------------------------------------------------------
+
+
+def submit(settings: Settings, *, actor: audit.Actor | str, request: Request, owner_email: str | None = None,
+           priority: int = 0) -> int:
+    """Check, screen and decide, then create the job and enqueue it after the commit."""
+    jobs.ping_broker(settings)
+    denial: PolicyDenied | None = None
+    job: Job | None = None
+    with session_scope(settings.database_url) as session:
+        try:
+            checked = preflight(session, settings=settings, actor=actor, request=request)
+        except PolicyDenied as error:
+            denial = error  # the recorded decisions commit with this transaction, as evidence
+        else:
+            owner = session.scalar(sa.select(User).where(User.email == owner_email)) if owner_email else None
+            params = {
+                "config": checked.config.params(), "weights": _weights_json(checked.weights),
+                "version_id": checked.version_id, "instance_dir": str(checked.instance_dir),
+                "class_dir": str(request.class_dir) if request.class_dir else None,
+                "adapter_name": checked.adapter_name, "team": checked.team, "lineage": checked.lineage(None),
+            }
+            job = jobs.create(session, kind=KIND, params=params, actor=actor, owner=owner, team_id=checked.team_id,
+                              priority=priority)
+    if denial is not None:
+        raise denial
+    assert job is not None
+    try:
+        jobs.dispatch(settings, job)
+    except ServiceUnavailable as error:
+        with session_scope(settings.database_url) as session:
+            session.execute(sa.update(Job).where(Job.id == job.id).values(state=JobState.FAILED, error=error.detail,
+                                                                          finished_at=utcnow()))
+            session.add(JobEvent(job_id=job.id, kind="state", message=f"failed: {error.detail}"))
+            audit.record(session, actor=actor, action="job.failed", resource=f"job:{job.id}", outcome="failure",
+                         details={"error": error.detail})
+        raise
+    return job.id
+
+
+def _weights_json(weights: WeightsRef) -> dict[str, str]:
+    return {"content_hash": weights.content_hash, "path": str(weights.path), "family": weights.family,
+            "format": weights.format}
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def run(ctx: jobs.JobContext) -> dict[str, Any]:
+    """The queue's handler: train with the job's checkpoints (resuming any), then register."""
+    params = ctx.params
+    config, weights = build_config(params["config"]), WeightsRef(**{**params["weights"], "path": Path(params["weights"]["path"])})
+    tracker = _tracker(ctx.settings, weights, params["adapter_name"], ctx.workdir / "out", ctx.job_id,
+                       {**params["lineage"], "job_id": ctx.job_id})
+    result = dreambooth.run(config, weights=weights, instance_dir=Path(params["instance_dir"]), out_dir=ctx.workdir / "out",
+                            class_dir=Path(params["class_dir"]) if params.get("class_dir") else None, hooks=ctx,
+                            tracker=tracker, resume=True, job_id=ctx.job_id, cache_dir=cache_dir(ctx.settings))
+    with session_scope(ctx.settings.database_url) as session:
+        adapter = register_adapter(session, name=params["adapter_name"], version_id=params["version_id"], job_id=ctx.job_id,
+                                   team=params.get("team") or None, result=result, model_uri=tracker.model_uri,
+                                   actor=f"job:{ctx.job_id}")
+        return _summary(result, adapter, tracker)
+
+
+def run_local(settings: Settings, *, actor: audit.Actor | str, request: Request, out_dir: Path, hooks: Hooks,
+              resume: bool = False, stop_after: int | None = None, track: bool = True) -> dict[str, Any]:
+    """``latentops finetune run``: the same checks and recipe as a job, in this process."""
+    denial: PolicyDenied | None = None
+    with session_scope(settings.database_url) as session:
+        try:
+            checked = preflight(session, settings=settings, actor=actor, request=request)
+        except PolicyDenied as error:
+            denial = error
+    if denial is not None:
+        raise denial
+    tracker = _tracker(settings, checked.weights, checked.adapter_name, out_dir, None, checked.lineage(None)) if track else None
+    result = dreambooth.run(checked.config, weights=checked.weights, instance_dir=checked.instance_dir, out_dir=out_dir,
+                            class_dir=request.class_dir, hooks=hooks, tracker=tracker, resume=resume,
+                            stop_after=stop_after, cache_dir=cache_dir(settings))
+    if result.stopped_early:
+        return {"stopped_at": result.steps, "out": str(out_dir), "losses": result.losses}
+    with session_scope(settings.database_url) as session:
+        adapter = register_adapter(session, name=checked.adapter_name, version_id=checked.version_id, job_id=None,
+                                   team=checked.team or None, result=result,
+                                   model_uri=tracker.model_uri if tracker else None, actor=actor)
+        return _summary(result, adapter, tracker)
+
+
+def cache_dir(settings: Settings) -> Path:
+    """Shared by every job of this installation: features are keyed by base model version."""
+    return settings.home / "cache" / "finetune"
+
+
+def _tracker(settings: Settings, weights: WeightsRef, adapter_name: str, out_dir: Path, job_id: int | None,
+             lineage: dict[str, Any]) -> tracking.MlflowTracker:
+    return tracking.MlflowTracker(tracking_uri=settings.mlflow_tracking_uri, base_model_path=weights.path,
+                                  registered_name=registered_name(adapter_name), out_dir=out_dir, job_id=job_id,
+                                  lineage=lineage)
+
+
+def registered_name(adapter_name: str) -> str:
+    return f"lora-{adapter_name}"
+
+
+def _summary(result: TrainingResult, adapter: LoraAdapter, tracker: tracking.MlflowTracker | None) -> dict[str, Any]:
+    return {"adapter": adapter.name, "adapter_version": adapter.version, "weights": str(result.weights_path),
+            "kohya": str(result.kohya_path) if result.kohya_path else None, "steps": result.steps,
+            "final_loss": result.final_loss, "resumed_from": result.resumed_from,
+            "mlflow_run_id": tracker.run_id if tracker else None, "mlflow_model_uri": adapter.mlflow_model_uri,
+            "seconds_per_step": result.seconds_per_step}
+
+
+# --- the adapter catalogue ---------------------------------------------------------------------
+
+
+def register_adapter(session: Session, *, name: str, version_id: int, job_id: int | None, team: str | None,
+                     result: TrainingResult, model_uri: str | None, actor: audit.Actor | str) -> LoraAdapter:
+    """The ``lora_adapters`` row for a finished run (one per job, however many attempts)."""
+    if job_id is not None:
+        existing = session.scalar(sa.select(LoraAdapter).where(LoraAdapter.job_id == job_id))
+        if existing is not None:
+            return existing
+    team_id = session.scalar(sa.select(Team.id).where(Team.name == team)) if team else None
+    latest = session.scalar(sa.select(sa.func.max(LoraAdapter.version)).where(LoraAdapter.name == name)) or 0
+    adapter = LoraAdapter(name=name, version=latest + 1, base_version_id=version_id, team_id=team_id, job_id=job_id,
+                          content_hash=interop.file_sha256(result.weights_path), path=str(result.weights_path.parent),
+                          aliases=["candidate"], mlflow_model_uri=model_uri)
+    session.add(adapter)
+    session.flush()
+    audit.record(session, actor=actor, action="lora.register", resource=f"lora:{adapter.id}",
+                 details={"name": name, "version": adapter.version, "job_id": job_id, "content_hash": adapter.content_hash,
+                          "base_model_hash": result.base_model_hash, "dataset_hash": result.dataset_hash,
+                          "mlflow_model_uri": model_uri})
+    return adapter
+
+
+def get_adapter(session: Session, *, name: str, version: int) -> LoraAdapter:
+    adapter = session.scalar(sa.select(LoraAdapter).where(LoraAdapter.name == name, LoraAdapter.version == version,
+                                                          LoraAdapter.removed_at.is_(None)))
+    if adapter is None:
+        raise NotFound(f"adapter: no LoRA adapter {name!r} version {version}")
+    return adapter
+
+
+def promote(session: Session, *, settings: Settings, name: str, version: int, actor: audit.Actor | str) -> LoraAdapter:
+    """Move the ``production`` alias to this adapter version; the actor must be an approver.
+
+    Who may approve is the models policy's answer to ``manage`` on the adapter's base model
+    (admins, and holders of a manage grant). The approval and the decision id go into the audit
+    trail in the same transaction as the alias change; MLflow's alias follows.
+    """
+    adapter = get_adapter(session, name=name, version=version)
+    base = session.get(ModelVersion, adapter.base_version_id)
+    model = session.get(ModelRecord, base.model_id) if base else None
+    if model is None:
+        raise NotFound(f"adapter: the base model of {name!r} version {version} no longer exists")
+    decision = policy.require("models", {"action": "manage", **grants.model_input(session, model)}, session=session,
+                              actor=actor)
+    previous = [a for a in session.scalars(sa.select(LoraAdapter).where(LoraAdapter.name == name, LoraAdapter.id != adapter.id))
+                if "production" in (a.aliases or [])]
+    for other in previous:
+        other.aliases = [alias for alias in other.aliases if alias != "production"]
+    adapter.aliases = sorted({*(adapter.aliases or []), "production"})
+    session.flush()
+    audit.record(session, actor=actor, action="lora.promote", resource=f"lora:{adapter.id}",
+                 details={"name": name, "version": version, "alias": "production", "approved_by": _name(actor),
+                          "policy_decision_id": decision.decision_id, "previous_versions": [a.version for a in previous],
+                          "mlflow_model_uri": adapter.mlflow_model_uri})
+    if adapter.mlflow_model_uri:
+        registered, mlflow_version = adapter.mlflow_model_uri.removeprefix("models:/").rsplit("/", 1)
+        tracking.set_alias(settings.mlflow_tracking_uri, registered, tracking.PRODUCTION, mlflow_version)
+    return adapter
+
+
+def _name(actor: audit.Actor | str) -> str:
+    return actor.name if isinstance(actor, audit.Actor) else str(actor)
+
+
+def list_adapters(session: Session, *, name: str | None = None) -> list[dict[str, Any]]:
+    query = sa.select(LoraAdapter).where(LoraAdapter.removed_at.is_(None)).order_by(LoraAdapter.name, LoraAdapter.version)
+    if name:
+        query = query.where(LoraAdapter.name == name)
+    return [{"name": a.name, "version": a.version, "aliases": a.aliases, "job_id": a.job_id, "path": a.path,
+             "content_hash": a.content_hash, "mlflow_model_uri": a.mlflow_model_uri} for a in session.scalars(query)]
