@@ -251,14 +251,18 @@ class PromptIndex:
 def _ngrams(tokens: Sequence[tuple[str, ...]], max_n: int, joiner: str) -> Iterable[str]:
     """Every run of 1..max_n tokens, once per combination of token forms."""
     count = len(tokens)
+    if all(len(forms) == 1 for forms in tokens):
+        # The common case: one form per token, so plain slices of a list of strings.
+        words = [forms[0] for forms in tokens]
+        yield from words
+        for n in range(2, min(max_n, count) + 1):
+            for start in range(count - n + 1):
+                yield joiner.join(words[start:start + n])
+        return
     for n in range(1, min(max_n, count) + 1):
         for start in range(count - n + 1):
-            window = tokens[start:start + n]
-            if all(len(forms) == 1 for forms in window):
-                yield window[0][0] if n == 1 else joiner.join(forms[0] for forms in window)
-            else:
-                for combination in itertools.product(*window):
-                    yield joiner.join(combination)
+            for combination in itertools.product(*tokens[start:start + n]):
+                yield joiner.join(combination)
 
 
 def _mask_value(value: str) -> str:

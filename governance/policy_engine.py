@@ -120,6 +120,17 @@ class _Compiled:
     entrypoints: set[str]
 
 
+def _needs_term(value: Any) -> bool:
+    """Whether a string in ``value`` holds ``"`` or ``\\``: regopy's fast value input loses their escaping."""
+    if isinstance(value, str):
+        return '"' in value or "\\" in value
+    if isinstance(value, dict):
+        return any(_needs_term(k) or _needs_term(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_needs_term(v) for v in value)
+    return False
+
+
 class EmbeddedEngine:
     """rego-cpp in process. One interpreter per bundle; calls are serialised (it is not thread-safe)."""
 
@@ -129,7 +140,8 @@ class EmbeddedEngine:
         self.timeout_s = timeout_s
         self.isolate_compile = isolate_compile
         self._lock = threading.Lock()
-        self._compiled: _Compiled | None = None
+        # One interpreter per path: a query's fixed cost grows with the entry points a bundle has.
+        self._compiled: dict[str, _Compiled] = {}
         self._tests: _Compiled | None = None
         self._bundle: PolicyBundle | None = None
 
@@ -153,23 +165,27 @@ class EmbeddedEngine:
         entrypoints = [bundle.entrypoint(path) for path in bundle.paths]
         if self.isolate_compile:
             compile_check(bundle.modules, bundle.data, entrypoints)
-        compiled = self._compile(bundle.modules, bundle.data, entrypoints)
+        compiled = {path: self._compile(bundle.modules, bundle.data, [bundle.entrypoint(path)]) for path in bundle.paths}
         with self._lock:
             self._compiled, self._tests, self._bundle = compiled, None, bundle
 
     def evaluate(self, path: str, input: dict[str, Any]) -> dict[str, Any]:
+        regopy = load_regopy()
         from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_ok, rego_output_string
 
-        if self._compiled is None or self._bundle is None:
+        if not self._compiled or self._bundle is None:
             raise EngineUnavailable("no policy bundle is loaded")
         entrypoint = self._bundle.entrypoint(path)
-        if entrypoint not in self._compiled.entrypoints:
-            raise EngineUnavailable(f"no policy for path {path!r}")
         started = time.perf_counter()
         with self._lock:
-            compiled = self._compiled
+            compiled = self._compiled.get(path)
+            if compiled is None:
+                raise EngineUnavailable(f"no policy for path {path!r}")
             try:
-                compiled.interpreter.set_input_term(json.dumps(input))
+                if _needs_term(input):
+                    compiled.interpreter.set_input_term(json.dumps(input))
+                else:
+                    compiled.interpreter.set_input(regopy.Input(input))
                 output = rego_bundle_query_entrypoint(compiled.interpreter._impl, compiled.bundle._impl, entrypoint)
             except Exception as error:  # rego-cpp raises RegoError and, on bad input, plain errors
                 raise EngineUnavailable(f"evaluation failed: {error}") from None

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-import regopy
 
 from latentops.governance import policy
+from latentops.governance.native import load_regopy
 from latentops.governance.opa_compat import OpaCompatServer
 from latentops.governance.policy_bundle import load_bundle
 from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine
@@ -90,6 +90,7 @@ def test_opa_server_refuses_policy_that_does_not_compile_and_keeps_serving(engin
 
 
 def _query(module: str, rule: str, input_term: str = "{}", input_value: object = None) -> str:
+    regopy = load_regopy()  # torch first: see latentops.governance.native
     from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_string
 
     rego = regopy.Interpreter()

@@ -1,0 +1,111 @@
+"""Prompt-policy latency and throughput on the embedded engine, with a 10,000-entry protected-names list.
+
+Each decision includes input normalisation and n-gram set lookups (``analyse_prompt``), building
+the policy input and the regopy evaluation, exactly as ``policy.evaluate("prompt", ...)`` does.
+Baseline, measured in the same run: the same engine with the shipped (short) protected-names list,
+so the ratio shows what the 10,000 names cost. Targets: p99 <= 1 ms, >= 1,000 decisions/s on one core.
+
+    .venv/bin/python bench/policy.py [--decisions 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from latentops.governance import policy
+from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR
+from latentops.governance.policy_engine import EmbeddedEngine
+
+SYLLABLES = ["ka", "lo", "mi", "ren", "sa", "to", "vel", "dra", "quin", "bo", "zel", "mar", "tin", "ash", "or", "el", "yu", "fen"]
+PROMPTS = [
+    "a watercolour painting of a lighthouse at dusk, soft light, by the sea",
+    "portrait of an astronaut in a sunflower field, 35mm photo, golden hour",
+    "isometric illustration of a tiny city on a floating island, pastel colours",
+    "a bowl of grapes on a wooden table in Essex, cocktail glasses, still life",
+    "M1CKEY-MOUSE riding a bicycle through Scunthorpe",
+    "concept art of a dragon over a medieval town, in the style of greg rutkowski",
+    "product photo of a ceramic mug, white background, studio lighting, email me at a@b.co",
+    "a cyberpunk street at night with neon signs and rain reflections, highly detailed, 8k",
+]
+
+
+def synthetic_names(count: int, seed: int = 7) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    names: set[str] = set()
+    while len(names) < count:
+        first = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+        last = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
+        names.add(f"{first.title()} {last.title()}")
+    return [{"name": name, "category": "celebrity"} for name in sorted(names)]
+
+
+def policy_dir_with_names(extra: int, root: Path) -> Path:
+    target = root / f"policies-{extra}"
+    shutil.copytree(DEFAULT_POLICY_DIR, target)
+    if extra:
+        path = target / "prompt" / "data.json"
+        data = json.loads(path.read_text())
+        data["protected_names"] = (data["protected_names"] + synthetic_names(extra))[:extra]
+        path.write_text(json.dumps(data))
+    return target
+
+
+def measure(directory: Path, decisions: int) -> dict[str, float]:
+    service = policy.PolicyService(engine=EmbeddedEngine(), directory=directory)
+    result = service.reload()
+    if not result.ok:
+        sys.exit(f"bundle did not load: {result.error}")
+    for prompt in PROMPTS * 20:  # warm-up
+        service.evaluate("prompt", {"prompt": prompt})
+    wall, cpu = [], []
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    for i in range(decisions):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        service.evaluate("prompt", {"prompt": PROMPTS[i % len(PROMPTS)]})
+        cpu.append(time.thread_time() - c0)
+        wall.append(time.perf_counter() - t0)
+    elapsed, cpu_elapsed = time.perf_counter() - started, time.thread_time() - cpu_started
+    wall.sort()
+    cpu.sort()
+    return {
+        "names": len(service.bundle.data["policy_data"]["prompt"]["protected_names"]),  # type: ignore[union-attr]
+        "p50_ms": statistics.median(wall) * 1e3,
+        "p99_ms": wall[int(len(wall) * 0.99) - 1] * 1e3,
+        "per_s": decisions / elapsed,
+        "cpu_p50_ms": statistics.median(cpu) * 1e3,
+        "cpu_p99_ms": cpu[int(len(cpu) * 0.99) - 1] * 1e3,
+        "per_cpu_s": decisions / cpu_elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=5000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = measure(DEFAULT_POLICY_DIR, args.decisions)
+        large = measure(policy_dir_with_names(10_000, Path(tmp)), args.decisions)
+    rows = [("shipped list (baseline)", baseline), ("10,000 protected names", large)]
+    print("wall clock (includes waiting for a CPU on a shared machine) and CPU time of this thread (one core)")
+    print(f"{'configuration':<26}{'names':>7}{'p50 ms':>9}{'p99 ms':>9}{'dec/s':>8}{'cpu p50':>9}{'cpu p99':>9}"
+          f"{'dec/cpu-s':>11}{'cpu p99 vs base':>17}")
+    for label, row in rows:
+        print(f"{label:<26}{row['names']:>7.0f}{row['p50_ms']:>9.3f}{row['p99_ms']:>9.3f}{row['per_s']:>8.0f}"
+              f"{row['cpu_p50_ms']:>9.3f}{row['cpu_p99_ms']:>9.3f}{row['per_cpu_s']:>11.0f}"
+              f"{row['cpu_p99_ms'] / baseline['cpu_p99_ms']:>16.2f}x")
+    wall_ok = large["p99_ms"] <= 1.0 and large["per_s"] >= 1000
+    cpu_ok = large["cpu_p99_ms"] <= 1.0 and large["per_cpu_s"] >= 1000
+    print(f"targets (p99 <= 1 ms, >= 1,000 decisions/s): wall clock {'met' if wall_ok else 'NOT met'}, "
+          f"one core of CPU time {'met' if cpu_ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The policy and grant commands through the real CLI, and the grants service on both databases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from latentops.governance import policy
+from latentops.governance.policy_engine import EmbeddedEngine
+from latentops.platform.database import session_scope
+from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
+from latentops.platform.models import AccessGrant, AuditEntry, ModelRecord, PolicyDecision
+from latentops.platform.services import grants, users
+
+
+def _seed(url: str) -> None:
+    with session_scope(url) as db:
+        users.create_user(db, email="alice@example.com", role="submitter", team="design", password=None, actor="cli:setup")
+        users.create_user(db, email="carol@example.com", role="admin", team="platform", password=None, actor="cli:setup")
+        db.add(ModelRecord(name="digits-demo", family="sd", sensitivity="internal"))
+
+
+def test_check_prompt_json_prints_one_line_and_exit_code(cli) -> None:  # type: ignore[no-untyped-def]
+    denied = cli("policy", "check-prompt", "--json", "M1CKEY-MOUSE")
+    assert denied.returncode == 2
+    line = json.loads(denied.stdout.strip())
+    assert set(line) == {"allow", "reasons", "rule_ids", "revision"}
+    assert line["allow"] is False and line["rule_ids"] == ["prompt.protected_name"] and len(line["revision"]) == 64
+    allowed = cli("policy", "check-prompt", "--json", "grapes in Scunthorpe")
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["allow"] is True
+
+
+def test_eval_and_bad_input(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("policy", "eval", "--path", "screening", "--input", '{"detector": "none", "scores": {}}')
+    assert result.returncode == 2 and json.loads(result.stdout)["rule_ids"] == ["screening.no_detector"]
+    bad = cli("policy", "eval", "--path", "prompt", "--input", "{nope")
+    assert bad.returncode == 1 and "input: not valid JSON" in bad.stderr
+    wrong = cli("policy", "eval", "--path", "prompt", "--input", '{"prompt": 5}')
+    assert wrong.returncode == 1 and "prompt: must be a string, got int" in wrong.stderr
+
+
+def test_policy_test_runs_all_tests_and_fails_on_zero(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("policy", "test", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["tests"] >= 30 and summary["failed"] == 0 and summary["coverage"] == 100.0
+    empty = tmp_path / "empty"
+    (empty / "x").mkdir(parents=True)
+    (empty / "x" / "x.rego").write_text('package latentops.x\nimport rego.v1\ndecision := {"allow": true, "deny": []}\n')
+    none = cli("policy", "test", "--dir", str(empty))
+    assert none.returncode == 1 and "no tests found" in none.stderr
+    (empty / "x" / "x_test.rego").write_text("package latentops.x_test\nimport rego.v1\ntest_fails if {\n  1 == 2\n}\n")
+    failing = cli("policy", "test", "--dir", str(empty))
+    assert failing.returncode == 1 and "FAIL: data.latentops.x_test.test_fails" in failing.stdout
+
+
+def test_revision_and_reload(cli) -> None:  # type: ignore[no-untyped-def]
+    revision = cli("policy", "revision").stdout.strip()
+    assert len(revision) == 64
+    reloaded = cli("policy", "reload")
+    assert reloaded.returncode == 0 and json.loads(reloaded.stdout)["revision"] == revision
+
+
+def test_models_grant_and_revoke_through_cli_are_audited(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
+    _seed(settings_env.database_url)
+    granted = cli("models", "grant", "digits-demo", "--team", "design", "--action", "use", "--json")
+    assert granted.returncode == 0, granted.stderr
+    listed = [json.loads(line) for line in cli("models", "grants", "digits-demo", "--json").stdout.splitlines()]
+    assert [(g["action"], g["team"]) for g in listed] == [("use", "design")]
+    assert json.loads(cli("models", "access", "digits-demo", "--action", "use", "--as", "alice@example.com").stdout)["allow"] is True
+    download = cli("models", "access", "digits-demo", "--action", "download", "--as", "alice@example.com")
+    assert download.returncode == 1 and "models.no_grant" in download.stderr
+    assert cli("models", "revoke", "digits-demo", "--team", "design", "--action", "use").returncode == 0
+    again = cli("models", "revoke", "digits-demo", "--team", "design", "--action", "use")
+    assert again.returncode == 1 and "no active 'use' grant" in again.stderr
+    bad = cli("models", "grant", "digits-demo", "--team", "design", "--action", "fly")
+    assert bad.returncode == 1 and "action: 'fly' is not one of use, download, manage" in bad.stderr
+    with session_scope(settings_env.database_url) as db:
+        actions = list(db.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.seq)))
+        assert "model.grant" in actions and "model.revoke" in actions
+        denied = db.scalars(sa.select(PolicyDecision).where(PolicyDecision.allow.is_(False))).all()
+        assert any(d.rule_ids == ["models.no_grant"] for d in denied)  # the denied check was kept
+
+
+@pytest.fixture
+def embedded_policy():  # type: ignore[no-untyped-def]
+    service = policy.PolicyService(engine=EmbeddedEngine())
+    assert service.reload().ok
+    policy.use_service(service)
+    yield
+    policy.use_service(None)
+
+
+def test_grants_service_asks_policy_for_every_action(embedded_policy, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    _seed(database_url)
+    with session_scope(database_url) as db, pytest.raises(PolicyDenied, match="only admins"):
+        grants.grant(db, model="digits-demo", action="use", team="design", actor="alice@example.com")
+    with session_scope(database_url) as db:
+        row = grants.grant(db, model="digits-demo", action="download", user="alice@example.com", actor="carol@example.com")
+        assert grants.grant(db, model="digits-demo", action="download", user="alice@example.com", actor="carol@example.com").id == row.id
+    with session_scope(database_url) as db:
+        assert grants.check_access(db, model="digits-demo", action="use", actor="alice@example.com").allow
+        with pytest.raises(PolicyDenied) as denied:
+            grants.check_access(db, model="digits-demo", action="manage", actor="alice@example.com")
+        assert denied.value.reasons == ["models.no_grant: no grant lets you manage model 'digits-demo'; ask an admin for a grant"]
+    with session_scope(database_url) as db:
+        db.execute(sa.update(ModelRecord).values(sensitivity="restricted"))
+    with session_scope(database_url) as db, pytest.raises(PolicyDenied, match="labelled restricted"):
+        grants.check_access(db, model="digits-demo", action="use", actor="alice@example.com")
+    with session_scope(database_url) as db:
+        assert grants.revoke(db, model="digits-demo", action="download", user="alice@example.com", actor="carol@example.com") == 1
+        assert db.scalar(sa.select(sa.func.count(AccessGrant.id)).where(AccessGrant.revoked_at.is_(None))) == 0
+    with session_scope(database_url) as db:
+        with pytest.raises(NotFound, match="no base model named 'nope'"):
+            grants.grant(db, model="nope", action="use", team="design", actor="carol@example.com")
+        with pytest.raises(InvalidInput, match="exactly one of --team or --user"):
+            grants.grant(db, model="digits-demo", action="use", actor="carol@example.com")
