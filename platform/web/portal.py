@@ -91,8 +91,8 @@ def render(request: Request, template: str, *, session: Session | None = None, p
 
 def error_page(request: Request, status_code: int, error: str, detail: str, reasons: list[Any]) -> HTMLResponse:
     template = "fragments/error.html" if request.headers.get("hx-request") else "error.html"
-    principal = getattr(request.state, "principal", None)
-    return templates.TemplateResponse(request, template, {"principal": principal, "nav": [], "active": "",
+    # No principal here: the request's transaction was rolled back, its ORM rows are detached.
+    return templates.TemplateResponse(request, template, {"principal": None, "nav": [], "active": "",
                                                           "status_code": status_code, "error": error, "detail": detail,
                                                           "reasons": [str(r) for r in reasons]},
                                       status_code=status_code)
