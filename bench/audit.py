@@ -28,11 +28,10 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
 from latentops.governance import audit, checkpoints, compliance, merkle, verification
 from latentops.platform import migrate
 from latentops.platform.database import dispose_all, session_scope
+from sqlalchemy.engine import make_url
 
 
 def _writer(url: str, name: str, count: int, chained: bool, start: Any, done: Any) -> None:
@@ -131,7 +130,7 @@ def main() -> None:
         median = statistics.median(timings)
         _row(f"inclusion proof at {args.proof_size:,} (in memory), median ms", f"{median * 1e3:.3f}",
              f"{one_hash * 1e3:.4f} 1 hash", f"{median / one_hash:.0f}")
-        _row(f"  max ms / verify median ms / tree build s", f"{max(timings) * 1e3:.3f}",
+        _row("  max ms / verify median ms / tree build s", f"{max(timings) * 1e3:.3f}",
              f"{statistics.median(checks) * 1e3:.3f}", f"{build:.1f}s")
 
         key = checkpoints.load_or_create_signing_key(__import__("pathlib").Path(f"/tmp/{name}.pem"))

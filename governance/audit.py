@@ -38,12 +38,11 @@ from typing import Any
 
 import rfc8785
 import sqlalchemy as sa
+from latentops.platform.errors import IntegrityError, InvalidInput
+from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
 from prometheus_client import Counter
 from sqlalchemy import event
 from sqlalchemy.orm import Session
-
-from latentops.platform.errors import IntegrityError, InvalidInput
-from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ _heads_lock = threading.Lock()
 
 
 def _database_key(session: Session) -> str:
-    return str(session.get_bind().url)
+    return str(session.get_bind().engine.url)
 
 
 def forget_verified_heads() -> None:

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
-
 from latentops.governance import audit, checkpoints, erasure, merkle
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +237,7 @@ def parse_time(value: str | None, field_name: str) -> dt.datetime | None:
     if value is None:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInput(f"{field_name}: not an ISO 8601 time (got {value!r})") from None
     # UTC throughout: SQLite stores times without their zone.

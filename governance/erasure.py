@@ -27,11 +27,10 @@ from typing import Any
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy.orm import Session
-
 from latentops.governance import audit
 from latentops.platform.errors import IntegrityError, InvalidInput
 from latentops.platform.models import AuditSubjectKey, utcnow
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +105,12 @@ def erase_subject(session: Session, *, subject: str, actor: audit.Actor | str, r
     """Destroy every key of ``subject`` (crypto-shredding); audited. Returns the keys destroyed."""
     _check_subject(subject)
     audit.lock_chain(session)  # no entry can be sealed with a key while it is being destroyed
-    erased = session.execute(
+    result: Any = session.execute(
         sa.update(AuditSubjectKey)
         .where(AuditSubjectKey.subject == subject, AuditSubjectKey.key.is_not(None))
         .values(key=None, erased_at=utcnow())
-    ).rowcount
+    )
+    erased = result.rowcount
     audit.record(session, actor=actor, action="audit.subject.erase", resource=f"subject:{subject}",
                  details={"keys_erased": erased, "reason": reason})
     log.info("erased %d audit key(s) of subject %s", erased, subject)

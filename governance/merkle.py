@@ -46,8 +46,8 @@ class Frontier:
     __slots__ = ("hashes", "size")
 
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
-        if len(hashes) != bin(size).count("1"):
-            raise ValueError(f"a frontier of size {size} has {bin(size).count('1')} hashes, got {len(hashes)}")
+        if len(hashes) != size.bit_count():
+            raise ValueError(f"a frontier of size {size} has {size.bit_count()} hashes, got {len(hashes)}")
         self.size = size
         self.hashes = list(hashes)
 

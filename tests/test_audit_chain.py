@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import rfc8785
 import sqlalchemy as sa
-
 from latentops.governance import audit, checkpoints, verification
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput
@@ -48,9 +47,8 @@ def test_mutation_of_audit_tables_fails_through_the_application_connection(datab
         checkpoints.create(db, signing_key=checkpoints.load_or_create_signing_key(tmp_path / "k.pem"),
                            sink=checkpoints.FileSink(tmp_path / "sink.jsonl"))
 
-    with pytest.raises(sa.exc.DBAPIError, match="append-only"):
-        with session_scope(database_url) as db:
-            db.execute(sa.text(statement))
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), session_scope(database_url) as db:
+        db.execute(sa.text(statement))
 
     with session_scope(database_url) as db:
         rows = db.execute(sa.select(AuditEntry.seq, AuditEntry.outcome).order_by(AuditEntry.seq)).all()
@@ -104,18 +102,16 @@ def test_application_role_may_insert_and_select_audit_entries_but_not_change_the
 ])
 def test_bad_input_is_refused_and_nothing_is_stored(database_url: str, fields: dict, message: str) -> None:
     _append(database_url, 1)
-    with pytest.raises(InvalidInput, match=message):
-        with session_scope(database_url) as db:
-            audit.record(db, **{"actor": "a", "action": "job.submit", "resource": "job:1", **fields})
+    with pytest.raises(InvalidInput, match=message), session_scope(database_url) as db:
+        audit.record(db, **{"actor": "a", "action": "job.submit", "resource": "job:1", **fields})
     with session_scope(database_url) as db:
         assert db.execute(sa.select(sa.func.count()).select_from(AuditEntry)).scalar_one() == 1
 
 
 def test_entry_and_its_change_roll_back_together(database_url: str) -> None:
-    with pytest.raises(RuntimeError):
-        with session_scope(database_url) as db:
-            audit.record(db, actor="a", action="team.create", resource="team:1")
-            raise RuntimeError("the change failed after its entry was written")
+    with pytest.raises(RuntimeError), session_scope(database_url) as db:
+        audit.record(db, actor="a", action="team.create", resource="team:1")
+        raise RuntimeError("the change failed after its entry was written")
     _append(database_url, 2)  # the writer's cached head must not remember the rolled-back entry
     with session_scope(database_url) as db:
         assert audit.verify_chain(db) == (2, None)

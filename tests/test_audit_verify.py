@@ -15,12 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
 from latentops.governance import audit, checkpoints, verification
 from latentops.platform.database import session_scope
 from latentops.platform.errors import IntegrityError
 from latentops.platform.settings import Settings
+from sqlalchemy.engine import make_url
 
 
 def tamper(url: str, *statements: str) -> None:

@@ -33,8 +33,9 @@ import csv
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 EXPORT_FORMAT = "latentops-audit-export/v1"
 STATEMENT_HEADER = "latentops audit checkpoint v1"
@@ -49,7 +50,7 @@ class Unusable(Exception):
 class Damaged(Exception):
     """The evidence does not verify: exit 1."""
 
-    def __init__(self, kind: str, seq: Optional[int], detail: str) -> None:
+    def __init__(self, kind: str, seq: int | None, detail: str) -> None:
         super().__init__(detail)
         self.kind, self.seq, self.detail = kind, seq, detail
 
@@ -62,7 +63,7 @@ _D = -121665 * pow(121666, _P - 2, _P) % _P
 _I = pow(2, (_P - 1) // 4, _P)
 
 
-def _recover_x(y: int, sign: int) -> Optional[int]:
+def _recover_x(y: int, sign: int) -> int | None:
     if y >= _P:
         return None
     x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P)
@@ -84,7 +85,7 @@ assert _GX is not None
 _G = (_GX, _GY, 1, _GX * _GY % _P)
 
 
-def _add(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+def _add(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     A = (a[1] - a[0]) * (b[1] - b[0]) % _P
     B = (a[1] + a[0]) * (b[1] + b[0]) % _P
     C = 2 * a[3] * b[3] * _D % _P
@@ -93,7 +94,7 @@ def _add(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> Tuple[in
     return (E * F % _P, G * H % _P, F * G % _P, E * H % _P)
 
 
-def _mul(s: int, point: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+def _mul(s: int, point: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     result = (0, 1, 1, 0)
     while s > 0:
         if s & 1:
@@ -103,11 +104,11 @@ def _mul(s: int, point: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
     return result
 
 
-def _equal(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> bool:
+def _equal(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return (a[0] * b[2] - b[0] * a[2]) % _P == 0 and (a[1] * b[2] - b[1] * a[2]) % _P == 0
 
 
-def _decompress(data: bytes) -> Optional[Tuple[int, int, int, int]]:
+def _decompress(data: bytes) -> tuple[int, int, int, int] | None:
     if len(data) != 32:
         return None
     y = int.from_bytes(data, "little")
@@ -225,14 +226,14 @@ def _jcs_string(value: str) -> str:
         elif char == "\\":
             out.append("\\\\")
         elif code < 0x20:
-            out.append({8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}.get(code, "\\u%04x" % code))
+            out.append({8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}.get(code, f"\\u{code:04x}"))
         else:
             out.append(char)
     out.append('"')
     return "".join(out)
 
 
-def entry_hash(entry: Dict[str, Any]) -> str:
+def entry_hash(entry: dict[str, Any]) -> str:
     parts = []
     for name in sorted(ENTRY_FIELDS[:-1]):  # keys are ASCII: code-point order is UTF-16 order
         value = entry[name]
@@ -278,12 +279,12 @@ def key_id(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()[:32]
 
 
-def statement_body(item: Dict[str, Any]) -> bytes:
+def statement_body(item: dict[str, Any]) -> bytes:
     return (f"{STATEMENT_HEADER}\ntree_size {int(item['tree_size'])}\nroot {item['root_hash']}\n"
             f"head {item['head_hash']}\ntime {item['at']}\n").encode()
 
 
-def check_statement(item: Dict[str, Any], public: bytes, where: str) -> None:
+def check_statement(item: dict[str, Any], public: bytes, where: str) -> None:
     try:
         signature = base64.b64decode(str(item["signature"]), validate=True)
         body = statement_body(item)
@@ -296,7 +297,7 @@ def check_statement(item: Dict[str, Any], public: bytes, where: str) -> None:
         raise Damaged("forged_checkpoint", None, f"{where}: the signature does not verify")
 
 
-def read_entries(path: Path) -> List[Dict[str, Any]]:
+def read_entries(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -308,7 +309,7 @@ def read_entries(path: Path) -> List[Dict[str, Any]]:
             raise Unusable(f"{path}: not a latentops audit CSV export (header {reader.fieldnames})")
         for number, row in enumerate(reader, start=2):
             try:
-                entry: Dict[str, Any] = {name: row[name] for name in ENTRY_FIELDS}
+                entry: dict[str, Any] = {name: row[name] for name in ENTRY_FIELDS}
                 entry["seq"] = int(row["seq"])
                 entry["proof"] = row["proof"].split() if row.get("proof") else []
             except (ValueError, TypeError, KeyError) as error:
@@ -321,11 +322,11 @@ def read_entries(path: Path) -> List[Dict[str, Any]]:
         try:
             entry = json.loads(line)
             if not isinstance(entry, dict) or not isinstance(entry.get("seq"), int):
-                raise ValueError("not an entry object with an integer seq")
+                raise TypeError("not an entry object with an integer seq")
             missing = [name for name in ENTRY_FIELDS if name not in entry]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             raise Unusable(f"{path}: line {number}: {error}") from None
         entries.append(entry)
     return entries
@@ -341,7 +342,7 @@ def read_json(path: Path) -> Any:
 # --- verification -----------------------------------------------------------------------------
 
 
-def verify(export: Path, proofs_path: Path, public: bytes, sink: Optional[Path]) -> str:
+def verify(export: Path, proofs_path: Path, public: bytes, sink: Path | None) -> str:
     proofs = read_json(proofs_path)
     if not isinstance(proofs, dict) or proofs.get("format") != EXPORT_FORMAT:
         raise Unusable(f"{proofs_path}: not a {EXPORT_FORMAT} proofs file")
@@ -426,7 +427,7 @@ def verify(export: Path, proofs_path: Path, public: bytes, sink: Optional[Path])
             f"(root {checkpoint['root_hash']}), {len(proofs.get('consistency') or [])} consistency proofs{sink_note}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify a latentops audit export without the database.")
     parser.add_argument("export", type=Path, help="the exported entries (.jsonl or .csv)")
     parser.add_argument("--proofs", type=Path, help="the proofs file (default: EXPORT.proofs.json)")

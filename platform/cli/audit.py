@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from latentops.governance import audit, checkpoints, compliance, erasure, verification
 from latentops.platform.cli import context, output
 from latentops.platform.errors import IntegrityError
@@ -146,7 +145,7 @@ def export(
     with context.session() as db:
         checkpoints.create(db, signing_key=signing_key, sink=_sink(sink))
     with context.session() as db:
-        summary = compliance.export(db, path=out, fmt=fmt, filters=filters,  # type: ignore[arg-type]
+        summary = compliance.export(db, path=out, fmt="csv" if fmt == "csv" else "jsonl", filters=filters,
                                     public_key_pem=checkpoints.public_key_pem(signing_key.public_key()))
         audit.record(db, actor=context.actor(), action="audit.export", resource="audit:log",
                      details=compliance.summary_details(summary, filters, fmt))
