@@ -12,12 +12,14 @@ Three methods, none of which needs downloaded weights except the last:
 * **ORB keypoints with geometric verification** (OpenCV): ratio-tested matches between the query
   (and its mirror) and a candidate reference must agree on one homography (RANSAC) with at least
   ``ORB_MIN_INLIERS`` inliers. This catches crops and resizes that moved the hash too far.
-  Candidates are the references nearest by pHash, the nearest by CLIP embedding, and, for small
-  indexes (``EXHAUSTIVE_MAX`` references or fewer), all of them.
+  Candidates are the few references nearest by pHash (within ``PHASH_CANDIDATE`` bits), the
+  nearest by CLIP embedding with similarity >= ``CLIP_MATCH``, and, for small indexes
+  (``EXHAUSTIVE_MAX`` references or fewer), all of them.
 * **CLIP embeddings with FAISS** (inner product on normalised vectors) when CLIP weights are
-  imported: retrieves the ``CLIP_CANDIDATES`` nearest references from large indexes in
-  milliseconds. Embedding similarity alone never flags an image (two photographs of the same
-  landmark are close in CLIP space but neither copies the other): a ``clip`` match needs
+  imported: retrieves the ``CLIP_CANDIDATES`` nearest references in milliseconds (exact search
+  below ``HNSW_FROM`` references, an HNSW graph above). Embedding similarity alone never flags
+  an image (two photographs of the same landmark are close in CLIP space but neither copies the
+  other): a ``clip`` match needs
   similarity >= ``CLIP_MATCH`` plus weaker geometric evidence (pHash within ``PHASH_SUPPORT`` bits
   or ``ORB_SUPPORT_INLIERS`` inliers).
 
@@ -40,27 +42,27 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from PIL import Image, ImageOps
-from sqlalchemy.orm import Session
-
 from latentops.governance import audit, policy
 from latentops.governance.imagefile import load_image, read_bytes
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
 from latentops.platform.models import CopyrightLicence, CopyrightReference, Team, utcnow
 from latentops.platform.settings import Settings
+from PIL import Image, ImageOps
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
 PHASH_MATCH = 10
-PHASH_CANDIDATE = 22
+PHASH_CANDIDATE = 18
 PHASH_SUPPORT = 16
-PHASH_CANDIDATES = 16
+PHASH_CANDIDATES = 4
 ORB_FEATURES = 500
 ORB_MIN_INLIERS = 15
 ORB_SUPPORT_INLIERS = 10
 ORB_SIDE = 512
 EXHAUSTIVE_MAX = 64
-CLIP_CANDIDATES = 8
+CLIP_CANDIDATES = 4
+HNSW_FROM = 20_000
 CLIP_MATCH = 0.90
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # (left, top, right, bottom) as fractions: the whole image, five 80% crops and a 90% centre crop.
@@ -115,7 +117,7 @@ def orb_features(image: Image.Image) -> OrbFeatures:
     scale = ORB_SIDE / max(grey.size)
     if scale < 1:
         grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.LANCZOS)
-    orb = cv2.ORB_create(nfeatures=ORB_FEATURES)
+    orb = cv2.ORB_create(nfeatures=ORB_FEATURES)  # type: ignore[attr-defined]
     keypoints, descriptors = orb.detectAndCompute(np.asarray(grey), None)
     if descriptors is None or not keypoints:
         return OrbFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
@@ -165,9 +167,15 @@ class ReferenceIndex:
 
             keys = sorted(embeddings)
             matrix = np.stack([embeddings[k] for k in keys]).astype(np.float32)
-            flat = faiss.IndexFlatIP(matrix.shape[1])
-            flat.add(matrix)
-            index.embedded_ids, index.faiss_index = np.asarray(keys, dtype=np.int64), flat
+            search: Any
+            if len(keys) >= HNSW_FROM:
+                # Exact search is O(n) per query; a graph index keeps large indexes in milliseconds.
+                search = faiss.IndexHNSWFlat(matrix.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+                search.hnsw.efSearch = 64
+            else:
+                search = faiss.IndexFlatIP(matrix.shape[1])
+            search.add(matrix)
+            index.embedded_ids, index.faiss_index = np.asarray(keys, dtype=np.int64), search
         return index
 
     def nearest_by_hash(self, query: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +203,7 @@ _index_lock = threading.Lock()
 def load_index(session: Session, *, clip_sha: str = "") -> ReferenceIndex:
     """The reference index of this database, rebuilt when references were added or removed."""
     count, top = session.execute(sa.select(sa.func.count(CopyrightReference.id), sa.func.max(CopyrightReference.id))).one()
-    key = str(session.get_bind().url)
+    key = str(session.get_bind().engine.url)
     stamp = (int(count or 0), int(top or 0), clip_sha)
     with _index_lock:
         cached = _index_cache.get(key)
@@ -319,7 +327,9 @@ def match_in_index(index: ReferenceIndex, image: Image.Image, *, embedding: np.n
             found[rid] = {"reference_id": rid, "owner": owner_of[rid], "method": "phash", "score": round(1 - distance / 64, 4)}
     clip_ids, similarities = index.nearest_by_embedding(embedding)
     similarity_of = {int(i): float(s) for i, s in zip(clip_ids, similarities, strict=True)}
-    candidates = {rid for rid, d in distance_of.items() if d <= PHASH_CANDIDATE} | set(similarity_of)
+    # Only embedding neighbours that could become a ``clip`` match are worth a geometric check.
+    candidates = ({rid for rid, d in distance_of.items() if d <= PHASH_CANDIDATE}
+                  | {rid for rid, s in similarity_of.items() if s >= CLIP_MATCH})
     if len(index.ids) <= EXHAUSTIVE_MAX:
         candidates |= set(index.ids.tolist())
     candidates -= set(found)

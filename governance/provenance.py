@@ -39,14 +39,13 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from PIL import Image
-from sqlalchemy.orm import Session
-
 from latentops.governance import audit
 from latentops.governance.imagefile import load_image, png_bytes, read_bytes
 from latentops.platform.errors import ConfigurationError, IntegrityError, InvalidInput
 from latentops.platform.models import Asset, AuditEntry
 from latentops.platform.settings import Settings
+from PIL import Image
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +157,8 @@ def _create_local_ca(folder: Path) -> None:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = dt.datetime.now(dt.UTC)
-    usage = dict(content_commitment=False, key_encipherment=False, data_encipherment=False, key_agreement=False,
-                 encipher_only=False, decipher_only=False)
+    usage = {"content_commitment": False, "key_encipherment": False, "data_encipherment": False, "key_agreement": False,
+             "encipher_only": False, "decipher_only": False}
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "latentops local CA (not publicly trusted)"),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "latentops installation")])
@@ -183,7 +182,8 @@ def _create_local_ca(folder: Path) -> None:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
-    pkcs8 = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption())
+    pkcs8: dict[str, Any] = {"encoding": pem, "format": serialization.PrivateFormat.PKCS8,
+                             "encryption_algorithm": serialization.NoEncryption()}
     folder.mkdir(parents=True, exist_ok=True)
     _write_private(folder / "ca-key.pem", ca_key.private_bytes(**pkcs8))
     (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
@@ -281,7 +281,7 @@ def read_manifest(data: bytes, anchors_pem: bytes) -> dict[str, Any] | None:
     """The active manifest, our assertion and the validation state, or ``None`` when there is none."""
     import c2pa
 
-    settings = {"verify": {"verify_trust": True}}
+    settings: dict[str, Any] = {"verify": {"verify_trust": True}}
     if anchors_pem:
         settings["trust"] = {"trust_anchors": anchors_pem.decode()}
     try:
@@ -328,7 +328,7 @@ def verify(session: Session, *, settings: Settings, path: Path) -> dict[str, Any
                 if entry is not None:
                     result["audit_entry"] = {"seq": entry.seq, "action": entry.action, "resource": entry.resource,
                                              "actor": entry.actor, "hash": entry.hash}
-    trusted = bool(manifest) and manifest["validation_state"] in {"Valid", "Trusted"}
+    trusted = manifest is not None and manifest["validation_state"] in {"Valid", "Trusted"}
     result["verdict"] = ("verified" if trusted and result["asset"] else
                          "unknown_asset" if (manifest or watermark_id is not None) else "no_provenance")
     return result

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from PIL import Image, ImageEnhance, ImageOps
-from test_screening import picture, save, tiny_clip_files  # noqa: F401  (a fixture)
-
 from latentops.governance import copyright, policy, screening
 from latentops.platform.database import session_scope
 from latentops.platform.errors import PolicyDenied
 from latentops.platform.models import AuditEntry, CopyrightReference
 from latentops.platform.services import users
+from PIL import Image, ImageEnhance, ImageOps
+from test_screening import picture, save, tiny_clip_files  # noqa: F401  (a fixture)
 
 
 def _jpeg(image: Image.Image, quality: int = 50) -> Image.Image:
@@ -144,7 +143,7 @@ def test_copyright_add_cli_imports_readable_files_and_lists_failures(cli, works:
 
 
 def test_clip_embeddings_are_indexed_with_faiss_and_never_flag_on_similarity_alone(
-        settings_env, database_url: str, works: Path, tiny_clip_files) -> None:  # type: ignore[no-untyped-def]
+        settings_env, database_url: str, works: Path, tiny_clip_files) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     config, weights = tiny_clip_files
     with session_scope(database_url) as db:
         screening.import_clip(db, settings=settings_env, arch="tiny-clip", weights=weights, config=config, actor="cli:test")

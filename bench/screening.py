@@ -1,0 +1,113 @@
+"""Screening benchmarks, each against a baseline measured in the same run.
+
+1. Content screening throughput at batch 16: ``ClipConceptDetector.score`` (preprocess, image
+   encoding, concept similarities, softmax) against raw open_clip encoding of the same batch
+   (preprocess + ``encode_image``). Target: overhead <= 15%.
+2. Copyright lookup latency per image with 100,000 references on the embedding path (FAISS
+   retrieval + pHash scan + verification of the candidates): p50/p99 against the bare FAISS
+   search of the same queries. Target: p99 <= 20 ms on CPU.
+
+Runs offline with a random-init model of the architecture given by ``--arch`` (default
+ViT-B-32 layout: the cost does not depend on the weights' values). Usage::
+
+    .venv/bin/python bench/screening.py [--arch ViT-B-32] [--rounds 5] [--references 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from latentops.governance import copyright
+from latentops.governance.detectors import ClipConceptDetector, ClipModel
+from PIL import Image, ImageDraw
+
+
+def picture(seed: int, size: int = 256) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(20):
+        x, y = rng.integers(0, size, 2)
+        w, h = rng.integers(size // 12, size // 4, 2)
+        draw.rectangle((int(x), int(y), int(x + w), int(y + h)), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return image
+
+
+def bench_content(arch: str, rounds: int) -> tuple[float, float]:
+    import open_clip
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch)
+    model.eval()
+    clip = ClipModel(arch, "bench", model, preprocess, open_clip.get_tokenizer(arch))
+    detector = ClipConceptDetector(clip)
+    batch = [picture(i) for i in range(16)]
+    detector.score(batch)  # warm-up; the concept embeddings are computed once here
+
+    def raw() -> None:
+        with torch.inference_mode():
+            model.encode_image(torch.stack([preprocess(image) for image in batch]))
+
+    timings: dict[str, list[float]] = {"raw": [], "screen": []}
+    for _ in range(rounds):  # interleaved, so drift affects both alike
+        for name, run in (("raw", raw), ("screen", lambda: detector.score(batch))):
+            start = time.perf_counter()
+            run()
+            timings[name].append(time.perf_counter() - start)
+    return 16 / float(np.median(timings["raw"])), 16 / float(np.median(timings["screen"]))
+
+
+def bench_lookup(references: int, queries: int, dim: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((references, dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    hashes = rng.integers(0, 2**63, (references, 2 * len(copyright.CROPS)), dtype=np.int64).astype(np.uint64)
+    ids = np.arange(1, references + 1)
+    index = copyright.ReferenceIndex.build(ids, ["owner"] * references, hashes, dict(zip(ids.tolist(), embeddings, strict=True)))
+    orb = {int(i): copyright.orb_features(picture(int(i))) for i in range(1, 33)}
+    images = [picture(10_000 + q) for q in range(queries)]
+    query_embeddings = embeddings[rng.integers(0, references, queries)] + 0.01 * rng.standard_normal((queries, dim)).astype(np.float32)
+    bare, full = [], []
+    for image, embedding in zip(images, query_embeddings, strict=True):
+        start = time.perf_counter()
+        index.nearest_by_embedding(embedding)
+        bare.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        copyright.match_in_index(index, image, embedding=embedding,
+                                 orb_loader=lambda wanted: {i: orb[1 + i % 32] for i in wanted})
+        full.append(time.perf_counter() - start)
+    return np.array(bare) * 1000, np.array(full) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--references", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    raw, screen = bench_content(args.arch, args.rounds)
+    overhead = raw / screen - 1
+    print(f"content screening, {args.arch}, batch 16, {args.threads} threads")
+    print(f"{'path':<28}{'images/s':>12}{'ratio':>10}")
+    print(f"{'raw open_clip encode':<28}{raw:>12.2f}{1.0:>10.3f}")
+    print(f"{'screening (concept scores)':<28}{screen:>12.2f}{screen / raw:>10.3f}")
+    print(f"overhead {overhead * 100:.1f}% (target <= 15%): {'ok' if overhead <= 0.15 else 'OVER'}\n")
+
+    bare, full = bench_lookup(args.references, args.queries)
+    print(f"copyright lookup, {args.references} references, {args.queries} queries, embedding path")
+    print(f"{'path':<28}{'p50 ms':>10}{'p99 ms':>10}{'ratio p99':>12}")
+    print(f"{'bare FAISS search':<28}{np.percentile(bare, 50):>10.2f}{np.percentile(bare, 99):>10.2f}{1.0:>12.2f}")
+    p99 = float(np.percentile(full, 99))
+    print(f"{'full lookup':<28}{np.percentile(full, 50):>10.2f}{p99:>10.2f}{p99 / np.percentile(bare, 99):>12.2f}")
+    print(f"p99 {p99:.2f} ms (target <= 20 ms): {'ok' if p99 <= 20 else 'OVER'}")
+
+
+if __name__ == "__main__":
+    main()
