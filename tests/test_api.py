@@ -257,3 +257,28 @@ def test_submit_runs_for_the_callers_team(queue_settings, people) -> None:  # ty
     assert officer.status_code == 403 and officer.json()["reasons"][0].startswith("access.role")
     with session_scope(queue_settings.database_url) as session:
         assert session.scalar(sa.select(sa.func.count(Job.id))) == 1
+
+
+def test_finetune_upload_refuses_hostile_files_and_stores_nothing(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
+    alice = bearer(people["alice"])
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 64
+    cases = {
+        "../../etc/passwd.png": "is not allowed",
+        ".hidden.png": "is not allowed",
+        "notes.exe": "is not an image file",
+    }
+    for name, message in cases.items():
+        refused = api.post("/api/v1/finetune", headers=alice, data={"model": "any", "instance_prompt": "a sks mug"},
+                           files=[("images", (name, png, "image/png"))])
+        assert refused.status_code == 422 and message in refused.json()["detail"], (name, refused.text)
+    mismatched = api.post("/api/v1/finetune", headers=alice, data={"model": "any", "captions": ["a", "b"]},
+                          files=[("images", ("a.png", png, "image/png"))])
+    assert mismatched.status_code == 422 and mismatched.json()["detail"].startswith("captions:")
+    bad_params = api.post("/api/v1/finetune", headers=alice, data={"model": "any", "params": "{steps: 5"},
+                          files=[("images", ("a.png", png, "image/png"))])
+    assert bad_params.status_code == 422 and bad_params.json()["detail"].startswith("params: not valid JSON")
+    no_files = api.post("/api/v1/finetune", headers=alice, data={"model": "any"})
+    assert no_files.status_code == 422
+    uploads = settings_env.home / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+    assert _count(settings_env.database_url, Job) == 0

@@ -12,14 +12,15 @@ import importlib.util
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
 from latentops.platform.api import audit as audit_api
 from latentops.platform.api import jobs as jobs_api
 from latentops.platform.api import models as models_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
-from latentops.platform.errors import InvalidInput
+from latentops.platform.errors import InvalidInput, LatentopsError
 from latentops.platform.models import ModelRecord, Role, Team
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import jobs as jobs_service
@@ -87,7 +88,7 @@ def _loss_points(job: dict[str, Any]) -> str:
     return " ".join(f"{i * step:.1f},{110 - 100 * (v - low) / span:.1f}" for i, v in enumerate(values))
 
 
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+@router.get("/jobs/{job_id:int}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
     job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
     events = jobs_service.events(session, job_id)
@@ -98,13 +99,13 @@ def job_page(job_id: int, request: Request, session: SessionDep, principal: Port
                   mlflow_url=job["result"].get("mlflow_url") or job["result"].get("mlflow_run_url"))
 
 
-@router.get("/jobs/{job_id}/status", response_class=HTMLResponse)
+@router.get("/jobs/{job_id:int}/status", response_class=HTMLResponse)
 def job_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
     job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
     return render(request, "fragments/job_status.html", job=job)
 
 
-@router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
+@router.post("/jobs/{job_id:int}/cancel", response_class=HTMLResponse)
 def cancel_job(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> Response:
     jobs_api.visible_job(session, principal, job_id, "jobs.control")
     jobs_service.cancel(session, job_id=job_id, actor=principal.email)
@@ -266,3 +267,73 @@ def admin_membership(request: Request, session: SessionDep, principal: PortalUse
 def admin_prompt_test(request: Request, session: SessionDep, principal: PortalUser,
                       prompt: Annotated[str, Form(max_length=20_000)] = "") -> HTMLResponse:
     return prompt_check(request, session, principal, prompt)
+
+
+# --- fine-tuning --------------------------------------------------------------------------------
+
+
+@router.get("/jobs/new", response_class=HTMLResponse)
+def finetune_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    from latentops.platform.api import finetune as finetune_api
+
+    access.check(session, principal=principal, action="jobs.submit")
+    rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
+    names = [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
+                                                     resource=models_api.resource_of(session, principal, r))]
+    return render(request, "finetune.html", session=session, principal=principal, models=names,
+                  presets=finetune_api.PRESETS)
+
+
+@router.post("/jobs/new/check", response_class=HTMLResponse)
+def finetune_check(request: Request, session: SessionDep, principal: PortalUser,
+                   model: Annotated[str, Form(max_length=100)] = "", preset: Annotated[str, Form(max_length=32)] = "standard",
+                   team: Annotated[str, Form(max_length=100)] = "",
+                   instance_prompt: Annotated[str, Form(max_length=500)] = "") -> HTMLResponse:
+    """Policy feedback before submitting: the jobs policy for this model, preset and team, and the prompt."""
+    from latentops.platform.api import finetune as finetune_api
+
+    access.check(session, principal=principal, action="jobs.submit")
+    problems: list[tuple[str, str]] = []
+    revision = ""
+    try:
+        values = finetune_api.recipe_values(preset, "", instance_prompt or "x")
+        record = models_api.visible_model(session, principal, model)
+        team_name = team or (principal.teams[0] if len(principal.teams) == 1 else "")
+        policy.get_service().refresh(session)
+        decision = policy.evaluate("jobs", {
+            "action": "fine_tune", "team": team_name, "subject": principal.subject,
+            **grants_service.model_input(session, record),
+            "params": {"steps": values["steps"], "resolution": values["resolution"], "rank": values["rank"], "batch": 1},
+            "uploads": {"count": 1, "attestation": {"licence": True, "consent": True}},
+            "usage": {"concurrent_jobs": 0, "gpu_hours": 0}})
+        problems += list(zip(decision.rule_ids, decision.reasons, strict=True))
+        revision = decision.revision
+        if instance_prompt.strip():
+            prompt = policy.evaluate("prompt", {"prompt": instance_prompt})
+            problems += list(zip(prompt.rule_ids, prompt.reasons, strict=True))
+    except InvalidInput as error:
+        problems.append(("invalid_input", error.detail))
+    except LatentopsError as error:
+        problems.append((error.error, error.detail))
+    decision_view = type("Verdict", (), {"allow": not problems, "revision": revision})()
+    return render(request, "fragments/verdict.html", decision=decision_view, reasons=problems)
+
+
+@router.post("/jobs/new", response_class=HTMLResponse)
+async def finetune_submit(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
+                          model: Annotated[str, Form(min_length=1, max_length=100)],
+                          images: Annotated[list[UploadFile], File()],
+                          captions: Annotated[list[str] | None, Form()] = None,
+                          instance_prompt: Annotated[str, Form(max_length=500)] = "",
+                          preset: Annotated[str, Form(max_length=32)] = "standard",
+                          team: Annotated[str, Form(max_length=100)] = "",
+                          attest_licence: Annotated[bool, Form()] = False,
+                          attest_consent: Annotated[bool, Form()] = False) -> Response:
+    from latentops.platform.api import finetune as finetune_api
+
+    values = finetune_api.recipe_values(preset, "", instance_prompt)
+    folder = await finetune_api.stage_uploads(settings, images, captions or [])
+    job = await run_in_threadpool(finetune_api.submit_staged, session, settings, principal, folder=folder, model=model,
+                                  values=values, team=team or None, adapter_name=None, attest_licence=attest_licence,
+                                  attest_consent=attest_consent, priority=0)
+    return RedirectResponse(f"/jobs/{job['id']}", status_code=303)

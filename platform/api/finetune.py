@@ -1,0 +1,136 @@
+"""``POST /api/v1/finetune``: submit a fine-tune with uploaded instance images and captions.
+
+The multipart form carries the base model, a preset (or explicit recipe values as JSON), the
+team, the licence and consent attestation and the images, each optionally with a caption. Uploads
+are checked here only for what HTTP must guard: a file name is a plain name (no folders, no
+``..``, no hidden files), the count and each file's size are bounded, a caption belongs to one
+image. They land in a private staging folder that is removed afterwards whatever happens; the
+fine-tuning service validates the pixels, screens them for copyright, asks the jobs policy and
+freezes the accepted files itself. A refused request leaves nothing stored but the recorded
+policy decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from latentops.governance import access
+from latentops.governance.access import Principal
+from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
+from latentops.platform.api.jobs import job_json, submit_team
+from latentops.platform.errors import InvalidInput
+from latentops.platform.services import jobs as jobs_service
+from latentops.platform.settings import Settings
+from sqlalchemy.orm import Session
+
+router = APIRouter(tags=["finetune"])
+MAX_FILES = 200
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()-]{0,150}$")
+# What the portal offers as presets: a starting point per budget, overridden by explicit values.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"method": "lora", "steps": 200, "rank": 4, "resolution": 512, "lr": 2e-4},
+    "standard": {"method": "lora", "steps": 500, "rank": 8, "resolution": 512, "lr": 1e-4},
+    "thorough": {"method": "lora", "steps": 1500, "rank": 16, "resolution": 768, "lr": 1e-4},
+}
+
+
+def safe_file_name(name: str | None, index: int) -> str:
+    """The upload's own name if it is a plain file name; anything else is refused, naming it."""
+    raw = name or ""
+    if not raw or "/" in raw or "\\" in raw or raw in {".", ".."} or not SAFE_NAME.match(raw):
+        raise InvalidInput(f"images[{index}]: file name {raw!r} is not allowed (a plain name such as cat-01.png, "
+                           "no folders, no leading dot)")
+    if Path(raw).suffix.lower() not in IMAGE_SUFFIXES:
+        raise InvalidInput(f"images[{index}]: {raw!r} is not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return raw
+
+
+def recipe_values(preset: str, params: str, instance_prompt: str) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise InvalidInput(f"preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    try:
+        extra = json.loads(params) if params.strip() else {}
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"params: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(extra, dict):
+        raise InvalidInput("params: must be a JSON object of recipe values")
+    values = {**PRESETS[preset], **extra}
+    if instance_prompt.strip():
+        values["instance_prompt"] = instance_prompt.strip()
+    return values
+
+
+async def stage_uploads(settings: Settings, images: list[UploadFile], captions: list[str]) -> Path:
+    """Write the uploads to a fresh private folder (with ``NAME.txt`` captions); the caller removes it."""
+    if not images:
+        raise InvalidInput("images: upload at least one instance image")
+    if len(images) > MAX_FILES:
+        raise InvalidInput(f"images: at most {MAX_FILES} files per request (got {len(images)})")
+    if captions and len(captions) != len(images):
+        raise InvalidInput(f"captions: give one caption per image or none ({len(captions)} for {len(images)} images)")
+    names = [safe_file_name(upload.filename, i) for i, upload in enumerate(images)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidInput(f"images: file names must be unique ({', '.join(duplicates)})")
+    folder = settings.home / "uploads" / secrets.token_hex(12)
+    folder.mkdir(parents=True, mode=0o700)
+    try:
+        for index, (upload, name) in enumerate(zip(images, names, strict=True)):
+            data = await upload.read()
+            if not data:
+                raise InvalidInput(f"images[{index}]: {name!r} is empty")
+            (folder / name).write_bytes(data)
+            caption = captions[index].strip() if captions else ""
+            if caption:
+                (folder / f"{Path(name).stem}.txt").write_text(caption[:1000], encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def submit_staged(session: Session, settings: Settings, principal: Principal, *, folder: Path, model: str,
+                  values: dict[str, Any], team: str | None, adapter_name: str | None, attest_licence: bool,
+                  attest_consent: bool, priority: int) -> dict[str, Any]:
+    from latentops.platform.services import finetune as finetune_service  # imports torch: only when used
+
+    access.check(session, principal=principal, action="jobs.submit")
+    team_name = submit_team(session, principal, team).name
+    session.commit()  # the service writes in its own transaction
+    try:
+        job_id = finetune_service.submit(settings, actor=principal.email, owner_email=principal.email, priority=priority,
+                                         request=finetune_service.Request(
+                                             model=model, instance_dir=folder, values=values, team=team_name,
+                                             adapter_name=adapter_name or None, attest_licence=attest_licence,
+                                             attest_consent=attest_consent))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the service froze what it accepted
+    return job_json(session, jobs_service.get(session, job_id))
+
+
+@router.post("/finetune", status_code=201)
+async def submit(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+                 model: Annotated[str, Form(min_length=1, max_length=100)],
+                 images: Annotated[list[UploadFile], File(description="Instance images (plain file names).")],
+                 captions: Annotated[list[str] | None, Form(description="One caption per image, in order.")] = None,
+                 instance_prompt: Annotated[str, Form(max_length=500)] = "",
+                 preset: Annotated[str, Form(max_length=32)] = "standard",
+                 params: Annotated[str, Form(max_length=10_000, description="Recipe values as a JSON object.")] = "",
+                 team: Annotated[str | None, Form(max_length=100)] = None,
+                 adapter_name: Annotated[str | None, Form(max_length=100)] = None,
+                 attest_licence: Annotated[bool, Form()] = False, attest_consent: Annotated[bool, Form()] = False,
+                 priority: Annotated[int, Form(ge=0, le=9)] = 0) -> dict[str, Any]:
+    """Submit a fine-tune: uploads are checked, screened and decided before anything is queued."""
+    values = recipe_values(preset, params, instance_prompt)
+    folder = await stage_uploads(settings, images, captions or [])
+    return await run_in_threadpool(submit_staged, session, settings, principal, folder=folder, model=model, values=values,
+                                   team=team, adapter_name=adapter_name, attest_licence=attest_licence,
+                                   attest_consent=attest_consent, priority=priority)

@@ -1,0 +1,214 @@
+"""The web portal in a real browser: Debian's chromium, headless, driven by Playwright, against the
+real app served by uvicorn on loopback. Each page visited is saved as a screenshot under
+``test-artifacts/portal/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from api_helpers import PASSWORD, make_user, team_id
+from conftest import REPO
+from latentops.platform.database import session_scope
+from latentops.platform.services import jobs as jobs_service
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts" / "portal"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def portal(sqlite_url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The app on 127.0.0.1 with a fresh SQLite database; yields its base URL."""
+    from latentops.platform.api.app import create_app
+    from latentops.platform.settings import get_settings
+
+    for key in list(os.environ):
+        if key.startswith("LATENTOPS_") and not key.startswith("LATENTOPS_TEST_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("LATENTOPS_HOME", str(home))
+    monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)
+    get_settings.cache_clear()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(get_settings()), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def browser():  # type: ignore[no-untyped-def]
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield launched
+        launched.close()
+
+
+def _page(browser, base: str):  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=base, viewport={"width": 1366, "height": 820})
+    context.set_default_timeout(15_000)
+    return context.new_page()
+
+
+def _login(page, email: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/")
+
+
+def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_submitter_signs_in_sees_jobs_and_a_blocked_prompt_with_its_reason(portal: str, browser, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+    make_user(sqlite_url, "alice@example.com", "submitter", "design")
+    make_user(sqlite_url, "bob@example.com", "submitter", "marketing")
+    with session_scope(sqlite_url) as session:
+        mine = jobs_service.create(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "design"))
+        jobs_service.create(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "marketing"))
+        mine_id = mine.id
+    page = _page(browser, portal)
+    page.goto("/jobs")
+    page.wait_for_url("**/login?next=/jobs")
+    page.get_by_label("Email").fill("alice@example.com")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").inner_text() == "email or password is wrong"
+    _shot(page, "login")
+    _login(page, "alice@example.com")
+    assert [link.inner_text() for link in page.get_by_role("navigation", name="Main").get_by_role("link").all()] == [
+        "Jobs", "Generate", "Datasets", "Models"]
+    _shot(page, "home-submitter")
+
+    page.get_by_role("link", name="Jobs").first.click()
+    rows = page.get_by_role("table", name="Jobs").locator("tbody tr")
+    assert rows.count() == 1 and f"#{mine_id}" in rows.first.inner_text()  # marketing's job is not shown
+    assert page.get_by_label(f"Progress of job {mine_id}").get_attribute("value") == "0"
+    _shot(page, "jobs")
+    page.get_by_role("link", name=f"#{mine_id}").click()
+    assert page.locator("#job-state").inner_text() == "queued"
+    _shot(page, "job-detail")
+    page.get_by_role("button", name="Cancel job").click()
+    page.wait_for_url(f"**/jobs/{mine_id}")
+    assert page.locator("#job-state").inner_text() == "cancelled"
+    page.goto(f"/jobs/{mine_id + 1}")
+    assert page.get_by_role("heading", level=1).inner_text() == "Not found"
+
+    page.goto("/generate")
+    page.get_by_label("Prompt").fill("Mickey Mouse riding a skateboard")
+    alert = page.locator("#verdict").get_by_role("alert")
+    alert.wait_for()
+    assert "Blocked by policy" in alert.inner_text() and "Mickey Mouse" in alert.inner_text()
+    _shot(page, "generate-blocked")
+    page.get_by_label("Prompt").fill("a red apple on a wooden table")
+    page.locator("#verdict").get_by_role("status").wait_for()
+    assert "Allowed by policy" in page.locator("#verdict").inner_text()
+
+
+def test_compliance_officer_filters_and_verifies_the_audit_log(portal: str, browser, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+    make_user(sqlite_url, "carol@example.com", "compliance_officer", "compliance")
+    for name in ("erin", "frank", "grace"):
+        make_user(sqlite_url, f"{name}@example.com", "submitter", "design")
+    page = _page(browser, portal)
+    _login(page, "carol@example.com")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit").click()
+    page.get_by_label("Action").fill("user.create")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**/audit?*action=user.create*")
+    rows = page.get_by_role("table", name="Audit entries").locator("tbody tr")
+    assert rows.count() == 4 and all("user.create" in rows.nth(i).inner_text() for i in range(4))
+    page.get_by_role("button", name="Verify the audit trail").click()
+    status = page.locator("#verify-result").get_by_role("status")
+    status.wait_for()
+    assert "Audit trail intact" in status.inner_text()
+    _shot(page, "audit-verified")
+    page.get_by_role("link", name="Quarantine").click()
+    assert "No quarantined images" in page.inner_text("main")
+    _shot(page, "quarantine")
+    with page.expect_download() as download:
+        page.goto("/audit")
+        page.get_by_role("link", name="Export CSV").click()
+    assert download.value.suggested_filename == "latentops-audit-export.zip"
+
+
+def test_admin_grants_a_team_access_to_a_model(portal: str, browser, sqlite_url: str, home: Path) -> None:  # type: ignore[no-untyped-def]
+    from latentops.pipelines import tiny
+    from latentops.platform.services import models as models_service
+
+    make_user(sqlite_url, "dave@example.com", "admin", "ops")
+    make_user(sqlite_url, "alice@example.com", "submitter", "design")
+    source = tiny.create("sd1", home / "imports" / "tiny-sd1")
+    with session_scope(sqlite_url) as session:
+        models_service.import_model(session, source=source, name="tiny-sd1", actor="system", store_root=home / "models",
+                                    description="A tiny test model", sensitivity="internal")
+    page = _page(browser, portal)
+    _login(page, "dave@example.com")
+    _shot(page, "home-admin")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
+    assert page.get_by_role("table", name="Users").locator("tbody tr").count() == 2
+    page.get_by_label("Prompt tester").fill("Donald Duck")
+    page.get_by_role("button", name="Test prompt").click()
+    page.locator("#prompt-verdict").get_by_role("alert").wait_for()
+    _shot(page, "admin")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Models").click()
+    page.get_by_label("Team").select_option("design")
+    page.get_by_label("Access").select_option("download")
+    page.get_by_role("button", name="Grant").click()
+    page.get_by_role("status").wait_for()
+    assert "granted download on tiny-sd1 to team design" in page.get_by_role("status").inner_text()
+    grants = page.get_by_role("table", name="Grants on tiny-sd1").locator("tbody tr")
+    assert grants.count() == 1 and "design" in grants.first.inner_text()
+    _shot(page, "models-granted")
+
+    # The submitter now sees the model (it was invisible before the grant only for other teams' models).
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/login")
+    _login(page, "alice@example.com")
+    page.goto("/models")
+    assert "tiny-sd1" in page.inner_text("main") and page.get_by_role("button", name="Grant").count() == 0
+
+    # The fine-tune form gives policy feedback before anything is submitted, and previews uploads.
+    page.goto("/jobs/new")
+    page.get_by_label("Instance prompt").fill("Mickey Mouse as a mug")
+    page.locator("#ft-verdict").get_by_role("alert").wait_for()
+    assert "Mickey Mouse" in page.locator("#ft-verdict").inner_text()
+    page.get_by_label("Instance prompt").fill("a photo of sks mug")
+    page.locator("#ft-verdict").get_by_role("status").wait_for()
+    from PIL import Image
+
+    picture = home / "mug.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(picture)
+    page.get_by_label("Instance images").set_input_files([str(picture)])
+    assert page.get_by_label("Caption for mug.png").count() == 1
+    _shot(page, "finetune-form")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_artifacts() -> None:
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
