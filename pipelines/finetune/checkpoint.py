@@ -109,15 +109,24 @@ def save(root: Path, *, step: int, trainable: dict[str, torch.Tensor], optimizer
         _fsync_file(pointer)
         os.replace(pointer, root / LATEST)
         _fsync_dir(root)
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - safetensors and torch.save wrap OS errors in their own types
         shutil.rmtree(staging, ignore_errors=True)
         previous = latest_step(root)
-        why = "disk full" if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else (error.strerror or str(error))
+        why = _why(error)
         kept = f"previous checkpoint (step {previous}) intact" if previous is not None else "no earlier checkpoint"
         raise TrainingFailed(f"checkpoint at step {step} could not be written ({why}); {kept}") from None
     _prune(root, keep)
     logger.info("checkpoint step %d written to %s", step, final)
     return final
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return "disk full"
+    text = str(error)
+    if any(marker in text for marker in ("No space left", "File too large", "Disk quota", "os error 28", "os error 27")):
+        return "disk full"
+    return text or type(error).__name__
 
 
 def _prune(root: Path, keep: int) -> None:

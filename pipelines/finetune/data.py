@@ -137,8 +137,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode == "CMYK":
-        return ImageOps.invert(image.convert("RGB")) if image.info.get("adobe_transform") == 0 else image.convert("RGB")
     return image.convert("RGB")
 
 

@@ -1,0 +1,224 @@
+"""The LoRA recipe on tiny real models: exact resume, caching, failures, families, interoperability."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from latentops.pipelines import tiny
+from latentops.pipelines.engine import WeightsRef
+from latentops.pipelines.finetune import checkpoint, dreambooth, lora
+from latentops.pipelines.finetune.config import build_config
+from latentops.platform.errors import Conflict
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3,
+        "validation_steps": 1, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {family: tiny.create(family, root / family) for family in ("sd1", "sdxl", "sd3", "flux")}
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("instances")
+    for index in range(5):
+        image = Image.new("RGB", (64 + 8 * index, 64), "white")
+        ImageDraw.Draw(image).text((20 + index, 24), "AB"[index % 2], fill=(20, 20, 120))
+        image.save(folder / f"glyph-{index}.png")
+    (folder / "glyph-0.txt").write_text("a sks glyph, blue ink")
+    return folder
+
+
+def _weights(models: dict[str, Path], family: str) -> WeightsRef:
+    return WeightsRef(content_hash=f"tiny-{family}-seed0", path=models[family], family=family)
+
+
+def _lora_tensors(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "pytorch_lora_weights.safetensors"))
+
+
+def test_a_run_stopped_at_12_and_resumed_ends_bit_identical(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = build_config({**BASE, "steps": 20, "checkpoint_every": 4, "ema_decay": 0.9, "noise_offset": 0.05,
+                           "min_snr_gamma": 5.0, "lr_schedule": "cosine", "warmup_steps": 3, "crop": "random"})
+    cache = tmp_path / "cache"
+    straight = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "a",
+                          cache_dir=cache)
+    stopped = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "b",
+                         cache_dir=cache, stop_after=12)
+    assert stopped.stopped_early and stopped.steps == 12
+    assert checkpoint.latest_step(tmp_path / "b" / "checkpoints") == 12
+    resumed = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "b",
+                         cache_dir=cache, resume=True)
+    assert resumed.resumed_from == 12 and resumed.steps == 20
+    assert resumed.losses == straight.losses
+    a, b = _lora_tensors(tmp_path / "a"), _lora_tensors(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Only the newest checkpoints are kept, and the final one holds the full state.
+    kept = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*"))
+    assert kept == ["step-000016", "step-000020"]
+    assert {p.name for p in (tmp_path / "b" / "checkpoints" / "step-000020").iterdir()} == {
+        "trainable.safetensors", "ema.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
+
+
+def test_features_are_cached_by_content_and_reused_across_jobs(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = build_config({**BASE, "steps": 5, "checkpoint_every": 5, "flip": False})  # one epoch: every image
+    cache = tmp_path / "cache"
+    lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "first", cache_dir=cache)
+    entries = sorted(p.name for p in cache.rglob("*.safetensors"))
+    assert entries
+    # The same pictures under other names and in another order: every feature is found by content.
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for index, path in enumerate(sorted(instances.glob("*.png"), reverse=True)):
+        shutil.copy(path, renamed / f"z{index}.png")
+        if path.with_suffix(".txt").exists():
+            shutil.copy(path.with_suffix(".txt"), renamed / f"z{index}.txt")
+    lora.train(config, weights=_weights(models, "sd1"), instance_dir=renamed, out_dir=tmp_path / "second", cache_dir=cache)
+    assert sorted(p.name for p in cache.rglob("*.safetensors")) == entries
+    # Another base model version never sees these entries.
+    other = WeightsRef(content_hash="another-version", path=models["sd1"], family="sd1")
+    lora.train(config, weights=other, instance_dir=instances, out_dir=tmp_path / "third", cache_dir=cache)
+    assert len(list(cache.rglob("*.safetensors"))) == 2 * len(entries)
+
+
+def test_an_existing_run_needs_resume_and_a_changed_config_is_refused(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = build_config({**BASE, "steps": 4, "checkpoint_every": 2})
+    lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run", stop_after=2)
+    with pytest.raises(Conflict, match="--resume"):
+        lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run")
+    changed = build_config({**BASE, "steps": 4, "checkpoint_every": 2, "rank": 8})
+    with pytest.raises(Conflict, match="config_fingerprint"):
+        lora.train(changed, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run", resume=True)
+
+
+def test_nan_loss_fails_with_that_reason_and_keeps_the_last_good_checkpoint(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = tmp_path / "model"
+    shutil.copytree(models["sd1"], model)
+    weights = WeightsRef(content_hash="damaged-later", path=model, family="sd1")
+    config = build_config({**BASE, "steps": 8, "checkpoint_every": 2})
+    lora.train(config, weights=weights, instance_dir=instances, out_dir=tmp_path / "run", stop_after=4)
+    # The stored weights go bad on disk (a damaged volume): the loss becomes NaN at the next step.
+    unet_file = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(unet_file))
+    tensors["conv_out.bias"] = torch.full_like(tensors["conv_out.bias"], float("nan"))
+    save_file(tensors, str(unet_file))
+    with pytest.raises(checkpoint.TrainingFailed, match=r"loss is NaN or infinite at step 5; last good checkpoint: step 4"):
+        lora.train(config, weights=weights, instance_dir=instances, out_dir=tmp_path / "run", resume=True)
+    kept = checkpoint.load_latest(tmp_path / "run" / "checkpoints")
+    assert kept is not None and kept.step == 4
+    assert torch.isfinite(torch.cat([t.flatten() for t in checkpoint.read_tensors(kept, "trainable.safetensors").values()])).all()
+
+
+DISK_FULL_SCRIPT = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    from latentops.pipelines.engine import WeightsRef
+    from latentops.pipelines.finetune import lora
+    from latentops.pipelines.finetune.checkpoint import TrainingFailed
+    from latentops.pipelines.finetune.config import build_config
+
+    model, instances, out = map(Path, sys.argv[1:4])
+
+    class FillDiskAfterFirstCheckpoint:
+        def progress(self, step, total, **metrics):
+            if step == 2:
+                # From here on no file may grow past 64 bytes: the next checkpoint cannot be written.
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        def log(self, message):
+            pass
+        def check_cancelled(self):
+            pass
+
+    config = build_config({"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "steps": 6,
+                           "checkpoint_every": 2, "validation_steps": 1})
+    try:
+        lora.train(config, weights=WeightsRef("tiny-sd1-seed0", model, "sd1"), instance_dir=instances, out_dir=out,
+                   cache_dir=out / "cache", hooks=FillDiskAfterFirstCheckpoint())
+    except TrainingFailed as error:
+        print("FAILED:", error.detail)
+        sys.exit(3)
+""")
+
+
+def test_a_full_disk_while_checkpointing_fails_cleanly_with_the_previous_checkpoint_intact(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", DISK_FULL_SCRIPT, str(models["sd1"]), str(instances), str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ})
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "checkpoint at step 4 could not be written (disk full); previous checkpoint (step 2) intact" in done.stdout
+    kept = checkpoint.load_latest(out / "checkpoints")
+    assert kept is not None and kept.step == 2
+    assert not list((out / "checkpoints").glob(".staging-*"))
+    assert set(checkpoint.read_tensors(kept, "trainable.safetensors"))
+
+
+def _render(pipeline, family: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    size = 32 if family == "sd3" else 64
+    with torch.no_grad():
+        return torch.from_numpy(pipeline("a sks glyph", num_inference_steps=2, height=size, width=size, output_type="np",
+                                         generator=torch.Generator().manual_seed(0)).images)
+
+
+def test_lora_files_load_in_plain_diffusers_and_kohya_layout_loads_through_its_converter(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from diffusers import DiffusionPipeline
+
+    config = build_config({**BASE, "steps": 4, "checkpoint_every": 4, "train_text_encoder": True})
+    result = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run")
+    assert result.weights_path.name == "pytorch_lora_weights.safetensors" and result.kohya_path is not None
+    assert all(k.startswith("lora_unet_") or k.startswith("lora_te_") for k in load_file(str(result.kohya_path)))
+    pipe = DiffusionPipeline.from_pretrained(str(models["sd1"]))
+    pipe.set_progress_bar_config(disable=True)
+    before = _render(pipe, "sd1")
+    pipe.load_lora_weights(str(tmp_path / "run"))
+    with_lora = _render(pipe, "sd1")
+    assert not torch.equal(before, with_lora)
+    pipe.unload_lora_weights()
+    assert torch.allclose(_render(pipe, "sd1"), before, atol=1e-6)
+    pipe.load_lora_weights(str(result.kohya_path.parent), weight_name=result.kohya_path.name)
+    assert torch.allclose(_render(pipe, "sd1"), with_lora, atol=1e-5)
+    assert (tmp_path / "run" / "samples" / "grid.png").exists()
+    assert (tmp_path / "run" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_every_family_trains_and_its_lora_loads_in_diffusers(family: str, models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from diffusers import DiffusionPipeline
+
+    extra = {"train_text_encoder": True} if family != "flux" else {}
+    config = build_config({**BASE, "steps": 2, "checkpoint_every": 2, "lr": 5e-3, **extra})
+    result = lora.train(config, weights=_weights(models, family), instance_dir=instances, out_dir=tmp_path / "run")
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert (result.kohya_path is not None) == (family == "sdxl")
+    pipe = DiffusionPipeline.from_pretrained(str(models[family]))
+    pipe.set_progress_bar_config(disable=True)
+    before = _render(pipe, family)
+    pipe.load_lora_weights(str(tmp_path / "run"))
+    assert not torch.equal(before, _render(pipe, family))
+
+
+def test_dreambooth_generates_missing_class_images_and_trains_with_the_prior(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = build_config({**BASE, "method": "dreambooth", "class_prompt": "a glyph", "num_class_images": 3,
+                           "class_generation_steps": 1, "steps": 2, "checkpoint_every": 2, "prior_loss_weight": 0.5})
+    class_dir = tmp_path / "class"
+    result = dreambooth.run(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run",
+                            class_dir=class_dir)
+    assert len(list(class_dir.glob("*.png"))) == 3
+    assert result.steps == 2 and len(result.losses) == 2
+    # A second run with enough class images generates none.
+    before = {p: p.stat().st_mtime_ns for p in class_dir.glob("*.png")}
+    assert dreambooth.ensure_class_images(config, weights=_weights(models, "sd1"), class_dir=class_dir, device="cpu",
+                                          hooks=lora.QuietHooks()) == 0
+    assert {p: p.stat().st_mtime_ns for p in class_dir.glob("*.png")} == before
