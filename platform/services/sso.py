@@ -34,6 +34,7 @@ from latentops.platform.errors import (
     AuthenticationFailed,
     ConfigurationError,
     InvalidInput,
+    NotFound,
     ServiceUnavailable,
 )
 from latentops.platform.models import Membership, Team, User
@@ -63,7 +64,7 @@ def enabled(settings: Settings) -> bool:
 
 def _require(settings: Settings) -> None:
     if not enabled(settings):
-        raise ConfigurationError("single sign-on is not configured (LATENTOPS_OIDC_ISSUER, LATENTOPS_OIDC_CLIENT_ID)")
+        raise NotFound("sso: single sign-on is not configured on this server (LATENTOPS_OIDC_ISSUER, LATENTOPS_OIDC_CLIENT_ID)")
 
 
 def discover(settings: Settings) -> dict[str, Any]:
