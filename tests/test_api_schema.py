@@ -26,7 +26,7 @@ def test_no_server_errors_and_one_error_shape(settings_env) -> None:  # type: ig
 
         @given(case=operation.as_strategy())
         @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def check(case) -> None:  # type: ignore[no-untyped-def]
+        def check(case, role: str = role) -> None:  # type: ignore[no-untyped-def]
             response = case.call(headers=bearer(tokens[role]))
             # 503 names a backing service that is down (no broker in this test); anything else 5xx is a bug.
             assert response.status_code < 500 or response.status_code == 503, (

@@ -43,7 +43,11 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# At most this many requests hold a database session at once: a route that calls a service which
+# opens its own transaction needs a second connection, and the engine's pool has 15; without the
+# limit, 40 threadpool workers each holding one connection while waiting for another deadlock.
+MAX_SESSIONS = 7
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=MAX_SESSIONS)]
 
 
 def client_address(request: Request) -> str:
