@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 
 PHASH_MATCH = 10
-PHASH_CANDIDATE = 18
+PHASH_CANDIDATE = 14
 PHASH_SUPPORT = 16
 PHASH_CANDIDATES = 4
 ORB_FEATURES = 500
@@ -318,7 +318,7 @@ def match_in_index(index: ReferenceIndex, image: Image.Image, *, embedding: np.n
                    orb_loader: Any) -> list[dict[str, Any]]:
     """Matching against a loaded index (the benchmark calls this directly)."""
     query = phash(image)
-    owner_of = dict(zip(index.ids.tolist(), index.owners, strict=True))
+    owner_of = _OwnerLookup(index)
     found: dict[int, dict[str, Any]] = {}
     hash_ids, hash_distances = index.nearest_by_hash(query)
     distance_of = {int(i): int(d) for i, d in zip(hash_ids, hash_distances, strict=True)}
@@ -347,6 +347,16 @@ def match_in_index(index: ReferenceIndex, image: Image.Image, *, embedding: np.n
         if _phash_distance(index, rid, query) <= PHASH_SUPPORT or inliers.get(rid, 0) >= ORB_SUPPORT_INLIERS:
             found[rid] = {"reference_id": rid, "owner": owner_of[rid], "method": "clip", "score": round(similarity, 4)}
     return sorted(found.values(), key=lambda m: (-m["score"], m["reference_id"]))
+
+
+class _OwnerLookup:
+    """``owner_of[rid]`` by binary search over the sorted ids (no per-query dict of the whole index)."""
+
+    def __init__(self, index: ReferenceIndex) -> None:
+        self.index = index
+
+    def __getitem__(self, rid: int) -> str:
+        return self.index.owners[int(np.searchsorted(self.index.ids, rid))]
 
 
 def _phash_distance(index: ReferenceIndex, rid: int, query: int) -> int:
