@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
-
 from latentops.platform.errors import InvalidInput
+from PIL import Image
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from PIL import Image
-from sqlalchemy.orm import Session
-
 from latentops.governance import audit, policy, provenance, screening
 from latentops.governance.imagefile import load_image, png_bytes
 from latentops.platform.errors import Conflict, NotFound
 from latentops.platform.models import Asset, LoraAdapter, ModelVersion, ScreeningResult, User, utcnow
 from latentops.platform.settings import Settings
+from PIL import Image
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class Admission:
         return self.image is not None
 
 
-def _label(session: Session, model: type[ModelVersion] | type[LoraAdapter], row_id: int | None) -> str | None:
+def _label(session: Session, model: type[ModelVersion | LoraAdapter], row_id: int | None) -> str | None:
     if row_id is None:
         return None
     row = session.get(model, row_id)

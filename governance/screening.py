@@ -36,15 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-from sqlalchemy.orm import Session
-
 from latentops.governance import audit, copyright, detectors, policy
-from latentops.governance.detectors import CATEGORIES, ClipConceptDetector, ClipModel, Detector
+from latentops.governance.detectors import ClipConceptDetector, ClipModel, Detector
 from latentops.governance.imagefile import load_image
 from latentops.platform.errors import InvalidInput
 from latentops.platform.models import ScreeningResult
 from latentops.platform.settings import Settings
+from PIL import Image
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
