@@ -160,8 +160,9 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
     # 3. Copyright screening of each upload (normalised pixels, so 16-bit and CMYK files screen too).
     uploads = [(i.file, _png(Path(request.instance_dir) / i.file)) for i in images]
     results = copyright.screen_training_upload(session, settings=settings, images=uploads, team=team, actor=actor)
-    screening = {"files": len(results), "matches": sum(len(r["matches"]) for r in results),
-                 "verdict": "clear" if all(r["allow"] for r in results) else "licensed"}
+    # Anything denied raised above: what is left is clear, or matches covered by the team's licence.
+    matched = sum(len(r["matches"]) for r in results)
+    screening = {"files": len(results), "matches": matched, "verdict": "licensed" if matched else "clear"}
     # 4. The jobs policy: role, model grant, limits, quotas, attestation.
     decision = policy.require("jobs", {
         "action": "fine_tune", "team": team, **grants.model_input(session, model),
@@ -330,8 +331,8 @@ def get_adapter(session: Session, *, name: str, version: int) -> LoraAdapter:
 def promote(session: Session, *, settings: Settings, name: str, version: int, actor: audit.Actor | str) -> LoraAdapter:
     """Move the ``production`` alias to this adapter version; the actor must be an approver.
 
-    Who may approve is the models policy's answer to ``manage`` on the adapter's base model
-    (admins, and holders of a manage grant). The approval and the decision id go into the audit
+    Who may approve is the models policy's: whoever may administer access to the adapter's base
+    model (action ``grant``: admins, and holders of a manage grant). The approval and the decision id go into the audit
     trail in the same transaction as the alias change; MLflow's alias follows.
     """
     adapter = get_adapter(session, name=name, version=version)
@@ -339,7 +340,8 @@ def promote(session: Session, *, settings: Settings, name: str, version: int, ac
     model = session.get(ModelRecord, base.model_id) if base else None
     if model is None:
         raise NotFound(f"adapter: the base model of {name!r} version {version} no longer exists")
-    decision = policy.require("models", {"action": "manage", **grants.model_input(session, model)}, session=session,
+    # The policy's administrators of the base model approve: admins and holders of a manage grant.
+    decision = policy.require("models", {"action": "grant", **grants.model_input(session, model)}, session=session,
                               actor=actor)
     previous = [a for a in session.scalars(sa.select(LoraAdapter).where(LoraAdapter.name == name, LoraAdapter.id != adapter.id))
                 if "production" in (a.aliases or [])]
