@@ -16,6 +16,7 @@ the policy engine, screens the output and records provenance; that path calls :m
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import logging
 import threading
@@ -23,11 +24,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from latentops.platform.errors import InvalidInput
 from PIL import Image
+
+if TYPE_CHECKING:  # torch loads lazily: importing this module must stay cheap
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +108,14 @@ class GenerationRequest:
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
+    import torch
+
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -116,6 +123,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def pipeline_bytes(pipeline: Any) -> int:
     """Bytes held by a pipeline's parameters and buffers (the cache's size estimate)."""
+    import torch
+
     total = 0
     for component in pipeline.components.values():
         if isinstance(component, torch.nn.Module):
@@ -125,6 +134,8 @@ def pipeline_bytes(pipeline: Any) -> int:
 
 
 def default_budget(device: torch.device) -> int:
+    import torch
+
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
     try:
@@ -199,6 +210,8 @@ class Engine:
         dtype: torch.dtype | None = None,
         cache: PipelineCache | None = None,
     ) -> None:
+        import torch
+
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.cache = cache or PipelineCache(default_budget(self.device))
@@ -232,7 +245,7 @@ class Engine:
             raise InvalidInput(f"{weights.path}: stored weights are missing (no model_index.json)")
         started = time.perf_counter()
         pipeline = DiffusionPipeline.from_pretrained(
-            str(weights.path), **{_DTYPE_ARGUMENT: self.dtype}, local_files_only=True
+            str(weights.path), **{dtype_argument(): self.dtype}, local_files_only=True
         )
         for adapter in adapters:
             pipeline.load_lora_weights(str(adapter.path), adapter_name=_adapter_name(adapter))
@@ -267,6 +280,7 @@ class Engine:
         pipeline.scheduler = getattr(diffusers, class_name).from_config(entry.scheduler_config, **extra)
 
     def _run(self, pipeline: Any, family: str, request: GenerationRequest) -> list[Image.Image]:
+        import torch
         from latentops.pipelines.tokenizers import clean_prompt
 
         count = len(request.prompts) * request.images_per_prompt
@@ -292,14 +306,13 @@ class Engine:
         return images
 
 
-def _dtype_argument() -> str:
+@functools.cache
+def dtype_argument() -> str:
+    """The keyword ``from_pretrained`` takes for the dtype in this diffusers version."""
     # diffusers renamed ``torch_dtype`` to ``dtype`` (0.42 warns on the old name).
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-
-
-_DTYPE_ARGUMENT = _dtype_argument()
 
 
 def _adapter_name(adapter: AdapterRef) -> str:

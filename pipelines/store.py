@@ -24,10 +24,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from latentops.platform.errors import Conflict, InvalidInput
+
+if TYPE_CHECKING:  # torch loads lazily: importing this module must stay cheap
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def resolve_source(source: str | Path) -> Path:
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    import torch
+
     flat = tensor.detach().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
 
@@ -104,6 +108,8 @@ def _safetensors_keys_and_hash(path: Path, digest: Any, prefix: str) -> list[str
 
 
 def _load_pickle_state(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     logger.warning("unpickling %s: pickle checkpoints can run code; allowed explicitly by the caller", path)
     try:
         try:

@@ -31,3 +31,18 @@ def test_card_layout_is_present() -> None:
     for entry in ["pyproject.toml", "platform", "governance", "pipelines", "migrations", "dashboards", "deploy",
                   "tests", "README.md", "Makefile", ".ci/run", "bench"]:
         assert (REPO / entry).exists(), f"{entry} is missing from the repository root"
+
+
+def test_cli_and_api_start_without_loading_machine_learning_libraries() -> None:
+    # `latentops --help`, every CLI command and the API must start fast; torch, diffusers and
+    # open_clip load only in the code paths that run models.
+    probe = (
+        "import sys\n"
+        "import latentops.platform.cli.main\n"
+        "from latentops.platform.api.app import create_app\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'open_clip', 'mlflow', 'cv2') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"imported at start-up: {done.stdout.strip()}"

@@ -132,11 +132,11 @@ def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.d
 
 def _load_pipeline(weights: WeightsRef, dtype: torch.dtype) -> Any:
     from diffusers import DiffusionPipeline
-    from latentops.pipelines.engine import _DTYPE_ARGUMENT
+    from latentops.pipelines.engine import dtype_argument
 
     if weights.format != "diffusers" or not (weights.path / "model_index.json").exists():
         raise InvalidInput(f"model: {weights.path} is not a stored diffusers folder; fine-tuning needs one")
-    pipeline = DiffusionPipeline.from_pretrained(str(weights.path), **{_DTYPE_ARGUMENT: dtype}, local_files_only=True)
+    pipeline = DiffusionPipeline.from_pretrained(str(weights.path), **{dtype_argument(): dtype}, local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
