@@ -186,7 +186,7 @@ class PipelineCache:
                 logger.info("evicted pipeline %s from the cache (budget %d bytes)", evicted[0][:12], self.budget_bytes)
             gc.collect()
 
-    def keys(self) -> list[CacheKey]:
+    def keys_in_order(self) -> list[CacheKey]:
         with self._lock:
             return list(self._entries)
 

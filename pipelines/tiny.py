@@ -81,7 +81,7 @@ def build_sd1() -> StableDiffusionPipeline:
     )
     return StableDiffusionPipeline(
         vae=_vae(), text_encoder=CLIPTextModel(_clip_config()), tokenizer=tokenizers.build_clip_tokenizer(),
-        unet=unet, scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        unet=unet, scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
@@ -101,7 +101,7 @@ def build_sdxl() -> StableDiffusionXLPipeline:
         vae=_vae(), text_encoder=CLIPTextModel(_clip_config()),
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection=TEXT_HIDDEN)),
         tokenizer=tokenizers.build_clip_tokenizer(), tokenizer_2=tokenizers.build_clip_tokenizer(), unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
         force_zeros_for_empty_prompt=True, add_watermarker=False,
     )
 

@@ -122,7 +122,9 @@ def build_t5_tokenizer(vocab_size: int = T5_VOCAB_SIZE) -> T5TokenizerFast:
     model.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
     model.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", shrinking_factor=0.75
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", shrinking_factor=0.75,
+        # Every printable ASCII character stays in the vocabulary, so no ASCII text maps to <unk>.
+        initial_alphabet=[chr(code) for code in range(33, 127)],
     )
     model.train_from_iterator(text, trainer=trainer)
     pieces = [(str(piece), float(score)) for piece, score in json.loads(model.to_str())["model"]["vocab"]]

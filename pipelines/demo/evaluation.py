@@ -99,7 +99,7 @@ def write_card(model_dir: Path) -> Path:
          "tokenizer (built offline from open-clip-torch's vocabulary)."),
         (f"- `UNet2DConditionModel`: channels {config['unet_channels'][0]}/{config['unet_channels'][1]}, "
          "cross-attention at both resolutions."),
-        "- Scheduler: DPM-Solver++ (trained with a 1000-step cosine DDPM schedule).",
+        "- Scheduler: DPM-Solver++ (trained with a 1000-step cosine DDPM schedule, v-prediction).",
         f"- Weights: safetensors, {_size_mb(model_dir):.1f} MB in total.",
         "",
         "## Data and split",
