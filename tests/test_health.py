@@ -54,3 +54,14 @@ def test_unknown_route_uses_the_error_shape(tmp_path) -> None:  # type: ignore[n
     assert missing.json() == {"error": "not_found", "detail": "Not Found", "reasons": []}
     wrong_method = client.delete("/api/v1/health")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+
+
+def test_health_reports_the_policy_revision_and_that_images_are_unscreened(settings_env) -> None:  # type: ignore[no-untyped-def]
+    from latentops.governance import policy
+
+    body = TestClient(create_app(settings_env)).get("/api/v1/health").json()
+    assert body["policy"]["status"] == "ok"
+    assert body["policy"]["revision"] == policy.revision() and len(body["policy"]["revision"]) == 64
+    # No content detector is configured in a fresh home: the platform says so.
+    assert body["screening"]["status"] == "unscreened"
+    assert "no real content detector" in body["screening"]["detail"].lower()

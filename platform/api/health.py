@@ -1,4 +1,9 @@
-"""``GET /api/v1/health``: database, broker and worker status."""
+"""``GET /api/v1/health``: database, broker and worker status, plus the governance layer's state.
+
+``policy`` names the revision in force and any reload error; ``screening`` is ``unscreened``
+(loudly) when no real content detector is configured, in which case the policy decides whether
+images may be released.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,29 @@ def _workers(settings: Settings) -> dict[str, Any]:
     return {"status": "ok" if names else "none", "workers": names}
 
 
+def _policy() -> dict[str, Any]:
+    from latentops.governance import policy
+
+    try:
+        state = policy.status()
+    except Exception as error:  # the report must still come back; the engine fails closed anyway
+        return {"status": "error", "detail": f"{type(error).__name__}: {error}"}
+    entry = {"status": "ok" if state["revision"] and not state["last_error"] else "error",
+             "revision": state["revision"], "engine": state["engine"]}
+    if state["last_error"]:
+        entry["detail"] = state["last_error"]
+    return entry
+
+
+def _screening(settings: Settings) -> dict[str, Any]:
+    from latentops.governance import screening
+
+    try:
+        return screening.health(settings)
+    except Exception as error:
+        return {"status": "error", "detail": f"{type(error).__name__}: {error}"}
+
+
 def health_report(settings: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {}
     try:
@@ -37,6 +65,8 @@ def health_report(settings: Settings) -> dict[str, Any]:
     except ServiceUnavailable as error:
         report["broker"] = {"status": "error", "detail": error.detail}
         report["workers"] = {"status": "unknown", "workers": []}
+    report["policy"] = _policy()
+    report["screening"] = _screening(settings)
     healthy = report["database"]["status"] == "ok" and report["broker"]["status"] == "ok"
     report["status"] = "ok" if healthy and report["workers"]["status"] == "ok" else ("degraded" if healthy else "error")
     report["mode"] = settings.mode
