@@ -2,6 +2,8 @@
 
 ``platform/`` becomes ``latentops.platform``, ``governance/`` becomes ``latentops.governance``,
 ``pipelines/`` becomes ``latentops.pipelines`` and ``migrations/`` ships as ``latentops.migrations``.
+``platform/sdk/`` ships as ``latentops.client`` (the Python SDK) and is left out of
+``latentops.platform`` so that it has exactly one import name.
 ``platform/`` deliberately has no ``__init__.py`` at its top: a regular package named ``platform``
 on ``sys.path`` would shadow the standard library.
 """
@@ -13,14 +15,18 @@ FOLDERS = {
     "governance": "latentops.governance",
     "pipelines": "latentops.pipelines",
     "migrations": "latentops.migrations",
+    "platform/sdk": "latentops.client",
 }
+# Folders that are packages of their own above: not also discovered inside their parent folder.
+NESTED = {folder: [f"{sub[len(folder) + 1:]}" for sub in FOLDERS if sub.startswith(folder + "/")] for folder in FOLDERS}
 
 package_dir: dict[str, str] = {}
 packages: list[str] = []
 for folder, namespace in FOLDERS.items():
     package_dir[namespace] = folder
     packages.append(namespace)
-    packages += [f"{namespace}.{sub}" for sub in find_namespace_packages(where=folder, exclude=["*__pycache__*"])]
+    exclude = ["*__pycache__*"] + [pattern for sub in NESTED[folder] for pattern in (sub, f"{sub}.*")]
+    packages += [f"{namespace}.{sub}" for sub in find_namespace_packages(where=folder, exclude=exclude)]
 
 setup(
     package_dir=package_dir,

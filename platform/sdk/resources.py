@@ -1,0 +1,312 @@
+"""One class per REST resource: auth, tokens, users and teams, models and grants, jobs, fine-tuning,
+audit, policies, quarantine and assets.
+
+Methods mirror the routes of ``docs/api.md`` one to one and return their JSON (typed in
+``latentops.client.types``). Streams stay streams: a model download and an audit export are
+written to disk chunk by chunk, a job's progress is an iterator over its Server-Sent Events.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from latentops.platform.errors import InvalidInput, ServiceUnavailable
+from latentops.client.http import Http, server_events
+from latentops.client.types import (
+    AuditPage,
+    Decision,
+    Grant,
+    Job,
+    JobEvent,
+    JobPage,
+    Me,
+    Model,
+    NewToken,
+    Progress,
+    QuarantinedImage,
+    Review,
+    Team,
+    Token,
+    User,
+    VerifyReport,
+)
+
+_FILENAME = re.compile(r'filename="([^"/\\]+)"')
+CHUNK = 1024 * 1024
+
+
+def _download(http: Http, path: str, dest: Path, params: dict[str, Any], default_name: str) -> Path:
+    """Stream ``path`` into ``dest`` (a folder takes the server's file name); a partial file is removed."""
+    with http.stream("GET", path, params=params, timeout=None) as response:
+        found = _FILENAME.search(response.headers.get("content-disposition", ""))
+        target = dest / (found.group(1) if found else default_name) if dest.is_dir() else dest
+        partial = target.with_name(target.name + ".part")
+        try:
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes(CHUNK):
+                    handle.write(chunk)
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    return target
+
+
+class Auth:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def me(self) -> Me:
+        """Who the token belongs to: email, memberships, scopes."""
+        return cast(Me, self._http.json("GET", "/auth/me"))
+
+
+class Tokens:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def list(self) -> list[Token]:
+        return cast(list[Token], self._http.json("GET", "/tokens"))
+
+    def create(self, name: str, *, scopes: Sequence[str] = ("*",), expires_in_days: int = 90) -> NewToken:
+        """A new token for the caller; its secret (``token``) is in this answer only."""
+        return cast(NewToken, self._http.json("POST", "/tokens", body={"name": name, "scopes": list(scopes),
+                                                                        "expires_in_days": expires_in_days}))
+
+    def revoke(self, token_id: int) -> Token:
+        return cast(Token, self._http.json("DELETE", f"/tokens/{token_id}"))
+
+
+class Users:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def list(self, *, offset: int = 0, limit: int = 100) -> list[User]:
+        return cast(list[User], self._http.json("GET", "/users", params={"offset": offset, "limit": limit}))
+
+    def create(self, email: str, *, role: str, team: str, password: str | None = None,
+               display_name: str = "") -> User:
+        return cast(User, self._http.json("POST", "/users", body={
+            "email": email, "role": role, "team": team, "password": password, "display_name": display_name}))
+
+    def set_membership(self, user_id: int, *, team: str, role: str) -> User:
+        return cast(User, self._http.json("PUT", f"/users/{user_id}/memberships", body={"team": team, "role": role}))
+
+    def remove_membership(self, user_id: int, team: str) -> User:
+        return cast(User, self._http.json("DELETE", f"/users/{user_id}/memberships/{team}"))
+
+    def disable(self, user_id: int) -> User:
+        return cast(User, self._http.json("POST", f"/users/{user_id}/disable"))
+
+    def enable(self, user_id: int) -> User:
+        return cast(User, self._http.json("POST", f"/users/{user_id}/enable"))
+
+    def teams(self) -> list[Team]:
+        return cast(list[Team], self._http.json("GET", "/teams"))
+
+
+class Models:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def list(self) -> list[Model]:
+        return cast(list[Model], self._http.json("GET", "/models"))
+
+    def get(self, name: str) -> Model:
+        """One model with its versions (``versions`` is a list here)."""
+        return cast(Model, self._http.json("GET", f"/models/{name}"))
+
+    def import_(self, name: str, *, source: str, description: str = "", licence: str = "",
+                sensitivity: str = "internal") -> Model:
+        """Import from the server's import folder (``source`` is relative to it)."""
+        return cast(Model, self._http.json("POST", "/models", body={
+            "name": name, "source": source, "description": description, "licence": licence,
+            "sensitivity": sensitivity}))
+
+    def grants(self, name: str) -> list[Grant]:
+        return cast(list[Grant], self._http.json("GET", f"/models/{name}/grants"))
+
+    def grant(self, name: str, *, action: str, team: str | None = None, user: str | None = None) -> Grant:
+        return cast(Grant, self._http.json("POST", f"/models/{name}/grants",
+                                           body={"action": action, "team": team, "user": user}))
+
+    def revoke(self, name: str, *, action: str, team: str | None = None, user: str | None = None) -> dict[str, Any]:
+        return cast(dict[str, Any], self._http.json("DELETE", f"/models/{name}/grants",
+                                                    params={"action": action, "team": team, "user": user}))
+
+    def download(self, name: str, dest: Path, *, version: int | None = None) -> Path:
+        """Stream the weights to ``dest`` (a folder or a file path); needs a ``download`` grant."""
+        return _download(self._http, f"/models/{name}/download", Path(dest), {"version": version}, f"{name}.tar")
+
+
+class Jobs:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def submit(self, kind: str, *, params: dict[str, Any] | None = None, team: str | None = None,
+               priority: int = 0) -> Job:
+        return cast(Job, self._http.json("POST", "/jobs", body={"kind": kind, "params": params or {}, "team": team,
+                                                                "priority": priority}))
+
+    def list(self, *, state: str | None = None, offset: int = 0, limit: int = 50) -> JobPage:
+        return cast(JobPage, self._http.json("GET", "/jobs", params={"state": state, "offset": offset,
+                                                                     "limit": limit}))
+
+    def iter(self, *, state: str | None = None, page_size: int = 100) -> Iterator[Job]:
+        """Every visible job, newest first, a page at a time."""
+        offset: int | None = 0
+        while offset is not None:
+            page = self.list(state=state, offset=offset, limit=page_size)
+            yield from page["items"]
+            offset = page["next_offset"]
+
+    def get(self, job_id: int) -> Job:
+        return cast(Job, self._http.json("GET", f"/jobs/{job_id}"))
+
+    def cancel(self, job_id: int) -> Job:
+        return cast(Job, self._http.json("POST", f"/jobs/{job_id}/cancel"))
+
+    def retry(self, job_id: int) -> Job:
+        return cast(Job, self._http.json("POST", f"/jobs/{job_id}/retry"))
+
+    def logs(self, job_id: int) -> list[JobEvent]:
+        return cast(list[JobEvent], self._http.json("GET", f"/jobs/{job_id}/logs"))
+
+    def progress(self, job_id: int) -> Iterator[Progress]:
+        """The job's live progress (Server-Sent Events) until it finishes; the last item has ``finished``."""
+        with self._http.stream("GET", f"/jobs/{job_id}/progress", timeout=None) as response:
+            for event, data in server_events(response):
+                if event == "progress" and isinstance(data, dict):
+                    yield cast(Progress, data)
+                elif event == "done":
+                    return
+
+    def wait(self, job_id: int, *, timeout: float | None = None) -> Job:
+        """Follow the progress stream until the job finishes; return the finished job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for snapshot in self.progress(job_id):
+            if snapshot.get("finished"):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise ServiceUnavailable(f"job {job_id}: not finished after {timeout:.0f}s "
+                                         f"(state {snapshot.get('state')})")
+        return self.get(job_id)
+
+
+class Finetune:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def submit(self, *, model: str, images: Sequence[Path | tuple[str, bytes]], captions: Sequence[str] | None = None,
+               instance_prompt: str = "", preset: str = "standard", params: dict[str, Any] | None = None,
+               team: str | None = None, adapter_name: str | None = None, attest_licence: bool = False,
+               attest_consent: bool = False, priority: int = 0) -> Job:
+        """Upload instance images (paths or ``(name, bytes)``) and queue a fine-tune; ``params`` override the preset."""
+        import json
+
+        if not images:
+            raise InvalidInput("images: upload at least one instance image")
+        files = []
+        for item in images:
+            name, data = (item.name, item.read_bytes()) if isinstance(item, Path) else item
+            files.append(("images", (name, data, "application/octet-stream")))
+        form: dict[str, Any] = {"model": model, "instance_prompt": instance_prompt, "preset": preset,
+                                "params": json.dumps(params or {}), "attest_licence": str(attest_licence).lower(),
+                                "attest_consent": str(attest_consent).lower(), "priority": str(priority)}
+        if team:
+            form["team"] = team
+        if adapter_name:
+            form["adapter_name"] = adapter_name
+        if captions is not None:
+            form["captions"] = list(captions)
+        return cast(Job, self._http.json("POST", "/finetune", data=form, files=files))
+
+
+class Audit:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def query(self, *, since: str | None = None, until: str | None = None, actor: str | None = None,
+              action: str | None = None, resource: str | None = None, outcome: str | None = None,
+              after: int | None = None, limit: int = 50) -> AuditPage:
+        """One page in sequence order; pass ``next_after`` back as ``after`` for the next."""
+        return cast(AuditPage, self._http.json("GET", "/audit/entries", params={
+            "since": since, "until": until, "actor": actor, "action": action, "resource": resource,
+            "outcome": outcome, "after": after, "limit": limit}))
+
+    def verify(self) -> VerifyReport:
+        """Recompute the chain and the Merkle tree on the server and check every checkpoint (audited)."""
+        return cast(VerifyReport, self._http.json("POST", "/audit/verify", timeout=None))
+
+    def checkpoint(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._http.json("POST", "/audit/checkpoints"))
+
+    def inclusion(self, seq: int) -> dict[str, Any]:
+        return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/inclusion", params={"seq": seq}))
+
+    def consistency(self, old: int, new: int) -> dict[str, Any]:
+        return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/consistency", params={"old": old, "new": new}))
+
+    def export(self, dest: Path, *, format: str = "jsonl", since: str | None = None, until: str | None = None,
+               actor: str | None = None, action: str | None = None, resource: str | None = None,
+               outcome: str | None = None) -> Path:
+        """Download the evidence zip (entries with proofs, signed checkpoint, public keys) to ``dest``."""
+        params = {"format": format, "since": since, "until": until, "actor": actor, "action": action,
+                  "resource": resource, "outcome": outcome}
+        return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip")
+
+
+class Policies:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def status(self) -> dict[str, Any]:
+        """The revision in force, the engine, the paths and the last reload error."""
+        return cast(dict[str, Any], self._http.json("GET", "/policies"))
+
+    def get(self, path: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._http.json("GET", f"/policies/{path}"))
+
+    def evaluate(self, path: str, input: dict[str, Any]) -> Decision:
+        """A recorded decision (decision row and audit entry on the server)."""
+        return cast(Decision, self._http.json("POST", f"/policies/{path}/evaluate", body={"input": input}))
+
+    def check_prompt(self, prompt: str) -> Decision:
+        """The live prompt check: evaluated, not recorded."""
+        return cast(Decision, self._http.json("POST", "/policies/prompt/check", body={"prompt": prompt}))
+
+
+class Quarantine:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def list(self, *, status: str = "quarantined", limit: int = 100) -> list[QuarantinedImage]:
+        return cast(list[QuarantinedImage], self._http.json("GET", "/quarantine",
+                                                            params={"status": status, "limit": limit}))
+
+    def image(self, asset_id: int) -> bytes:
+        """The flagged image's PNG bytes (the view is audited)."""
+        with self._http.stream("GET", f"/quarantine/{asset_id}/image") as response:
+            return response.read()
+
+    def release(self, asset_id: int, *, reason: str) -> Review:
+        return cast(Review, self._http.json("POST", f"/quarantine/{asset_id}/release", body={"reason": reason}))
+
+    def reject(self, asset_id: int, *, reason: str) -> Review:
+        return cast(Review, self._http.json("POST", f"/quarantine/{asset_id}/reject", body={"reason": reason}))
+
+
+class Assets:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def get(self, asset_id: int) -> dict[str, Any]:
+        return cast(dict[str, Any], self._http.json("GET", f"/assets/{asset_id}"))
+
+    def image(self, asset_id: int) -> bytes:
+        with self._http.stream("GET", f"/assets/{asset_id}/image") as response:
+            return response.read()
