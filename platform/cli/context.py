@@ -1,22 +1,83 @@
-"""Shared helpers for CLI commands: settings and a database session."""
+"""Shared helpers for CLI commands: settings, a database session, and where commands run.
+
+``latentops --server URL --token T`` (or ``LATENTOPS_SERVER`` / ``LATENTOPS_TOKEN``) points the
+CLI at a latentops server: ``backend()`` then answers through the REST API instead of the local
+services, and anything that would open the local database refuses with one line instead of
+quietly acting on a different installation than the one the user named.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from latentops.platform.database import session_scope
+from latentops.platform.errors import InvalidInput
 from latentops.platform.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from latentops.platform.cli.backend import Backend
+
+
+@dataclass
+class _Target:
+    server: str = ""
+    token: str = ""
+
+
+target = _Target()
+
+
+def remote() -> bool:
+    return bool(target.server)
+
+
+def _command() -> str:
+    """``latentops <group> <command>`` of the running command, for messages."""
+    import importlib
+
+    try:  # typer 0.2x carries its own click; older versions use click's context stack
+        globals_module = importlib.import_module("typer._click.globals")
+    except ImportError:  # depends on the installed typer
+        globals_module = importlib.import_module("click.globals")
+    ctx = globals_module.get_current_context(silent=True)
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return "latentops " + " ".join(names) if names else "this command"
+
+
+def require_local() -> None:
+    """Refuse ``--server`` for a command that runs on this machine only."""
+    if remote():
+        raise InvalidInput(f"{_command()} runs on this machine only (local database and processes), not against "
+                           f"--server {target.server}; run it there, or without --server/LATENTOPS_SERVER")
+
+
+def backend() -> Backend:
+    """Where a remote-capable command does its work: the REST API with ``--server``, else the services."""
+    if remote():
+        from latentops.platform.cli.remote import RemoteBackend
+
+        return RemoteBackend(target.server, target.token)
+    from latentops.platform.cli.backend import LocalBackend
+
+    return LocalBackend()
 
 
 def settings() -> Settings:
+    require_local()
     return get_settings()
 
 
 @contextlib.contextmanager
 def session() -> Iterator[Session]:
+    require_local()
     with session_scope(get_settings().database_url) as db:
         yield db
 

@@ -11,6 +11,12 @@ from latentops.platform.database import check_connection, redact
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 
 
+@db_app.callback()
+def _local_only() -> None:
+    """Migrations act on this machine's configured database only."""
+    context.require_local()
+
+
 @db_app.command()
 def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Migrate the configured database to the latest schema (or REVISION)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from latentops.platform.cli import context, output
+from latentops.platform.cli.backend import FinetuneSubmission
 from latentops.platform.errors import InvalidInput
 
 finetune_app = typer.Typer(help="Fine-tune base models: LoRA and DreamBooth-LoRA.", no_args_is_help=True)
@@ -21,15 +22,31 @@ JOB_KEYS = {"model", "model_version", "instance_dir", "class_dir", "out", "team"
             "attest_consent"}
 
 
-def _request(options: dict[str, Any], config_file: Path | None) -> tuple[Any, dict[str, Any]]:
+def _merge(options: dict[str, Any], config_file: Path | None) -> dict[str, Any]:
+    """Options over ``--config``; the required keys checked."""
     from latentops.pipelines.finetune.config import load_toml
-    from latentops.platform.services.finetune import Request
 
     merged = load_toml(config_file) if config_file else {}
     merged.update({k: v for k, v in options.items() if v is not None and v is not False})
     for key in ("model", "instance_dir", "instance_prompt"):
         if not merged.get(key):
             raise InvalidInput(f"{key}: required (as --{key.replace('_', '-')} or in the config file)")
+    return merged
+
+
+def _submission(merged: dict[str, Any], priority: int) -> FinetuneSubmission:
+    return FinetuneSubmission(
+        model=str(merged["model"]), model_version=merged.get("model_version"), instance_dir=Path(merged["instance_dir"]),
+        class_dir=Path(merged["class_dir"]) if merged.get("class_dir") else None,
+        values={k: v for k, v in merged.items() if k not in JOB_KEYS}, team=merged.get("team"),
+        adapter_name=merged.get("name"), attest_licence=bool(merged.get("attest_licence")),
+        attest_consent=bool(merged.get("attest_consent")), priority=priority)
+
+
+def _request(options: dict[str, Any], config_file: Path | None) -> tuple[Any, dict[str, Any]]:
+    from latentops.platform.services.finetune import Request
+
+    merged = _merge(options, config_file)
     values = {k: v for k, v in merged.items() if k not in JOB_KEYS}
     request = Request(
         model=str(merged["model"]), model_version=merged.get("model_version"), instance_dir=Path(merged["instance_dir"]),
@@ -138,13 +155,11 @@ def submit(
     config: Path = CONFIG,
     json_output: bool = typer.Option(False, "--json", help='Print {"job_id": ...}.'),
 ) -> None:
-    """Queue a fine-tuning job (checked, screened and decided before it is queued)."""
-    from latentops.platform.services import finetune as service
-
+    """Queue a fine-tuning job (checked, screened and decided before it is queued); with --server the
+    instance images and their captions are uploaded."""
     options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
                        batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent)
-    request, _ = _request(options, config)
-    job_id = service.submit(context.settings(), actor=context.actor(), request=request, priority=priority)
+    job_id = context.backend().submit_finetune(_submission(_merge(options, config), priority))
     if json_output:
         output.emit_json({"job_id": job_id})
     else:

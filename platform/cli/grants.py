@@ -10,22 +10,11 @@ from __future__ import annotations
 import typer
 
 from latentops.platform.cli import context, output
+from latentops.platform.cli.backend import run_recorded
 from latentops.platform.cli.models import models_app
-from latentops.platform.errors import PolicyDenied
 from latentops.platform.services import grants as grants_service
 
 ACTION_HELP = "use, download or manage."
-
-
-def _run_recorded(work):  # type: ignore[no-untyped-def]
-    """Run ``work(db)``; keep the recorded decision even when the policy denies."""
-    denied: PolicyDenied | None = None
-    with context.session() as db:
-        try:
-            return work(db)
-        except PolicyDenied as error:
-            denied = error  # commit the decision record and its audit entry, then report
-    raise denied
 
 
 @models_app.command("grant")
@@ -37,11 +26,7 @@ def grant(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Grant an action on a base model to a team or a user (policy-checked, audited)."""
-    def work(db):  # type: ignore[no-untyped-def]
-        row = grants_service.grant(db, model=name, action=action, team=team, user=user, actor=context.actor())
-        return {"grant_id": row.id, "model": name, "action": action, "team": team, "user": user}
-
-    result = _run_recorded(work)
+    result = context.backend().grant(model=name, action=action, team=team, user=user)
     if json_output:
         output.emit_json(result)
     else:
@@ -57,7 +42,7 @@ def revoke(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Revoke a grant (policy-checked, audited)."""
-    count = _run_recorded(lambda db: grants_service.revoke(db, model=name, action=action, team=team, user=user, actor=context.actor()))
+    count = context.backend().revoke(model=name, action=action, team=team, user=user)
     if json_output:
         output.emit_json({"model": name, "action": action, "team": team, "user": user, "revoked": count})
     else:
@@ -70,8 +55,7 @@ def list_grants(
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List the active grants on a base model."""
-    with context.session() as db:
-        rows = grants_service.list_grants(db, model=name)
+    rows = context.backend().list_grants(name)
     if json_output:
         for row in rows:
             output.emit_json(row)
@@ -88,7 +72,7 @@ def access(
 ) -> None:
     """Ask the models policy whether an action on a model is allowed (the decision is recorded)."""
     actor = as_user or context.actor()
-    decision = _run_recorded(lambda db: grants_service.check_access(db, model=name, action=action, actor=actor))
+    decision = run_recorded(lambda db: grants_service.check_access(db, model=name, action=action, actor=actor))
     output.emit_json(decision.to_json())
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import typer
 
 from latentops.platform.cli import context, output
-from latentops.platform.services import jobs as jobs_service
 
-jobs_app = typer.Typer(help="Jobs on the queue: list, show, cancel, retry, logs.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs on the queue: list, show, watch, cancel, retry, logs.", no_args_is_help=True)
 
 
 @jobs_app.command("list")
@@ -17,8 +16,7 @@ def list_jobs(
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List jobs, newest first."""
-    with context.session() as db:
-        rows = [jobs_service.as_dict(job) for job in jobs_service.list_jobs(db, state=state, offset=offset, limit=limit)]
+    rows = context.backend().list_jobs(state=state, offset=offset, limit=limit)
     if json_output:
         for row in rows:
             output.emit_json(row)
@@ -31,9 +29,7 @@ def list_jobs(
 @jobs_app.command("show")
 def show(job_id: int, json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show one job's state, progress and result."""
-    with context.session() as db:
-        job = jobs_service.get(db, job_id)
-        row = jobs_service.as_dict(job) | {"queue_position": jobs_service.queue_position(db, job)}
+    row = context.backend().show_job(job_id)
     if json_output:
         output.emit_json(row)
     else:
@@ -44,26 +40,40 @@ def show(job_id: int, json_output: bool = typer.Option(False, "--json", help="Pr
 @jobs_app.command("cancel")
 def cancel(job_id: int) -> None:
     """Cancel a job: a queued one at once, a running one within a step."""
-    with context.session() as db:
-        job = jobs_service.cancel(db, job_id=job_id, actor=context.actor())
-        state = job.state.value
+    state = context.backend().cancel_job(job_id)
     output.say(f"job {job_id}: cancellation requested (state {state})")
 
 
 @jobs_app.command("retry")
 def retry(job_id: int) -> None:
     """Queue a failed or cancelled job again (a running or finished-successfully job is refused)."""
-    jobs_service.retry(context.settings(), job_id=job_id, actor=context.actor())
+    context.backend().retry_job(job_id)
     output.say(f"job {job_id} queued again")
 
 
 @jobs_app.command("logs")
 def logs(job_id: int) -> None:
     """Print a job's event log."""
-    with context.session() as db:
-        jobs_service.get(db, job_id)
-        for event in jobs_service.events(db, job_id):
-            output.say(f"{event.at:%Y-%m-%d %H:%M:%S} {event.kind:<7} {event.message}")
+    for event in context.backend().job_logs(job_id):
+        output.say(f"{event['at']:%Y-%m-%d %H:%M:%S} {event['kind']:<7} {event['message']}")
+
+
+@jobs_app.command("watch")
+def watch(job_id: int, json_output: bool = typer.Option(False, "--json", help="Print each update as a JSON line.")
+          ) -> None:
+    """Follow a job's progress until it finishes (the server's event stream with --server); exit 1 unless it succeeded."""
+    last: dict[str, object] = {}
+    for update in context.backend().follow_job(job_id):
+        last = update
+        if json_output:
+            output.emit_json(update)
+            continue
+        progress = update.get("progress") or {}
+        percent = progress.get("percent", 0) if isinstance(progress, dict) else 0
+        place = f", queue position {update['queue_position']}" if update.get("queue_position") else ""
+        output.say(f"job {job_id}: {update['state']} {percent}%{place}")
+    if last.get("state") != "succeeded":
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

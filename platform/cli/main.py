@@ -3,6 +3,9 @@
 Each command group lives in its own module and calls the same services as the REST API. Errors
 from the ``LatentopsError`` family print one line, ``Name: detail``, and exit 1; a traceback is
 shown only with ``--debug``.
+
+``--server URL --token T`` (or ``LATENTOPS_SERVER`` / ``LATENTOPS_TOKEN``) runs the commands that
+make sense remotely against a latentops server through its REST API (``cli/backend.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sys
 
 import typer
 
-from latentops.platform.cli import output
+from latentops.platform.cli import context, output
 from latentops.platform.errors import LatentopsError
 
 app = typer.Typer(
@@ -25,14 +28,20 @@ app = typer.Typer(
 )
 
 # Modules under latentops.platform.cli; each has ``register(app)`` adding its commands.
-COMMAND_MODULES = ["stack", "db", "users", "tokens", "jobs", "models", "grants", "audit", "policy", "screening", "finetune"]
+COMMAND_MODULES = ["stack", "db", "users", "tokens", "jobs", "models", "grants", "audit", "policy", "screening", "finetune", "generate",
+                   "datasets"]
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    server: str = typer.Option("", "--server", envvar="LATENTOPS_SERVER", show_envvar=True,
+                               help="Run against this latentops server (https://...) instead of the local database."),
+    token: str = typer.Option("", "--token", envvar="LATENTOPS_TOKEN", show_envvar=True,
+                              help="Personal API token for --server (latentops tokens create)."),
 ) -> None:
     output.state.debug = debug
+    context.target.server, context.target.token = server.strip(), token.strip()
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

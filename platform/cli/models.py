@@ -53,16 +53,15 @@ def list_(
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List models in the catalogue."""
-    with context.session() as db:
-        summaries = models_service.list_models(db, include_removed=include_removed)
+    summaries = context.backend().list_models(include_removed=include_removed)
     if json_output:
         for summary in summaries:
-            output.emit_json(summary.__dict__)
+            output.emit_json(summary)
         return
     output.table(
         "models", ["name", "family", "versions", "sha256", "size MB", "removed"],
-        [(s.name, s.family, s.versions, s.latest_hash[:16], f"{s.size_bytes / 1e6:.1f}", "yes" if s.removed else "")
-         for s in summaries],
+        [(s["name"], s["family"], s["versions"], s["latest_hash"][:16], f"{s['size_bytes'] / 1e6:.1f}",
+          "yes" if s["removed"] else "") for s in summaries],
     )
 
 
@@ -72,8 +71,7 @@ def show(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Show a model and its versions."""
-    with context.session() as db:
-        info = models_service.describe(db, name=name)
+    info = context.backend().show_model(name)
     if json_output:
         output.emit_json(info)
         return
@@ -102,6 +100,7 @@ def create_tiny(
     seed: int = typer.Option(0, help="Seed for the random weights."),
 ) -> None:
     """Write a tiny random-init pipeline (a few MB) for tests and benchmarks; built offline."""
+    context.require_local()
     from latentops.pipelines import tiny
     from latentops.platform.errors import InvalidInput
 
@@ -119,6 +118,7 @@ def train_demo(
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure digit accuracy afterwards."),
 ) -> None:
     """Train the digits demo model from scratch (seeded; the committed model uses the defaults)."""
+    context.require_local()
     from latentops.pipelines.demo import evaluation, training
 
     config = training.DemoTrainingConfig()

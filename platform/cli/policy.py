@@ -65,20 +65,15 @@ def _parse_input(raw: str) -> dict[str, object]:
     return value
 
 
-def _decide(path: str, value: dict[str, object]) -> policy.Decision:
-    with context.session() as db:
-        return policy.decide(path, value, session=db, actor=context.actor())
-
-
 @policy_app.command("eval")
 def eval_(
     path: str = typer.Option(..., "--path", help="Policy path: prompt, jobs, models, datasets, screening."),
     input_json: str = typer.Option(..., "--input", help="The input as a JSON object."),
 ) -> None:
     """Evaluate one input and print the decision as JSON (the decision is recorded)."""
-    decision = _decide(path, _parse_input(input_json))
-    output.emit_json({**decision.to_json(), "decision_id": decision.decision_id})
-    if not decision.allow:
+    decision = context.backend().decide(path, _parse_input(input_json))
+    output.emit_json(decision)
+    if not decision["allow"]:
         raise typer.Exit(2)
 
 
@@ -88,16 +83,16 @@ def check_prompt(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON line."),
 ) -> None:
     """Check a prompt against the prompt policy; exits 2 when it is denied."""
-    decision = _decide("prompt", {"prompt": text})
+    decision = context.backend().check_prompt(text)
     if json_output:
-        output.emit_json(decision.to_json())
-    elif decision.allow:
-        output.say(f"allowed (revision {decision.revision[:12]})")
+        output.emit_json({key: decision[key] for key in ("allow", "reasons", "rule_ids", "revision")})
+    elif decision["allow"]:
+        output.say(f"allowed (revision {decision['revision'][:12]})")
     else:
-        output.say(f"denied (revision {decision.revision[:12]})")
-        for rule_id, reason in zip(decision.rule_ids, decision.reasons, strict=True):
+        output.say(f"denied (revision {decision['revision'][:12]})")
+        for rule_id, reason in zip(decision["rule_ids"], decision["reasons"], strict=True):
             output.say(f"  {rule_id}: {reason}")
-    if not decision.allow:
+    if not decision["allow"]:
         raise typer.Exit(2)
 
 
@@ -114,9 +109,7 @@ def reload() -> None:
 @policy_app.command("revision")
 def revision(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the revision in force, the engine and the paths."""
-    with context.session() as db:
-        policy.get_service().refresh(db)
-    status = policy.status()
+    status = context.backend().policy_status()
     if not status["revision"]:
         raise ServiceUnavailable(f"no policy revision is in force: {status['last_error']}")
     if json_output:

@@ -214,10 +214,7 @@ def quarantine_list(
     json_output: bool = JSON,
 ) -> None:
     """Quarantined images with their scores and reasons."""
-    from latentops.governance import quarantine
-
-    with context.session() as db:
-        rows = quarantine.list_quarantined(db, actor=context.actor(), status=status)
+    rows = context.backend().quarantine_list(status)
     if json_output:
         output.emit_json(rows)
     else:
@@ -231,12 +228,8 @@ def quarantine_release(
     reason: str = typer.Option(..., "--reason", help="Why it may be released (recorded)."),
 ) -> None:
     """Release a quarantined image (provenance is applied)."""
-    from latentops.governance import quarantine
-
-    with context.session() as db:
-        asset = quarantine.release(db, settings=context.settings(), asset_id=asset_id, reason=reason, actor=context.actor())
-        path = asset.path
-    output.say(f"asset {asset_id} released: {path}")
+    path = context.backend().quarantine_release(asset_id, reason)["path"]
+    output.say(f"asset {asset_id} released" + (f": {path}" if path else ""))
 
 
 @quarantine_app.command("reject")
@@ -245,10 +238,7 @@ def quarantine_reject(
     reason: str = typer.Option(..., "--reason", help="Why it is rejected (recorded)."),
 ) -> None:
     """Reject a quarantined image; it is kept as evidence and never released."""
-    from latentops.governance import quarantine
-
-    with context.session() as db:
-        quarantine.reject(db, asset_id=asset_id, reason=reason, actor=context.actor())
+    context.backend().quarantine_reject(asset_id, reason)
     output.say(f"asset {asset_id} rejected")
 
 

@@ -23,6 +23,7 @@ def up(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
 ) -> None:
     """Start the local stack in the foreground: Redis, one worker and the API (Ctrl-C stops all)."""
+    context.require_local()
     stack = LocalStack(context.settings(), host=host, port=port, on_event=output.say)
     stack.start()
     raise typer.Exit(stack.run_forever())
@@ -33,6 +34,7 @@ def serve(
     host: str = typer.Option(None, help="Address (default: LATENTOPS_API_HOST, 127.0.0.1)."),
 ) -> None:
     """Start the API and portal against the configured database and broker (production)."""
+    context.require_local()
     import uvicorn
 
     settings = context.settings()
@@ -51,6 +53,7 @@ def worker(
     concurrency: int = typer.Option(None, min=1, max=64, help="Worker processes (default: 1, or one per GPU)."),
 ) -> None:
     """Start a Celery worker consuming job ids from the broker."""
+    context.require_local()
     from latentops.platform.queue.worker import GPU_LIST_ENV
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
@@ -97,6 +100,7 @@ def demo(
     steps: int = typer.Option(20, min=1, max=1000, help="Steps of the diagnostics job."),
 ) -> None:
     """Run the main job end to end on the embedded stack: start it, submit, watch, print, stop."""
+    context.require_local()
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from latentops.platform import migrate

@@ -9,7 +9,6 @@ import typer
 from latentops.platform.cli import context, output
 from latentops.platform.errors import InvalidInput
 from latentops.platform.models import Role
-from latentops.platform.services import users as users_service
 
 users_app = typer.Typer(help="Users, teams and roles.", no_args_is_help=True)
 ROLES = ", ".join(role.value for role in Role)
@@ -29,9 +28,7 @@ def create(
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise InvalidInput("password: --password-stdin was given but standard input was empty")
-    with context.session() as db:
-        user = users_service.create_user(db, email=email, role=role, team=team, password=password, actor=context.actor())
-        result = {"id": user.id, "email": user.email, "team": team.strip().lower(), "role": role}
+    result = context.backend().create_user(email=email, role=role, team=team, password=password)
     if json_output:
         output.emit_json(result)
     else:
@@ -44,16 +41,13 @@ def list_users(
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List users with their teams and roles."""
-    with context.session() as db:
-        rows = []
-        for user in users_service.list_users(db, offset=offset, limit=limit):
-            teams = ", ".join(f"{name}:{role.value}" for name, role in users_service.memberships_of(db, user))
-            rows.append((user.id, user.email, teams, "yes" if user.is_active else "no"))
+    columns = ("id", "email", "teams", "active")
+    rows = context.backend().list_users(offset=offset, limit=limit)
     if json_output:
         for row in rows:
-            output.emit_json(dict(zip(("id", "email", "teams", "active"), row, strict=True)))
+            output.emit_json({key: row[key] for key in columns})
     else:
-        output.table("users", ["id", "email", "teams", "active"], rows)
+        output.table("users", list(columns), [[row[key] for key in columns] for row in rows])
 
 
 def register(app: typer.Typer) -> None:

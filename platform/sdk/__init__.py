@@ -22,8 +22,11 @@ if __name__ != "latentops.client":  # one module, one name: never also latentops
     raise ImportError(f"import the SDK as latentops.client, not {__name__}")
 
 from types import TracebackType
+from typing import Self
 
 import httpx
+from latentops.client import resources, types
+from latentops.client.http import DEFAULT_TIMEOUT_S, SERVER_ENV, TOKEN_ENV, Http, from_environment
 from latentops.platform.errors import (
     AuthenticationFailed,
     Conflict,
@@ -35,12 +38,21 @@ from latentops.platform.errors import (
     QuotaExceeded,
     ServiceUnavailable,
 )
-from latentops.client import resources, types
-from latentops.client.http import DEFAULT_TIMEOUT_S, SERVER_ENV, TOKEN_ENV, Http, from_environment
 
 __all__ = [
-    "AuthenticationFailed", "Client", "Conflict", "IntegrityError", "InvalidInput", "LatentopsError", "NotFound",
-    "PolicyDenied", "QuotaExceeded", "SERVER_ENV", "ServiceUnavailable", "TOKEN_ENV", "types",
+    "SERVER_ENV",
+    "TOKEN_ENV",
+    "AuthenticationFailed",
+    "Client",
+    "Conflict",
+    "IntegrityError",
+    "InvalidInput",
+    "LatentopsError",
+    "NotFound",
+    "PolicyDenied",
+    "QuotaExceeded",
+    "ServiceUnavailable",
+    "types",
 ]
 
 
@@ -66,7 +78,7 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,

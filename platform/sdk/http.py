@@ -25,6 +25,8 @@ SERVER_ENV = "LATENTOPS_SERVER"
 TOKEN_ENV = "LATENTOPS_TOKEN"
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT_S = 30.0
+NO_TIMEOUT = None  # for answers that take as long as they take (event streams, big downloads)
+_CLIENT_DEFAULT: Any = object()  # "the client's timeout", distinct from None ("no timeout")
 
 # Our classes by their stable ``error`` name, plus the few names only HTTP itself produces.
 _BY_NAME: dict[str, type[errors.LatentopsError]] = {
@@ -75,11 +77,12 @@ class Http:
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, path: str, *, stream: bool = False, timeout: float | None = None,
+    def _send(self, method: str, path: str, *, stream: bool = False, timeout: float | None = _CLIENT_DEFAULT,
               **kwargs: Any) -> httpx.Response:
-        extra = {"timeout": timeout} if timeout is not None else {}
+        if timeout is not _CLIENT_DEFAULT:
+            kwargs["timeout"] = timeout
         try:
-            request = self._http.build_request(method, path, **kwargs, **extra)
+            request = self._http.build_request(method, path, **kwargs)
             response = self._http.send(request, stream=stream)
         except httpx.TimeoutException:
             raise errors.ServiceUnavailable(f"server {self.server}: {method} {path} timed out") from None
@@ -103,7 +106,7 @@ class Http:
 
     @contextmanager
     def stream(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-               timeout: float | None = None) -> Iterator[httpx.Response]:
+               timeout: float | None = _CLIENT_DEFAULT) -> Iterator[httpx.Response]:
         """A streamed answer (downloads, Server-Sent Events); closed when the block ends."""
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         response = self._send(method, path, params=clean, stream=True, timeout=timeout)
@@ -115,7 +118,7 @@ class Http:
 
 def server_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
     """``(event, data)`` pairs of a Server-Sent Events answer; comment lines (keepalives) are skipped."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in response.iter_lines():
         if not line:
             if data:
@@ -124,7 +127,7 @@ def server_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
                     yield event, json.loads(text)
                 except json.JSONDecodeError:
                     yield event, text
-            event, data = "message", []
+            event, data = "message", list[str]()
         elif line.startswith(":"):
             continue
         elif line.startswith("event:"):

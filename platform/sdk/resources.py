@@ -8,13 +8,13 @@ written to disk chunk by chunk, a job's progress is an iterator over its Server-
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from latentops.platform.errors import InvalidInput, ServiceUnavailable
 from latentops.client.http import Http, server_events
 from latentops.client.types import (
     AuditPage,
@@ -34,6 +34,7 @@ from latentops.client.types import (
     User,
     VerifyReport,
 )
+from latentops.platform.errors import InvalidInput, ServiceUnavailable
 
 _FILENAME = re.compile(r'filename="([^"/\\]+)"')
 CHUNK = 1024 * 1024
@@ -69,8 +70,8 @@ class Tokens:
     def __init__(self, http: Http) -> None:
         self._http = http
 
-    def list(self) -> list[Token]:
-        return cast(list[Token], self._http.json("GET", "/tokens"))
+    def list(self) -> builtins.list[Token]:
+        return cast(builtins.list[Token], self._http.json("GET", "/tokens"))
 
     def create(self, name: str, *, scopes: Sequence[str] = ("*",), expires_in_days: int = 90) -> NewToken:
         """A new token for the caller; its secret (``token``) is in this answer only."""
@@ -85,8 +86,8 @@ class Users:
     def __init__(self, http: Http) -> None:
         self._http = http
 
-    def list(self, *, offset: int = 0, limit: int = 100) -> list[User]:
-        return cast(list[User], self._http.json("GET", "/users", params={"offset": offset, "limit": limit}))
+    def list(self, *, offset: int = 0, limit: int = 100) -> builtins.list[User]:
+        return cast(builtins.list[User], self._http.json("GET", "/users", params={"offset": offset, "limit": limit}))
 
     def create(self, email: str, *, role: str, team: str, password: str | None = None,
                display_name: str = "") -> User:
@@ -105,16 +106,16 @@ class Users:
     def enable(self, user_id: int) -> User:
         return cast(User, self._http.json("POST", f"/users/{user_id}/enable"))
 
-    def teams(self) -> list[Team]:
-        return cast(list[Team], self._http.json("GET", "/teams"))
+    def teams(self) -> builtins.list[Team]:
+        return cast(builtins.list[Team], self._http.json("GET", "/teams"))
 
 
 class Models:
     def __init__(self, http: Http) -> None:
         self._http = http
 
-    def list(self) -> list[Model]:
-        return cast(list[Model], self._http.json("GET", "/models"))
+    def list(self) -> builtins.list[Model]:
+        return cast(builtins.list[Model], self._http.json("GET", "/models"))
 
     def get(self, name: str) -> Model:
         """One model with its versions (``versions`` is a list here)."""
@@ -127,8 +128,8 @@ class Models:
             "name": name, "source": source, "description": description, "licence": licence,
             "sensitivity": sensitivity}))
 
-    def grants(self, name: str) -> list[Grant]:
-        return cast(list[Grant], self._http.json("GET", f"/models/{name}/grants"))
+    def grants(self, name: str) -> builtins.list[Grant]:
+        return cast(builtins.list[Grant], self._http.json("GET", f"/models/{name}/grants"))
 
     def grant(self, name: str, *, action: str, team: str | None = None, user: str | None = None) -> Grant:
         return cast(Grant, self._http.json("POST", f"/models/{name}/grants",
@@ -173,8 +174,8 @@ class Jobs:
     def retry(self, job_id: int) -> Job:
         return cast(Job, self._http.json("POST", f"/jobs/{job_id}/retry"))
 
-    def logs(self, job_id: int) -> list[JobEvent]:
-        return cast(list[JobEvent], self._http.json("GET", f"/jobs/{job_id}/logs"))
+    def logs(self, job_id: int) -> builtins.list[JobEvent]:
+        return cast(builtins.list[JobEvent], self._http.json("GET", f"/jobs/{job_id}/logs"))
 
     def progress(self, job_id: int) -> Iterator[Progress]:
         """The job's live progress (Server-Sent Events) until it finishes; the last item has ``finished``."""
@@ -284,8 +285,8 @@ class Quarantine:
     def __init__(self, http: Http) -> None:
         self._http = http
 
-    def list(self, *, status: str = "quarantined", limit: int = 100) -> list[QuarantinedImage]:
-        return cast(list[QuarantinedImage], self._http.json("GET", "/quarantine",
+    def list(self, *, status: str = "quarantined", limit: int = 100) -> builtins.list[QuarantinedImage]:
+        return cast(builtins.list[QuarantinedImage], self._http.json("GET", "/quarantine",
                                                             params={"status": status, "limit": limit}))
 
     def image(self, asset_id: int) -> bytes:

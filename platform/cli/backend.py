@@ -1,0 +1,309 @@
+"""The seam between CLI commands and where their work runs.
+
+A command that makes sense against a server asks ``context.backend()`` for a ``Backend`` and calls
+it; it never opens a session itself. ``LocalBackend`` calls the services on the configured
+database (acting as the console user); ``latentops.platform.cli.remote.RemoteBackend`` calls the
+REST API through the SDK (acting as the token's user, under the server's access policy). Both
+return the same plain data, so a command prints the same table or ``--json`` line either way.
+
+Commands that only make sense on the machine itself (``up``, ``serve``, ``worker``, ``db``, model
+building, audit key handling) keep using the services directly; with ``--server`` they refuse
+with one line (``context.require_local``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from latentops.platform.cli import context
+from latentops.platform.errors import PolicyDenied
+from sqlalchemy.orm import Session
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    since: str | None = None
+    until: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    resource: str | None = None
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneSubmission:
+    """A fine-tune as the CLI collected it (options merged over ``--config``)."""
+
+    model: str
+    instance_dir: Path
+    values: dict[str, Any]
+    model_version: int | None = None
+    class_dir: Path | None = None
+    team: str | None = None
+    adapter_name: str | None = None
+    attest_licence: bool = False
+    attest_consent: bool = False
+    priority: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """What remote-capable commands need; every method returns plain data (dicts, lists, ints)."""
+
+    # users and tokens
+    def create_user(self, *, email: str, role: str, team: str, password: str | None) -> dict[str, Any]: ...
+    def list_users(self, *, offset: int, limit: int) -> list[dict[str, Any]]: ...
+    def create_token(self, *, email: str | None, name: str, scopes: list[str], expires_days: int) -> dict[str, Any]: ...
+    def revoke_token(self, token_id: int) -> None: ...
+    # jobs
+    def list_jobs(self, *, state: str | None, offset: int, limit: int) -> list[dict[str, Any]]: ...
+    def show_job(self, job_id: int) -> dict[str, Any]: ...
+    def cancel_job(self, job_id: int) -> str: ...
+    def retry_job(self, job_id: int) -> None: ...
+    def job_logs(self, job_id: int) -> list[dict[str, Any]]: ...
+    def follow_job(self, job_id: int) -> Iterator[dict[str, Any]]: ...
+    def submit_finetune(self, submission: FinetuneSubmission) -> int: ...
+    # models and grants
+    def list_models(self, *, include_removed: bool) -> list[dict[str, Any]]: ...
+    def show_model(self, name: str) -> dict[str, Any]: ...
+    def grant(self, *, model: str, action: str, team: str | None, user: str | None) -> dict[str, Any]: ...
+    def revoke(self, *, model: str, action: str, team: str | None, user: str | None) -> int: ...
+    def list_grants(self, model: str) -> list[dict[str, Any]]: ...
+    # policies
+    def decide(self, path: str, value: dict[str, Any]) -> dict[str, Any]: ...
+    def check_prompt(self, text: str) -> dict[str, Any]: ...
+    def policy_status(self) -> dict[str, Any]: ...
+    # audit
+    def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]: ...
+    def audit_verify(self) -> dict[str, Any]: ...
+    def audit_prove(self, seq: int) -> dict[str, Any]: ...
+    def audit_consistency(self, old: int, new: int) -> dict[str, Any]: ...
+    def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters) -> dict[str, Any]: ...
+    # quarantine
+    def quarantine_list(self, status: str) -> list[dict[str, Any]]: ...
+    def quarantine_release(self, asset_id: int, reason: str) -> dict[str, Any]: ...
+    def quarantine_reject(self, asset_id: int, reason: str) -> dict[str, Any]: ...
+
+
+def run_recorded(work: Callable[[Session], T]) -> T:
+    """Run ``work(db)`` in one session; keep the recorded decision even when the policy denies."""
+    denied: PolicyDenied | None = None
+    with context.session() as db:
+        try:
+            return work(db)
+        except PolicyDenied as error:
+            denied = error  # commit the decision record and its audit entry, then report
+    raise denied
+
+
+class LocalBackend:
+    """The services on this machine's database, acting as the console user (``cli:<login>``)."""
+
+    # --- users and tokens ---------------------------------------------------------------------
+
+    def create_user(self, *, email: str, role: str, team: str, password: str | None) -> dict[str, Any]:
+        from latentops.platform.services import users
+
+        with context.session() as db:
+            user = users.create_user(db, email=email, role=role, team=team, password=password, actor=context.actor())
+            return {"id": user.id, "email": user.email, "team": team.strip().lower(), "role": role}
+
+    def list_users(self, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        from latentops.platform.services import users
+
+        with context.session() as db:
+            rows = []
+            for user in users.list_users(db, offset=offset, limit=limit):
+                teams = ", ".join(f"{name}:{role.value}" for name, role in users.memberships_of(db, user))
+                rows.append({"id": user.id, "email": user.email, "teams": teams,
+                             "active": "yes" if user.is_active else "no"})
+            return rows
+
+    def create_token(self, *, email: str | None, name: str, scopes: list[str], expires_days: int) -> dict[str, Any]:
+        from latentops.platform.errors import InvalidInput
+        from latentops.platform.services import tokens
+
+        if not email:
+            raise InvalidInput("email: required (--email): the user the token acts as")
+        with context.session() as db:
+            token, secret = tokens.create_token(db, email=email, name=name, scopes=scopes, expires_in_days=expires_days,
+                                                actor=context.actor())
+            return {"id": token.id, "token": secret, "expires_at": str(token.expires_at), "scopes": token.scopes}
+
+    def revoke_token(self, token_id: int) -> None:
+        from latentops.platform.services import tokens
+
+        with context.session() as db:
+            tokens.revoke_token(db, token_id=token_id, actor=context.actor())
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def list_jobs(self, *, state: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
+        from latentops.platform.services import jobs
+
+        with context.session() as db:
+            return [jobs.as_dict(job) for job in jobs.list_jobs(db, state=state, offset=offset, limit=limit)]
+
+    def show_job(self, job_id: int) -> dict[str, Any]:
+        from latentops.platform.services import jobs
+
+        with context.session() as db:
+            job = jobs.get(db, job_id)
+            return jobs.as_dict(job) | {"queue_position": jobs.queue_position(db, job)}
+
+    def cancel_job(self, job_id: int) -> str:
+        from latentops.platform.services import jobs
+
+        with context.session() as db:
+            return jobs.cancel(db, job_id=job_id, actor=context.actor()).state.value
+
+    def retry_job(self, job_id: int) -> None:
+        from latentops.platform.services import jobs
+
+        jobs.retry(context.settings(), job_id=job_id, actor=context.actor())
+
+    def job_logs(self, job_id: int) -> list[dict[str, Any]]:
+        from latentops.platform.services import jobs
+
+        with context.session() as db:
+            jobs.get(db, job_id)
+            return [{"at": e.at, "kind": e.kind, "message": e.message, "data": e.data} for e in jobs.events(db, job_id)]
+
+    def follow_job(self, job_id: int) -> Iterator[dict[str, Any]]:
+        from latentops.platform.services import jobs
+
+        last: dict[str, Any] | None = None
+        while True:
+            with context.session() as db:
+                job = jobs.get(db, job_id)
+                snapshot = {"id": job.id, "state": job.state.value, "progress": job.progress, "error": job.error,
+                            "hold_reason": job.hold_reason, "queue_position": jobs.queue_position(db, job),
+                            "finished": job.state.finished}
+            if snapshot != last:
+                yield snapshot
+                last = snapshot
+            if snapshot["finished"]:
+                return
+            time.sleep(0.5)
+
+    def submit_finetune(self, submission: FinetuneSubmission) -> int:
+        from latentops.platform.services import finetune
+
+        request = finetune.Request(
+            model=submission.model, model_version=submission.model_version, instance_dir=submission.instance_dir,
+            class_dir=submission.class_dir, values=submission.values, team=submission.team,
+            adapter_name=submission.adapter_name, attest_licence=submission.attest_licence,
+            attest_consent=submission.attest_consent)
+        return finetune.submit(context.settings(), actor=context.actor(), request=request, priority=submission.priority)
+
+    # --- models and grants --------------------------------------------------------------------
+
+    def list_models(self, *, include_removed: bool) -> list[dict[str, Any]]:
+        from latentops.platform.services import models
+
+        with context.session() as db:
+            return [dict(s.__dict__) for s in models.list_models(db, include_removed=include_removed)]
+
+    def show_model(self, name: str) -> dict[str, Any]:
+        from latentops.platform.services import models
+
+        with context.session() as db:
+            return models.describe(db, name=name)
+
+    def grant(self, *, model: str, action: str, team: str | None, user: str | None) -> dict[str, Any]:
+        from latentops.platform.services import grants
+
+        def work(db: Session) -> dict[str, Any]:
+            row = grants.grant(db, model=model, action=action, team=team, user=user, actor=context.actor())
+            return {"grant_id": row.id, "model": model, "action": action, "team": team, "user": user}
+
+        return run_recorded(work)
+
+    def revoke(self, *, model: str, action: str, team: str | None, user: str | None) -> int:
+        from latentops.platform.services import grants
+
+        return run_recorded(lambda db: grants.revoke(db, model=model, action=action, team=team, user=user,
+                                                     actor=context.actor()))
+
+    def list_grants(self, model: str) -> list[dict[str, Any]]:
+        from latentops.platform.services import grants
+
+        with context.session() as db:
+            return grants.list_grants(db, model=model)
+
+    # --- policies -----------------------------------------------------------------------------
+
+    def decide(self, path: str, value: dict[str, Any]) -> dict[str, Any]:
+        from latentops.governance import policy
+
+        with context.session() as db:
+            decision = policy.decide(path, value, session=db, actor=context.actor())
+        return {**decision.to_json(), "decision_id": decision.decision_id}
+
+    def check_prompt(self, text: str) -> dict[str, Any]:
+        return self.decide("prompt", {"prompt": text})
+
+    def policy_status(self) -> dict[str, Any]:
+        from latentops.governance import policy
+
+        with context.session() as db:
+            policy.get_service().refresh(db)
+        return policy.status()
+
+    # --- audit --------------------------------------------------------------------------------
+
+    def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]:
+        from latentops.governance import compliance
+
+        with context.session() as db:
+            page = compliance.query(db, filters=_compliance_filters(filters), after=after, limit=limit, reveal=reveal)
+        return {"entries": page.entries, "next_after": page.next_after}
+
+    def audit_prove(self, seq: int) -> dict[str, Any]:
+        from latentops.governance import compliance
+
+        with context.session() as db:
+            return compliance.inclusion(db, seq=seq)
+
+    def audit_consistency(self, old: int, new: int) -> dict[str, Any]:
+        from latentops.governance import compliance
+
+        with context.session() as db:
+            return compliance.consistency(db, old=old, new=new)
+
+    # --- quarantine ---------------------------------------------------------------------------
+
+    def quarantine_list(self, status: str) -> list[dict[str, Any]]:
+        from latentops.governance import quarantine
+
+        with context.session() as db:
+            return quarantine.list_quarantined(db, actor=context.actor(), status=status)
+
+    def quarantine_release(self, asset_id: int, reason: str) -> dict[str, Any]:
+        from latentops.governance import quarantine
+
+        with context.session() as db:
+            asset = quarantine.release(db, settings=context.settings(), asset_id=asset_id, reason=reason,
+                                       actor=context.actor())
+            return {"asset_id": asset.id, "status": asset.status, "path": asset.path}
+
+    def quarantine_reject(self, asset_id: int, reason: str) -> dict[str, Any]:
+        from latentops.governance import quarantine
+
+        with context.session() as db:
+            asset = quarantine.reject(db, asset_id=asset_id, reason=reason, actor=context.actor())
+            return {"asset_id": asset.id, "status": asset.status, "path": asset.path}
+
+
+def _compliance_filters(filters: AuditFilters) -> Any:
+    from latentops.governance import compliance
+
+    return compliance.Filters(since=compliance.parse_time(filters.since, "since"),
+                              until=compliance.parse_time(filters.until, "until"), actor=filters.actor,
+                              action=filters.action, resource=filters.resource, outcome=filters.outcome)

@@ -1,0 +1,192 @@
+"""``RemoteBackend``: the CLI's ``Backend`` over the REST API, through the SDK.
+
+``latentops --server URL --token T ...`` (or ``LATENTOPS_SERVER`` / ``LATENTOPS_TOKEN``) runs a
+command as the token's user: the server's access policy decides and audits, team isolation
+applies (another team's job is "not found"), and errors come back as the same ``LatentopsError``
+classes, so the CLI prints the same single line for an expired token as for any other failure.
+
+Answers are reshaped into what ``LocalBackend`` returns, so tables and ``--json`` lines keep their
+keys; remote answers may carry a few more keys (a job's ``team`` and ``queue_position``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from latentops.client import Client
+from latentops.platform.cli.backend import AuditFilters, FinetuneSubmission
+from latentops.platform.errors import InvalidInput
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def _unsupported(option: str, why: str) -> InvalidInput:
+    return InvalidInput(f"{option}: not available with --server ({why})")
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+class RemoteBackend:
+    """Every call is one or two REST requests as the token's user."""
+
+    def __init__(self, server: str, token: str) -> None:
+        self.api = Client(server, token)
+
+    # --- users and tokens ---------------------------------------------------------------------
+
+    def create_user(self, *, email: str, role: str, team: str, password: str | None) -> dict[str, Any]:
+        user = self.api.users.create(email, role=role, team=team, password=password)
+        return {"id": user["id"], "email": user["email"], "team": team.strip().lower(), "role": role}
+
+    def list_users(self, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        return [{"id": u["id"], "email": u["email"],
+                 "teams": ", ".join(f"{m['team']}:{m['role']}" for m in u["memberships"]),
+                 "active": "yes" if u["active"] else "no"} for u in self.api.users.list(offset=offset, limit=limit)]
+
+    def create_token(self, *, email: str | None, name: str, scopes: list[str], expires_days: int) -> dict[str, Any]:
+        if email:
+            me = self.api.auth.me()["email"]
+            if email.strip().lower() != me.lower():
+                raise _unsupported("email", f"the server issues tokens to the signed-in user only ({me})")
+        token = self.api.tokens.create(name, scopes=scopes, expires_in_days=expires_days)
+        return {"id": token["id"], "token": token["token"], "expires_at": token["expires_at"],
+                "scopes": ",".join(token["scopes"])}
+
+    def revoke_token(self, token_id: int) -> None:
+        self.api.tokens.revoke(token_id)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def list_jobs(self, *, state: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
+        return [dict(job) for job in self.api.jobs.list(state=state, offset=offset, limit=limit)["items"]]
+
+    def show_job(self, job_id: int) -> dict[str, Any]:
+        return dict(self.api.jobs.get(job_id))
+
+    def cancel_job(self, job_id: int) -> str:
+        return self.api.jobs.cancel(job_id)["state"]
+
+    def retry_job(self, job_id: int) -> None:
+        self.api.jobs.retry(job_id)
+
+    def job_logs(self, job_id: int) -> list[dict[str, Any]]:
+        return [{**event, "at": _time(event["at"])} for event in self.api.jobs.logs(job_id)]
+
+    def follow_job(self, job_id: int) -> Iterator[dict[str, Any]]:
+        for snapshot in self.api.jobs.progress(job_id):
+            yield dict(snapshot)
+
+    def submit_finetune(self, submission: FinetuneSubmission) -> int:
+        if submission.class_dir is not None:
+            raise _unsupported("class_dir", "DreamBooth class images are generated on the server")
+        if submission.model_version is not None:
+            raise _unsupported("model_version", "the server trains on the model's current version")
+        images, captions = instance_files(submission.instance_dir)
+        values = dict(submission.values)
+        instance_prompt = str(values.pop("instance_prompt", "") or "")
+        job = self.api.finetune.submit(
+            model=submission.model, images=images, captions=captions if any(captions) else None,
+            instance_prompt=instance_prompt, params=values, team=submission.team,
+            adapter_name=submission.adapter_name, attest_licence=submission.attest_licence,
+            attest_consent=submission.attest_consent, priority=submission.priority)
+        return int(job["id"])
+
+    # --- models and grants --------------------------------------------------------------------
+
+    def list_models(self, *, include_removed: bool) -> list[dict[str, Any]]:
+        if include_removed:
+            raise _unsupported("--all", "the server lists models in use only")
+        return [{"name": m["name"], "family": m["family"], "versions": m["versions"], "latest_hash": m["latest_hash"],
+                 "size_bytes": m["size_bytes"], "removed": False} for m in self.api.models.list()]
+
+    def show_model(self, name: str) -> dict[str, Any]:
+        found = self.api.models.get(name)
+        return {"name": found["name"], "family": found["family"], "description": found.get("description", ""),
+                "sensitivity": found.get("sensitivity", ""), "licence": found.get("licence", ""),
+                "created_at": None, "removed_at": None,
+                "versions": [{"path": "", **version} for version in found["versions"]]}
+
+    def grant(self, *, model: str, action: str, team: str | None, user: str | None) -> dict[str, Any]:
+        row = self.api.models.grant(model, action=action, team=team, user=user)
+        return {"grant_id": row["id"], "model": model, "action": action, "team": team, "user": user}
+
+    def revoke(self, *, model: str, action: str, team: str | None, user: str | None) -> int:
+        return int(self.api.models.revoke(model, action=action, team=team, user=user)["revoked"])
+
+    def list_grants(self, model: str) -> list[dict[str, Any]]:
+        return [dict(g) for g in self.api.models.grants(model)]
+
+    # --- policies -----------------------------------------------------------------------------
+
+    def decide(self, path: str, value: dict[str, Any]) -> dict[str, Any]:
+        found = dict(self.api.policies.evaluate(path, value))
+        found.pop("path", None)
+        return found
+
+    def check_prompt(self, text: str) -> dict[str, Any]:
+        # The live check every role may call (evaluated on the server, not recorded); recorded
+        # evaluation is ``policy eval --path prompt`` for roles allowed policies.evaluate.
+        found = dict(self.api.policies.check_prompt(text))
+        found.pop("recorded", None)
+        return found
+
+    def policy_status(self) -> dict[str, Any]:
+        return self.api.policies.status()
+
+    # --- audit --------------------------------------------------------------------------------
+
+    def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]:
+        if reveal:
+            raise _unsupported("--reveal", "sealed personal data is revealed on the server's console only")
+        return dict(self.api.audit.query(since=filters.since, until=filters.until, actor=filters.actor,
+                                         action=filters.action, resource=filters.resource, outcome=filters.outcome,
+                                         after=after, limit=limit))
+
+    def audit_prove(self, seq: int) -> dict[str, Any]:
+        return self.api.audit.inclusion(seq)
+
+    def audit_consistency(self, old: int, new: int) -> dict[str, Any]:
+        return self.api.audit.consistency(old, new)
+
+    # --- quarantine ---------------------------------------------------------------------------
+
+    def quarantine_list(self, status: str) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.api.quarantine.list(status=status)]
+
+    def quarantine_release(self, asset_id: int, reason: str) -> dict[str, Any]:
+        return {**self.api.quarantine.release(asset_id, reason=reason), "path": None}
+
+    def quarantine_reject(self, asset_id: int, reason: str) -> dict[str, Any]:
+        return {**self.api.quarantine.reject(asset_id, reason=reason), "path": None}
+
+
+def instance_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The images of an instance folder and their captions (``NAME.txt`` sidecar, else ``metadata.jsonl``)."""
+    if not folder.is_dir():
+        raise InvalidInput(f"instance_dir: {folder} is not a folder")
+    images = sorted(p for p in folder.iterdir()
+                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise InvalidInput(f"instance_dir: no images in {folder} ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    listed: dict[str, str] = {}
+    metadata = folder / "metadata.jsonl"
+    if metadata.is_file():
+        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                listed[str(row["file_name"])] = str(row["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise InvalidInput(f"metadata.jsonl: line {number} is not {{\"file_name\", \"text\"}} ({error})") from None
+    captions = []
+    for image in images:
+        sidecar = image.with_suffix(".txt")
+        captions.append(sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else listed.get(image.name, ""))
+    return images, captions
