@@ -2,9 +2,10 @@
 
 Every image the platform produces must take the governed path (policy, screening, provenance,
 audit). That path belongs to the generation service; training reaches it through one seam,
-:func:`render`, which calls ``GOVERNED_RENDERER`` (``"module:function"``) when that function
-exists and otherwise falls back to the bare generation engine, logging that it did. The governed
-function receives a :class:`RenderRequest` and returns PIL images in prompt order.
+:func:`render`, which calls ``GOVERNED_RENDERER`` (``"module:function"``). The governed function
+receives a :class:`RenderRequest` and the device, and returns the released PIL images in prompt
+order (a quarantined image is left out). There is no fallback to the bare engine: without the
+governed renderer a run cannot render, and says so.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentops.pipelines.engine import AdapterRef, Engine, GenerationRequest, PipelineCache, WeightsRef
+from latentops.pipelines.engine import AdapterRef, Engine, PipelineCache, WeightsRef
+from latentops.platform.errors import ServiceUnavailable
 from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-# Implemented by the generation service; until it exists, rendering uses the engine directly.
+# Implemented by the generation service.
 GOVERNED_RENDERER = "latentops.platform.services.generation:render_for_training"
 
 
@@ -42,39 +44,31 @@ class RenderRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _governed() -> Callable[[RenderRequest], list[Image.Image]] | None:
+def _governed() -> Callable[..., list[Image.Image]]:
     module_name, function = GOVERNED_RENDERER.split(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    return getattr(module, function, None)
+        return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as error:
+        raise ServiceUnavailable(f"rendering: the governed renderer {GOVERNED_RENDERER} is not installed ({error}); "
+                                 "training images are never rendered without it") from None
 
 
 _engines: dict[str, Engine] = {}
 
 
-def _engine(device: str) -> Engine:
-    # One small engine per device: it holds only the pipeline it rendered last.
+def training_engine(device: str) -> Engine:
+    """The engine the governed renderer uses for training runs: one small one per device, holding
+    only the pipeline it rendered last (the run itself keeps the model in memory)."""
     if device not in _engines:
         _engines[device] = Engine(device=device, cache=PipelineCache(0))
     return _engines[device]
 
 
 def render(request: RenderRequest, *, device: str = "cpu") -> list[Image.Image]:
-    """Images for ``request`` through the governed path when available, else the engine."""
-    governed = _governed()
-    if governed is not None:
-        return governed(request)
-    logger.info("rendering %d %s image(s) with the engine directly (governed renderer not installed)",
+    """The released images for ``request``, through the governed path."""
+    logger.info("rendering %d %s image(s) through the governed path",
                 len(request.prompts) * request.images_per_prompt, request.purpose)
-    engine = _engine(device)
-    generation = GenerationRequest(prompts=list(request.prompts), images_per_prompt=request.images_per_prompt,
-                                   steps=request.steps, seed=request.seed, **request.extra)
-    adapters = [request.adapter] if request.adapter is not None else []
-    images = engine.generate(request.weights, generation, adapters)
-    engine.cache.clear()
-    return images
+    return _governed()(request, device=device)
 
 
 def grid(images: list[Image.Image], *, columns: int | None = None) -> Image.Image:

@@ -1,0 +1,68 @@
+"""``latentops generate``: images from a prompt, through the governed path, into a folder.
+
+A denied prompt (or model or adapter access) prints the policy's reasons and exits non-zero;
+nothing is generated. Released images are written as signed PNGs (C2PA manifest, watermark where
+the image is large enough); quarantined ones are reported by asset id and never written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from latentops.platform.cli import context, output
+from latentops.platform.errors import PolicyDenied
+
+
+def generate(
+    model: Annotated[str, typer.Option("--model", help="NAME, NAME@alias or NAME@version.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="The prompt.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the released images.")],
+    lora: Annotated[str | None, typer.Option("--lora", help="LoRA adapter: NAME or NAME@alias|version.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="What to steer away from.")] = None,
+    count: Annotated[int, typer.Option("-n", "--count", help="Number of images.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed + i.")] = 0,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 20,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 5.0,
+    team: Annotated[str | None, typer.Option("--team", help="Team the images are for (when you have several).")] = None,
+    as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email) instead of the console.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Generate images with a catalogued model (and adapter), governed end to end."""
+    from latentops.platform.services import generation
+
+    actor = as_user or context.actor()
+    settings = context.settings()
+    spec = generation.GenerationSpec(prompts=[prompt], negative_prompt=negative_prompt, images_per_prompt=count,
+                                     seed=seed, steps=steps, guidance_scale=guidance)
+    denial: PolicyDenied | None = None
+    with context.session() as db:
+        target = generation.resolve(db, model=model, lora=lora)
+        team_name, team_id = generation.resolve_team(db, actor=actor, team=team)
+        try:
+            result = generation.generate(db, settings=settings, actor=actor, target=target, spec=spec, team=team_name,
+                                         team_id=team_id)
+        except PolicyDenied as error:
+            denial = error  # the session commits: the denied decisions are evidence
+    if denial is not None:
+        raise denial
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image in result.released:
+        path = out / f"asset-{image.asset_id}-seed{image.seed}.png"
+        assert image.png is not None
+        path.write_bytes(image.png)
+        written.append(str(path))
+    if json_output:
+        output.emit_json({**result.to_json(), "files": written})
+        return
+    for path in written:
+        output.say(f"released {path}")
+    for image in result.quarantined:
+        output.say(f"quarantined asset {image.asset_id} (seed {image.seed}): {'; '.join(image.reasons)}")
+    output.say(f"{len(written)} released, {len(result.quarantined)} quarantined ({result.target})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
