@@ -52,6 +52,8 @@ JOB_KINDS: dict[str, JobKind] = {
         "latentops.platform.services.finetune:run", "gpu", "LoRA / DreamBooth-LoRA fine-tuning of a base model",
         validator="latentops.platform.services.finetune:validate",
     ),
+    "generate": JobKind("latentops.platform.services.generation:run_job", "gpu", "governed image generation", validator="latentops.platform.services.generation:validate"),  # noqa: E501
+    "dataset": JobKind("latentops.platform.services.datasets:run_job", "gpu", "synthetic dataset generation", validator="latentops.platform.services.datasets:validate"),  # noqa: E501
 }
 
 PROGRESS_INTERVAL_S = 1.0

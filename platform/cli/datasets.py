@@ -1,0 +1,111 @@
+"""``latentops datasets``: generate a synthetic dataset from a spec (in process or queued), list, show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from latentops.platform.cli import context, output
+
+datasets_app = typer.Typer(help="Synthetic datasets from a spec, through the governed path.", no_args_is_help=True)
+
+
+class _ProgressHooks:
+    """The run's hooks drawn as a rich progress bar."""
+
+    def __init__(self, progress: Any, task: Any) -> None:
+        self.progress_bar, self.task = progress, task
+
+    def progress(self, step: int, total: int, **metrics: float) -> None:
+        self.progress_bar.update(self.task, completed=step, total=total)
+
+    def log(self, message: str) -> None:
+        self.progress_bar.console.print(message, highlight=False)
+
+    def check_cancelled(self) -> None:
+        pass
+
+
+@datasets_app.command("generate")
+def generate(
+    spec_file: Annotated[Path, typer.Option("--spec", help="The dataset spec (YAML).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (in process); resumes an unfinished run.")] = None,
+    submit: Annotated[bool, typer.Option("--submit", help="Queue it as a job instead of running it here.")] = False,
+    as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email) instead of the console.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Generate a dataset: screened images, ImageFolder or WebDataset, manifest, card, MLflow run."""
+    from latentops.pipelines.datasets import spec as spec_module
+    from latentops.platform.errors import InvalidInput
+    from latentops.platform.services import datasets
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    spec = spec_module.load(spec_file)
+    actor = as_user or context.actor()
+    if submit:
+        dataset_id, job_id = datasets.submit(context.settings(), actor=actor, spec=spec, owner_email=as_user)
+        if json_output:
+            output.emit_json({"dataset_id": dataset_id, "job_id": job_id})
+        else:
+            output.say(f"dataset {dataset_id} queued as job {job_id}")
+        return
+    if out is None:
+        raise InvalidInput("out: give --out DIR to run in process, or --submit to queue it")
+    with Progress(TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=output.err_console, disable=json_output) as progress:
+        task = progress.add_task("images", total=spec.total_images)
+        summary = datasets.run(context.settings(), spec=spec, out=out, actor=actor, hooks=_ProgressHooks(progress, task))
+    if json_output:
+        output.emit_json(summary)
+        return
+    output.say(f"dataset {summary['dataset_id']}: {summary['images']} images in {summary['out']} "
+               f"({summary['released']} released, {summary['quarantined']} quarantined, "
+               f"{sum(summary['filtered'].values())} filtered)")
+    for denied in summary["denied_classes"]:
+        output.error(f"class {denied['class']!r} refused by policy", reasons=denied["reasons"])
+
+
+@datasets_app.command("submit")
+def submit_command(
+    spec_file: Annotated[Path, typer.Option("--spec", help="The dataset spec (YAML).")],
+    as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Queue a dataset job (the same as ``generate --submit``)."""
+    generate(spec_file=spec_file, out=None, submit=True, as_user=as_user, json_output=json_output)
+
+
+@datasets_app.command("list")
+def list_command(json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Datasets, newest first."""
+    from latentops.platform.services import datasets
+
+    with context.session() as db:
+        rows = [datasets.as_dict(db, row) for row in datasets.list_datasets(db)]
+    if json_output:
+        output.emit_json(rows)
+        return
+    output.table("Datasets", ["id", "name", "team", "state", "format", "images", "job"],
+                 [(r["id"], r["name"], r["team"], r["state"], r["format"], r["stats"].get("images"), r["job_id"])
+                  for r in rows])
+
+
+@datasets_app.command("show")
+def show(dataset_id: int, json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """One dataset: spec, state, statistics and where it is."""
+    from latentops.platform.services import datasets
+
+    with context.session() as db:
+        row = datasets.as_dict(db, datasets.get(db, dataset_id))
+    if json_output:
+        output.emit_json(row)
+        return
+    for key in ("id", "name", "team", "state", "format", "path", "job_id", "created_at"):
+        output.say(f"{key}: {row[key]}")
+    for key, value in sorted(row["stats"].items()):
+        output.say(f"stats.{key}: {value}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(datasets_app, name="datasets")
