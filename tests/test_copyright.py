@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from latentops.governance import copyright, policy, screening
@@ -79,6 +80,52 @@ def test_edited_copies_match_their_reference_and_unrelated_images_pass(settings_
                            if (m := copyright.find_matches(db, settings=settings_env, image=picture(seed, 384)))]
     assert missed == []
     assert false_positives == []
+
+
+def _large_index(works: list[Image.Image], fillers: int) -> tuple[copyright.ReferenceIndex, np.ndarray]:
+    """``works`` as references 1.. followed by ``fillers`` references with random hashes, built as
+    ``load_index`` builds it: too large for every reference to be verified with ORB."""
+    rng = np.random.default_rng(7)
+    variants = 2 * len(copyright.CROPS)
+    hashes = np.concatenate([np.array([copyright.phash_variants(w) for w in works], dtype=np.uint64).reshape(-1, variants),
+                             rng.integers(0, 2**63, (fillers, variants), dtype=np.int64).astype(np.uint64)])
+    ids = np.arange(1, len(hashes) + 1)
+    return copyright.ReferenceIndex.build(ids, ["Acme Pictures"] * len(works) + ["Other"] * fillers, hashes), hashes
+
+
+def test_hash_lookup_finds_exactly_the_references_within_the_candidate_radius() -> None:
+    index, hashes = _large_index([], 20_000)
+    query = int(hashes[0, 0])
+    flips = {5: 10, 6: copyright.PHASH_CANDIDATE, 7: copyright.PHASH_CANDIDATE + 1}
+    for row, bits in flips.items():  # plant variants at the match radius, the candidate radius and just beyond
+        hashes[row, 3] = np.uint64(query ^ ((1 << bits) - 1))
+    index = copyright.ReferenceIndex.build(index.ids, index.owners, hashes)
+    for probe in [query] + [int(h) for h in np.random.default_rng(1).integers(0, 2**63, 30)]:
+        distances = np.bitwise_count(hashes ^ np.uint64(probe)).min(axis=1)
+        within = np.flatnonzero(distances <= copyright.PHASH_CANDIDATE)
+        expected = sorted((int(distances[r]), int(index.ids[r])) for r in within)[:copyright.PHASH_CANDIDATES]
+        ids, found = index.nearest_by_hash(probe)
+        assert sorted(zip(found.tolist(), ids.tolist(), strict=True)) == expected
+    ids, found = index.nearest_by_hash(query)
+    nearest = dict(zip(ids.tolist(), found.tolist(), strict=True))
+    assert {1: 0, 6: 10, 7: copyright.PHASH_CANDIDATE}.items() <= nearest.items() and 8 not in nearest
+
+
+def test_edited_copies_are_found_in_an_index_too_large_to_verify_every_reference() -> None:
+    works = [picture(1000 + i, 384) for i in range(4)]
+    index, _ = _large_index(works, 3000)
+    assert len(index.ids) > copyright.EXHAUSTIVE_MAX
+    orb = {i + 1: copyright.orb_features(w) for i, w in enumerate(works)}
+    filler = copyright.orb_features(picture(424242, 384))
+
+    def lookup(image: Image.Image) -> list[dict[str, object]]:
+        return copyright.match_in_index(index, image, embedding=None,
+                                        orb_loader=lambda wanted: {i: orb.get(i, filler) for i in wanted})
+
+    missed = [(i, edit, matches) for i, work in enumerate(works) for edit, apply in EDITS.items()
+              if not (matches := lookup(apply(work))) or matches[0]["reference_id"] != i + 1]
+    assert missed == []
+    assert [lookup(picture(seed, 384)) for seed in range(5000, 5012)] == [[]] * 12
 
 
 def test_match_methods_and_scores_are_reported(settings_env, database_url: str, works: Path, indexed: dict[str, int]) -> None:
