@@ -16,7 +16,9 @@ from latentops.platform.api import (
     assets,
     audit,
     auth,
+    datasets,
     finetune,
+    generations,
     health,
     jobs,
     metrics_route,
@@ -67,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             headers=getattr(error, "headers", None))
 
     app.include_router(health.router, prefix="/api/v1")
-    for module in (auth, users, jobs, finetune, models, assets, audit, policies, quarantine):
+    for module in (auth, users, jobs, finetune, generations, datasets, models, assets, audit, policies, quarantine):
         app.include_router(module.router, prefix="/api/v1")
     portal.install(app)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus

@@ -115,11 +115,49 @@ def cancel_job(job_id: int, request: Request, session: SessionDep, principal: Po
 # --- generate and datasets ----------------------------------------------------------------------
 
 
+def _usable_models(session: Any, principal: Any) -> list[str]:
+    rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
+    return [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
+                                                   resource=models_api.resource_of(session, principal, r))]
+
+
 @router.get("/generate", response_class=HTMLResponse)
 def generate_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
     access.check(session, principal=principal, action="prompt.check")
-    return render(request, "generate.html", session=session, principal=principal,
-                  generation=service_available("latentops.platform.services.generation"))
+    can_generate = access.allowed(session, principal=principal, action="generations.create")
+    return render(request, "generate.html", session=session, principal=principal, generation=True,
+                  can_generate=can_generate, models=_usable_models(session, principal) if can_generate else [])
+
+
+@router.post("/generate", response_class=HTMLResponse)
+def generate_submit(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
+                    model: Annotated[str, Form(min_length=1, max_length=200)],
+                    prompt: Annotated[str, Form(min_length=1, max_length=20_000)],
+                    negative_prompt: Annotated[str, Form(max_length=20_000)] = "",
+                    n: Annotated[int, Form(ge=1, le=64)] = 4, seed: Annotated[int, Form(ge=0)] = 0,
+                    steps: Annotated[int, Form(ge=1, le=500)] = 20, guidance: Annotated[float, Form(ge=0, le=50)] = 5.0,
+                    team: Annotated[str, Form(max_length=100)] = "") -> Response:
+    from latentops.platform.api import generations as generations_api
+
+    job = generations_api.submit_generation(session, settings, principal, generations_api.GenerationBody(
+        model=model, prompt=prompt, negative_prompt=negative_prompt or None, n=n, seed=seed, steps=steps,
+        guidance=guidance, team=team or None))
+    return RedirectResponse(f"/generate/{job['id']}", status_code=303)
+
+
+@router.get("/generate/{job_id:int}", response_class=HTMLResponse)
+def generation_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    from latentops.platform.api import generations as generations_api
+
+    return render(request, "generation.html", session=session, principal=principal,
+                  **generations_api.generation_json(session, principal, job_id))
+
+
+@router.get("/generate/{job_id:int}/status", response_class=HTMLResponse)
+def generation_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    from latentops.platform.api import generations as generations_api
+
+    return render(request, "fragments/generation_status.html", **generations_api.generation_json(session, principal, job_id))
 
 
 @router.post("/generate/check", response_class=HTMLResponse)
@@ -134,11 +172,70 @@ def prompt_check(request: Request, session: SessionDep, principal: PortalUser,
     return render(request, "fragments/verdict.html", decision=decision, reasons=reasons)
 
 
+DATASET_EXAMPLE = """name: digits-aug
+model: digits-demo
+per_class: 50
+seed: 0
+format: imagefolder
+steps: 20
+guidance: 4.0
+split: {validation: 0.1}
+classes:
+  - name: "7"
+    prompts: ["a handwritten digit seven"]
+  - name: "1"
+    prompts: ["a handwritten digit one"]
+"""
+
+
 @router.get("/datasets", response_class=HTMLResponse)
 def datasets_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    access.check(session, principal=principal, action="datasets.read")
-    return render(request, "datasets.html", session=session, principal=principal,
-                  available=service_available("latentops.platform.services.datasets"))
+    from latentops.platform.api import datasets as datasets_api
+
+    return render(request, "datasets.html", session=session, principal=principal, available=True,
+                  datasets=datasets_api.list_visible(session, principal), example=DATASET_EXAMPLE,
+                  can_create=access.allowed(session, principal=principal, action="datasets.create"))
+
+
+@router.post("/datasets", response_class=HTMLResponse)
+def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
+                    spec: Annotated[str, Form(min_length=1, max_length=200_000)]) -> Response:
+    import yaml
+    from latentops.platform.api import datasets as datasets_api
+
+    try:
+        data = yaml.safe_load(spec)
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"spec: not valid YAML ({error})") from None
+    created = datasets_api.submit_spec(session, settings, principal, data if isinstance(data, dict) else {"spec": data})
+    return RedirectResponse(f"/datasets/{created['dataset_id']}", status_code=303)
+
+
+@router.get("/datasets/{dataset_id:int}", response_class=HTMLResponse)
+def dataset_page(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    from latentops.platform.api import datasets as datasets_api
+
+    row = datasets_api.visible_dataset(session, principal, dataset_id)
+    card = datasets_api.card_text(row) if row.state == "ready" else ""
+    return render(request, "dataset.html", session=session, principal=principal,
+                  dataset=datasets_api.dataset_json(session, row), card=card)
+
+
+@router.get("/datasets/{dataset_id:int}/status", response_class=HTMLResponse)
+def dataset_status(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    from latentops.platform.api import datasets as datasets_api
+
+    row = datasets_api.visible_dataset(session, principal, dataset_id)
+    return render(request, "fragments/dataset_status.html", dataset=datasets_api.dataset_json(session, row))
+
+
+@router.get("/datasets/{dataset_id:int}/download")
+def dataset_download(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> Response:
+    from latentops.platform.api import datasets as datasets_api
+
+    row = datasets_api.visible_dataset(session, principal, dataset_id)
+    return Response(content=datasets_api.export_zip(session, principal, row), media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{row.name}.zip"'})
 
 
 # --- audit and quarantine -----------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""``/api/v1/datasets``: queue synthetic dataset jobs, follow them, read the card, download.
+
+``POST`` takes the spec as JSON (the same keys as the YAML file) and runs the same checks as the
+CLI before queueing: the spec (422 naming the field), the model, the ``datasets`` policy (403 with
+reasons). Reading is team-isolated like jobs; a download is an ``export`` under the datasets
+policy (members of the owning team), decided and audited, and streams a zip of the dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
+from latentops.governance import access, audit, policy
+from latentops.governance.access import Principal
+from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
+from latentops.platform.api.jobs import job_json, visible_team_ids
+from latentops.platform.errors import Conflict, NotFound, PolicyDenied
+from latentops.platform.models import Dataset, Job, Team
+from latentops.platform.settings import Settings
+from sqlalchemy.orm import Session
+
+router = APIRouter(tags=["datasets"])
+
+
+def submit_spec(session: Session, settings: Settings, principal: Principal, spec_data: dict[str, Any]) -> dict[str, Any]:
+    """Check and queue; shared by the REST route and the portal."""
+    from latentops.pipelines.datasets import spec as spec_module
+    from latentops.platform.services import datasets as datasets_service
+
+    access.check(session, principal=principal, action="datasets.create")
+    spec = spec_module.parse(spec_data)
+    session.commit()  # the service writes in its own transactions
+    dataset_id, job_id = datasets_service.submit(settings, actor=principal.email, spec=spec)
+    return {"dataset_id": dataset_id, "job_id": job_id}
+
+
+def visible_dataset(session: Session, principal: Principal, dataset_id: int) -> Dataset:
+    missing = f"dataset: no dataset with id {dataset_id}"
+    access.check(session, principal=principal, action="datasets.read")
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise NotFound(missing)
+    team = session.get(Team, row.team_id) if row.team_id else None
+    access.check(session, principal=principal, action="datasets.read", resource={"team": team.name if team else None},
+                 not_found=missing)
+    return row
+
+
+def dataset_json(session: Session, row: Dataset) -> dict[str, Any]:
+    from latentops.platform.services import datasets as datasets_service
+
+    data = datasets_service.as_dict(session, row)
+    job = session.get(Job, row.job_id) if row.job_id else None
+    data["job"] = job_json(session, job) if job else None
+    data.pop("path", None)  # a server path is of no use to a client
+    return data
+
+
+def list_visible(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    from latentops.platform.services import datasets as datasets_service
+
+    access.check(session, principal=principal, action="datasets.read")
+    team_ids = visible_team_ids(session, principal, "datasets.read")
+    rows = datasets_service.list_datasets(session, team_ids=None if team_ids is None else [*team_ids])
+    return [dataset_json(session, r) for r in rows]
+
+
+def card_text(row: Dataset) -> str:
+    card = Path(row.path) / "README.md" if row.path else None
+    if row.state != "ready" or card is None or not card.is_file():
+        raise Conflict(f"dataset {row.id} is {row.state}; its card is written when it is ready")
+    return card.read_text(encoding="utf-8")
+
+
+def export_zip(session: Session, principal: Principal, row: Dataset) -> bytes:
+    """The dataset folder as a zip (without the run's working files); an audited ``export`` decision."""
+    if row.state != "ready":
+        raise Conflict(f"dataset {row.id} is {row.state}; it can be downloaded when it is ready")
+    team = session.get(Team, row.team_id) if row.team_id else None
+    denial: PolicyDenied | None = None
+    try:
+        policy.require("datasets", {"action": "export", "team": team.name if team else "",
+                                    "dataset": {"images": int(row.stats.get("images", 0)), "team": team.name if team else ""}},
+                       session=session, actor=principal.user)
+    except PolicyDenied as error:
+        denial = error
+    if denial is not None:
+        session.commit()
+        raise denial
+    root = Path(row.path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and ".latentops" not in p.relative_to(root).parts):
+            archive.write(path, arcname=f"{row.name}/{path.relative_to(root).as_posix()}")
+    audit.record(session, actor=principal.email, action="dataset.export", resource=f"dataset:{row.id}",
+                 details={"bytes": buffer.tell()})
+    return buffer.getvalue()
+
+
+@router.post("/datasets", status_code=201)
+def create(spec: dict[str, Any], session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Queue a dataset job from a spec (JSON with the YAML spec's keys)."""
+    return submit_spec(session, settings, principal, spec)
+
+
+@router.get("/datasets")
+def list_all(session: SessionDep, principal: PrincipalDep) -> list[dict[str, Any]]:
+    """Datasets the caller may see, newest first."""
+    return list_visible(session, principal)
+
+
+@router.get("/datasets/{dataset_id}")
+def show(dataset_id: int, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    return dataset_json(session, visible_dataset(session, principal, dataset_id))
+
+
+@router.get("/datasets/{dataset_id}/card", response_class=PlainTextResponse)
+def card(dataset_id: int, session: SessionDep, principal: PrincipalDep) -> str:
+    """The dataset card (Markdown)."""
+    return card_text(visible_dataset(session, principal, dataset_id))
+
+
+@router.get("/datasets/{dataset_id}/download", response_class=Response,
+            responses={200: {"content": {"application/zip": {}}}})
+def download(dataset_id: int, session: SessionDep, principal: PrincipalDep) -> Response:
+    """The dataset as a zip; decided by the datasets policy (export) and audited."""
+    row = visible_dataset(session, principal, dataset_id)
+    data = export_zip(session, principal, row)
+    return Response(content=data, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{row.name}.zip"'})
+
+

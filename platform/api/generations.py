@@ -1,0 +1,84 @@
+"""``/api/v1/generations``: queue governed image generation and read back its released images.
+
+``POST`` asks the prompt and models policies at once (a denied prompt answers 403 with the
+reasons and queues nothing), then queues a ``generate`` job; the worker runs the governed path on
+the requester's behalf. ``GET /generations/{job_id}`` reports the job and, when it is done, the
+images: released ones with their download URL, quarantined ones by asset id only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter
+from latentops.governance import access
+from latentops.governance.access import Principal
+from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
+from latentops.platform.api.jobs import job_json, submit_team, visible_job
+from latentops.platform.errors import NotFound, PolicyDenied
+from latentops.platform.models import Asset
+from latentops.platform.services import generation
+from latentops.platform.services import jobs as jobs_service
+from latentops.platform.settings import Settings
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+router = APIRouter(tags=["generations"])
+
+
+class GenerationBody(BaseModel):
+    model: str = Field(min_length=1, max_length=200, description="NAME, NAME@alias or NAME@version.")
+    lora: str | None = Field(default=None, max_length=200, description="Adapter: NAME or NAME@alias|version.")
+    prompt: str = Field(min_length=1, max_length=20_000)
+    negative_prompt: str | None = Field(default=None, max_length=20_000)
+    n: int = Field(default=1, ge=1, le=generation.MAX_IMAGES)
+    seed: int = Field(default=0, ge=0, le=2**62)
+    steps: int = Field(default=20, ge=1, le=500)
+    guidance: float = Field(default=5.0, ge=0.0, le=50.0)
+    team: str | None = Field(default=None, max_length=100)
+
+
+def submit_generation(session: Session, settings: Settings, principal: Principal, body: GenerationBody) -> dict[str, Any]:
+    """Decide now (403 with reasons on a deny), then queue; shared by the REST route and the portal."""
+    access.check(session, principal=principal, action="generations.create")
+    team = submit_team(session, principal, body.team)
+    target = generation.resolve(session, model=body.model, lora=body.lora)
+    denial: PolicyDenied | None = None
+    try:
+        generation.authorize(session, target=target, prompts=[body.prompt], negative_prompt=body.negative_prompt,
+                             actor=principal.email)
+    except PolicyDenied as error:
+        denial = error
+    team_id = team.id
+    session.commit()  # decisions are evidence, allowed or denied; the job is written in its own transaction
+    if denial is not None:
+        raise denial
+    params = {"model": body.model, "lora": body.lora, "prompts": [body.prompt], "negative_prompt": body.negative_prompt,
+              "images_per_prompt": body.n, "seed": body.seed, "steps": body.steps, "guidance_scale": body.guidance,
+              "team": team.name, "actor": principal.email}
+    job_id = jobs_service.submit(settings, kind="generate", params=params, actor=principal.email,
+                                 owner_email=principal.email, team_id=team_id)
+    return job_json(session, jobs_service.get(session, job_id))
+
+
+def generation_json(session: Session, principal: Principal, job_id: int) -> dict[str, Any]:
+    job = visible_job(session, principal, job_id)
+    if job.kind != "generate":
+        raise NotFound(f"generation: no generation with job id {job_id}")
+    assets = session.scalars(sa.select(Asset).where(Asset.job_id == job.id).order_by(Asset.id)).all()
+    return {"job": job_json(session, job),
+            "images": [{"asset_id": a.id, "seed": a.seed, "status": a.status,
+                        "url": f"/api/v1/assets/{a.id}/image" if a.status == "released" else None} for a in assets]}
+
+
+@router.post("/generations", status_code=201)
+def create(body: GenerationBody, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Queue a generation; the prompt and model access are decided before anything is queued."""
+    return submit_generation(session, settings, principal, body)
+
+
+@router.get("/generations/{job_id}")
+def show(job_id: int, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The generation job and its images (released ones with their URL)."""
+    return generation_json(session, principal, job_id)
