@@ -49,10 +49,12 @@ def team_names(session: Session) -> dict[int, str]:
     return dict(session.execute(sa.select(Team.id, Team.name)).all())  # type: ignore[arg-type]
 
 
-def job_json(session: Session, job: Job, names: dict[int, str] | None = None) -> dict[str, Any]:
+def job_json(session: Session, job: Job, names: dict[int, str] | None = None,
+             positions: dict[int, int | None] | None = None) -> dict[str, Any]:
     names = names if names is not None else team_names(session)
+    position = positions[job.id] if positions is not None else jobs_service.queue_position(session, job)
     return {**jobs_service.as_dict(job), "team": names.get(job.team_id) if job.team_id else None,
-            "queue_position": jobs_service.queue_position(session, job)}
+            "queue_position": position}
 
 
 def visible_job(session: Session, principal: Principal, job_id: int, action: str = "jobs.read") -> Job:
@@ -112,7 +114,9 @@ def list_jobs(session: SessionDep, principal: PrincipalDep, state: str | None = 
     team_ids = visible_team_ids(session, principal, "jobs.read")
     rows = jobs_service.list_jobs(session, state=state, offset=offset, limit=limit + 1, team_ids=team_ids)
     names = team_names(session)
-    return {"items": [job_json(session, job, names) for job in rows[:limit]], "offset": offset, "limit": limit,
+    page = rows[:limit]
+    positions = jobs_service.queue_positions(session, page)  # one query for the page, not one per job
+    return {"items": [job_json(session, job, names, positions) for job in page], "offset": offset, "limit": limit,
             "next_offset": offset + limit if len(rows) > limit else None}
 
 

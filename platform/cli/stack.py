@@ -32,6 +32,8 @@ def up(
 def serve(
     port: int = typer.Option(None, help="Port (default: LATENTOPS_API_PORT, 8000)."),
     host: str = typer.Option(None, help="Address (default: LATENTOPS_API_HOST, 127.0.0.1)."),
+    workers: int = typer.Option(1, min=1, max=64, help="API processes (the API is stateless: about one per CPU core; "
+                                "or run one per container and scale replicas)."),
 ) -> None:
     """Start the API and portal against the configured database and broker (production)."""
     context.require_local()
@@ -43,7 +45,7 @@ def serve(
     if port_in_use(host, port):
         raise Conflict(f"port {port} on {host} is already in use; choose another with --port")
     uvicorn.run("latentops.platform.api.app:create_app", factory=True, host=host, port=port,
-                log_level=settings.log_level.lower(), proxy_headers=True)
+                log_level=settings.log_level.lower(), proxy_headers=True, workers=workers)
 
 
 def worker(

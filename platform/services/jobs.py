@@ -57,6 +57,11 @@ JOB_KINDS: dict[str, JobKind] = {
 }
 
 PROGRESS_INTERVAL_S = 1.0
+# A broker that answered this recently is not asked again before a submit: the ping only spares
+# the user a job row that fails at once, and a broker lost inside the window still fails the job
+# loudly at dispatch. Pinging on every submit cost a new broker connection per request.
+BROKER_PING_TTL_S = 2.0
+_broker_seen: dict[str, float] = {}
 
 
 class JobCancelled(Exception):
@@ -136,7 +141,9 @@ def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
 def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
            owner_email: str | None = None, team_id: int | None = None, priority: int = 0) -> int:
     """Create a job and enqueue it: the broker is checked first so nothing is half-created."""
-    ping_broker(settings)
+    if time.monotonic() - _broker_seen.get(settings.broker_url, -BROKER_PING_TTL_S) >= BROKER_PING_TTL_S:
+        ping_broker(settings)
+        _broker_seen[settings.broker_url] = time.monotonic()
     with session_scope(settings.database_url) as session:
         owner = None
         if owner_email is not None:
@@ -147,6 +154,7 @@ def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audi
     try:
         dispatch(settings, job)
     except ServiceUnavailable as error:
+        _broker_seen.pop(settings.broker_url, None)
         with session_scope(settings.database_url) as session:
             _finish_unleased(session, job.id, JobState.FAILED, error=error.detail, actor=actor)
         raise
@@ -219,6 +227,27 @@ def queue_position(session: Session, job: Job) -> int | None:
         sa.select(sa.func.count(Job.id)).where(Job.queue == job.queue, Job.state == JobState.QUEUED, ahead)
     )
     return int(count or 0)
+
+
+_AHEAD = Job.__table__.alias("ahead")
+
+
+def queue_positions(session: Session, jobs: Collection[Job]) -> dict[int, int | None]:
+    """``queue_position`` of many jobs in one query (a page of a job list), keyed by job id."""
+    positions: dict[int, int | None] = {job.id: None for job in jobs}
+    queued = [job.id for job in jobs if job.state == JobState.QUEUED]
+    if queued:
+        other = _AHEAD.c  # a plain table alias: an ORM alias is re-adapted on every call
+        ahead = sa.or_(other.priority > Job.priority, sa.and_(other.priority == Job.priority, other.id < Job.id))
+        rows = session.execute(
+            sa.select(Job.id, sa.func.count(other.id))
+            .select_from(Job)
+            .outerjoin(_AHEAD, sa.and_(other.queue == Job.queue, other.state == JobState.QUEUED, ahead))
+            .where(Job.id.in_(queued))
+            .group_by(Job.id)
+        )
+        positions.update({job_id: int(count) for job_id, count in rows})
+    return positions
 
 
 def sweep(settings: Settings, *, worker: str) -> dict[str, int]:

@@ -17,6 +17,9 @@ from latentops.platform.services.users import get_user_by_email
 TOKEN_PREFIX = "lat_"
 MAX_EXPIRY_DAYS = 366
 SCOPES = frozenset({"*", "read", "jobs", "generate", "datasets", "audit", "admin"})
+# ``last_used_at`` is for humans ("used 3 minutes ago"), not evidence: writing it on every request
+# would make every API call a database write (and on SQLite, a wait for the one writer).
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 def _digest(secret: str) -> str:
@@ -79,7 +82,9 @@ def authenticate(session: Session, secret: str) -> tuple[User, ApiToken]:
     user = session.get(User, token.user_id)
     if user is None or not user.is_active:
         raise AuthenticationFailed("token: the token's user is disabled")
-    token.last_used_at = utcnow()
+    now = utcnow()
+    if token.last_used_at is None or now - _as_utc(token.last_used_at) >= LAST_USED_RESOLUTION:
+        token.last_used_at = now
     return user, token
 
 
