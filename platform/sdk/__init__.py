@@ -74,6 +74,8 @@ class Client:
         self.policies = resources.Policies(self.http)
         self.quarantine = resources.Quarantine(self.http)
         self.assets = resources.Assets(self.http)
+        self.generations = resources.Generations(self.http)
+        self.datasets = resources.Datasets(self.http)
 
     def close(self) -> None:
         self.http.close()

@@ -1,5 +1,5 @@
 """One class per REST resource: auth, tokens, users and teams, models and grants, jobs, fine-tuning,
-audit, policies, quarantine and assets.
+audit, policies, quarantine, assets, generations and datasets.
 
 Methods mirror the routes of ``docs/api.md`` one to one and return their JSON (typed in
 ``latentops.client.types``). Streams stay streams: a model download and an audit export are
@@ -311,3 +311,43 @@ class Assets:
     def image(self, asset_id: int) -> bytes:
         with self._http.stream("GET", f"/assets/{asset_id}/image") as response:
             return response.read()
+
+
+class Generations:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def create(self, *, model: str, prompt: str, lora: str | None = None, negative_prompt: str | None = None,
+               n: int = 1, seed: int = 0, steps: int = 20, guidance: float = 5.0, team: str | None = None) -> Job:
+        """Queue a governed generation; a denied prompt raises ``PolicyDenied`` with its reasons, nothing queued."""
+        return cast(Job, self._http.json("POST", "/generations", body={
+            "model": model, "prompt": prompt, "lora": lora, "negative_prompt": negative_prompt, "n": n, "seed": seed,
+            "steps": steps, "guidance": guidance, "team": team}))
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        """The generation job and its images (released ones with their ``url``)."""
+        return cast(dict[str, Any], self._http.json("GET", f"/generations/{job_id}"))
+
+
+class Datasets:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Queue a synthetic dataset from a spec (the YAML spec's keys); returns ``dataset_id`` and ``job_id``."""
+        return cast(dict[str, Any], self._http.json("POST", "/datasets", body=spec))
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        return cast(builtins.list[dict[str, Any]], self._http.json("GET", "/datasets"))
+
+    def get(self, dataset_id: int) -> dict[str, Any]:
+        return cast(dict[str, Any], self._http.json("GET", f"/datasets/{dataset_id}"))
+
+    def card(self, dataset_id: int) -> str:
+        """The dataset card (Markdown)."""
+        with self._http.stream("GET", f"/datasets/{dataset_id}/card") as response:
+            return response.read().decode("utf-8")
+
+    def download(self, dataset_id: int, dest: Path) -> Path:
+        """The dataset as a zip (the export is decided by the datasets policy and audited)."""
+        return _download(self._http, f"/datasets/{dataset_id}/download", Path(dest), {}, f"dataset-{dataset_id}.zip")
