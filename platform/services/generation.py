@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from latentops.governance import audit, policy, quarantine
 from latentops.governance.imagefile import load_image
-from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
+from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, ServiceUnavailable
 from latentops.platform.models import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, Team, User
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
@@ -351,6 +351,10 @@ def render_for_training(request: RenderRequest, *, device: str = "cpu") -> list[
     from latentops.platform.settings import get_settings
 
     settings = get_settings()
+    if not _migrated(settings.database_url):
+        raise ServiceUnavailable(
+            f"rendering: training images take the governed path, which needs the platform database "
+            f"({settings.database_url.split('@')[-1]}) migrated: run latentops db upgrade and set LATENTOPS_HOME")
     actor = request.actor if request.actor != "system" or request.job_id is None else f"job:{request.job_id}"
     spec = GenerationSpec(prompts=list(request.prompts), images_per_prompt=request.images_per_prompt,
                           seed=request.seed, steps=request.steps, **{k: v for k, v in request.extra.items()
@@ -362,6 +366,15 @@ def render_for_training(request: RenderRequest, *, device: str = "cpu") -> list[
         result = _render(session, settings=settings, actor=actor, request=request, spec=spec, version=version,
                          decision_ids=[d.decision_id for d in decisions if d.decision_id], device=device)
     return [load_image(i.png, name=f"asset {i.asset_id}") for i in result if i.png is not None]
+
+
+def _migrated(url: str) -> bool:
+    from latentops.platform.database import get_engine
+
+    try:
+        return bool(sa.inspect(get_engine(url)).has_table("assets"))
+    except sa.exc.SQLAlchemyError:
+        return False
 
 
 def _render(session: Session, *, settings: Settings, actor: str, request: RenderRequest, spec: GenerationSpec,
