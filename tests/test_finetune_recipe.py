@@ -21,7 +21,34 @@ from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3,
-        "validation_steps": 1, "seed": 7}
+        "validation_steps": 1, "seed": 7, "samples": False}
+
+
+@pytest.fixture
+def governed(home: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A migrated database and home for the runs that render (they take the governed generation path)."""
+    from latentops.platform.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_HOME", str(home))
+    monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    get_settings.cache_clear()
+    settings = get_settings()
+    _release_unscreened(settings)
+    yield settings
+    get_settings.cache_clear()
+
+
+def _release_unscreened(settings) -> None:  # type: ignore[no-untyped-def]
+    """No screening detector weights exist offline: let the tiny models' images be released."""
+    from latentops.governance import policy
+    from latentops.platform.database import session_scope
+
+    policy.use_service(None)
+    with session_scope(settings.database_url) as db:
+        policy.set_policy_data(db, key="screening.release_without_detector", value=True, actor="cli:test")
+    with session_scope(settings.database_url) as db:
+        policy.reload(db)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +170,7 @@ DISK_FULL_SCRIPT = textwrap.dedent("""
             pass
 
     config = build_config({"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "steps": 6,
-                           "checkpoint_every": 2, "validation_steps": 1})
+                           "checkpoint_every": 2, "validation_steps": 1, "samples": False})
     try:
         lora.train(config, weights=WeightsRef("tiny-sd1-seed0", model, "sd1"), instance_dir=instances, out_dir=out,
                    cache_dir=out / "cache", hooks=FillDiskAfterFirstCheckpoint())
@@ -172,10 +199,10 @@ def _render(pipeline, family: str) -> torch.Tensor:  # type: ignore[no-untyped-d
                                          generator=torch.Generator().manual_seed(0)).images)
 
 
-def test_lora_files_load_in_plain_diffusers_and_kohya_layout_loads_through_its_converter(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_lora_files_load_in_plain_diffusers_and_kohya_layout_loads_through_its_converter(models, instances, tmp_path: Path, governed) -> None:  # type: ignore[no-untyped-def]
     from diffusers import DiffusionPipeline
 
-    config = build_config({**BASE, "steps": 4, "checkpoint_every": 4, "train_text_encoder": True})
+    config = build_config({**BASE, "steps": 4, "checkpoint_every": 4, "train_text_encoder": True, "samples": True})
     result = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run")
     assert result.weights_path.name == "pytorch_lora_weights.safetensors" and result.kohya_path is not None
     assert all(k.startswith("lora_unet_") or k.startswith("lora_te_") for k in load_file(str(result.kohya_path)))
@@ -209,7 +236,7 @@ def test_every_family_trains_and_its_lora_loads_in_diffusers(family: str, models
     assert not torch.equal(before, _render(pipe, family))
 
 
-def test_dreambooth_generates_missing_class_images_and_trains_with_the_prior(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_dreambooth_generates_missing_class_images_and_trains_with_the_prior(models, instances, tmp_path: Path, governed) -> None:  # type: ignore[no-untyped-def]
     config = build_config({**BASE, "method": "dreambooth", "class_prompt": "a glyph", "num_class_images": 3,
                            "class_generation_steps": 1, "steps": 2, "checkpoint_every": 2, "prior_loss_weight": 0.5})
     class_dir = tmp_path / "class"

@@ -19,6 +19,7 @@ from latentops.platform.models import AuditEntry, Job, LoraAdapter, PolicyDecisi
 from latentops.platform.services import finetune, jobs, users
 from latentops.platform.services import models as models_service
 from PIL import Image
+from test_finetune_recipe import _release_unscreened
 
 CONSOLE = "cli:tester"
 SETTINGS = {"instance_prompt": "a sks pattern", "steps": 4, "rank": 4, "resolution": 32, "checkpoint_every": 2,
@@ -50,6 +51,7 @@ def catalogue(settings_env, tiny_sd1: Path):  # type: ignore[no-untyped-def]
         models_service.import_model(db, source=tiny_sd1, name="internal-tiny", actor=CONSOLE,
                                     store_root=settings_env.model_store, sensitivity="internal")
         users.create_user(db, email="sam@example.com", role="submitter", team="design", password=None, actor=CONSOLE)
+    _release_unscreened(settings_env)
     return settings_env
 
 

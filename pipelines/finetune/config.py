@@ -61,6 +61,7 @@ class LoraConfig(BaseModel):
     flip: bool = True
     validation_prompts: tuple[str, ...] = ()
     validation_every: int = Field(default=0, ge=0, le=100_000)  # 0: only the final sample grid
+    samples: bool = True  # render the final sample grid (through the governed generation path)
     validation_steps: int = Field(default=20, ge=1, le=200)
     sample_seed: int = Field(default=0, ge=0, lt=2**31)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import data, lora, validation
+from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import DreamBoothConfig
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,13 @@ def ensure_class_images(config: DreamBoothConfig, *, weights: WeightsRef, class_
         images = validation.render(validation.RenderRequest(
             weights=weights, prompts=[config.class_prompt], images_per_prompt=count, seed=config.seed + 7919 * (index + 1),
             steps=config.class_generation_steps, purpose="class_images", job_id=job_id), device=device)
+        if not images:
+            # Screening quarantined the whole batch: the class prompt does not render releasable images.
+            raise TrainingFailed(f"class images: all {count} images rendered for {config.class_prompt!r} were "
+                                 "quarantined by screening; use another class prompt or give class images")
         for offset, image in enumerate(images):
             image.save(class_dir / f"class-{index + offset:05d}.png")
-        generated += count
+        generated += len(images)  # quarantined images are left out; the next batch makes up for them
         hooks.log(f"class images: {len(existing) + generated}/{config.num_class_images}")
     return generated
 

@@ -89,6 +89,7 @@ class TrainingResult:
     samples: list[Path] = field(default_factory=list)
     sample_grid: Path | None = None
     seconds_per_step: float = 0.0
+    step_times: list[float] = field(default_factory=list)
     images_per_second: float = 0.0
     peak_memory_mb: float = 0.0
     optimizer: str = "adamw"
@@ -377,13 +378,14 @@ def train(
     if not stopped_early:
         kohya_path = interop.export_kohya(weights_path, out_dir / "kohya" / "lora.safetensors", family=weights.family,
                                           alpha=config.lora_alpha)
-        samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id)
+        if config.samples:
+            samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id)
     _write_manifest(out_dir, config, meta, images, refused, streams)
     result = TrainingResult(
         out_dir=out_dir, weights_path=weights_path, kohya_path=kohya_path, steps=last, final_loss=losses[-1] if losses else 0.0,
         losses=losses, resumed_from=start, stopped_early=stopped_early, base_model_hash=weights.content_hash,
         dataset_hash=dataset_hash, samples=samples, sample_grid=grid_path, seconds_per_step=seconds_per_step,
-        images_per_second=(config.batch_size * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
+        step_times=step_times, images_per_second=(config.batch_size * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
         peak_memory_mb=_peak_memory_mb(device), optimizer=optimizer_name, mixed_precision=precision,
     )
     (out_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
@@ -429,7 +431,7 @@ def _validate(family: Family, named: dict[str, torch.Tensor], *, ema: dict[str, 
 
 
 def _final_samples(weights: WeightsRef, weights_path: Path, config: LoraConfig, out_dir: Path, device: torch.device,
-                   job_id: int | None) -> tuple[list[Path], Path]:
+                   job_id: int | None) -> tuple[list[Path], Path | None]:
     prompts = list(config.validation_prompts or (config.instance_prompt,))
     images: Sequence[Image.Image] = validation.render(validation.RenderRequest(
         weights=weights, prompts=prompts, seed=config.sample_seed, steps=config.validation_steps, images_per_prompt=2,
@@ -437,6 +439,9 @@ def _final_samples(weights: WeightsRef, weights_path: Path, config: LoraConfig, 
         adapter=AdapterRef(content_hash=interop.file_sha256(weights_path), path=weights_path.parent)), device=device.type)
     folder = out_dir / "samples"
     paths = validation.save_images(list(images), folder, "sample")
+    if not images:
+        logger.warning("no final sample was released by screening; the run has no sample grid")
+        return paths, None
     grid_path = folder / "grid.png"
     validation.grid(list(images), columns=2).save(grid_path)
     return paths, grid_path

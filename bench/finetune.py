@@ -1,0 +1,225 @@
+"""Benchmark: our LoRA recipe against a plain loop written the way diffusers' train_dreambooth_lora.py is.
+
+The reference loop encodes every batch with the VAE and every caption with the text encoder at
+every step (no caches), as the diffusers example does by default. Both loops train the same model
+on the same images in the same order with the same seed, drawing their randomness in the same
+order, so their loss curves must agree (the table reports the largest difference). Each variant
+runs in its own process so peak memory is its own.
+
+    python bench/finetune.py                 # CPU: SD1.5 architecture at 1/4 width, 128 px, batch 2, 12 steps
+    python bench/finetune.py --cuda          # GPU: full-size SD1.5 architecture (random weights), 512 px, batch 4, bf16
+
+Reported: seconds per step (training loop only, after a warm-up step), total wall time including
+our one-off feature caching, and peak memory (RSS on CPU, allocated VRAM on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _images(folder: Path, count: int, size: int) -> Path:
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image = Image.new("RGB", (size + 16 * index, size), (240, 240, 230))
+        ImageDraw.Draw(image).ellipse((10 + index, 12, size - 20, size - 10 - index), outline=(30, 30, 160), width=5)
+        image.save(folder / f"img-{index}.png")
+    return folder
+
+
+def _sd15_full_size(out: Path, shrink: int = 1) -> Path:
+    """The SD1.5 architecture with random weights (nothing is downloaded); ``shrink`` divides every width."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from latentops.pipelines import tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab, _ = tokenizers.clip_vocabulary()
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=768 // shrink, intermediate_size=3072 // shrink,
+                                        num_hidden_layers=12 // shrink, num_attention_heads=12 // shrink, max_position_embeddings=77, hidden_act="quick_gelu",
+                                        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                                        pad_token_id=vocab["<|endoftext|>"]))
+    # The SD1.5 defaults, each width divided by ``shrink``.
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768 // shrink, attention_head_dim=8,
+                                block_out_channels=tuple(c // shrink for c in (320, 640, 1280, 1280)),
+                                norm_num_groups=32 // shrink)
+    vae = AutoencoderKL(block_out_channels=tuple(c // shrink for c in (128, 256, 512, 512)), layers_per_block=2,
+                        latent_channels=4, sample_size=512, norm_num_groups=32 // shrink,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizers.build_clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+# --- the two variants -------------------------------------------------------------------------
+
+
+def run_ours(model: Path, images: Path, work: Path, settings: dict[str, Any], device: str) -> dict[str, Any]:
+    from latentops.pipelines.engine import WeightsRef
+    from latentops.pipelines.finetune import lora
+    from latentops.pipelines.finetune.config import build_config
+
+    config = build_config({**settings, "instance_prompt": "a sks ring", "checkpoint_every": settings["steps"],
+                           "samples": False, "optimizer": "adamw",
+                           "mixed_precision": "bf16" if device == "cuda" else "no"})
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = lora.train(config, weights=WeightsRef("bench-model", model, "sd1"), instance_dir=images, out_dir=work / "ours",
+                        cache_dir=work / "cache", device=torch.device(device))
+    return {"losses": result.losses, "wall_s": time.perf_counter() - started, "step_times": _step_times(result)}
+
+
+def _step_times(result: Any) -> list[float]:
+    return list(result.step_times)
+
+
+def run_reference(model: Path, images: Path, settings: dict[str, Any], device: str) -> dict[str, Any]:
+    """A plain loop in the style of diffusers' train_dreambooth_lora.py: encode everything every step."""
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler, DiffusionPipeline
+    from diffusers.optimization import get_scheduler
+    from latentops.pipelines.finetune import data
+    from latentops.pipelines.finetune.lora import _step_generator
+    from peft import LoraConfig as PeftLoraConfig
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    started = time.perf_counter()
+    pipe = DiffusionPipeline.from_pretrained(str(model), local_files_only=True)
+    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    for module in (vae, unet, text_encoder):
+        module.requires_grad_(False)
+        module.to(device, dtype)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    torch.manual_seed(settings["seed"])
+    unet.add_adapter(PeftLoraConfig(r=settings["rank"], lora_alpha=settings["rank"], init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    optimizer = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=1e-2)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=settings["steps"])
+    instances = data.require_instances(images, instance_prompt="a sks ring")
+    plan = data.batch_plan(instances, steps=settings["steps"], batch_size=settings["batch_size"],
+                           resolution=settings["resolution"], crop="center", flip=True, seed=settings["seed"])
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    losses, step_times = [], []
+    unet.train()
+    for step, batch in enumerate(plan, start=1):
+        began = time.perf_counter()
+        generator = _step_generator(settings["seed"], step)
+        # As in the example: load and transform the images, then VAE-encode them, every step.
+        pixels = torch.stack([data.to_tensor(data.apply_transform(data.decode(images / instances[s.index].file), s.transform))
+                              for s in batch]).to(device, dtype)
+        with torch.no_grad():
+            posterior = vae.encode(pixels).latent_dist
+            mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()
+            latents = (mean + std * torch.randn(mean.shape, generator=generator)) * vae.config.scaling_factor
+            ids = tokenizer([instances[s.index].caption for s in batch], padding="max_length", truncation=True,
+                            max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
+            embeds = text_encoder(ids)[0]
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+            prediction = unet(noisy.to(dtype), timesteps, embeds.to(dtype)).sample
+        loss = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        step_times.append(time.perf_counter() - began)
+    return {"losses": losses, "wall_s": time.perf_counter() - started, "step_times": step_times}
+
+
+def _child(args: argparse.Namespace) -> None:
+    settings = json.loads(args.settings)
+    device = "cuda" if args.cuda else "cpu"
+    work = Path(args.work)
+    if args.variant == "ours":
+        out = run_ours(Path(args.model), Path(args.images), work, settings, device)
+    else:
+        out = run_reference(Path(args.model), Path(args.images), settings, device)
+    if device == "cuda":
+        out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        import resource
+
+        out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.result).write_text(json.dumps(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cuda", action="store_true", help="Full-size SD1.5 architecture on the GPU, bf16.")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    for hidden in ("--model", "--images", "--work", "--settings", "--result"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        _child(args)
+        return
+    if args.cuda and not torch.cuda.is_available():
+        raise SystemExit("--cuda: no CUDA device here")
+    settings = ({"resolution": 512, "batch_size": 4, "steps": args.steps or 20, "rank": 16, "lr": 1e-4, "seed": 1}
+                if args.cuda else {"resolution": 128, "batch_size": 2, "steps": args.steps or 12, "rank": 4, "lr": 1e-3,
+                                   "seed": 1})
+    settings["flip"] = True
+    work = Path(tempfile.mkdtemp(prefix="latentops-bench-finetune-"))
+    try:
+        # CPU: the SD1.5 architecture at a quarter of its widths (VAE 8x downsampling, as in the real
+        # model, so encoding costs what it costs relative to the UNet); CUDA: at full size.
+        model = _sd15_full_size(work / "sd15", shrink=1 if args.cuda else 4)
+        images = _images(work / "images", 5, settings["resolution"])
+        results = {}
+        for variant in ("reference", "ours"):
+            result_file = work / f"{variant}.json"
+            subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model), "--images", str(images),
+                            "--work", str(work), "--settings", json.dumps(settings), "--result", str(result_file)]
+                           + (["--cuda"] if args.cuda else []), check=True, env={**os.environ})
+            results[variant] = json.loads(result_file.read_text())
+        _report(results, settings, args.cuda)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(results: dict[str, dict[str, Any]], settings: dict[str, Any], cuda: bool) -> None:
+    ref, ours = results["reference"], results["ours"]
+    ref_step = sum(ref["step_times"][1:]) / max(len(ref["step_times"]) - 1, 1)  # first step warms up
+    ours_step = sum(ours["step_times"][1:]) / max(len(ours["step_times"]) - 1, 1)
+    diff = max(abs(a - b) for a, b in zip(ref["losses"], ours["losses"], strict=True))
+    where = "CUDA, full-size SD1.5 architecture, bf16" if cuda else "CPU, SD1.5 architecture at 1/4 width"
+    print(f"fine-tuning benchmark ({where}; {settings['resolution']} px, batch {settings['batch_size']}, "
+          f"{settings['steps']} steps, rank {settings['rank']})")
+    print(f"{'variant':<34}{'s/step':>10}{'wall s':>10}{'peak MB':>10}{'speed-up':>10}")
+    print(f"{'reference (encode every step)':<34}{ref_step:>10.4f}{ref['wall_s']:>10.1f}{ref['peak_mb']:>10.0f}{1.0:>10.2f}")
+    print(f"{'latentops LoRA (cached features)':<34}{ours_step:>10.4f}{ours['wall_s']:>10.1f}{ours['peak_mb']:>10.0f}"
+          f"{ref_step / ours_step:>10.2f}")
+    print(f"loss curves: max |difference| over {len(ours['losses'])} steps = {diff:.2e} "
+          f"(reference final {ref['losses'][-1]:.4f}, ours final {ours['losses'][-1]:.4f})")
+
+
+if __name__ == "__main__":
+    main()
