@@ -209,6 +209,74 @@ def test_admin_grants_a_team_access_to_a_model(portal: str, browser, sqlite_url:
     _shot(page, "finetune-form")
 
 
+@pytest.fixture
+def portal_with_worker(queue_settings, start_worker, home: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app on loopback with the test's database and Redis, a tiny public model, and a real worker."""
+    from latentops.pipelines import tiny
+    from latentops.platform.api.app import create_app
+    from latentops.platform.services import models as models_service
+
+    source = tiny.create("sd1", home / "imports" / "tiny-sd1")
+    with session_scope(queue_settings.database_url) as session:
+        models_service.import_model(session, source=source, name="tiny", actor="system",
+                                    store_root=queue_settings.model_store, sensitivity="public")
+    start_worker("gpu")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(queue_settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_submitter_uploads_images_for_a_fine_tune_and_watches_it_to_done(  # type: ignore[no-untyped-def]
+        portal_with_worker: str, browser, database_url: str, home: Path) -> None:
+    from PIL import Image
+
+    make_user(database_url, "alice@example.com", "submitter", "design")
+    pictures = []
+    for index, colour in enumerate([(200, 40, 40), (40, 160, 60), (30, 60, 200)]):
+        picture = home / f"pattern-{index}.png"
+        Image.new("RGB", (96, 96), colour).save(picture)
+        pictures.append(str(picture))
+    page = _page(browser, portal_with_worker)
+    _login(page, "alice@example.com")
+    page.goto("/jobs/new")
+    page.get_by_label("Base model").select_option("tiny")
+    page.get_by_label("Instance prompt").fill("a photo of sks pattern")
+    page.locator("#ft-verdict").get_by_role("status").wait_for()
+    page.get_by_label("Instance images").set_input_files(pictures)
+    page.get_by_label("Caption for pattern-0.png").fill("a photo of sks pattern, red")
+    page.get_by_text("Recipe values").click()
+    # The tiniest run that still trains and checkpoints: two steps at 32 px, no sample grid.
+    page.get_by_label("Override the preset").fill(
+        '{"steps": 2, "rank": 4, "resolution": 32, "checkpoint_every": 2, "samples": false, "lr": 0.001}')
+    page.get_by_label("We hold a licence for these images").check()
+    page.get_by_label("People shown consented to this use").check()
+    _shot(page, "finetune-upload")
+    page.get_by_role("button", name="Submit fine-tune").click()
+    page.wait_for_url("**/jobs/*")
+    job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    _shot(page, "finetune-submitted")
+    # The job page polls its status; a real worker trains the adapter meanwhile.
+    page.locator("#job-state", has_text="succeeded").wait_for(timeout=600_000)
+    _shot(page, "finetune-done")
+    with session_scope(database_url) as session:
+        job = jobs_service.get(session, job_id)
+        assert job.kind == "finetune" and job.state.value == "succeeded", job.error
+        assert job.result["steps"] == 2 and job.progress["step"] == 2
+    page.reload()
+    assert page.locator("#job-state").inner_text() == "succeeded"
+    assert page.get_by_role("button", name="Cancel job").count() == 0  # a finished job offers no cancel
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _fresh_artifacts() -> None:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)

@@ -423,12 +423,13 @@ async def finetune_submit(request: Request, session: SessionDep, settings: Setti
                           captions: Annotated[list[str] | None, Form()] = None,
                           instance_prompt: Annotated[str, Form(max_length=500)] = "",
                           preset: Annotated[str, Form(max_length=32)] = "standard",
+                          params: Annotated[str, Form(max_length=10_000)] = "",
                           team: Annotated[str, Form(max_length=100)] = "",
                           attest_licence: Annotated[bool, Form()] = False,
                           attest_consent: Annotated[bool, Form()] = False) -> Response:
     from latentops.platform.api import finetune as finetune_api
 
-    values = finetune_api.recipe_values(preset, "", instance_prompt)
+    values = finetune_api.recipe_values(preset, params, instance_prompt)
     folder = await finetune_api.stage_uploads(settings, images, captions or [])
     job = await run_in_threadpool(finetune_api.submit_staged, session, settings, principal, folder=folder, model=model,
                                   values=values, team=team or None, adapter_name=None, attest_licence=attest_licence,
