@@ -1,20 +1,26 @@
 """The audit trail: one append-only, hash-chained log of every security-relevant event.
 
-``record`` is called by services inside the transaction that makes the change it describes, so a
-change and its entry commit or roll back together. Sequence numbers are gapless from 0: the
-writer takes the database's write lock (a transaction-level advisory lock on PostgreSQL, SQLite's
-own write lock) before reading the chain head, so concurrent writers queue up instead of forking
-the chain.
+``record`` is called by services inside the transaction that makes the change it describes. It
+writes the entry to ``audit_pending`` in that transaction, so a change and its entry commit or roll
+back together, and takes **no chain lock**: concurrent writers commit in parallel and PostgreSQL
+groups their WAL flushes. Giving entries their place in the chain (gapless ``seq`` from 0,
+``prev_hash``, ``hash``) is the integrator's job (``governance/integration.py``): whichever writer
+finds pending work after its commit moves every committed pending entry into ``audit_entries`` in
+one batch under the chain lock (PostgreSQL advisory lock, SQLite's write lock). ``record`` returns
+an ``AuditRecord``; after the caller's commit it already carries its ``seq`` (the commit hook
+integrated it), so an append returns once its entry is durable and sequenced.
 
 Entry hash: ``SHA-256(prev_hash || canonical)`` where ``canonical`` is the RFC 8785 JSON of the
 entry's fields without its hash (``details`` is itself a canonical JSON string). The database
-refuses UPDATE, DELETE and TRUNCATE on the table (see migrations 0001 and 0002).
+refuses UPDATE, DELETE and TRUNCATE on the chain (migrations 0001, 0002) and lets a pending row
+go only once its entry is in the chain (migration 0010).
 
-**The writer refuses to extend a broken chain.** Before appending it checks that the head it reads
-descends from a head it trusts, in O(entries since then), never O(log):
+**The writer refuses to extend a broken chain.** Both ``record`` (without the lock, so that the
+change is refused with its entry) and the integrator (under the lock, before assigning seqs) check
+that the chain head descends from a head they trust, in O(entries since then), never O(log):
 
 * each process keeps the last head it verified, per database (``_verified_heads``); the next
-  append verifies only the entries other processes appended since (usually zero to a few);
+  check verifies only the entries appended since (usually a batch or two);
 * a process without one (just started, or its cached head no longer matches, e.g. after a
   rolled-back transaction) starts from the latest signed checkpoint: the entry at
   ``tree_size - 1`` must still carry the checkpoint's ``head_hash``, and every entry after it must
@@ -38,10 +44,11 @@ from typing import Any
 
 import rfc8785
 import sqlalchemy as sa
-from latentops.platform.errors import IntegrityError, InvalidInput
-from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
+from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
+from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending, utcnow
 from prometheus_client import Counter
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
@@ -133,15 +140,33 @@ def leaf_data(hash_hex: str) -> bytes:
 # --- the chain lock and the trusted head -------------------------------------------------------
 
 
-def lock_chain(session: Session) -> None:
-    """Serialise with every other writer of this database until the transaction ends."""
+def lock_chain(session: Session, *, timeout_s: float | None = None, wait: bool = True) -> bool:
+    """Serialise with every other integrator of this database until the transaction ends.
+
+    ``timeout_s`` (PostgreSQL) gives up with ``OperationalError`` instead of waiting longer;
+    ``wait=False`` (PostgreSQL) returns False at once when another transaction holds the lock.
+    SQLite always waits (its busy timeout). Whoever held the lock looks for pending entries after
+    releasing it (the commit hook), so that a writer turned away by ``wait=False`` is never left
+    behind (see ``integration``).
+    """
     bind = session.get_bind()
+    if not session.info.get("audit_integrator"):
+        session.info["audit_locked"] = True
     if bind.dialect.name == "postgresql":
-        session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        if not wait:
+            return bool(session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                        {"key": ADVISORY_LOCK_KEY}).scalar_one())
+        if timeout_s is None:
+            session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        else:
+            # One round trip: the timeout is set (for this transaction) before the lock is asked for.
+            session.execute(sa.text("SELECT set_config('lock_timeout', :timeout, true), pg_advisory_xact_lock(:key)"),
+                            {"timeout": f"{int(timeout_s * 1000)}ms", "key": ADVISORY_LOCK_KEY})
     else:
         # A write statement makes SQLite take its database write lock now, before the head is read;
         # it matches no row and changes nothing.
         session.execute(sa.text("UPDATE audit_subject_keys SET id = id WHERE 0 = 1"))
+    return True
 
 
 _verified_heads: dict[str, Head] = {}
@@ -165,21 +190,44 @@ def _trust(key: str, head: Head) -> None:
             _verified_heads[key] = head
 
 
+def hold_head(session: Session, head: Head) -> None:
+    """Remember ``head`` as this transaction's chain head; trusted by the process once it commits."""
+    session.info.setdefault("audit_heads", {})[_database_key(session)] = head
+
+
 def _on_commit(session: Session) -> None:
-    pending = session.info.pop("audit_heads", None)
-    for key, head in (pending or {}).items():
+    info = session.info
+    if "audit_heads" not in info and "audit_records" not in info and "audit_locked" not in info:
+        return
+    for key, head in (session.info.pop("audit_heads", None) or {}).items():
         _trust(key, head)
+    records: list[AuditRecord] = session.info.pop("audit_records", None) or []
+    for item in records:
+        item._committed()
+    if session.info.pop("audit_locked", False) or records:
+        from latentops.governance import integration  # integration builds on this module
+
+        integration.after_commit(session.get_bind().engine, records)
 
 
 def _on_rollback(session: Session) -> None:
+    info = session.info
+    if "audit_heads" not in info and "audit_records" not in info and "audit_locked" not in info:
+        return
     session.info.pop("audit_heads", None)
+    for item in session.info.pop("audit_records", None) or []:
+        item._rolled_back()
+    if session.info.pop("audit_locked", False):
+        # This transaction may have turned writers away from the lock: integrate for them.
+        from latentops.governance import integration
+
+        integration.after_commit(session.get_bind().engine, [])
 
 
-def _watch(session: Session) -> None:
-    if not session.info.get("audit_watched"):
-        event.listen(session, "after_commit", _on_commit)
-        event.listen(session, "after_rollback", _on_rollback)
-        session.info["audit_watched"] = True
+# One listener pair for every Session: it returns at once for sessions that wrote no entry and
+# held no chain lock.
+event.listen(Session, "after_commit", _on_commit)
+event.listen(Session, "after_rollback", _on_rollback)
 
 
 def chain_break(rows: Iterable[Any], start: Head) -> tuple[Head, tuple[str, int] | None]:
@@ -269,7 +317,8 @@ def _checkpoint_anchor(session: Session) -> Head:
 def verified_head(session: Session) -> Head:
     """The chain head, verified against this process's trusted head or the latest checkpoint.
 
-    Call with the chain lock held. Raises ``IntegrityError`` (and alarms) on a broken chain.
+    Writers call it without the lock (``record``: refuse early) and with it (the integrator: the
+    head it extends). Raises ``IntegrityError`` (and alarms) on a broken chain.
     """
     key = _database_key(session)
     pending = session.info.get("audit_heads", {}).get(key)
@@ -302,6 +351,92 @@ def _check_fields(fields: Mapping[str, str]) -> None:
             raise InvalidInput(f"{name}: at most {FIELD_LIMITS[name]} characters (got {len(value)})")
 
 
+class AuditRecord:
+    """What ``record`` returns: the entry as written, and its place in the chain once integrated.
+
+    ``id`` (the pending row's id) is known at once. ``seq``, ``hash`` and ``prev_hash`` are filled
+    when the entry is integrated, normally by the commit hook as the caller's transaction commits.
+    Reading them earlier, while that transaction is still open, sequences the entry at once
+    (``integration.sequence``): that holds the chain lock until the transaction ends, the slow
+    path, kept for callers that must store the seq in the same transaction. Reading them after the
+    commit waits for integration (``integration.wait``); after a rollback raises ``NotFound``.
+    """
+
+    __slots__ = ("_engine", "_hash", "_prev_hash", "_seq", "_session", "_state", "action", "actor", "at", "details",
+                 "id", "outcome", "resource")
+
+    def __init__(self, session: Session, *, id: int, at: dt.datetime, actor: str, action: str, resource: str,
+                 outcome: str, details: str) -> None:
+        self.id, self.at, self.actor, self.action, self.resource = id, at, actor, action, resource
+        self.outcome, self.details = outcome, details
+        self._session: Session | None = session
+        self._engine: Engine = session.get_bind().engine
+        self._state = "open"
+        self._seq: int | None = None
+        self._hash: str | None = None
+        self._prev_hash: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AuditRecord(id={self.id}, seq={self._seq}, action={self.action!r}, state={self._state})"
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def integrated(self) -> bool:
+        return self._seq is not None
+
+    @property
+    def committed(self) -> bool:
+        return self._state == "committed"
+
+    @property
+    def seq(self) -> int:
+        self._resolve()
+        assert self._seq is not None
+        return self._seq
+
+    @property
+    def hash(self) -> str:
+        self._resolve()
+        assert self._hash is not None
+        return self._hash
+
+    @property
+    def prev_hash(self) -> str:
+        self._resolve()
+        assert self._prev_hash is not None
+        return self._prev_hash
+
+    def place(self, seq: int, hash: str, prev_hash: str) -> None:
+        """Set by the integrator: where the entry landed in the chain."""
+        self._seq, self._hash, self._prev_hash = seq, hash, prev_hash
+
+    def _committed(self) -> None:
+        self._state, self._session = "committed", None
+
+    def _rolled_back(self) -> None:
+        self._state, self._session = "rolled_back", None
+        self._seq = self._hash = self._prev_hash = None
+
+    def _resolve(self) -> None:
+        if self._seq is not None:
+            return
+        from latentops.governance import integration  # integration builds on this module
+
+        if self._state == "rolled_back":
+            raise NotFound(f"audit entry {self.id} ({self.action} {self.resource}): its transaction rolled back, "
+                           "so it was never recorded")
+        if self._session is not None:
+            integration.sequence(self._session)
+        else:
+            integration.wait([self])
+
+
+PENDING = AuditPending.__table__
+
+
 def record(
     session: Session,
     *,
@@ -312,8 +447,11 @@ def record(
     details: Mapping[str, Any] | None = None,
     personal: Mapping[str, Any] | None = None,
     subject: str | None = None,
-) -> AuditEntry:
-    """Append one entry in the caller's transaction and return it (flushed, not committed).
+) -> AuditRecord:
+    """Write one entry in the caller's transaction; it joins the chain when that transaction commits.
+
+    Returns an ``AuditRecord`` (see there for when ``seq`` is known). Refuses with
+    ``IntegrityError`` when the chain head does not verify, so the change is refused with it.
 
     ``personal`` holds personal data (prompts, emails) about ``subject`` (e.g. ``user:42``); it is
     encrypted with the subject's key and stored under ``details["sealed"]``, so erasing the subject
@@ -326,31 +464,30 @@ def record(
         raise InvalidInput(f"details: the key {SEALED_KEY!r} is reserved for sealed personal data")
     if personal and not subject:
         raise InvalidInput("subject: required when personal data is given (whose key encrypts it)")
-    canonical_details(plain)  # bad details fail here, before any lock is taken
+    canonical_details(plain)  # bad details fail here, before anything is written
 
-    session.flush()
-    lock_chain(session)
-    head = verified_head(session)
+    key = _database_key(session)
+    trusted = session.info.get("audit_heads", {}).get(key) or _verified_heads.get(key)
+    if trusted is None:
+        verified_head(session)  # a process's first append anchors on the checkpoint
     if personal:
         from latentops.governance import erasure  # erasure records its own entries through this module
 
         plain[SEALED_KEY] = erasure.seal(session, subject=str(subject), data=personal, context=action)
-    entry = AuditEntry(
-        seq=head.seq + 1,
-        at=utcnow(),
-        actor=name,
-        action=action,
-        resource=resource,
-        outcome=outcome,
-        details=canonical_details(plain),
-        prev_hash=head.hash,
-    )
-    entry.hash = entry_hash(entry_payload(entry))
-    session.add(entry)
-    session.flush()
-    _watch(session)
-    session.info.setdefault("audit_heads", {})[_database_key(session)] = Head(entry.seq, entry.hash)
-    log.debug("audit entry appended", extra={"seq": entry.seq, "action": action})
+    values = {"at": utcnow(), "actor": name, "action": action, "resource": resource, "outcome": outcome,
+              "details": canonical_details(plain)}
+    check = trusted is not None and trusted.seq >= 0
+    # The cheap check, in the same round trip: the head this process trusts still carries its
+    # hash. Entries after it are verified by the integrator, under the lock, before extending.
+    returning = [PENDING.c.id] + ([sa.select(AuditEntry.hash).where(AuditEntry.seq == trusted.seq).scalar_subquery()]
+                                  if check and trusted is not None else [])
+    row = session.execute(PENDING.insert().values(**values).returning(*returning)).one()
+    pending_id = row[0]
+    if check and trusted is not None and row[1] != trusted.hash:
+        verified_head(session)  # a stale cache re-anchors on the checkpoint; real damage raises here
+    entry = AuditRecord(session, id=pending_id, **values)
+    session.info.setdefault("audit_records", []).append(entry)
+    log.debug("audit entry written", extra={"pending_id": pending_id, "action": action})
     return entry
 
 

@@ -11,8 +11,12 @@ local JSON-lines file opened with ``O_APPEND`` and fsynced (``LATENTOPS_HOME/aud
 put it on another host or make it ``chattr +a``); production registers another sink (S3 Object
 Lock, a WORM bucket) with ``register_sink``.
 
-The signing key is ``LATENTOPS_HOME/audit/checkpoint-signing-key.pem`` (PKCS#8, mode 0600) unless
-a path is given; ``latentops audit public-key`` prints the public half for auditors.
+The signing key is ``Settings.audit_signing_key`` (default
+``LATENTOPS_HOME/audit/checkpoint-signing-key.pem``, PKCS#8, mode 0600) and the sink
+``Settings.audit_sink``. Beside the key, ``checkpoint-keyring.pem`` keeps the public half of every
+signing key ever used (``key id -> public key``): ``rotate_key`` adds the new key and keeps the old,
+so checkpoints signed before a rotation still verify. ``latentops audit public-key`` prints the
+keyring for auditors.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +36,7 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from latentops.governance import audit, merkle
+from latentops.governance import audit, integration, merkle
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
 from latentops.platform.settings import Settings
@@ -40,23 +45,26 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 
 STATEMENT_HEADER = "latentops audit checkpoint v1"
-KEY_FILE = "checkpoint-signing-key.pem"
-SINK_FILE = "checkpoints.jsonl"
+KEYRING_FILE = "checkpoint-keyring.pem"
+# key id -> public key: every key that ever signed checkpoints of this log.
+Keyring = dict[str, Ed25519PublicKey]
 
 
 # --- keys --------------------------------------------------------------------------------------
 
 
-def audit_dir(settings: Settings) -> Path:
-    return settings.home / "audit"
-
-
 def default_key_path(settings: Settings) -> Path:
-    return audit_dir(settings) / KEY_FILE
+    assert settings.audit_signing_key is not None  # filled in by Settings
+    return settings.audit_signing_key
 
 
 def default_sink_location(settings: Settings) -> str:
-    return str(audit_dir(settings) / SINK_FILE)
+    return settings.audit_sink
+
+
+def keyring_path(key_path: Path) -> Path:
+    """Where the keyring of a signing key lives: beside it."""
+    return key_path.with_name(KEYRING_FILE)
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -75,6 +83,7 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(pem)
+    add_to_keyring(path, private.public_key())
     log.warning("created the audit checkpoint signing key %s (key id %s)", path, key_id(private.public_key()))
     return private
 
@@ -97,21 +106,76 @@ def public_key_pem(public_key: Ed25519PublicKey) -> str:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """A public key from a PEM file, or a file holding the raw 32 bytes as hex or base64."""
+    keys = load_public_keys(path)
+    if len(keys) != 1:
+        raise InvalidInput(f"{path}: holds {len(keys)} public keys, expected one")
+    return next(iter(keys.values()))
+
+
+PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_keys(path: Path) -> Keyring:
+    """Every public key in a file: PEM blocks (a keyring holds several; text around them is
+    ignored), or one raw 32-byte key as hex or base64."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise InvalidInput(f"{path}: public key file not found") from None
     try:
         if b"-----BEGIN" in data:
-            key = serialization.load_pem_public_key(data)
-            if not isinstance(key, Ed25519PublicKey):
-                raise InvalidInput(f"{path}: not an Ed25519 public key")
-            return key
+            keys: Keyring = {}
+            blocks = PEM_BLOCK.findall(data)
+            if not blocks:
+                raise ValueError("no PUBLIC KEY block")
+            for block in blocks:
+                key = serialization.load_pem_public_key(block)
+                if not isinstance(key, Ed25519PublicKey):
+                    raise InvalidInput(f"{path}: not an Ed25519 public key")
+                keys[key_id(key)] = key
+            return keys
         text = data.decode("ascii").strip()
         raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
+        key = Ed25519PublicKey.from_public_bytes(raw)
+        return {key_id(key): key}
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidInput(f"{path}: not an Ed25519 public key (PEM, hex or base64): {error}") from None
+
+
+def keyring_pem(keyring: Keyring) -> str:
+    """A keyring as one text: each key's PEM after a line naming its id."""
+    return "".join(f"# key id {identifier}\n{public_key_pem(key)}" for identifier, key in keyring.items())
+
+
+def signing_keyring(key_path: Path) -> Keyring:
+    """The keyring beside ``key_path`` plus the current key's public half (either may be absent)."""
+    ring = keyring_path(key_path)
+    keys = load_public_keys(ring) if ring.exists() else {}
+    if key_path.exists():
+        current = load_signing_key(key_path).public_key()
+        keys[key_id(current)] = current
+    return keys
+
+
+def add_to_keyring(key_path: Path, public_key: Ed25519PublicKey) -> None:
+    """Keep ``public_key`` in the keyring beside ``key_path`` (written whole, then renamed)."""
+    ring = keyring_path(key_path)
+    keys = load_public_keys(ring) if ring.exists() else {}
+    if key_id(public_key) in keys:
+        return
+    keys[key_id(public_key)] = public_key
+    _write_atomically(ring, keyring_pem(keys).encode("ascii"), 0o644)
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 # --- statements --------------------------------------------------------------------------------
@@ -217,12 +281,16 @@ def _leaves_after(session: Session, start: int, end: int) -> Any:
     return (merkle.leaf_hash(audit.leaf_data(value)) for value in session.execute(query).scalars())
 
 
-def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: CheckpointSink, force: bool = False) -> AuditCheckpoint:
+def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: CheckpointSink, force: bool = False,
+           keyring: Keyring | None = None) -> AuditCheckpoint:
     """Sign the current tree; write it to the database and the sink (in the caller's transaction).
 
-    Returns the latest checkpoint unchanged when no entry was added since, unless ``force``.
+    Pending entries are integrated first, so the checkpoint covers every committed entry. The
+    previous checkpoint must verify with its own key from ``keyring`` (the signing key's public
+    half always counts). Returns the latest checkpoint unchanged when no entry was added since,
+    unless ``force``.
     """
-    audit.lock_chain(session)
+    integration.integrate_all(session)  # takes the chain lock, held until the caller commits
     head = audit.verified_head(session)  # alarms instead of signing a broken chain
     public_key = signing_key.public_key()
     previous = latest(session)
@@ -238,9 +306,12 @@ def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: Checkpoint
 
     frontier = merkle.Frontier()
     if previous is not None:
-        if previous.key_id != key_id(public_key) or not signature_valid(statement(previous), public_key):
-            raise IntegrityError(f"checkpoint {previous.id} (tree size {previous.tree_size}) is not signed by this "
-                                 f"key {key_id(public_key)}: forged checkpoint or a rotated key; refusing to extend it")
+        keys = {**(keyring or {}), key_id(public_key): public_key}
+        signer = keys.get(previous.key_id)
+        if signer is None or not signature_valid(statement(previous), signer):
+            raise IntegrityError(f"checkpoint {previous.id} (tree size {previous.tree_size}) does not verify with key "
+                                 f"{previous.key_id} from the keyring ({', '.join(keys)}): a forged checkpoint, or a key "
+                                 "missing from the keyring; refusing to extend it")
         frontier = merkle.Frontier.from_hex(previous.tree_size, json.loads(previous.frontier))
         if frontier.root().hex() != previous.root_hash:
             raise IntegrityError(f"checkpoint {previous.id}: its stored frontier does not give its signed root")
@@ -275,3 +346,39 @@ def due(session: Session, *, every_entries: int = 1000, every: dt.timedelta = dt
     new = size - previous.tree_size
     at = previous.at if previous.at.tzinfo else previous.at.replace(tzinfo=dt.UTC)
     return new >= every_entries or (new > 0 and utcnow() - at >= every)
+
+
+# --- key rotation ------------------------------------------------------------------------------
+
+
+def rotate_key(session: Session, *, key_path: Path, sink: CheckpointSink, actor: audit.Actor | str,
+               reason: str = "") -> tuple[str, str, AuditCheckpoint]:
+    """Replace the signing key at ``key_path`` with a new one; keep the old public key.
+
+    1. the old key signs a final checkpoint over every entry so far (its own transaction);
+    2. its public half is kept in the keyring, the new key is written in its place (the old private
+       key is overwritten: it can sign nothing more);
+    3. in the caller's transaction, the rotation is audited (``audit.key.rotate``) and the new key
+       signs its first checkpoint, which covers that entry.
+
+    Returns ``(old key id, new key id, the new key's first checkpoint)``. ``session`` must not have
+    written yet: step 1 commits on a connection of its own.
+    """
+    old = load_signing_key(key_path)
+    keyring = signing_keyring(key_path)
+    engine = session.get_bind().engine
+    with Session(bind=engine, expire_on_commit=False) as sealing, sealing.begin():
+        final = create(sealing, signing_key=old, sink=sink, force=True, keyring=keyring)
+        final_size = final.tree_size
+    add_to_keyring(key_path, old.public_key())
+    new = Ed25519PrivateKey.generate()
+    _write_atomically(key_path, new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()), 0o600)
+    add_to_keyring(key_path, new.public_key())
+    old_id, new_id = key_id(old.public_key()), key_id(new.public_key())
+    log.warning("rotated the audit checkpoint signing key %s: %s -> %s", key_path, old_id, new_id)
+    audit.record(session, actor=actor, action="audit.key.rotate", resource="audit:signing-key",
+                 details={"old_key_id": old_id, "new_key_id": new_id, "sealed_tree_size": final_size,
+                          "reason": reason})
+    first = create(session, signing_key=new, sink=sink, force=True, keyring={**keyring, new_id: new.public_key()})
+    return old_id, new_id, first

@@ -9,7 +9,8 @@
   every earlier checkpoint. ``governance/verifier/latentops_audit_verify.py`` checks both without
   the database. Sealed personal data is exported as the ciphertext the hashes cover.
 
-Entries are never deleted; exports and verifications are themselves audited (by the callers in
+Each of them integrates pending entries first (``integration.catch_up``), so nothing shown is
+stale. Entries are never deleted; exports and verifications are themselves audited (by the callers in
 ``platform/cli/audit.py``, after commit of the checkpoint they rely on).
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from latentops.governance import audit, checkpoints, erasure, merkle
+from latentops.governance import audit, checkpoints, erasure, integration, merkle
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry
 from sqlalchemy.orm import Session
@@ -93,6 +94,11 @@ def query(session: Session, *, filters: Filters = Filters(), after: int | None =
     """One page of entries in seq order; ``reveal`` decrypts sealed personal data still held."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE} (got {limit})")
+    try:
+        integration.catch_up(session)
+    except IntegrityError as error:
+        # A damaged chain cannot be extended (and has alarmed); what it holds can still be read.
+        log.warning("audit query without integrating pending entries: %s", error)
     statement = sa.select(*audit.ENTRY_COLUMNS).where(*_where(filters))
     if after is not None:
         statement = statement.where(AuditEntry.seq > after)
@@ -136,6 +142,7 @@ def inclusion(session: Session, *, seq: int) -> dict[str, Any]:
     """An inclusion proof of entry ``seq`` against the latest checkpoint."""
     if seq < 0:
         raise InvalidInput(f"seq: must be 0 or more (got {seq})")
+    integration.catch_up(session)
     latest = checkpoints.latest(session)
     if latest is not None and seq >= latest.tree_size:
         raise InvalidInput(f"seq: {seq} is beyond the latest checkpoint (tree size {latest.tree_size}); "
@@ -151,6 +158,7 @@ def inclusion(session: Session, *, seq: int) -> dict[str, Any]:
 
 def consistency(session: Session, *, old: int, new: int) -> dict[str, Any]:
     """A consistency proof between tree sizes ``old`` and ``new`` (at most the latest checkpoint's)."""
+    integration.catch_up(session)
     latest = checkpoints.latest(session)
     limit = 0 if latest is None else latest.tree_size
     if not 0 <= old <= new:
@@ -188,10 +196,11 @@ def _rows(session: Session, filters: Filters, size: int) -> Iterator[Any]:
 
 
 def export(session: Session, *, path: Path, fmt: Literal["jsonl", "csv"], filters: Filters = Filters(),
-           public_key_pem: str) -> ExportSummary:
+           public_key_pem: str, keyring_pem: str | None = None) -> ExportSummary:
     """Write the entries matching ``filters`` that the latest checkpoint covers, with proofs."""
     if fmt not in ("jsonl", "csv"):
         raise InvalidInput(f"format: must be jsonl or csv (got {fmt!r})")
+    integration.catch_up(session)
     checkpoint, tree = _signed(session)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -219,6 +228,9 @@ def export(session: Session, *, path: Path, fmt: Literal["jsonl", "csv"], filter
         "filters": filters.to_json(),
         "checkpoint": checkpoints.statement(checkpoint),
         "public_key_pem": public_key_pem,
+        # Every key that signed a checkpoint here, old ones included; auditors compare it with the
+        # keys they got out of band (the verifier trusts only those).
+        "keyring_pem": keyring_pem or public_key_pem,
         "consistency": [
             {"checkpoint": checkpoints.statement(old),
              "proof": [node.hex() for node in tree.consistency_proof(old.tree_size, checkpoint.tree_size)]}

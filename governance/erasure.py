@@ -72,7 +72,7 @@ def _current_key(session: Session, subject: str) -> AuditSubjectKey:
 
 
 def seal(session: Session, *, subject: str, data: Mapping[str, Any], context: str = "") -> dict[str, Any]:
-    """Encrypt ``data`` for ``subject`` (called by ``audit.record`` under the chain lock)."""
+    """Encrypt ``data`` for ``subject`` (called by ``audit.record`` in the caller's transaction)."""
     _check_subject(subject)
     plaintext = audit.canonical_details(data).encode("utf-8")
     key = _current_key(session, subject)
@@ -104,7 +104,8 @@ def reveal(session: Session, details: str | Mapping[str, Any]) -> dict[str, Any]
 def erase_subject(session: Session, *, subject: str, actor: audit.Actor | str, reason: str = "") -> int:
     """Destroy every key of ``subject`` (crypto-shredding); audited. Returns the keys destroyed."""
     _check_subject(subject)
-    audit.lock_chain(session)  # no entry can be sealed with a key while it is being destroyed
+    # No chain lock needed: an entry sealed concurrently either read the key before this update
+    # (its ciphertext is shredded with the key) or reads NULL after it and gets a fresh key.
     result: Any = session.execute(
         sa.update(AuditSubjectKey)
         .where(AuditSubjectKey.subject == subject, AuditSubjectKey.key.is_not(None))

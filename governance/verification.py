@@ -3,7 +3,8 @@
 One streaming pass over the entries recomputes every entry hash and chain link, feeds the leaves
 through a Merkle frontier and, at each checkpoint's size, compares the root and head hash the
 checkpoint signed. Checkpoints come from the database and from the external sink; each signature
-is checked with the given public key.
+is checked with the key its ``key_id`` names in the given keyring (key id -> public key, old keys
+kept across rotations). Pending entries are integrated first, so the report is not stale.
 
 The report names the first damage by kind and sequence number:
 
@@ -26,8 +27,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from latentops.governance import audit, checkpoints, merkle
-from latentops.platform.errors import InvalidInput
+from latentops.governance import audit, checkpoints, integration, merkle
+from latentops.platform.errors import IntegrityError, InvalidInput
 from latentops.platform.models import AuditCheckpoint, AuditEntry
 from sqlalchemy.orm import Session
 
@@ -51,6 +52,7 @@ class Damage:
 @dataclass
 class Report:
     entries: int = 0
+    pending: int = 0  # committed entries still waiting for integration after the catch-up
     checkpoints: int = 0
     sink_checkpoints: int = 0
     tree_size: int = 0
@@ -64,7 +66,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "entries": self.entries, "checkpoints": self.checkpoints,
+            "ok": self.ok, "entries": self.entries, "pending": self.pending, "checkpoints": self.checkpoints,
             "sink_checkpoints": self.sink_checkpoints, "tree_size": self.tree_size, "root_hash": self.root_hash,
             "damage": [{"kind": d.kind, "seq": d.seq, "detail": d.detail} for d in self.damage],
             "warnings": self.warnings,
@@ -79,20 +81,25 @@ class _Statement:
     head_hash: str
 
 
-def _check_signatures(items: Sequence[tuple[str, dict[str, Any]]], public_key: Ed25519PublicKey | None,
+def _check_signatures(items: Sequence[tuple[str, dict[str, Any]]], keyring: checkpoints.Keyring,
                       report: Report) -> list[_Statement]:
     if not items:
         return []
-    if public_key is None:
+    if not keyring:
         raise InvalidInput("public key: the log has checkpoints but no public key was given and no signing key "
                            "was found (pass --public-key)")
-    expected = checkpoints.key_id(public_key)
     signers = {str(item.get("key_id")) for _, item in items}
-    if expected not in signers:
-        raise InvalidInput(f"public key: wrong key; it has id {expected} but the checkpoints are signed by "
-                           f"{', '.join(sorted(signers))}")
+    if not signers & keyring.keys():
+        raise InvalidInput(f"public key: wrong key; the keyring holds {', '.join(sorted(keyring))} but the checkpoints "
+                           f"are signed by {', '.join(sorted(signers))}")
     valid = []
     for source, item in items:
+        public_key = keyring.get(str(item.get("key_id")))
+        if public_key is None:
+            report.damage.append(Damage("forged_checkpoint", None, f"{source} (tree size {item.get('tree_size')}): "
+                                        f"signed by key {item.get('key_id')}, which is not in the keyring (a forged "
+                                        "checkpoint, or a rotated key missing from the keyring)"))
+            continue
         if not checkpoints.signature_valid(item, public_key):
             report.damage.append(Damage("forged_checkpoint", None, f"{source} (tree size {item.get('tree_size')}): "
                                         "the signature does not verify with the public key"))
@@ -165,10 +172,24 @@ def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report) 
                                     "were removed from the tail"))
 
 
-def verify(session: Session, *, public_key: Ed25519PublicKey | None,
-           sink: checkpoints.CheckpointSink | None = None, batch: int = 5000) -> Report:
-    """Verify every entry, the tree, every checkpoint (database and sink) and their signatures."""
+def verify(session: Session, *, public_key: Ed25519PublicKey | None = None,
+           keyring: checkpoints.Keyring | None = None, sink: checkpoints.CheckpointSink | None = None,
+           batch: int = 5000) -> Report:
+    """Verify every entry, the tree, every checkpoint (database and sink) and their signatures.
+
+    Signatures are checked against ``keyring`` plus ``public_key``. Pending entries are integrated
+    first (in the caller's transaction); when the chain is too damaged to extend they stay pending
+    and the report counts them.
+    """
     report = Report()
+    try:
+        integration.catch_up(session)
+    except IntegrityError as error:
+        report.warnings.append(f"pending entries not integrated: {error}")
+    report.pending = integration.pending_count(session)
+    keys = dict(keyring or {})
+    if public_key is not None:
+        keys[checkpoints.key_id(public_key)] = public_key
     stored = session.execute(sa.select(AuditCheckpoint).order_by(AuditCheckpoint.id)).scalars().all()
     items = [(f"database checkpoint {cp.id}", checkpoints.statement(cp)) for cp in stored]
     sink_items = sink.read() if sink is not None else []
@@ -183,7 +204,7 @@ def verify(session: Session, *, public_key: Ed25519PublicKey | None,
         for size, _root in sorted(in_sink - in_database):
             report.warnings.append(f"sink checkpoint of tree size {size} is missing from the database")
 
-    statements = _check_signatures(items, public_key, report)
+    statements = _check_signatures(items, keys, report)
     query = sa.select(*audit.ENTRY_COLUMNS).order_by(AuditEntry.seq).execution_options(yield_per=batch)
     scan_report = Report()
     scan(session.execute(query), statements, scan_report)

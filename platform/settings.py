@@ -71,8 +71,13 @@ class Settings(BaseSettings):
     oidc_scopes: str = "openid email profile groups"
     oidc_groups_claim: str = "groups"
     oidc_group_map: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Audit trail: the Ed25519 checkpoint signing key (PEM; its keyring of public keys, old ones
+    # kept across rotations, sits beside it) and the external append-only checkpoint sink (a file
+    # path or scheme://... for a registered WORM sink). Defaults under LATENTOPS_HOME/audit/.
+    audit_signing_key: Path | None = None
+    audit_sink: str = ""
 
-    @field_validator("home", "model_store", mode="after")
+    @field_validator("home", "model_store", "audit_signing_key", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -101,6 +106,10 @@ class Settings(BaseSettings):
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
         if self.model_store is None:
             self.model_store = self.home / "models"
+        if self.audit_signing_key is None:
+            self.audit_signing_key = self.home / "audit" / "checkpoint-signing-key.pem"
+        if not self.audit_sink:
+            self.audit_sink = str(self.home / "audit" / "checkpoints.jsonl")
         if self.mode == "production":
             if self.secret_key == INSECURE_SECRET or len(self.secret_key) < 32:
                 raise ValueError(

@@ -144,6 +144,7 @@ def test_verify_with_a_wrong_or_missing_public_key_fails_clearly(trail: Settings
     assert result.returncode != 0 and "public key file not found" in result.stderr
 
     checkpoints.default_key_path(trail).unlink()
+    checkpoints.keyring_path(checkpoints.default_key_path(trail)).unlink()
     result = cli("audit", "verify")
     assert result.returncode != 0 and "no public key was given" in result.stderr
 

@@ -5,13 +5,17 @@ An outside auditor runs this on an export without trusting the latentops server,
 its code:
 
     python3 latentops_audit_verify.py audit.jsonl --public-key latentops-audit.pub \
-        [--proofs audit.jsonl.proofs.json] [--checkpoints checkpoints.jsonl]
+        [--public-key older-key.pub ...] [--proofs audit.jsonl.proofs.json] [--checkpoints checkpoints.jsonl]
+
+A public key file may hold several PEM keys (the operator's keyring from
+``latentops audit public-key``): every checkpoint is checked with the key its ``key_id`` names, so
+checkpoints signed before a key rotation still verify.
 
 It checks, with its own implementations of RFC 8785 (for the entry fields), RFC 9162 (Merkle
 hashing and proof verification) and RFC 8032 (Ed25519 verification):
 
-1. the export's checkpoint is signed by the public key you obtained from the operator out of band
-   (the key inside the proofs file is only compared against it);
+1. the export's checkpoint is signed by a public key you obtained from the operator out of band
+   (keys inside the proofs file are not trusted);
 2. every entry's hash recomputes from its fields, and its inclusion proof leads to the signed root;
 3. for a complete export (no filters): sequence numbers 0..n-1 with no gap, every ``prev_hash``
    link, the Merkle root over all entries and the signed head hash;
@@ -32,6 +36,7 @@ import binascii
 import csv
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -255,24 +260,48 @@ def _hex(value: Any, where: str, size: int = 32) -> bytes:
     return data
 
 
-def read_public_key(path: Path) -> bytes:
+PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----(.+?)-----END PUBLIC KEY-----", re.DOTALL)
+ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def read_public_keys(path: Path) -> list[bytes]:
+    """Every Ed25519 public key in ``path``: PEM blocks (text around them is ignored), or one raw
+    32-byte key as hex or base64."""
     try:
         text = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as error:
         raise Unusable(f"{path}: cannot read the public key ({error})") from None
+    keys = []
     try:
-        if text.startswith("-----BEGIN PUBLIC KEY-----"):
-            der = base64.b64decode("".join(line for line in text.splitlines() if not line.startswith("-----")))
-            # SubjectPublicKeyInfo for Ed25519: a fixed 12-byte prefix, then the 32-byte key.
-            if len(der) != 44 or der[:12] != bytes.fromhex("302a300506032b6570032100"):
-                raise Unusable(f"{path}: not an Ed25519 public key")
-            return der[12:]
+        if "-----BEGIN" in text:
+            blocks = PEM_BLOCK.findall(text)
+            if not blocks:
+                raise Unusable(f"{path}: no PEM PUBLIC KEY block")
+            for block in blocks:
+                der = base64.b64decode("".join(block.split()))
+                # SubjectPublicKeyInfo for Ed25519: a fixed 12-byte prefix, then the 32-byte key.
+                if len(der) != 44 or der[:12] != ED25519_SPKI_PREFIX:
+                    raise Unusable(f"{path}: not an Ed25519 public key")
+                keys.append(der[12:])
+            return keys
         raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
     except (ValueError, binascii.Error):
         raise Unusable(f"{path}: not an Ed25519 public key (PEM, hex or base64)") from None
     if len(raw) != 32:
         raise Unusable(f"{path}: an Ed25519 public key has 32 bytes, this has {len(raw)}")
-    return raw
+    return [raw]
+
+
+def read_public_key(path: Path) -> bytes:
+    keys = read_public_keys(path)
+    if len(keys) != 1:
+        raise Unusable(f"{path}: holds {len(keys)} public keys, expected one")
+    return keys[0]
+
+
+def read_keyring(paths: Sequence[Path]) -> dict[str, bytes]:
+    """key id -> public key, from every file given."""
+    return {key_id(key): key for path in paths for key in read_public_keys(path)}
 
 
 def key_id(public: bytes) -> str:
@@ -284,15 +313,17 @@ def statement_body(item: dict[str, Any]) -> bytes:
             f"head {item['head_hash']}\ntime {item['at']}\n").encode()
 
 
-def check_statement(item: dict[str, Any], public: bytes, where: str) -> None:
+def check_statement(item: dict[str, Any], keyring: dict[str, bytes], where: str) -> None:
     try:
         signature = base64.b64decode(str(item["signature"]), validate=True)
         body = statement_body(item)
     except (KeyError, ValueError, TypeError, binascii.Error) as error:
         raise Unusable(f"{where}: not a checkpoint statement ({error})") from None
-    if item.get("key_id") != key_id(public):
-        raise Damaged("forged_checkpoint", None, f"{where}: signed by key {item.get('key_id')}, "
-                      f"not by the given public key {key_id(public)} (or the key given is wrong)")
+    public = keyring.get(str(item.get("key_id")))
+    if public is None:
+        raise Damaged("forged_checkpoint", None, f"{where}: signed by key {item.get('key_id')}, which is not among "
+                      f"the given public keys ({', '.join(sorted(keyring))}): a forged checkpoint, or the key given is wrong "
+                      "(give every key of the keyring, old ones too)")
     if not ed25519_verify(public, body, signature):
         raise Damaged("forged_checkpoint", None, f"{where}: the signature does not verify")
 
@@ -342,12 +373,12 @@ def read_json(path: Path) -> Any:
 # --- verification -----------------------------------------------------------------------------
 
 
-def verify(export: Path, proofs_path: Path, public: bytes, sink: Path | None) -> str:
+def verify(export: Path, proofs_path: Path, keyring: dict[str, bytes], sink: Path | None) -> str:
     proofs = read_json(proofs_path)
     if not isinstance(proofs, dict) or proofs.get("format") != EXPORT_FORMAT:
         raise Unusable(f"{proofs_path}: not a {EXPORT_FORMAT} proofs file")
     checkpoint = proofs["checkpoint"]
-    check_statement(checkpoint, public, f"{proofs_path}: checkpoint")
+    check_statement(checkpoint, keyring, f"{proofs_path}: checkpoint")
     size, root = int(checkpoint["tree_size"]), _hex(checkpoint["root_hash"], "checkpoint root")
 
     entries = read_entries(export)
@@ -382,7 +413,7 @@ def verify(export: Path, proofs_path: Path, public: bytes, sink: Path | None) ->
 
     for number, item in enumerate(proofs.get("consistency") or [], start=1):
         old = item["checkpoint"]
-        check_statement(old, public, f"{proofs_path}: earlier checkpoint {number}")
+        check_statement(old, keyring, f"{proofs_path}: earlier checkpoint {number}")
         nodes = [_hex(node, f"consistency proof {number}") for node in item.get("proof") or []]
         if not verify_consistency(int(old["tree_size"]), size, _hex(old["root_hash"], "old root"), root, nodes):
             raise Damaged("forged_checkpoint", None, f"earlier checkpoint of size {old['tree_size']} is not consistent "
@@ -409,7 +440,7 @@ def verify(export: Path, proofs_path: Path, public: bytes, sink: Path | None) ->
                 replay_root[replay.size] = replay.root()
             roots = replay_root
         for number, item in statements:
-            check_statement(item, public, f"{sink}: line {number}")
+            check_statement(item, keyring, f"{sink}: line {number}")
             item_size = int(item["tree_size"])
             if item_size == size and item["root_hash"] != checkpoint["root_hash"]:
                 raise Damaged("forged_checkpoint", None, f"{sink}: line {number} signs another root for size {size}")
@@ -431,13 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify a latentops audit export without the database.")
     parser.add_argument("export", type=Path, help="the exported entries (.jsonl or .csv)")
     parser.add_argument("--proofs", type=Path, help="the proofs file (default: EXPORT.proofs.json)")
-    parser.add_argument("--public-key", type=Path, required=True, help="the operator's Ed25519 public key (PEM, hex or base64)")
+    parser.add_argument("--public-key", type=Path, required=True, action="append",
+                        help="the operator's Ed25519 public key or keyring (PEM, hex or base64); repeat for old keys")
     parser.add_argument("--checkpoints", type=Path, help="a copy of the external checkpoint sink (JSON lines)")
     args = parser.parse_args(argv)
     proofs = args.proofs or args.export.with_name(args.export.name + ".proofs.json")
     try:
-        public = read_public_key(args.public_key)
-        print(verify(args.export, proofs, public, args.checkpoints))
+        keyring = read_keyring(args.public_key)
+        print(verify(args.export, proofs, keyring, args.checkpoints))
         return 0
     except Damaged as damage:
         where = f" at seq {damage.seq}" if damage.seq is not None else ""

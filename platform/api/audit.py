@@ -60,12 +60,11 @@ def signing_key_path(settings: Settings) -> Path:
 
 def verify_report(session: Session, settings: Settings, principal: Principal) -> dict[str, Any]:
     """Verify the whole trail and every checkpoint; audit the verification; return report + status."""
-    key_path = signing_key_path(settings)
-    public_key = checkpoints.load_signing_key(key_path).public_key() if key_path.exists() else None
+    keyring = checkpoints.signing_keyring(signing_key_path(settings))  # old keys kept across rotations
     sink = checkpoints.open_sink(checkpoints.default_sink_location(settings))
-    report = verification.verify(session, public_key=public_key, sink=sink)
+    report = verification.verify(session, keyring=keyring, sink=sink)
     latest = checkpoints.latest(session)
-    result = {**report.to_json(), "signed_checkpoints_checked": public_key is not None,
+    result = {**report.to_json(), "signed_checkpoints_checked": bool(keyring),
               "latest_checkpoint": ({"id": latest.id, **checkpoints.statement(latest)} if latest else None)}
     try:
         audit.record(session, actor=principal.email, action="audit.verify", resource="audit:log",
@@ -87,7 +86,8 @@ def checkpoint(session: SessionDep, settings: SettingsDep, principal: PrincipalD
     """Sign the current tree (returns the latest checkpoint when nothing was added since)."""
     access.check(session, principal=principal, action="audit.verify")
     key = checkpoints.load_or_create_signing_key(signing_key_path(settings))
-    made = checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)))
+    made = checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
+                              keyring=checkpoints.signing_keyring(signing_key_path(settings)))
     return {"id": made.id, **checkpoints.statement(made)}
 
 
@@ -109,12 +109,15 @@ def consistency(session: SessionDep, principal: PrincipalDep, old: int = Query(g
 def export_zip(session: Session, settings: Settings, principal: Principal, *, fmt: Literal["jsonl", "csv"],
                filters: compliance.Filters) -> bytes:
     key = checkpoints.load_or_create_signing_key(signing_key_path(settings))
-    checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)))
+    keyring = checkpoints.signing_keyring(signing_key_path(settings))
+    checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
+                       keyring=keyring)
     session.flush()
     with tempfile.TemporaryDirectory(prefix="latentops-export-") as folder:
         path = Path(folder) / f"audit.{fmt}"
         summary = compliance.export(session, path=path, fmt=fmt, filters=filters,
-                                    public_key_pem=checkpoints.public_key_pem(key.public_key()))
+                                    public_key_pem=checkpoints.public_key_pem(key.public_key()),
+                                    keyring_pem=checkpoints.keyring_pem(keyring))
         audit.record(session, actor=principal.email, action="audit.export", resource="audit:log",
                      details=compliance.summary_details(summary, filters, fmt))
         buffer = io.BytesIO()

@@ -1,20 +1,19 @@
-"""``latentops audit``: verify, checkpoint, prove, export and query the audit trail."""
+"""``latentops audit``: verify, integrate, checkpoint, rotate the key, prove, export and query the trail."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from latentops.governance import audit, checkpoints, compliance, erasure, verification
+from latentops.governance import audit, checkpoints, compliance, erasure, integration, verification
 from latentops.platform.cli import context, output
 from latentops.platform.errors import IntegrityError
 
 audit_app = typer.Typer(help="The tamper-evident audit trail: verify it, sign checkpoints, prove and export.",
                         no_args_is_help=True)
 
-KEY_HELP = "Ed25519 signing key (PEM; default LATENTOPS_HOME/audit/checkpoint-signing-key.pem, created if missing)."
-SINK_HELP = "External checkpoint sink: a file path or scheme://... (default LATENTOPS_HOME/audit/checkpoints.jsonl)."
+KEY_HELP = "Ed25519 signing key (PEM; default LATENTOPS_AUDIT_SIGNING_KEY, created if missing)."
+SINK_HELP = "External checkpoint sink: a file path or scheme://... (default LATENTOPS_AUDIT_SINK)."
 
 
 def _key_path(key: Path | None) -> Path:
@@ -25,11 +24,14 @@ def _sink(location: str | None) -> checkpoints.CheckpointSink:
     return checkpoints.open_sink(location or checkpoints.default_sink_location(context.settings()))
 
 
-def _public_key(path: Path | None) -> Ed25519PublicKey | None:
-    if path is not None:
-        return checkpoints.load_public_key(path)
-    default = checkpoints.default_key_path(context.settings())
-    return checkpoints.load_signing_key(default).public_key() if default.exists() else None
+def _keyring(paths: list[Path] | None) -> checkpoints.Keyring:
+    """The keys given (each file may hold several), else the signing key's keyring."""
+    if paths:
+        keys: checkpoints.Keyring = {}
+        for path in paths:
+            keys.update(checkpoints.load_public_keys(path))
+        return keys
+    return checkpoints.signing_keyring(checkpoints.default_key_path(context.settings()))
 
 
 def _filters(since: str | None, until: str | None, actor: str | None, action: str | None, resource: str | None,
@@ -48,14 +50,17 @@ OUTCOME = typer.Option(None, help="Outcome: success, failure, denied, ...")
 
 @audit_app.command("verify")
 def verify(
-    public_key: Path | None = typer.Option(None, "--public-key", help="Public key the checkpoints must be signed with."),
+    public_key: list[Path] | None = typer.Option(
+        None, "--public-key", help="Public key or keyring file the checkpoints are signed with; repeat for old keys "
+        "(default: the keyring beside the signing key)."),
     sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Recompute the chain and the Merkle tree and check every checkpoint; exit non-zero on damage."""
-    key = _public_key(public_key)
+    """Integrate pending entries, recompute the chain and the Merkle tree and check every checkpoint
+    with the key each names; exit non-zero on damage."""
+    keyring = _keyring(public_key)
     with context.session() as db:
-        report = verification.verify(db, public_key=key, sink=_sink(sink))
+        report = verification.verify(db, keyring=keyring, sink=_sink(sink))
     try:
         with context.session() as db:
             audit.record(db, actor=context.actor(), action="audit.verify", resource="audit:log",
@@ -72,7 +77,28 @@ def verify(
                              reasons=[damage.line() for damage in report.damage[1:]])
     if not json_output:
         output.say(f"audit trail intact: {report.entries} entries, {report.checkpoints} checkpoints "
-                   f"({report.sink_checkpoints} in the sink) verified; tree size {report.tree_size}, root {report.root_hash}")
+                   f"({report.sink_checkpoints} in the sink) verified; tree size {report.tree_size}, root {report.root_hash}"
+                   + (f"; {report.pending} entries pending" if report.pending else ""))
+
+
+@audit_app.command("integrate")
+def integrate(
+    watch: float | None = typer.Option(None, "--watch", help="Keep integrating every this many seconds (until stopped)."),
+) -> None:
+    """Give pending entries (committed, not yet in the chain) their seq and hashes."""
+    from latentops.platform.database import get_engine
+
+    engine = get_engine(context.settings().database_url)
+    moved = integration.run_once(engine)
+    output.say(f"integrated {moved} pending entries")
+    if watch is not None:
+        import time
+
+        while True:
+            time.sleep(watch)
+            moved = integration.run_once(engine)
+            if moved:
+                output.say(f"integrated {moved} pending entries")
 
 
 @audit_app.command("checkpoint")
@@ -83,9 +109,11 @@ def checkpoint(
     json_output: bool = typer.Option(False, "--json", help="Print the checkpoint as JSON."),
 ) -> None:
     """Sign the current Merkle tree; store it in the database and the external sink."""
-    signing_key = checkpoints.load_or_create_signing_key(_key_path(key))
+    key_path = _key_path(key)
+    signing_key = checkpoints.load_or_create_signing_key(key_path)
     with context.session() as db:
-        made = checkpoints.create(db, signing_key=signing_key, sink=_sink(sink), force=force)
+        made = checkpoints.create(db, signing_key=signing_key, sink=_sink(sink), force=force,
+                                  keyring=checkpoints.signing_keyring(key_path))
         result = {"id": made.id, **checkpoints.statement(made)}
     if json_output:
         output.emit_json(result)
@@ -141,12 +169,15 @@ def export(
     filters = _filters(since, until, actor, action, resource, outcome)
     if fmt not in ("jsonl", "csv"):
         raise typer.BadParameter(f"must be jsonl or csv (got {fmt!r})", param_hint="--format")
-    signing_key = checkpoints.load_or_create_signing_key(_key_path(key))
+    key_path = _key_path(key)
+    signing_key = checkpoints.load_or_create_signing_key(key_path)
+    keyring = checkpoints.signing_keyring(key_path)
     with context.session() as db:
-        checkpoints.create(db, signing_key=signing_key, sink=_sink(sink))
+        checkpoints.create(db, signing_key=signing_key, sink=_sink(sink), keyring=keyring)
     with context.session() as db:
         summary = compliance.export(db, path=out, fmt="csv" if fmt == "csv" else "jsonl", filters=filters,
-                                    public_key_pem=checkpoints.public_key_pem(signing_key.public_key()))
+                                    public_key_pem=checkpoints.public_key_pem(signing_key.public_key()),
+                                    keyring_pem=checkpoints.keyring_pem(keyring))
         audit.record(db, actor=context.actor(), action="audit.export", resource="audit:log",
                      details=compliance.summary_details(summary, filters, fmt))
     output.say(f"exported {summary.entries} entries to {summary.path} with proofs in {summary.proofs_path} "
@@ -180,14 +211,36 @@ def query(
 def public_key(
     key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
     out: Path | None = typer.Option(None, "--out", help="Write the PEM to this file instead of printing it."),
+    current: bool = typer.Option(False, "--current", help="Only the current signing key, not the whole keyring."),
 ) -> None:
-    """Print the checkpoint public key (PEM) to give to auditors."""
-    pem = checkpoints.public_key_pem(checkpoints.load_or_create_signing_key(_key_path(key)).public_key())
+    """Print the checkpoint public keys (PEM keyring: current and rotated-out keys) for auditors."""
+    key_path = _key_path(key)
+    signing_key = checkpoints.load_or_create_signing_key(key_path)
+    if current:
+        pem = checkpoints.public_key_pem(signing_key.public_key())
+    else:
+        pem = checkpoints.keyring_pem(checkpoints.signing_keyring(key_path))
     if out is not None:
         out.write_text(pem, encoding="ascii")
-        output.say(f"public key written to {out}")
+        output.say(f"public key{'' if current else 's'} written to {out}")
     else:
         output.say(pem.rstrip())
+
+
+@audit_app.command("rotate-key")
+def rotate_key(
+    key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
+    sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
+    reason: str = typer.Option("", "--reason", help="Why (scheduled, staff change, suspected leak, ...)."),
+) -> None:
+    """Seal the log with the old key, make a new signing key, keep the old public key (audited)."""
+    key_path = _key_path(key)
+    with context.session() as db:
+        old_id, new_id, first = checkpoints.rotate_key(db, key_path=key_path, sink=_sink(sink), actor=context.actor(),
+                                                       reason=reason)
+        size = first.tree_size
+    output.say(f"rotated the audit signing key {old_id} -> {new_id}; the new key signed tree size {size}; "
+               f"give auditors the keyring: latentops audit public-key --out latentops-audit.pub")
 
 
 @audit_app.command("erase")

@@ -1,4 +1,9 @@
-"""The audit trail's tables: hash-chained entries, signed checkpoints and per-subject keys.
+"""The audit trail's tables: pending entries, hash-chained entries, signed checkpoints, subject keys.
+
+``audit_pending`` holds entries written in their change's transaction but not yet given a place
+in the chain; the integrator moves them, in batches, into ``audit_entries`` (keeping the pending
+id as ``pending_id``). A pending row cannot be updated or truncated, and can be deleted only once
+an entry with its id and identical content exists (migration 0010).
 
 ``audit_entries`` and ``audit_checkpoints`` are append-only: database triggers (migrations 0001
 and 0002) reject UPDATE and DELETE, and on PostgreSQL TRUNCATE; the application role is granted
@@ -31,6 +36,29 @@ class AuditEntry(Base):
     details: Mapped[str] = mapped_column(sa.Text)  # canonical JSON (RFC 8785)
     prev_hash: Mapped[str] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64))
+    # The id the entry was written with in ``audit_pending`` (NULL for entries older than 0010);
+    # not hashed: it links a caller's reference to the entry's place in the chain.
+    pending_id: Mapped[int | None] = mapped_column(sa.BigInteger, index=True, unique=True)
+
+
+# SQLite only auto-assigns an "INTEGER PRIMARY KEY"; AUTOINCREMENT keeps ids of deleted
+# (integrated) rows from being handed out again.
+PendingId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class AuditPending(Base):
+    """An entry committed with its change, waiting for the integrator to give it seq and hashes."""
+
+    __tablename__ = "audit_pending"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(PendingId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(sa.String(320))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    resource: Mapped[str] = mapped_column(sa.String(400))
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    details: Mapped[str] = mapped_column(sa.Text)  # canonical JSON (RFC 8785)
 
 
 class AuditCheckpoint(Base):

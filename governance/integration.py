@@ -1,0 +1,321 @@
+"""Integration: moving pending audit entries into the hash chain, many per transaction.
+
+``audit.record`` writes an entry to ``audit_pending`` inside the transaction of the change it
+records, without any chain lock, so concurrent writers commit in parallel (PostgreSQL groups their
+WAL flushes). Integration gives committed pending entries their place: under the chain lock it
+reads them in id order, checks that the chain head verifies (``audit.verified_head``), assigns
+``seq`` (gapless from 0), ``prev_hash`` and ``hash``, inserts them into ``audit_entries`` with
+their pending id and deletes the pending rows, all in one transaction. This is the batching of
+transparency-dev/tessera: one chain lock and one WAL flush per batch, not per entry.
+
+Who integrates:
+
+* every writer, right after its commit (``after_commit``, run by the session's commit hook), unless
+  another transaction holds the chain lock at that moment: then the writer returns at once and
+  the holder takes its entry, because every lock holder looks for pending entries again *after*
+  releasing the lock, and the writer committed before it asked. Under load this makes the batches
+  (everything committed while one batch was being written) without anyone queueing on the lock;
+* readers of the chain (verification, proofs, exports, queries, checkpoints) first
+  (``catch_up``), so nothing they show is stale;
+* ``AuditRecord.seq`` / ``wait`` for a caller that needs its seq after the commit (waits for the
+  lock);
+* ``latentops audit integrate`` and ``start_background`` (a thread for long-running processes)
+  pick up entries whose writer died between its commit and its integration.
+
+An append therefore returns once its entry is durable (committed in ``audit_pending``); its
+place in the chain is assigned moments later by the same or another process.
+
+A transaction that reads ``AuditRecord.seq`` before committing is integrated at once in that
+transaction (``sequence``), holding the chain lock until it ends: correct, but serial.
+
+Rolling back an integrating transaction rolls back the seq assignments with it; the pending rows
+are still there for the next integrator, so no seq is ever skipped or reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from latentops.governance import audit
+from latentops.platform.errors import LatentopsError, NotFound, ServiceUnavailable
+from latentops.platform.models import AuditEntry, AuditPending
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+# Pending entries moved per statement batch; a backlog is moved in several.
+BATCH = 1000
+# How long a writer waits for the chain lock after its commit before leaving its entries to the
+# next integrator (they are durable either way).
+LOCK_TIMEOUT_S = 10.0
+WAIT_TIMEOUT_S = 60.0
+
+ENTRIES = AuditEntry.__table__
+PENDING = AuditPending.__table__
+PENDING_COLUMNS = (PENDING.c.id, PENDING.c.at, PENDING.c.actor, PENDING.c.action, PENDING.c.resource,
+                   PENDING.c.outcome, PENDING.c.details)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a pending entry landed in the chain."""
+
+    pending_id: int
+    seq: int
+    hash: str
+    prev_hash: str
+
+
+def _move(session: Session, limit: int) -> dict[int, Placement]:
+    """Move up to ``limit`` pending entries into the chain. The caller holds the chain lock."""
+    rows = session.execute(sa.select(*PENDING_COLUMNS).order_by(PENDING.c.id).limit(limit)).all()
+    if not rows:
+        return {}
+    head = audit.verified_head(session)  # alarms and raises instead of extending a broken chain
+    values, placed = [], {}
+    for row in rows:
+        seq = head.seq + 1
+        payload = {"seq": seq, "at": audit.format_time(row.at), "actor": row.actor, "action": row.action,
+                   "resource": row.resource, "outcome": row.outcome, "details": row.details, "prev_hash": head.hash}
+        digest = audit.entry_hash(payload)
+        values.append({"seq": seq, "at": row.at, "actor": row.actor, "action": row.action, "resource": row.resource,
+                       "outcome": row.outcome, "details": row.details, "prev_hash": head.hash, "hash": digest,
+                       "pending_id": row.id})
+        placed[row.id] = Placement(row.id, seq, digest, head.hash)
+        head = audit.Head(seq, digest)
+    session.execute(ENTRIES.insert(), values)
+    # The database lets a pending row go only once an identical entry carries its id (migration 0010).
+    session.execute(PENDING.delete().where(PENDING.c.id.in_(list(placed))))
+    audit.hold_head(session, head)
+    for record in session.info.get("audit_records", ()):
+        if record.id in placed:
+            where = placed[record.id]
+            record.place(where.seq, where.hash, where.prev_hash)
+    log.debug("integrated %d audit entries up to seq %d", len(placed), head.seq)
+    return placed
+
+
+def integrate(session: Session, *, limit: int = BATCH, lock_timeout_s: float | None = None) -> dict[int, Placement]:
+    """In the caller's transaction: take the chain lock and move up to ``limit`` pending entries
+    (those committed by others and this transaction's own). Returns pending id -> placement."""
+    audit.lock_chain(session, timeout_s=lock_timeout_s)
+    return _move(session, limit)
+
+
+def integrate_all(session: Session, *, lock_timeout_s: float | None = None) -> int:
+    """``integrate`` until nothing visible is pending; the number of entries moved."""
+    moved = 0
+    while True:
+        placed = integrate(session, lock_timeout_s=lock_timeout_s)
+        moved += len(placed)
+        if len(placed) < BATCH:
+            return moved
+
+
+def pending_count(session: Session) -> int:
+    return int(session.execute(sa.select(sa.func.count()).select_from(PENDING)).scalar_one())
+
+
+def catch_up(session: Session) -> int:
+    """Before reading the chain: integrate whatever is pending, in the caller's transaction.
+
+    The chain lock is taken only when something is pending (then held until the caller's
+    transaction ends), so a reader of a settled chain stays lock-free.
+    """
+    if session.execute(sa.select(PENDING.c.id).limit(1)).first() is None:
+        return 0
+    return integrate_all(session)
+
+
+def sequence(session: Session) -> None:
+    """Give every entry this open transaction wrote its seq now (the slow path; see the module)."""
+    records = [record for record in session.info.get("audit_records", ()) if not record.integrated]
+    while records:
+        placed = integrate(session)
+        records = [record for record in records if not record.integrated]
+        if records and len(placed) < BATCH:
+            # Written in a savepoint that rolled back: not pending any more, never recorded.
+            for record in records:
+                record._rolled_back()
+            raise NotFound(f"audit entry {records[0].id} ({records[0].action}): rolled back with its savepoint")
+
+
+def _placements(session: Session, pending_ids: Iterable[int]) -> dict[int, Placement]:
+    rows = session.execute(sa.select(ENTRIES.c.pending_id, ENTRIES.c.seq, ENTRIES.c.hash, ENTRIES.c.prev_hash)
+                           .where(ENTRIES.c.pending_id.in_(list(pending_ids)))).all()
+    return {row.pending_id: Placement(row.pending_id, row.seq, row.hash, row.prev_hash) for row in rows}
+
+
+def _integrator_session(engine: Engine) -> Session:
+    session = Session(bind=engine, expire_on_commit=False)
+    session.info["audit_integrator"] = True  # it re-checks for pending work itself, not via the hook
+    return session
+
+
+def _place(records: Sequence[audit.AuditRecord], placed: dict[int, Placement]) -> None:
+    for record in records:
+        where = placed.get(record.id)
+        if where is not None:
+            record.place(where.seq, where.hash, where.prev_hash)
+
+
+def integrate_when_free(engine: Engine) -> dict[int, Placement]:
+    """Integrate everything pending, unless another transaction holds the chain lock right now.
+
+    Never waits for the lock: a writer turned away leaves its entry to the holder, because every
+    holder looks for pending entries *after* releasing the lock (here: the loop; elsewhere: the
+    commit hook) and the turned-away writer committed before it asked. On SQLite, which has one
+    writer at a time, it waits for the write lock instead.
+    """
+    if engine.dialect.name != "postgresql":
+        return _integrate_waiting(engine)
+    placed: dict[int, Placement] = {}
+    with engine.connect() as connection:
+        raw: Any = connection.connection.dbapi_connection
+        try:
+            while True:
+                # A session-level lock, tried outside any transaction in one round trip, so that the
+                # batch's own transaction runs under it.
+                raw.autocommit = True
+                if not raw.execute(f"SELECT pg_try_advisory_lock({audit.ADVISORY_LOCK_KEY})").fetchone()[0]:
+                    return placed
+                try:
+                    raw.autocommit = False
+                    with Session(bind=connection, expire_on_commit=False) as session:
+                        session.info["audit_integrator"] = True
+                        with session.begin():
+                            while True:
+                                batch = _move(session, BATCH)
+                                placed.update(batch)
+                                if len(batch) < BATCH:
+                                    break
+                finally:
+                    more = _release(connection, raw)
+                if not more:
+                    return placed
+        finally:
+            if not connection.invalidated:
+                raw.autocommit = False  # the pool's connections are transactional
+
+
+def _release(connection: sa.Connection, raw: Any) -> bool:
+    """Release the session-level chain lock and look for entries committed while it was held.
+
+    One round trip: the two statements run in order, so the look (its own snapshot) comes after
+    the release. Closing the connection releases the lock when the release itself fails.
+    """
+    try:
+        connection.rollback()  # nothing after a commit; ends a batch that failed
+        raw.autocommit = True
+        cursor = raw.execute(f"SELECT pg_advisory_unlock({audit.ADVISORY_LOCK_KEY}); "
+                             "SELECT count(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) AS waiting")
+        cursor.nextset()
+        return bool(cursor.fetchone()[0])
+    except Exception:
+        connection.invalidate()
+        raise
+
+
+def _integrate_waiting(engine: Engine) -> dict[int, Placement]:
+    placed: dict[int, Placement] = {}
+    with _integrator_session(engine) as session, session.begin():
+        audit.lock_chain(session)
+        while True:
+            batch = _move(session, BATCH)
+            placed.update(batch)
+            if len(batch) < BATCH:
+                return placed
+
+
+def after_commit(engine: Engine, records: Sequence[audit.AuditRecord]) -> None:
+    """The commit hook of a transaction that wrote entries or held the chain lock.
+
+    Integrates what is pending unless someone else is integrating (who will take this
+    transaction's entries too). Never raises: the entries are durable in ``audit_pending``
+    whatever happens here; ``AuditRecord.seq`` and ``wait`` integrate them on demand.
+    """
+    try:
+        _place(records, integrate_when_free(engine))
+    except (LatentopsError, sa.exc.SQLAlchemyError) as error:
+        # A damaged chain has already alarmed (CRITICAL, metric); anything else is transient.
+        log.warning("audit entries committed but not integrated now: %s", error)
+    except Exception:  # the commit has happened: raising here would tell the caller it failed
+        log.exception("audit integration after commit failed; the entries stay pending")
+
+
+def _settle(engine: Engine, records: Sequence[audit.AuditRecord], lock_timeout_s: float) -> None:
+    """One transaction on ``engine`` under the chain lock (waiting for it): place ``records``,
+    integrating everything pending if they are not in the chain yet."""
+    wanted = {record.id for record in records}
+    with _integrator_session(engine) as session, session.begin():
+        audit.lock_chain(session, timeout_s=lock_timeout_s)
+        placed = _placements(session, wanted)
+        if not wanted <= placed.keys():
+            while True:
+                batch = _move(session, BATCH)
+                placed.update(batch)
+                if wanted <= placed.keys() or len(batch) < BATCH:
+                    break
+            missing = wanted - placed.keys()
+            if missing:  # placed by an earlier holder after this transaction's first look
+                placed.update(_placements(session, missing))
+        still = wanted - placed.keys()
+        waiting = set(session.execute(sa.select(PENDING.c.id).where(PENDING.c.id.in_(list(still)))).scalars()) if still else set()
+    _place(records, placed)
+    for record in records:
+        if not record.integrated and record.id not in waiting:
+            record._rolled_back()  # written in a savepoint that rolled back: never committed
+    integrate_when_free(engine)  # it held the lock: entries turned away meanwhile are its to take
+
+
+def wait(records: Iterable[audit.AuditRecord], *, timeout_s: float = WAIT_TIMEOUT_S) -> None:
+    """Make sure committed ``records`` are integrated (integrating them if need be) and placed.
+
+    Raises ``IntegrityError`` when the chain does not verify (the entries stay pending) and
+    ``ServiceUnavailable`` when the chain lock stays taken for ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting = [record for record in records if not record.integrated and record.committed]
+    while waiting:
+        remaining = deadline - time.monotonic()
+        try:
+            _settle(waiting[0].engine, [r for r in waiting if r.engine is waiting[0].engine],
+                    max(0.1, min(LOCK_TIMEOUT_S, remaining)))
+        except sa.exc.OperationalError as error:
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(f"audit: the chain lock stayed taken for {timeout_s:.0f}s; entries "
+                                         f"{[r.id for r in waiting][:5]} are committed and still pending ({error.orig})") from None
+            log.info("audit integration waiting for the chain lock: %s", error.orig)
+        waiting = [record for record in waiting if not record.integrated and record.committed]
+
+
+def run_once(engine: Engine) -> int:
+    """Integrate everything pending, waiting for the lock if need be; the number of entries moved."""
+    with _integrator_session(engine) as session, session.begin():
+        moved = catch_up(session)
+    return moved + len(integrate_when_free(engine))
+
+
+def start_background(engine: Engine, *, interval_s: float = 1.0, stop: threading.Event | None = None) -> threading.Thread:
+    """A daemon thread that integrates every ``interval_s``: for API and worker processes, so that
+    entries of a writer that died between its commit and its integration do not wait for the next
+    append. Set ``stop`` to end it."""
+    stop = stop or threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                run_once(engine)
+            except (LatentopsError, sa.exc.SQLAlchemyError) as error:
+                log.warning("background audit integration failed: %s", error)
+
+    thread = threading.Thread(target=loop, name="audit-integrator", daemon=True)
+    thread.start()
+    return thread
