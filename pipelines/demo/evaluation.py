@@ -114,7 +114,7 @@ def write_card(model_dir: Path) -> Path:
         "## Training",
         f"- Seed {config['seed']}; autoencoder {config['vae_steps']} steps (batch {config['vae_batch']}), then text",
         f"  encoder + UNet {config['unet_steps']} steps (batch {config['unet_batch']}, AdamW lr {config['unet_lr']},",
-        f"  EMA {config['ema_decay']}), {config['threads']} CPU threads.",
+        f"  EMA {config['ema_decay']}), {config['threads']} CPU thread(s), while other work kept the machine loaded.",
         (f"- Time on the project's shared 2-core build machine: {timings['total_seconds'] / 60:.1f} min "
          f"(autoencoder {timings['vae_seconds'] / 60:.1f} min, denoiser {timings['denoiser_seconds'] / 60:.1f} min)."),
         "- Reproduce: `latentops models train-demo --out DIR` (same torch version and thread count give the",
