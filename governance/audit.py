@@ -215,6 +215,13 @@ def _on_rollback(session: Session) -> None:
     if "audit_heads" not in info and "audit_records" not in info and "audit_locked" not in info:
         return
     session.info.pop("audit_heads", None)
+    outer = session.get_transaction()
+    if outer is not None and outer.is_active:
+        # A savepoint rolled back; the transaction goes on. Places assigned inside it are void:
+        # forget them, the entries are looked up (or found rolled back) when next asked for.
+        for item in info.get("audit_records", ()):
+            item.place(None, None, None)
+        return
     for item in session.info.pop("audit_records", None) or []:
         item._rolled_back()
     if session.info.pop("audit_locked", False):
@@ -409,7 +416,7 @@ class AuditRecord:
         assert self._prev_hash is not None
         return self._prev_hash
 
-    def place(self, seq: int, hash: str, prev_hash: str) -> None:
+    def place(self, seq: int | None, hash: str | None, prev_hash: str | None) -> None:
         """Set by the integrator: where the entry landed in the chain."""
         self._seq, self._hash, self._prev_hash = seq, hash, prev_hash
 
@@ -432,6 +439,8 @@ class AuditRecord:
             integration.sequence(self._session)
         else:
             integration.wait([self])
+        if self._state == "rolled_back":  # written in a savepoint that rolled back
+            raise NotFound(f"audit entry {self.id} ({self.action} {self.resource}): rolled back, never recorded")
 
 
 PENDING = AuditPending.__table__

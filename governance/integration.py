@@ -141,10 +141,14 @@ def sequence(session: Session) -> None:
         placed = integrate(session)
         records = [record for record in records if not record.integrated]
         if records and len(placed) < BATCH:
-            # Written in a savepoint that rolled back: not pending any more, never recorded.
-            for record in records:
+            # Placed earlier in this transaction (and forgotten after a savepoint rolled back)?
+            _place(records, _placements(session, [record.id for record in records]))
+            records = [record for record in records if not record.integrated]
+            for record in records:  # written in a savepoint that rolled back: never recorded
                 record._rolled_back()
-            raise NotFound(f"audit entry {records[0].id} ({records[0].action}): rolled back with its savepoint")
+            if records:
+                raise NotFound(f"audit entry {records[0].id} ({records[0].action}): rolled back with its savepoint")
+            return
 
 
 def _placements(session: Session, pending_ids: Iterable[int]) -> dict[int, Placement]:

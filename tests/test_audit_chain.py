@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from latentops.governance import audit, checkpoints, verification
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput
-from latentops.platform.models import AuditCheckpoint, AuditEntry
+from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,14 +139,19 @@ def test_entry_hash_is_sha256_over_prev_hash_and_rfc8785(text: str) -> None:
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from latentops.governance import audit
+    from latentops.governance import audit, integration
     from latentops.platform.database import session_scope
     url, name, count, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     while time.time() < start:
         time.sleep(0.005)
+    records = []
     for index in range(count):
         with session_scope(url) as db:
-            audit.record(db, actor=name, action="job.submit", resource=f"job:{index}", details={"i": index})
+            records.append(audit.record(db, actor=name, action="job.submit", resource=f"job:{index}", details={"i": index}))
+    integration.wait(records)  # each append is durable at its commit; its seq is assigned in a batch
+    seqs = [record.seq for record in records]
+    assert seqs == sorted(seqs), "one writer's entries keep their order in the chain"
+    print(" ".join(map(str, seqs)))
 """)
 
 
@@ -157,15 +162,21 @@ def test_eight_processes_append_sixteen_thousand_gapless_verifying_entries(postg
     start = time.time() + 4  # every writer imports first, then all start together
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     processes = [subprocess.Popen([sys.executable, "-c", WRITER, postgres_url, f"writer-{n}", str(each), str(start)],
-                                  env=env, stderr=subprocess.PIPE, text=True) for n in range(writers)]
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for n in range(writers)]
+    returned: list[int] = []
     for process in processes:
-        _, stderr = process.communicate(timeout=240)
+        stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
+        returned += [int(seq) for seq in stdout.split()]
 
     with session_scope(postgres_url) as db:
+        # Nothing left pending: whoever held the chain lock integrated what writers committed meanwhile.
+        assert db.execute(sa.select(sa.func.count()).select_from(AuditPending)).scalar_one() == 0
         seqs = db.execute(sa.select(AuditEntry.seq).order_by(AuditEntry.seq)).scalars().all()
         per_writer = dict(db.execute(sa.select(AuditEntry.actor, sa.func.count()).group_by(AuditEntry.actor)).all())
         report = verification.verify(db, public_key=None)
     assert seqs == list(range(writers * each))
+    assert sorted(returned) == seqs  # every writer learnt its own entries' seqs, none shared
     assert per_writer == {f"writer-{n}": each for n in range(writers)}
     assert report.ok and report.entries == writers * each, report.damage
