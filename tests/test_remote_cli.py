@@ -116,6 +116,11 @@ def test_remote_commands_act_as_the_token_user_under_the_servers_policy(server: 
     expired = cli("jobs", "list", env={"LATENTOPS_SERVER": server, "LATENTOPS_TOKEN": bob})
     assert (expired.returncode, expired.stderr.strip()) == (1, "AuthenticationFailed: token: this token has expired")
 
+    # The audit trail through the server: an auditor's query sees the remote user's changes; a submitter may not.
+    page = json.loads(remote(cli, server, admin, "audit", "query", "--action", "user.create", "--json").stdout)
+    assert any(e["actor"] == "dave@example.com" for e in page["entries"])
+    assert remote(cli, server, alice, "audit", "query").stderr.startswith("PolicyDenied: ")
+
     # Commands that act on this machine refuse --server instead of touching the local database.
     for args in (("db", "upgrade"), ("worker",), ("models", "create-tiny", "--out", "x", "--family", "sd1")):
         local = remote(cli, server, admin, *args)

@@ -127,8 +127,7 @@ def prove(
     json_output: bool = typer.Option(False, "--json", help="Print the proof as JSON."),
 ) -> None:
     """Print an inclusion proof of entry SEQ against the latest checkpoint."""
-    with context.session() as db:
-        proof = compliance.inclusion(db, seq=seq)
+    proof = context.backend().audit_prove(seq)
     if json_output:
         output.emit_json(proof)
         return
@@ -146,8 +145,7 @@ def consistency(
     json_output: bool = typer.Option(False, "--json", help="Print the proof as JSON."),
 ) -> None:
     """Print a consistency proof: the tree of size NEW extends the tree of size OLD."""
-    with context.session() as db:
-        proof = compliance.consistency(db, old=old, new=new)
+    proof = context.backend().audit_consistency(old, new)
     if json_output:
         output.emit_json(proof)
         return
@@ -194,17 +192,18 @@ def query(
     json_output: bool = typer.Option(False, "--json", help="Print the page as JSON."),
 ) -> None:
     """Search the trail by time, actor, action, resource and outcome, a page at a time."""
-    filters = _filters(since, until, actor, action, resource, outcome)
-    with context.session() as db:
-        page = compliance.query(db, filters=filters, after=after, limit=limit, reveal=reveal)
+    from latentops.platform.cli.backend import AuditFilters
+
+    filters = AuditFilters(since=since, until=until, actor=actor, action=action, resource=resource, outcome=outcome)
+    page = context.backend().audit_query(filters, after=after, limit=limit, reveal=reveal)
     if json_output:
-        output.emit_json({"entries": page.entries, "next_after": page.next_after})
+        output.emit_json(page)
         return
     output.table("audit entries", ["seq", "at", "actor", "action", "resource", "outcome", "details"],
                  [[e["seq"], e["at"], e["actor"], e["action"], e["resource"], e["outcome"],
-                   e.get("details_revealed", e["details"])] for e in page.entries])
-    if page.next_after is not None:
-        output.say(f"more: --after {page.next_after}")
+                   e.get("details_revealed", e["details"])] for e in page["entries"]])
+    if page["next_after"] is not None:
+        output.say(f"more: --after {page['next_after']}")
 
 
 @audit_app.command("public-key")
