@@ -127,13 +127,22 @@ def _read_until(process: subprocess.Popen[str], marker: str) -> str:
     return seen
 
 
+@pytest.mark.slow
 def test_demo_runs_the_main_job_end_to_end(embedded_env: dict[str, str]) -> None:
-    done = subprocess.run(_latentops("demo"), env=embedded_env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"job 1 succeeded: \{'device': 'cpu'", done.stdout), done.stdout
-    assert "stack stopped" in done.stdout
-    # Nothing is left running: the socket is gone and a second run works on the same home.
-    assert not Path(embedded_env["LATENTOPS_HOME"], "run", "redis.sock").exists()
+    done = subprocess.run(_latentops("demo", "--steps", "12"), env=embedded_env, cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "1. base model digits-demo v1" in out
+    assert re.search(r"3\. fine-tune job \d+ queued", out) and "adapter demo-letter-a registered" in out
+    assert "8 released images with content credentials" in out
+    assert "4. refused 'Mickey Mouse writing a handwritten digit seven': prompt.protected_name" in out
+    assert re.search(r"audit trail: intact, \d+ entries verified", out)
+    assert "5. stack stopped" in out
+    home = Path(embedded_env["LATENTOPS_HOME"])
+    assert len(list((home / "demo-output").glob("*.png"))) == 8
+    # Nothing is left running: the socket is gone.
+    assert not (home / "run" / "redis.sock").exists()
 
 
 def test_whole_stack_killed_and_restarted_finishes_the_job_from_its_checkpoint(embedded_env: dict[str, str]) -> None:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
-import httpx
 import typer
 
 from latentops.platform.cli import context, output
 from latentops.platform.database import check_connection
-from latentops.platform.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from latentops.platform.errors import Conflict, InvalidInput, ServiceUnavailable
 from latentops.platform.queue.app import QUEUES
-from latentops.platform.stack import LocalStack, free_port, port_in_use
+from latentops.platform.stack import LocalStack, port_in_use
 
 
 def up(
@@ -97,73 +92,7 @@ def _check_gpus(gpus: str) -> list[str]:
     return indices
 
 
-def demo(
-    port: int = typer.Option(0, help="API port for the demo stack (0 picks a free one)."),
-    steps: int = typer.Option(20, min=1, max=1000, help="Steps of the diagnostics job."),
-) -> None:
-    """Run the main job end to end on the embedded stack: start it, submit, watch, print, stop."""
-    context.require_local()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from latentops.platform import migrate
-    from latentops.platform.services import jobs, users
-
-    settings = context.settings()
-    settings.ensure_home()
-    port = port or free_port()
-    output.say(f"[bold]latentops demo[/] in {settings.home}")
-    migrate.upgrade(settings.database_url)
-    with context.session() as db:
-        try:
-            users.get_user_by_email(db, "demo@latentops.local")
-        except NotFound:
-            users.create_user(db, email="demo@latentops.local", role="admin", team="demo", password=None,
-                              actor=context.actor())
-    stack = subprocess.Popen([sys.executable, "-m", "latentops.platform.cli.main", "up", "--port", str(port)])
-    try:
-        _wait_healthy(port, stack)
-        job_id = jobs.submit(settings, kind="diagnostics", params={"steps": steps, "seed": 0}, actor=context.actor(),
-                             owner_email="demo@latentops.local")
-        output.say(f"submitted job {job_id} (diagnostics) to the gpu queue")
-        with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeRemainingColumn(), console=output.console) as bar:
-            task = bar.add_task("run", total=steps, job=job_id)
-            while True:
-                with context.session() as db:
-                    job = jobs.get(db, job_id)
-                    bar.update(task, completed=job.progress.get("step", 0))
-                    if job.state.finished:
-                        break
-                if stack.poll() is not None:
-                    raise ServiceUnavailable("the stack stopped while the job was running")
-                time.sleep(0.25)
-        output.say(f"job {job_id} {job.state.value}: {job.result or job.error}")
-        if job.error:
-            raise typer.Exit(1)
-    finally:
-        if stack.poll() is None:
-            stack.send_signal(signal.SIGTERM)
-            stack.wait(60)
-        output.say("stack stopped")
-
-
-def _wait_healthy(port: int, stack: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if stack.poll() is not None:
-            raise ServiceUnavailable(f"the stack exited with code {stack.returncode} during start-up")
-        try:
-            report = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).json()
-            if report.get("status") == "ok":
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ServiceUnavailable(f"the stack did not become healthy within {timeout:.0f}s")
-
-
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(serve)
     app.command()(worker)
-    app.command()(demo)
