@@ -58,7 +58,7 @@ from latentops.governance.normalize import analyse_prompt, mask_input
 from latentops.governance.policy_bundle import DATA_ROOT, DEFAULT_POLICY_DIR, PolicyBundle, check_data, fingerprint, load_bundle
 from latentops.governance.policy_engine import CompileError, EmbeddedEngine, Engine, EngineUnavailable, OpaEngine
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
-from latentops.platform.models import Membership, PolicyDataEdit, PolicyDecision, Team, User
+from latentops.platform.models import Job, Membership, PolicyDataEdit, PolicyDecision, Team, User
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class PolicyService:
     _edits: list[tuple[str, Any]] = field(default_factory=list)
     _checked_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # The paths of the bundle in force: ``PolicyBundle.paths`` parses every module's package per call.
+    _paths: tuple[str, frozenset[str]] = ("", frozenset())
 
     # -- loading ---------------------------------------------------------------------------------
     def reload(self, session: Session | None = None) -> ReloadResult:
@@ -145,7 +147,11 @@ class PolicyService:
         bundle = self.bundle
         if bundle is None:
             return _unavailable(path, "", self.engine.name), dict(input), self.last_error or "no policy bundle is loaded"
-        if path not in bundle.paths:
+        revision, paths = self._paths
+        if revision != bundle.revision:
+            paths = frozenset(bundle.paths)
+            self._paths = (bundle.revision, paths)
+        if path not in paths:
             raise InvalidInput(f"path: unknown policy path {path!r}; known paths are {', '.join(bundle.paths)}")
         policy_input = build_input(path, input, bundle)
         try:
@@ -222,9 +228,16 @@ def use_service(service: PolicyService | None) -> None:
 
 
 def subject_for(session: Session, actor: audit.Actor | str | User) -> dict[str, Any]:
-    """The ``subject`` input: a user with memberships, or the local console operator."""
+    """The ``subject`` input: a user with memberships, or the local console operator.
+
+    A job (``job:<id>``) acts for the user who submitted it: its decisions are that user's. A job
+    without an owner (submitted from the console) is the system.
+    """
     if isinstance(actor, audit.Actor):
         actor = actor.name
+    if isinstance(actor, str) and actor.startswith("job:") and actor[4:].isdigit():
+        owner = session.scalar(sa.select(User).join(Job, Job.owner_id == User.id).where(Job.id == int(actor[4:])))
+        actor = owner if owner is not None else "system"
     if isinstance(actor, str) and (actor.startswith("cli:") or actor == "system"):
         return {"kind": "console" if actor.startswith("cli:") else "system", "name": actor, "user_id": None, "memberships": []}
     user = actor if isinstance(actor, User) else session.scalar(sa.select(User).where(User.email == str(actor).strip().lower()))

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
-from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine
+from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine, modules_for
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, PolicyDenied
 from latentops.platform.models import AuditEntry, PolicyDataEdit, PolicyDecision
@@ -82,6 +82,42 @@ def test_undefined_decision_denies(service, policy_dir: Path) -> None:  # type: 
     assert service.reload().ok
     decision = policy.evaluate("screening", {"detector": "clip", "scores": {}})
     assert (decision.allow, decision.reasons) == (False, ["policy engine unavailable"])
+
+
+def test_input_strings_and_numbers_reach_the_embedded_policy_unchanged(policy_dir: Path) -> None:
+    # Plain strings go in as values; quotes, backslashes, control characters and integers beyond
+    # 64 bits go in as a JSON term. Either way the policy sees exactly what was sent.
+    source = (policy_dir / "screening" / "screening.rego").read_text()
+    (policy_dir / "screening" / "screening.rego").write_text(source.replace(
+        "decision := evaluate(input)",
+        'decision := {"allow": input.n == 3.5, "deny": [{"rule_id": "echo", "reason": t} | some t in input.texts]}'))
+    engine = EmbeddedEngine()
+    engine.load(load_bundle(policy_dir, []))
+    plain = ["plain", "ünïcødé ✓ 雪", ""]
+    for texts, extra in [(plain, {}), (plain, {"big": 2**70}), (plain, {"nested": [{"a": [1, None, True]}]}),
+                         (['say "hi"'], {}), (["back\\slash"], {}), (["tab\there", "two\nlines"], {})]:
+        document = engine.evaluate("screening", {"n": 3.5, "texts": texts, **extra})
+        assert document["allow"] is True
+        assert sorted(v["reason"] for v in document["deny"]) == sorted(texts)
+    assert engine.evaluate("screening", {"n": 3, "texts": []})["allow"] is False
+
+
+def test_each_path_compiles_the_packages_it_references(service, policy_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    # A reference by full name, without an import, brings its package into the path's interpreter.
+    (policy_dir / "screening" / "limits.rego").write_text(
+        'package latentops.limits\nimport rego.v1\nceiling := 2\ndecision := {"allow": true, "deny": []}\n')
+    source = (policy_dir / "screening" / "screening.rego").read_text()
+    (policy_dir / "screening" / "screening.rego").write_text(source.replace(
+        "decision := evaluate(input)", 'decision := {"allow": data.latentops.limits.ceiling == 2, "deny": []}'))
+    assert service.reload().ok
+    assert policy.evaluate("screening", {"detector": "none", "scores": {}}).allow
+    modules = service.bundle.modules
+    assert sorted(modules_for("screening", modules)) == ["lib/lib.rego", "screening/limits.rego", "screening/screening.rego"]
+    assert sorted(modules_for("prompt", modules)) == ["lib/lib.rego", "prompt/prompt.rego"]
+    assert sorted(modules_for("jobs", modules)) == ["jobs/jobs.rego", "lib/lib.rego", "models/models.rego"]
+    # A key computed at evaluation time could name any package: every module is kept.
+    dynamic = {**modules, "prompt/any.rego": "package latentops.prompt\nimport rego.v1\npick(name) := data.latentops[name]\n"}
+    assert modules_for("prompt", dynamic) == dynamic
 
 
 def test_malformed_decision_denies(service, policy_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -166,3 +202,19 @@ def test_revision_is_hash_of_policies_and_data(policy_dir: Path) -> None:
     assert load_bundle(policy_dir).revision == first  # tests do not change decisions
     (policy_dir / "prompt" / "prompt.rego").write_text((policy_dir / "prompt" / "prompt.rego").read_text() + "\n# note\n")
     assert load_bundle(policy_dir).revision != first
+
+
+def test_a_job_acts_for_the_user_who_submitted_it(database_url: str) -> None:
+    from latentops.platform.database import session_scope
+    from latentops.platform.models import Job
+    from latentops.platform.services import users
+
+    with session_scope(database_url) as db:
+        owner = users.create_user(db, email="owner@x.io", role="submitter", team="vision", password=None, actor="t")
+        owned, ownerless = Job(kind="generate", owner_id=owner.id), Job(kind="generate")
+        db.add_all([owned, ownerless])
+        db.flush()
+        subject = policy.subject_for(db, f"job:{owned.id}")
+        assert subject["kind"] == "user" and subject["name"] == "owner@x.io"
+        assert subject["memberships"] == [{"team": "vision", "role": "submitter"}]
+        assert policy.subject_for(db, f"job:{ownerless.id}")["kind"] == "system"
