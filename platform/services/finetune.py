@@ -37,7 +37,17 @@ from latentops.pipelines.finetune.config import FinetuneConfig, build_config
 from latentops.pipelines.finetune.lora import Hooks, TrainingResult
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, ServiceUnavailable
-from latentops.platform.models import Job, JobEvent, JobState, LoraAdapter, ModelRecord, ModelVersion, Team, User, utcnow
+from latentops.platform.models import (
+    Job,
+    JobEvent,
+    JobState,
+    LoraAdapter,
+    ModelRecord,
+    ModelVersion,
+    Team,
+    User,
+    utcnow,
+)
 from latentops.platform.services import grants, jobs
 from latentops.platform.services import models as models_service
 from latentops.platform.settings import Settings
