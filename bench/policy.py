@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -90,10 +91,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=5000)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         baseline = measure(DEFAULT_POLICY_DIR, args.decisions)
         large = measure(policy_dir_with_names(10_000, Path(tmp)), args.decisions)
+    load = (load_before + os.getloadavg()[0]) / 2
     rows = [("shipped list (baseline)", baseline), ("10,000 protected names", large)]
+    print(f"load average {load:.1f} on {os.cpu_count()} cores during the run")
     print("wall clock (includes waiting for a CPU on a shared machine) and CPU time of this thread (one core)")
     print(f"{'configuration':<26}{'names':>7}{'p50 ms':>9}{'p99 ms':>9}{'dec/s':>8}{'cpu p50':>9}{'cpu p99':>9}"
           f"{'dec/cpu-s':>11}{'cpu p99 vs base':>17}")

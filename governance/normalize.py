@@ -158,6 +158,9 @@ def tokenize(text: str) -> list[tuple[str, ...]]:
     folded = _APOSTROPHES.sub("", fold(text))
     tokens: list[tuple[str, ...]] = []
     for raw in _SEPARATORS.split(folded):
+        if raw.isalpha():  # the common token: nothing to fold or split further
+            tokens.append((raw,))
+            continue
         if not raw:
             continue
         first, second = _leet(raw)
@@ -271,25 +274,38 @@ def _mask_value(value: str) -> str:
 
 
 def personal_data(text: str, index: PromptIndex) -> dict[str, Any]:
-    """Personal data candidates in ``text`` (after NFKC and invisible-character removal, before leet)."""
-    emails = [_mask_value(m) for m in EMAIL_RE.findall(text)]
-    without_emails = EMAIL_RE.sub(" ", text)
+    """Personal data candidates in ``text`` (after NFKC and invisible-character removal, before leet).
+
+    A pattern is skipped only where it cannot match: an email needs ``@``, a card candidate 13
+    digits and a phone number 6 (most prompts have none of these, and the scans are the costly
+    part of the analysis). National id formats are data, so they always run.
+    """
+    has_at, digit_count = "@" in text, len(_DIGIT.findall(text))
+    emails = [_mask_value(m) for m in EMAIL_RE.findall(text)] if has_at else []
+    without_emails = EMAIL_RE.sub(" ", text) if emails else text
     cards = []
-    for match in CARD_RE.finditer(without_emails):
-        digits = re.sub(r"\D", "", match.group(0))
-        if 13 <= len(digits) <= 19:
-            cards.append(digits)
-    without_cards = CARD_RE.sub(" ", without_emails)
+    if digit_count >= 13:
+        for match in CARD_RE.finditer(without_emails):
+            digits = _NON_DIGITS.sub("", match.group(0))
+            if 13 <= len(digits) <= 19:
+                cards.append(digits)
+    without_cards = CARD_RE.sub(" ", without_emails) if digit_count >= 13 else without_emails
     ids = index.national_ids(without_cards)
     without_ids = without_cards
-    for fmt in index.id_formats:
+    # With no id found the substitutions change nothing: each leaves the text as it was, so the next finds nothing either.
+    for fmt in index.id_formats if ids else []:
         without_ids = fmt.pattern.sub(" ", without_ids)
     phones = []
-    for match in PHONE_RE.finditer(without_ids):
-        digits = re.sub(r"\D", "", match.group(0))
-        if 7 <= len(digits) <= 15:
-            phones.append(_mask_value(digits))
+    if digit_count >= 6:
+        for match in PHONE_RE.finditer(without_ids):
+            digits = _NON_DIGITS.sub("", match.group(0))
+            if 7 <= len(digits) <= 15:
+                phones.append(_mask_value(digits))
     return {"emails": emails, "phones": phones, "card_candidates": cards, "national_ids": ids}
+
+
+_DIGIT = re.compile(r"\d")
+_NON_DIGITS = re.compile(r"\D")
 
 
 def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
@@ -302,7 +318,7 @@ def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
                        personal_data={"emails": [], "phones": [], "card_candidates": [], "national_ids": []})
         return section
     tokens = tokenize(raw)
-    visible = unicodedata.normalize("NFKC", raw).translate({cp: None for cp in _INVISIBLE_CODEPOINTS})
+    visible = unicodedata.normalize("NFKC", raw).translate(_INVISIBLE_TABLE)
     section.update(
         analysed=True,
         normalized=" ".join(token[0] for token in tokens),
@@ -314,6 +330,7 @@ def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
 
 
 _INVISIBLE_CODEPOINTS = frozenset(cp for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1))
+_INVISIBLE_TABLE: dict[int, None] = dict.fromkeys(_INVISIBLE_CODEPOINTS)
 
 
 def mask_text(text: str, index: PromptIndex | None = None) -> str:

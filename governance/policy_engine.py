@@ -15,14 +15,15 @@ Known rego-cpp gaps the policies avoid (pinned by tests/test_policy_conformance.
 ``%q`` returns the format unchanged and ``%s`` quotes computed strings; regex inline flags such
 as ``(?i)`` give undefined; ``net.cidr_contains`` is undefined; a ``default`` rule queried
 directly gives undefined; input set as a Python value loses string escaping in the output
-(the engines set input as a JSON term); lookups with a variable key scan
-the whole object.
+(the embedded engine sets input holding such strings as a JSON term, see ``_value_input``);
+lookups with a variable key scan the whole object.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from latentops.governance.native import load_regopy
-from latentops.governance.policy_bundle import PolicyBundle
+from latentops.governance.policy_bundle import PolicyBundle, package_of
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +121,95 @@ class _Compiled:
     entrypoints: set[str]
 
 
-def _needs_term(value: Any) -> bool:
-    """Whether a string in ``value`` holds ``"`` or ``\\``: regopy's fast value input loses their escaping."""
-    if isinstance(value, str):
-        return '"' in value or "\\" in value
-    if isinstance(value, dict):
-        return any(_needs_term(k) or _needs_term(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_needs_term(v) for v in value)
-    return False
+class _NotAValue(Exception):
+    """The input holds something the value path does not carry faithfully; use a JSON term."""
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+# Characters JSON must escape: on the value path rego-cpp writes them raw into its output.
+_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+
+
+def _value_input(value: Any) -> int:
+    """``value`` as a rego-cpp input handle, built by direct C calls; the caller frees it.
+
+    What ``regopy.Input`` does, without a ``ctypes`` string buffer per string and without a
+    separate walk over the input first: a string holding ``"``, ``\\`` or a control character
+    (whose escaping the value path loses, so the output would not be JSON), an integer beyond
+    64 bits or a type JSON does not have raises ``_NotAValue``, and the caller sets the input
+    as a JSON term instead.
+    """
+    from regopy.rego_shared import rego as lib
+
+    handle = lib.regoNewInput()
+
+    def add(item: Any) -> int:
+        if item is True or item is False:
+            return int(lib.regoInputBoolean(handle, item))
+        if isinstance(item, str):
+            if _ESCAPED.search(item):
+                raise _NotAValue
+            return int(lib.regoInputString(handle, item.encode()))
+        if isinstance(item, int):
+            if not _INT64[0] <= item <= _INT64[1]:
+                raise _NotAValue
+            return int(lib.regoInputInt(handle, item))
+        if isinstance(item, float):
+            return int(lib.regoInputFloat(handle, item))
+        if item is None:
+            return int(lib.regoInputNull(handle))
+        if isinstance(item, dict):
+            for key, member in item.items():
+                if not isinstance(key, str):
+                    raise _NotAValue
+                if add(key) or add(member) or lib.regoInputObjectItem(handle):
+                    raise _NotAValue
+            return int(lib.regoInputObject(handle, len(item)))
+        if isinstance(item, list | tuple | set | frozenset):
+            for member in item:
+                if add(member):
+                    raise _NotAValue
+            size = len(item)
+            return int(lib.regoInputArray(handle, size) if isinstance(item, list | tuple) else lib.regoInputSet(handle, size))
+        raise _NotAValue
+
+    try:
+        if add(value):
+            raise _NotAValue
+    except BaseException:
+        lib.regoFreeInput(handle)
+        raise
+    return int(handle)
+
+
+_DATA_REFERENCE = re.compile(r"\bdata\.latentops\b(\.(\w+))?")
+
+
+def modules_for(path: str, modules: dict[str, str]) -> dict[str, str]:
+    """The modules a query of ``latentops.<path>`` can reach: its own package's and, transitively,
+    every ``latentops`` package referenced as ``data.latentops.<name>``; modules outside
+    ``latentops`` always. A reference to ``data.latentops`` without a package name (a dynamic
+    key or the whole tree) keeps every module.
+
+    rego-cpp's query cost grows with the rules compiled into the interpreter, so each path's
+    interpreter gets only these (the full bundle is still compiled and checked as a whole).
+    """
+    by_package: dict[str, list[str]] = {}
+    for name, source in modules.items():
+        package = package_of(source)
+        top = package.split(".")[1] if package.startswith("latentops.") else ""
+        by_package.setdefault(top, []).append(name)
+    root = path.split(".")[0]
+    wanted, pending = {"", root}, [root]
+    while pending:
+        for name in by_package.get(pending.pop(), []):
+            for match in _DATA_REFERENCE.finditer(modules[name]):
+                if match.group(2) is None:
+                    return dict(modules)
+                if match.group(2) not in wanted:
+                    wanted.add(match.group(2))
+                    pending.append(match.group(2))
+    return {name: source for name, source in modules.items() if any(name in by_package.get(p, []) for p in wanted)}
 
 
 class EmbeddedEngine:
@@ -165,13 +246,21 @@ class EmbeddedEngine:
         entrypoints = [bundle.entrypoint(path) for path in bundle.paths]
         if self.isolate_compile:
             compile_check(bundle.modules, bundle.data, entrypoints)
-        compiled = {path: self._compile(bundle.modules, bundle.data, [bundle.entrypoint(path)]) for path in bundle.paths}
+        compiled = {path: self._compile(modules_for(path, bundle.modules), bundle.data, [bundle.entrypoint(path)])
+                    for path in bundle.paths}
         with self._lock:
             self._compiled, self._tests, self._bundle = compiled, None, bundle
 
     def evaluate(self, path: str, input: dict[str, Any]) -> dict[str, Any]:
-        regopy = load_regopy()
-        from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_ok, rego_output_string
+        load_regopy()
+        from regopy.rego_shared import (
+            rego_bundle_query_entrypoint,
+            rego_free_input,
+            rego_free_output,
+            rego_output_ok,
+            rego_output_string,
+            rego_set_input,
+        )
 
         if not self._compiled or self._bundle is None:
             raise EngineUnavailable("no policy bundle is loaded")
@@ -182,10 +271,15 @@ class EmbeddedEngine:
             if compiled is None:
                 raise EngineUnavailable(f"no policy for path {path!r}")
             try:
-                if _needs_term(input):
+                try:
+                    handle = _value_input(input)
+                except _NotAValue:
                     compiled.interpreter.set_input_term(json.dumps(input))
                 else:
-                    compiled.interpreter.set_input(regopy.Input(input))
+                    try:  # rego-cpp copies the input; the handle is freed at once, as regopy.Input does
+                        rego_set_input(compiled.interpreter._impl, handle)
+                    finally:
+                        rego_free_input(handle)
                 output = rego_bundle_query_entrypoint(compiled.interpreter._impl, compiled.bundle._impl, entrypoint)
             except Exception as error:  # rego-cpp raises RegoError and, on bad input, plain errors
                 raise EngineUnavailable(f"evaluation failed: {error}") from None
