@@ -121,12 +121,12 @@ def test_submitter_signs_in_sees_jobs_and_a_blocked_prompt_with_its_reason(porta
     assert page.get_by_role("heading", level=1).inner_text() == "Not found"
 
     page.goto("/generate")
-    page.get_by_label("Prompt").fill("Mickey Mouse riding a skateboard")
+    page.get_by_label("Prompt", exact=True).fill("Mickey Mouse riding a skateboard")
     alert = page.locator("#verdict").get_by_role("alert")
     alert.wait_for()
     assert "Blocked by policy" in alert.inner_text() and "Mickey Mouse" in alert.inner_text()
     _shot(page, "generate-blocked")
-    page.get_by_label("Prompt").fill("a red apple on a wooden table")
+    page.get_by_label("Prompt", exact=True).fill("a red apple on a wooden table")
     page.locator("#verdict").get_by_role("status").wait_for()
     assert "Allowed by policy" in page.locator("#verdict").inner_text()
 

@@ -303,7 +303,13 @@ def _summary(result: TrainingResult, adapter: LoraAdapter, tracker: tracking.Mlf
             "kohya": str(result.kohya_path) if result.kohya_path else None, "steps": result.steps,
             "final_loss": result.final_loss, "resumed_from": result.resumed_from,
             "mlflow_run_id": tracker.run_id if tracker else None, "mlflow_model_uri": adapter.mlflow_model_uri,
-            "seconds_per_step": result.seconds_per_step}
+            "seconds_per_step": result.seconds_per_step, "losses": _thinned(result.losses)}
+
+
+def _thinned(values: list[float], points: int = 200) -> list[float]:
+    """At most ``points`` evenly spaced values of a loss history, for the job page's plot."""
+    stride = max(1, -(-len(values) // points))
+    return [float(v) for v in values[::stride]]
 
 
 # --- the adapter catalogue ---------------------------------------------------------------------

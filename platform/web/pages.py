@@ -21,7 +21,7 @@ from latentops.platform.api import jobs as jobs_api
 from latentops.platform.api import models as models_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.errors import InvalidInput, LatentopsError
-from latentops.platform.models import ModelRecord, Role, Team
+from latentops.platform.models import Asset, ModelRecord, Role, Team
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services import memberships
@@ -93,16 +93,19 @@ def job_page(job_id: int, request: Request, session: SessionDep, principal: Port
     job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
     events = jobs_service.events(session, job_id)
     can_control = access.allowed(session, principal=principal, action="jobs.control")
-    images = [str(i) for i in job["result"].get("validation_images", []) if isinstance(i, str | int)]
+    # Validation images and samples are the job's released assets (they took the governed path).
+    images = [str(asset_id) for asset_id in session.scalars(
+        sa.select(Asset.id).where(Asset.job_id == job_id, Asset.status == "released").order_by(Asset.id))]
     return render(request, "job.html", session=session, principal=principal, job=job, events=events,
                   loss_points=_loss_points(job), images=images, can_control=can_control,
-                  mlflow_url=job["result"].get("mlflow_url") or job["result"].get("mlflow_run_url"))
+                  mlflow_run=job["result"].get("mlflow_run_id"))
 
 
 @router.get("/jobs/{job_id:int}/status", response_class=HTMLResponse)
 def job_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
     job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
-    return render(request, "fragments/job_status.html", job=job)
+    can_control = access.allowed(session, principal=principal, action="jobs.control")
+    return render(request, "fragments/job_status.html", principal=principal, job=job, can_control=can_control)
 
 
 @router.post("/jobs/{job_id:int}/cancel", response_class=HTMLResponse)
