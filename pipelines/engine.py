@@ -234,7 +234,14 @@ class Engine:
         return entry
 
     def _load(self, weights: WeightsRef, adapters: Sequence[AdapterRef]) -> _Entry:
+        import diffusers
+        import transformers
         from diffusers import DiffusionPipeline
+
+        # Loading local weights takes about a second; the libraries' own loading bars only clutter
+        # the CLI and worker logs (callers show progress of the work itself).
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
 
         if weights.format != "diffusers":
             raise InvalidInput(
