@@ -152,6 +152,7 @@ def lock_chain(session: Session, *, timeout_s: float | None = None, wait: bool =
     bind = session.get_bind()
     if not session.info.get("audit_integrator"):
         session.info["audit_locked"] = True
+        session.info["audit_connection"] = session.connection()
     if bind.dialect.name == "postgresql":
         if not wait:
             return bool(session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"),
@@ -204,10 +205,11 @@ def _on_commit(session: Session) -> None:
     records: list[AuditRecord] = session.info.pop("audit_records", None) or []
     for item in records:
         item._committed()
+    connection = info.pop("audit_connection", None)
     if session.info.pop("audit_locked", False) or records:
         from latentops.governance import integration  # integration builds on this module
 
-        integration.after_commit(session.get_bind().engine, records)
+        integration.after_commit(session.get_bind().engine, records, connection)
 
 
 def _on_rollback(session: Session) -> None:
@@ -224,11 +226,12 @@ def _on_rollback(session: Session) -> None:
         return
     for item in session.info.pop("audit_records", None) or []:
         item._rolled_back()
+    connection = info.pop("audit_connection", None)
     if session.info.pop("audit_locked", False):
         # This transaction may have turned writers away from the lock: integrate for them.
         from latentops.governance import integration
 
-        integration.after_commit(session.get_bind().engine, [])
+        integration.after_commit(session.get_bind().engine, [], connection)
 
 
 # One listener pair for every Session: it returns at once for sessions that wrote no entry and
@@ -495,6 +498,8 @@ def record(
     if check and trusted is not None and row[1] != trusted.hash:
         verified_head(session)  # a stale cache re-anchors on the checkpoint; real damage raises here
     entry = AuditRecord(session, id=pending_id, **values)
+    # After the commit the hook integrates on this same connection: no second checkout.
+    session.info["audit_connection"] = session.connection()
     session.info.setdefault("audit_records", []).append(entry)
     log.debug("audit entry written", extra={"pending_id": pending_id, "action": action})
     return entry

@@ -170,43 +170,53 @@ def _place(records: Sequence[audit.AuditRecord], placed: dict[int, Placement]) -
             record.place(where.seq, where.hash, where.prev_hash)
 
 
-def integrate_when_free(engine: Engine) -> dict[int, Placement]:
+def integrate_when_free(engine: Engine, connection: sa.Connection | None = None) -> dict[int, Placement]:
     """Integrate everything pending, unless another transaction holds the chain lock right now.
 
     Never waits for the lock: a writer turned away leaves its entry to the holder, because every
     holder looks for pending entries *after* releasing the lock (here: the loop; elsewhere: the
     commit hook) and the turned-away writer committed before it asked. On SQLite, which has one
     writer at a time, it waits for the write lock instead.
+
+    ``connection``: the committed writer's own connection, outside any transaction (the commit
+    hook passes it, saving a checkout); another is taken from the pool otherwise.
     """
     if engine.dialect.name != "postgresql":
         return _integrate_waiting(engine)
+    if connection is not None and not connection.closed and not connection.invalidated \
+            and not connection.in_transaction():
+        return _integrate_on(connection)
+    with engine.connect() as own:
+        return _integrate_on(own)
+
+
+def _integrate_on(connection: sa.Connection) -> dict[int, Placement]:
     placed: dict[int, Placement] = {}
-    with engine.connect() as connection:
-        raw: Any = connection.connection.dbapi_connection
-        try:
-            while True:
-                # A session-level lock, tried outside any transaction in one round trip, so that the
-                # batch's own transaction runs under it.
-                raw.autocommit = True
-                if not raw.execute(f"SELECT pg_try_advisory_lock({audit.ADVISORY_LOCK_KEY})").fetchone()[0]:
-                    return placed
-                try:
-                    raw.autocommit = False
-                    with Session(bind=connection, expire_on_commit=False) as session:
-                        session.info["audit_integrator"] = True
-                        with session.begin():
-                            while True:
-                                batch = _move(session, BATCH)
-                                placed.update(batch)
-                                if len(batch) < BATCH:
-                                    break
-                finally:
-                    more = _release(connection, raw)
-                if not more:
-                    return placed
-        finally:
-            if not connection.invalidated:
-                raw.autocommit = False  # the pool's connections are transactional
+    raw: Any = connection.connection.dbapi_connection
+    try:
+        while True:
+            # A session-level lock, tried outside any transaction in one round trip, so that the
+            # batch's own transaction runs under it.
+            raw.autocommit = True
+            if not raw.execute(f"SELECT pg_try_advisory_lock({audit.ADVISORY_LOCK_KEY})").fetchone()[0]:
+                return placed
+            try:
+                raw.autocommit = False
+                with Session(bind=connection, expire_on_commit=False) as session:
+                    session.info["audit_integrator"] = True
+                    with session.begin():
+                        while True:
+                            batch = _move(session, BATCH)
+                            placed.update(batch)
+                            if len(batch) < BATCH:
+                                break
+            finally:
+                more = _release(connection, raw)
+            if not more:
+                return placed
+    finally:
+        if not connection.invalidated:
+            raw.autocommit = False  # the pool's connections are transactional
 
 
 def _release(connection: sa.Connection, raw: Any) -> bool:
@@ -238,7 +248,7 @@ def _integrate_waiting(engine: Engine) -> dict[int, Placement]:
                 return placed
 
 
-def after_commit(engine: Engine, records: Sequence[audit.AuditRecord]) -> None:
+def after_commit(engine: Engine, records: Sequence[audit.AuditRecord], connection: sa.Connection | None = None) -> None:
     """The commit hook of a transaction that wrote entries or held the chain lock.
 
     Integrates what is pending unless someone else is integrating (who will take this
@@ -246,7 +256,7 @@ def after_commit(engine: Engine, records: Sequence[audit.AuditRecord]) -> None:
     whatever happens here; ``AuditRecord.seq`` and ``wait`` integrate them on demand.
     """
     try:
-        _place(records, integrate_when_free(engine))
+        _place(records, integrate_when_free(engine, connection))
     except (LatentopsError, sa.exc.SQLAlchemyError) as error:
         # A damaged chain has already alarmed (CRITICAL, metric); anything else is transient.
         log.warning("audit entries committed but not integrated now: %s", error)
