@@ -149,7 +149,8 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 class Frontier:
     def __init__(self) -> None:
-        self.size, self.hashes = 0, []  # type: int, List[bytes]
+        self.size = 0
+        self.hashes: list[bytes] = []
 
     def append(self, leaf: bytes) -> None:
         node, size = leaf, self.size
