@@ -127,3 +127,20 @@ def test_higher_priority_jobs_run_first(start_worker, queue_settings) -> None:  
     with session_scope(queue_settings.database_url) as db:
         order = [row.id for row in db.scalars(sa.select(Job).order_by(Job.started_at))]
     assert order[0] == high, order
+
+
+def test_workers_sign_the_first_audit_checkpoint_without_being_asked(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    from latentops.governance import checkpoints
+
+    start_worker(env={"LATENTOPS_SWEEP_INTERVAL_S": "0.5"})
+    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="tester")
+    wait_finished(queue_settings.database_url, job_id)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with session_scope(queue_settings.database_url) as db:
+            latest = checkpoints.latest(db)
+        if latest is not None:
+            break
+        time.sleep(0.3)
+    assert latest is not None and latest.tree_size >= 1
+    assert queue_settings.audit_signing_key is not None and queue_settings.audit_signing_key.exists()

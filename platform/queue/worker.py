@@ -1,7 +1,10 @@
-"""Worker process hooks: the crash sweeper, per-child GPU pinning, and clean state after fork.
+"""Worker process hooks: housekeeping, per-child GPU pinning, and clean state after fork.
 
-The worker's main process runs a sweeper thread that re-dispatches jobs left behind by crashed
-workers (see ``jobs.sweep``). Each prefork child gets its own GPU when the worker was started with
+The worker's main process runs a housekeeping thread that re-dispatches jobs left behind by
+crashed workers (see ``jobs.sweep``) and signs a periodic audit checkpoint when one is due (many
+workers may find it due at once; the checkpoint writer serialises them and skips an unchanged
+tree), plus a thread that moves audit entries of writers that died between commit and
+integration into the chain. Each prefork child gets its own GPU when the worker was started with
 ``--gpus``, and drops database connections inherited from its parent.
 """
 
@@ -24,26 +27,43 @@ GPU_LIST_ENV = "LATENTOPS_WORKER_GPUS"
 _stop = threading.Event()
 
 
-def _sweep_forever(worker: str) -> None:
+def _checkpoint_if_due() -> None:
+    from latentops.governance import checkpoints
+
+    settings = get_settings()
+    with database.session_scope(settings.database_url) as session:
+        if not checkpoints.due(session):
+            return
+        key = checkpoints.default_key_path(settings)
+        checkpoints.create(session, signing_key=checkpoints.load_or_create_signing_key(key),
+                           sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
+                           keyring=checkpoints.signing_keyring(key))
+
+
+def _housekeeping_forever(worker: str) -> None:
     from latentops.platform.services import jobs
 
     settings = get_settings()
     while not _stop.wait(settings.sweep_interval_s):
-        try:
-            jobs.sweep(settings, worker=worker)
-        except Exception:  # a database or broker blip: log it and sweep again next interval
-            log.exception("sweep failed")
+        for name, task in (("sweep", lambda: jobs.sweep(settings, worker=worker)), ("checkpoint", _checkpoint_if_due)):
+            try:
+                task()
+            except Exception:  # a database or broker blip: log it and try again next interval
+                log.exception("%s failed", name)
 
 
 @worker_ready.connect
-def _start_sweeper(sender: Any = None, **_: Any) -> None:
+def _start_housekeeping(sender: Any = None, **_: Any) -> None:
+    from latentops.governance import integration
+
     name = getattr(sender, "hostname", None) or socket.gethostname()
-    threading.Thread(target=_sweep_forever, args=(str(name),), daemon=True, name="job-sweeper").start()
-    log.info("job sweeper started (every %.0fs)", get_settings().sweep_interval_s)
+    threading.Thread(target=_housekeeping_forever, args=(str(name),), daemon=True, name="housekeeping").start()
+    integration.start_background(database.get_engine(get_settings().database_url), interval_s=5.0, stop=_stop)
+    log.info("housekeeping started (every %.0fs)", get_settings().sweep_interval_s)
 
 
 @worker_shutdown.connect
-def _stop_sweeper(**_: Any) -> None:
+def _stop_housekeeping(**_: Any) -> None:
     _stop.set()
 
 
