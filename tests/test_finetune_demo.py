@@ -1,6 +1,6 @@
 """Does fine-tuning learn? DreamBooth-LoRA on the digits demo model with a glyph it never saw.
 
-Five drawings of the letter R (the base model knows only digits) under "a handwritten sks letter",
+Five drawings of the letter R (the base model knows only digits) under "a sks letter",
 with prior preservation on "a handwritten digit". Afterwards the instance prompt's images must be
 measurably closer to the instance drawings than before, and the digit prompts must still be read
 as their digits by the demo judge at >= 80% of the base model's accuracy. The numbers are printed.
@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 pytestmark = pytest.mark.skipif(not (DEMO_MODEL_DIR / "model_index.json").exists(),
                                 reason="the digits demo weights are not in the repository yet")
-INSTANCE_PROMPT = "a handwritten sks letter"
+INSTANCE_PROMPT = "a sks letter"
 PER_PROMPT = 8
 
 
@@ -72,8 +72,8 @@ def test_dreambooth_learns_a_new_glyph_and_keeps_the_digits(tmp_path: Path, sqli
     before_accuracy = _digit_accuracy(engine, weights, [])
 
     config = build_config({"method": "dreambooth", "instance_prompt": INSTANCE_PROMPT, "class_prompt": "a handwritten digit",
-                           "num_class_images": 20, "class_generation_steps": 20, "prior_loss_weight": 1.0,
-                           "resolution": 32, "batch_size": 4, "steps": 250, "rank": 8, "lr": 1e-3, "checkpoint_every": 250,
+                           "num_class_images": 40, "class_generation_steps": 20, "prior_loss_weight": 1.0,
+                           "resolution": 32, "batch_size": 4, "steps": 200, "rank": 8, "lr": 5e-4, "checkpoint_every": 250,
                            "flip": False, "samples": False})
     result = dreambooth.run(config, weights=weights, instance_dir=tmp_path / "instances", out_dir=tmp_path / "run",
                             cache_dir=tmp_path / "cache")
