@@ -447,6 +447,8 @@ class AuditRecord:
 
 
 PENDING = AuditPending.__table__
+# Actions of the entries a session appended in its open transaction (read by platform.metrics).
+APPENDS_KEY = "latentops.audit.appended"
 
 
 def record(
@@ -497,6 +499,8 @@ def record(
     pending_id = row[0]
     if check and trusted is not None and row[1] != trusted.hash:
         verified_head(session)  # a stale cache re-anchors on the checkpoint; real damage raises here
+    # Counted by latentops_audit_appends_total when (and only if) the transaction commits.
+    session.info.setdefault(APPENDS_KEY, []).append(action)
     entry = AuditRecord(session, id=pending_id, **values)
     # After the commit the hook integrates on this same connection: no second checkout.
     session.info["audit_connection"] = session.connection()

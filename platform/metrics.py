@@ -194,24 +194,17 @@ def api_request(*, method: str, route: str, status: int, duration_s: float) -> N
 
 # --- audit appends, counted when their transaction commits -------------------------------------
 
-_AUDIT_KEY = "latentops_metrics_audit_actions"
+_AUDIT_KEY = "latentops.audit.appended"  # audit.APPENDS_KEY: audit.record notes each append there
 _audit_watch_lock = threading.Lock()
 _audit_watched = False
 
 
-def _note_audit_entries(session: Session, _flush_context: Any) -> None:
+def _count_committed(session: Session) -> None:
     try:
-        # ``session.new`` still lists what this flush inserted (the state is pre-flush here).
-        actions = [obj.action for obj in session.new if isinstance(obj, AuditEntry)]
-        if actions:
-            session.info.setdefault(_AUDIT_KEY, []).extend(actions)
+        for action in session.info.pop(_AUDIT_KEY, ()):
+            audit_appended(action=action)
     except Exception:
         METRIC_ERRORS.labels("audit_watch").inc()
-
-
-def _count_committed(session: Session) -> None:
-    for action in session.info.pop(_AUDIT_KEY, ()):
-        audit_appended(action=action)
 
 
 def _forget_rolled_back(session: Session, _previous_transaction: Any = None) -> None:
@@ -224,7 +217,6 @@ def watch_audit_appends() -> None:
     with _audit_watch_lock:
         if _audit_watched:
             return
-        event.listen(Session, "after_flush", _note_audit_entries)
         event.listen(Session, "after_commit", _count_committed)
         event.listen(Session, "after_soft_rollback", _forget_rolled_back)
         _audit_watched = True

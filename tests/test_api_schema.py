@@ -24,17 +24,23 @@ def test_no_server_errors_and_one_error_shape(settings_env) -> None:  # type: ig
             continue  # a stream that lasts until its job finishes; covered in test_api.py
         role = "officer" if operation.path.startswith(("/api/v1/audit", "/api/v1/quarantine")) else "admin"
 
-        @given(case=operation.as_strategy())
-        @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def check(case, role: str = role) -> None:  # type: ignore[no-untyped-def]
-            response = case.call(headers=bearer(tokens[role]))
-            # 503 names a backing service that is down (no broker in this test); anything else 5xx is a bug.
-            assert response.status_code < 500 or response.status_code == 503, (
-                f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}")
-            content_type = " ".join(response.headers.get("content-type") or [])
-            if response.status_code >= 400 and content_type.startswith("application/json") and "health" not in case.path:
-                assert set(response.json()) == {"error", "detail", "reasons"}, response.text[:300]
-
-        check()
+        _checker(operation.as_strategy(), tokens[role])()
         checked += 1
     assert checked >= 35
+
+
+def _checker(strategy, token: str):  # type: ignore[no-untyped-def]
+    """A Hypothesis test for one operation, sending ``token``'s bearer header."""
+
+    @given(case=strategy)
+    @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(case) -> None:  # type: ignore[no-untyped-def]
+        response = case.call(headers=bearer(token))
+        # 503 names a backing service that is down (no broker in this test); anything else 5xx is a bug.
+        assert response.status_code < 500 or response.status_code == 503, (
+            f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}")
+        content_type = " ".join(response.headers.get("content-type") or [])
+        if response.status_code >= 400 and content_type.startswith("application/json") and "health" not in case.path:
+            assert set(response.json()) == {"error", "detail", "reasons"}, response.text[:300]
+
+    return check

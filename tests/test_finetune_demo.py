@@ -54,6 +54,8 @@ def _digit_accuracy(engine: Engine, weights: WeightsRef, adapters: list[AdapterR
     return correct / (10 * PER_PROMPT)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # a real 200-step DreamBooth run on the CPU: minutes, more on a loaded machine
 def test_dreambooth_learns_a_new_glyph_and_keeps_the_digits(tmp_path: Path, sqlite_url: str, home: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from latentops.platform.settings import get_settings

@@ -181,7 +181,7 @@ def test_team_at_its_concurrency_quota_waits_and_is_told_why(start_worker, queue
                                       "teams": {"vision": {"max_concurrent_jobs": 1}}})
     start_worker()
     start_worker()
-    first = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 10, "step_delay_s": 0.3}, actor="t", team_id=team_id)
+    first = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 20, "step_delay_s": 0.5}, actor="t", team_id=team_id)
     second = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="t", team_id=team_id)
     deadline = time.monotonic() + 30
     reason = None

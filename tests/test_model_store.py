@@ -173,6 +173,7 @@ def test_pickle_checkpoint_needs_allow_pickle(sqlite_url: str, tmp_path: Path) -
         )
         # Same tensors as the safetensors file: same identity, whatever the container.
         assert version.content_hash == ModelStore(store).inspect(source).content_hash
+    with session_scope(sqlite_url) as db:  # entries join the chain when their transaction commits
         entry = db.scalars(sa.select(AuditEntry).where(AuditEntry.action == "model.import")).one()
         details = json.loads(entry.details)
         assert details["allow_pickle"] is True and details["format"] == "ckpt"

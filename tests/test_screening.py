@@ -83,6 +83,7 @@ def test_import_clip_then_screen_scores_every_category_and_policy_decides(with_c
         outcome = screening.screen(db, settings=with_clip, image=image, name="one.png", actor="cli:test")
         result = db.get(ScreeningResult, outcome.result_id)
         assert result is not None and result.verdict == outcome.verdict
+    with session_scope(database_url) as db:  # entries join the chain when their transaction commits
         actions = db.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.seq)).all()
     assert set(outcome.scores) == set(CATEGORIES)
     assert all(0.0 <= v <= 1.0 for v in outcome.scores.values())
@@ -113,6 +114,7 @@ def test_without_a_detector_the_platform_says_so_and_the_policy_holds_images(set
     assert screening.health(settings_env)["status"] == "unscreened"
     with caplog.at_level("WARNING"), session_scope(database_url) as db:
         outcome = screening.screen(db, settings=settings_env, image=picture(3), actor="cli:test")
+    with session_scope(database_url) as db:  # entries join the chain when their transaction commits
         entry = db.scalars(sa.select(AuditEntry).where(AuditEntry.action == "screening.result")).one()
     assert outcome.verdict == "quarantine" and outcome.detector == "none"
     assert outcome.rule_ids == ["screening.no_detector"]
@@ -171,6 +173,7 @@ def test_calibration_fits_thresholds_at_target_fpr_and_stores_a_policy_revision(
     revision_before = policy.revision()
     with session_scope(database_url) as db:
         report = calibration.calibrate(db, settings=with_clip, images=images, labels=labels, target_fpr=0.1, actor="cli:test")
+    with session_scope(database_url) as db:  # entries join the chain when their transaction commits
         actions = db.scalars(sa.select(AuditEntry.action)).all()
     fits = {f.category: f for f in report.fits}
     assert fits["weapons"].negatives == 20 and fits["weapons"].positives == 10 and fits["weapons"].fpr <= 0.1
