@@ -32,6 +32,7 @@ from latentops.platform.errors import LatentopsError
 from latentops.platform.services.auth import LoginThrottle
 from latentops.platform.settings import Settings, get_settings
 from latentops.platform.web import portal
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if portal.wants_html(request):  # a portal page or htmx fragment: the same error, as HTML
             return portal.error_page(request, error.status_code, error.error, error.detail, error.reasons)
         return JSONResponse(error.to_json(), status_code=error.status_code)
+
+    # A number the database cannot hold (an id beyond 64 bits) is bad input, not a server error.
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(sa_exc.DataError)
+    async def _out_of_range(_request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"error": "invalid_input", "detail": "a number in the request is out of range",
+                             "reasons": []}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
