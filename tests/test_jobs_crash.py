@@ -168,6 +168,9 @@ def test_four_workers_run_two_hundred_jobs_each_exactly_once(start_worker, queue
     assert len(workers_used) >= 2, "the jobs should spread over several workers"
 
 
+# Several workers claiming one team's jobs at once is the production setting (PostgreSQL); the
+# embedded SQLite stack runs a single worker, so this test pins the PostgreSQL backend.
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_team_at_its_concurrency_quota_waits_and_is_told_why(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
     from latentops.governance import policy
     from latentops.platform.services import users

@@ -150,7 +150,8 @@ def demo(port: int = typer.Option(0, help="API port for the demo stack (0 picks 
     out = settings.home / "demo-output"
     out.mkdir(exist_ok=True)
     try:
-        with Client(f"http://127.0.0.1:{port}", token) as client:
+        # A generous timeout: on a busy laptop the embedded SQLite database may keep a reader waiting.
+        with Client(f"http://127.0.0.1:{port}", token, timeout=180) as client:
             # 3. The main job: a LoRA fine-tune on the real queue, then generation with it.
             job = client.finetune.submit(
                 model="digits-demo", images=_glyph_images(), instance_prompt=GLYPH_PROMPT, team=DEMO_TEAM,
