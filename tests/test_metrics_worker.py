@@ -8,21 +8,10 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from latentops.platform.database import session_scope
-from latentops.platform.models import Job, JobState
+from latentops.platform.models import JobState
 from latentops.platform.services import jobs
 from latentops.platform.stack import free_port
-
-
-def wait_finished(url: str, job_id: int, timeout: float = 120.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with session_scope(url) as db:
-            job = jobs.get(db, job_id)
-            if job.state.finished:
-                return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+from test_jobs_queue import wait_finished
 
 
 def read(text: str, name: str, **labels: str) -> float | None:
