@@ -140,9 +140,16 @@ def _check_jobs(data: Mapping[str, Any], where: str) -> None:
     quotas = data.get("quotas")
     _expect(isinstance(quotas, dict) and isinstance(quotas.get("default"), dict) and isinstance(quotas.get("teams", {}), dict),
             f"{where}.quotas", "must have a 'default' object and a 'teams' object")
-    for key in ("max_concurrent_jobs", "max_gpu_hours"):
+    for key in ("max_concurrent_jobs", "max_queued_jobs", "max_gpu_hours"):
         _expect(isinstance(quotas["default"].get(key), _NUMBER), f"{where}.quotas.default.{key}", "must be a number")
     _str_list(data.get("attestation_required_for"), f"{where}.attestation_required_for")
+    priority = data.get("priority")
+    _expect(isinstance(priority, dict) and isinstance(priority.get("roles", {}), dict), f"{where}.priority",
+            "must have a 'default' rule and a 'roles' object")
+    for name, rule in [("default", priority.get("default")), *((f"roles.{r}", v) for r, v in priority.get("roles", {}).items())]:
+        _expect(isinstance(rule, dict) and all(isinstance(rule.get(k), int) and 0 <= rule[k] <= 9 for k in ("default", "max"))
+                and rule["default"] <= rule["max"], f"{where}.priority.{name}",
+                "must be {\"default\": 0-9, \"max\": 0-9} with default <= max")
 
 
 def _check_models(data: Mapping[str, Any], where: str) -> None:
