@@ -76,6 +76,8 @@ class Decision:
     decision_id: int | None = None
     path: str = ""
     engine: str = ""
+    # What an allow comes with besides allow/deny, e.g. the jobs policy's effective "priority".
+    obligations: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"allow": self.allow, "reasons": self.reasons, "rule_ids": self.rule_ids, "revision": self.revision}
@@ -164,6 +166,7 @@ class PolicyService:
         return Decision(
             allow=allow, reasons=[v["reason"] for v in violations], rule_ids=[v["rule_id"] for v in violations],
             revision=bundle.revision, path=path, engine=self.engine.name,
+            obligations={key: value for key, value in document.items() if key not in ("allow", "deny")},
         ), policy_input, ""
 
 
@@ -278,11 +281,14 @@ def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audi
                                "revision": decision.revision, "input_hash": input_hash}
     if engine_error:
         details["engine_error"] = engine_error[:500]
+    if decision.obligations:
+        details["obligations"] = decision.obligations
     entry = audit.record(session, actor=_actor_name(actor), action="policy.decision", resource=f"policy_decision:{row.id}",
                          outcome="allow" if decision.allow else "deny", details=details)
     row.audit_seq = entry.seq
     session.flush()
-    return Decision(decision.allow, decision.reasons, decision.rule_ids, decision.revision, row.id, path, decision.engine)
+    return Decision(decision.allow, decision.reasons, decision.rule_ids, decision.revision, row.id, path, decision.engine,
+                    decision.obligations)
 
 
 def require(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User) -> Decision:
@@ -359,6 +365,7 @@ def set_policy_data(session: Session, *, key: str, value: Any, actor: audit.Acto
     audit.record(session, actor=actor, action="policy.data.edit", resource=f"policy_data:{key}",
                  details={"key": key, "value": value, "revision": bundle.revision, "note": note})
     session.flush()
+    service._checked_at = float("-inf")  # this process takes in its own edit at its next decision
     return bundle.revision
 
 

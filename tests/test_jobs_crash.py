@@ -180,12 +180,14 @@ def test_team_at_its_concurrency_quota_waits_and_is_told_why(start_worker, queue
         users.create_user(db, email="r@x.io", role="submitter", team="other", password=None, actor="t")
         team_id = db.scalar(sa.select(Team.id).where(Team.name == "vision"))
         policy.set_policy_data(db, key="jobs.quotas", actor="t",
-                               value={"default": {"max_concurrent_jobs": 4, "max_gpu_hours": 100},
+                               value={"default": {"max_concurrent_jobs": 4, "max_queued_jobs": 50, "max_gpu_hours": 100},
                                       "teams": {"vision": {"max_concurrent_jobs": 1}}})
     start_worker()
     start_worker()
-    first = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 20, "step_delay_s": 0.5}, actor="t", team_id=team_id)
-    second = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="t", team_id=team_id)
+    first = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 40, "step_delay_s": 0.5}, actor="q@x.io",
+                        team_id=team_id)
+    wait_step(queue_settings.database_url, first, 1)  # two idle workers: either could claim first otherwise
+    second = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="q@x.io", team_id=team_id)
     deadline = time.monotonic() + 30
     reason = None
     while reason is None and time.monotonic() < deadline:

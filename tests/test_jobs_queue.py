@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import sqlalchemy as sa
 
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, ServiceUnavailable
-from latentops.platform.models import AuditEntry, Job, JobState
+from latentops.platform.errors import InvalidInput, PolicyDenied, ServiceUnavailable
+from latentops.platform.models import AuditEntry, Job, JobState, Team
 from latentops.platform.services import jobs
 
 
@@ -114,19 +115,58 @@ def test_redelivered_job_id_does_not_run_twice(start_worker, queue_settings) -> 
     assert starts == 1
 
 
-def test_higher_priority_jobs_run_first(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+def _team_with(settings, **roles: str) -> int:  # type: ignore[no-untyped-def]
+    """Team "vision" with one user per ``email=role``; returns the team id."""
+    from latentops.platform.services import users
+
+    with session_scope(settings.database_url) as db:
+        for email, role in roles.items():
+            users.create_user(db, email=f"{email}@x.io", role=role, team="vision", password=None, actor="t")
+        return int(db.scalar(sa.select(Team.id).where(Team.name == "vision")))
+
+
+def test_an_admins_job_gets_the_admin_priority_and_runs_before_earlier_ones(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
+    team_id = _team_with(queue_settings, sub="submitter", boss="admin")
     # Queue everything before a worker exists, then let one worker drain the queue in order.
-    low = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="t", priority=0) for _ in range(3)]
-    high = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="t", priority=5)
+    low = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id)
+           for _ in range(3)]
+    high = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="boss@x.io", team_id=team_id)
     with session_scope(queue_settings.database_url) as db:
+        assert [jobs.get(db, job_id).priority for job_id in [*low, high]] == [0, 0, 0, 5]
         assert jobs.queue_position(db, jobs.get(db, high)) == 0
         assert [jobs.queue_position(db, jobs.get(db, job_id)) for job_id in low] == [1, 2, 3]
+        obligations = [json.loads(e.details).get("obligations") for e in db.scalars(
+            sa.select(AuditEntry).where(AuditEntry.action == "policy.decision").order_by(AuditEntry.seq))]
+    assert obligations[-1] == {"priority": 5}, "the decision that set the priority is on the record"
     start_worker()
     for job_id in [*low, high]:
         wait_finished(queue_settings.database_url, job_id)
     with session_scope(queue_settings.database_url) as db:
         order = [row.id for row in db.scalars(sa.select(Job).order_by(Job.started_at))]
     assert order[0] == high, order
+
+
+def test_a_priority_above_the_role_maximum_or_a_full_queue_is_refused_and_nothing_is_queued(queue_settings) -> None:  # type: ignore[no-untyped-def]
+    from latentops.governance import policy
+
+    team_id = _team_with(queue_settings, sub="submitter")
+    with pytest.raises(PolicyDenied) as refused:
+        jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id, priority=7)
+    assert refused.value.reasons == ["jobs.priority: priority 7 is above 4, the highest your role may ask for"]
+    with session_scope(queue_settings.database_url) as db:
+        policy.set_policy_data(db, key="jobs.quotas", actor="t", value={
+            "default": {"max_concurrent_jobs": 4, "max_queued_jobs": 2, "max_gpu_hours": 100}, "teams": {}})
+    kept = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id,
+                        priority=4) for _ in range(2)]
+    with pytest.raises(PolicyDenied) as full:
+        jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id)
+    assert full.value.reasons == ["jobs.quota.queued_jobs: team already has 2 jobs waiting; the quota is 2"]
+    with session_scope(queue_settings.database_url) as db:
+        assert list(db.scalars(sa.select(Job.id).order_by(Job.id))) == kept
+        assert [jobs.get(db, job_id).priority for job_id in kept] == [4, 4]
+        denials = db.scalar(sa.select(sa.func.count()).select_from(AuditEntry).where(
+            AuditEntry.action == "policy.decision", AuditEntry.outcome == "deny"))
+    assert denials == 2
 
 
 def test_workers_sign_the_first_audit_checkpoint_without_being_asked(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]

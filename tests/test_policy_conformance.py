@@ -60,7 +60,7 @@ DECISIONS = [
               "grants": [{"action": "use", "team": "design", "user_id": None}],
               "params": {"steps": 5000, "resolution": 512, "rank": 8, "batch": 2},
               "uploads": {"count": 2, "attestation": {"licence": True, "consent": False}},
-              "usage": {"concurrent_jobs": 0, "gpu_hours": 0}}),
+              "usage": {"queued_jobs": 0, "gpu_hours": 0}}),
     ("datasets", {"action": "generate", "team": "design", "subject": ALICE, "dataset": {"images": 10, "resolution": 512, "team": "design"}}),
     ("screening", {"detector": "clip", "scores": {"sexual": 0.9, "minors": 0, "violence": 0, "self_harm": 0, "hate": 0, "weapons": 0}}),
     ("screening", {"detector": "none", "scores": {}}),

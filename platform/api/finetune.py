@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import job_json, submit_team
+from latentops.platform.api.jobs import PRIORITY_HELP, job_json, submit_team
 from latentops.platform.errors import InvalidInput
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.settings import Settings
@@ -99,18 +99,18 @@ async def stage_uploads(settings: Settings, images: list[UploadFile], captions: 
 
 def submit_staged(session: Session, settings: Settings, principal: Principal, *, folder: Path, model: str,
                   values: dict[str, Any], team: str | None, adapter_name: str | None, attest_licence: bool,
-                  attest_consent: bool, priority: int) -> dict[str, Any]:
+                  attest_consent: bool, priority: int | None) -> dict[str, Any]:
     from latentops.platform.services import finetune as finetune_service  # imports torch: only when used
 
     access.check(session, principal=principal, action="jobs.submit")
     team_name = submit_team(session, principal, team).name
     session.commit()  # the service writes in its own transaction
     try:
-        job_id = finetune_service.submit(settings, actor=principal.email, owner_email=principal.email, priority=priority,
+        job_id = finetune_service.submit(settings, actor=principal.email, owner_email=principal.email,
                                          request=finetune_service.Request(
                                              model=model, instance_dir=folder, values=values, team=team_name,
                                              adapter_name=adapter_name or None, attest_licence=attest_licence,
-                                             attest_consent=attest_consent))
+                                             attest_consent=attest_consent, priority=priority))
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the service froze what it accepted
     return job_json(session, jobs_service.get(session, job_id))
@@ -127,7 +127,7 @@ async def submit(session: SessionDep, settings: SettingsDep, principal: Principa
                  team: Annotated[str | None, Form(max_length=100)] = None,
                  adapter_name: Annotated[str | None, Form(max_length=100)] = None,
                  attest_licence: Annotated[bool, Form()] = False, attest_consent: Annotated[bool, Form()] = False,
-                 priority: Annotated[int, Form(ge=0, le=9)] = 0) -> dict[str, Any]:
+                 priority: Annotated[int | None, Form(ge=0, le=9, description=PRIORITY_HELP)] = None) -> dict[str, Any]:
     """Submit a fine-tune: uploads are checked, screened and decided before anything is queued."""
     values = recipe_values(preset, params, instance_prompt)
     folder = await stage_uploads(settings, images, captions or [])

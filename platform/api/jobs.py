@@ -38,11 +38,15 @@ STREAM_POLL_S = 0.5
 KEEPALIVE_S = 15.0
 
 
+PRIORITY_HELP = ("Queue priority 0-9, higher first. Omitted: your role's default (admins 5, others 0); asking "
+                 "for more than your role's maximum is refused. Both are jobs policy data.")
+
+
 class JobRequest(BaseModel):
     kind: str = Field(min_length=1, max_length=32, description="A registered job kind, e.g. 'diagnostics'.")
     params: dict[str, Any] = Field(default_factory=dict)
     team: str | None = Field(default=None, max_length=100, description="Team to run for; optional with one team.")
-    priority: int = Field(default=0, ge=0, le=9)
+    priority: int | None = Field(default=None, ge=0, le=9, description=PRIORITY_HELP)
 
 
 def team_names(session: Session) -> dict[int, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -49,8 +49,7 @@ class FinetuneSubmission:
     adapter_name: str | None = None
     attest_licence: bool = False
     attest_consent: bool = False
-    priority: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    priority: int | None = None  # None: the role's default, as the jobs policy says
 
 
 class Backend(Protocol):
@@ -199,8 +198,8 @@ class LocalBackend:
             model=submission.model, model_version=submission.model_version, instance_dir=submission.instance_dir,
             class_dir=submission.class_dir, values=submission.values, team=submission.team,
             adapter_name=submission.adapter_name, attest_licence=submission.attest_licence,
-            attest_consent=submission.attest_consent)
-        return finetune.submit(context.settings(), actor=context.actor(), request=request, priority=submission.priority)
+            attest_consent=submission.attest_consent, priority=submission.priority)
+        return finetune.submit(context.settings(), actor=context.actor(), request=request)
 
     # --- models and grants --------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ def _merge(options: dict[str, Any], config_file: Path | None) -> dict[str, Any]:
     return merged
 
 
-def _submission(merged: dict[str, Any], priority: int) -> FinetuneSubmission:
+def _submission(merged: dict[str, Any], priority: int | None) -> FinetuneSubmission:
     return FinetuneSubmission(
         model=str(merged["model"]), model_version=merged.get("model_version"), instance_dir=Path(merged["instance_dir"]),
         class_dir=Path(merged["class_dir"]) if merged.get("class_dir") else None,
@@ -151,7 +151,8 @@ def submit(
     name: str = typer.Option(None, "--name", help="Adapter name (default MODEL-METHOD)."),
     attest_licence: bool = typer.Option(False, "--attest-licence", help="I hold the rights to train on these images."),
     attest_consent: bool = typer.Option(False, "--attest-consent", help="People shown consented to this use."),
-    priority: int = typer.Option(0, min=0, max=9),
+    priority: int = typer.Option(None, min=0, max=9, help="Queue priority, higher first (default: your role's; "
+                                 "the jobs policy sets each role's default and maximum)."),
     config: Path = CONFIG,
     json_output: bool = typer.Option(False, "--json", help='Print {"job_id": ...}.'),
 ) -> None:

@@ -149,7 +149,8 @@ class Jobs:
         self._http = http
 
     def submit(self, kind: str, *, params: dict[str, Any] | None = None, team: str | None = None,
-               priority: int = 0) -> Job:
+               priority: int | None = None) -> Job:
+        """Queue a job; ``priority`` 0-9 (higher first), default the role's (see the jobs policy)."""
         return cast(Job, self._http.json("POST", "/jobs", body={"kind": kind, "params": params or {}, "team": team,
                                                                 "priority": priority}))
 
@@ -205,7 +206,7 @@ class Finetune:
     def submit(self, *, model: str, images: Sequence[Path | tuple[str, bytes]], captions: Sequence[str] | None = None,
                instance_prompt: str = "", preset: str = "standard", params: dict[str, Any] | None = None,
                team: str | None = None, adapter_name: str | None = None, attest_licence: bool = False,
-               attest_consent: bool = False, priority: int = 0) -> Job:
+               attest_consent: bool = False, priority: int | None = None) -> Job:
         """Upload instance images (paths or ``(name, bytes)``) and queue a fine-tune; ``params`` override the preset."""
         import json
 
@@ -217,7 +218,9 @@ class Finetune:
             files.append(("images", (name, data, "application/octet-stream")))
         form: dict[str, Any] = {"model": model, "instance_prompt": instance_prompt, "preset": preset,
                                 "params": json.dumps(params or {}), "attest_licence": str(attest_licence).lower(),
-                                "attest_consent": str(attest_consent).lower(), "priority": str(priority)}
+                                "attest_consent": str(attest_consent).lower()}
+        if priority is not None:
+            form["priority"] = str(priority)
         if team:
             form["team"] = team
         if adapter_name:

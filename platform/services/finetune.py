@@ -20,7 +20,6 @@ registers the adapter. ``run_local`` is the same path for ``latentops finetune r
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import re
@@ -56,7 +55,6 @@ from sqlalchemy.orm import Session
 logger = logging.getLogger(__name__)
 KIND = "finetune"
 ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
 
 
 @dataclass
@@ -72,6 +70,7 @@ class Request:
     adapter_name: str | None = None
     attest_licence: bool = False
     attest_consent: bool = False
+    priority: int | None = None  # None: the default the jobs policy gives the submitter's role
 
 
 @dataclass
@@ -88,6 +87,7 @@ class Preflight:
     images: list[data.InstanceImage]
     decision_ids: list[int] = field(default_factory=list)
     screening: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
 
     def lineage(self, job_id: int | None) -> dict[str, Any]:
         return {"job_id": job_id, "policy_decision_ids": self.decision_ids, "screening": self.screening}
@@ -118,21 +118,6 @@ def _team(session: Session, actor: audit.Actor | str, team: str | None) -> tuple
         return "", None
     row = session.scalar(sa.select(Team).where(Team.name == teams[0]))
     return teams[0], row.id if row else None
-
-
-def _usage(session: Session, team_id: int | None) -> dict[str, float]:
-    if team_id is None:
-        return {"concurrent_jobs": 0, "gpu_hours": 0.0}
-    active = session.scalar(sa.select(sa.func.count(Job.id)).where(Job.team_id == team_id, Job.state.in_(ACTIVE_STATES)))
-    spans = session.execute(sa.select(Job.started_at, Job.finished_at).where(
-        Job.team_id == team_id, Job.queue == "gpu", Job.started_at.is_not(None))).all()
-    now = utcnow()
-    seconds = sum(((_utc(end) if end else now) - _utc(start)).total_seconds() for start, end in spans)
-    return {"concurrent_jobs": int(active or 0), "gpu_hours": round(seconds / 3600.0, 4)}
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _freeze_uploads(settings: Settings, folder: Path, images: list[data.InstanceImage]) -> Path:
@@ -173,17 +158,18 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
     # Anything denied raised above: what is left is clear, or matches covered by the team's licence.
     matched = sum(len(r["matches"]) for r in results)
     screening = {"files": len(results), "matches": matched, "verdict": "licensed" if matched else "clear"}
-    # 4. The jobs policy: role, model grant, limits, quotas, attestation.
+    # 4. The jobs policy: role, model grant, limits, priority, quotas, attestation.
     decision = policy.require("jobs", {
         "action": "fine_tune", "team": team, **grants.model_input(session, model),
         "params": {"steps": config.steps, "resolution": config.resolution, "rank": config.rank, "batch": config.batch_size},
         "uploads": {"count": len(images), "attestation": {"licence": request.attest_licence, "consent": request.attest_consent}},
-        "usage": _usage(session, team_id),
+        "priority": request.priority, "usage": jobs.usage(session, team_id),
     }, session=session, actor=actor)
     frozen = _freeze_uploads(settings, Path(request.instance_dir), images)
     return Preflight(config=config, weights=weights, version_id=version.id, team=team, team_id=team_id,
                      adapter_name=adapter_name, instance_dir=frozen, images=images,
-                     decision_ids=[d for d in (decision.decision_id,) if d is not None], screening=screening)
+                     decision_ids=[d for d in (decision.decision_id,) if d is not None], screening=screening,
+                     priority=int(decision.obligations.get("priority", 0)))
 
 
 def _png(path: Path) -> bytes:
@@ -197,8 +183,7 @@ def _png(path: Path) -> bytes:
 # --- submitting --------------------------------------------------------------------------------
 
 
-def submit(settings: Settings, *, actor: audit.Actor | str, request: Request, owner_email: str | None = None,
-           priority: int = 0) -> int:
+def submit(settings: Settings, *, actor: audit.Actor | str, request: Request, owner_email: str | None = None) -> int:
     """Check, screen and decide, then create the job and enqueue it after the commit."""
     jobs.ping_broker(settings)
     denial: PolicyDenied | None = None
@@ -217,7 +202,7 @@ def submit(settings: Settings, *, actor: audit.Actor | str, request: Request, ow
                 "adapter_name": checked.adapter_name, "team": checked.team, "lineage": checked.lineage(None),
             }
             job = jobs.create(session, kind=KIND, params=params, actor=actor, owner=owner, team_id=checked.team_id,
-                              priority=priority)
+                              priority=checked.priority)
     if denial is not None:
         raise denial
     assert job is not None

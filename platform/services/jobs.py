@@ -138,9 +138,41 @@ def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
         raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
 
 
+WAITING_STATES = (JobState.QUEUED, JobState.RETRYING)
+
+
+def usage(session: Session, team_id: int | None) -> dict[str, float]:
+    """A team's use of the queue, as the jobs policy sees it: jobs waiting and GPU-hours so far."""
+    if team_id is None:
+        return {"queued_jobs": 0, "gpu_hours": 0.0}
+    waiting = session.scalar(sa.select(sa.func.count(Job.id)).where(Job.team_id == team_id, Job.state.in_(WAITING_STATES)))
+    spans = session.execute(sa.select(Job.started_at, Job.finished_at).where(
+        Job.team_id == team_id, Job.queue == "gpu", Job.started_at.is_not(None))).all()
+    now = utcnow()
+    seconds = sum(((_utc(end) if end else now) - _utc(start)).total_seconds() for start, end in spans)
+    return {"queued_jobs": int(waiting or 0), "gpu_hours": round(seconds / 3600.0, 4)}
+
+
+def admit(session: Session, *, actor: audit.Actor | str, team: Team, priority: int | None) -> int:
+    """Ask the jobs policy whether ``actor`` may queue a job for ``team``; returns its priority.
+
+    The policy decides the priority (the role's default when none is asked for, never above the
+    role's maximum: admins' jobs go first) and the team's queue quota; a deny raises ``PolicyDenied``.
+    """
+    from latentops.governance import policy
+
+    decision = policy.require("jobs", {"action": "queue", "team": team.name, "priority": priority,
+                                       "usage": usage(session, team.id)}, session=session, actor=actor)
+    return int(decision.obligations.get("priority", 0))
+
+
 def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
-           owner_email: str | None = None, team_id: int | None = None, priority: int = 0) -> int:
-    """Create a job and enqueue it: the broker is checked first so nothing is half-created."""
+           owner_email: str | None = None, team_id: int | None = None, priority: int | None = None) -> int:
+    """Create a job and enqueue it: the broker is checked first so nothing is half-created.
+
+    A job for a team is admitted by the jobs policy, which also sets its priority; a job without
+    a team (the console's own) gets ``priority`` or 0.
+    """
     if time.monotonic() - _broker_seen.get(settings.broker_url, -BROKER_PING_TTL_S) >= BROKER_PING_TTL_S:
         ping_broker(settings)
         _broker_seen[settings.broker_url] = time.monotonic()
@@ -150,7 +182,12 @@ def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audi
             owner = session.scalar(sa.select(User).where(User.email == owner_email))
             if owner is None:
                 raise NotFound(f"owner: no user with email {owner_email!r}")
-        job = create(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team_id, priority=priority)
+        if team_id is not None:
+            team = session.get(Team, team_id)
+            if team is None:
+                raise NotFound(f"team_id: no team {team_id}")
+            priority = admit(session, actor=actor, team=team, priority=priority)
+        job = create(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team_id, priority=priority or 0)
     try:
         dispatch(settings, job)
     except ServiceUnavailable as error:

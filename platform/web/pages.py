@@ -405,7 +405,7 @@ def finetune_check(request: Request, session: SessionDep, principal: PortalUser,
             **grants_service.model_input(session, record),
             "params": {"steps": values["steps"], "resolution": values["resolution"], "rank": values["rank"], "batch": 1},
             "uploads": {"count": 1, "attestation": {"licence": True, "consent": True}},
-            "usage": {"concurrent_jobs": 0, "gpu_hours": 0}})
+            "usage": {"queued_jobs": 0, "gpu_hours": 0}})
         problems += list(zip(decision.rule_ids, decision.reasons, strict=True))
         revision = decision.revision
         if instance_prompt.strip():
@@ -436,5 +436,5 @@ async def finetune_submit(request: Request, session: SessionDep, settings: Setti
     folder = await finetune_api.stage_uploads(settings, images, captions or [])
     job = await run_in_threadpool(finetune_api.submit_staged, session, settings, principal, folder=folder, model=model,
                                   values=values, team=team or None, adapter_name=None, attest_licence=attest_licence,
-                                  attest_consent=attest_consent, priority=0)
+                                  attest_consent=attest_consent, priority=None)
     return RedirectResponse(f"/jobs/{job['id']}", status_code=303)

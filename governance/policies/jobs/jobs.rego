@@ -2,11 +2,18 @@
 # rank and batch per role, per-team quotas, and the licence/consent attestation that training
 # uploads need. Model access itself is decided by the models policy ("use").
 #
-# Input: {"action": "fine_tune"|"generate", "team": str,
+# Input: {"action": "fine_tune"|"generate"|"queue", "team": str,
 #         "subject": {...as in models}, "model": {...}, "grants": [...],
 #         "params": {"steps", "resolution", "rank", "batch"},       # absent keys are not checked
 #         "uploads": {"count": int, "attestation": {"licence": bool, "consent": bool}},
-#         "usage": {"concurrent_jobs": int, "gpu_hours": number}}  # the team's current use
+#         "priority": int | null,                                   # requested; null: the role's default
+#         "usage": {"queued_jobs": int, "gpu_hours": number}}       # the team's current use
+#
+# "queue" is any other job a member puts on the queue (diagnostics, datasets): role, priority and
+# the queue quota apply, model limits do not. The decision carries the job's effective priority
+# (0-9, higher runs first): the role's default unless one was asked for, never above the role's
+# maximum. How many of a team's jobs run at once ("max_concurrent_jobs") is not decided here: a
+# team at that quota still queues, and workers hold its next job back and say why.
 package latentops.jobs
 
 import data.latentops.lib
@@ -17,9 +24,14 @@ cfg := data.policy_data.jobs
 
 decision := evaluate(input)
 
-evaluate(inp) := lib.decision(violations(inp))
+evaluate(inp) := object.union(lib.decision(violations(inp)), {"priority": priority(inp)})
 
-violations(inp) := (((action_role(inp) | model_access(inp)) | limits(inp)) | quotas(inp)) | attestation(inp)
+violations(inp) := ((action_role(inp) | priority_limit(inp)) | quotas(inp)) | model_rules(inp)
+
+# Model access, training limits and attestation concern jobs that use a base model.
+model_rules(inp) := set() if {
+	inp.action == "queue"
+} else := (model_access(inp) | limits(inp)) | attestation(inp)
 
 # The subject's role in the team the job runs for; the console operator gets its configured role.
 role(inp) := r if {
@@ -64,10 +76,10 @@ quota(team) := q if {
 } else := cfg.quotas["default"]
 
 quotas(inp) := {lib.violation(
-	"jobs.quota.concurrent_jobs",
-	sprintf("team already runs %v jobs; the quota is %v", [inp.usage.concurrent_jobs, quota(inp.team).max_concurrent_jobs]),
+	"jobs.quota.queued_jobs",
+	sprintf("team already has %v jobs waiting; the quota is %v", [inp.usage.queued_jobs, quota(inp.team).max_queued_jobs]),
 ) |
-	inp.usage.concurrent_jobs >= quota(inp.team).max_concurrent_jobs
+	inp.usage.queued_jobs >= quota(inp.team).max_queued_jobs
 } | {lib.violation(
 	"jobs.quota.gpu_hours",
 	sprintf("team has used %v GPU-hours; the quota is %v", [inp.usage.gpu_hours, quota(inp.team).max_gpu_hours]),
@@ -87,4 +99,35 @@ attestation(inp) := {lib.violation(
 attested(inp) if {
 	inp.uploads.attestation.licence == true
 	inp.uploads.attestation.consent == true
+}
+
+# Priority: a role's default and the highest it may ask for; roles not listed get "default".
+priority_rule(inp) := p if {
+	p := cfg.priority.roles[role(inp)]
+} else := cfg.priority["default"]
+
+requested_priority(inp) := inp.priority if {
+	is_number(inp.priority)
+} else := priority_rule(inp)["default"]
+
+# Comparisons, not min(): embedded rego-cpp's min over numbers of different widths is unreliable.
+priority(inp) := requested_priority(inp) if {
+	requested_priority(inp) <= priority_rule(inp).max
+} else := priority_rule(inp).max
+
+priority_limit(inp) := {lib.violation(
+	"jobs.priority",
+	sprintf("priority %v is above %v, the highest your role may ask for", [inp.priority, priority_rule(inp).max]),
+) |
+	is_number(inp.priority)
+	inp.priority > priority_rule(inp).max
+} | {lib.violation("jobs.priority", "priority must be a whole number from 0 to 9") |
+	is_number(inp.priority)
+	not priority_in_range(inp.priority)
+}
+
+priority_in_range(p) if {
+	p == round(p)
+	p >= 0
+	p <= 9
 }

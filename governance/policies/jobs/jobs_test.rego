@@ -15,7 +15,7 @@ base := {
 	"action": "fine_tune", "team": "design", "subject": alice, "model": model, "grants": grants,
 	"params": {"steps": 500, "resolution": 512, "rank": 8, "batch": 2},
 	"uploads": {"count": 5, "attestation": {"licence": true, "consent": true}},
-	"usage": {"concurrent_jobs": 0, "gpu_hours": 1},
+	"usage": {"queued_jobs": 0, "gpu_hours": 1},
 }
 
 rule_ids(overrides) := {v.rule_id | some v in jobs.evaluate(object.union(base, overrides)).deny}
@@ -61,10 +61,54 @@ test_generate_needs_no_attestation if {
 }
 
 test_quota_table if {
-	rule_ids({"usage": {"concurrent_jobs": 4, "gpu_hours": 1}}) == {"jobs.quota.concurrent_jobs"}
-	rule_ids({"usage": {"concurrent_jobs": 0, "gpu_hours": 100}}) == {"jobs.quota.gpu_hours"}
+	rule_ids({"usage": {"queued_jobs": 50, "gpu_hours": 1}}) == {"jobs.quota.queued_jobs"}
+	rule_ids({"usage": {"queued_jobs": 49, "gpu_hours": 1}}) == set()
+	rule_ids({"usage": {"queued_jobs": 0, "gpu_hours": 100}}) == {"jobs.quota.gpu_hours"}
 }
 
 test_unknown_job_action_denied if {
 	"jobs.unknown_action" in rule_ids({"action": "mine_bitcoin"})
+}
+
+ada := {"kind": "user", "user_id": 2, "memberships": [{"team": "design", "role": "admin"}]}
+
+console := {"kind": "console", "memberships": []}
+
+# Each row: who asks, for what priority (null: none), the priority the job gets, the rules it breaks.
+priority_cases := [
+	{"subject": alice, "priority": null, "gets": 0, "ids": set()},
+	{"subject": alice, "priority": 4, "gets": 4, "ids": set()},
+	{"subject": alice, "priority": 5, "gets": 4, "ids": {"jobs.priority"}},
+	{"subject": ada, "priority": null, "gets": 5, "ids": set()},
+	{"subject": ada, "priority": 9, "gets": 9, "ids": set()},
+	{"subject": ada, "priority": 10, "gets": 9, "ids": {"jobs.priority"}},
+	{"subject": ada, "priority": -1, "gets": -1, "ids": {"jobs.priority"}},
+	{"subject": ada, "priority": 2.5, "gets": 2.5, "ids": {"jobs.priority"}},
+	{"subject": console, "priority": null, "gets": 5, "ids": set()},
+]
+
+queue := {"action": "queue", "team": "design", "subject": alice, "priority": null, "usage": {"queued_jobs": 0, "gpu_hours": 0}}
+
+priority_row_ok(c) if {
+	decided := jobs.evaluate(object.union(queue, {"subject": c.subject, "priority": c.priority}))
+	decided.priority == c.gets
+	{v.rule_id | some v in decided.deny} == c.ids
+}
+
+test_priority_default_and_maximum_by_role_table if {
+	every c in priority_cases {
+		priority_row_ok(c)
+	}
+}
+
+test_fine_tune_gets_the_role_priority_too if {
+	jobs.evaluate(base).priority == 0
+	jobs.evaluate(object.union(base, {"priority": 3})).priority == 3
+}
+
+test_queue_action_checks_role_priority_and_quota_not_model if {
+	jobs.evaluate(queue).allow == true
+	jobs.evaluate(queue).priority == 0
+	{v.rule_id | some v in jobs.evaluate(object.union(queue, {"subject": dora})).deny} == {"jobs.role"}
+	{v.rule_id | some v in jobs.evaluate(object.union(queue, {"usage": {"queued_jobs": 50, "gpu_hours": 0}})).deny} == {"jobs.quota.queued_jobs"}
 }
