@@ -3,7 +3,10 @@
 Verification and export are themselves audited. ``GET /audit/export`` signs a fresh checkpoint
 first, then streams a zip holding the entries (JSON lines or CSV, each with its inclusion proof)
 and ``<file>.proofs.json`` (the signed checkpoint, the public key, consistency proofs): the
-standalone verifier checks both without the database.
+standalone verifier checks both without the database. ``name`` names ``<file>`` (the remote CLI
+passes its ``--out`` name, so the proofs file refers to the file the user keeps).
+``GET /audit/public-keys`` hands auditors the checkpoint keyring, as ``latentops audit
+public-key`` does on the server's machine.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from fastapi.responses import StreamingResponse
 from latentops.governance import access, audit, checkpoints, compliance, verification
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.errors import IntegrityError
+from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.settings import Settings
 from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["audit"])
+
+# The entries file and ``<name>.proofs.json`` must fit a file name on every filesystem (255 bytes).
+MAX_EXPORT_NAME_BYTES = 200
 
 
 def filters_of(since: str | None, until: str | None, actor: str | None, action: str | None, resource: str | None,
@@ -82,13 +88,28 @@ def verify(session: SessionDep, settings: SettingsDep, principal: PrincipalDep) 
 
 
 @router.post("/audit/checkpoints", status_code=201)
-def checkpoint(session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Sign the current tree (returns the latest checkpoint when nothing was added since)."""
+def checkpoint(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+               force: bool = Query(default=False, description="Sign even if no entry was added since the last one.")
+               ) -> dict[str, Any]:
+    """Sign the current tree (returns the latest checkpoint when nothing was added since, unless ``force``)."""
     access.check(session, principal=principal, action="audit.verify")
     key = checkpoints.load_or_create_signing_key(signing_key_path(settings))
     made = checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
-                              keyring=checkpoints.signing_keyring(signing_key_path(settings)))
+                              force=force, keyring=checkpoints.signing_keyring(signing_key_path(settings)))
     return {"id": made.id, **checkpoints.statement(made)}
+
+
+@router.get("/audit/public-keys")
+def public_keys(session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The checkpoint public keys: the current signing key and the keyring (rotated-out keys too), as PEM."""
+    access.check(session, principal=principal, action="audit.read")
+    path = signing_key_path(settings)
+    if not path.exists():  # reading never creates the key: the first checkpoint does
+        raise NotFound("audit signing key: none yet on this server (the first checkpoint or export creates it)")
+    current = checkpoints.load_signing_key(path).public_key()
+    keyring = checkpoints.signing_keyring(path)
+    return {"key_id": checkpoints.key_id(current), "current_pem": checkpoints.public_key_pem(current),
+            "keyring_pem": checkpoints.keyring_pem(keyring), "key_ids": list(keyring)}
 
 
 @router.get("/audit/proofs/inclusion")
@@ -106,15 +127,27 @@ def consistency(session: SessionDep, principal: PrincipalDep, old: int = Query(g
     return compliance.consistency(session, old=old, new=new)
 
 
+def export_name(name: str | None, fmt: str) -> str:
+    """The entries file's name inside the zip: ``name`` when given (a plain file name), else ``audit.<fmt>``."""
+    if name is None:
+        return f"audit.{fmt}"
+    if (not name.strip() or name.startswith(".") or not name.isprintable() or "/" in name or "\\" in name
+            or len(name.encode("utf-8")) > MAX_EXPORT_NAME_BYTES):
+        raise InvalidInput(f"name: must be a plain file name (no folders, not hidden, at most "
+                           f"{MAX_EXPORT_NAME_BYTES} bytes), got {name!r}")
+    return name
+
+
 def export_zip(session: Session, settings: Settings, principal: Principal, *, fmt: Literal["jsonl", "csv"],
-               filters: compliance.Filters) -> bytes:
+               filters: compliance.Filters, name: str | None = None) -> bytes:
+    entries_name = export_name(name, fmt)
     key = checkpoints.load_or_create_signing_key(signing_key_path(settings))
     keyring = checkpoints.signing_keyring(signing_key_path(settings))
     checkpoints.create(session, signing_key=key, sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
                        keyring=keyring)
     session.flush()
     with tempfile.TemporaryDirectory(prefix="latentops-export-") as folder:
-        path = Path(folder) / f"audit.{fmt}"
+        path = Path(folder) / entries_name
         summary = compliance.export(session, path=path, fmt=fmt, filters=filters,
                                     public_key_pem=checkpoints.public_key_pem(key.public_key()),
                                     keyring_pem=checkpoints.keyring_pem(keyring))
@@ -133,11 +166,14 @@ def export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
            format: Literal["jsonl", "csv"] = Query(default="jsonl"),
            since: str | None = _text("At or after this ISO 8601 time."), until: str | None = _text("Before this time."),
            actor: str | None = _text("Actor filter."), action: str | None = _text("Action filter."),
-           resource: str | None = _text("Resource filter."), outcome: str | None = _text("Outcome filter.")
+           resource: str | None = _text("Resource filter."), outcome: str | None = _text("Outcome filter."),
+           name: str | None = Query(default=None, max_length=MAX_EXPORT_NAME_BYTES,
+                                    description="File name of the entries inside the zip (default audit.<format>); "
+                                                "the proofs file is <name>.proofs.json.")
            ) -> StreamingResponse:
     """Export matching entries with inclusion proofs and the signed checkpoint, as a zip (audited)."""
     access.check(session, principal=principal, action="audit.export")
     data = export_zip(session, settings, principal, fmt=format,
-                      filters=filters_of(since, until, actor, action, resource, outcome))
+                      filters=filters_of(since, until, actor, action, resource, outcome), name=name)
     return StreamingResponse(iter([data]), media_type="application/zip",
                              headers={"Content-Disposition": 'attachment; filename="latentops-audit-export.zip"'})

@@ -1,44 +1,27 @@
-"""``latentops audit``: verify, integrate, checkpoint, rotate the key, prove, export and query the trail."""
+"""``latentops audit``: verify, integrate, checkpoint, rotate the key, prove, export and query the trail.
+
+With ``--server`` the commands that read or sign the server's trail (``verify``, ``checkpoint``,
+``prove``, ``consistency``, ``export``, ``query``, ``public-key``) go through its REST API and print
+what they print locally; the server signs with its own key and writes its own sink, so ``--key``,
+``--sink`` and ``--public-key`` are refused there. ``integrate``, ``rotate-key`` and ``erase`` act
+on this machine's database and key files only and refuse ``--server``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from latentops.governance import audit, checkpoints, compliance, erasure, integration, verification
+from latentops.governance import checkpoints, compliance, erasure, integration, verification
 from latentops.platform.cli import context, output
+from latentops.platform.cli.backend import AuditFilters, audit_key_path, audit_sink
 from latentops.platform.errors import IntegrityError
 
 audit_app = typer.Typer(help="The tamper-evident audit trail: verify it, sign checkpoints, prove and export.",
                         no_args_is_help=True)
 
-KEY_HELP = "Ed25519 signing key (PEM; default LATENTOPS_AUDIT_SIGNING_KEY, created if missing)."
-SINK_HELP = "External checkpoint sink: a file path or scheme://... (default LATENTOPS_AUDIT_SINK)."
-
-
-def _key_path(key: Path | None) -> Path:
-    return key or checkpoints.default_key_path(context.settings())
-
-
-def _sink(location: str | None) -> checkpoints.CheckpointSink:
-    return checkpoints.open_sink(location or checkpoints.default_sink_location(context.settings()))
-
-
-def _keyring(paths: list[Path] | None) -> checkpoints.Keyring:
-    """The keys given (each file may hold several), else the signing key's keyring."""
-    if paths:
-        keys: checkpoints.Keyring = {}
-        for path in paths:
-            keys.update(checkpoints.load_public_keys(path))
-        return keys
-    return checkpoints.signing_keyring(checkpoints.default_key_path(context.settings()))
-
-
-def _filters(since: str | None, until: str | None, actor: str | None, action: str | None, resource: str | None,
-             outcome: str | None) -> compliance.Filters:
-    return compliance.Filters(since=compliance.parse_time(since, "since"), until=compliance.parse_time(until, "until"),
-                              actor=actor, action=action, resource=resource, outcome=outcome)
-
+KEY_HELP = "Ed25519 signing key (PEM; default LATENTOPS_AUDIT_SIGNING_KEY, created if missing). Local only."
+SINK_HELP = "External checkpoint sink: a file path or scheme://... (default LATENTOPS_AUDIT_SINK). Local only."
 
 SINCE = typer.Option(None, help="Entries at or after this ISO 8601 time (UTC if no zone).")
 UNTIL = typer.Option(None, help="Entries before this ISO 8601 time.")
@@ -52,40 +35,32 @@ OUTCOME = typer.Option(None, help="Outcome: success, failure, denied, ...")
 def verify(
     public_key: list[Path] | None = typer.Option(
         None, "--public-key", help="Public key or keyring file the checkpoints are signed with; repeat for old keys "
-        "(default: the keyring beside the signing key)."),
+        "(default: the keyring beside the signing key). Local only."),
     sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Integrate pending entries, recompute the chain and the Merkle tree and check every checkpoint
-    with the key each names; exit non-zero on damage."""
-    keyring = _keyring(public_key)
-    with context.session() as db:
-        report = verification.verify(db, keyring=keyring, sink=_sink(sink))
-    try:
-        with context.session() as db:
-            audit.record(db, actor=context.actor(), action="audit.verify", resource="audit:log",
-                         outcome="success" if report.ok else "failure", details=report.to_json())
-    except IntegrityError:
-        pass  # the writer refused a damaged chain and alarmed; the damage is reported below
+    with the key each names; exit non-zero on damage (with --server: the server's trail)."""
+    report = context.backend().audit_verify(public_keys=list(public_key or []), sink=sink)
     if json_output:
-        output.emit_json(report.to_json())
-    for warning in report.warnings:
+        output.emit_json(report)
+    for warning in report["warnings"]:
         output.error(f"warning: {warning}")
-    if not report.ok:
-        first = report.damage[0]
-        raise IntegrityError(f"audit trail damaged: {first.line()}",
-                             reasons=[damage.line() for damage in report.damage[1:]])
+    if not report["ok"]:
+        damage = [verification.Damage(kind=d["kind"], seq=d["seq"], detail=d["detail"]).line() for d in report["damage"]]
+        raise IntegrityError(f"audit trail damaged: {damage[0]}", reasons=damage[1:])
     if not json_output:
-        output.say(f"audit trail intact: {report.entries} entries, {report.checkpoints} checkpoints "
-                   f"({report.sink_checkpoints} in the sink) verified; tree size {report.tree_size}, root {report.root_hash}"
-                   + (f"; {report.pending} entries pending" if report.pending else ""))
+        output.say(f"audit trail intact: {report['entries']} entries, {report['checkpoints']} checkpoints "
+                   f"({report['sink_checkpoints']} in the sink) verified; tree size {report['tree_size']}, "
+                   f"root {report['root_hash']}" + (f"; {report['pending']} entries pending" if report["pending"] else ""))
 
 
 @audit_app.command("integrate")
 def integrate(
     watch: float | None = typer.Option(None, "--watch", help="Keep integrating every this many seconds (until stopped)."),
 ) -> None:
-    """Give pending entries (committed, not yet in the chain) their seq and hashes."""
+    """Give pending entries (committed, not yet in the chain) their seq and hashes (this machine's database)."""
+    context.require_local()
     from latentops.platform.database import get_engine
 
     engine = get_engine(context.settings().database_url)
@@ -109,12 +84,7 @@ def checkpoint(
     json_output: bool = typer.Option(False, "--json", help="Print the checkpoint as JSON."),
 ) -> None:
     """Sign the current Merkle tree; store it in the database and the external sink."""
-    key_path = _key_path(key)
-    signing_key = checkpoints.load_or_create_signing_key(key_path)
-    with context.session() as db:
-        made = checkpoints.create(db, signing_key=signing_key, sink=_sink(sink), force=force,
-                                  keyring=checkpoints.signing_keyring(key_path))
-        result = {"id": made.id, **checkpoints.statement(made)}
+    result = context.backend().audit_checkpoint(key=key, sink=sink, force=force)
     if json_output:
         output.emit_json(result)
     else:
@@ -163,23 +133,14 @@ def export(
     key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
     sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
 ) -> None:
-    """Export entries with inclusion proofs, after signing a fresh checkpoint (audited)."""
-    filters = _filters(since, until, actor, action, resource, outcome)
+    """Export entries with inclusion proofs, after signing a fresh checkpoint (audited; with --server the
+    server signs and exports, and the files are written here)."""
     if fmt not in ("jsonl", "csv"):
         raise typer.BadParameter(f"must be jsonl or csv (got {fmt!r})", param_hint="--format")
-    key_path = _key_path(key)
-    signing_key = checkpoints.load_or_create_signing_key(key_path)
-    keyring = checkpoints.signing_keyring(key_path)
-    with context.session() as db:
-        checkpoints.create(db, signing_key=signing_key, sink=_sink(sink), keyring=keyring)
-    with context.session() as db:
-        summary = compliance.export(db, path=out, fmt="csv" if fmt == "csv" else "jsonl", filters=filters,
-                                    public_key_pem=checkpoints.public_key_pem(signing_key.public_key()),
-                                    keyring_pem=checkpoints.keyring_pem(keyring))
-        audit.record(db, actor=context.actor(), action="audit.export", resource="audit:log",
-                     details=compliance.summary_details(summary, filters, fmt))
-    output.say(f"exported {summary.entries} entries to {summary.path} with proofs in {summary.proofs_path} "
-               f"(tree size {summary.tree_size}, root {summary.root_hash})")
+    filters = AuditFilters(since=since, until=until, actor=actor, action=action, resource=resource, outcome=outcome)
+    summary = context.backend().audit_export(out, fmt=fmt, filters=filters, key=key, sink=sink)
+    output.say(f"exported {summary['entries']} entries to {summary['path']} with proofs in {summary['proofs_path']} "
+               f"(tree size {summary['tree_size']}, root {summary['root_hash']})")
 
 
 @audit_app.command("query")
@@ -192,8 +153,6 @@ def query(
     json_output: bool = typer.Option(False, "--json", help="Print the page as JSON."),
 ) -> None:
     """Search the trail by time, actor, action, resource and outcome, a page at a time."""
-    from latentops.platform.cli.backend import AuditFilters
-
     filters = AuditFilters(since=since, until=until, actor=actor, action=action, resource=resource, outcome=outcome)
     page = context.backend().audit_query(filters, after=after, limit=limit, reveal=reveal)
     if json_output:
@@ -213,12 +172,7 @@ def public_key(
     current: bool = typer.Option(False, "--current", help="Only the current signing key, not the whole keyring."),
 ) -> None:
     """Print the checkpoint public keys (PEM keyring: current and rotated-out keys) for auditors."""
-    key_path = _key_path(key)
-    signing_key = checkpoints.load_or_create_signing_key(key_path)
-    if current:
-        pem = checkpoints.public_key_pem(signing_key.public_key())
-    else:
-        pem = checkpoints.keyring_pem(checkpoints.signing_keyring(key_path))
+    pem = context.backend().audit_public_keys(key=key, current=current)
     if out is not None:
         out.write_text(pem, encoding="ascii")
         output.say(f"public key{'' if current else 's'} written to {out}")
@@ -232,11 +186,12 @@ def rotate_key(
     sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
     reason: str = typer.Option("", "--reason", help="Why (scheduled, staff change, suspected leak, ...)."),
 ) -> None:
-    """Seal the log with the old key, make a new signing key, keep the old public key (audited)."""
-    key_path = _key_path(key)
+    """Seal the log with the old key, make a new signing key, keep the old public key (audited; this machine's key)."""
+    context.require_local()
+    key_path = audit_key_path(key)
     with context.session() as db:
-        old_id, new_id, first = checkpoints.rotate_key(db, key_path=key_path, sink=_sink(sink), actor=context.actor(),
-                                                       reason=reason)
+        old_id, new_id, first = checkpoints.rotate_key(db, key_path=key_path, sink=audit_sink(sink),
+                                                       actor=context.actor(), reason=reason)
         size = first.tree_size
     output.say(f"rotated the audit signing key {old_id} -> {new_id}; the new key signed tree size {size}; "
                f"give auditors the keyring: latentops audit public-key --out latentops-audit.pub")
@@ -247,7 +202,8 @@ def erase(
     subject: str = typer.Argument(..., help="The data subject, e.g. user:42."),
     reason: str = typer.Option("", "--reason", help="Why (e.g. the erasure request's reference)."),
 ) -> None:
-    """Crypto-shred a data subject's personal data in the trail (audited; hashes stay valid)."""
+    """Crypto-shred a data subject's personal data in the trail (audited; hashes stay valid; this machine's database)."""
+    context.require_local()
     with context.session() as db:
         count = erasure.erase_subject(db, subject=subject, actor=context.actor(), reason=reason)
     output.say(f"erased {count} key(s) of {subject}: their personal data in the trail is unreadable")

@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from latentops.platform.cli import context
 from latentops.platform.errors import PolicyDenied
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from latentops.governance.checkpoints import CheckpointSink, Keyring
 
 T = TypeVar("T")
 
@@ -80,10 +83,13 @@ class Backend(Protocol):
     def policy_status(self) -> dict[str, Any]: ...
     # audit
     def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]: ...
-    def audit_verify(self) -> dict[str, Any]: ...
+    def audit_verify(self, *, public_keys: list[Path], sink: str | None) -> dict[str, Any]: ...
+    def audit_checkpoint(self, *, key: Path | None, sink: str | None, force: bool) -> dict[str, Any]: ...
     def audit_prove(self, seq: int) -> dict[str, Any]: ...
     def audit_consistency(self, old: int, new: int) -> dict[str, Any]: ...
-    def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters) -> dict[str, Any]: ...
+    def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters, key: Path | None,
+                     sink: str | None) -> dict[str, Any]: ...
+    def audit_public_keys(self, *, key: Path | None, current: bool) -> str: ...
     # quarantine
     def quarantine_list(self, status: str) -> list[dict[str, Any]]: ...
     def quarantine_release(self, asset_id: int, reason: str) -> dict[str, Any]: ...
@@ -264,6 +270,32 @@ class LocalBackend:
             page = compliance.query(db, filters=_compliance_filters(filters), after=after, limit=limit, reveal=reveal)
         return {"entries": page.entries, "next_after": page.next_after}
 
+    def audit_verify(self, *, public_keys: list[Path], sink: str | None) -> dict[str, Any]:
+        """Verify the trail and record the verification; a damaged chain refuses the record, not the report."""
+        from latentops.governance import audit, verification
+        from latentops.platform.errors import IntegrityError
+
+        keyring = audit_keyring(public_keys)
+        with context.session() as db:
+            report = verification.verify(db, keyring=keyring, sink=audit_sink(sink))
+        try:
+            with context.session() as db:
+                audit.record(db, actor=context.actor(), action="audit.verify", resource="audit:log",
+                             outcome="success" if report.ok else "failure", details=report.to_json())
+        except IntegrityError:
+            pass  # the writer refused a damaged chain and alarmed; the report says why
+        return report.to_json()
+
+    def audit_checkpoint(self, *, key: Path | None, sink: str | None, force: bool) -> dict[str, Any]:
+        from latentops.governance import checkpoints
+
+        key_path = audit_key_path(key)
+        signing_key = checkpoints.load_or_create_signing_key(key_path)
+        with context.session() as db:
+            made = checkpoints.create(db, signing_key=signing_key, sink=audit_sink(sink), force=force,
+                                      keyring=checkpoints.signing_keyring(key_path))
+            return {"id": made.id, **checkpoints.statement(made)}
+
     def audit_prove(self, seq: int) -> dict[str, Any]:
         from latentops.governance import compliance
 
@@ -275,6 +307,35 @@ class LocalBackend:
 
         with context.session() as db:
             return compliance.consistency(db, old=old, new=new)
+
+    def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters, key: Path | None,
+                     sink: str | None) -> dict[str, Any]:
+        """Sign a fresh checkpoint, write the entries with proofs and ``OUT.proofs.json``, record the export."""
+        from latentops.governance import audit, checkpoints, compliance
+
+        chosen = _compliance_filters(filters)
+        key_path = audit_key_path(key)
+        signing_key = checkpoints.load_or_create_signing_key(key_path)
+        keyring = checkpoints.signing_keyring(key_path)
+        with context.session() as db:
+            checkpoints.create(db, signing_key=signing_key, sink=audit_sink(sink), keyring=keyring)
+        with context.session() as db:
+            summary = compliance.export(db, path=out, fmt="csv" if fmt == "csv" else "jsonl", filters=chosen,
+                                        public_key_pem=checkpoints.public_key_pem(signing_key.public_key()),
+                                        keyring_pem=checkpoints.keyring_pem(keyring))
+            audit.record(db, actor=context.actor(), action="audit.export", resource="audit:log",
+                         details=compliance.summary_details(summary, chosen, fmt))
+        return {"path": summary.path, "proofs_path": summary.proofs_path, "entries": summary.entries,
+                "tree_size": summary.tree_size, "root_hash": summary.root_hash}
+
+    def audit_public_keys(self, *, key: Path | None, current: bool) -> str:
+        from latentops.governance import checkpoints
+
+        key_path = audit_key_path(key)
+        signing_key = checkpoints.load_or_create_signing_key(key_path)
+        if current:
+            return checkpoints.public_key_pem(signing_key.public_key())
+        return checkpoints.keyring_pem(checkpoints.signing_keyring(key_path))
 
     # --- quarantine ---------------------------------------------------------------------------
 
@@ -298,6 +359,32 @@ class LocalBackend:
         with context.session() as db:
             asset = quarantine.reject(db, asset_id=asset_id, reason=reason, actor=context.actor())
             return {"asset_id": asset.id, "status": asset.status, "path": asset.path}
+
+
+def audit_key_path(key: Path | None) -> Path:
+    """The audit signing key given, else this machine's (``LATENTOPS_AUDIT_SIGNING_KEY``)."""
+    from latentops.governance import checkpoints
+
+    return key or checkpoints.default_key_path(context.settings())
+
+
+def audit_sink(location: str | None) -> CheckpointSink:
+    """The checkpoint sink given, else this machine's (``LATENTOPS_AUDIT_SINK``)."""
+    from latentops.governance import checkpoints
+
+    return checkpoints.open_sink(location or checkpoints.default_sink_location(context.settings()))
+
+
+def audit_keyring(paths: list[Path] | None) -> Keyring:
+    """The public keys given (each file may hold several), else the keyring beside the signing key."""
+    from latentops.governance import checkpoints
+
+    if paths:
+        keys: Keyring = {}
+        for path in paths:
+            keys.update(checkpoints.load_public_keys(path))
+        return keys
+    return checkpoints.signing_keyring(checkpoints.default_key_path(context.settings()))
 
 
 def _compliance_filters(filters: AuditFilters) -> Any:

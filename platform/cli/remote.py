@@ -11,21 +11,33 @@ keys; remote answers may carry a few more keys (a job's ``team`` and ``queue_pos
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from latentops.client import Client
 from latentops.platform.cli.backend import AuditFilters, FinetuneSubmission
-from latentops.platform.errors import InvalidInput
+from latentops.platform.errors import IntegrityError, InvalidInput
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
 
 def _unsupported(option: str, why: str) -> InvalidInput:
     return InvalidInput(f"{option}: not available with --server ({why})")
+
+
+def _server_keys_only(key: Path | None, sink: str | None) -> None:
+    """Checkpoints made through the server are signed with its key and written to its sink."""
+    if key is not None:
+        raise _unsupported("--key", "the server signs with its own audit signing key")
+    if sink:
+        raise _unsupported("--sink", "the server writes its own checkpoint sink")
 
 
 def _time(value: str | None) -> dt.datetime | None:
@@ -148,11 +160,57 @@ class RemoteBackend:
                                          action=filters.action, resource=filters.resource, outcome=filters.outcome,
                                          after=after, limit=limit))
 
+    def audit_verify(self, *, public_keys: list[Path], sink: str | None) -> dict[str, Any]:
+        if public_keys:
+            raise _unsupported("--public-key", "the server checks its checkpoints with its own keyring; to check them "
+                               "with keys you hold, run `audit export` and the standalone verifier with --public-key")
+        if sink:
+            raise _unsupported("--sink", "the server reads its own checkpoint sink")
+        from latentops.governance.verification import Report
+
+        report: dict[str, Any] = dict(self.api.audit.verify())
+        return {key: report[key] for key in Report().to_json()}  # the local report's keys, not the extra ones
+
+    def audit_checkpoint(self, *, key: Path | None, sink: str | None, force: bool) -> dict[str, Any]:
+        _server_keys_only(key, sink)
+        return self.api.audit.checkpoint(force=force)
+
     def audit_prove(self, seq: int) -> dict[str, Any]:
         return self.api.audit.inclusion(seq)
 
     def audit_consistency(self, old: int, new: int) -> dict[str, Any]:
         return self.api.audit.consistency(old, new)
+
+    def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters, key: Path | None,
+                     sink: str | None) -> dict[str, Any]:
+        """The server's evidence zip, unpacked into ``OUT`` and ``OUT.proofs.json`` as a local export writes them."""
+        _server_keys_only(key, sink)
+        proofs_path = out.with_name(out.name + ".proofs.json")
+        with tempfile.TemporaryDirectory(prefix="latentops-export-") as folder:
+            archive_path = self.api.audit.export(Path(folder) / "export.zip", format=fmt, name=out.name,
+                                                 **dataclasses.asdict(filters))
+            with zipfile.ZipFile(archive_path) as archive:
+                found = sorted(archive.namelist())
+                if found != sorted([out.name, proofs_path.name]):
+                    raise IntegrityError(f"export: the server's archive holds {', '.join(found) or 'nothing'}, "
+                                         f"not {out.name} and {proofs_path.name}")
+                proofs = json.loads(archive.read(proofs_path.name))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                for target in (out, proofs_path):
+                    partial = target.with_name(target.name + ".part")
+                    try:
+                        with archive.open(target.name) as source, partial.open("wb") as handle:
+                            shutil.copyfileobj(source, handle)
+                        partial.replace(target)
+                    finally:
+                        partial.unlink(missing_ok=True)
+        return {"path": out, "proofs_path": proofs_path, "entries": proofs["entries"],
+                "tree_size": proofs["checkpoint"]["tree_size"], "root_hash": proofs["checkpoint"]["root_hash"]}
+
+    def audit_public_keys(self, *, key: Path | None, current: bool) -> str:
+        _server_keys_only(key, None)
+        keys = self.api.audit.public_keys()
+        return keys["current_pem"] if current else keys["keyring_pem"]
 
     # --- quarantine ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from latentops.client.types import (
     Model,
     NewToken,
     Progress,
+    PublicKeys,
     QuarantinedImage,
     Review,
     Team,
@@ -246,8 +247,13 @@ class Audit:
         """Recompute the chain and the Merkle tree on the server and check every checkpoint (audited)."""
         return cast(VerifyReport, self._http.json("POST", "/audit/verify", timeout=None))
 
-    def checkpoint(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self._http.json("POST", "/audit/checkpoints"))
+    def checkpoint(self, *, force: bool = False) -> dict[str, Any]:
+        """Sign the current tree; the latest checkpoint comes back unchanged when nothing was added, unless ``force``."""
+        return cast(dict[str, Any], self._http.json("POST", "/audit/checkpoints", params={"force": force or None}))
+
+    def public_keys(self) -> PublicKeys:
+        """The checkpoint public keys as PEM: the current key and the keyring (rotated-out keys too)."""
+        return cast(PublicKeys, self._http.json("GET", "/audit/public-keys"))
 
     def inclusion(self, seq: int) -> dict[str, Any]:
         return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/inclusion", params={"seq": seq}))
@@ -257,10 +263,11 @@ class Audit:
 
     def export(self, dest: Path, *, format: str = "jsonl", since: str | None = None, until: str | None = None,
                actor: str | None = None, action: str | None = None, resource: str | None = None,
-               outcome: str | None = None) -> Path:
-        """Download the evidence zip (entries with proofs, signed checkpoint, public keys) to ``dest``."""
+               outcome: str | None = None, name: str | None = None) -> Path:
+        """Download the evidence zip (entries with proofs, signed checkpoint, public keys) to ``dest``;
+        ``name`` names the entries file inside it (default ``audit.<format>``)."""
         params = {"format": format, "since": since, "until": until, "actor": actor, "action": action,
-                  "resource": resource, "outcome": outcome}
+                  "resource": resource, "outcome": outcome, "name": name}
         return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip")
 
 

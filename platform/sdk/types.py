@@ -153,6 +153,13 @@ class VerifyReport(TypedDict, total=False):
     latest_checkpoint: dict[str, Any] | None
 
 
+class PublicKeys(TypedDict):
+    key_id: str  # the current signing key's id
+    current_pem: str
+    keyring_pem: str  # every key that signed checkpoints here, rotated-out ones included
+    key_ids: list[str]
+
+
 class QuarantinedImage(TypedDict, total=False):
     asset_id: int
     status: str
