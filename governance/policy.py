@@ -202,9 +202,9 @@ _service: PolicyService | None = None
 _service_lock = threading.Lock()
 
 
-def make_engine(kind: str, *, opa_url: str = "") -> Engine:
+def make_engine(kind: str, *, opa_url: str = "", opa_mode: str = "push", opa_bundle_wait_s: float = 15.0) -> Engine:
     if kind == "opa":
-        return OpaEngine(opa_url)
+        return OpaEngine(opa_url, mode=opa_mode, bundle_wait_s=opa_bundle_wait_s)
     return EmbeddedEngine()
 
 
@@ -216,7 +216,8 @@ def get_service() -> PolicyService:
             from latentops.platform.settings import get_settings
 
             settings = get_settings()
-            _service = PolicyService(engine=make_engine(settings.policy_engine, opa_url=settings.opa_url))
+            _service = PolicyService(engine=make_engine(settings.policy_engine, opa_url=settings.opa_url, opa_mode=settings.opa_mode,
+                                                        opa_bundle_wait_s=settings.opa_bundle_wait_s))
         return _service
 
 
@@ -261,9 +262,13 @@ def _actor_name(actor: audit.Actor | str | User) -> str:
     return actor.email if isinstance(actor, User) else str(actor)
 
 
-def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User) -> Decision:
-    """Evaluate, record the decision and its audit entry in ``session``'s transaction, return it."""
-    service = get_service()
+def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User,
+           service: PolicyService | None = None) -> Decision:
+    """Evaluate, record the decision and its audit entry in ``session``'s transaction, return it.
+
+    ``service`` is the process's service unless given (the bundle endpoint decides in process).
+    """
+    service = service or get_service()
     service.refresh(session)
     if isinstance(input, Mapping) and "subject" not in input and path != "prompt":
         input = {**input, "subject": subject_for(session, actor)}
@@ -291,13 +296,14 @@ def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audi
                     decision.obligations)
 
 
-def require(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User) -> Decision:
+def require(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User,
+            service: PolicyService | None = None) -> Decision:
     """``decide``, raising ``PolicyDenied`` with the reasons when the decision is a deny.
 
     The decision and its audit entry are flushed before raising; a caller that wants them kept
     although it fails must commit (the CLI and API commit denied decisions).
     """
-    decision = decide(path, input, session=session, actor=actor)
+    decision = decide(path, input, session=session, actor=actor, service=service)
     if not decision.allow:
         raise PolicyDenied(f"{path} policy denied: {'; '.join(decision.reasons)}",
                            reasons=[f"{rule}: {reason}" for rule, reason in zip(decision.rule_ids, decision.reasons, strict=True)])

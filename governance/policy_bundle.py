@@ -11,11 +11,19 @@ in order. The **revision** is the SHA-256 over the policy modules (tests exclude
 change a decision) and the canonical JSON of the effective data, so any change to either gives a
 new revision. Every data file is shape-checked against ``DATA_SHAPES`` before a bundle is used: a
 file with the wrong shape is refused with its path and field, and the previous bundle stays.
+
+``PolicyBundle.tarball`` is the bundle as OPA loads it (``.tar.gz``: the modules, ``/data.json``
+and a ``.manifest`` whose revision is the bundle revision). Its data also carries
+``latentops_meta.revision``, so the revision an OPA server holds can be read back as data. The
+bytes depend only on the bundle (no timestamps), so every process serving a revision serves the
+same file. ``latentops policy bundle`` writes it; ``GET /api/v1/policies/bundle.tar.gz`` serves it
+to OPA servers that pull their bundle (docs/policy.md).
 """
 
 from __future__ import annotations
 
 import copy
+import gzip
 import hashlib
 import io
 import json
@@ -34,6 +42,9 @@ from latentops.platform.errors import InvalidInput
 
 DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "policies"
 DATA_ROOT = "policy_data"
+META_ROOT = "latentops_meta"
+# The parts of OPA's data tree a bundle owns: OPA refuses REST writes under them while it serves it.
+BUNDLE_ROOTS = ("latentops", DATA_ROOT, META_ROOT)
 DOMAINS = ("prompt", "jobs", "models", "datasets", "screening", "access")
 _PACKAGE_RE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
 _TEST_RE = re.compile(r"^(test_\w+)\s+if\b", re.MULTILINE)
@@ -50,6 +61,11 @@ class PolicyBundle:
     source: str = ""
     edits_applied: int = 0
     errors: list[str] = field(default_factory=list)
+
+    @cached_property
+    def tarball(self) -> bytes:
+        """The OPA bundle (``.tar.gz``) of this revision; built once per bundle."""
+        return tarball_bytes(self)
 
     @cached_property
     def prompt_index(self) -> PromptIndex:
@@ -283,16 +299,26 @@ def fingerprint(directory: Path | None = None) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def write_tarball(bundle: PolicyBundle, target: Path) -> Path:
-    """Write an OPA bundle (``.tar.gz`` with ``.manifest``) for an OPA server or sidecar."""
+def tarball_bytes(bundle: PolicyBundle) -> bytes:
+    """An OPA bundle: modules (tests excluded), ``/data.json`` and ``/.manifest`` with the revision.
+
+    Entries and the gzip header carry no timestamps, so the same revision gives the same bytes.
+    """
     files: dict[str, bytes] = {f"/{path}": source.encode() for path, source in bundle.modules.items()}
-    files["/data.json"] = json.dumps(bundle.data, sort_keys=True).encode()
-    files["/.manifest"] = json.dumps({"revision": bundle.revision, "roots": ["latentops", DATA_ROOT]}).encode()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(target, "w:gz") as archive:
+    files["/data.json"] = json.dumps({**bundle.data, META_ROOT: {"revision": bundle.revision}}, sort_keys=True).encode()
+    files["/.manifest"] = json.dumps({"revision": bundle.revision, "roots": list(BUNDLE_ROOTS)}).encode()
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, tarfile.open(fileobj=compressed, mode="w") as archive:
         for name, content in sorted(files.items()):
             info = tarfile.TarInfo(name)
             info.size = len(content)
             info.mtime = 0
             archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def write_tarball(bundle: PolicyBundle, target: Path) -> Path:
+    """Write the OPA bundle (``.tar.gz`` with ``.manifest``) to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(bundle.tarball)
     return target

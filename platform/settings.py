@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(default="", validation_alias="MLFLOW_TRACKING_URI")
     policy_engine: Literal["embedded", "opa"] = "embedded"
     opa_url: str = "http://127.0.0.1:8181"
+    # push: the process uploads policies to OPA (development). bundle: OPA pulls them from
+    # /api/v1/policies/bundle.tar.gz and a decision counts only when OPA made it with the revision
+    # in force; OPA gets opa_bundle_wait_s to pull a new revision before decisions fail closed.
+    opa_mode: Literal["push", "bundle"] = "push"
+    opa_bundle_wait_s: float = Field(default=15.0, gt=0)
     model_store: Path | None = None
     secret_key: str = INSECURE_SECRET
     api_host: str = "127.0.0.1"

@@ -182,20 +182,38 @@ def test_gpu_worker_asks_for_a_gpu_on_gpu_nodes_and_scales_on_queue_depth(render
         assert prometheus["metadata"]["query"] == 'max(latentops_queue_depth{queue="gpu"})'
 
 
-def test_api_and_workers_have_an_opa_sidecar_loading_the_bundle_built_from_their_image(rendered) -> None:  # type: ignore[no-untyped-def]
+def test_api_and_workers_have_an_opa_sidecar_pulling_the_bundle_from_the_api(rendered) -> None:  # type: ignore[no-untyped-def]
+    from latentops.governance.opa_compat import bundle_sources, substitute_env
+
     _overlay, docs = rendered
-    config = next(iter(by_kind(docs, "ConfigMap").values()))["data"]
+    configs = by_kind(docs, "ConfigMap")
+    config = next(doc for name, doc in configs.items() if name.startswith("latentops-config"))["data"]
     assert config["LATENTOPS_POLICY_ENGINE"] == "opa" and config["LATENTOPS_OPA_URL"] == "http://127.0.0.1:8181"
+    assert config["LATENTOPS_OPA_MODE"] == "bundle"
+    opa_config = next(doc for name, doc in configs.items() if name.startswith("latentops-opa-config"))
+    token = by_kind(docs, "Secret")["latentops-opa-bundle-token"]["stringData"]
+    urls = {}
     for name in ("latentops-api", "latentops-worker-cpu", "latentops-worker-gpu"):
         spec = by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]
         opa = next(c for c in spec["containers"] if c["name"] == "opa")
         assert opa["image"].startswith("openpolicyagent/opa:")
-        assert "--bundle" in opa["args"] and "/bundle/latentops.tar.gz" in opa["args"]
+        assert "--config-file=/config/opa-config.yaml" in opa["args"] and not any("--bundle" in a for a in opa["args"])
         assert "--addr=127.0.0.1:8181" in opa["args"], "OPA must not listen beyond the pod"
-        bundle = next(c for c in spec["initContainers"] if c["name"] == "policy-bundle")
-        main = next(c for c in spec["containers"] if c["name"] != "opa")
-        assert bundle["image"] == main["image"], f"{name}: the bundle must come from the same release"
-        assert bundle["args"] == ["policy", "bundle", "--output", "/bundle/latentops.tar.gz"]
+        assert "initContainers" not in spec, f"{name}: OPA pulls the bundle from the API; nothing builds one in the pod"
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in opa["volumeMounts"]}
+        assert mounts["/config"]["configMap"]["name"] == opa_config["metadata"]["name"]
+        # `opa run` substitutes ${VAR} from the container's environment: read the file as OPA does.
+        env = {variable["name"]: variable["value"] for variable in opa["env"]}
+        (source,) = bundle_sources(yaml.safe_load(substitute_env(opa_config["data"]["opa-config.yaml"], env)))
+        assert (source.min_delay_s, source.max_delay_s) == (2, 10)
+        token_dir, token_file = source.token_path.rsplit("/", 1)
+        assert mounts[token_dir]["secret"]["secretName"] == "latentops-opa-bundle-token" and token_file in token
+        urls[name] = source.url
+    # The API pod's OPA asks its own API container; the workers' ask the API Service (port 80).
+    assert urls["latentops-api"] == "http://127.0.0.1:8000/api/v1/policies/bundle.tar.gz"
+    assert by_kind(docs, "Service")["latentops-api"]["spec"]["ports"][0]["port"] == 80
+    assert urls["latentops-worker-cpu"] == urls["latentops-worker-gpu"] == "http://latentops-api/api/v1/policies/bundle.tar.gz"
 
 
 def test_every_reference_inside_the_rendering_resolves(rendered) -> None:  # type: ignore[no-untyped-def]
@@ -239,8 +257,14 @@ def test_network_policies_deny_by_default_and_allow_no_internet_egress(rendered)
     policies = by_kind(docs, "NetworkPolicy")
     deny = policies["latentops-default-deny"]["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
-    egress_ports = {port["port"] for rule in policies["latentops-egress"]["spec"]["egress"] for port in rule["ports"]}
-    assert egress_ports == {53, 5432, 6379, 5000}
+    egress = policies["latentops-egress"]["spec"]["egress"]
+    egress_ports = {port["port"] for rule in egress for port in rule["ports"]}
+    assert egress_ports == {53, 5432, 6379, 5000, 8000}
+    # Port 8000 (the policy bundle the OPA sidecars pull) only towards the API pods.
+    (to_api,) = [rule for rule in egress if any(port["port"] == 8000 for port in rule["ports"])]
+    assert [port["port"] for port in to_api["ports"]] == [8000]
+    assert to_api["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "latentops",
+                                                             "app.kubernetes.io/component": "api"}}}]
     assert not any("to" in rule and rule["to"] == [] for rule in policies["latentops-egress"]["spec"]["egress"])
 
 
@@ -325,8 +349,9 @@ def test_the_policy_bundle_command_writes_an_opa_bundle(tmp_path: Path) -> None:
         names = archive.getnames()
         manifest = json.load(archive.extractfile("/.manifest"))  # type: ignore[arg-type]
         data = json.load(archive.extractfile("/data.json"))  # type: ignore[arg-type]
-    assert set(manifest["roots"]) == {"latentops", "policy_data"} and manifest["revision"]
+    assert set(manifest["roots"]) == {"latentops", "policy_data", "latentops_meta"} and manifest["revision"]
     assert "policy_data" in data and any(name.endswith(".rego") for name in names)
+    assert data["latentops_meta"] == {"revision": manifest["revision"]}
     assert not any(name.endswith("_test.rego") for name in names)
 
 
@@ -360,7 +385,10 @@ def test_compose_stack_has_every_service_and_a_gpu_reservation() -> None:
     devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert services["opa"]["image"].startswith("openpolicyagent/opa:")
-    assert "/bundles/latentops.tar.gz" in services["opa"]["command"]
+    assert "--config-file=/config/opa-config.yaml" in services["opa"]["command"]
+    assert "./compose/opa-config.yaml:/config/opa-config.yaml:ro" in services["opa"]["volumes"]
+    assert "policy-bundle" not in services, "OPA pulls the bundle from the API; nothing builds one"
+    assert services["api"]["image"] == services["migrate"]["image"] and services["migrate"]["build"]
     mlflow = " ".join(services["mlflow"]["command"])
     assert "--backend-store-uri=postgresql://" in mlflow and "--artifacts-destination=s3://" in mlflow
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"

@@ -1,25 +1,38 @@
 """``/api/v1/policies``: the policy revision in force, each domain's source and data, evaluation,
-and the live prompt check.
+the live prompt check, and the bundle that OPA servers pull.
 
 ``POST /policies/{path}/evaluate`` is a recorded decision (like ``latentops policy eval``).
 ``POST /policies/prompt/check`` is the live check behind the prompt box: evaluated, not recorded
 (a keystroke is not evidence; the generation request that follows is decided and recorded), and
 the prompt text is never logged.
+
+``GET /policies/bundle.tar.gz`` is OPA's bundle service protocol: the bundle in force as the
+tarball ``latentops policy bundle`` writes, with ``ETag: "<revision>"``; a request whose
+``If-None-Match`` names the revision gets ``304 Not Modified``. It serves API tokens only (OPA's
+bearer credentials) and the access policy decides (action ``policies.bundle``, scope
+``policy:bundle``). That decision is made in process on the bundle in force, never by the OPA
+server: an OPA that pulls its bundle here cannot decide the request that brings it up to date
+(it may hold no bundle yet, or an older one that the engine no longer trusts).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request, Response
 from latentops.governance import access, policy
+from latentops.governance.access import Principal
 from latentops.governance.policy_bundle import DATA_ROOT
-from latentops.platform.api.deps import PrincipalDep, SessionDep
-from latentops.platform.errors import NotFound
+from latentops.governance.policy_engine import EmbeddedEngine
+from latentops.platform.api.deps import PrincipalDep, SessionDep, bearer_secret, get_principal
+from latentops.platform.errors import AuthenticationFailed, NotFound, ServiceUnavailable
 from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["policies"])
 MAX_PROMPT_CHARS = 20_000
+BUNDLE_ACTION = "policies.bundle"
+BUNDLE_MEDIA_TYPE = "application/gzip"
 
 
 class EvaluateRequest(BaseModel):
@@ -28,6 +41,63 @@ class EvaluateRequest(BaseModel):
 
 class PromptCheck(BaseModel):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class _BundleGate:
+    """The policy service that decides who may pull the bundle: the process's own when it evaluates
+    in process, otherwise an embedded one over the same policy folder and data edits (so the same
+    revision), created once per process service."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._main: policy.PolicyService | None = None
+        self._gate: policy.PolicyService | None = None
+
+    def service_for(self, main: policy.PolicyService) -> policy.PolicyService:
+        if isinstance(main.engine, EmbeddedEngine):
+            return main
+        with self._lock:
+            if self._gate is None or self._main is not main:
+                self._main, self._gate = main, policy.PolicyService(engine=EmbeddedEngine(), directory=main.directory)
+            return self._gate
+
+
+_gate = _BundleGate()
+
+
+def bundle_principal(request: Request, session: SessionDep) -> Principal:
+    """The caller, authenticated by API token only: the bundle is for OPA's bearer credentials."""
+    if bearer_secret(request) is None:
+        raise AuthenticationFailed("authorization: the policy bundle is served to API tokens only; send "
+                                   "'Authorization: Bearer <token with scope policy:bundle>'")
+    return get_principal(request, session)
+
+
+def etag_matches(header: str, revision: str) -> bool:
+    """Whether ``If-None-Match`` (``*`` or a list of entity tags, weak or strong) names ``revision``."""
+    tags = [tag.strip().removeprefix("W/").strip('"') for tag in header.split(",")]
+    return "*" in tags or revision in tags
+
+
+@router.get("/policies/bundle.tar.gz", response_class=Response, responses={
+    200: {"content": {BUNDLE_MEDIA_TYPE: {}}, "description": "The OPA bundle of the revision in force (ETag: the revision)."},
+    304: {"description": "If-None-Match names the revision in force: the caller's bundle is current."}})
+def bundle(request: Request, session: SessionDep, principal: Annotated[Principal, Depends(bundle_principal)]) -> Response:
+    """The policy bundle in force for an OPA server that pulls it (OPA's bundle service protocol)."""
+    main = policy.get_service()
+    main.refresh(session)
+    gate = _gate.service_for(main)
+    gate.refresh(session)
+    document = access.access_input(principal, BUNDLE_ACTION)
+    if not gate.evaluate(access.PATH, document)[0].allow:  # allowed pulls are not recorded: OPA polls every few seconds
+        policy.require(access.PATH, document, session=session, actor=principal.user, service=gate)
+    current = main.bundle
+    if current is None:
+        raise ServiceUnavailable(f"policy bundle: no policy revision is in force ({main.last_error or 'none loaded yet'})")
+    headers = {"ETag": f'"{current.revision}"'}
+    if etag_matches(request.headers.get("if-none-match", ""), current.revision):
+        return Response(status_code=304, headers=headers)
+    return Response(current.tarball, media_type=BUNDLE_MEDIA_TYPE, headers=headers)
 
 
 @router.get("/policies")

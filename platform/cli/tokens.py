@@ -14,7 +14,7 @@ def create(
     email: str = typer.Option(None, help="The user the token acts as (required locally; with --server, "
                               "the token's own user)."),
     name: str = typer.Option("cli", help="A name to recognise the token by."),
-    scope: list[str] = typer.Option(["*"], "--scope", help="Scope (repeatable): *, read, jobs, generate, datasets, audit, admin."),
+    scope: list[str] = typer.Option(["*"], "--scope", help="Scope (repeatable): *, read, jobs, generate, datasets, audit, admin, policy:bundle."),
     expires_days: int = typer.Option(90, min=1, max=366, help="Days until the token expires."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

@@ -16,7 +16,8 @@ from latentops.platform.services.users import get_user_by_email
 
 TOKEN_PREFIX = "lat_"
 MAX_EXPIRY_DAYS = 366
-SCOPES = frozenset({"*", "read", "jobs", "generate", "datasets", "audit", "admin"})
+# "policy:bundle" lets an OPA server pull the policy bundle (GET /api/v1/policies/bundle.tar.gz) and nothing else.
+SCOPES = frozenset({"*", "read", "jobs", "generate", "datasets", "audit", "admin", "policy:bundle"})
 # ``last_used_at`` is for humans ("used 3 minutes ago"), not evidence: writing it on every request
 # would make every API call a database write (and on SQLite, a wait for the one writer).
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)

@@ -36,6 +36,9 @@ cases := [
 	{"in": {"action": "models.read", "subject": submitter, "resource": {"team": "marketing", "granted": true}}, "ids": set()},
 	{"in": {"action": "jobs.read", "subject": admin, "resource": {"team": "marketing"}}, "ids": set()},
 	{"in": {"action": "jobs.read", "subject": officer, "resource": {"team": null}}, "ids": set()},
+	{"in": {"action": "policies.bundle", "subject": submitter, "token": {"scopes": ["policy:bundle"]}}, "ids": set()},
+	{"in": {"action": "policies.bundle", "subject": admin, "token": {"scopes": ["read", "admin"]}}, "ids": {"access.scope"}},
+	{"in": {"action": "jobs.read", "subject": submitter, "token": {"scopes": ["policy:bundle"]}}, "ids": {"access.scope"}},
 ]
 
 test_access_decision_table if {
