@@ -12,8 +12,8 @@ from typing import Any
 
 import typer
 from latentops.platform.cli import context, output
-from latentops.platform.cli.backend import FinetuneSubmission
 from latentops.platform.errors import InvalidInput
+from latentops.platform.services.finetune_request import Request
 
 finetune_app = typer.Typer(help="Fine-tune base models: LoRA and DreamBooth-LoRA.", no_args_is_help=True)
 
@@ -34,27 +34,13 @@ def _merge(options: dict[str, Any], config_file: Path | None) -> dict[str, Any]:
     return merged
 
 
-def _submission(merged: dict[str, Any], priority: int | None) -> FinetuneSubmission:
-    return FinetuneSubmission(
+def _request(merged: dict[str, Any], priority: int | None = None) -> Request:
+    return Request(
         model=str(merged["model"]), model_version=merged.get("model_version"), instance_dir=Path(merged["instance_dir"]),
         class_dir=Path(merged["class_dir"]) if merged.get("class_dir") else None,
         values={k: v for k, v in merged.items() if k not in JOB_KEYS}, team=merged.get("team"),
         adapter_name=merged.get("name"), attest_licence=bool(merged.get("attest_licence")),
         attest_consent=bool(merged.get("attest_consent")), priority=priority)
-
-
-def _request(options: dict[str, Any], config_file: Path | None) -> tuple[Any, dict[str, Any]]:
-    from latentops.platform.services.finetune import Request
-
-    merged = _merge(options, config_file)
-    values = {k: v for k, v in merged.items() if k not in JOB_KEYS}
-    request = Request(
-        model=str(merged["model"]), model_version=merged.get("model_version"), instance_dir=Path(merged["instance_dir"]),
-        class_dir=Path(merged["class_dir"]) if merged.get("class_dir") else None, values=values,
-        team=merged.get("team"), adapter_name=merged.get("name"),
-        attest_licence=bool(merged.get("attest_licence")), attest_consent=bool(merged.get("attest_consent")),
-    )
-    return request, merged
 
 
 def _options(model: str | None, method: str | None, instance_dir: Path | None, instance_prompt: str | None,
@@ -76,6 +62,13 @@ INSTANCE_PROMPT = typer.Option(None, "--instance-prompt", help="Prompt for image
 CLASS_PROMPT = typer.Option(None, "--class-prompt", help="DreamBooth: prompt of the subject's class.")
 CLASS_DIR = typer.Option(None, "--class-dir", help="DreamBooth: folder of class images (missing ones are generated).")
 CONFIG = typer.Option(None, "--config", help="job.toml with the same keys as these options.")
+STEPS, RANK, LR = typer.Option(None, help="Training steps."), typer.Option(None, help="LoRA rank."), typer.Option(None, help="Learning rate.")
+RESOLUTION, BATCH_SIZE = typer.Option(None, help="Training resolution (px)."), typer.Option(None, help="Images per step.")
+SEED, CHECKPOINT_EVERY = typer.Option(None, help="Random seed."), typer.Option(None, help="Checkpoint every N steps.")
+TRAIN_TEXT_ENCODER = typer.Option(False, "--train-text-encoder", help="Also put LoRA on the text encoder(s).")
+NAME = typer.Option(None, "--name", help="Adapter name (default MODEL-METHOD).")
+ATTEST_LICENCE = typer.Option(False, "--attest-licence", help="I hold the rights to train on these images.")
+ATTEST_CONSENT = typer.Option(False, "--attest-consent", help="People shown consented to this use.")
 
 
 class _ProgressHooks:
@@ -101,15 +94,10 @@ class _ProgressHooks:
 @finetune_app.command("run")
 def run(
     model: str = MODEL, method: str = METHOD, instance_dir: Path = INSTANCE_DIR, instance_prompt: str = INSTANCE_PROMPT,
-    class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR,
-    steps: int = typer.Option(None), rank: int = typer.Option(None), lr: float = typer.Option(None),
-    resolution: int = typer.Option(None), batch_size: int = typer.Option(None), seed: int = typer.Option(None),
-    checkpoint_every: int = typer.Option(None),
-    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also put LoRA on the text encoder(s)."),
-    team: str = typer.Option(None, help="Team the run counts against."),
-    name: str = typer.Option(None, "--name", help="Adapter name (default MODEL-METHOD)."),
-    attest_licence: bool = typer.Option(False, "--attest-licence", help="I hold the rights to train on these images."),
-    attest_consent: bool = typer.Option(False, "--attest-consent", help="People shown consented to this use."),
+    class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR, steps: int = STEPS, rank: int = RANK, lr: float = LR,
+    resolution: int = RESOLUTION, batch_size: int = BATCH_SIZE, seed: int = SEED, checkpoint_every: int = CHECKPOINT_EVERY,
+    train_text_encoder: bool = TRAIN_TEXT_ENCODER, team: str = typer.Option(None, help="Team the run counts against."), name: str = NAME,
+    attest_licence: bool = ATTEST_LICENCE, attest_consent: bool = ATTEST_CONSENT,
     out: Path = typer.Option(None, "--out", help="Output folder (weights, checkpoints, samples)."),
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (with a checkpoint) after this step."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
@@ -118,12 +106,14 @@ def run(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fine-tune in this process, with a progress bar."""
+    context.require_local()
     from latentops.platform.services import finetune as service
 
     options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
                        batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent)
     options["out"] = out
-    request, merged = _request(options, config)
+    merged = _merge(options, config)
+    request = _request(merged)
     if not merged.get("out"):
         raise InvalidInput("out: required (as --out or in the config file)")
     hooks = _ProgressHooks()
@@ -142,15 +132,10 @@ def run(
 @finetune_app.command("submit")
 def submit(
     model: str = MODEL, method: str = METHOD, instance_dir: Path = INSTANCE_DIR, instance_prompt: str = INSTANCE_PROMPT,
-    class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR,
-    steps: int = typer.Option(None), rank: int = typer.Option(None), lr: float = typer.Option(None),
-    resolution: int = typer.Option(None), batch_size: int = typer.Option(None), seed: int = typer.Option(None),
-    checkpoint_every: int = typer.Option(None),
-    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also put LoRA on the text encoder(s)."),
-    team: str = typer.Option(None, help="Team the job runs for."),
-    name: str = typer.Option(None, "--name", help="Adapter name (default MODEL-METHOD)."),
-    attest_licence: bool = typer.Option(False, "--attest-licence", help="I hold the rights to train on these images."),
-    attest_consent: bool = typer.Option(False, "--attest-consent", help="People shown consented to this use."),
+    class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR, steps: int = STEPS, rank: int = RANK, lr: float = LR,
+    resolution: int = RESOLUTION, batch_size: int = BATCH_SIZE, seed: int = SEED, checkpoint_every: int = CHECKPOINT_EVERY,
+    train_text_encoder: bool = TRAIN_TEXT_ENCODER, team: str = typer.Option(None, help="Team the job runs for."), name: str = NAME,
+    attest_licence: bool = ATTEST_LICENCE, attest_consent: bool = ATTEST_CONSENT,
     priority: int = typer.Option(None, min=0, max=9, help="Queue priority, higher first (default: your role's; "
                                  "the jobs policy sets each role's default and maximum)."),
     config: Path = CONFIG,
@@ -160,7 +145,7 @@ def submit(
     instance images and their captions are uploaded."""
     options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
                        batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent)
-    job_id = context.backend().submit_finetune(_submission(_merge(options, config), priority))
+    job_id = context.backend().submit_finetune(_request(_merge(options, config), priority))
     if json_output:
         output.emit_json({"job_id": job_id})
     else:

@@ -49,28 +49,13 @@ from latentops.platform.models import (
 )
 from latentops.platform.services import grants, jobs
 from latentops.platform.services import models as models_service
+from latentops.platform.services.finetune_request import Request
 from latentops.platform.settings import Settings
 from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 KIND = "finetune"
 ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-
-
-@dataclass
-class Request:
-    """What a user asks for, from the CLI, a ``job.toml`` or the API."""
-
-    model: str
-    instance_dir: Path
-    values: dict[str, Any]
-    model_version: int | None = None
-    class_dir: Path | None = None
-    team: str | None = None
-    adapter_name: str | None = None
-    attest_licence: bool = False
-    attest_consent: bool = False
-    priority: int | None = None  # None: the default the jobs policy gives the submitter's role
 
 
 @dataclass
