@@ -188,6 +188,9 @@ def test_policy_edits_reach_the_pulling_opa_without_a_restart_and_a_stuck_opa_fa
     refused = httpx.get(f"{stack.api}/api/v1/policies", headers=bearer(stack.admin), timeout=30)
     assert refused.status_code == 403 and refused.json()["error"] == "policy_denied"
     assert refused.json()["reasons"] == ["policy.engine_unavailable: policy engine unavailable"]
+    health = httpx.get(f"{stack.api}/api/v1/health", timeout=30).json()["policy"]
+    assert (health["status"], health["revision"], health["served_revision"]) == ("stale", third_revision, second_revision)
+    assert f"OPA serves revision {second_revision}" in health["detail"]
     # ...but the bundle route does not depend on that OPA: a valid token still gets the new revision.
     fresh = make_token(stack.database_url, OPA_EMAIL, scopes=["policy:bundle"])
     pulled = httpx.get(f"{stack.api}{BUNDLE_PATH}", headers=bearer(fresh), timeout=30)
@@ -199,6 +202,8 @@ def test_policy_edits_reach_the_pulling_opa_without_a_restart_and_a_stuck_opa_fa
     recovered = _decide(stack.database_url, "a lighthouse")
     assert (recovered.allow, recovered.revision, recovered.engine) == (True, third_revision, "opa")
     assert httpx.get(f"{stack.api}/api/v1/policies", headers=bearer(stack.admin), timeout=30).status_code == 200
+    health = httpx.get(f"{stack.api}/api/v1/health", timeout=30).json()["policy"]
+    assert (health["status"], health["served_revision"]) == ("ok", third_revision)
     assert stack.api_process.poll() is None and stack.api_process.pid == api_pid
 
 

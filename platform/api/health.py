@@ -1,6 +1,7 @@
 """``GET /api/v1/health``: database, broker and worker status, plus the governance layer's state.
 
-``policy`` names the revision in force and any reload error; ``screening`` is ``unscreened``
+``policy`` names the revision in force and any reload error, and with an OPA server the revision
+it serves (``stale`` until it has the one in force); ``screening`` is ``unscreened``
 (loudly) when no real content detector is configured, in which case the policy decides whether
 images may be released.
 """
@@ -39,6 +40,13 @@ def _policy() -> dict[str, Any]:
              "revision": state["revision"], "engine": state["engine"]}
     if state["last_error"]:
         entry["detail"] = state["last_error"]
+    served = getattr(policy.get_service().engine, "server_revision", None)
+    if served is not None:  # an OPA server: which revision it decides with (bundle mode: what it pulled)
+        entry["served_revision"] = served()
+        if entry["status"] == "ok" and entry["served_revision"] != state["revision"]:
+            entry["status"] = "stale"
+            entry["detail"] = (f"OPA serves revision {entry['served_revision'] or 'none'}, not {state['revision']}; "
+                               "decisions fail closed until it has the revision in force")
     return entry
 
 
