@@ -58,7 +58,7 @@ from latentops.governance.normalize import analyse_prompt, mask_input
 from latentops.governance.policy_bundle import DATA_ROOT, DEFAULT_POLICY_DIR, PolicyBundle, check_data, fingerprint, load_bundle
 from latentops.governance.policy_engine import CompileError, EmbeddedEngine, Engine, EngineUnavailable, OpaEngine
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
-from latentops.platform.models import Job, Membership, PolicyDataEdit, PolicyDecision, Team, User
+from latentops.platform.models import AuditEntry, Job, Membership, PolicyDataEdit, PolicyDecision, Team, User
 
 log = logging.getLogger(__name__)
 
@@ -288,12 +288,18 @@ def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audi
         details["engine_error"] = engine_error[:500]
     if decision.obligations:
         details["obligations"] = decision.obligations
-    entry = audit.record(session, actor=_actor_name(actor), action="policy.decision", resource=f"policy_decision:{row.id}",
-                         outcome="allow" if decision.allow else "deny", details=details)
-    row.audit_seq = entry.seq
-    session.flush()
+    # Not sequenced here: reading the entry's seq now would hold the chain lock until this
+    # transaction ends. The entry is found by its resource (``decision_entry``).
+    audit.record(session, actor=_actor_name(actor), action="policy.decision", resource=f"policy_decision:{row.id}",
+                 outcome="allow" if decision.allow else "deny", details=details)
     return Decision(decision.allow, decision.reasons, decision.rule_ids, decision.revision, row.id, path, decision.engine,
                     decision.obligations)
+
+
+def decision_entry(session: Session, decision_id: int) -> AuditEntry | None:
+    """The audit entry that records decision ``decision_id`` (None until its transaction committed)."""
+    return session.scalar(sa.select(AuditEntry).where(AuditEntry.resource == f"policy_decision:{decision_id}",
+                                                      AuditEntry.action == "policy.decision"))
 
 
 def require(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User,

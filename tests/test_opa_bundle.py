@@ -45,7 +45,7 @@ from latentops.governance.policy_engine import CompileError, OpaEngine
 from latentops.platform.api import policies as policies_api
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import ApiToken, AuditEntry, PolicyDecision, User
+from latentops.platform.models import ApiToken, PolicyDecision, User
 from latentops.platform.services import tokens as tokens_service
 
 BUNDLE_PATH = "/api/v1/policies/bundle.tar.gz"
@@ -178,7 +178,7 @@ def test_policy_edits_reach_the_pulling_opa_without_a_restart_and_a_stuck_opa_fa
     with session_scope(stack.database_url) as db:
         row = db.get(PolicyDecision, stuck.decision_id)
         assert row is not None and row.allow is False and row.engine == "opa" and row.revision == third_revision
-        entry = db.scalar(sa.select(AuditEntry).where(AuditEntry.seq == row.audit_seq))
+        entry = policy.decision_entry(db, row.id)
         assert entry is not None and entry.outcome == "deny"
         error = json.loads(entry.details)["engine_error"]
         assert f"serves revision {second_revision}" in error and f"not the revision in force {third_revision}" in error

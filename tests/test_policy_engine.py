@@ -15,7 +15,7 @@ from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
 from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine, modules_for
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, PolicyDenied
-from latentops.platform.models import AuditEntry, PolicyDataEdit, PolicyDecision
+from latentops.platform.models import PolicyDataEdit, PolicyDecision
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_decision_is_recorded_with_masked_input_and_linked_to_audit(service, dat
         stored = json.dumps(row.input_masked)
         assert "jane.doe" not in stored and "[email]" in stored
         assert row.input_masked["prompt"]["normalized"].startswith("mickey mouse")
-        entry = db.scalar(sa.select(AuditEntry).where(AuditEntry.seq == row.audit_seq))
+        entry = policy.decision_entry(db, row.id)
         assert entry is not None and entry.action == "policy.decision" and entry.outcome == "deny"
         assert entry.resource == f"policy_decision:{row.id}"
 
@@ -69,7 +69,7 @@ def test_unreachable_opa_server_denies_with_engine_unavailable_and_records_it(po
         with session_scope(database_url) as db:
             row = db.get(PolicyDecision, decision.decision_id)
             assert row is not None and row.allow is False and row.engine == "opa"
-            entry = db.scalar(sa.select(AuditEntry).where(AuditEntry.seq == row.audit_seq))
+            entry = policy.decision_entry(db, row.id)
             assert entry is not None and "engine_error" in entry.details
     finally:
         policy.use_service(None)

@@ -22,7 +22,7 @@ class PolicyDecision(TimestampMixin, Base):
     revision: Mapped[str] = mapped_column(sa.String(64))
     engine: Mapped[str] = mapped_column(sa.String(16))
     actor: Mapped[str] = mapped_column(sa.String(320), default="")
-    audit_seq: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # Its audit entry is the one with resource "policy_decision:<id>" (see policy.decision_entry).
 
 
 
