@@ -1,27 +1,33 @@
 """Copyright screening: an index of protected works and matching that survives ordinary edits.
 
 References are added from a folder (``add_references``, ``latentops copyright add DIR --owner
-NAME --licence L``); each unreadable file is listed with its reason while the rest import.
+NAME --licence L``) or from uploaded files (``import_references``, ``POST /api/v1/copyright/references``);
+each unreadable file is listed with its reason while the rest import.
 
 Three methods, none of which needs downloaded weights except the last:
 
 * **pHash** (DCT perceptual hash, 64 bits) of the reference, of its mirror image, and of five 80%
   crops and one 90% crop of each. Resizing, JPEG compression and brightness/saturation changes
   move a pHash by a few bits; mirroring and cropping are covered by the stored variants. A query
-  within ``PHASH_MATCH`` bits of any variant matches outright.
+  within ``phash_max_distance`` bits of any variant matches outright.
 * **ORB keypoints with geometric verification** (OpenCV): ratio-tested matches between the query
   (and its mirror) and a candidate reference must agree on one homography (RANSAC) with at least
-  ``ORB_MIN_INLIERS`` inliers. This catches crops and resizes that moved the hash too far.
+  ``orb_min_inliers`` inliers. This catches crops and resizes that moved the hash too far.
   Candidates are the few references nearest by pHash (within ``PHASH_CANDIDATE`` bits), the
-  nearest by CLIP embedding with similarity >= ``CLIP_MATCH``, and, for small indexes
+  nearest by CLIP embedding with similarity >= ``clip_min_similarity``, and, for small indexes
   (``EXHAUSTIVE_MAX`` references or fewer), all of them.
 * **CLIP embeddings with FAISS** (inner product on normalised vectors) when CLIP weights are
   imported: retrieves the ``CLIP_CANDIDATES`` nearest references in milliseconds (exact search
   below ``HNSW_FROM`` references, an HNSW graph above). Embedding similarity alone never flags
   an image (two photographs of the same landmark are close in CLIP space but neither copies the
-  other): a ``clip`` match needs
-  similarity >= ``CLIP_MATCH`` plus weaker geometric evidence (pHash within ``PHASH_SUPPORT`` bits
-  or ``ORB_SUPPORT_INLIERS`` inliers).
+  other): a ``clip`` match needs similarity >= ``clip_min_similarity`` plus weaker geometric
+  evidence (pHash within ``phash_support_distance`` bits or ``orb_support_inliers`` inliers).
+
+The five thresholds that decide match or no match are policy data (``copyright.thresholds`` in
+``governance/policies/copyright/data.json``), read per lookup (``MatchThresholds.in_force``), so
+compliance tunes them with ``latentops policy set-data`` like the content thresholds; the bundle's
+shape check refuses a bad value and the previous revision stays in force. The constants below
+set how far the search looks (candidate radius and counts, index layout), not what matches.
 
 Whether a match blocks anything is policy (``governance/policies/copyright``): an output image
 that matches is quarantined, and a training upload that matches is refused, unless the team
@@ -53,22 +59,45 @@ from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
-PHASH_MATCH = 10
+# References within PHASH_CANDIDATE bits become ORB candidates; the hash search reaches further
+# when the policy's ``phash_max_distance`` is looser than that.
 PHASH_CANDIDATE = 14
-PHASH_SUPPORT = 16
 PHASH_CANDIDATES = 4
 ORB_FEATURES = 500
-ORB_MIN_INLIERS = 15
-ORB_SUPPORT_INLIERS = 10
 ORB_SIDE = 512
 EXHAUSTIVE_MAX = 64
 CLIP_CANDIDATES = 4
 HNSW_FROM = 20_000
-CLIP_MATCH = 0.90
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # (left, top, right, bottom) as fractions: the whole image, five 80% crops and a 90% centre crop.
 CROPS = ((0, 0, 1, 1), (0.1, 0.1, 0.9, 0.9), (0, 0, 0.8, 0.8), (0.2, 0, 1, 0.8), (0, 0.2, 0.8, 1), (0.2, 0.2, 1, 1),
          (0.05, 0.05, 0.95, 0.95))
+UPLOAD_PREFIX = "upload:"  # ``path`` of a reference imported from an uploaded file, not from a folder
+MAX_FILES = 200  # files per import request
+
+
+@dataclass(frozen=True)
+class MatchThresholds:
+    """The thresholds that decide match or no match (policy data ``copyright.thresholds``).
+
+    The bundle's shape check guarantees exactly these keys and sane ranges, so ``in_force``
+    never sees a partial or mistyped set.
+    """
+
+    phash_max_distance: int  # bits: a pHash variant this close matches outright (``phash``)
+    orb_min_inliers: int  # RANSAC inliers for an ``orb`` match
+    clip_min_similarity: float  # cosine similarity a ``clip`` match needs ...
+    phash_support_distance: int  # ... plus a pHash variant this close ...
+    orb_support_inliers: int  # ... or this many ORB inliers
+
+    @classmethod
+    def in_force(cls, session: Session | None = None) -> MatchThresholds:
+        """The thresholds of the policy revision in force; with a session, data edits made through
+        the product are picked up first (as ``policy.decide`` does), so a fresh process never
+        matches with the files' values while its decisions use the edited ones."""
+        if session is not None:
+            policy.get_service().refresh(session)
+        return cls(**policy.policy_data("copyright.thresholds"))
 
 
 # --- fingerprints ---------------------------------------------------------------------------------
@@ -222,7 +251,8 @@ class ReferenceIndex:
         among those with a variant within ``radius`` bits, nearest first.
 
         Exact: every variant within the radius is found, so no match or candidate is lost to the
-        index (matching never looks at references further than ``PHASH_CANDIDATE`` bits).
+        index (matching looks no further than ``PHASH_CANDIDATE`` bits, or the policy's pHash match
+        distance when that is larger).
         """
         if len(self.ids) == 0 or self.hash_index is None or self.hash_index.ntotal == 0:
             return self.ids[:0], np.zeros(0, np.int64)
@@ -291,32 +321,55 @@ def _clip(settings: Settings) -> Any:
     return screening.load_clip(settings)
 
 
-def add_references(session: Session, *, settings: Settings, directory: Path, owner: str, licence: str,
-                   actor: audit.Actor | str) -> AddReport:
-    """Index every image under ``directory``; files that fail are listed, the rest are added."""
+def _check_owner_licence(owner: str, licence: str) -> tuple[str, str]:
     owner, licence = owner.strip(), licence.strip()
     if not owner or len(owner) > 200:
         raise InvalidInput("owner: must be 1 to 200 characters")
     if not licence or len(licence) > 200:
         raise InvalidInput("licence: must be 1 to 200 characters")
+    return owner, licence
+
+
+def add_references(session: Session, *, settings: Settings, directory: Path, owner: str, licence: str,
+                   actor: audit.Actor | str) -> AddReport:
+    """Index every image under ``directory``; files that fail are listed, the rest are added."""
+    owner, licence = _check_owner_licence(owner, licence)
     if not directory.is_dir():
         raise InvalidInput(f"directory: {directory} is not a folder")
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts))
+    files = sorted(p for p in directory.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts))
     if not files:
         raise InvalidInput(f"directory: {directory} holds no files")
+    return import_references(session, settings=settings, files=[(str(p), p) for p in files], owner=owner,
+                             licence=licence, actor=actor, source=str(directory))
+
+
+def import_references(session: Session, *, settings: Settings, files: Sequence[tuple[str, Path | bytes]], owner: str,
+                      licence: str, actor: audit.Actor | str, source: str) -> AddReport:
+    """Index ``(name, path or bytes)`` files; each that fails is listed with its reason, the rest are added.
+
+    ``name`` labels the file in the report and the audit entry; ``source`` says where the files came
+    from (a folder, or ``upload`` for files sent to the API, whose references keep ``upload:<name>``
+    as their path). One ``copyright.reference.add`` audit entry covers the whole import.
+    """
+    owner, licence = _check_owner_licence(owner, licence)
+    if not files:
+        raise InvalidInput("files: give at least one file to import")
+    if len(files) > MAX_FILES:
+        raise InvalidInput(f"files: at most {MAX_FILES} files per import (got {len(files)})")
     clip = _clip(settings)
     report = AddReport()
-    for path in files:
+    for name, item in files:
         try:
-            data = read_bytes(path)
-            image = load_image(data, name=str(path))
+            data = read_bytes(item) if isinstance(item, Path) else item
+            image = load_image(data, name=name)
         except InvalidInput as error:
-            report.failures.append({"file": str(path), "reason": error.detail})
+            report.failures.append({"file": name, "reason": error.detail})
             continue
         content_hash = hashlib.sha256(data).hexdigest()
         existing = session.scalar(sa.select(CopyrightReference.id).where(CopyrightReference.content_hash == content_hash))
         if existing is not None:
-            report.duplicates.append({"file": str(path), "reference_id": existing})
+            report.duplicates.append({"file": name, "reference_id": existing})
             continue
         hashes = phash_variants(image)
         features: dict[str, Any] = {"phashes": [f"{h:016x}" for h in hashes], "orb": orb_features(image).to_json(),
@@ -324,40 +377,51 @@ def add_references(session: Session, *, settings: Settings, directory: Path, own
         if clip is not None:
             features["embedding"] = base64.b64encode(clip.encode_images([image])[0].tobytes()).decode()
             features["embedding_sha"] = clip.sha256
-        reference = CopyrightReference(owner=owner, licence=licence, title=path.stem[:400], content_hash=content_hash,
-                                       path=str(path.resolve())[:1000], phash=f"{hashes[0]:016x}",
+        where = str(item.resolve()) if isinstance(item, Path) else UPLOAD_PREFIX + name
+        reference = CopyrightReference(owner=owner, licence=licence, title=Path(name).stem[:400], content_hash=content_hash,
+                                       path=where[:1000], phash=f"{hashes[0]:016x}",
                                        phash_mirror=f"{hashes[len(CROPS)]:016x}", features=features)
         session.add(reference)
         session.flush()
-        report.added.append({"file": str(path), "reference_id": reference.id})
+        report.added.append({"file": name, "reference_id": reference.id})
     audit.record(session, actor=actor, action="copyright.reference.add", resource=f"copyright_owner:{owner[:300]}",
                  outcome="success" if not report.failures else "partial", details={
-                     "owner": owner, "licence": licence, "directory": str(directory),
+                     "owner": owner, "licence": licence, "directory": source,
                      "added": [a["reference_id"] for a in report.added], "duplicates": len(report.duplicates),
                      "failures": report.failures[:100],
                  })
     return report
 
 
-def list_references(session: Session, *, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    query = sa.select(CopyrightReference).order_by(CopyrightReference.id).limit(limit)
+def reference_json(reference: CopyrightReference) -> dict[str, Any]:
+    return {"id": reference.id, "owner": reference.owner, "licence": reference.licence, "title": reference.title,
+            "phash": reference.phash, "embedded": bool(reference.features.get("embedding")), "path": reference.path,
+            "created_at": reference.created_at.isoformat() if reference.created_at else None}
+
+
+def list_references(session: Session, *, owner: str | None = None, offset: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """References in id order, ``limit`` at a time from ``offset``; only ``owner``'s when given."""
+    query = sa.select(CopyrightReference).order_by(CopyrightReference.id).offset(offset).limit(limit)
     if owner:
         query = query.where(CopyrightReference.owner == owner)
-    return [{"id": r.id, "owner": r.owner, "licence": r.licence, "title": r.title, "phash": r.phash,
-             "embedded": bool(r.features.get("embedding")), "path": r.path} for r in session.scalars(query)]
+    return [reference_json(r) for r in session.scalars(query)]
 
 
 # --- matching --------------------------------------------------------------------------------------
 
 
 def find_matches(session: Session, *, settings: Settings, image: Image.Image) -> list[dict[str, Any]]:
-    """References ``image`` copies: ``[{reference_id, owner, method, score}]``, strongest first."""
+    """References ``image`` copies: ``[{reference_id, owner, method, score}]``, strongest first.
+
+    Decided with the thresholds in force (policy data ``copyright.thresholds``).
+    """
     clip = _clip(settings)
     index = load_index(session, clip_sha=clip.sha256 if clip is not None else "")
     if len(index.ids) == 0:
         return []
     embedding = clip.encode_images([image])[0] if clip is not None and index.faiss_index is not None else None
-    return match_in_index(index, image, embedding=embedding, orb_loader=lambda ids: _orb_for(session, ids))
+    return match_in_index(index, image, embedding=embedding, orb_loader=lambda ids: _orb_for(session, ids),
+                          thresholds=MatchThresholds.in_force(session))
 
 
 def _orb_for(session: Session, ids: Iterable[int]) -> dict[int, OrbFeatures]:
@@ -367,21 +431,25 @@ def _orb_for(session: Session, ids: Iterable[int]) -> dict[int, OrbFeatures]:
 
 
 def match_in_index(index: ReferenceIndex, image: Image.Image, *, embedding: np.ndarray | None,
-                   orb_loader: Any) -> list[dict[str, Any]]:
-    """Matching against a loaded index (the benchmark calls this directly)."""
+                   orb_loader: Any, thresholds: MatchThresholds | None = None) -> list[dict[str, Any]]:
+    """Matching against a loaded index (the benchmark calls this directly).
+
+    ``thresholds`` default to those in force (``MatchThresholds.in_force()``).
+    """
+    limits = thresholds or MatchThresholds.in_force()
     query = phash(image)
     owner_of = _OwnerLookup(index)
     found: dict[int, dict[str, Any]] = {}
-    hash_ids, hash_distances = index.nearest_by_hash(query)
+    hash_ids, hash_distances = index.nearest_by_hash(query, max(PHASH_CANDIDATE, limits.phash_max_distance))
     distance_of = {int(i): int(d) for i, d in zip(hash_ids, hash_distances, strict=True)}
     for rid, distance in distance_of.items():
-        if distance <= PHASH_MATCH:
+        if distance <= limits.phash_max_distance:
             found[rid] = {"reference_id": rid, "owner": owner_of[rid], "method": "phash", "score": round(1 - distance / 64, 4)}
     clip_ids, similarities = index.nearest_by_embedding(embedding)
     similarity_of = {int(i): float(s) for i, s in zip(clip_ids, similarities, strict=True)}
     # Only embedding neighbours that could become a ``clip`` match are worth a geometric check.
     candidates = ({rid for rid, d in distance_of.items() if d <= PHASH_CANDIDATE}
-                  | {rid for rid, s in similarity_of.items() if s >= CLIP_MATCH})
+                  | {rid for rid, s in similarity_of.items() if s >= limits.clip_min_similarity})
     if len(index.ids) <= EXHAUSTIVE_MAX:
         candidates |= set(index.ids.tolist())
     candidates -= set(found)
@@ -390,15 +458,17 @@ def match_in_index(index: ReferenceIndex, image: Image.Image, *, embedding: np.n
         query_features = [orb_features(image), orb_features(ImageOps.mirror(image))]
         for rid, reference in orb_loader(sorted(candidates)).items():
             # The fewest inliers that change the outcome: support for a ``clip`` match, else an ``orb`` match.
-            needed = ORB_SUPPORT_INLIERS if similarity_of.get(rid, 0.0) >= CLIP_MATCH else ORB_MIN_INLIERS
+            needed = (min(limits.orb_support_inliers, limits.orb_min_inliers)
+                      if similarity_of.get(rid, 0.0) >= limits.clip_min_similarity else limits.orb_min_inliers)
             inliers[rid] = max(orb_inliers(q, reference, at_least=needed) for q in query_features)
-            if inliers[rid] >= ORB_MIN_INLIERS:
+            if inliers[rid] >= limits.orb_min_inliers:
                 score = round(inliers[rid] / max(1, min(len(query_features[0].descriptors), len(reference.descriptors))), 4)
                 found[rid] = {"reference_id": rid, "owner": owner_of[rid], "method": "orb", "score": min(1.0, score)}
     for rid, similarity in similarity_of.items():
-        if rid in found or similarity < CLIP_MATCH:
+        if rid in found or similarity < limits.clip_min_similarity:
             continue
-        if _phash_distance(index, rid, query) <= PHASH_SUPPORT or inliers.get(rid, 0) >= ORB_SUPPORT_INLIERS:
+        if (_phash_distance(index, rid, query) <= limits.phash_support_distance
+                or inliers.get(rid, 0) >= limits.orb_support_inliers):
             found[rid] = {"reference_id": rid, "owner": owner_of[rid], "method": "clip", "score": round(similarity, 4)}
     return sorted(found.values(), key=lambda m: (-m["score"], m["reference_id"]))
 

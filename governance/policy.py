@@ -55,7 +55,8 @@ from sqlalchemy.orm import Session
 
 from latentops.governance import audit
 from latentops.governance.normalize import analyse_prompt, mask_input
-from latentops.governance.policy_bundle import DATA_ROOT, DEFAULT_POLICY_DIR, PolicyBundle, check_data, fingerprint, load_bundle
+from latentops.governance.policy_bundle import (DATA_ROOT, DEFAULT_POLICY_DIR, DOMAINS, PolicyBundle, check_data,
+                                                 fingerprint, load_bundle)
 from latentops.governance.policy_engine import CompileError, EmbeddedEngine, Engine, EngineUnavailable, OpaEngine
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
 from latentops.platform.models import AuditEntry, Job, Membership, PolicyDataEdit, PolicyDecision, Team, User
@@ -364,8 +365,8 @@ def set_policy_data(session: Session, *, key: str, value: Any, actor: audit.Acto
     """
     service = get_service()
     domain = key.split(".")[0]
-    if domain not in {"prompt", "jobs", "models", "datasets", "screening", "access"} or "." not in key:
-        raise InvalidInput(f"key: {key!r} must be <domain>.<field>, domain one of prompt, jobs, models, datasets, screening, access")
+    if domain not in DOMAINS or "." not in key:
+        raise InvalidInput(f"key: {key!r} must be <domain>.<field>, domain one of {', '.join(DOMAINS)}")
     edits = [*_edits(session), (key, value)]
     bundle = load_bundle(service.directory, edits)
     check_data(domain, bundle.data[DATA_ROOT][domain], f"policy data {domain}")

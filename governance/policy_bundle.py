@@ -45,7 +45,7 @@ DATA_ROOT = "policy_data"
 META_ROOT = "latentops_meta"
 # The parts of OPA's data tree a bundle owns: OPA refuses REST writes under them while it serves it.
 BUNDLE_ROOTS = ("latentops", DATA_ROOT, META_ROOT)
-DOMAINS = ("prompt", "jobs", "models", "datasets", "screening", "access")
+DOMAINS = ("prompt", "jobs", "models", "datasets", "screening", "access", "copyright")
 _PACKAGE_RE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
 _TEST_RE = re.compile(r"^(test_\w+)\s+if\b", re.MULTILINE)
 
@@ -211,9 +211,37 @@ def _check_access(data: Mapping[str, Any], where: str) -> None:
     _str_list(data.get("console_roles"), f"{where}.console_roles")
 
 
+# The copyright matcher's decision thresholds: (kind, low, high) per key; pHash distances are bits
+# of 64 (beyond 32 any two images match), inliers at least the 8 a homography check needs and at
+# most the 500 ORB features extracted per image.
+COPYRIGHT_THRESHOLDS: dict[str, tuple[type, float, float]] = {
+    "phash_max_distance": (int, 0, 32), "orb_min_inliers": (int, 8, 500), "clip_min_similarity": (float, 0.0, 1.0),
+    "phash_support_distance": (int, 0, 32), "orb_support_inliers": (int, 8, 500),
+}
+
+
+def _check_copyright(data: Mapping[str, Any], where: str) -> None:
+    _str_list(data.get("kinds"), f"{where}.kinds")
+    _str_list(data.get("licence_applies_to"), f"{where}.licence_applies_to")
+    thresholds: Any = data.get("thresholds")
+    _expect(isinstance(thresholds, dict), f"{where}.thresholds", f"must be an object with {', '.join(COPYRIGHT_THRESHOLDS)}")
+    unknown = sorted(set(thresholds) - set(COPYRIGHT_THRESHOLDS))
+    _expect(not unknown, f"{where}.thresholds", f"unknown key(s) {', '.join(unknown)}; known: {', '.join(COPYRIGHT_THRESHOLDS)}")
+    for key, (kind, low, high) in COPYRIGHT_THRESHOLDS.items():
+        value = thresholds.get(key)
+        got = f"got {value!r}" if key in thresholds else "it is missing"
+        if kind is int:
+            _expect(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                    f"{where}.thresholds.{key}", f"must be an integer from {low:g} to {high:g}, {got}")
+        else:
+            _expect(isinstance(value, _NUMBER) and not isinstance(value, bool) and low < value <= high,
+                    f"{where}.thresholds.{key}", f"must be a number above {low:g} and at most {high:g}, {got}")
+
+
 DATA_SHAPES = {
     "prompt": _check_prompt, "jobs": _check_jobs, "models": _check_models,
     "datasets": _check_datasets, "screening": _check_screening, "access": _check_access,
+    "copyright": _check_copyright,
 }
 
 

@@ -16,6 +16,7 @@ from latentops.platform.api import (
     assets,
     audit,
     auth,
+    copyright,
     datasets,
     finetune,
     generations,
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             headers=getattr(error, "headers", None))
 
     app.include_router(health.router, prefix="/api/v1")
-    for module in (auth, users, jobs, finetune, generations, datasets, models, assets, audit, policies, quarantine):
+    for module in (auth, users, jobs, finetune, generations, datasets, models, assets, audit, policies, quarantine,
+                   copyright):
         app.include_router(module.router, prefix="/api/v1")
     portal.install(app)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus

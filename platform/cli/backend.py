@@ -94,6 +94,11 @@ class Backend(Protocol):
     def quarantine_list(self, status: str) -> list[dict[str, Any]]: ...
     def quarantine_release(self, asset_id: int, reason: str) -> dict[str, Any]: ...
     def quarantine_reject(self, asset_id: int, reason: str) -> dict[str, Any]: ...
+    # copyright reference index and screening
+    def copyright_add(self, *, directory: Path, owner: str, licence: str) -> dict[str, Any]: ...
+    def copyright_list(self, *, owner: str | None, offset: int, limit: int) -> list[dict[str, Any]]: ...
+    def screen(self, image: Path, *, team: str | None) -> dict[str, Any]: ...
+
 
 
 def run_recorded(work: Callable[[Session], T]) -> T:
@@ -359,6 +364,29 @@ class LocalBackend:
         with context.session() as db:
             asset = quarantine.reject(db, asset_id=asset_id, reason=reason, actor=context.actor())
             return {"asset_id": asset.id, "status": asset.status, "path": asset.path}
+
+    # --- copyright reference index and screening ----------------------------------------------
+
+    def copyright_add(self, *, directory: Path, owner: str, licence: str) -> dict[str, Any]:
+        from latentops.governance import copyright
+
+        with context.session() as db:
+            return copyright.add_references(db, settings=context.settings(), directory=directory, owner=owner,
+                                            licence=licence, actor=context.actor()).to_json()
+
+    def copyright_list(self, *, owner: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
+        from latentops.governance import copyright
+
+        with context.session() as db:
+            return copyright.list_references(db, owner=owner, offset=offset, limit=limit)
+
+    def screen(self, image: Path, *, team: str | None) -> dict[str, Any]:
+        from latentops.governance import screening
+
+        with context.session() as db:
+            outcome = screening.screen(db, settings=context.settings(), image=image, name=str(image),
+                                       actor=context.actor(), team=team)
+            return outcome.to_json()
 
 
 def audit_key_path(key: Path | None) -> Path:

@@ -223,6 +223,76 @@ class RemoteBackend:
     def quarantine_reject(self, asset_id: int, reason: str) -> dict[str, Any]:
         return {**self.api.quarantine.reject(asset_id, reason=reason), "path": None}
 
+    # --- copyright reference index and screening ----------------------------------------------
+
+    def copyright_add(self, *, directory: Path, owner: str, licence: str) -> dict[str, Any]:
+        """Upload the folder's files in batches; each batch is one import (and audit entry) on the server."""
+        report: dict[str, list[dict[str, Any]]] = {"added": [], "duplicates": [], "failures": []}
+        for batch in upload_batches(directory, report["failures"]):
+            try:
+                found: dict[str, Any] = dict(self.api.copyright.add(batch, owner=owner, licence=licence))
+            except InvalidInput as error:
+                listed = [r for r in error.reasons if isinstance(r, dict) and {"file", "reason"} <= set(r)]
+                too_large = any(isinstance(r, dict) and "limit_bytes" in r for r in error.reasons)
+                if listed:  # every file of the batch failed; the server names each
+                    report["failures"] += listed
+                elif too_large and len(batch) == 1:
+                    report["failures"].append({"file": batch[0][0], "reason": error.detail})
+                else:
+                    raise
+                continue
+            for key, rows in report.items():
+                rows += found[key]
+        # File names as a local import reports them: the path under the folder given.
+        return {key: [{**row, "file": str(directory / row["file"])} for row in rows] for key, rows in report.items()}
+
+    def copyright_list(self, *, owner: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        while len(rows) < limit:
+            page = self.api.copyright.list(owner=owner, offset=offset + len(rows), limit=min(500, limit - len(rows)))
+            rows += [dict(r) for r in page["items"]]
+            if page["next_offset"] is None:
+                break
+        return rows
+
+    def screen(self, image: Path, *, team: str | None) -> dict[str, Any]:
+        from latentops.governance.imagefile import read_bytes  # the size limit and messages of a local screen
+
+        return dict(self.api.screening.screen((str(image), read_bytes(image)), team=team))
+
+
+UPLOAD_BATCH_FILES = 50
+UPLOAD_BATCH_BYTES = 8 * 1024 * 1024  # well under the server's default body limit (20 MiB)
+
+
+def upload_batches(directory: Path, failures: list[dict[str, Any]]) -> Iterator[list[tuple[str, bytes]]]:
+    """The folder's files as ``(path under the folder, bytes)`` batches, selected as a local import
+    selects them; a file that cannot be read here is added to ``failures`` instead."""
+    from latentops.governance.imagefile import read_bytes
+
+    if not directory.is_dir():
+        raise InvalidInput(f"directory: {directory} is not a folder")
+    files = sorted(p for p in directory.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    if not files:
+        raise InvalidInput(f"directory: {directory} holds no files")
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    for path in files:
+        name = path.relative_to(directory).as_posix()
+        try:
+            data = read_bytes(path)
+        except InvalidInput as error:
+            failures.append({"file": name, "reason": error.detail})
+            continue
+        if batch and (len(batch) >= UPLOAD_BATCH_FILES or size + len(data) > UPLOAD_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((name, data))
+        size += len(data)
+    if batch:
+        yield batch
+
 
 def instance_files(folder: Path) -> tuple[list[Path], list[str]]:
     """The images of an instance folder and their captions (``NAME.txt`` sidecar, else ``metadata.jsonl``)."""

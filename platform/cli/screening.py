@@ -21,22 +21,16 @@ def screen(
     json_output: bool = JSON,
 ) -> None:
     """Screen one image: content scores, copyright matches, verdict (recorded and audited)."""
-    from latentops.governance import screening
-
-    settings = context.settings()
-    with context.session() as db:
-        outcome = screening.screen(db, settings=settings, image=image, name=str(image), actor=context.actor(),
-                                   team=team or None)
-        payload = outcome.to_json()
+    payload = context.backend().screen(image, team=team or None)
     if json_output:
         output.emit_json(payload)
         return
-    output.say(f"{image}: {payload['verdict']} (detector {outcome.detector})")
-    for category, score in sorted(outcome.scores.items()):
+    output.say(f"{image}: {payload['verdict']} (detector {payload['content']['detector']})")
+    for category, score in sorted(payload["content"]["scores"].items()):
         output.say(f"  {category}: {score:.4f}")
     for match in payload["copyright"]["matches"]:
         output.say(f"  matches reference {match['reference_id']} of {match['owner']} ({match['method']}, {match['score']})")
-    for reason in outcome.reasons:
+    for reason in payload["reasons"]:
         output.say(f"  - {reason}")
 
 
@@ -124,29 +118,27 @@ def copyright_add(
     json_output: bool = JSON,
 ) -> None:
     """Add the images of a folder to the reference index; unreadable files are listed."""
-    from latentops.governance import copyright
-
-    with context.session() as db:
-        report = copyright.add_references(db, settings=context.settings(), directory=directory, owner=owner,
-                                          licence=licence, actor=context.actor())
+    report = context.backend().copyright_add(directory=directory, owner=owner, licence=licence)
     if json_output:
-        output.emit_json(report.to_json())
+        output.emit_json(report)
     else:
-        output.say(f"added {len(report.added)} references, {len(report.duplicates)} already indexed, "
-                   f"{len(report.failures)} failed")
-        for failure in report.failures:
+        output.say(f"added {len(report['added'])} references, {len(report['duplicates'])} already indexed, "
+                   f"{len(report['failures'])} failed")
+        for failure in report["failures"]:
             output.error(f"{failure['file']}: {failure['reason']}")
-    if report.failures and not report.added and not report.duplicates:
+    if report["failures"] and not report["added"] and not report["duplicates"]:
         raise typer.Exit(1)
 
 
 @copyright_app.command("list")
-def copyright_list(owner: str = typer.Option("", "--owner", help="Only this rights holder."), json_output: bool = JSON) -> None:
+def copyright_list(
+    owner: str = typer.Option("", "--owner", help="Only this rights holder."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many references (id order)."),
+    limit: int = typer.Option(1000, "--limit", min=1, max=100_000, help="At most this many references."),
+    json_output: bool = JSON,
+) -> None:
     """List references in the index."""
-    from latentops.governance import copyright
-
-    with context.session() as db:
-        rows = copyright.list_references(db, owner=owner or None)
+    rows = context.backend().copyright_list(owner=owner or None, offset=offset, limit=limit)
     if json_output:
         output.emit_json(rows)
     else:

@@ -76,6 +76,8 @@ class Client:
         self.assets = resources.Assets(self.http)
         self.generations = resources.Generations(self.http)
         self.datasets = resources.Datasets(self.http)
+        self.copyright = resources.Copyright(self.http)
+        self.screening = resources.Screening(self.http)
 
     def close(self) -> None:
         self.http.close()

@@ -1,5 +1,5 @@
 """One class per REST resource: auth, tokens, users and teams, models and grants, jobs, fine-tuning,
-audit, policies, quarantine, assets, generations and datasets.
+audit, policies, quarantine, assets, generations, datasets, the copyright reference index and screening.
 
 Methods mirror the routes of ``docs/api.md`` one to one and return their JSON (typed in
 ``latentops.client.types``). Streams stay streams: a model download and an audit export are
@@ -29,7 +29,11 @@ from latentops.client.types import (
     Progress,
     PublicKeys,
     QuarantinedImage,
+    Reference,
+    ReferenceImport,
+    ReferencePage,
     Review,
+    ScreeningVerdict,
     Team,
     Token,
     User,
@@ -361,3 +365,47 @@ class Datasets:
     def download(self, dataset_id: int, dest: Path) -> Path:
         """The dataset as a zip (the export is decided by the datasets policy and audited)."""
         return _download(self._http, f"/datasets/{dataset_id}/download", Path(dest), {}, f"dataset-{dataset_id}.zip")
+
+
+def _upload(item: Path | tuple[str, bytes]) -> tuple[str, bytes]:
+    return (item.name, item.read_bytes()) if isinstance(item, Path) else item
+
+
+class Copyright:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def add(self, files: Sequence[Path | tuple[str, bytes]], *, owner: str, licence: str) -> ReferenceImport:
+        """Upload works (paths or ``(name, bytes)``) into the reference index; unreadable files come back
+        under ``failures`` while the rest import. When every file fails the server answers 422
+        (``InvalidInput`` whose ``reasons`` are the ``{file, reason}`` failures)."""
+        if not files:
+            raise InvalidInput("files: upload at least one image")
+        parts = [("files", (name, data, "application/octet-stream")) for name, data in map(_upload, files)]
+        return cast(ReferenceImport, self._http.json("POST", "/copyright/references",
+                                                     data={"owner": owner, "licence": licence}, files=parts))
+
+    def list(self, *, owner: str | None = None, offset: int = 0, limit: int = 100) -> ReferencePage:
+        return cast(ReferencePage, self._http.json("GET", "/copyright/references",
+                                                   params={"owner": owner, "offset": offset, "limit": limit}))
+
+    def iter(self, *, owner: str | None = None, page_size: int = 500) -> Iterator[Reference]:
+        """Every reference in id order, a page at a time."""
+        offset: int | None = 0
+        while offset is not None:
+            page = self.list(owner=owner, offset=offset, limit=page_size)
+            yield from page["items"]
+            offset = page["next_offset"]
+
+
+class Screening:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def screen(self, image: Path | tuple[str, bytes], *, team: str | None = None) -> ScreeningVerdict:
+        """Screen one image (content scores, copyright matches, verdict), recorded on the server;
+        the answer is what ``latentops screen IMAGE --json`` prints."""
+        name, data = _upload(image)
+        form = {"team": team} if team else {}
+        return cast(ScreeningVerdict, self._http.json("POST", "/screen", data=form,
+                                                      files=[("file", (name, data, "application/octet-stream"))]))

@@ -178,3 +178,53 @@ class Review(TypedDict):
     status: str
     review_reason: str | None
     reviewed_at: str | None
+
+
+class ImportedReference(TypedDict):
+    file: str
+    reference_id: int
+
+
+class FailedFile(TypedDict):
+    file: str
+    reason: str
+
+
+class ReferenceImport(TypedDict):
+    added: list[ImportedReference]
+    duplicates: list[ImportedReference]  # already in the index (same bytes)
+    failures: list[FailedFile]  # not an image, corrupt, decompression bomb, ...
+
+
+class Reference(TypedDict):
+    id: int
+    owner: str
+    licence: str
+    title: str
+    phash: str
+    embedded: bool  # has a CLIP embedding
+    path: str  # the server file it came from, or upload:<name>
+    created_at: str | None
+
+
+class ReferencePage(TypedDict):
+    items: list[Reference]
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class CopyrightMatch(TypedDict):
+    reference_id: int
+    owner: str
+    method: str  # "phash" | "orb" | "clip"
+    score: float
+
+
+class ScreeningVerdict(TypedDict):
+    """The same JSON as ``latentops screen IMAGE --json``."""
+
+    verdict: str  # "release" | "quarantine"
+    reasons: list[str]
+    content: dict[str, Any]  # {"scores": {category: score}, "detector": str}
+    copyright: dict[str, list[CopyrightMatch]]  # {"matches": [...]}
