@@ -6,7 +6,6 @@ tightened (and bad values are refused), and the remote CLI does the same through
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +20,13 @@ from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput
-from latentops.platform.models import AuditEntry, CopyrightReference, PolicyDataEdit, PolicyDecision, ScreeningResult
+from latentops.platform.models import (
+    AuditEntry,
+    CopyrightReference,
+    PolicyDataEdit,
+    PolicyDecision,
+    ScreeningResult,
+)
 from PIL import Image, ImageEnhance, ImageOps
 from test_remote_cli import lines, remote, server  # noqa: F401  (a fixture)
 from test_screening import _bomb_png, _png, picture
@@ -310,8 +315,8 @@ def test_raising_the_orb_inlier_threshold_drops_an_orb_match(settings_env, datab
     ("copyright.thresholds.phash_max_distance", 40, "thresholds.phash_max_distance: must be an integer from 0 to 32"),
     ("copyright.thresholds.clip_min_similarity", 1.5, "thresholds.clip_min_similarity: must be a number above 0"),
     ("copyright.thresholds.clip_threshold", 0.8, "thresholds: unknown key(s) clip_threshold"),
-    ("copyright.thresholds", {"phash_max_distance": 8}, "thresholds.orb_min_inliers: must be an integer from 8 to 500, "
-                                                        "it is missing"),
+    ("copyright.thresholds", {"phash_max_distance": 8},
+     "thresholds.orb_min_inliers: must be an integer from 8 to 500, it is missing"),
 ])
 def test_bad_threshold_edits_are_refused_naming_the_field_and_nothing_changes(  # type: ignore[no-untyped-def]
         settings_env, database_url: str, fresh_policy, key: str, value: object, message: str) -> None:
