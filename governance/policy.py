@@ -123,7 +123,9 @@ class PolicyService:
             if bundle.revision != previous:
                 self.engine.load(bundle)
                 self.bundle = bundle
-            self._files_seen, self._edits_seen, self._edits = files, len(edits), list(edits)
+            # Without a session the edits are the ones last read (none yet: still unknown, -1).
+            self._files_seen, self._edits = files, list(edits)
+            self._edits_seen = len(edits) if session is not None else self._edits_seen
             self.last_error = ""
             if bundle.revision != previous:
                 log.info("policy revision %s in force", bundle.revision[:12], extra={"revision": bundle.revision})
@@ -137,7 +139,8 @@ class PolicyService:
     def refresh(self, session: Session | None) -> None:
         """Reload when files or data edits changed; checks at most every ``RELOAD_CHECK_S`` seconds."""
         now = time.monotonic()
-        if self.bundle is not None and now - self._checked_at < RELOAD_CHECK_S:
+        edits_unknown = session is not None and self._edits_seen < 0  # loaded before any session: read them now
+        if self.bundle is not None and now - self._checked_at < RELOAD_CHECK_S and not edits_unknown:
             return
         self._checked_at = now
         edits_count = _edit_count(session) if session is not None else self._edits_seen

@@ -218,3 +218,16 @@ def test_a_job_acts_for_the_user_who_submitted_it(database_url: str) -> None:
         assert subject["kind"] == "user" and subject["name"] == "owner@x.io"
         assert subject["memberships"] == [{"team": "vision", "role": "submitter"}]
         assert policy.subject_for(db, f"job:{ownerless.id}")["kind"] == "system"
+
+
+def test_a_service_loaded_before_any_session_takes_in_the_data_edits_at_its_first_session(database_url: str) -> None:
+    from latentops.governance.policy_bundle import DATA_ROOT
+
+    with session_scope(database_url) as db:
+        policy.set_policy_data(db, key="prompt.max_length", value=10, actor="cli:tester")
+    fresh = policy.PolicyService(engine=EmbeddedEngine())  # a new process: policy_data() before any session
+    fresh.refresh(None)
+    assert fresh.bundle is not None and fresh.bundle.data[DATA_ROOT]["prompt"]["max_length"] != 10
+    with session_scope(database_url) as db:
+        fresh.refresh(db)  # at once, not after the reload interval
+    assert fresh.bundle.data[DATA_ROOT]["prompt"]["max_length"] == 10
