@@ -228,7 +228,7 @@ def test_every_family_trains_and_its_lora_loads_in_diffusers(family: str, models
     config = build_config({**BASE, "steps": 2, "checkpoint_every": 2, "lr": 5e-3, **extra})
     result = lora.train(config, weights=_weights(models, family), instance_dir=instances, out_dir=tmp_path / "run")
     assert all(torch.isfinite(torch.tensor(result.losses)))
-    assert (result.kohya_path is not None) == (family == "sdxl")
+    assert (result.kohya_path is not None) == (family in ("sdxl", "flux"))  # sd3: none (see interop)
     pipe = DiffusionPipeline.from_pretrained(str(models[family]))
     pipe.set_progress_bar_config(disable=True)
     before = _render(pipe, family)
