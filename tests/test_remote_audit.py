@@ -10,6 +10,7 @@ in one line and leave nothing behind.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -250,3 +252,31 @@ def _trail_state(database_url: str) -> tuple[int, int]:
         entries = db.execute(sa.select(sa.func.count()).select_from(AuditEntry)).scalar_one()
         signed = db.execute(sa.select(sa.func.count()).select_from(AuditCheckpoint)).scalar_one()
     return int(entries), int(signed)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_export_name_must_be_a_plain_file_name_and_public_keys_need_a_key(  # type: ignore[no-untyped-def]
+        settings_env: Settings, tmp_path: Path) -> None:
+    from api_helpers import bearer
+    from fastapi.testclient import TestClient
+    from latentops.platform.api.app import create_app
+
+    api = TestClient(create_app(settings_env))
+    officer = bearer(make_user(settings_env.database_url, "olga@example.com", "compliance_officer", "compliance"))
+    submitter = bearer(make_user(settings_env.database_url, "sam@example.com", "submitter", "design"))
+    missing = api.get("/api/v1/audit/public-keys", headers=officer)  # reading never creates the signing key
+    assert missing.status_code == 404 and "none yet on this server" in missing.json()["detail"]
+    assert not checkpoints.default_key_path(settings_env).exists()
+    before = _trail_state(settings_env.database_url)
+    for name in ("../trail.jsonl", "a/b.jsonl", ".hidden", "tab\there", " ", "é" * 101):
+        refused = api.get("/api/v1/audit/export", params={"name": name}, headers=officer)
+        assert refused.status_code == 422, (name, refused.text)
+        assert refused.json()["detail"].startswith("name: must be a plain file name"), refused.text
+    assert _trail_state(settings_env.database_url) == before  # nothing signed, nothing exported
+    made = api.get("/api/v1/audit/export", params={"name": "trail 2026.jsonl", "format": "jsonl"}, headers=officer)
+    assert made.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(made.content)) as archive:
+        assert sorted(archive.namelist()) == ["trail 2026.jsonl", "trail 2026.jsonl.proofs.json"]
+    keys = api.get("/api/v1/audit/public-keys", headers=officer).json()
+    assert keys["key_ids"] == [keys["key_id"]] and keys["current_pem"] in keys["keyring_pem"]
+    assert api.get("/api/v1/audit/public-keys", headers=submitter).status_code == 403

@@ -55,6 +55,22 @@ class FinetuneSubmission:
     priority: int | None = None  # None: the role's default, as the jobs policy says
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """``latentops generate`` as the CLI collected it."""
+
+    model: str
+    prompt: str
+    lora: str | None = None
+    negative_prompt: str | None = None
+    count: int = 1
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 5.0
+    team: str | None = None
+    as_user: str | None = None
+
+
 class Backend(Protocol):
     """What remote-capable commands need; every method returns plain data (dicts, lists, ints)."""
 
@@ -77,6 +93,12 @@ class Backend(Protocol):
     def grant(self, *, model: str, action: str, team: str | None, user: str | None) -> dict[str, Any]: ...
     def revoke(self, *, model: str, action: str, team: str | None, user: str | None) -> int: ...
     def list_grants(self, model: str) -> list[dict[str, Any]]: ...
+    def import_model(self, *, source: str, name: str, allow_pickle: bool, description: str) -> dict[str, Any]: ...
+    # generation (the summary, and the PNG of each released asset by id) and datasets
+    def generate(self, request: GenerationRequest) -> tuple[dict[str, Any], dict[int, bytes]]: ...
+    def submit_dataset(self, *, spec: Any, as_user: str | None) -> dict[str, Any]: ...
+    def list_datasets(self) -> list[dict[str, Any]]: ...
+    def show_dataset(self, dataset_id: int) -> dict[str, Any]: ...
     # policies
     def decide(self, path: str, value: dict[str, Any]) -> dict[str, Any]: ...
     def check_prompt(self, text: str) -> dict[str, Any]: ...
@@ -98,7 +120,6 @@ class Backend(Protocol):
     def copyright_add(self, *, directory: Path, owner: str, licence: str) -> dict[str, Any]: ...
     def copyright_list(self, *, owner: str | None, offset: int, limit: int) -> list[dict[str, Any]]: ...
     def screen(self, image: Path, *, team: str | None) -> dict[str, Any]: ...
-
 
 
 def run_recorded(work: Callable[[Session], T]) -> T:
@@ -246,6 +267,57 @@ class LocalBackend:
 
         with context.session() as db:
             return grants.list_grants(db, model=model)
+
+    def import_model(self, *, source: str, name: str, allow_pickle: bool, description: str) -> dict[str, Any]:
+        from latentops.platform.services import models
+
+        store = context.settings().model_store
+        assert store is not None  # Settings always fills it in
+        with context.session() as db:
+            version = models.import_model(db, source=source, name=name, actor=context.actor(), store_root=store,
+                                          allow_pickle=allow_pickle, description=description)
+            return {"name": name, "version": version.version, "family": version.config["family"],
+                    "content_hash": version.content_hash, "path": version.path, "format": version.config["format"]}
+
+    # --- generation and datasets --------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> tuple[dict[str, Any], dict[int, bytes]]:
+        """Generate in this process; a denial keeps its recorded decisions (they are evidence)."""
+        from latentops.platform.services import generation
+
+        actor = request.as_user or context.actor()
+        settings = context.settings()
+        spec = generation.GenerationSpec(prompts=[request.prompt], negative_prompt=request.negative_prompt,
+                                         images_per_prompt=request.count, seed=request.seed, steps=request.steps,
+                                         guidance_scale=request.guidance)
+
+        def work(db: Session) -> Any:
+            target = generation.resolve(db, model=request.model, lora=request.lora)
+            team_name, team_id = generation.resolve_team(db, actor=actor, team=request.team)
+            return generation.generate(db, settings=settings, actor=actor, target=target, spec=spec, team=team_name,
+                                       team_id=team_id)
+
+        result = run_recorded(work)
+        return result.to_json(), {image.asset_id: image.png for image in result.images if image.png is not None}
+
+    def submit_dataset(self, *, spec: Any, as_user: str | None) -> dict[str, Any]:
+        from latentops.platform.services import datasets
+
+        dataset_id, job_id = datasets.submit(context.settings(), actor=as_user or context.actor(), spec=spec,
+                                             owner_email=as_user)
+        return {"dataset_id": dataset_id, "job_id": job_id}
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        from latentops.platform.services import datasets
+
+        with context.session() as db:
+            return [datasets.as_dict(db, row) for row in datasets.list_datasets(db)]
+
+    def show_dataset(self, dataset_id: int) -> dict[str, Any]:
+        from latentops.platform.services import datasets
+
+        with context.session() as db:
+            return datasets.as_dict(db, datasets.get(db, dataset_id))
 
     # --- policies -----------------------------------------------------------------------------
 

@@ -31,8 +31,9 @@ class _ProgressHooks:
 def generate(
     spec_file: Annotated[Path, typer.Option("--spec", help="The dataset spec (YAML).")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (in process); resumes an unfinished run.")] = None,
-    submit: Annotated[bool, typer.Option("--submit", help="Queue it as a job instead of running it here.")] = False,
-    as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email) instead of the console.")] = None,
+    submit: Annotated[bool, typer.Option("--submit", help="Queue it as a job instead of running it here (with --server: "
+                                                       "on the server).")] = False,
+    as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email) instead of the console (local only).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Generate a dataset: screened images, ImageFolder or WebDataset, manifest, card, MLflow run."""
@@ -42,14 +43,17 @@ def generate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     spec = spec_module.load(spec_file)
-    actor = as_user or context.actor()
     if submit:
-        dataset_id, job_id = datasets.submit(context.settings(), actor=actor, spec=spec, owner_email=as_user)
+        queued = context.backend().submit_dataset(spec=spec, as_user=as_user)
         if json_output:
-            output.emit_json({"dataset_id": dataset_id, "job_id": job_id})
+            output.emit_json(queued)
         else:
-            output.say(f"dataset {dataset_id} queued as job {job_id}")
+            output.say(f"dataset {queued['dataset_id']} queued as job {queued['job_id']}")
         return
+    if context.remote():
+        raise InvalidInput("--out: not available with --server (that generates in this process; queue it on the "
+                           "server with --submit)")
+    actor = as_user or context.actor()
     if out is None:
         raise InvalidInput("out: give --out DIR to run in process, or --submit to queue it")
     with Progress(TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -79,10 +83,7 @@ def submit_command(
 @datasets_app.command("list")
 def list_command(json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Datasets, newest first."""
-    from latentops.platform.services import datasets
-
-    with context.session() as db:
-        rows = [datasets.as_dict(db, row) for row in datasets.list_datasets(db)]
+    rows = context.backend().list_datasets()
     if json_output:
         output.emit_json(rows)
         return
@@ -94,10 +95,7 @@ def list_command(json_output: Annotated[bool, typer.Option("--json", help="Print
 @datasets_app.command("show")
 def show(dataset_id: int, json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """One dataset: spec, state, statistics and where it is."""
-    from latentops.platform.services import datasets
-
-    with context.session() as db:
-        row = datasets.as_dict(db, datasets.get(db, dataset_id))
+    row = context.backend().show_dataset(dataset_id)
     if json_output:
         output.emit_json(row)
         return

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 from latentops.platform.cli import context, output
-from latentops.platform.errors import PolicyDenied
+from latentops.platform.cli.backend import GenerationRequest
 
 
 def generate(
@@ -26,42 +26,30 @@ def generate(
     steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 20,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 5.0,
     team: Annotated[str | None, typer.Option("--team", help="Team the images are for (when you have several).")] = None,
-    as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email) instead of the console.")] = None,
+    as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email) instead of the console (local only).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Generate images with a catalogued model (and adapter), governed end to end."""
-    from latentops.platform.services import generation
-
-    actor = as_user or context.actor()
-    settings = context.settings()
-    spec = generation.GenerationSpec(prompts=[prompt], negative_prompt=negative_prompt, images_per_prompt=count,
-                                     seed=seed, steps=steps, guidance_scale=guidance)
-    denial: PolicyDenied | None = None
-    with context.session() as db:
-        target = generation.resolve(db, model=model, lora=lora)
-        team_name, team_id = generation.resolve_team(db, actor=actor, team=team)
-        try:
-            result = generation.generate(db, settings=settings, actor=actor, target=target, spec=spec, team=team_name,
-                                         team_id=team_id)
-        except PolicyDenied as error:
-            denial = error  # the session commits: the denied decisions are evidence
-    if denial is not None:
-        raise denial
+    """Generate images with a catalogued model (and adapter), governed end to end (with --server: queued on the
+    server, followed to its end, and the released images downloaded)."""
+    request = GenerationRequest(model=model, prompt=prompt, lora=lora, negative_prompt=negative_prompt, count=count,
+                                seed=seed, steps=steps, guidance=guidance, team=team, as_user=as_user)
+    summary, pngs = context.backend().generate(request)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for image in result.released:
-        path = out / f"asset-{image.asset_id}-seed{image.seed}.png"
-        assert image.png is not None
-        path.write_bytes(image.png)
-        written.append(str(path))
+    for image in summary["images"]:
+        if image["asset_id"] in pngs:
+            path = out / f"asset-{image['asset_id']}-seed{image['seed']}.png"
+            path.write_bytes(pngs[image["asset_id"]])
+            written.append(str(path))
     if json_output:
-        output.emit_json({**result.to_json(), "files": written})
+        output.emit_json({**summary, "files": written})
         return
-    for path in written:
-        output.say(f"released {path}")
-    for image in result.quarantined:
-        output.say(f"quarantined asset {image.asset_id} (seed {image.seed}): {'; '.join(image.reasons)}")
-    output.say(f"{len(written)} released, {len(result.quarantined)} quarantined ({result.target})")
+    for written_path in written:
+        output.say(f"released {written_path}")
+    for image in summary["images"]:
+        if image["asset_id"] not in pngs:
+            output.say(f"quarantined asset {image['asset_id']} (seed {image['seed']}): {'; '.join(image['reasons'])}")
+    output.say(f"{len(written)} released, {len(summary['images']) - len(written)} quarantined ({summary['target']})")
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,8 @@ def _store_root() -> Path:
 
 @models_app.command("import")
 def import_(
-    source: str = typer.Argument(..., help="A local diffusers folder or a .safetensors/.ckpt file."),
+    source: str = typer.Argument(..., help="A local diffusers folder or a .safetensors/.ckpt file (with --server: a "
+                                 "path inside the server's import folder)."),
     name: str = typer.Option(..., "--name", help="Catalogue name for the model."),
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Accept pickle checkpoints (.ckpt): loading them can run code. Audited."
@@ -33,13 +34,7 @@ def import_(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Import local weights into the store (content-addressed; audited). Nothing is downloaded."""
-    with context.session() as db:
-        version = models_service.import_model(
-            db, source=source, name=name, actor=context.actor(), store_root=_store_root(),
-            allow_pickle=allow_pickle, description=description,
-        )
-        result = {"name": name, "version": version.version, "family": version.config["family"],
-                  "content_hash": version.content_hash, "path": version.path, "format": version.config["format"]}
+    result = context.backend().import_model(source=source, name=name, allow_pickle=allow_pickle, description=description)
     if json_output:
         output.emit_json(result)
     else:

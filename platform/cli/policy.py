@@ -24,7 +24,8 @@ def test(
     min_coverage: float = typer.Option(0.0, "--min-coverage", help="Fail below this rule-id coverage (percent)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Run every Rego test with rule-id coverage; fails on a failing test or when there are none."""
+    """Run every Rego test with rule-id coverage; fails on a failing test or when there are none (this machine's files)."""
+    context.require_local()
     bundle = load_bundle(directory)
     if engine == "opa":
         runner = OpaEngine(context.settings().opa_url)
@@ -136,7 +137,8 @@ def set_data(
 
 @policy_app.command("bundle")
 def bundle(target: Path = typer.Option(..., "--output", help="Where to write the OPA bundle (.tar.gz).")) -> None:
-    """Write the policies and data as an OPA bundle for an OPA server or sidecar."""
+    """Write the policies and data as an OPA bundle for an OPA server or sidecar (this machine's files)."""
+    context.require_local()
     built = load_bundle()
     write_tarball(built, target)
     output.emit_json({"path": str(target), "revision": built.revision})

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from latentops.client import Client
-from latentops.platform.cli.backend import AuditFilters, FinetuneSubmission
-from latentops.platform.errors import IntegrityError, InvalidInput
+from latentops.platform.cli.backend import AuditFilters, FinetuneSubmission, GenerationRequest
+from latentops.platform.errors import IntegrityError, InvalidInput, ServiceUnavailable
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
@@ -38,6 +38,11 @@ def _server_keys_only(key: Path | None, sink: str | None) -> None:
         raise _unsupported("--key", "the server signs with its own audit signing key")
     if sink:
         raise _unsupported("--sink", "the server writes its own checkpoint sink")
+
+
+def _dataset_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A dataset as a local listing shows it: the server keeps its folder to itself, the job is ``job_id``."""
+    return {**{key: value for key, value in row.items() if key != "job"}, "path": None}
 
 
 def _time(value: str | None) -> dt.datetime | None:
@@ -133,6 +138,43 @@ class RemoteBackend:
 
     def list_grants(self, model: str) -> list[dict[str, Any]]:
         return [dict(g) for g in self.api.models.grants(model)]
+
+    def import_model(self, *, source: str, name: str, allow_pickle: bool, description: str) -> dict[str, Any]:
+        if allow_pickle:
+            raise _unsupported("--allow-pickle", "the server imports safetensors files and diffusers folders only")
+        self.api.models.import_(name, source=source, description=description)
+        found = self.api.models.get(name)
+        latest = max(found["versions"], key=lambda v: int(v["version"]))
+        return {"name": found["name"], "version": latest["version"], "family": found["family"],
+                "content_hash": latest["content_hash"], "path": None, "format": latest["format"]}
+
+    # --- generation and datasets --------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> tuple[dict[str, Any], dict[int, bytes]]:
+        """Queue the generation, follow the job to its end, then fetch the released images."""
+        if request.as_user:
+            raise _unsupported("--as", "the server acts as the token's user")
+        job = self.api.generations.create(model=request.model, prompt=request.prompt, lora=request.lora,
+                                          negative_prompt=request.negative_prompt, n=request.count, seed=request.seed,
+                                          steps=request.steps, guidance=request.guidance, team=request.team)
+        finished = self.api.jobs.wait(job["id"])
+        if finished["state"] != "succeeded" or not finished.get("result"):
+            raise ServiceUnavailable(f"generation job {job['id']} {finished['state']}: {finished.get('error')}")
+        images = self.api.generations.get(job["id"])["images"]
+        pngs = {int(i["asset_id"]): self.api.assets.image(i["asset_id"]) for i in images if i["status"] == "released"}
+        return dict(finished["result"] or {}), pngs
+
+    def submit_dataset(self, *, spec: Any, as_user: str | None) -> dict[str, Any]:
+        if as_user:
+            raise _unsupported("--as", "the server acts as the token's user")
+        found = self.api.datasets.create(spec.model_dump(mode="json", exclude_unset=True))
+        return {"dataset_id": found["dataset_id"], "job_id": found["job_id"]}
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return [_dataset_row(row) for row in self.api.datasets.list()]
+
+    def show_dataset(self, dataset_id: int) -> dict[str, Any]:
+        return _dataset_row(self.api.datasets.get(dataset_id))
 
     # --- policies -----------------------------------------------------------------------------
 
