@@ -130,20 +130,12 @@ def test_flux_export_loads_in_plain_diffusers_and_renders_like_the_diffusers_fil
 @pytest.mark.parametrize("rank,alpha", [(4, 1.0), (4, 3.0), (2, 16.0)])
 def test_flux_export_keeps_alpha_over_rank_when_it_fuses_projections(flux_base: Path, tmp_path: Path, rank: int,
                                                                      alpha: float) -> None:
-    from diffusers import FluxPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-
     trained_pipe = _pipeline(flux_base)
     trained = _attach(trained_pipe, rank=rank, alpha=alpha)
     trained_deltas = _deltas(trained_pipe)
     layers = _layers(trained)
-    # The diffusers file carries alpha in its adapter metadata here, so it too loads at scale alpha / rank.
-    FluxPipeline.save_lora_weights(
-        str(tmp_path / "run"), transformer_lora_layers=layers["transformer"],
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(layers["text_encoder"]),
-        transformer_lora_adapter_metadata=trained["transformer"].peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=trained["text_encoder"].peft_config["default"].to_dict())
-    diffusers_file = tmp_path / "run" / "pytorch_lora_weights.safetensors"
+    # The recipe's diffusers file carries alpha in its adapter metadata, so it loads at scale alpha / rank.
+    diffusers_file = Family("flux", trained_pipe).save_lora(tmp_path / "run", layers)
     kohya = interop.export_kohya(diffusers_file, tmp_path / "kohya.safetensors", family="flux", alpha=alpha)
     assert kohya is not None
     exported = load_file(str(kohya))
@@ -312,3 +304,28 @@ def test_sd3_has_no_kohya_export_because_diffusers_reads_only_its_own_sd3_layout
                    "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.ones(24, RANK),
                    "lora_unet_joint_blocks_0_x_block_attn_qkv.alpha": torch.tensor(float(RANK))}
     assert set(StableDiffusion3Pipeline.lora_state_dict(kohya_style)) == set(kohya_style)
+
+
+def test_the_recipes_diffusers_file_loads_at_its_trained_strength_when_alpha_is_not_rank(tmp_path: Path) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    base = tiny.create("sd1", tmp_path / "sd1")
+    trained_pipe = _pipeline(base)
+    trained = Family("sd1", trained_pipe).add_lora(rank=4, alpha=2.0, text_encoder=False)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, parameter in trained["unet"].named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    saved = Family("sd1", trained_pipe).save_lora(tmp_path / "run", _layers(trained))
+    loaded = _pipeline(base)
+    loaded.load_lora_weights(str(saved.parent))
+
+    def deltas(pipe: Any) -> dict[str, torch.Tensor]:
+        return {name: sum(module.get_delta_weight(a) for a in module.active_adapters)  # type: ignore[misc]
+                for name, module in pipe.unet.named_modules() if isinstance(module, LoraLayer)}
+
+    want, got = deltas(trained_pipe), deltas(loaded)
+    assert want.keys() == got.keys() and want
+    for name in want:
+        assert torch.allclose(want[name], got[name], atol=1e-6), name  # scale alpha / rank = 0.5, not 1

@@ -206,6 +206,9 @@ class Family:
             state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
             key = f"{attr}_lora_layers"
             kwargs[key] = convert_state_dict_to_diffusers(state) if attr != "transformer" else state
+            config = getattr(getattr(self.pipeline, attr, None), "peft_config", {}).get("default")
+            if config is not None:  # carries alpha: without it diffusers loads at scale 1, not alpha / rank
+                kwargs[f"{attr}_lora_adapter_metadata"] = config.to_dict()
         directory.mkdir(parents=True, exist_ok=True)
         pipe_class.save_lora_weights(str(directory), safe_serialization=True, **kwargs)
         return directory / "pytorch_lora_weights.safetensors"
