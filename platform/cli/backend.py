@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from latentops.platform.cli import context
 from latentops.platform.errors import PolicyDenied
+from latentops.platform.services.finetune_request import Request as FinetuneRequest
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -37,22 +38,6 @@ class AuditFilters:
     action: str | None = None
     resource: str | None = None
     outcome: str | None = None
-
-
-@dataclass(frozen=True)
-class FinetuneSubmission:
-    """A fine-tune as the CLI collected it (options merged over ``--config``)."""
-
-    model: str
-    instance_dir: Path
-    values: dict[str, Any]
-    model_version: int | None = None
-    class_dir: Path | None = None
-    team: str | None = None
-    adapter_name: str | None = None
-    attest_licence: bool = False
-    attest_consent: bool = False
-    priority: int | None = None  # None: the role's default, as the jobs policy says
 
 
 @dataclass(frozen=True)
@@ -86,7 +71,7 @@ class Backend(Protocol):
     def retry_job(self, job_id: int) -> None: ...
     def job_logs(self, job_id: int) -> list[dict[str, Any]]: ...
     def follow_job(self, job_id: int) -> Iterator[dict[str, Any]]: ...
-    def submit_finetune(self, submission: FinetuneSubmission) -> int: ...
+    def submit_finetune(self, submission: FinetuneRequest) -> int: ...
     # models and grants
     def list_models(self, *, include_removed: bool) -> list[dict[str, Any]]: ...
     def show_model(self, name: str) -> dict[str, Any]: ...
@@ -223,15 +208,10 @@ class LocalBackend:
                 return
             time.sleep(0.5)
 
-    def submit_finetune(self, submission: FinetuneSubmission) -> int:
+    def submit_finetune(self, submission: FinetuneRequest) -> int:
         from latentops.platform.services import finetune
 
-        request = finetune.Request(
-            model=submission.model, model_version=submission.model_version, instance_dir=submission.instance_dir,
-            class_dir=submission.class_dir, values=submission.values, team=submission.team,
-            adapter_name=submission.adapter_name, attest_licence=submission.attest_licence,
-            attest_consent=submission.attest_consent, priority=submission.priority)
-        return finetune.submit(context.settings(), actor=context.actor(), request=request)
+        return finetune.submit(context.settings(), actor=context.actor(), request=submission)
 
     # --- models and grants --------------------------------------------------------------------
 

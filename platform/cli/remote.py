@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from latentops.client import Client
-from latentops.platform.cli.backend import AuditFilters, FinetuneSubmission, GenerationRequest
+from latentops.platform.cli.backend import AuditFilters, GenerationRequest
+from latentops.platform.services.finetune_request import Request as FinetuneRequest
 from latentops.platform.errors import IntegrityError, InvalidInput, ServiceUnavailable
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
@@ -99,7 +100,7 @@ class RemoteBackend:
         for snapshot in self.api.jobs.progress(job_id):
             yield dict(snapshot)
 
-    def submit_finetune(self, submission: FinetuneSubmission) -> int:
+    def submit_finetune(self, submission: FinetuneRequest) -> int:
         if submission.class_dir is not None:
             raise _unsupported("class_dir", "DreamBooth class images are generated on the server")
         if submission.model_version is not None:
