@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
+import httpx
 import sqlalchemy as sa
 from latentops.platform.database import session_scope
 from latentops.platform.models import ApiToken, Team
@@ -43,3 +53,45 @@ def team_id(database_url: str, name: str) -> int:
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RunningApi(NamedTuple):
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def api_server(log: Path, *, port: int | None = None, **env: str) -> Iterator[RunningApi]:
+    """``uvicorn`` serving the app factory in a subprocess with this test's environment (plus
+    ``env``); yields its base URL and process once ``/login`` answers, and stops it afterwards."""
+    from conftest import REPO
+
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "latentops.platform.api.app:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, **env}, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"uvicorn exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/login", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"uvicorn did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield RunningApi(base, process)
+    finally:
+        process.terminate()
+        process.wait(15)

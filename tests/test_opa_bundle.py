@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -28,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from api_helpers import bearer, make_token, make_user
+from api_helpers import api_server, bearer, free_port, make_token, make_user
 from conftest import REPO
 from fastapi.testclient import TestClient
 from latentops.governance import policy
@@ -50,12 +47,6 @@ from latentops.platform.services import tokens as tokens_service
 
 BUNDLE_PATH = "/api/v1/policies/bundle.tar.gz"
 OPA_EMAIL = "opa-bundle@example.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _opa_config(service_url: str, token_path: Path, *, low: float = 0.2, high: float = 0.5) -> dict[str, Any]:
@@ -85,32 +76,14 @@ def stack(settings_env, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-u
     token_file.write_text(make_user(url, OPA_EMAIL, "submitter", "platform", scopes=["policy:bundle"]) + "\n")
     admin = make_user(url, "admin@example.com", "admin", "ops")
     reader = make_token(url, "admin@example.com", scopes=["read"])
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     opa = OpaCompatServer(config=_opa_config(f"{base}/api/v1", token_file)).start()
-    log = tmp_path / "uvicorn.log"
-    env = {**os.environ, "LATENTOPS_POLICY_ENGINE": "opa", "LATENTOPS_OPA_MODE": "bundle", "LATENTOPS_OPA_URL": opa.url,
-           "LATENTOPS_OPA_BUNDLE_WAIT_S": "2"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "latentops.platform.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"], env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"uvicorn exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/login", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"uvicorn did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield Stack(base, process, opa, token_file, url, admin, reader)
+        with api_server(tmp_path / "uvicorn.log", port=port, LATENTOPS_POLICY_ENGINE="opa", LATENTOPS_OPA_MODE="bundle",
+                        LATENTOPS_OPA_URL=opa.url, LATENTOPS_OPA_BUNDLE_WAIT_S="2") as (_, process):
+            yield Stack(base, process, opa, token_file, url, admin, reader)
     finally:
-        process.terminate()
-        process.wait(15)
         opa.stop()
         policy.use_service(None)
 

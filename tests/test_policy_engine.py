@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from api_helpers import free_port
 import sqlalchemy as sa
 
 from latentops.governance import policy
@@ -34,7 +35,7 @@ def service(policy_dir: Path):  # type: ignore[no-untyped-def]
     policy.use_service(None)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -58,7 +59,7 @@ def test_decision_is_recorded_with_masked_input_and_linked_to_audit(service, dat
 
 
 def test_unreachable_opa_server_denies_with_engine_unavailable_and_records_it(policy_dir: Path, database_url: str) -> None:
-    svc = policy.PolicyService(engine=OpaEngine(f"http://127.0.0.1:{_free_port()}", timeout_s=0.5, mode="bundle", bundle_wait_s=0.5), directory=policy_dir)
+    svc = policy.PolicyService(engine=OpaEngine(f"http://127.0.0.1:{free_port()}", timeout_s=0.5, mode="bundle", bundle_wait_s=0.5), directory=policy_dir)
     assert svc.reload().ok  # nothing is pushed; the server is simply not there
     policy.use_service(svc)
     try:

@@ -9,24 +9,17 @@ in one line and leave nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
-from api_helpers import make_user
-from conftest import POSTGRES_URL, REPO, _pg_admin, _pg_url_for
+from api_helpers import api_server, make_user
+from conftest import POSTGRES_URL, _pg_admin, _pg_url_for
 from latentops.governance import checkpoints, integration
 from latentops.platform.database import dispose_all, session_scope
 from latentops.platform.models import AuditCheckpoint, AuditEntry
@@ -34,36 +27,6 @@ from latentops.platform.settings import Settings
 from sqlalchemy.engine import make_url
 from test_audit_proofs import run_verifier
 from test_audit_verify import append, checkpoint, tamper
-
-
-@contextlib.contextmanager
-def api_server(log: Path, **env: str) -> Iterator[str]:
-    """``uvicorn`` serving the app factory with this test's environment (plus ``env``); yields its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "latentops.platform.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, **env}, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"uvicorn exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/login", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"uvicorn did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(15)
 
 
 @pytest.fixture
@@ -122,7 +85,7 @@ def last_entry(database_url: str) -> tuple[str, str]:
 
 def test_remote_verify_reports_the_servers_chain_and_finds_damage_done_to_its_database(  # type: ignore[no-untyped-def]
         settings_env: Settings, officer: str, elsewhere: dict[str, str], cli, tmp_path: Path) -> None:
-    with api_server(tmp_path / "uvicorn.log") as server:
+    with api_server(tmp_path / "uvicorn.log") as (server, _):
         def remote(*args: str):  # type: ignore[no-untyped-def]
             return cli("--server", server, "--token", officer, *args, env=elsewhere)
 
@@ -173,7 +136,7 @@ def test_remote_export_writes_what_a_local_export_of_the_same_database_writes(  
     local_out, remote_out = tmp_path / "local" / f"trail.{fmt}", tmp_path / "remote" / f"trail.{fmt}"
     local = cli("audit", "export", "--format", fmt, "--out", str(local_out))
     assert local.returncode == 0, local.stderr
-    with api_server(tmp_path / "uvicorn.log", LATENTOPS_DATABASE_URL=copy_url) as server:
+    with api_server(tmp_path / "uvicorn.log", LATENTOPS_DATABASE_URL=copy_url) as (server, _):
         def remote(*args: str):  # type: ignore[no-untyped-def]
             return cli("--server", server, "--token", officer, *args, env=elsewhere)
 
@@ -202,7 +165,7 @@ def test_remote_export_writes_what_a_local_export_of_the_same_database_writes(  
 
 def test_remote_checkpoint_prove_and_query_read_the_servers_trail(  # type: ignore[no-untyped-def]
         settings_env: Settings, officer: str, elsewhere: dict[str, str], cli, tmp_path: Path) -> None:
-    with api_server(tmp_path / "uvicorn.log") as server:
+    with api_server(tmp_path / "uvicorn.log") as (server, _):
         def remote(*args: str):  # type: ignore[no-untyped-def]
             return cli("--server", server, "--token", officer, *args, env=elsewhere)
 

@@ -10,11 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from api_helpers import make_user
+from api_helpers import api_server, make_user
 from generation_helpers import catalogue, tiny_source
 from latentops.platform.settings import Settings
 from PIL import Image
-from test_remote_audit import api_server
 
 SPEC = "name: shapes\nmodel: tiny\nper_class: 2\nsteps: 1\nbatch_size: 2\nclasses:\n  - name: square\n    prompts: [\"a red square\"]\n"
 
@@ -32,7 +31,7 @@ def test_remote_model_import_and_datasets_go_through_the_server(  # type: ignore
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC, encoding="utf-8")
     client = {"LATENTOPS_HOME": str(tmp_path / "client"), "LATENTOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
-    with api_server(tmp_path / "uvicorn.log") as server:
+    with api_server(tmp_path / "uvicorn.log") as (server, _):
         def remote(*args: str):  # type: ignore[no-untyped-def]
             return cli("--server", server, "--token", admin, *args, env=client)
 
@@ -75,7 +74,7 @@ def test_remote_generate_follows_the_job_and_writes_the_released_images(  # type
     client = {"LATENTOPS_HOME": str(tmp_path / "client"), "LATENTOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
     start_worker("gpu")
     out = tmp_path / "out"
-    with api_server(tmp_path / "uvicorn.log") as server:
+    with api_server(tmp_path / "uvicorn.log") as (server, _):
         def remote(*args: str):  # type: ignore[no-untyped-def]
             return cli("--server", server, "--token", alice, *args, env=client)
 

@@ -6,19 +6,13 @@ raises the platform's own errors.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from api_helpers import expire_token, make_user
-from conftest import REPO
+from api_helpers import api_server, expire_token, make_user
 from latentops.platform.database import session_scope
 from PIL import Image
 
@@ -26,30 +20,8 @@ from PIL import Image
 @pytest.fixture
 def server(queue_settings, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """``uvicorn`` serving the app factory on the test's database and broker; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path / "uvicorn.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "latentops.platform.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env={**os.environ}, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"uvicorn exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/login", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"uvicorn did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(15)
+    with api_server(tmp_path / "uvicorn.log") as (base, _):
+        yield base
 
 
 def remote(cli, base: str, token: str, *args: str):  # type: ignore[no-untyped-def]
