@@ -330,16 +330,22 @@ def _check_owner_licence(owner: str, licence: str) -> tuple[str, str]:
     return owner, licence
 
 
-def add_references(session: Session, *, settings: Settings, directory: Path, owner: str, licence: str,
-                   actor: audit.Actor | str) -> AddReport:
-    """Index every image under ``directory``; files that fail are listed, the rest are added."""
-    owner, licence = _check_owner_licence(owner, licence)
+def reference_files(directory: Path) -> list[Path]:
+    """The files a folder import reads: every file below ``directory`` outside hidden folders, sorted."""
     if not directory.is_dir():
         raise InvalidInput(f"directory: {directory} is not a folder")
     files = sorted(p for p in directory.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts))
     if not files:
         raise InvalidInput(f"directory: {directory} holds no files")
+    return files
+
+
+def add_references(session: Session, *, settings: Settings, directory: Path, owner: str, licence: str,
+                   actor: audit.Actor | str) -> AddReport:
+    """Index every image under ``directory``; files that fail are listed, the rest are added."""
+    owner, licence = _check_owner_licence(owner, licence)
+    files = reference_files(directory)
     return import_references(session, settings=settings, files=[(str(p), p) for p in files], owner=owner,
                              licence=licence, actor=actor, source=str(directory))
 

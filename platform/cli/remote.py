@@ -311,14 +311,10 @@ UPLOAD_BATCH_BYTES = 8 * 1024 * 1024  # well under the server's default body lim
 def upload_batches(directory: Path, failures: list[dict[str, Any]]) -> Iterator[list[tuple[str, bytes]]]:
     """The folder's files as ``(path under the folder, bytes)`` batches, selected as a local import
     selects them; a file that cannot be read here is added to ``failures`` instead."""
+    from latentops.governance.copyright import reference_files
     from latentops.governance.imagefile import read_bytes
 
-    if not directory.is_dir():
-        raise InvalidInput(f"directory: {directory} is not a folder")
-    files = sorted(p for p in directory.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts))
-    if not files:
-        raise InvalidInput(f"directory: {directory} holds no files")
+    files = reference_files(directory)
     batch: list[tuple[str, bytes]] = []
     size = 0
     for path in files:
