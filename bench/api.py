@@ -80,6 +80,7 @@ def main() -> None:
            "LATENTOPS_DATABASE_URL": args.database_url or f"sqlite:///{home / 'latentops.db'}", "LATENTOPS_LOG_LEVEL": "WARNING"}
     os.environ.update(env)
     import redis
+    from latentops.governance import policy
     from latentops.platform import migrate
     from latentops.platform.database import session_scope
     from latentops.platform.services import tokens, users
@@ -89,6 +90,10 @@ def main() -> None:
     with session_scope(env["LATENTOPS_DATABASE_URL"]) as session:
         users.create_user(session, email="bench@example.com", role="submitter", team="bench", password=None, actor="system")
         _row, token = tokens.create_token(session, email="bench@example.com", name="bench", actor="system")
+        # Nothing drains the queue here: lift the team's jobs-waiting quota above what the run submits.
+        quotas = policy.policy_data("jobs.quotas")
+        policy.set_policy_data(session, key="jobs.quotas", actor="system", note="benchmark",
+                               value={**quotas, "default": {**quotas["default"], "max_queued_jobs": 1_000_000}})
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
