@@ -8,6 +8,10 @@ The config is the job's whole description: it is saved in every checkpoint and l
 run, and a resumed run refuses a checkpoint written under a different config. Values out of range
 fail early with an ``InvalidInput`` that names the field (``lr: must be <= 0.01, got 0.5``). The
 seed is never ``None``: it defaults to ``DEFAULT_SEED`` and that value is what the run records.
+
+``processes`` asks for that many training processes (data parallel, see
+:mod:`latentops.pipelines.finetune.distributed`); ``batch_size`` stays per process, so a step
+trains on ``batch_size * processes`` images.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from latentops.platform.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_SEED = 20_240_607
+MAX_PROCESSES = 8
 Method = Literal["lora", "dreambooth"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 Optimizer = Literal["auto", "adamw", "adamw_8bit"]
@@ -44,7 +49,8 @@ class LoraConfig(BaseModel):
     lr_schedule: Schedule = "constant"
     warmup_steps: int = Field(default=0, ge=0, le=10_000)
     resolution: int = Field(default=512, ge=32, le=2048)
-    batch_size: int = Field(default=1, ge=1, le=64)
+    batch_size: int = Field(default=1, ge=1, le=64)  # per process: a step sees batch_size * processes
+    processes: int = Field(default=1, ge=1, le=MAX_PROCESSES)
     seed: int = Field(default=DEFAULT_SEED, ge=0, lt=2**31)
     checkpoint_every: int = Field(default=100, ge=1, le=100_000)
     keep_checkpoints: int = Field(default=2, ge=1, le=100)
@@ -91,9 +97,21 @@ class LoraConfig(BaseModel):
     def lora_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
 
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step, over all processes."""
+        return self.batch_size * self.processes
+
     def fingerprint(self) -> str:
-        """SHA-256 of the config: what must match for a checkpoint to be resumed."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        """SHA-256 of the config: what must match for a checkpoint to be resumed.
+
+        A single-process config hashes without ``processes``, as it did before the setting
+        existed, so checkpoints of earlier runs still resume.
+        """
+        values = self.model_dump(mode="json")
+        if values["processes"] == 1:
+            del values["processes"]
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
     def params(self) -> dict[str, Any]:
         """Flat values for MLflow params and the jobs policy."""

@@ -10,17 +10,26 @@ every step draws its noise, timesteps and latent samples from its own generator 
 ``(seed, step)``. Together with the optimizer, scheduler, RNG and EMA state in each checkpoint, a
 run stopped at step k and resumed ends bit-identical (on CPU) to one that never stopped.
 
-The loop runs under ``accelerate`` (mixed precision on GPU, and ready for several processes);
-the caller passes ``hooks`` for progress, logging and cooperative cancellation, and optionally a
-tracker (:mod:`tracking`) that receives metrics and the outputs.
+The loop runs under ``accelerate`` (mixed precision on GPU); the caller passes ``hooks`` for
+progress, logging and cooperative cancellation, and optionally a tracker (:mod:`tracking`) that
+receives metrics and the outputs.
+
+Several processes (``config.processes > 1``): the call that receives such a config launches that
+many training processes (:mod:`distributed`) and returns rank 0's result; each of them runs this
+same function with its ``process`` rank. The plan then holds global batches of
+``batch_size * processes`` samples, of which rank r trains on the r-th ``batch_size``; the trained
+modules are wrapped in DDP through ``accelerator.prepare`` so gradients are averaged over ranks; the
+loss recorded is the mean over ranks. Rank 0 alone writes the cache, checkpoints, images and outputs.
+A single process runs exactly as before: same plan, same noise, same ops.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,10 +37,11 @@ from typing import Any, Protocol
 import torch
 from latentops.pipelines.engine import AdapterRef, WeightsRef
 from latentops.pipelines.finetune import checkpoint as ckpt
-from latentops.pipelines.finetune import data, interop, validation
+from latentops.pipelines.finetune import data, distributed, interop, validation
 from latentops.pipelines.finetune.cache import FeatureCache
 from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import LoraConfig
+from latentops.pipelines.finetune.distributed import Rank
 from latentops.pipelines.finetune.families import Family, micro_conditioning
 from latentops.platform.errors import Conflict, InvalidInput
 from PIL import Image
@@ -94,14 +104,17 @@ class TrainingResult:
     peak_memory_mb: float = 0.0
     optimizer: str = "adamw"
     mixed_precision: str = "no"
+    processes: int = 1
+    effective_batch_size: int = 0  # images per step over all processes, as counted by the ranks
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "samples" else v)
                 for k, v in asdict(self).items()}
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+def _step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    # Every rank draws its own noise and timesteps; rank 0 draws what a single process draws.
+    return torch.Generator().manual_seed((seed * 1_000_003 + step + rank * 2**40) % (2**63 - 1))
 
 
 def _device() -> torch.device:
@@ -174,10 +187,9 @@ class _Stream:
     min_side: int
 
 
-def _batch(family: Family, cache: FeatureCache, stream: _Stream, step: int, device: torch.device,
+def _batch(family: Family, cache: FeatureCache, stream: _Stream, samples: list[data.Sample], device: torch.device,
            generator: torch.Generator, text_cache: dict[str, dict[str, torch.Tensor]] | None,
            ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[tuple[int, int, int, int, int, int]]]:
-    samples = stream.plan[step - 1]
     entries = [_latents(family, cache, stream.folder, stream.images[s.index], s.transform, min_side=stream.min_side)
                for s in samples]
     mean = torch.stack([e["mean"] for e in entries])
@@ -207,8 +219,12 @@ def train(
     prior: PriorData | None = None,
     job_id: int | None = None,
     device: torch.device | None = None,
+    process: Rank | None = None,
 ) -> TrainingResult:
-    """Train a LoRA for ``config`` on the images in ``instance_dir``; outputs go to ``out_dir``."""
+    """Train a LoRA for ``config`` on the images in ``instance_dir``; outputs go to ``out_dir``.
+
+    ``process`` is given only by the launcher of a multi-process run, to each training process.
+    """
     hooks = hooks or QuietHooks()
     device = device or _device()
     out_dir = Path(out_dir)
@@ -219,12 +235,25 @@ def train(
     if existing is not None and not resume:
         raise Conflict(f"out: {out_dir} already holds a run (checkpoint at step {existing.step}); pass --resume "
                        "to continue it, or choose another folder")
+    if config.processes > 1 and process is None:
+        # Several processes: this one starts them, relays rank 0's reports and returns its result. What the
+        # machine cannot honour (more processes than GPUs, fp16 on a CPU) is refused before any starts.
+        if device.type == "cuda":
+            distributed.require_gpus(config.processes, distributed.available_gpus())
+        _precision(config, device)
+        return distributed.launch(processes=config.processes, device_type=device.type, hooks=hooks, tracker=tracker,
+                                  train_kwargs={"config": config, "weights": weights, "instance_dir": Path(instance_dir),
+                                                "out_dir": out_dir, "cache_dir": cache_dir, "resume": resume,
+                                                "stop_after": stop_after, "prior": prior, "job_id": job_id})
+    rank, world = (process.rank, process.world_size) if process is not None else (0, 1)
+    main = rank == 0
 
     # 1. Data: validate, caption and hash the instance images; fix the batch plan from the seed.
+    #    With several processes each plan batch is the global one; rank r trains on its r-th share.
     images = data.require_instances(instance_dir, instance_prompt=config.instance_prompt)
     _, refused = data.load_instances(instance_dir, instance_prompt=config.instance_prompt)
     dataset_hash = data.dataset_hash(images)
-    plan_args = {"steps": config.steps, "batch_size": config.batch_size, "resolution": config.resolution,
+    plan_args = {"steps": config.steps, "batch_size": config.batch_size * world, "resolution": config.resolution,
                  "crop": config.crop, "flip": config.flip}
     streams = [_Stream(Path(instance_dir), images, data.batch_plan(images, seed=config.seed, **plan_args), 1.0,
                        data.MIN_SIDE)]
@@ -249,10 +278,13 @@ def train(
     for encoder in family.all_text_encoders():
         encoder.to(device)
 
-    # 3. Feature cache: every latent the plan needs and every caption's conditioning, computed once.
+    # 3. Feature cache: every latent the plan needs and every caption's conditioning, computed once
+    #    (by rank 0 alone; the other ranks wait, then find every entry there).
     cache = FeatureCache(cache_dir or out_dir / "cache", weights.content_hash)
     started_cache = time.perf_counter()
-    for stream in streams:
+    if not main:
+        distributed.barrier(process)
+    for stream in streams if main else []:
         for batch in stream.plan:
             for sample in batch:
                 _latents(family, cache, stream.folder, stream.images[sample.index], sample.transform, min_side=stream.min_side)
@@ -263,14 +295,17 @@ def train(
         for encoder in family.all_text_encoders():
             encoder.to("cpu")  # not needed again until validation renders
     family.vae.to("cpu")
+    if main:
+        distributed.barrier(process)
     hooks.log(f"feature cache ready in {time.perf_counter() - started_cache:.1f}s "
               f"({cache.hits} reused, {cache.misses} computed)")
 
-    # 4. LoRA layers, optimizer, schedule, under accelerate.
+    # 4. LoRA layers, optimizer, schedule, under accelerate (DDP over the trained modules for several processes).
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
-    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu") if process is None \
+        else _distributed_accelerator(precision, device)
     family.denoiser.to(device)
     torch.manual_seed(config.seed)  # LoRA initialisation depends only on the seed
     trained = family.add_lora(rank=config.rank, alpha=config.lora_alpha, text_encoder=config.train_text_encoder)
@@ -287,8 +322,26 @@ def train(
     optimizer, optimizer_name = _optimizer(config, groups, device)
     lr_scheduler = get_scheduler(config.lr_schedule, optimizer=optimizer, num_warmup_steps=config.warmup_steps,
                                  num_training_steps=config.steps)
-    prepared = accelerator.prepare(trained[family.denoiser_attr], optimizer, lr_scheduler)
-    _, optimizer, lr_scheduler = prepared
+
+    def step_loss(step: int) -> torch.Tensor:
+        """This rank's weighted loss at ``step`` (a single process: the whole batch)."""
+        generator = _step_generator(config.seed, step, rank)
+        total = torch.zeros((), device=device)
+        for stream in streams:
+            samples = _share(stream.plan[step - 1], rank, config.batch_size)
+            latents, cond, micro = _batch(family, cache, stream, samples, device, generator, text_cache)
+            with accelerator.autocast():
+                per_sample = family.loss(latents, cond, generator=generator, micro=micro, noise_offset=config.noise_offset,
+                                         min_snr_gamma=config.min_snr_gamma, dtype=dtype)
+            total = total + stream.weight * per_sample.mean()
+        return total
+
+    model: torch.nn.Module | None = None
+    if process is None:
+        prepared = accelerator.prepare(trained[family.denoiser_attr], optimizer, lr_scheduler)
+        _, optimizer, lr_scheduler = prepared
+    else:
+        model, optimizer, lr_scheduler = accelerator.prepare(_Objective(trained, step_loss), optimizer, lr_scheduler)
     ema = {n: p.detach().clone() for n, p in named.items()} if config.ema_decay else None
 
     # 5. Resume: restore every piece of state, then check it belongs to this very run.
@@ -314,32 +367,36 @@ def train(
         hooks.log(f"resuming from checkpoint at step {start}")
     if tracker is not None:
         tracker.start(config=config, meta={**meta, "optimizer": optimizer_name, "mixed_precision": precision,
-                                           "images": len(images), "refused": len(refused)}, resumed_from=start)
+                                           "images": len(images), "refused": len(refused),
+                                           "effective_batch_size": config.batch_size * world}, resumed_from=start)
 
     def save_checkpoint(step: int) -> None:
         ckpt.save(checkpoints, step=step, trainable=named, optimizer=optimizer.state_dict(),
                   scheduler=lr_scheduler.state_dict(), ema=ema, keep=config.keep_checkpoints,
                   state={**meta, "config": config.params(), "plan": data.plan_to_json(streams[0].plan), "losses": losses})
 
-    # 6. The loop.
+    # 6. The loop. Several processes: each step starts with the ranks' stop vote (in hooks.check_cancelled),
+    #    and the loss and the number of images trained are summed over ranks before the backward pass.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     last = stop_after if stop_after is not None else config.steps
     step_times: list[float] = []
+    seen = config.batch_size * world
     family.denoiser.train()
     for step in range(start + 1, last + 1):
         hooks.check_cancelled()
         began = time.perf_counter()
-        generator = _step_generator(config.seed, step)
-        total = torch.zeros((), device=device)
-        for stream in streams:
-            latents, cond, micro = _batch(family, cache, stream, step, device, generator, text_cache)
-            with accelerator.autocast():
-                per_sample = family.loss(latents, cond, generator=generator, micro=micro, noise_offset=config.noise_offset,
-                                         min_snr_gamma=config.min_snr_gamma, dtype=dtype)
-            total = total + stream.weight * per_sample.mean()
-        loss_value = float(total.detach())
-        if not torch.isfinite(total):
+        if model is None:
+            total = step_loss(step)
+            loss_value = float(total.detach())
+            finite = bool(torch.isfinite(total))
+        else:
+            total = model(step)
+            loss_sum, images_sum = distributed.sum_over_ranks(
+                [float(total.detach()), float(len(_share(streams[0].plan[step - 1], rank, config.batch_size)))], process)
+            loss_value, seen = loss_sum / world, int(images_sum)
+            finite = math.isfinite(loss_value)
+        if not finite:
             kept = ckpt.latest_step(checkpoints)
             raise TrainingFailed(f"loss is NaN or infinite at step {step}; "
                                  + (f"last good checkpoint: step {kept}" if kept is not None else "no checkpoint was written"))
@@ -356,42 +413,79 @@ def train(
         elapsed = time.perf_counter() - began
         step_times.append(elapsed)
         metrics = {"loss": loss_value, "lr": float(lr_scheduler.get_last_lr()[0]), "step_time_s": elapsed,
-                   "images_per_s": config.batch_size * len(streams) / elapsed if elapsed > 0 else 0.0,
+                   "images_per_s": seen * len(streams) / elapsed if elapsed > 0 else 0.0,
                    "peak_memory_mb": _peak_memory_mb(device)}
         if tracker is not None:
             tracker.metrics(step, metrics)
         if step % config.checkpoint_every == 0 or step == last:
-            save_checkpoint(step)
+            if main:
+                save_checkpoint(step)
+            distributed.barrier(process)
         if config.validation_every and step % config.validation_every == 0 and step < config.steps:
-            _validate(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir, step=step,
-                      device=device, job_id=job_id)
+            if main:
+                _validate(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir, step=step,
+                          device=device, job_id=job_id)
+            distributed.barrier(process)
         hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"])
     stopped_early = last < config.steps
     seconds_per_step = sum(step_times) / len(step_times) if step_times else 0.0
 
-    # 7. Outputs: LoRA weights (EMA when on), a kohya-format export, the sample grid, a manifest.
-    final_weights = ema if ema is not None else None
-    weights_path = _write_lora(family, named, final_weights, out_dir)
-    kohya_path = None
+    # 7. Outputs (rank 0): LoRA weights (EMA when on), a kohya-format export, the sample grid, a manifest.
+    weights_path, kohya_path, grid_path = out_dir / WEIGHTS_NAME, None, None
     samples: list[Path] = []
-    grid_path = None
-    if not stopped_early:
-        kohya_path = interop.export_kohya(weights_path, out_dir / "kohya" / "lora.safetensors", family=weights.family,
-                                          alpha=config.lora_alpha)
-        if config.samples:
-            samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id)
-    _write_manifest(out_dir, config, meta, images, refused, streams)
+    if main:
+        final_weights = ema if ema is not None else None
+        weights_path = _write_lora(family, named, final_weights, out_dir)
+        if not stopped_early:
+            kohya_path = interop.export_kohya(weights_path, out_dir / "kohya" / "lora.safetensors", family=weights.family,
+                                              alpha=config.lora_alpha)
+            if config.samples:
+                samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id)
+        _write_manifest(out_dir, config, meta, images, refused, streams)
     result = TrainingResult(
         out_dir=out_dir, weights_path=weights_path, kohya_path=kohya_path, steps=last, final_loss=losses[-1] if losses else 0.0,
         losses=losses, resumed_from=start, stopped_early=stopped_early, base_model_hash=weights.content_hash,
         dataset_hash=dataset_hash, samples=samples, sample_grid=grid_path, seconds_per_step=seconds_per_step,
-        step_times=step_times, images_per_second=(config.batch_size * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
+        step_times=step_times, images_per_second=(seen * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
         peak_memory_mb=_peak_memory_mb(device), optimizer=optimizer_name, mixed_precision=precision,
+        processes=world, effective_batch_size=seen,
     )
-    (out_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
-    if tracker is not None and not stopped_early:
-        tracker.finish(result=result)
+    if main:
+        (out_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        if tracker is not None and not stopped_early:
+            tracker.finish(result=result)
+    distributed.barrier(process)  # the other ranks end once rank 0's outputs are written
     return result
+
+
+def _share(batch: list[data.Sample], rank: int, per_rank: int) -> list[data.Sample]:
+    """Rank ``rank``'s part of a global batch (a single process: all of it)."""
+    return batch[rank * per_rank:(rank + 1) * per_rank]
+
+
+class _Objective(torch.nn.Module):
+    """The trained modules and one step's loss as a module: what DDP wraps when there are several processes."""
+
+    def __init__(self, trained: dict[str, torch.nn.Module], loss: Callable[[int], torch.Tensor]) -> None:
+        super().__init__()
+        self.trained = torch.nn.ModuleDict(trained)
+        self.step_loss = loss
+        # DDP synchronises the LoRA tensors only: frozen weights and buffers are identical on every rank
+        # already, so they are neither broadcast at the start nor before every step.
+        frozen = [n for n, p in self.named_parameters() if not p.requires_grad] + [n for n, _ in self.named_buffers()]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, frozen)
+
+    def forward(self, step: int) -> torch.Tensor:
+        return self.step_loss(step)
+
+
+def _distributed_accelerator(precision: str, device: torch.device) -> Any:
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    # split_batches: a plan batch is the global batch, so the LR schedule advances once per step, not
+    # once per rank as accelerate does for per-rank batches.
+    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu",
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def _peak_memory_mb(device: torch.device) -> float:
