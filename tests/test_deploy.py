@@ -182,6 +182,48 @@ def test_gpu_worker_asks_for_a_gpu_on_gpu_nodes_and_scales_on_queue_depth(render
         assert prometheus["metadata"]["query"] == 'max(latentops_queue_depth{queue="gpu"})'
 
 
+def test_dev_gpu_scaler_counts_the_jobs_waiting_on_every_priority_list_of_the_broker(  # type: ignore[no-untyped-def]
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Prometheus, dev scales on Redis alone. Celery's Redis transport keeps one list per
+    priority step, so the scaler must watch every list our dispatch fills (found here by dispatching
+    a job id at each job priority to a real Redis) and add their lengths up, not take the largest."""
+    import redis
+    from latentops.platform.queue.app import celery_app
+    from latentops.platform.services.jobs import broker_priority
+    from latentops.platform.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("LATENTOPS_BROKER_URL", redis_url)
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for priority in range(10):  # every priority the jobs policy can give a job
+            celery_app().send_task("latentops.run_job", args=[priority], queue="gpu",
+                                   priority=broker_priority(get_settings(), priority))
+        filled = {key.decode("latin-1"): int(client.llen(key)) for key in client.scan_iter() if client.type(key) == b"list"}
+    finally:
+        client.flushdb()
+        client.close()
+        get_settings.cache_clear()
+        celery_app.cache_clear()
+    assert sum(filled.values()) == 10 and len(filled) == 10  # one list per priority step
+    docs = render("dev")
+    scaled = by_kind(docs, "ScaledObject")["latentops-worker-gpu"]
+    triggers = scaled["spec"]["triggers"]
+    assert {t["type"] for t in triggers} == {"redis"}
+    assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(filled)
+    # The lists live in the broker's database, and each trigger reads it with the broker's password.
+    broker_url = by_kind(docs, "Secret")["latentops-secrets"]["stringData"]["LATENTOPS_BROKER_URL"]
+    assert {t["metadata"]["databaseIndex"] for t in triggers} == {broker_url.rsplit("/", 1)[1]}
+    assert {t["authenticationRef"]["name"] for t in triggers} == {"latentops-redis"}
+    assert check_custom_resource(scaled, docs) == []
+    # One metric, the sum of every list, at one waiting job per pod.
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert sorted(term.strip() for term in modifiers["formula"].split("+")) == sorted(t["name"] for t in triggers)
+    assert (modifiers["target"], modifiers["activationTarget"], modifiers["metricType"]) == ("1", "0", "AverageValue")
+
+
 def test_api_and_workers_have_an_opa_sidecar_pulling_the_bundle_from_the_api(rendered) -> None:  # type: ignore[no-untyped-def]
     from latentops.governance.opa_compat import bundle_sources, substitute_env
 
