@@ -150,7 +150,7 @@ def _check_jobs(data: Mapping[str, Any], where: str) -> None:
     limits = data.get("limits")
     _expect(isinstance(limits, dict), f"{where}.limits", "must map roles to limits")
     for role, values in limits.items():
-        for key in ("max_steps", "max_resolution", "max_rank", "max_batch"):
+        for key in ("max_steps", "max_resolution", "max_rank", "max_batch", "max_processes"):
             _expect(isinstance(values, dict) and isinstance(values.get(key), _NUMBER) and values[key] >= 0,
                     f"{where}.limits.{role}.{key}", "must be a non-negative number")
     quotas = data.get("quotas")

@@ -184,3 +184,21 @@ def test_workers_sign_the_first_audit_checkpoint_without_being_asked(start_worke
         time.sleep(0.3)
     assert latest is not None and latest.tree_size >= 1
     assert queue_settings.audit_signing_key is not None and queue_settings.audit_signing_key.exists()
+
+
+def test_gpu_hours_count_every_process_of_a_multi_process_fine_tune(database_url: str) -> None:
+    import datetime as dt
+
+    from latentops.platform.models import utcnow
+
+    with session_scope(database_url) as db:
+        db.add(Team(name="vision"))
+        db.flush()
+        team_id = db.scalar(sa.select(Team.id).where(Team.name == "vision"))
+        end = utcnow()
+        for processes in (1, 4):  # 30 minutes each, on the gpu queue
+            db.add(Job(kind="finetune", queue="gpu", params={"config": {"processes": processes}}, team_id=team_id,
+                       state=JobState.SUCCEEDED, started_at=end - dt.timedelta(minutes=30), finished_at=end))
+        db.add(Job(kind="diagnostics", queue="gpu", params={"steps": 1}, team_id=team_id, state=JobState.QUEUED))
+    with session_scope(database_url) as db:
+        assert jobs.usage(db, team_id) == {"queued_jobs": 1, "gpu_hours": 2.5}

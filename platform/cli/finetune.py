@@ -47,12 +47,12 @@ def _options(model: str | None, method: str | None, instance_dir: Path | None, i
              class_prompt: str | None, class_dir: Path | None, steps: int | None, rank: int | None, lr: float | None,
              resolution: int | None, batch_size: int | None, seed: int | None, checkpoint_every: int | None,
              train_text_encoder: bool, team: str | None, name: str | None, attest_licence: bool,
-             attest_consent: bool) -> dict[str, Any]:
+             attest_consent: bool, processes: int | None) -> dict[str, Any]:
     return {"model": model, "method": method, "instance_dir": instance_dir, "instance_prompt": instance_prompt,
             "class_prompt": class_prompt, "class_dir": class_dir, "steps": steps, "rank": rank, "lr": lr,
             "resolution": resolution, "batch_size": batch_size, "seed": seed, "checkpoint_every": checkpoint_every,
             "train_text_encoder": train_text_encoder, "team": team, "name": name, "attest_licence": attest_licence,
-            "attest_consent": attest_consent}
+            "attest_consent": attest_consent, "processes": processes}
 
 
 MODEL = typer.Option(None, "--model", help="Base model name in the catalogue.")
@@ -65,6 +65,8 @@ CONFIG = typer.Option(None, "--config", help="job.toml with the same keys as the
 STEPS, RANK, LR = typer.Option(None, help="Training steps."), typer.Option(None, help="LoRA rank."), typer.Option(None, help="Learning rate.")
 RESOLUTION, BATCH_SIZE = typer.Option(None, help="Training resolution (px)."), typer.Option(None, help="Images per step.")
 SEED, CHECKPOINT_EVERY = typer.Option(None, help="Random seed."), typer.Option(None, help="Checkpoint every N steps.")
+PROCESSES = typer.Option(None, help="Data-parallel training processes (1-8; one per GPU, or CPU processes without "
+                         "one); --batch-size is per process.")
 TRAIN_TEXT_ENCODER = typer.Option(False, "--train-text-encoder", help="Also put LoRA on the text encoder(s).")
 NAME = typer.Option(None, "--name", help="Adapter name (default MODEL-METHOD).")
 ATTEST_LICENCE = typer.Option(False, "--attest-licence", help="I hold the rights to train on these images.")
@@ -97,7 +99,7 @@ def run(
     class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR, steps: int = STEPS, rank: int = RANK, lr: float = LR,
     resolution: int = RESOLUTION, batch_size: int = BATCH_SIZE, seed: int = SEED, checkpoint_every: int = CHECKPOINT_EVERY,
     train_text_encoder: bool = TRAIN_TEXT_ENCODER, team: str = typer.Option(None, help="Team the run counts against."), name: str = NAME,
-    attest_licence: bool = ATTEST_LICENCE, attest_consent: bool = ATTEST_CONSENT,
+    attest_licence: bool = ATTEST_LICENCE, attest_consent: bool = ATTEST_CONSENT, processes: int = PROCESSES,
     out: Path = typer.Option(None, "--out", help="Output folder (weights, checkpoints, samples)."),
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (with a checkpoint) after this step."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
@@ -110,7 +112,8 @@ def run(
     from latentops.platform.services import finetune as service
 
     options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
-                       batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent)
+                       batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent,
+                       processes)
     options["out"] = out
     merged = _merge(options, config)
     request = _request(merged)
@@ -135,7 +138,7 @@ def submit(
     class_prompt: str = CLASS_PROMPT, class_dir: Path = CLASS_DIR, steps: int = STEPS, rank: int = RANK, lr: float = LR,
     resolution: int = RESOLUTION, batch_size: int = BATCH_SIZE, seed: int = SEED, checkpoint_every: int = CHECKPOINT_EVERY,
     train_text_encoder: bool = TRAIN_TEXT_ENCODER, team: str = typer.Option(None, help="Team the job runs for."), name: str = NAME,
-    attest_licence: bool = ATTEST_LICENCE, attest_consent: bool = ATTEST_CONSENT,
+    attest_licence: bool = ATTEST_LICENCE, attest_consent: bool = ATTEST_CONSENT, processes: int = PROCESSES,
     priority: int = typer.Option(None, min=0, max=9, help="Queue priority, higher first (default: your role's; "
                                  "the jobs policy sets each role's default and maximum)."),
     config: Path = CONFIG,
@@ -144,7 +147,8 @@ def submit(
     """Queue a fine-tuning job (checked, screened and decided before it is queued); with --server the
     instance images and their captions are uploaded."""
     options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
-                       batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent)
+                       batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent,
+                       processes)
     job_id = context.backend().submit_finetune(_request(_merge(options, config), priority))
     if json_output:
         output.emit_json({"job_id": job_id})

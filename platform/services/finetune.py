@@ -146,7 +146,8 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
     # 4. The jobs policy: role, model grant, limits, priority, quotas, attestation.
     decision = policy.require("jobs", {
         "action": "fine_tune", "team": team, **grants.model_input(session, model),
-        "params": {"steps": config.steps, "resolution": config.resolution, "rank": config.rank, "batch": config.batch_size},
+        "params": {"steps": config.steps, "resolution": config.resolution, "rank": config.rank, "batch": config.batch_size,
+                   "processes": config.processes},
         "uploads": {"count": len(images), "attestation": {"licence": request.attest_licence, "consent": request.attest_consent}},
         "priority": request.priority, "usage": jobs.usage(session, team_id),
     }, session=session, actor=actor)

@@ -403,7 +403,8 @@ def finetune_check(request: Request, session: SessionDep, principal: PortalUser,
         decision = policy.evaluate("jobs", {
             "action": "fine_tune", "team": team_name, "subject": principal.subject,
             **grants_service.model_input(session, record),
-            "params": {"steps": values["steps"], "resolution": values["resolution"], "rank": values["rank"], "batch": 1},
+            "params": {"steps": values["steps"], "resolution": values["resolution"], "rank": values["rank"], "batch": 1,
+                       "processes": values.get("processes", 1)},
             "uploads": {"count": 1, "attestation": {"licence": True, "consent": True}},
             "usage": {"queued_jobs": 0, "gpu_hours": 0}})
         problems += list(zip(decision.rule_ids, decision.reasons, strict=True))

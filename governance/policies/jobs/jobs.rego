@@ -4,7 +4,7 @@
 #
 # Input: {"action": "fine_tune"|"generate"|"queue", "team": str,
 #         "subject": {...as in models}, "model": {...}, "grants": [...],
-#         "params": {"steps", "resolution", "rank", "batch"},       # absent keys are not checked
+#         "params": {"steps", "resolution", "rank", "batch", "processes"},  # absent keys are not checked
 #         "uploads": {"count": int, "attestation": {"licence": bool, "consent": bool}},
 #         "priority": int | null,                                   # requested; null: the role's default
 #         "usage": {"queued_jobs": int, "gpu_hours": number}}       # the team's current use
@@ -52,7 +52,7 @@ model_access(inp) := {lib.violation(v.rule_id, v.reason) |
 	some v in models.evaluate({"action": "use", "subject": inp.subject, "model": inp.model, "grants": inp.grants}).deny
 }
 
-limited_params := ["steps", "resolution", "rank", "batch"]
+limited_params := ["steps", "resolution", "rank", "batch", "processes"]
 
 # The limit on "steps" is "max_steps" in the role's limits, and so on.
 exceeded(inp) := [{"param": param, "value": got, "limit": most} |

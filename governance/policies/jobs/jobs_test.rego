@@ -30,6 +30,8 @@ limit_cases := [
 	{"params": {"steps": 500, "resolution": 512, "rank": 32, "batch": 2}, "ids": {"jobs.limit.rank"}},
 	{"params": {"steps": 500, "resolution": 512, "rank": 8, "batch": 5}, "ids": {"jobs.limit.batch"}},
 	{"params": {"steps": 2000, "resolution": 768, "rank": 16, "batch": 4}, "ids": set()},
+	{"params": {"steps": 500, "resolution": 512, "rank": 8, "batch": 2, "processes": 3}, "ids": {"jobs.limit.processes"}},
+	{"params": {"steps": 500, "resolution": 512, "rank": 8, "batch": 2, "processes": 2}, "ids": set()},
 ]
 
 test_submitter_limits_table if {
