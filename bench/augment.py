@@ -170,6 +170,7 @@ def class_loras(settings: Settings, heldout: digits.DigitSet, chosen: np.ndarray
     """One LoRA per class on that class's few-shot images, registered so a dataset spec can name it."""
     from latentops.pipelines.finetune import lora
     from latentops.pipelines.finetune.config import build_config
+    from latentops.pipelines.finetune.data import MIN_SIDE
     from latentops.platform.services import finetune, generation
 
     names = {}
@@ -182,7 +183,9 @@ def class_loras(settings: Settings, heldout: digits.DigitSet, chosen: np.ndarray
         members = chosen[heldout.labels[chosen] == label]
         for index in members:
             picture = ((heldout.images[index] + 1) * 127.5).clamp(0, 255)
-            Image.fromarray(picture.permute(1, 2, 0).byte().numpy()).save(folder / f"{index}.png")
+            # Upscaled to the smallest side training accepts; the recipe resizes to its resolution.
+            Image.fromarray(picture.permute(1, 2, 0).byte().numpy()).resize(
+                (MIN_SIDE, MIN_SIDE), Image.Resampling.BICUBIC).save(folder / f"{index}.png")
         config = build_config({"instance_prompt": digits.prompt_for(label), "rank": 4, "resolution": 32, "steps": steps,
                                "lr": 1e-3, "batch_size": min(4, len(members)), "checkpoint_every": steps,
                                "validation_steps": 4, "flip": False, "seed": label})
