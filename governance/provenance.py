@@ -27,6 +27,7 @@ it because it is this installation's own anchor.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import logging
@@ -249,6 +250,16 @@ def use_chain(session: Session, *, settings: Settings, chain: Path, key: Path, a
 # --- signing and verifying ------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _signing_context() -> Any:
+    """c2pa settings for signing: no embedded thumbnail. By default c2pa renders a JPEG preview of
+    the image into the manifest: a second copy of the pixels (a 32 px PNG grows from 3 KB to 33 KB)
+    and about 50 ms per image, most of the governed path's cost on small images."""
+    import c2pa
+
+    return c2pa.Context(c2pa.Settings.from_json(json.dumps({"builder": {"thumbnail": {"enabled": False}}})))
+
+
 def apply(*, settings: Settings, image: Image.Image, asset_id: int, model_version: str, lora_version: str | None,
           policy_revision: str, audit_seq: int | None) -> tuple[bytes, dict[str, Any]]:
     """``(signed PNG bytes, provenance record)`` for a released image."""
@@ -270,7 +281,7 @@ def apply(*, settings: Settings, image: Image.Image, asset_id: int, model_versio
         info = c2pa.C2paSignerInfo(alg=material.alg.encode(), sign_cert=material.chain_pem, private_key=material.key_pem, ta_url=None)
         signer = c2pa.Signer.from_info(info)
         output = io.BytesIO()
-        with c2pa.Builder(manifest) as builder:
+        with c2pa.Builder(manifest, context=_signing_context()) as builder:
             builder.sign(signer, "image/png", io.BytesIO(png_bytes(marked)), output)
     except c2pa.C2paError as error:
         raise ConfigurationError(f"provenance: the signing chain ({material.source}) could not sign ({error})") from None
