@@ -30,6 +30,7 @@ from latentops.platform.services import models as models_service
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from test_finetune_recipe import _release_unscreened
+from test_jobs_queue import wait_finished
 
 CONSOLE = "cli:tester"
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3, "seed": 7,
@@ -93,18 +94,6 @@ def _render(pipeline) -> torch.Tensor:  # type: ignore[no-untyped-def]
                                          generator=torch.Generator().manual_seed(0)).images)
 
 
-def _wait(url: str, job_id: int, timeout: float = 600) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with session_scope(url) as db:
-            job = jobs.get(db, job_id)
-            if job.state.finished:
-                db.expunge(job)
-                return job
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the embedded default; one backend is enough here
 def test_a_two_process_job_on_a_worker_trains_one_lora_on_twice_the_batch(  # type: ignore[no-untyped-def]
@@ -117,7 +106,7 @@ def test_a_two_process_job_on_a_worker_trains_one_lora_on_twice_the_batch(  # ty
         model="tiny", instance_dir=instances, values=values, adapter_name="glyph", attest_licence=True,
         attest_consent=True))
     start_worker("gpu")
-    job = _wait(settings.database_url, job_id)
+    job = wait_finished(settings.database_url, job_id, timeout=600)
     assert job.state.value == "succeeded", job.error
     assert job.result["steps"] == 4 and job.progress["step"] == 4
 

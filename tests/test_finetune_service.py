@@ -4,7 +4,6 @@ one MLflow run and one registered version per job, and the approval that moves `
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from latentops.platform.services import finetune, jobs, users
 from latentops.platform.services import models as models_service
 from PIL import Image
 from test_finetune_recipe import _release_unscreened
+from test_jobs_queue import wait_finished
 
 CONSOLE = "cli:tester"
 SETTINGS = {"instance_prompt": "a sks pattern", "steps": 4, "rank": 4, "resolution": 32, "checkpoint_every": 2,
@@ -113,18 +113,6 @@ def test_a_protected_work_is_refused_unless_the_team_holds_a_licence(queue_setti
         assert sorted(p.name for p in Path(job.params["instance_dir"]).iterdir()) == ["metadata.jsonl", "p0.png", "p1.png", "p2.png"]
 
 
-def _wait(url: str, job_id: int, timeout: float = 900) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with session_scope(url) as db:
-            job = jobs.get(db, job_id)
-            if job.state.finished:
-                db.expunge(job)
-                return job
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
-
-
 def test_a_submitted_job_trains_on_a_worker_registers_once_and_needs_an_approver_for_production(  # type: ignore[no-untyped-def]
         queue_settings, catalogue, instances: Path, cli, start_worker) -> None:
     settings = queue_settings
@@ -135,7 +123,7 @@ def test_a_submitted_job_trains_on_a_worker_registers_once_and_needs_an_approver
     assert done.returncode == 0, done.stderr
     job_id = json.loads(done.stdout)["job_id"]
     start_worker("gpu")
-    job = _wait(settings.database_url, job_id)
+    job = wait_finished(settings.database_url, job_id, timeout=900)
     assert job.state.value == "succeeded", job.error
     assert job.result["adapter"] == "pattern" and job.result["steps"] == 4
     assert job.progress["step"] == 4 and "loss" in job.progress
