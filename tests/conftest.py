@@ -287,3 +287,27 @@ def start_worker(queue_settings, tmp_path: Path):  # type: ignore[no-untyped-def
     yield _start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def fresh_policy():  # type: ignore[no-untyped-def]
+    """A policy service of its own, so data edits of earlier tests' databases do not leak in."""
+    from latentops.governance import policy
+
+    policy.use_service(None)
+    yield
+    policy.use_service(None)
+
+
+@pytest.fixture
+def people(settings_env) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """One user per role (two submitters, in different teams), each with a personal API token."""
+    from api_helpers import make_user
+
+    url = settings_env.database_url
+    return {
+        "alice": make_user(url, "alice@example.com", "submitter", "design"),
+        "bob": make_user(url, "bob@example.com", "submitter", "marketing"),
+        "carol": make_user(url, "carol@example.com", "compliance_officer", "compliance"),
+        "dave": make_user(url, "dave@example.com", "admin", "ops"),
+    }

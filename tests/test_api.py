@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import PASSWORD, bearer, expire_token, make_token, make_user, team_id
+from api_helpers import PASSWORD, bearer, expire_token, make_token, team_id
 from fastapi.testclient import TestClient
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
@@ -21,16 +21,6 @@ from latentops.platform.services import jobs as jobs_service
 def api(settings_env) -> TestClient:  # type: ignore[no-untyped-def]
     return TestClient(create_app(settings_env))
 
-
-@pytest.fixture
-def people(settings_env) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    url = settings_env.database_url
-    return {
-        "alice": make_user(url, "alice@example.com", "submitter", "design"),
-        "bob": make_user(url, "bob@example.com", "submitter", "marketing"),
-        "carol": make_user(url, "carol@example.com", "compliance_officer", "compliance"),
-        "dave": make_user(url, "dave@example.com", "admin", "ops"),
-    }
 
 
 def _job(database_url: str, team: str) -> int:

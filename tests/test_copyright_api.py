@@ -35,26 +35,8 @@ REFERENCES = "/api/v1/copyright/references"
 
 
 @pytest.fixture
-def fresh_policy():  # type: ignore[no-untyped-def]
-    """A policy service of its own, so data edits of earlier tests' databases do not leak in."""
-    policy.use_service(None)
-    yield
-    policy.use_service(None)
-
-
-@pytest.fixture
 def api(settings_env, fresh_policy) -> TestClient:  # type: ignore[no-untyped-def]
     return TestClient(create_app(settings_env))
-
-
-@pytest.fixture
-def people(settings_env) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    url = settings_env.database_url
-    return {
-        "alice": make_user(url, "alice@example.com", "submitter", "design"),
-        "carol": make_user(url, "carol@example.com", "compliance_officer", "compliance"),
-        "dave": make_user(url, "dave@example.com", "admin", "ops"),
-    }
 
 
 def _works(count: int = 3) -> list[tuple[str, bytes]]:

@@ -62,14 +62,6 @@ def tiny_clip_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
 
 @pytest.fixture
-def fresh_policy():  # type: ignore[no-untyped-def]
-    """A policy service of its own, so data edits of earlier tests' databases do not leak in."""
-    policy.use_service(None)
-    yield
-    policy.use_service(None)
-
-
-@pytest.fixture
 def with_clip(settings_env, database_url: str, tiny_clip_files, fresh_policy):  # type: ignore[no-untyped-def]
     config, weights = tiny_clip_files
     with session_scope(database_url) as db:
