@@ -146,19 +146,14 @@ def usage(session: Session, team_id: int | None) -> dict[str, float]:
     if team_id is None:
         return {"queued_jobs": 0, "gpu_hours": 0.0}
     waiting = session.scalar(sa.select(sa.func.count(Job.id)).where(Job.team_id == team_id, Job.state.in_(WAITING_STATES)))
-    spans = session.execute(sa.select(Job.started_at, Job.finished_at, Job.params).where(
+    # A fine-tune in N processes holds N GPUs (or N CPU processes) for its wall time. The count is
+    # read in the database: the job's whole parameters need not travel for one number.
+    processes = sa.func.coalesce(Job.params[("config", "processes")].as_integer(), 1)
+    spans = session.execute(sa.select(Job.started_at, Job.finished_at, processes).where(
         Job.team_id == team_id, Job.queue == "gpu", Job.started_at.is_not(None))).all()
     now = utcnow()
-    # A fine-tune in N processes holds N GPUs (or N CPU processes) for its wall time.
-    seconds = sum(((_utc(end) if end else now) - _utc(start)).total_seconds() * _processes(params)
-                  for start, end, params in spans)
+    seconds = sum(((_utc(end) if end else now) - _utc(start)).total_seconds() * count for start, end, count in spans)
     return {"queued_jobs": int(waiting or 0), "gpu_hours": round(seconds / 3600.0, 4)}
-
-
-def _processes(params: Any) -> int:
-    config = params.get("config") if isinstance(params, dict) else None
-    value = config.get("processes", 1) if isinstance(config, dict) else 1
-    return value if isinstance(value, int) and value >= 1 else 1
 
 
 def admit(session: Session, *, actor: audit.Actor | str, team: Team, priority: int | None) -> int:
