@@ -27,9 +27,8 @@ from latentops.platform.errors import InvalidInput
 from latentops.platform.models import Job
 from latentops.platform.services import finetune, jobs
 from latentops.platform.services import models as models_service
-from PIL import Image, ImageDraw
 from safetensors.torch import load_file
-from test_finetune_recipe import _release_unscreened
+from test_finetune_recipe import _release_unscreened, draw_glyphs
 from test_jobs_queue import wait_finished
 
 CONSOLE = "cli:tester"
@@ -44,12 +43,7 @@ def tiny_sd1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("instances")
-    for index in range(5):
-        image = Image.new("RGB", (64 + 8 * index, 64), "white")
-        ImageDraw.Draw(image).text((20 + index, 24), "AB"[index % 2], fill=(20, 20, 120))
-        image.save(folder / f"glyph-{index}.png")
-    return folder
+    return draw_glyphs(tmp_path_factory.mktemp("instances"))
 
 
 @pytest.fixture

@@ -57,13 +57,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {family: tiny.create(family, root / family) for family in ("sd1", "sdxl", "sd3", "flux")}
 
 
-@pytest.fixture(scope="module")
-def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("instances")
+def draw_glyphs(folder: Path) -> Path:
+    """Five instance images of drawn letters, 64 to 96 px wide (so bucketing has work to do)."""
     for index in range(5):
         image = Image.new("RGB", (64 + 8 * index, 64), "white")
         ImageDraw.Draw(image).text((20 + index, 24), "AB"[index % 2], fill=(20, 20, 120))
         image.save(folder / f"glyph-{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = draw_glyphs(tmp_path_factory.mktemp("instances"))
     (folder / "glyph-0.txt").write_text("a sks glyph, blue ink")
     return folder
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from latentops.client import Client
 from latentops.platform.cli.backend import AuditFilters, GenerationRequest
-from latentops.platform.services.finetune_request import Request as FinetuneRequest
 from latentops.platform.errors import IntegrityError, InvalidInput, ServiceUnavailable
+from latentops.platform.services.finetune_request import Request as FinetuneRequest
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
