@@ -487,7 +487,7 @@ def record(
         raise InvalidInput(f"details: the key {SEALED_KEY!r} is reserved for sealed personal data")
     if personal and not subject:
         raise InvalidInput("subject: required when personal data is given (whose key encrypts it)")
-    canonical_details(plain)  # bad details fail here, before anything is written
+    canonical = canonical_details(plain)  # bad details fail here, before anything is written
 
     key = _database_key(session)
     trusted = session.info.get("audit_heads", {}).get(key) or _verified_heads.get(key)
@@ -498,7 +498,7 @@ def record(
 
         plain[SEALED_KEY] = erasure.seal(session, subject=str(subject), data=personal, context=action)
     values = {"at": utcnow(), "actor": name, "action": action, "resource": resource, "outcome": outcome,
-              "details": canonical_details(plain)}
+              "details": canonical_details(plain) if personal else canonical}
     check = trusted is not None and trusted.seq >= 0
     # The cheap check, in the same round trip: the head this process trusts still carries its
     # hash. Entries after it are verified by the integrator, under the lock, before extending.

@@ -538,10 +538,14 @@ def licences_of(session: Session, team: str | None) -> list[dict[str, Any]]:
 
 
 def decide(session: Session, *, kind: str, matches: Sequence[dict[str, Any]], team: str | None,
-           actor: audit.Actor | str) -> policy.Decision:
-    """The ``copyright`` policy decision for these matches (recorded and audited)."""
+           actor: audit.Actor | str, licences: list[dict[str, Any]] | None = None) -> policy.Decision:
+    """The ``copyright`` policy decision for these matches (recorded and audited).
+
+    ``licences``: the team's active licences when the caller already read them (``licences_of``).
+    """
     return policy.decide("copyright", {"kind": kind, "team": team or "", "matches": list(matches),
-                                       "licences": licences_of(session, team)}, session=session, actor=actor)
+                                       "licences": licences_of(session, team) if licences is None else licences},
+                         session=session, actor=actor)
 
 
 def screen_training_upload(session: Session, *, settings: Settings, images: Sequence[tuple[str, Path | bytes]],

@@ -280,12 +280,11 @@ def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audi
     index = service.bundle.prompt_index if service.bundle else None
     masked = mask_input(policy_input, index)
     input_hash = hashlib.sha256(rfc8785.dumps(_jsonable(policy_input))).hexdigest()
-    row = PolicyDecision(
+    # One INSERT ... RETURNING, not the unit of work: a governed image takes two decisions.
+    decision_id = session.execute(sa.insert(PolicyDecision).values(
         path=path, input_hash=input_hash, input_masked=masked, allow=decision.allow, reasons=decision.reasons,
         rule_ids=decision.rule_ids, revision=decision.revision, engine=decision.engine, actor=_actor_name(actor),
-    )
-    session.add(row)
-    session.flush()
+    ).returning(PolicyDecision.id)).scalar_one()
     details: dict[str, Any] = {"path": path, "allow": decision.allow, "rule_ids": decision.rule_ids,
                                "revision": decision.revision, "input_hash": input_hash}
     if engine_error:
@@ -294,9 +293,9 @@ def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audi
         details["obligations"] = decision.obligations
     # Not sequenced here: reading the entry's seq now would hold the chain lock until this
     # transaction ends. The entry is found by its resource (``decision_entry``).
-    audit.record(session, actor=_actor_name(actor), action="policy.decision", resource=f"policy_decision:{row.id}",
+    audit.record(session, actor=_actor_name(actor), action="policy.decision", resource=f"policy_decision:{decision_id}",
                  outcome="allow" if decision.allow else "deny", details=details)
-    return Decision(decision.allow, decision.reasons, decision.rule_ids, decision.revision, row.id, path, decision.engine,
+    return Decision(decision.allow, decision.reasons, decision.rule_ids, decision.revision, decision_id, path, decision.engine,
                     decision.obligations)
 
 

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from latentops.governance import audit, policy, provenance, screening
+from latentops.governance import audit, copyright, policy, provenance, screening
 from latentops.governance.imagefile import load_image, png_bytes
-from latentops.platform.errors import Conflict, NotFound
+from latentops.platform.errors import Conflict, InvalidInput, NotFound
 from latentops.platform.models import Asset, LoraAdapter, ModelVersion, ScreeningResult, User, utcnow
 from latentops.platform.settings import Settings
 from PIL import Image
@@ -63,29 +64,54 @@ def _label(session: Session, model: type[ModelVersion | LoraAdapter], row_id: in
 
 
 def admit(session: Session, *, settings: Settings, image: Image.Image | bytes, actor: audit.Actor | str, seed: int,
-          prompt_ref: str, team: str | None = None, team_id: int | None = None, owner_id: int | None = None,
-          job_id: int | None = None, dataset_id: int | None = None, model_version_id: int | None = None,
-          lora_adapter_id: int | None = None, purpose: str = "generation", params: dict[str, Any] | None = None) -> Admission:
+          prompt_ref: str, **common: Any) -> Admission:
     """Screen a generated image and release it with provenance, or quarantine it."""
-    picture = load_image(image, name="generated image") if isinstance(image, bytes) else image.convert("RGB")
-    outcome = screening.screen(session, settings=settings, image=picture, actor=actor, name=f"{purpose} image",
-                               kind="output", team=team, model_version_id=model_version_id)
-    asset = Asset(team_id=team_id, owner_id=owner_id, job_id=job_id, dataset_id=dataset_id, model_version_id=model_version_id,
-                  lora_adapter_id=lora_adapter_id, purpose=purpose, seed=seed, prompt_ref=prompt_ref, params=params or {},
-                  content_hash="", path="", width=picture.width, height=picture.height,
-                  status="released" if outcome.released else "quarantined", screening_result_id=outcome.result_id,
-                  policy_decision_id=outcome.decision_ids[0] if outcome.decision_ids else None)
-    session.add(asset)
+    return admit_batch(session, settings=settings, images=[image], actor=actor, seeds=[seed], prompt_refs=[prompt_ref],
+                       **common)[0]
+
+
+def admit_batch(session: Session, *, settings: Settings, images: Sequence[Image.Image | bytes], actor: audit.Actor | str,
+                seeds: Sequence[int], prompt_refs: Sequence[str], team: str | None = None, team_id: int | None = None,
+                owner_id: int | None = None, job_id: int | None = None, dataset_id: int | None = None,
+                model_version_id: int | None = None, lora_adapter_id: int | None = None, purpose: str = "generation",
+                params: dict[str, Any] | None = None) -> list[Admission]:
+    """``admit`` for the images of one request, in order: each is screened and released or
+    quarantined on its own; the release entries of the batch take their places in the chain
+    together, so the manifests can name them (one chain-lock acquisition, not one per image)."""
+    if not len(images) == len(seeds) == len(prompt_refs):
+        raise InvalidInput("images, seeds and prompt_refs: must have the same length")
+    pictures = [load_image(image, name="generated image") if isinstance(image, bytes) else image.convert("RGB")
+                for image in images]
+    # The assets first (quarantined until screening says otherwise), so each screening result names its asset.
+    assets = [Asset(team_id=team_id, owner_id=owner_id, job_id=job_id, dataset_id=dataset_id,
+                    model_version_id=model_version_id, lora_adapter_id=lora_adapter_id, purpose=purpose, seed=seed,
+                    prompt_ref=ref, params=params or {}, content_hash="", path="", width=picture.width,
+                    height=picture.height, status="quarantined")
+              for picture, seed, ref in zip(pictures, seeds, prompt_refs, strict=True)]
+    session.add_all(assets)
     session.flush()
-    result = session.get(ScreeningResult, outcome.result_id)
-    if result is not None:
-        result.source = f"asset:{asset.id}"
-    if not outcome.released:
-        _store_quarantined(session, settings=settings, asset=asset, picture=picture, outcome=outcome, actor=actor)
-        return Admission(asset, outcome, None)
-    signed = _release(session, settings=settings, asset=asset, picture=picture, actor=actor, reason="screening passed",
-                      revision=outcome.policy_revision)
-    return Admission(asset, outcome, signed)
+    licences = copyright.licences_of(session, team)
+    outcomes = [screening.screen(session, settings=settings, image=picture, actor=actor, name=f"asset:{asset.id}",
+                                 kind="output", team=team, model_version_id=model_version_id, licences=licences)
+                for asset, picture in zip(assets, pictures, strict=True)]
+    for asset, outcome in zip(assets, outcomes, strict=True):
+        asset.status = "released" if outcome.released else "quarantined"
+        asset.screening_result_id = outcome.result_id
+        asset.policy_decision_id = outcome.decision_ids[0] if outcome.decision_ids else None
+    entries = {asset.id: _release_entry(session, asset=asset, actor=actor, reason="screening passed",
+                                        revision=outcome.policy_revision)
+               for asset, outcome in zip(assets, outcomes, strict=True) if outcome.released}
+    admissions = []
+    for asset, picture, outcome in zip(assets, pictures, outcomes, strict=True):
+        if not outcome.released:
+            _store_quarantined(session, settings=settings, asset=asset, picture=picture, outcome=outcome, actor=actor)
+            admissions.append(Admission(asset, outcome, None))
+            continue
+        signed = _sign_and_store(session, settings=settings, asset=asset, picture=picture, entry=entries[asset.id],
+                                 revision=outcome.policy_revision)
+        admissions.append(Admission(asset, outcome, signed))
+    session.flush()
+    return admissions
 
 
 def _store_quarantined(session: Session, *, settings: Settings, asset: Asset, picture: Image.Image,
@@ -103,10 +129,16 @@ def _store_quarantined(session: Session, *, settings: Settings, asset: Asset, pi
     log.info("image quarantined", extra={"asset_id": asset.id, "rule_ids": outcome.rule_ids})
 
 
-def _release(session: Session, *, settings: Settings, asset: Asset, picture: Image.Image, actor: audit.Actor | str,
-             reason: str, revision: str) -> bytes:
-    entry = audit.record(session, actor=actor, action="asset.release", resource=f"asset:{asset.id}",
-                         details={"reason": reason, "screening_result_id": asset.screening_result_id, "policy_revision": revision})
+def _release_entry(session: Session, *, asset: Asset, actor: audit.Actor | str, reason: str,
+                   revision: str) -> audit.AuditRecord:
+    return audit.record(session, actor=actor, action="asset.release", resource=f"asset:{asset.id}",
+                        details={"reason": reason, "screening_result_id": asset.screening_result_id,
+                                 "policy_revision": revision})
+
+
+def _sign_and_store(session: Session, *, settings: Settings, asset: Asset, picture: Image.Image,
+                    entry: audit.AuditRecord, revision: str) -> bytes:
+    """Provenance naming the release entry (its seq), then the signed file and the asset's record of it."""
     signed, record = provenance.apply(
         settings=settings, image=picture, asset_id=asset.id,
         model_version=_label(session, ModelVersion, asset.model_version_id) or "unknown",
@@ -116,6 +148,13 @@ def _release(session: Session, *, settings: Settings, asset: Asset, picture: Ima
     path = folder / f"asset-{asset.id}.png"
     path.write_bytes(signed)
     asset.path, asset.content_hash, asset.provenance, asset.audit_seq = str(path), hashlib.sha256(signed).hexdigest(), record, entry.seq
+    return signed
+
+
+def _release(session: Session, *, settings: Settings, asset: Asset, picture: Image.Image, actor: audit.Actor | str,
+             reason: str, revision: str) -> bytes:
+    entry = _release_entry(session, asset=asset, actor=actor, reason=reason, revision=revision)
+    signed = _sign_and_store(session, settings=settings, asset=asset, picture=picture, entry=entry, revision=revision)
     session.flush()
     return signed
 

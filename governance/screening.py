@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from latentops.governance import audit, copyright, detectors, policy
 from latentops.governance.detectors import ClipConceptDetector, ClipModel, Detector
 from latentops.governance.imagefile import load_image
@@ -256,8 +257,11 @@ class ScreeningOutcome:
 
 def screen(session: Session, *, settings: Settings, image: Image.Image | Path | bytes, actor: audit.Actor | str,
            name: str = "image", kind: str = "output", team: str | None = None,
-           model_version_id: int | None = None) -> ScreeningOutcome:
-    """Screen one image (steps in the module docstring); records the result and its audit entry."""
+           model_version_id: int | None = None, licences: list[dict[str, Any]] | None = None) -> ScreeningOutcome:
+    """Screen one image (steps in the module docstring); records the result and its audit entry.
+
+    ``licences``: the team's copyright licences, when a caller screening several images read them once.
+    """
     if kind not in KINDS:
         raise InvalidInput(f"kind: {kind!r} must be one of {', '.join(KINDS)}")
     # 1. Decode.
@@ -271,23 +275,21 @@ def screen(session: Session, *, settings: Settings, image: Image.Image | Path | 
     matches = copyright.find_matches(session, settings=settings, image=picture)
     # 4. Policy decisions (each recorded and audited by the policy module).
     content = policy.decide("screening", {"detector": label, "scores": scores}, session=session, actor=actor)
-    rights = copyright.decide(session, kind=kind, matches=matches, team=team, actor=actor)
+    rights = copyright.decide(session, kind=kind, matches=matches, team=team, actor=actor, licences=licences)
     reasons = content.reasons + rights.reasons
     rule_ids = content.rule_ids + rights.rule_ids
     verdict = "release" if content.allow and rights.allow else "quarantine"
     # 5. Record.
-    row = ScreeningResult(
+    result_id = session.execute(sa.insert(ScreeningResult).values(
         image_hash=image_hash, verdict=verdict, scores=scores, matches=matches, reasons=reasons,
         detectors=[label], policy_revision=content.revision, model_version_id=model_version_id, kind=kind, source=name[:400],
-    )
-    session.add(row)
-    session.flush()
-    audit.record(session, actor=actor, action="screening.result", resource=f"screening_result:{row.id}",
+    ).returning(ScreeningResult.id)).scalar_one()
+    audit.record(session, actor=actor, action="screening.result", resource=f"screening_result:{result_id}",
                  outcome=verdict, details={
                      "image_hash": image_hash, "kind": kind, "detector": label, "unscreened": label == NO_DETECTOR,
                      "rule_ids": rule_ids, "matches": [m["reference_id"] for m in matches],
                      "decisions": [content.decision_id, rights.decision_id], "policy_revision": content.revision,
                  })
-    log.info("image screened", extra={"screening_result_id": row.id, "verdict": verdict})
-    return ScreeningOutcome(verdict, reasons, rule_ids, scores, label, matches, content.revision, row.id, image_hash,
+    log.info("image screened", extra={"screening_result_id": result_id, "verdict": verdict})
+    return ScreeningOutcome(verdict, reasons, rule_ids, scores, label, matches, content.revision, result_id, image_hash,
                             [d for d in (content.decision_id, rights.decision_id) if d is not None])

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from latentops.governance import copyright, policy, screening
+from latentops.governance import copyright, policy, quarantine, screening
 from latentops.platform.database import session_scope
-from latentops.platform.errors import PolicyDenied
-from latentops.platform.models import AuditEntry, CopyrightReference
+from latentops.platform.errors import InvalidInput, PolicyDenied
+from latentops.platform.models import Asset, AuditEntry, CopyrightReference, ScreeningResult
 from latentops.platform.services import users
 from PIL import Image, ImageEnhance, ImageOps
 from test_screening import picture, save, tiny_clip_files  # noqa: F401  (a fixture)
@@ -205,3 +205,34 @@ def test_clip_embeddings_are_indexed_with_faiss_and_never_flag_on_similarity_alo
         unrelated = [copyright.find_matches(db, settings=settings_env, image=picture(seed, 384)) for seed in range(6000, 6004)]
     assert copy and copy[0]["owner"] == "Acme Pictures"
     assert unrelated == [[], [], [], []]
+
+
+def test_a_batch_with_one_protected_copy_quarantines_that_image_and_releases_the_rest(
+        settings_env, database_url: str, works: Path, indexed: dict[str, int]) -> None:
+    copy = ImageOps.mirror(Image.open(works / "work-2.png").convert("RGB"))
+    images = [picture(7, 288), copy, picture(8, 288)]
+    with session_scope(database_url) as db:
+        policy.set_policy_data(db, key="screening.release_without_detector", value=True, actor="cli:test")
+    with session_scope(database_url) as db:
+        policy.reload(db)
+        admissions = quarantine.admit_batch(db, settings=settings_env, images=images, actor="cli:test", seeds=[1, 2, 3],
+                                            prompt_refs=["a" * 64] * 3, team="design")
+        ids = [a.asset.id for a in admissions]
+    assert [a.released for a in admissions] == [True, False, True]
+    assert admissions[1].outcome.rule_ids == ["copyright.protected_work"] and admissions[1].image is None
+    with session_scope(database_url) as db:
+        assets = [db.get(Asset, i) for i in ids]
+        results = [db.get(ScreeningResult, a.screening_result_id) for a in assets]  # type: ignore[union-attr]
+        entries = {e.resource: e for e in db.scalars(sa.select(AuditEntry).where(
+            AuditEntry.resource.in_([f"asset:{i}" for i in ids])))}
+    assert [a.status for a in assets] == ["released", "quarantined", "released"]  # type: ignore[union-attr]
+    assert [r.source for r in results] == [f"asset:{i}" for i in ids]  # type: ignore[union-attr]
+    assert [r.verdict for r in results] == ["release", "quarantine", "release"]  # type: ignore[union-attr]
+    for asset, admission in zip(assets, admissions, strict=True):
+        entry = entries[f"asset:{asset.id}"]  # type: ignore[union-attr]
+        assert entry.action == ("asset.release" if admission.released else "asset.quarantine")
+        assert asset.audit_seq == entry.seq  # type: ignore[union-attr]
+        if admission.released:  # the signed manifest names the release entry
+            assert asset.provenance["c2pa"]["audit_seq"] == entry.seq  # type: ignore[union-attr,index]
+    with pytest.raises(InvalidInput, match="same length"), session_scope(database_url) as db:
+        quarantine.admit_batch(db, settings=settings_env, images=images, actor="cli:test", seeds=[1], prompt_refs=["a" * 64])

@@ -10,7 +10,7 @@ training run, and every image of a synthetic dataset come through here, in this 
    The result is an :class:`Authorization`, which :func:`generate` checks against what it runs.
 3. **Generate** with the engine (``pipelines.engine``). This module is the engine's only caller
    that hands pixels on (``tests/test_generation_path.py`` enforces it).
-4. **Admit** each image (``quarantine.admit``): content and copyright screening, then either
+4. **Admit** each image (``quarantine.admit_batch``): content and copyright screening, then either
    provenance (C2PA manifest + watermark) and a released asset, or quarantine, where a flagged
    image waits for a compliance officer and its pixels are never returned.
 5. **Record** a ``generation.request`` audit entry naming the decisions and assets; the prompt text
@@ -301,13 +301,13 @@ def generate(session: Session, *, settings: Settings, actor: audit.Actor | str, 
     user = actor_user(session, actor)
     params = {**spec.params(), "request_decisions": list(authorization.decision_ids), "target": target.label}
     images: list[GeneratedImage] = []
-    for index, picture in enumerate(pictures):
+    admissions = quarantine.admit_batch(
+        session, settings=settings, images=pictures, actor=actor, seeds=[spec.seed + i for i in range(len(pictures))],
+        prompt_refs=[prompt_ref(spec.prompt_of(i)) for i in range(len(pictures))], team=team, team_id=team_id,
+        owner_id=user.id if user else None, job_id=job_id, dataset_id=dataset_id, model_version_id=target.version.id,
+        lora_adapter_id=target.lora.id if target.lora else None, purpose=purpose, params=params)
+    for index, admission in enumerate(admissions):
         text = spec.prompt_of(index)
-        admission = quarantine.admit(
-            session, settings=settings, image=picture, actor=actor, seed=spec.seed + index, prompt_ref=prompt_ref(text),
-            team=team, team_id=team_id, owner_id=user.id if user else None, job_id=job_id, dataset_id=dataset_id,
-            model_version_id=target.version.id, lora_adapter_id=target.lora.id if target.lora else None,
-            purpose=purpose, params=params)
         asset = admission.asset
         # The asset's decision is the request's (the screening decisions hang off its screening result).
         asset.params = {**params, "screening_decisions": admission.outcome.decision_ids}
@@ -389,13 +389,14 @@ def _render(session: Session, *, settings: Settings, actor: str, request: Render
     pictures = engine.generate(request.weights, generation, adapters)
     engine.cache.clear()  # training keeps its own copy of the model; do not hold a second one
     images = []
-    for index, picture in enumerate(pictures):
+    admissions = quarantine.admit_batch(
+        session, settings=settings, images=pictures, actor=actor, seeds=[spec.seed + i for i in range(len(pictures))],
+        prompt_refs=[prompt_ref(spec.prompt_of(i)) for i in range(len(pictures))], job_id=request.job_id,
+        model_version_id=version.id if version else None, purpose=request.purpose,
+        params={"steps": spec.steps, "weights": request.weights.content_hash,
+                "adapter": request.adapter.content_hash if request.adapter else None, "request_decisions": decision_ids})
+    for index, admission in enumerate(admissions):
         text = spec.prompt_of(index)
-        admission = quarantine.admit(
-            session, settings=settings, image=picture, actor=actor, seed=spec.seed + index, prompt_ref=prompt_ref(text),
-            job_id=request.job_id, model_version_id=version.id if version else None, purpose=request.purpose,
-            params={"steps": spec.steps, "weights": request.weights.content_hash,
-                    "adapter": request.adapter.content_hash if request.adapter else None, "request_decisions": decision_ids})
         if decision_ids:
             admission.asset.policy_decision_id = decision_ids[0]
         admission.asset.params = {**admission.asset.params, "screening_decisions": admission.outcome.decision_ids}
