@@ -456,6 +456,10 @@ class AuditRecord:
 
 
 PENDING = AuditPending.__table__
+# Built once and executed with parameters (a statement built per call costs more than the insert).
+_INSERT = PENDING.insert().returning(PENDING.c.id)
+_INSERT_CHECKED = PENDING.insert().returning(PENDING.c.id, sa.select(AuditEntry.hash).where(
+    AuditEntry.seq == sa.bindparam("trusted_seq")).scalar_subquery())
 # Actions of the entries a session appended in its open transaction (read by platform.metrics).
 APPENDS_KEY = "latentops.audit.appended"
 
@@ -502,9 +506,10 @@ def record(
     check = trusted is not None and trusted.seq >= 0
     # The cheap check, in the same round trip: the head this process trusts still carries its
     # hash. Entries after it are verified by the integrator, under the lock, before extending.
-    returning = [PENDING.c.id] + ([sa.select(AuditEntry.hash).where(AuditEntry.seq == trusted.seq).scalar_subquery()]
-                                  if check and trusted is not None else [])
-    row = session.execute(PENDING.insert().values(**values).returning(*returning)).one()
+    if check and trusted is not None:
+        row = session.execute(_INSERT_CHECKED, {**values, "trusted_seq": trusted.seq}).one()
+    else:
+        row = session.execute(_INSERT, values).one()
     pending_id = row[0]
     if check and trusted is not None and row[1] != trusted.hash:
         verified_head(session)  # a stale cache re-anchors on the checkpoint; real damage raises here

@@ -266,6 +266,9 @@ def _actor_name(actor: audit.Actor | str | User) -> str:
     return actor.email if isinstance(actor, User) else str(actor)
 
 
+_DECISION_INSERT = sa.insert(PolicyDecision.__table__).returning(PolicyDecision.__table__.c.id)
+
+
 def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audit.Actor | str | User,
            service: PolicyService | None = None) -> Decision:
     """Evaluate, record the decision and its audit entry in ``session``'s transaction, return it.
@@ -281,10 +284,10 @@ def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audi
     masked = mask_input(policy_input, index)
     input_hash = hashlib.sha256(rfc8785.dumps(_jsonable(policy_input))).hexdigest()
     # One INSERT ... RETURNING, not the unit of work: a governed image takes two decisions.
-    decision_id = session.execute(sa.insert(PolicyDecision).values(
-        path=path, input_hash=input_hash, input_masked=masked, allow=decision.allow, reasons=decision.reasons,
-        rule_ids=decision.rule_ids, revision=decision.revision, engine=decision.engine, actor=_actor_name(actor),
-    ).returning(PolicyDecision.id)).scalar_one()
+    decision_id = session.execute(_DECISION_INSERT, {
+        "path": path, "input_hash": input_hash, "input_masked": masked, "allow": decision.allow,
+        "reasons": decision.reasons, "rule_ids": decision.rule_ids, "revision": decision.revision,
+        "engine": decision.engine, "actor": _actor_name(actor)}).scalar_one()
     details: dict[str, Any] = {"path": path, "allow": decision.allow, "rule_ids": decision.rule_ids,
                                "revision": decision.revision, "input_hash": input_hash}
     if engine_error:

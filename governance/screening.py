@@ -255,6 +255,9 @@ class ScreeningOutcome:
         }
 
 
+_RESULT_INSERT = sa.insert(ScreeningResult.__table__).returning(ScreeningResult.__table__.c.id)
+
+
 def screen(session: Session, *, settings: Settings, image: Image.Image | Path | bytes, actor: audit.Actor | str,
            name: str = "image", kind: str = "output", team: str | None = None,
            model_version_id: int | None = None, licences: list[dict[str, Any]] | None = None) -> ScreeningOutcome:
@@ -280,10 +283,10 @@ def screen(session: Session, *, settings: Settings, image: Image.Image | Path | 
     rule_ids = content.rule_ids + rights.rule_ids
     verdict = "release" if content.allow and rights.allow else "quarantine"
     # 5. Record.
-    result_id = session.execute(sa.insert(ScreeningResult).values(
-        image_hash=image_hash, verdict=verdict, scores=scores, matches=matches, reasons=reasons,
-        detectors=[label], policy_revision=content.revision, model_version_id=model_version_id, kind=kind, source=name[:400],
-    ).returning(ScreeningResult.id)).scalar_one()
+    result_id = session.execute(_RESULT_INSERT, {
+        "image_hash": image_hash, "verdict": verdict, "scores": scores, "matches": matches, "reasons": reasons,
+        "detectors": [label], "policy_revision": content.revision, "model_version_id": model_version_id, "kind": kind,
+        "source": name[:400]}).scalar_one()
     audit.record(session, actor=actor, action="screening.result", resource=f"screening_result:{result_id}",
                  outcome=verdict, details={
                      "image_hash": image_hash, "kind": kind, "detector": label, "unscreened": label == NO_DETECTOR,
