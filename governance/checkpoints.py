@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from latentops.governance import audit, integration, merkle
+from latentops.governance import audit, integration, merkle, merkle_store
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
 from latentops.platform.settings import Settings
@@ -320,6 +320,8 @@ def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: Checkpoint
     if frontier.size != head.size:
         raise IntegrityError(f"audit trail damaged: read {frontier.size} leaves for a head of {head.size}")
 
+    # The perfect subtrees completed since the last checkpoint, for O(log n) proofs.
+    merkle_store.extend(session, head.size)
     at = utcnow()
     root = frontier.root().hex()
     body = statement_body(head.size, root, head.hash, audit.format_time(at))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from latentops.governance import audit, checkpoints, erasure, integration, merkle
+from latentops.governance import audit, checkpoints, erasure, integration, merkle, merkle_store
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry
 from sqlalchemy.orm import Session
@@ -138,26 +138,59 @@ def _signed(session: Session, checkpoint: AuditCheckpoint | None = None) -> tupl
     return checkpoint, tree
 
 
+def _proved_root(tree: merkle_store.StoredTree, size: int, checkpoint: AuditCheckpoint) -> bytes:
+    """The root of the first ``size`` entries, proven consistent with ``checkpoint``'s signed root."""
+    signed = bytes.fromhex(checkpoint.root_hash)
+    if size == 0:
+        return merkle.EMPTY_ROOT
+    if size == checkpoint.tree_size:
+        root = tree.root()
+        if root != signed:
+            raise IntegrityError(f"the stored entries do not give the root of checkpoint {checkpoint.id}; "
+                                 "run `latentops audit verify`")
+        return root
+    path = tree.prepared(lambda mth: merkle.consistency_path(size, checkpoint.tree_size, mth))
+    root = tree.root(size)
+    if not merkle.verify_consistency(size, checkpoint.tree_size, root, signed, path):
+        raise IntegrityError(f"the stored entries before seq {size} are not consistent with checkpoint {checkpoint.id}; "
+                             "run `latentops audit verify`")
+    return root
+
+
 def inclusion(session: Session, *, seq: int) -> dict[str, Any]:
-    """An inclusion proof of entry ``seq`` against the latest checkpoint."""
+    """An inclusion proof of entry ``seq`` against the latest checkpoint.
+
+    Read from the stored subtrees (O(log n) rows) and checked against the signed root before it
+    is returned: a damaged entry or node on the path refuses with ``IntegrityError``.
+    """
     if seq < 0:
         raise InvalidInput(f"seq: must be 0 or more (got {seq})")
     integration.catch_up(session)
-    latest = checkpoints.latest(session)
-    if latest is not None and seq >= latest.tree_size:
-        raise InvalidInput(f"seq: {seq} is beyond the latest checkpoint (tree size {latest.tree_size}); "
+    checkpoint = checkpoints.latest(session)
+    if checkpoint is None:
+        raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
+    if seq >= checkpoint.tree_size:
+        raise InvalidInput(f"seq: {seq} is beyond the latest checkpoint (tree size {checkpoint.tree_size}); "
                            "run `latentops audit checkpoint` and ask again")
-    checkpoint, tree = _signed(session, latest)
+    tree = merkle_store.StoredTree(session, checkpoint.tree_size)
+    proof = tree.prepared(lambda mth: merkle.inclusion_path(seq, checkpoint.tree_size, mth), leaves=[seq])
+    leaf = tree.leaf(seq)
+    if not merkle.verify_inclusion(seq, checkpoint.tree_size, leaf, proof, bytes.fromhex(checkpoint.root_hash)):
+        raise IntegrityError(f"entry {seq} or the stored tree does not give the root of checkpoint {checkpoint.id}; "
+                             "run `latentops audit verify`")
     entry = session.execute(sa.select(*audit.ENTRY_COLUMNS).where(AuditEntry.seq == seq)).one()
     return {
         "entry": as_dict(entry), "leaf_index": seq, "tree_size": checkpoint.tree_size,
-        "leaf_hash": tree.leaf(seq).hex(), "proof": [node.hex() for node in tree.inclusion_proof(seq)],
+        "leaf_hash": leaf.hex(), "proof": [node.hex() for node in proof],
         "root_hash": checkpoint.root_hash, "checkpoint": checkpoints.statement(checkpoint),
     }
 
 
 def consistency(session: Session, *, old: int, new: int) -> dict[str, Any]:
-    """A consistency proof between tree sizes ``old`` and ``new`` (at most the latest checkpoint's)."""
+    """A consistency proof between tree sizes ``old`` and ``new`` (at most the latest checkpoint's).
+
+    Both roots are proven consistent with the latest signed checkpoint before they are returned.
+    """
     integration.catch_up(session)
     latest = checkpoints.latest(session)
     limit = 0 if latest is None else latest.tree_size
@@ -166,12 +199,18 @@ def consistency(session: Session, *, old: int, new: int) -> dict[str, Any]:
     if new > limit:
         raise InvalidInput(f"new: {new} is beyond the latest checkpoint (tree size {limit}); "
                            "run `latentops audit checkpoint` first")
-    _checkpoint, tree = _signed(session, latest)
+    if latest is None:
+        raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
+    tree = merkle_store.StoredTree(session, latest.tree_size)
+    old_root, new_root = _proved_root(tree, old, latest), _proved_root(tree, new, latest)
+    proof = tree.prepared(lambda mth: merkle.consistency_path(old, new, mth))
+    if not merkle.verify_consistency(old, new, old_root, new_root, proof):
+        raise IntegrityError(f"the stored tree gives no consistent proof between {old} and {new}; run `latentops audit verify`")
     signed = {cp.tree_size: checkpoints.statement(cp) for cp in
               session.execute(sa.select(AuditCheckpoint).where(AuditCheckpoint.tree_size.in_([old, new]))).scalars()}
     return {
-        "old_size": old, "new_size": new, "old_root": tree.root(old).hex(), "new_root": tree.root(new).hex(),
-        "proof": [node.hex() for node in tree.consistency_proof(old, new)],
+        "old_size": old, "new_size": new, "old_root": old_root.hex(), "new_root": new_root.hex(),
+        "proof": [node.hex() for node in proof],
         "old_checkpoint": signed.get(old), "new_checkpoint": signed.get(new),
     }
 

@@ -21,7 +21,7 @@ half so that an outside auditor need not import latentops.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -43,21 +43,28 @@ def _split(n: int) -> int:
 class Frontier:
     """The perfect subtrees that make up a tree of ``size`` leaves, largest first."""
 
-    __slots__ = ("hashes", "size")
+    __slots__ = ("completed", "hashes", "min_level", "size")
 
-    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = (), *, keep_from_level: int | None = None) -> None:
         if len(hashes) != size.bit_count():
             raise ValueError(f"a frontier of size {size} has {size.bit_count()} hashes, got {len(hashes)}")
         self.size = size
         self.hashes = list(hashes)
+        # With ``keep_from_level``: every perfect subtree of at least 2**level leaves completed by
+        # an append, as ``(level, index) -> hash`` (what ``audit verify`` compares stored nodes with).
+        self.min_level = keep_from_level
+        self.completed: dict[tuple[int, int], bytes] = {}
 
     def append(self, leaf: bytes) -> None:
         """Add one leaf hash (already ``leaf_hash``-ed)."""
-        node, size = leaf, self.size
+        node, size, level = leaf, self.size, 0
         # Each trailing 1 bit of the old size is a subtree of the same height as the carry: merge.
         while size & 1:
             node = node_hash(self.hashes.pop(), node)
             size >>= 1
+            level += 1
+            if self.min_level is not None and level >= self.min_level:
+                self.completed[(level, size)] = node  # the shifted old size is the subtree's index
         self.hashes.append(node)
         self.size += 1
 
@@ -130,44 +137,11 @@ class MerkleTree:
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 PATH(index, D[size])."""
-        size = self._check_size(size)
-        if not 0 <= index < size:
-            raise ValueError(f"leaf {index} is not in a tree of size {size}")
-        proof: list[bytes] = []
-        start, end = 0, size
-        while end - start > 1:
-            k = _split(end - start)
-            if index < start + k:
-                proof.append(self._hash(start + k, end))
-                end = start + k
-            else:
-                proof.append(self._hash(start, start + k))
-                start += k
-        proof.reverse()
-        return proof
+        return inclusion_path(index, self._check_size(size), self._hash)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """RFC 9162 PROOF(old_size, D[new_size])."""
-        new_size = self._check_size(new_size)
-        if not 0 <= old_size <= new_size:
-            raise ValueError(f"old size {old_size} must be between 0 and the new size {new_size}")
-        if old_size in (0, new_size):
-            return []
-        proof: list[bytes] = []
-        start, end, m, complete = 0, new_size, old_size, True
-        while m != end:
-            k = _split(end - start)
-            if m - start <= k:
-                proof.append(self._hash(start + k, end))
-                end = start + k
-            else:
-                proof.append(self._hash(start, start + k))
-                start += k
-                complete = False
-        if not complete:
-            proof.append(self._hash(start, end))
-        proof.reverse()
-        return proof
+        return consistency_path(old_size, self._check_size(new_size), self._hash)
 
     def _check_size(self, size: int | None) -> int:
         if size is None:
@@ -175,6 +149,91 @@ class MerkleTree:
         if not 0 <= size <= self.size:
             raise ValueError(f"tree size {size} is beyond the {self.size} leaves held")
         return size
+
+
+# --- proofs over any source of subtree hashes -----------------------------------------------------
+
+
+def inclusion_path(index: int, size: int, mth: Callable[[int, int], bytes]) -> list[bytes]:
+    """RFC 9162 PATH(index, D[size]); ``mth(start, end)`` gives the hash of leaves ``[start, end)``.
+
+    Every range asked for is a subtree of the RFC's split (``start`` a multiple of the largest power
+    of two not above ``end - start``), so a store of perfect subtrees answers most of them directly.
+    """
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    proof: list[bytes] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = _split(end - start)
+        if index < start + k:
+            proof.append(mth(start + k, end))
+            end = start + k
+        else:
+            proof.append(mth(start, start + k))
+            start += k
+    proof.reverse()
+    return proof
+
+
+def consistency_path(old_size: int, new_size: int, mth: Callable[[int, int], bytes]) -> list[bytes]:
+    """RFC 9162 PROOF(old_size, D[new_size]), with ``mth`` as in ``inclusion_path``."""
+    if not 0 <= old_size <= new_size:
+        raise ValueError(f"old size {old_size} must be between 0 and the new size {new_size}")
+    if old_size in (0, new_size):
+        return []
+    proof: list[bytes] = []
+    start, end, m, complete = 0, new_size, old_size, True
+    while m != end:
+        k = _split(end - start)
+        if m - start <= k:
+            proof.append(mth(start + k, end))
+            end = start + k
+        else:
+            proof.append(mth(start, start + k))
+            start += k
+            complete = False
+    if not complete:
+        proof.append(mth(start, end))
+    proof.reverse()
+    return proof
+
+
+def ranges_asked(path: Callable[[Callable[[int, int], bytes]], list[bytes]]) -> list[tuple[int, int]]:
+    """The ``[start, end)`` ranges a proof computation asks ``mth`` for, without hashing anything:
+    ``ranges_asked(lambda mth: inclusion_path(5, 100, mth))``. Lets a store fetch them in one go."""
+    asked: list[tuple[int, int]] = []
+
+    def record(start: int, end: int) -> bytes:
+        asked.append((start, end))
+        return EMPTY_ROOT
+
+    path(record)
+    return asked
+
+
+def subtrees(start: int, end: int, min_size: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Split ``[start, end)`` as the RFC's MTH does into perfect aligned subtrees of at least
+    ``min_size`` leaves, returned as ``(level, index)``, and leftover leaf ranges below that size."""
+    perfect: list[tuple[int, int]] = []
+    loose: list[tuple[int, int]] = []
+
+    def visit(a: int, b: int) -> None:
+        count = b - a
+        if count <= 0:
+            return
+        if count >= min_size and count & (count - 1) == 0 and a % count == 0:
+            level = count.bit_length() - 1
+            perfect.append((level, a >> level))
+        elif count <= min_size and a // min_size == (b - 1) // min_size:
+            loose.append((a, b))
+        else:
+            k = _split(count)
+            visit(a, a + k)
+            visit(a + k, b)
+
+    visit(start, end)
+    return perfect, loose
 
 
 def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes) -> bool:

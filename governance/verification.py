@@ -12,7 +12,8 @@ The report names the first damage by kind and sequence number:
 ``deleted``    a sequence number is missing;
 ``reordered``  an intact entry sits at another sequence number than the one it was written with;
 ``truncated``  entries were removed from the tail after a checkpoint had covered them;
-``forged_checkpoint`` a checkpoint whose signature does not verify.
+``forged_checkpoint`` a checkpoint whose signature does not verify;
+``tree_node``  a stored Merkle node (``merkle_store``, used for proofs) that the entries do not give.
 
 What cannot be detected: a rewrite of entries after the newest checkpoint by someone who also
 re-hashes the chain (write checkpoints often), and anything done with the signing key itself.
@@ -21,13 +22,13 @@ re-hashes the chain (write checkpoints often), and anything done with the signin
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from latentops.governance import audit, checkpoints, integration, merkle
+from latentops.governance import audit, checkpoints, integration, merkle, merkle_store
 from latentops.platform.errors import IntegrityError, InvalidInput
 from latentops.platform.models import AuditCheckpoint, AuditEntry
 from sqlalchemy.orm import Session
@@ -119,12 +120,33 @@ def _displaced(row: Any) -> int | None:
     return None
 
 
-def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report) -> None:
-    """Stream the entries; record the first break of chain or tree in ``report``."""
+def _check_nodes(nodes: Mapping[tuple[int, int], str], frontier: merkle.Frontier, report: Report) -> None:
+    """Stored subtree hashes (``merkle_store``) against the ones the entries give."""
+    for (level, index), value in sorted(nodes.items()):
+        computed = frontier.completed.get((level, index))
+        if computed is None:
+            detail = (f"stored tree node level {level} index {index} covers entries {index << level}.."
+                      f"{((index + 1) << level) - 1}, beyond the {frontier.size} entries")
+        elif computed.hex() != value:
+            detail = (f"stored tree node level {level} index {index} (entries {index << level}.."
+                      f"{((index + 1) << level) - 1}) does not match the entries: proofs through it are refused")
+        else:
+            continue
+        report.damage.append(Damage("tree_node", index << level, detail))
+        return
+
+
+def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report,
+         nodes: Mapping[tuple[int, int], str] | None = None) -> None:
+    """Stream the entries; record the first break of chain or tree in ``report``.
+
+    ``nodes``: the stored subtree hashes, ``(level, index) -> hex``, compared once the entries verify.
+    """
+    nodes = nodes or {}
     by_size: dict[int, list[_Statement]] = {}
     for item in statements:
         by_size.setdefault(item.tree_size, []).append(item)
-    frontier = merkle.Frontier()
+    frontier = merkle.Frontier(keep_from_level=merkle_store.TILE_LEVEL)
     head = audit.EMPTY_HEAD
     proven = 0  # size of the last checkpoint whose root matched: rewrites are located after it
 
@@ -164,6 +186,7 @@ def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report) 
         if not check_checkpoints(frontier.size):
             return
     report.tree_size, report.root_hash = frontier.size, frontier.root().hex()
+    _check_nodes(nodes, frontier, report)
     beyond = [item for item in statements if item.tree_size > frontier.size]
     if beyond:
         item = max(beyond, key=lambda s: s.tree_size)
@@ -207,7 +230,9 @@ def verify(session: Session, *, public_key: Ed25519PublicKey | None = None,
     statements = _check_signatures(items, keys, report)
     query = sa.select(*audit.ENTRY_COLUMNS).order_by(AuditEntry.seq).execution_options(yield_per=batch)
     scan_report = Report()
-    scan(session.execute(query), statements, scan_report)
+    nodes = {(int(level), int(idx)): value for level, idx, value in session.execute(
+        sa.select(merkle_store.NODES.c.level, merkle_store.NODES.c.idx, merkle_store.NODES.c.hash))}
+    scan(session.execute(query), statements, scan_report, nodes)
     entry_damage = scan_report.damage
     report.entries, report.tree_size, report.root_hash = scan_report.entries, scan_report.tree_size, scan_report.root_hash
     # The first bad entry comes first; forged checkpoints follow.

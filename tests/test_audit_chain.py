@@ -57,7 +57,7 @@ def test_mutation_of_audit_tables_fails_through_the_application_connection(datab
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("table", ["audit_entries", "audit_checkpoints"])
+@pytest.mark.parametrize("table", ["audit_entries", "audit_checkpoints", "audit_tree_nodes"])
 def test_truncate_fails_on_postgresql(postgres_url: str, table: str) -> None:
     _append(postgres_url, 2)
     with pytest.raises(sa.exc.DBAPIError, match="append-only: TRUNCATE rejected"):
@@ -78,7 +78,8 @@ def test_application_role_may_insert_and_select_audit_entries_but_not_change_the
     try:
         _append(app_url, 2)  # the application's own writes work through the role
         for statement in ("UPDATE audit_entries SET outcome = 'x'", "DELETE FROM audit_entries",
-                          "TRUNCATE audit_entries", "UPDATE audit_checkpoints SET tree_size = 0"):
+                          "TRUNCATE audit_entries", "UPDATE audit_checkpoints SET tree_size = 0",
+                          "UPDATE audit_tree_nodes SET hash = ''", "DELETE FROM audit_tree_nodes"):
             with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
                 with session_scope(app_url) as db:
                     db.execute(sa.text(statement))

@@ -10,6 +10,9 @@ and 0002) reject UPDATE and DELETE, and on PostgreSQL TRUNCATE; the application 
 INSERT and SELECT only. Each entry's hash covers its predecessor's, and each checkpoint signs the
 Merkle root over the first ``tree_size`` entries.
 
+``audit_tree_nodes`` (append-only too) stores the tree's perfect subtrees of 256 leaves and up,
+so proofs read O(log n) rows.
+
 ``audit_subject_keys`` is the one mutable audit table: erasing a data subject overwrites their key
 with NULL (crypto-shredding), which leaves every hash intact because hashes cover ciphertext.
 """
@@ -76,6 +79,22 @@ class AuditCheckpoint(Base):
     head_hash: Mapped[str] = mapped_column(sa.String(64), server_default="")
     # The tree's compact range (JSON list of hex hashes): the next checkpoint hashes only new leaves.
     frontier: Mapped[str] = mapped_column(sa.Text, server_default="[]")
+
+
+class AuditTreeNode(Base):
+    """A perfect subtree of the audit Merkle tree: 2**level leaves from ``idx * 2**level``.
+
+    Written with each checkpoint for level 8 (256 leaves) and up (``governance/merkle_store.py``),
+    so an inclusion or consistency proof reads O(log n) rows instead of every leaf. Derived data,
+    append-only like the entries; a wrong node cannot yield a proof, because every proof is checked
+    against the signed root before it is served, and ``audit verify`` recomputes them all.
+    """
+
+    __tablename__ = "audit_tree_nodes"
+
+    level: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(sa.String(64))
 
 
 class AuditSubjectKey(Base):
