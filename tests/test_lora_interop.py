@@ -236,7 +236,8 @@ def test_every_flux_module_reads_back_through_diffusers_converter_at_flux1_width
         # kohya's alpha is folded into the converted weights; diffusers then applies them at scale 1.
         original = (alpha / rank) * (state[f"transformer.{module}.lora_B.weight"]
                                      @ (state[f"transformer.{module}.lora_A.weight"] @ probe))
-        assert torch.allclose(up @ (down @ probe), original, rtol=1e-4, atol=1e-3), module
+        # float32 sums over up to 15,360 inputs: allow rounding relative to the output's scale.
+        assert torch.allclose(up @ (down @ probe), original, rtol=1e-4, atol=1e-5 * float(original.abs().max())), module
     down, up = pair("single_transformer_blocks.1.proj_mlp")
     assert not down.any() and not up.any()  # the zero MLP block of block 1's linear1
     assert not converted
