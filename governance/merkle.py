@@ -57,8 +57,20 @@ class Frontier:
 
     def append(self, leaf: bytes) -> None:
         """Add one leaf hash (already ``leaf_hash``-ed)."""
-        node, size, level = leaf, self.size, 0
+        node, size = leaf, self.size
+        if self.min_level is not None and not (size + 1) & ((1 << self.min_level) - 1):
+            self._append_keeping(node)
+            return
         # Each trailing 1 bit of the old size is a subtree of the same height as the carry: merge.
+        while size & 1:
+            node = node_hash(self.hashes.pop(), node)
+            size >>= 1
+        self.hashes.append(node)
+        self.size += 1
+
+    def _append_keeping(self, node: bytes) -> None:
+        """``append`` for a leaf that completes subtrees of at least ``2**min_level`` leaves."""
+        size, level = self.size, 0
         while size & 1:
             node = node_hash(self.hashes.pop(), node)
             size >>= 1
