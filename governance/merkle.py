@@ -70,12 +70,13 @@ class Frontier:
 
     def _append_keeping(self, node: bytes) -> None:
         """``append`` for a leaf that completes subtrees of at least ``2**min_level`` leaves."""
-        size, level = self.size, 0
+        size, level, keep_from = self.size, 0, self.min_level
+        assert keep_from is not None
         while size & 1:
             node = node_hash(self.hashes.pop(), node)
             size >>= 1
             level += 1
-            if self.min_level is not None and level >= self.min_level:
+            if level >= keep_from:
                 self.completed[(level, size)] = node  # the shifted old size is the subtree's index
         self.hashes.append(node)
         self.size += 1
@@ -132,17 +133,12 @@ class MerkleTree:
     def leaf(self, index: int) -> bytes:
         return bytes(self._levels[0][index * HASH_SIZE:(index + 1) * HASH_SIZE])
 
+    def _node(self, level: int, index: int) -> bytes:
+        return bytes(self._levels[level][index * HASH_SIZE:(index + 1) * HASH_SIZE])
+
     def _hash(self, start: int, end: int) -> bytes:
         """MTH of leaves ``[start, end)``; ``start`` is always aligned by the callers' splits."""
-        count = end - start
-        if count == 0:
-            return EMPTY_ROOT
-        if count & (count - 1) == 0 and start % count == 0:
-            level = count.bit_length() - 1
-            index = start >> level
-            return bytes(self._levels[level][index * HASH_SIZE:(index + 1) * HASH_SIZE])
-        k = _split(count)
-        return node_hash(self._hash(start, start + k), self._hash(start + k, end))
+        return subtree_hash(start, end, self._node)
 
     def root(self, size: int | None = None) -> bytes:
         return self._hash(0, self._check_size(size))
@@ -164,6 +160,20 @@ class MerkleTree:
 
 
 # --- proofs over any source of subtree hashes -----------------------------------------------------
+
+
+def subtree_hash(start: int, end: int, perfect: Callable[[int, int], bytes | None]) -> bytes:
+    """RFC 9162 MTH of leaves ``[start, end)``, split as the RFC splits, taking each perfect aligned
+    subtree from ``perfect(level, index)`` (level 0: a leaf hash) unless it answers None."""
+    count = end - start
+    if count == 0:
+        return EMPTY_ROOT
+    if count & (count - 1) == 0 and start % count == 0:
+        node = perfect(count.bit_length() - 1, start // count)
+        if node is not None:
+            return node
+    k = _split(count)
+    return node_hash(subtree_hash(start, start + k, perfect), subtree_hash(start + k, end, perfect))
 
 
 def inclusion_path(index: int, size: int, mth: Callable[[int, int], bytes]) -> list[bytes]:

@@ -14,7 +14,7 @@ checkpoint root before serving it, and ``verification.verify`` recomputes every 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from latentops.governance import audit, merkle
@@ -28,11 +28,12 @@ NODES = AuditTreeNode.__table__
 _INSERT = NODES.insert()
 
 
-def _leaf_hashes(session: Session, start: int, end: int) -> dict[int, bytes]:
-    rows = session.execute(sa.select(AuditEntry.seq, AuditEntry.hash)
-                           .where(AuditEntry.seq >= start, AuditEntry.seq < end).order_by(AuditEntry.seq)
-                           .execution_options(yield_per=10_000))
-    return {seq: merkle.leaf_hash(audit.leaf_data(value)) for seq, value in rows}
+def _leaf_hashes(session: Session, ranges: Sequence[tuple[int, int]]) -> dict[int, bytes]:
+    """Leaf hashes of the entries in the ``[start, end)`` ranges, by seq, in one query."""
+    rows = session.execute(sa.select(AuditEntry.seq, AuditEntry.hash).where(
+        sa.or_(*(sa.and_(AuditEntry.seq >= start, AuditEntry.seq < end) for start, end in ranges)))
+        .execution_options(yield_per=10_000))
+    return {int(seq): merkle.leaf_hash(audit.leaf_data(value)) for seq, value in rows}
 
 
 def stored_counts(session: Session) -> dict[int, int]:
@@ -50,27 +51,24 @@ def extend(session: Session, size: int) -> int:
     have = stored_counts(session)
     written: dict[tuple[int, int], bytes] = {}
     first, last = have.get(TILE_LEVEL, 0), size >> TILE_LEVEL
+    below: dict[int, bytes] = {}  # the level under the one being built: index -> hash
     if last > first:
-        leaves = _leaf_hashes(session, first * TILE, last * TILE)
+        leaves = _leaf_hashes(session, [(first * TILE, last * TILE)])
         if len(leaves) != (last - first) * TILE:
             raise IntegrityError(f"audit trail damaged: entries missing between seq {first * TILE} and "
-                                       f"{last * TILE}; run `latentops audit verify`")
-        for index in range(first, last):
-            base = index * TILE
-            written[(TILE_LEVEL, index)] = merkle.root_of(leaves[base + i] for i in range(TILE))
+                                 f"{last * TILE}; run `latentops audit verify`")
+        below = {index: merkle.root_of(leaves[index * TILE + i] for i in range(TILE)) for index in range(first, last)}
+        written.update({(TILE_LEVEL, index): value for index, value in below.items()})
     level = TILE_LEVEL + 1
     while size >> level:
         first, last = have.get(level, 0), size >> level
-        if last > first:
-            children = {key: value for key, value in written.items() if key[0] == level - 1}
-            missing = [2 * i for i in range(first, last) if (level - 1, 2 * i) not in children]
-            if missing:
-                rows = session.execute(sa.select(NODES.c.idx, NODES.c.hash).where(
-                    NODES.c.level == level - 1, NODES.c.idx >= min(missing), NODES.c.idx < 2 * last))
-                children.update({(level - 1, int(idx)): bytes.fromhex(value) for idx, value in rows})
-            for index in range(first, last):
-                written[(level, index)] = merkle.node_hash(children[(level - 1, 2 * index)],
-                                                           children[(level - 1, 2 * index + 1)])
+        missing = [i for i in range(2 * first, 2 * last) if i not in below]
+        if missing:
+            rows = session.execute(sa.select(NODES.c.idx, NODES.c.hash).where(
+                NODES.c.level == level - 1, NODES.c.idx >= min(missing), NODES.c.idx < 2 * last))
+            below.update({int(idx): bytes.fromhex(value) for idx, value in rows})
+        below = {index: merkle.node_hash(below[2 * index], below[2 * index + 1]) for index in range(first, last)}
+        written.update({(level, index): value for index, value in below.items()})
         level += 1
     if written:
         session.execute(_INSERT, [{"level": level, "idx": index, "hash": value.hex()}
@@ -105,16 +103,14 @@ class StoredTree:
         loose += [(idx << level, (idx + 1) << level) for level, idx in wanted if (level, idx) not in self._nodes]
         merged: list[list[int]] = []
         for start, end in sorted(loose):
-            if all(seq in self._leaves for seq in range(start, min(end, start + TILE))) and end - start <= TILE:
+            if end - start <= TILE and all(seq in self._leaves for seq in range(start, end)):
                 continue
             if merged and start <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], end)
             else:
                 merged.append([start, end])
         if merged:
-            rows = self.session.execute(sa.select(AuditEntry.seq, AuditEntry.hash).where(
-                sa.or_(*(sa.and_(AuditEntry.seq >= start, AuditEntry.seq < end) for start, end in merged))))
-            self._leaves.update({int(seq): merkle.leaf_hash(audit.leaf_data(value)) for seq, value in rows})
+            self._leaves.update(_leaf_hashes(self.session, [(start, end) for start, end in merged]))
 
     def leaf(self, index: int) -> bytes:
         try:
@@ -124,17 +120,10 @@ class StoredTree:
 
     def mth(self, start: int, end: int) -> bytes:
         """RFC 9162 MTH of leaves ``[start, end)`` from what ``fetch`` read."""
-        count = end - start
-        if count == 0:
-            return merkle.EMPTY_ROOT
-        if count == 1:
-            return self.leaf(start)
-        if count & (count - 1) == 0 and start % count == 0:
-            node = self._nodes.get((count.bit_length() - 1, start // count))
-            if node is not None:
-                return node
-        k = 1 << ((count - 1).bit_length() - 1)
-        return merkle.node_hash(self.mth(start, start + k), self.mth(start + k, end))
+        return merkle.subtree_hash(start, end, self._perfect)
+
+    def _perfect(self, level: int, index: int) -> bytes | None:
+        return self.leaf(index) if level == 0 else self._nodes.get((level, index))
 
     def prepared(self, path: Callable[[Callable[[int, int], bytes]], list[bytes]],
                  leaves: Iterable[int] = ()) -> list[bytes]:
