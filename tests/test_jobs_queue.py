@@ -202,3 +202,29 @@ def test_gpu_hours_count_every_process_of_a_multi_process_fine_tune(database_url
         db.add(Job(kind="diagnostics", queue="gpu", params={"steps": 1}, team_id=team_id, state=JobState.QUEUED))
     with session_scope(database_url) as db:
         assert jobs.usage(db, team_id) == {"queued_jobs": 1, "gpu_hours": 2.5}
+
+
+def test_queue_positions_count_the_queued_jobs_ahead_on_the_same_queue(database_url: str) -> None:
+    """Run order is priority, then age, per queue; finished and running jobs are not in the queue."""
+    layout = [("gpu", 0, JobState.QUEUED), ("gpu", 5, JobState.QUEUED), ("cpu", 0, JobState.QUEUED),
+              ("gpu", 0, JobState.RUNNING), ("gpu", 0, JobState.QUEUED), ("cpu", 3, JobState.QUEUED),
+              ("gpu", 5, JobState.SUCCEEDED), ("gpu", 5, JobState.QUEUED), ("cpu", 0, JobState.QUEUED),
+              ("gpu", -1, JobState.QUEUED)]
+    with session_scope(database_url) as db:
+        rows = [Job(kind="diagnostics", queue=queue, priority=priority, state=state)
+                for queue, priority, state in layout]
+        db.add_all(rows)
+        db.flush()
+
+        def ahead(job: Job) -> int | None:
+            if job.state != JobState.QUEUED:
+                return None
+            return sum(1 for other in rows if other.queue == job.queue and other.state == JobState.QUEUED
+                       and (other.priority, -other.id) > (job.priority, -job.id))
+
+        expected = {job.id: ahead(job) for job in rows}
+        assert jobs.queue_positions(db, rows) == expected
+        assert jobs.queue_positions(db, rows[5:7]) == {rows[5].id: 0, rows[6].id: None}  # a page of the list
+        assert [jobs.queue_position(db, job) for job in rows] == list(expected.values())
+    # gpu: priority 5 (ids 2, 8) first, then priority 0 (ids 1, 5), then -1; cpu: 6, then 3, 9.
+    assert list(expected.values()) == [2, 0, 1, None, 3, 0, None, 1, 2, 4]

@@ -260,33 +260,25 @@ def retry(settings: Settings, *, job_id: int, actor: audit.Actor | str) -> Job:
 
 def queue_position(session: Session, job: Job) -> int | None:
     """How many queued jobs on the same queue run before this one (0: next), or None if not queued."""
-    if job.state != JobState.QUEUED:
-        return None
-    ahead = sa.or_(Job.priority > job.priority, sa.and_(Job.priority == job.priority, Job.id < job.id))
-    count = session.scalar(
-        sa.select(sa.func.count(Job.id)).where(Job.queue == job.queue, Job.state == JobState.QUEUED, ahead)
-    )
-    return int(count or 0)
-
-
-_AHEAD = Job.__table__.alias("ahead")
+    return queue_positions(session, [job])[job.id]
 
 
 def queue_positions(session: Session, jobs: Collection[Job]) -> dict[int, int | None]:
-    """``queue_position`` of many jobs in one query (a page of a job list), keyed by job id."""
+    """``queue_position`` of many jobs (a page of a job list) in one query, keyed by job id.
+
+    The queued jobs of the page's queues are numbered once in run order (priority, then age) by a
+    window function; counting the jobs ahead of each job separately costs a pass per job.
+    """
     positions: dict[int, int | None] = {job.id: None for job in jobs}
-    queued = [job.id for job in jobs if job.state == JobState.QUEUED]
+    queued = [job for job in jobs if job.state == JobState.QUEUED]
     if queued:
-        other = _AHEAD.c  # a plain table alias: an ORM alias is re-adapted on every call
-        ahead = sa.or_(other.priority > Job.priority, sa.and_(other.priority == Job.priority, other.id < Job.id))
-        rows = session.execute(
-            sa.select(Job.id, sa.func.count(other.id))
-            .select_from(Job)
-            .outerjoin(_AHEAD, sa.and_(other.queue == Job.queue, other.state == JobState.QUEUED, ahead))
-            .where(Job.id.in_(queued))
-            .group_by(Job.id)
-        )
-        positions.update({job_id: int(count) for job_id, count in rows})
+        run_order = sa.func.row_number().over(partition_by=Job.queue, order_by=(Job.priority.desc(), Job.id)) - 1
+        ranked = (sa.select(Job.id, run_order.label("position"))
+                  .where(Job.state == JobState.QUEUED, Job.queue.in_(sorted({job.queue for job in queued})))
+                  .subquery())
+        rows = session.execute(sa.select(ranked.c.id, ranked.c.position)
+                               .where(ranked.c.id.in_([job.id for job in queued])))
+        positions.update({job_id: int(position) for job_id, position in rows})
     return positions
 
 
