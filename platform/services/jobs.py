@@ -259,8 +259,17 @@ def retry(settings: Settings, *, job_id: int, actor: audit.Actor | str) -> Job:
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs on the same queue run before this one (0: next), or None if not queued."""
-    return queue_positions(session, [job])[job.id]
+    """How many queued jobs on the same queue run before this one (0: next), or None if not queued.
+
+    One job's count is a single filtered count; a page of jobs goes through :func:`queue_positions`.
+    """
+    if job.state != JobState.QUEUED:
+        return None
+    ahead = sa.or_(Job.priority > job.priority, sa.and_(Job.priority == job.priority, Job.id < job.id))
+    count = session.scalar(
+        sa.select(sa.func.count(Job.id)).where(Job.queue == job.queue, Job.state == JobState.QUEUED, ahead)
+    )
+    return int(count or 0)
 
 
 def queue_positions(session: Session, jobs: Collection[Job]) -> dict[int, int | None]:
