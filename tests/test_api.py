@@ -3,8 +3,10 @@ team isolation (404, not 403), audit and policy routes, model downloads, and bad
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import sys
 import tarfile
 
 import pytest
@@ -272,3 +274,15 @@ def test_finetune_upload_refuses_hostile_files_and_stores_nothing(api: TestClien
     uploads = settings_env.home / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
     assert _count(settings_env.database_url, Job) == 0
+
+
+def test_a_started_server_keeps_its_startup_heap_out_of_the_collector(settings_env) -> None:  # type: ignore[no-untyped-def]
+    """The lifespan loads the policy engine's libraries and freezes the heap (no 200 ms full collections)."""
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(settings_env)) as client:  # entering runs the lifespan
+            assert gc.get_freeze_count() > 10_000
+            assert "regopy" in sys.modules and "torch" in sys.modules
+            assert client.get("/login").status_code == 200
+    finally:
+        gc.unfreeze()

@@ -7,7 +7,10 @@ service calls.
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,9 +42,35 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 
+def settle_heap() -> None:
+    """Load what the first request would, then move every object made so far out of the collector's sight.
+
+    A server process holds a large, permanent heap: the policy engine's native libraries come with
+    torch, hundreds of thousands of objects that never become garbage. Python's full collection
+    walks all of them, pausing every request in the process for 200-250 ms each time it runs (a
+    p99 of job submits of 350 ms at 40 requests/s, measured). Frozen (``gc.freeze``), they are
+    skipped; objects made by requests are collected as before.
+    """
+    from latentops.governance import native
+
+    try:
+        native.load_regopy()
+    except ImportError as error:  # the policy service reports a missing engine on the first decision
+        log.warning("policy engine not importable at startup: %s", error)
+    gc.collect()
+    gc.freeze()
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    settle_heap()
+    yield
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="latentops", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json")
+    app = FastAPI(title="latentops", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json",
+                  lifespan=_lifespan)
     app.state.settings = settings
     app.state.login_throttle = LoginThrottle(settings.login_rate_per_minute)
 

@@ -105,8 +105,9 @@ def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, princip
     team_id = team.id
     session.commit()  # the service writes in its own transaction; do not hold a write lock here
     job_id = jobs_service.submit(settings, kind=body.kind, params=body.params, actor=principal.email,
-                                 owner_email=principal.email, team_id=team_id, priority=body.priority)
-    return job_json(session, jobs_service.get(session, job_id))
+                                 owner_email=principal.email, team_id=team_id, priority=body.priority,
+                                 subject=principal.subject)
+    return job_json(session, jobs_service.get(session, job_id), names={team_id: team.name})
 
 
 @router.get("/jobs")

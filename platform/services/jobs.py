@@ -105,8 +105,13 @@ def create(
     return job
 
 
-def dispatch(settings: Settings, job: Job, *, countdown: float | None = None) -> None:
-    """Hand the job id to the broker. Call only after the job's transaction committed."""
+def dispatch(settings: Settings, job: Job, *, countdown: float | None = None, mark: bool = True) -> None:
+    """Hand the job id to the broker. Call only after the job's transaction committed.
+
+    ``mark`` records the time in ``dispatched_at``, from which the sweeper counts before it sends a
+    still-queued job again. A new job needs no mark (the sweeper counts from ``created_at`` until
+    there is one), nor does one the sweeper has just claimed by setting it.
+    """
     from latentops.platform.queue.app import celery_app
 
     try:
@@ -117,8 +122,9 @@ def dispatch(settings: Settings, job: Job, *, countdown: float | None = None) ->
         )
     except Exception as error:  # kombu raises several unrelated connection errors
         raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
-    with session_scope(settings.database_url) as session:
-        session.execute(sa.update(Job).where(Job.id == job.id).values(dispatched_at=utcnow()))
+    if mark:
+        with session_scope(settings.database_url) as session:
+            session.execute(sa.update(Job).where(Job.id == job.id).values(dispatched_at=utcnow()))
 
 
 def broker_priority(settings: Settings, priority: int) -> int:
@@ -156,25 +162,31 @@ def usage(session: Session, team_id: int | None) -> dict[str, float]:
     return {"queued_jobs": int(waiting or 0), "gpu_hours": round(seconds / 3600.0, 4)}
 
 
-def admit(session: Session, *, actor: audit.Actor | str, team: Team, priority: int | None) -> int:
+def admit(session: Session, *, actor: audit.Actor | str, team: Team, priority: int | None,
+          subject: dict[str, Any] | None = None) -> int:
     """Ask the jobs policy whether ``actor`` may queue a job for ``team``; returns its priority.
 
     The policy decides the priority (the role's default when none is asked for, never above the
     role's maximum: admins' jobs go first) and the team's queue quota; a deny raises ``PolicyDenied``.
+    ``subject`` is the actor's policy subject when the caller already holds it (an API request's
+    principal); otherwise it is read for the decision.
     """
     from latentops.governance import policy
 
-    decision = policy.require("jobs", {"action": "queue", "team": team.name, "priority": priority,
-                                       "usage": usage(session, team.id)}, session=session, actor=actor)
+    document = {"action": "queue", "team": team.name, "priority": priority, "usage": usage(session, team.id)}
+    if subject is not None:
+        document["subject"] = subject
+    decision = policy.require("jobs", document, session=session, actor=actor)
     return int(decision.obligations.get("priority", 0))
 
 
 def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
-           owner_email: str | None = None, team_id: int | None = None, priority: int | None = None) -> int:
+           owner_email: str | None = None, team_id: int | None = None, priority: int | None = None,
+           subject: dict[str, Any] | None = None) -> int:
     """Create a job and enqueue it: the broker is checked first so nothing is half-created.
 
     A job for a team is admitted by the jobs policy, which also sets its priority; a job without
-    a team (the console's own) gets ``priority`` or 0.
+    a team (the console's own) gets ``priority`` or 0. ``subject``: see :func:`admit`.
     """
     if time.monotonic() - _broker_seen.get(settings.broker_url, -BROKER_PING_TTL_S) >= BROKER_PING_TTL_S:
         ping_broker(settings)
@@ -189,10 +201,10 @@ def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audi
             team = session.get(Team, team_id)
             if team is None:
                 raise NotFound(f"team_id: no team {team_id}")
-            priority = admit(session, actor=actor, team=team, priority=priority)
+            priority = admit(session, actor=actor, team=team, priority=priority, subject=subject)
         job = create(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team_id, priority=priority or 0)
     try:
-        dispatch(settings, job)
+        dispatch(settings, job, mark=False)
     except ServiceUnavailable as error:
         _broker_seen.pop(settings.broker_url, None)
         with session_scope(settings.database_url) as session:
@@ -338,7 +350,7 @@ def sweep(settings: Settings, *, worker: str) -> dict[str, int]:
                 to_dispatch.append(job)
                 counts["requeued"] += 1
     for job in to_dispatch:
-        dispatch(settings, job)
+        dispatch(settings, job, mark=False)  # claimed above with dispatched_at = now
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
