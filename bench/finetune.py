@@ -8,6 +8,7 @@ runs in its own process so peak memory is its own.
 
     python bench/finetune.py                 # CPU: SD1.5 architecture at 1/4 width, 128 px, batch 2, 12 steps
     python bench/finetune.py --cuda          # GPU: full-size SD1.5 architecture (random weights), 512 px, batch 4, bf16
+    python bench/finetune.py --optimizer-state   # AdamW against 8-bit AdamW: state memory of a full-size SD1.5 LoRA
 
 Reported: seconds per step (training loop only, after a warm-up step), total wall time including
 our one-off feature caching, and peak memory (RSS on CPU, allocated VRAM on CUDA).
@@ -153,6 +154,46 @@ def run_reference(model: Path, images: Path, settings: dict[str, Any], device: s
     return {"losses": losses, "wall_s": time.perf_counter() - started, "step_times": step_times}
 
 
+def optimizer_state(rank: int, steps: int = 3) -> None:
+    """Adam state memory and step time of our two optimizers for a LoRA on the full-size SD1.5 UNet.
+
+    The optimizers come from the recipe's own factory, as a job builds them; gradients are random
+    (the state's size and the update's cost do not depend on their values). Runs on the CPU.
+    """
+    from diffusers import UNet2DConditionModel
+    from latentops.pipelines.finetune import lora
+    from latentops.pipelines.finetune.config import build_config
+    from latentops.pipelines.finetune.families import UNET_TARGETS
+    from peft import LoraConfig as PeftLoraConfig
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD1.5 defaults
+    unet.requires_grad_(False)
+    unet.add_adapter(PeftLoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    print(f"optimizer state of a rank-{rank} LoRA on the full-size SD1.5 UNet ({count / 1e6:.2f} M trainable "
+          f"parameters, {len(params)} tensors; fp32 weights {count * 4 / 2**20:.1f} MB), CPU")
+    print(f"{'optimizer':<14}{'state MB':>10}{'bytes/param':>13}{'step ms':>10}")
+    rows = {}
+    for name in ("adamw", "adamw_8bit"):
+        config = build_config({"instance_prompt": "x", "rank": rank, "optimizer": name})
+        optimizer, chosen = lora._optimizer(config, [{"params": params, "lr": 1e-4}], torch.device("cpu"))
+        generator = torch.Generator().manual_seed(1)
+        times = []
+        for _ in range(steps):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            began = time.perf_counter()
+            optimizer.step()
+            times.append(time.perf_counter() - began)
+        state = sum(t.nbytes for entry in optimizer.state.values() for t in entry.values() if torch.is_tensor(t))
+        rows[chosen] = state
+        print(f"{chosen:<14}{state / 2**20:>10.1f}{state / count:>13.2f}{1000 * sorted(times)[len(times) // 2]:>10.1f}")
+        optimizer.zero_grad(set_to_none=True)
+    print(f"8-bit AdamW keeps {rows['adamw_8bit'] / rows['adamw']:.2f}x the state of AdamW")
+
+
 def _child(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     device = "cuda" if args.cuda else "cpu"
@@ -174,12 +215,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cuda", action="store_true", help="Full-size SD1.5 architecture on the GPU, bf16.")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--optimizer-state", action="store_true",
+                        help="Only compare AdamW and 8-bit AdamW state memory for a full-size SD1.5 LoRA (CPU).")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank for --optimizer-state.")
     parser.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
     for hidden in ("--model", "--images", "--work", "--settings", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         _child(args)
+        return
+    if args.optimizer_state:
+        optimizer_state(args.rank)
         return
     if args.cuda and not torch.cuda.is_available():
         raise SystemExit("--cuda: no CUDA device here")

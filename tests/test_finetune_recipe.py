@@ -104,6 +104,41 @@ def test_a_run_stopped_at_12_and_resumed_ends_bit_identical(models, instances, t
         "trainable.safetensors", "ema.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
 
 
+def test_8bit_adamw_keeps_8bit_moments_trains_like_adamw_and_resumes_bit_identical(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Rank 128 on the tiny model's 32-wide layers: 4,096-element LoRA matrices, the size from which
+    # bitsandbytes keeps a tensor's Adam moments in 8 bits (smaller ones stay in 32).
+    settings = {**BASE, "steps": 8, "checkpoint_every": 4, "rank": 128, "lr": 1e-4}
+    cache = tmp_path / "cache"
+    eight = build_config({**settings, "optimizer": "adamw_8bit"})
+    straight = lora.train(eight, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "a",
+                          cache_dir=cache)
+    assert straight.optimizer == "adamw_8bit"
+    saved = checkpoint.read_torch(checkpoint.load_latest(tmp_path / "a" / "checkpoints"), "optimizer.pt")["state"]
+    # bitsandbytes packs each tensor's quantisation state under one key of its state dict.
+    packed = [state.get("__bnb_optimizer_quant_state__", state) for state in saved.values()]
+    moments = [state["state1"] for state in packed if state["state1"].numel() >= 4096]
+    assert moments and all(m.dtype == torch.uint8 for m in moments), "first moments of large tensors are 8-bit"
+    # The same run with 32-bit AdamW moves the weights the same way: 8 bits approximate the moments.
+    full = lora.train(build_config({**settings, "optimizer": "adamw"}), weights=_weights(models, "sd1"),
+                      instance_dir=instances, out_dir=tmp_path / "full", cache_dir=cache)
+    assert full.optimizer == "adamw"
+    initial = lora.train(build_config({**settings, "steps": 1, "checkpoint_every": 1, "lr": 1e-12}),
+                         weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "initial",
+                         cache_dir=cache)
+    w0, w8, w32 = (_lora_tensors(tmp_path / name) for name in ("initial", "a", "full"))
+    for key in w32:
+        moved, gap = (w32[key] - w0[key]).norm(), (w8[key] - w32[key]).norm()
+        assert moved > 0 and gap < 0.1 * moved, f"{key}: 8-bit update differs from 32-bit by {gap / moved:.0%}"
+    # Stopped at 4 and resumed: the 8-bit state round-trips through the checkpoint exactly.
+    lora.train(eight, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "b", cache_dir=cache,
+               stop_after=4)
+    resumed = lora.train(eight, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "b",
+                         cache_dir=cache, resume=True)
+    assert resumed.resumed_from == 4 and resumed.losses == straight.losses
+    b = _lora_tensors(tmp_path / "b")
+    assert all(torch.equal(w8[k], b[k]) for k in w8)
+
+
 def test_features_are_cached_by_content_and_reused_across_jobs(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config = build_config({**BASE, "steps": 5, "checkpoint_every": 5, "flip": False})  # one epoch: every image
     cache = tmp_path / "cache"

@@ -134,6 +134,9 @@ def _precision(config: LoraConfig, device: torch.device) -> str:
 def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.device) -> tuple[torch.optim.Optimizer, str]:
     wants_8bit = config.optimizer == "adamw_8bit" or (config.optimizer == "auto" and device.type == "cuda")
     if wants_8bit:
+        # On CPUs with AVX512-BF16, bitsandbytes warns at import that it found no 4-bit matmul
+        # kernels (fetched from a hub, which never happens here); the optimizers do not use them.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
 
