@@ -35,7 +35,12 @@ def wait_step(url: str, job_id: int, step: int, timeout: float = 60.0) -> None:
 
 
 def audit_actions(url: str, job_id: int) -> list[str]:
+    """The job's entries in chain order, once every committed entry has its place (as any reader does:
+    a worker's last entry is durable when the job row says finished, and placed moments later)."""
+    from latentops.governance import integration
+
     with session_scope(url) as db:
+        integration.catch_up(db)
         return list(db.scalars(sa.select(AuditEntry.action).where(AuditEntry.resource == f"job:{job_id}").order_by(AuditEntry.seq)))
 
 
