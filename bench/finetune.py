@@ -8,7 +8,9 @@ runs in its own process so peak memory is its own.
 
     python bench/finetune.py                 # CPU: SD1.5 architecture at 1/4 width, 128 px, batch 2, 12 steps
     python bench/finetune.py --cuda          # GPU: full-size SD1.5 architecture (random weights), 512 px, batch 4, bf16
-    python bench/finetune.py --optimizer-state   # AdamW against 8-bit AdamW: state memory of a full-size SD1.5 LoRA
+    PYTHONPATH=.venv/opt/bitsandbytes python bench/finetune.py --optimizer-state
+                                             # AdamW against 8-bit AdamW (the optional bitsandbytes):
+                                             # state memory of a full-size SD1.5 LoRA
 
 Reported: seconds per step (training loop only, after a warm-up step), total wall time including
 our one-off feature caching, and peak memory (RSS on CPU, allocated VRAM on CUDA).
@@ -164,6 +166,7 @@ def optimizer_state(rank: int, steps: int = 3) -> None:
     from latentops.pipelines.finetune import lora
     from latentops.pipelines.finetune.config import build_config
     from latentops.pipelines.finetune.families import UNET_TARGETS
+    from latentops.platform.errors import InvalidInput
     from peft import LoraConfig as PeftLoraConfig
 
     torch.manual_seed(0)
@@ -178,7 +181,11 @@ def optimizer_state(rank: int, steps: int = 3) -> None:
     rows = {}
     for name in ("adamw", "adamw_8bit"):
         config = build_config({"instance_prompt": "x", "rank": rank, "optimizer": name})
-        optimizer, chosen = lora._optimizer(config, [{"params": params, "lr": 1e-4}], torch.device("cpu"))
+        try:
+            optimizer, chosen = lora._optimizer(config, [{"params": params, "lr": 1e-4}], torch.device("cpu"))
+        except InvalidInput as error:
+            raise SystemExit(f"--optimizer-state: {error.detail} or run with PYTHONPATH=.venv/opt/bitsandbytes "
+                             "(where make install puts it)") from None
         generator = torch.Generator().manual_seed(1)
         times = []
         for _ in range(steps):

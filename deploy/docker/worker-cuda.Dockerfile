@@ -19,7 +19,9 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 RUN python - <<'PY' > /tmp/requirements.txt
 import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+# GPU workers also take 8-bit AdamW (the optional bitsandbytes).
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["bnb"]))
 PY
 RUN pip install -r /tmp/requirements.txt
 COPY platform platform

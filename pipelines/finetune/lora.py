@@ -131,19 +131,27 @@ def _precision(config: LoraConfig, device: torch.device) -> str:
     return config.mixed_precision
 
 
-def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.device) -> tuple[torch.optim.Optimizer, str]:
-    wants_8bit = config.optimizer == "adamw_8bit" or (config.optimizer == "auto" and device.type == "cuda")
-    if wants_8bit:
-        # On CPUs with AVX512-BF16, bitsandbytes warns at import that it found no 4-bit matmul
-        # kernels (fetched from a hub, which never happens here); the optimizers do not use them.
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-        try:
-            import bitsandbytes as bnb  # type: ignore[import-not-found]
+def _bitsandbytes(config: LoraConfig, device: torch.device) -> Any | None:
+    """bitsandbytes when the run uses 8-bit AdamW (asked for, or ``auto`` on CUDA with it installed), else None."""
+    if config.optimizer != "adamw_8bit" and not (config.optimizer == "auto" and device.type == "cuda"):
+        return None
+    # On CPUs with AVX512-BF16, bitsandbytes warns at import that it found no 4-bit matmul
+    # kernels (fetched from a hub, which never happens here); the optimizers do not use them.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    try:
+        import bitsandbytes as bnb  # type: ignore[import-not-found]
+    except ImportError:
+        if config.optimizer == "adamw_8bit":
+            raise InvalidInput("optimizer: adamw_8bit needs the bitsandbytes package, which is not installed "
+                               "(pip install 'latentops[bnb]')") from None
+        return None
+    return bnb
 
-            return bnb.optim.AdamW8bit(groups, weight_decay=config.weight_decay), "adamw_8bit"
-        except ImportError:
-            if config.optimizer == "adamw_8bit":
-                raise InvalidInput("optimizer: adamw_8bit needs the bitsandbytes package, which is not installed") from None
+
+def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.device) -> tuple[torch.optim.Optimizer, str]:
+    bnb = _bitsandbytes(config, device)
+    if bnb is not None:
+        return bnb.optim.AdamW8bit(groups, weight_decay=config.weight_decay), "adamw_8bit"
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay), "adamw"
 
 
@@ -234,6 +242,7 @@ def train(
     checkpoints = out_dir / "checkpoints"
     if stop_after is not None and not 1 <= stop_after <= config.steps:
         raise InvalidInput(f"stop_after: must be between 1 and steps ({config.steps}), got {stop_after}")
+    _bitsandbytes(config, device)  # an optimizer this machine cannot run is refused before any work
     existing = ckpt.load_latest(checkpoints)
     if existing is not None and not resume:
         raise Conflict(f"out: {out_dir} already holds a run (checkpoint at step {existing.step}); pass --resume "
