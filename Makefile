@@ -19,9 +19,10 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	# bitsandbytes (the optional 8-bit AdamW) goes into a folder of its own: installed in the environment, peft
-	# would import it in every test process. Only the test that trains with it puts it on its path.
-	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/opt/bitsandbytes 'bitsandbytes>=0.49,<0.51'
+	# bitsandbytes (the optional 8-bit AdamW, pyproject's `bnb` extra) goes into a folder of its own: installed in
+	# the environment, peft would import it in every test process. Only the test that trains with it puts it on its path.
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/opt/bitsandbytes \
+		"$$($(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bnb"])')"
 	# Portal browser tests drive Debian's chromium (never a downloaded browser); installing it needs root.
 	command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
 		|| echo "chromium is not installed (installing it needs root): the portal's browser tests will fail"
