@@ -90,10 +90,11 @@ async def hammer(base: str, token: str, method: str, path: str, body: dict | Non
             for _ in range(per_client):
                 if interval:
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                began = due if interval else time.perf_counter()
+                    began, due = due, due + interval
+                else:
+                    began = time.perf_counter()
                 await send(http)
                 timings.append(time.perf_counter() - began)
-                due += interval or 0.0
 
         await asyncio.gather(*(client(index, http) for index, http in enumerate(clients)))
     return timings
