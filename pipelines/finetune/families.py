@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from latentops.pipelines.finetune import adapters
 from latentops.platform.errors import InvalidInput
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -90,6 +91,8 @@ class Family:
                 inject_adapter_in_model(PeftLoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                                        target_modules=CLIP_TARGETS), module)
                 trained[name] = module
+        for module in trained.values():
+            adapters.use_fused_forward(module)
         return trained
 
     # -- text --------------------------------------------------------------------------------------

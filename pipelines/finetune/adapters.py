@@ -1,0 +1,56 @@
+"""The forward pass of LoRA layers while a recipe trains them: one fused matrix product per layer.
+
+peft's ``lora.Linear.forward`` serves every case it supports (several adapters, mixed-adapter
+batches, DoRA, dropout, merged weights) and pays for that on each call: adapter bookkeeping in
+Python, then ``lora_B(lora_A(x))``, a second full-size tensor for ``* scaling`` and a third for the
+sum with the base output. A UNet has a hundred or more such projections, so on the CPU this is a
+fifth of a training step. A recipe trains one plain adapter, for which the whole LoRA term is
+
+    base(x) + scaling * (x A^T) B^T  =  addmm(base(x), x A^T, B^T, alpha=scaling)
+
+one ``addmm`` that writes the result once (and whose backward needs no extra temporaries either).
+:func:`use_fused_forward` gives each such layer that forward. The result is the same function of
+the same parameters (it differs from peft's only by float rounding), the parameters and their names
+are peft's, so saving, loading and resuming are untouched. A layer falls back to peft's own
+forward whenever it is used any other way (adapter disabled or merged, another adapter active,
+extra arguments, mixed dtypes outside autocast).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+
+ADAPTER = "default"
+
+
+def use_fused_forward(module: torch.nn.Module) -> int:
+    """Give every plain peft LoRA ``Linear`` in ``module`` the fused forward; returns how many."""
+    from peft.tuners.lora.layer import Linear
+
+    count = 0
+    for layer in module.modules():
+        if type(layer) is Linear and _plain(layer):
+            layer.forward = types.MethodType(_fused_forward, layer)  # nn.Module.__call__ finds it before the class's
+            count += 1
+    return count
+
+
+def _plain(layer: Any) -> bool:
+    """One vanilla adapter: no dropout, no DoRA or other variant, no LoRA bias."""
+    return (list(layer.lora_A) == [ADAPTER] and isinstance(layer.lora_dropout[ADAPTER], torch.nn.Identity)
+            and ADAPTER not in layer.lora_variant and not layer.lora_bias.get(ADAPTER, False)
+            and isinstance(layer.base_layer, torch.nn.Linear))
+
+
+def _fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+    if (args or kwargs or layer.disable_adapters or layer.merged or layer.active_adapters != [ADAPTER]
+            or (x.dtype != a.dtype and not torch.is_autocast_enabled(x.device.type))):
+        return type(layer).forward(layer, x, *args, **kwargs)  # type: ignore[no-any-return]
+    base = layer.base_layer(x)
+    out = torch.addmm(base.reshape(-1, base.shape[-1]), x.reshape(-1, x.shape[-1]) @ a.t(), b.t(),
+                      alpha=layer.scaling[ADAPTER])
+    return out.view(base.shape)
