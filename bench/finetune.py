@@ -12,8 +12,10 @@ runs in its own process so peak memory is its own.
                                              # AdamW against 8-bit AdamW (the optional bitsandbytes):
                                              # state memory of a full-size SD1.5 LoRA
 
-Reported: seconds per step (training loop only, after a warm-up step), total wall time including
-our one-off feature caching, and peak memory (RSS on CPU, allocated VRAM on CUDA).
+Reported, for each round: seconds per step (the median step of the training loop, after a warm-up
+step), total wall time including our one-off feature caching, and peak memory (RSS on CPU, allocated
+VRAM on CUDA). The variants take turns going first; the speed-up is the median of the rounds' ratios,
+since on a shared machine one run of either can be slowed by its neighbours.
 """
 
 from __future__ import annotations
@@ -225,6 +227,9 @@ def main() -> None:
     parser.add_argument("--optimizer-state", action="store_true",
                         help="Only compare AdamW and 8-bit AdamW state memory for a full-size SD1.5 LoRA (CPU).")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank for --optimizer-state.")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="Runs of each variant, alternating which goes first (default 3 on the CPU, 1 on CUDA); "
+                             "the speed-up reported is the median over rounds.")
     parser.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
     for hidden in ("--model", "--images", "--work", "--settings", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -237,6 +242,9 @@ def main() -> None:
         return
     if args.cuda and not torch.cuda.is_available():
         raise SystemExit("--cuda: no CUDA device here")
+    if args.rounds is not None and args.rounds < 1:
+        raise SystemExit(f"--rounds: must be at least 1, got {args.rounds}")
+    args.rounds = args.rounds or (1 if args.cuda else 3)
     settings = ({"resolution": 512, "batch_size": 4, "steps": args.steps or 20, "rank": 16, "lr": 1e-4, "seed": 1}
                 if args.cuda else {"resolution": 128, "batch_size": 2, "steps": args.steps or 12, "rank": 4, "lr": 1e-3,
                                    "seed": 1})
@@ -247,32 +255,55 @@ def main() -> None:
         # model, so encoding costs what it costs relative to the UNet); CUDA: at full size.
         model = _sd15_full_size(work / "sd15", shrink=1 if args.cuda else 4)
         images = _images(work / "images", 5, settings["resolution"])
-        results = {}
-        for variant in ("reference", "ours"):
-            result_file = work / f"{variant}.json"
-            subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model), "--images", str(images),
-                            "--work", str(work), "--settings", json.dumps(settings), "--result", str(result_file)]
-                           + (["--cuda"] if args.cuda else []), check=True, env={**os.environ})
-            results[variant] = json.loads(result_file.read_text())
-        _report(results, settings, args.cuda)
+        rounds = []
+        for number in range(args.rounds):
+            # Alternate which variant goes first, so drift in a shared machine's speed falls on both.
+            order = ("reference", "ours") if number % 2 == 0 else ("ours", "reference")
+            results = {}
+            for variant in order:
+                result_file = work / f"{variant}.json"
+                shutil.rmtree(work / "ours", ignore_errors=True)
+                shutil.rmtree(work / "cache", ignore_errors=True)  # every round computes its features afresh
+                subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model), "--images",
+                                str(images), "--work", str(work), "--settings", json.dumps(settings), "--result",
+                                str(result_file)] + (["--cuda"] if args.cuda else []), check=True, env={**os.environ})
+                results[variant] = json.loads(result_file.read_text())
+            rounds.append(results)
+        _report(rounds, settings, args.cuda)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(results: dict[str, dict[str, Any]], settings: dict[str, Any], cuda: bool) -> None:
-    ref, ours = results["reference"], results["ours"]
-    ref_step = sum(ref["step_times"][1:]) / max(len(ref["step_times"]) - 1, 1)  # first step warms up
-    ours_step = sum(ours["step_times"][1:]) / max(len(ours["step_times"]) - 1, 1)
-    diff = max(abs(a - b) for a, b in zip(ref["losses"], ours["losses"], strict=True))
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _step_time(result: dict[str, Any]) -> float:
+    return _median(result["step_times"][1:] or result["step_times"])  # the first step warms up
+
+
+def _report(rounds: list[dict[str, dict[str, Any]]], settings: dict[str, Any], cuda: bool) -> None:
     where = "CUDA, full-size SD1.5 architecture, bf16" if cuda else "CPU, SD1.5 architecture at 1/4 width"
     print(f"fine-tuning benchmark ({where}; {settings['resolution']} px, batch {settings['batch_size']}, "
-          f"{settings['steps']} steps, rank {settings['rank']})")
-    print(f"{'variant':<34}{'s/step':>10}{'wall s':>10}{'peak MB':>10}{'speed-up':>10}")
-    print(f"{'reference (encode every step)':<34}{ref_step:>10.4f}{ref['wall_s']:>10.1f}{ref['peak_mb']:>10.0f}{1.0:>10.2f}")
-    print(f"{'latentops LoRA (cached features)':<34}{ours_step:>10.4f}{ours['wall_s']:>10.1f}{ours['peak_mb']:>10.0f}"
-          f"{ref_step / ours_step:>10.2f}")
-    print(f"loss curves: max |difference| over {len(ours['losses'])} steps = {diff:.2e} "
-          f"(reference final {ref['losses'][-1]:.4f}, ours final {ours['losses'][-1]:.4f})")
+          f"{settings['steps']} steps, rank {settings['rank']}; {len(rounds)} round(s), each variant in its own process)")
+    print(f"{'round':<7}{'variant':<34}{'s/step':>10}{'wall s':>10}{'peak MB':>10}{'speed-up':>10}")
+    ratios, diffs = [], []
+    for number, results in enumerate(rounds, start=1):
+        ref, ours = results["reference"], results["ours"]
+        ratio = _step_time(ref) / _step_time(ours)
+        ratios.append(ratio)
+        diffs.append(max(abs(a - b) for a, b in zip(ref["losses"], ours["losses"], strict=True)))
+        print(f"{number:<7}{'reference (encode every step)':<34}{_step_time(ref):>10.4f}{ref['wall_s']:>10.1f}"
+              f"{ref['peak_mb']:>10.0f}{1.0:>10.2f}")
+        print(f"{number:<7}{'latentops LoRA (cached features)':<34}{_step_time(ours):>10.4f}{ours['wall_s']:>10.1f}"
+              f"{ours['peak_mb']:>10.0f}{ratio:>10.2f}")
+    last = rounds[-1]
+    print(f"speed-up (s/step: median step of a run; median over rounds): {_median(ratios):.2f}x "
+          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"loss curves: max |difference| over {len(last['ours']['losses'])} steps = {max(diffs):.2e} "
+          f"(reference final {last['reference']['losses'][-1]:.4f}, ours final {last['ours']['losses'][-1]:.4f})")
 
 
 if __name__ == "__main__":
