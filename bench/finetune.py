@@ -3,19 +3,22 @@
 The reference loop encodes every batch with the VAE and every caption with the text encoder at
 every step (no caches), as the diffusers example does by default. Both loops train the same model
 on the same images in the same order with the same seed, drawing their randomness in the same
-order, so their loss curves must agree (the table reports the largest difference). Each variant
-runs in its own process so peak memory is its own.
+order, so their loss curves must agree (the table reports the largest difference).
 
-    python bench/finetune.py                 # CPU: SD1.5 architecture at 1/4 width, 128 px, batch 2, 12 steps
+    python bench/finetune.py                 # CPU: SD1.5 architecture at 1/4 width, 128 px, batch 2, 20 steps, 3 rounds
     python bench/finetune.py --cuda          # GPU: full-size SD1.5 architecture (random weights), 512 px, batch 4, bf16
     PYTHONPATH=.venv/opt/bitsandbytes python bench/finetune.py --optimizer-state
                                              # AdamW against 8-bit AdamW (the optional bitsandbytes):
                                              # state memory of a full-size SD1.5 LoRA
 
+The two variants run in lockstep: each in its own process (so peak memory is its own), taking turns
+a step at a time while the other waits, blocked, using no CPU. On a shared machine whose speed drifts
+from one minute to the next, that drift falls on both variants' steps alike.
+
 Reported, for each round: seconds per step (the median step of the training loop, after a warm-up
-step), total wall time including our one-off feature caching, and peak memory (RSS on CPU, allocated
-VRAM on CUDA). The variants take turns going first; the speed-up is the median of the rounds' ratios,
-since on a shared machine one run of either can be slowed by its neighbours.
+step), setup seconds before the first step (loading; for ours also filling the feature cache, a
+one-off cost per base model and image set), and peak memory (RSS on CPU, allocated VRAM on CUDA).
+With ``--rounds N`` the variants take turns going first and the speed-up is the median of the ratios.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def _sd15_full_size(out: Path, shrink: int = 1) -> Path:
 
     vocab, _ = tokenizers.clip_vocabulary()
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=768 // shrink, intermediate_size=3072 // shrink,
-                                        num_hidden_layers=12 // shrink, num_attention_heads=12 // shrink, max_position_embeddings=77, hidden_act="quick_gelu",
+                                        num_hidden_layers=12, num_attention_heads=12 // shrink, max_position_embeddings=77, hidden_act="quick_gelu",
                                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
                                         pad_token_id=vocab["<|endoftext|>"]))
     # The SD1.5 defaults, each width divided by ``shrink``.
@@ -71,10 +74,69 @@ def _sd15_full_size(out: Path, shrink: int = 1) -> Path:
     return out
 
 
+# --- lockstep: the two variants take turns, a step each ----------------------------------------
+
+
+class _Turns:
+    """A variant's side of the lockstep: before each step it says it is ready, then waits for its turn.
+
+    The benchmark lets one variant run a single step while the other waits (blocked on a pipe, using no
+    CPU), then the other, and so on. Whatever slows a shared machine down for a while slows both
+    variants' steps alike, so their ratio holds still even when the absolute times do not.
+    """
+
+    def __init__(self, ready_fd: int | None, go_fd: int | None) -> None:
+        self.ready_fd, self.go_fd = ready_fd, go_fd
+        self.started = time.perf_counter()
+        self.setup_s: float | None = None
+
+    def wait(self) -> None:
+        if self.setup_s is None:
+            self.setup_s = time.perf_counter() - self.started  # loading (and, for ours, feature caching)
+        if self.ready_fd is None or self.go_fd is None:
+            return
+        os.write(self.ready_fd, b"w")
+        if os.read(self.go_fd, 1) != b"g":
+            raise SystemExit("bench/finetune.py: the benchmark that started this variant went away")
+
+
+class _TurnHooks:
+    """The recipe's hooks: it asks ``check_cancelled`` before every step, which is where a turn starts."""
+
+    def __init__(self, turns: _Turns) -> None:
+        self.turns = turns
+
+    def progress(self, step: int, total: int, **metrics: float) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def check_cancelled(self) -> None:
+        self.turns.wait()
+
+
+def _lockstep(children: dict[str, tuple[subprocess.Popen[bytes], int, int]], order: tuple[str, ...], steps: int) -> None:
+    """Run ``steps`` steps of each child, one at a time, in ``order``; each child has its (ready, go) fds."""
+
+    def ready(name: str) -> None:
+        process, ready_fd, _ = children[name]
+        if os.read(ready_fd, 1) != b"w":
+            raise SystemExit(f"bench/finetune.py: the {name} variant stopped (exit code {process.wait()})")
+
+    for step in range(1, steps + 1):
+        for name in order:
+            os.write(children[name][2], b"g")
+            if step < steps:
+                ready(name)  # its step is done; it waits for the next turn
+            elif children[name][0].wait() != 0:  # the last step: let it finish and write its result
+                raise SystemExit(f"bench/finetune.py: the {name} variant failed")
+
+
 # --- the two variants -------------------------------------------------------------------------
 
 
-def run_ours(model: Path, images: Path, work: Path, settings: dict[str, Any], device: str) -> dict[str, Any]:
+def run_ours(model: Path, images: Path, work: Path, settings: dict[str, Any], device: str, turns: _Turns) -> dict[str, Any]:
     from latentops.pipelines.engine import WeightsRef
     from latentops.pipelines.finetune import lora
     from latentops.pipelines.finetune.config import build_config
@@ -84,17 +146,12 @@ def run_ours(model: Path, images: Path, work: Path, settings: dict[str, Any], de
                            "mixed_precision": "bf16" if device == "cuda" else "no"})
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
     result = lora.train(config, weights=WeightsRef("bench-model", model, "sd1"), instance_dir=images, out_dir=work / "ours",
-                        cache_dir=work / "cache", device=torch.device(device))
-    return {"losses": result.losses, "wall_s": time.perf_counter() - started, "step_times": _step_times(result)}
+                        cache_dir=work / "cache", device=torch.device(device), hooks=_TurnHooks(turns))
+    return {"losses": result.losses, "setup_s": turns.setup_s, "step_times": list(result.step_times)}
 
 
-def _step_times(result: Any) -> list[float]:
-    return list(result.step_times)
-
-
-def run_reference(model: Path, images: Path, settings: dict[str, Any], device: str) -> dict[str, Any]:
+def run_reference(model: Path, images: Path, settings: dict[str, Any], device: str, turns: _Turns) -> dict[str, Any]:
     """A plain loop in the style of diffusers' train_dreambooth_lora.py: encode everything every step."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, DiffusionPipeline
@@ -104,7 +161,6 @@ def run_reference(model: Path, images: Path, settings: dict[str, Any], device: s
     from peft import LoraConfig as PeftLoraConfig
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    started = time.perf_counter()
     pipe = DiffusionPipeline.from_pretrained(str(model), local_files_only=True)
     vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
     for module in (vae, unet, text_encoder):
@@ -127,6 +183,7 @@ def run_reference(model: Path, images: Path, settings: dict[str, Any], device: s
     losses, step_times = [], []
     unet.train()
     for step, batch in enumerate(plan, start=1):
+        turns.wait()
         began = time.perf_counter()
         generator = _step_generator(settings["seed"], step)
         # As in the example: load and transform the images, then VAE-encode them, every step.
@@ -155,7 +212,7 @@ def run_reference(model: Path, images: Path, settings: dict[str, Any], device: s
         if device == "cuda":
             torch.cuda.synchronize()
         step_times.append(time.perf_counter() - began)
-    return {"losses": losses, "wall_s": time.perf_counter() - started, "step_times": step_times}
+    return {"losses": losses, "setup_s": turns.setup_s, "step_times": step_times}
 
 
 def optimizer_state(rank: int, steps: int = 3) -> None:
@@ -207,10 +264,11 @@ def _child(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     device = "cuda" if args.cuda else "cpu"
     work = Path(args.work)
+    turns = _Turns(args.ready_fd, args.go_fd)
     if args.variant == "ours":
-        out = run_ours(Path(args.model), Path(args.images), work, settings, device)
+        out = run_ours(Path(args.model), Path(args.images), work, settings, device, turns)
     else:
-        out = run_reference(Path(args.model), Path(args.images), settings, device)
+        out = run_reference(Path(args.model), Path(args.images), settings, device, turns)
     if device == "cuda":
         out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -228,11 +286,13 @@ def main() -> None:
                         help="Only compare AdamW and 8-bit AdamW state memory for a full-size SD1.5 LoRA (CPU).")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank for --optimizer-state.")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="Runs of each variant, alternating which goes first (default 3 on the CPU, 1 on CUDA); "
-                             "the speed-up reported is the median over rounds.")
+                        help="Runs of the pair, alternating which variant goes first; the speed-up reported is the "
+                             "median over rounds (default 3 on the CPU, 1 on CUDA).")
     parser.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
     for hidden in ("--model", "--images", "--work", "--settings", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--go-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         _child(args)
@@ -246,7 +306,7 @@ def main() -> None:
         raise SystemExit(f"--rounds: must be at least 1, got {args.rounds}")
     args.rounds = args.rounds or (1 if args.cuda else 3)
     settings = ({"resolution": 512, "batch_size": 4, "steps": args.steps or 20, "rank": 16, "lr": 1e-4, "seed": 1}
-                if args.cuda else {"resolution": 128, "batch_size": 2, "steps": args.steps or 12, "rank": 4, "lr": 1e-3,
+                if args.cuda else {"resolution": 128, "batch_size": 2, "steps": args.steps or 20, "rank": 4, "lr": 1e-3,
                                    "seed": 1})
     settings["flip"] = True
     work = Path(tempfile.mkdtemp(prefix="latentops-bench-finetune-"))
@@ -257,18 +317,28 @@ def main() -> None:
         images = _images(work / "images", 5, settings["resolution"])
         rounds = []
         for number in range(args.rounds):
-            # Alternate which variant goes first, so drift in a shared machine's speed falls on both.
             order = ("reference", "ours") if number % 2 == 0 else ("ours", "reference")
-            results = {}
-            for variant in order:
-                result_file = work / f"{variant}.json"
-                shutil.rmtree(work / "ours", ignore_errors=True)
-                shutil.rmtree(work / "cache", ignore_errors=True)  # every round computes its features afresh
-                subprocess.run([sys.executable, __file__, "--variant", variant, "--model", str(model), "--images",
-                                str(images), "--work", str(work), "--settings", json.dumps(settings), "--result",
-                                str(result_file)] + (["--cuda"] if args.cuda else []), check=True, env={**os.environ})
-                results[variant] = json.loads(result_file.read_text())
-            rounds.append(results)
+            shutil.rmtree(work / "ours", ignore_errors=True)
+            shutil.rmtree(work / "cache", ignore_errors=True)  # every round computes its features afresh
+            children = {}
+            for variant in order:  # one sets up (loads, caches) while the other already waits for its first turn
+                ready_read, ready_write = os.pipe()
+                go_read, go_write = os.pipe()
+                process = subprocess.Popen(
+                    [sys.executable, __file__, "--variant", variant, "--model", str(model), "--images", str(images),
+                     "--work", str(work), "--settings", json.dumps(settings), "--result", str(work / f"{variant}.json"),
+                     "--ready-fd", str(ready_write), "--go-fd", str(go_read)] + (["--cuda"] if args.cuda else []),
+                    pass_fds=(ready_write, go_read), env={**os.environ})
+                os.close(ready_write)
+                os.close(go_read)
+                children[variant] = (process, ready_read, go_write)
+                if os.read(ready_read, 1) != b"w":
+                    raise SystemExit(f"bench/finetune.py: the {variant} variant stopped (exit code {process.wait()})")
+            _lockstep(children, order, settings["steps"])
+            for _, ready_read, go_write in children.values():
+                os.close(ready_read)
+                os.close(go_write)
+            rounds.append({variant: json.loads((work / f"{variant}.json").read_text()) for variant in order})
         _report(rounds, settings, args.cuda)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -287,17 +357,17 @@ def _step_time(result: dict[str, Any]) -> float:
 def _report(rounds: list[dict[str, dict[str, Any]]], settings: dict[str, Any], cuda: bool) -> None:
     where = "CUDA, full-size SD1.5 architecture, bf16" if cuda else "CPU, SD1.5 architecture at 1/4 width"
     print(f"fine-tuning benchmark ({where}; {settings['resolution']} px, batch {settings['batch_size']}, "
-          f"{settings['steps']} steps, rank {settings['rank']}; {len(rounds)} round(s), each variant in its own process)")
-    print(f"{'round':<7}{'variant':<34}{'s/step':>10}{'wall s':>10}{'peak MB':>10}{'speed-up':>10}")
+          f"{settings['steps']} steps, rank {settings['rank']}; {len(rounds)} round(s), in lockstep)")
+    print(f"{'round':<7}{'variant':<34}{'s/step':>10}{'setup s':>10}{'peak MB':>10}{'speed-up':>10}")
     ratios, diffs = [], []
     for number, results in enumerate(rounds, start=1):
         ref, ours = results["reference"], results["ours"]
         ratio = _step_time(ref) / _step_time(ours)
         ratios.append(ratio)
         diffs.append(max(abs(a - b) for a, b in zip(ref["losses"], ours["losses"], strict=True)))
-        print(f"{number:<7}{'reference (encode every step)':<34}{_step_time(ref):>10.4f}{ref['wall_s']:>10.1f}"
+        print(f"{number:<7}{'reference (encode every step)':<34}{_step_time(ref):>10.4f}{ref['setup_s']:>10.1f}"
               f"{ref['peak_mb']:>10.0f}{1.0:>10.2f}")
-        print(f"{number:<7}{'latentops LoRA (cached features)':<34}{_step_time(ours):>10.4f}{ours['wall_s']:>10.1f}"
+        print(f"{number:<7}{'latentops LoRA (cached features)':<34}{_step_time(ours):>10.4f}{ours['setup_s']:>10.1f}"
               f"{ours['peak_mb']:>10.0f}{ratio:>10.2f}")
     last = rounds[-1]
     print(f"speed-up (s/step: median step of a run; median over rounds): {_median(ratios):.2f}x "
