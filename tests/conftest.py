@@ -24,6 +24,17 @@ POSTGRES_URL = os.environ.get("LATENTOPS_TEST_POSTGRES_URL", "")
 REDIS_URL = os.environ.get("LATENTOPS_TEST_REDIS_URL", "")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules holding a ``slow`` test run first, each kept whole (its module fixtures are made once).
+
+    ``make test`` spreads the suite over workers that steal pending tests from each other; what no
+    worker can share is a long test that starts last. Started first, the long tests overlap with
+    everything else, and the suite ends on short ones.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: file order within each group
+
+
 def require_service(value: str, variable: str) -> str:
     """Skip (laptop) or fail (CI) when a service's URL is not configured."""
     if value:
@@ -208,7 +219,7 @@ class Cli:
     def __call__(self, *args: str, input: str | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
         merged = {**self.env, **(env or {})}
         done = subprocess.run(
-            [sys.executable, "-m", "latentops.platform.cli.main", *args], input=input, capture_output=True,
+            [sys.executable, "-m", "latentops.platform.cli.main", *args], check=False, input=input, capture_output=True,
             text=True, timeout=timeout, env=merged, cwd=REPO,
         )
         return CliResult(done.returncode, done.stdout, done.stderr)

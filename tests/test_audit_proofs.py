@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,15 +165,39 @@ def run_verifier(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env={"PATH": os.environ.get("PATH", "")})
 
 
-@pytest.fixture
-def exported(trail: Settings, cli, tmp_path: Path) -> dict[str, Path]:  # type: ignore[no-untyped-def]
-    paths = {"jsonl": tmp_path / "audit.jsonl", "csv": tmp_path / "denied.csv", "key": tmp_path / "audit.pub"}
+def _export(trail: Settings, cli, folder: Path) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    """The trail exported whole (JSON lines) and filtered (CSV), its public key and a copy of its checkpoint sink."""
+    paths = {"jsonl": folder / "audit.jsonl", "csv": folder / "denied.csv", "key": folder / "audit.pub",
+             "sink": folder / "sink.jsonl"}
     assert cli("audit", "export", "--out", str(paths["jsonl"])).returncode == 0
     result = cli("audit", "export", "--format", "csv", "--out", str(paths["csv"]), "--outcome", "denied")
     assert result.returncode == 0, result.stderr
     assert cli("audit", "public-key", "--out", str(paths["key"])).returncode == 0
-    paths["sink"] = Path(checkpoints.default_sink_location(trail))
+    shutil.copy(checkpoints.default_sink_location(trail), paths["sink"])
     return paths
+
+
+@pytest.fixture(scope="module")
+def _exports() -> dict[str, dict[str, Path]]:
+    """Exports of a real trail, by backend, made once per module by the first test that needs them."""
+    return {}
+
+
+@pytest.fixture
+def exported(request: pytest.FixtureRequest, database_url: str, _exports: dict[str, dict[str, Path]],
+             tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> dict[str, Path]:
+    """This test's own copy of the exported files (tests damage them), of a trail made once per backend.
+
+    Building a trail and exporting it takes five runs of the CLI; the tests here only read and damage
+    the files, so each gets a fresh copy of one export.
+    """
+    backend = request.node.callspec.params["database_url"]
+    if backend not in _exports:
+        trail, cli = request.getfixturevalue("trail"), request.getfixturevalue("cli")
+        _exports[backend] = _export(trail, cli, tmp_path_factory.mktemp(f"export-{backend}"))
+    folder = tmp_path / "export"
+    shutil.copytree(_exports[backend]["jsonl"].parent, folder)  # with the proofs files the exports write beside them
+    return {name: folder / path.name for name, path in _exports[backend].items()}
 
 
 def test_standalone_verifier_accepts_complete_and_filtered_exports(exported: dict[str, Path]) -> None:
@@ -225,8 +250,10 @@ def test_standalone_verifier_rejects_a_wrong_key_and_a_forged_checkpoint(exporte
     assert result.returncode == 2 and "not an Ed25519 public key" in result.stderr
 
 
-def test_standalone_verifier_checks_an_older_export_against_a_grown_sink(exported: dict[str, Path], trail: Settings,
-                                                                      cli) -> None:  # type: ignore[no-untyped-def]
+def test_standalone_verifier_checks_an_older_export_against_a_grown_sink(trail: Settings, cli,  # type: ignore[no-untyped-def]
+                                                                      tmp_path: Path) -> None:
+    exported = _export(trail, cli, tmp_path)  # this test grows the trail the export came from: its own
+    exported["sink"] = Path(checkpoints.default_sink_location(trail))
     with session_scope(trail.database_url) as db:
         audit.record(db, actor="a", action="job.submit", resource="job:late")
     assert cli("audit", "checkpoint").returncode == 0  # the sink now covers more than the export

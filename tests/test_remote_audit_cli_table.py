@@ -124,6 +124,7 @@ def test_every_command_is_in_the_table() -> None:
     assert sorted(ARGS) == cli
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_each_command_with_a_server_does_what_the_table_says(cli, workspace: Path) -> None:  # type: ignore[no-untyped-def]
     with socket.socket() as probe:
