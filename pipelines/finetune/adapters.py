@@ -33,7 +33,8 @@ def use_fused_forward(module: torch.nn.Module) -> int:
     count = 0
     for layer in module.modules():
         if type(layer) is Linear and _plain(layer):
-            layer.forward = types.MethodType(_fused_forward, layer)  # nn.Module.__call__ finds it before the class's
+            # An instance attribute: nn.Module.__call__ finds it before the class's forward.
+            layer.forward = types.MethodType(_fused_forward, layer)  # type: ignore[method-assign]
             count += 1
     return count
 
@@ -46,10 +47,11 @@ def _plain(layer: Any) -> bool:
 
 
 def _fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``base(x) + scaling * (x A^T) B^T`` in one ``addmm``; peft's own forward for any other use of the layer."""
     a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
     if (args or kwargs or layer.disable_adapters or layer.merged or layer.active_adapters != [ADAPTER]
             or (x.dtype != a.dtype and not torch.is_autocast_enabled(x.device.type))):
-        return type(layer).forward(layer, x, *args, **kwargs)  # type: ignore[no-any-return]
+        return type(layer).forward(layer, x, *args, **kwargs)
     base = layer.base_layer(x)
     out = torch.addmm(base.reshape(-1, base.shape[-1]), x.reshape(-1, x.shape[-1]) @ a.t(), b.t(),
                       alpha=layer.scaling[ADAPTER])
