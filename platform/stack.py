@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentops.platform import migrate
 from latentops.platform.errors import Conflict, ServiceUnavailable
 from latentops.platform.settings import Settings
 
@@ -114,6 +113,8 @@ class LocalStack:
     def start(self) -> None:
         self.preflight()
         self.settings.ensure_home()
+        from latentops.platform import migrate  # alembic: only when the stack starts
+
         migrate.upgrade(self.settings.database_url)
         self.on_event(f"database ready ({self.settings.database_url})")
         logs = self.settings.home / "logs"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from latentops.platform import migrate
 from latentops.platform.cli import context, output
 from latentops.platform.database import check_connection, redact
 
@@ -20,6 +19,8 @@ def _local_only() -> None:
 @db_app.command()
 def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Migrate the configured database to the latest schema (or REVISION)."""
+    from latentops.platform import migrate  # alembic: imported by these commands, not by every CLI start
+
     settings = context.settings()
     settings.ensure_home()
     check_connection(settings.database_url)
@@ -30,6 +31,8 @@ def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> 
 @db_app.command()
 def downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base.")) -> None:
     """Migrate the configured database down to REVISION."""
+    from latentops.platform import migrate  # alembic: imported by these commands, not by every CLI start
+
     settings = context.settings()
     check_connection(settings.database_url)
     migrate.downgrade(settings.database_url, revision)
@@ -39,6 +42,8 @@ def downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. ba
 @db_app.command()
 def current() -> None:
     """Show the database's revision and the latest one available."""
+    from latentops.platform import migrate  # alembic: imported by these commands, not by every CLI start
+
     settings = context.settings()
     check_connection(settings.database_url)
     output.say(f"current: {migrate.current_revision(settings.database_url)}  head: {migrate.head_revision()}")

@@ -9,7 +9,6 @@ import typer
 from latentops.platform.cli import context, output
 from latentops.platform.database import check_connection
 from latentops.platform.errors import Conflict, InvalidInput, ServiceUnavailable
-from latentops.platform.queue.app import QUEUES
 from latentops.platform.stack import LocalStack, port_in_use
 
 
@@ -51,6 +50,7 @@ def worker(
 ) -> None:
     """Start a Celery worker consuming job ids from the broker."""
     context.require_local()
+    from latentops.platform.queue.app import QUEUES  # Celery: imported by the commands that use it
     from latentops.platform.queue.worker import GPU_LIST_ENV
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
