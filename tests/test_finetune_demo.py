@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from latentops.pipelines.demo import DEMO_MODEL_DIR, digits
 from latentops.pipelines.engine import AdapterRef, Engine, GenerationRequest, PipelineCache, WeightsRef
 from latentops.pipelines.finetune import dreambooth, interop
@@ -65,7 +64,6 @@ def test_dreambooth_learns_a_new_glyph_and_keeps_the_digits(tmp_path: Path, sqli
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)
     get_settings.cache_clear()
     _release_unscreened(get_settings())
-    torch.set_num_threads(2)
     glyphs = _glyphs(tmp_path / "instances")
     weights = WeightsRef(content_hash="digits-demo", path=DEMO_MODEL_DIR, family="sd1")
     engine = Engine(device="cpu", cache=PipelineCache(0))
