@@ -116,19 +116,19 @@ class _TurnHooks:
         self.turns.wait()
 
 
+def _await_ready(name: str, process: subprocess.Popen[bytes], ready_fd: int) -> None:
+    """Block until the ``name`` child waits for its turn (set up, or its step done); fail if it stopped instead."""
+    if os.read(ready_fd, 1) != b"w":
+        raise SystemExit(f"bench/finetune.py: the {name} variant stopped (exit code {process.wait()})")
+
+
 def _lockstep(children: dict[str, tuple[subprocess.Popen[bytes], int, int]], order: tuple[str, ...], steps: int) -> None:
     """Run ``steps`` steps of each child, one at a time, in ``order``; each child has its (ready, go) fds."""
-
-    def ready(name: str) -> None:
-        process, ready_fd, _ = children[name]
-        if os.read(ready_fd, 1) != b"w":
-            raise SystemExit(f"bench/finetune.py: the {name} variant stopped (exit code {process.wait()})")
-
     for step in range(1, steps + 1):
         for name in order:
             os.write(children[name][2], b"g")
             if step < steps:
-                ready(name)  # its step is done; it waits for the next turn
+                _await_ready(name, *children[name][:2])  # its step is done; it waits for the next turn
             elif children[name][0].wait() != 0:  # the last step: let it finish and write its result
                 raise SystemExit(f"bench/finetune.py: the {name} variant failed")
 
@@ -332,8 +332,7 @@ def main() -> None:
                 os.close(ready_write)
                 os.close(go_read)
                 children[variant] = (process, ready_read, go_write)
-                if os.read(ready_read, 1) != b"w":
-                    raise SystemExit(f"bench/finetune.py: the {variant} variant stopped (exit code {process.wait()})")
+                _await_ready(variant, process, ready_read)
             _lockstep(children, order, settings["steps"])
             for _, ready_read, go_write in children.values():
                 os.close(ready_read)
