@@ -45,7 +45,8 @@ def test_fused_forward_matches_peft_in_outputs_and_gradients() -> None:
     peft_model, fused = _pair()
     assert adapters.use_fused_forward(fused) == 2  # to_q and to_out; the plain Linear is left alone
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
-    expected, got = peft_model(x), fused(x)
+    x_theirs, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, got = peft_model(x_theirs), fused(x_ours)
     with torch.no_grad():  # the LoRA term counts: without it the block computes something else
         base = peft_model.other(peft_model.to_out.base_layer(torch.relu(peft_model.to_q.base_layer(x))))
     assert not torch.allclose(expected, base, atol=1e-3)
@@ -56,6 +57,18 @@ def test_fused_forward_matches_peft_in_outputs_and_gradients() -> None:
     assert sorted(ours) == sorted(theirs) and len(ours) == 4
     for name, parameter in ours.items():
         torch.testing.assert_close(parameter.grad, theirs[name].grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-5, atol=1e-6)  # through base and LoRA paths
+
+
+def test_fused_forward_keeps_hooks_on_the_base_layer() -> None:
+    peft_model, fused = _pair()
+    adapters.use_fused_forward(fused)
+    seen: list[tuple[int, ...]] = []
+    for model in (fused, peft_model):
+        model.to_q.base_layer.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(fused(x), peft_model(x), rtol=1e-6, atol=1e-6)
+    assert seen == [(3, 24), (3, 24)]  # the hook ran for the fused model as for peft's
 
 
 def test_fused_forward_hands_back_to_peft_when_the_adapter_is_disabled_or_merged() -> None:

@@ -134,7 +134,9 @@ class Family:
              micro: list[tuple[int, int, int, int, int, int]], noise_offset: float,
              min_snr_gamma: float | None, dtype: torch.dtype) -> torch.Tensor:
         """Per-sample loss (shape (B,)) for model-space ``latents`` on the denoiser's device."""
-        device = self.denoiser.device
+        # Where the weights are. (diffusers' ``ModelMixin.device`` walks every submodule looking for group
+        # offloading, which training never uses: 9 ms per call on SD1.5, 5% of a small model's CPU step.)
+        device = next(self.denoiser.parameters()).device
         batch = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator)
         if noise_offset:

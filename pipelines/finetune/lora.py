@@ -152,7 +152,9 @@ def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.d
     bnb = _bitsandbytes(config, device)
     if bnb is not None:
         return bnb.optim.AdamW8bit(groups, weight_decay=config.weight_decay), "adamw_8bit"
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay), "adamw"
+    # One fused kernel for all parameters (on the CPU torch's default steps them one at a time in Python:
+    # about 5% of a small model's step on the CPU). The state and its checkpoint format are AdamW's either way.
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")), "adamw"
 
 
 def _load_pipeline(weights: WeightsRef, dtype: torch.dtype) -> Any:
