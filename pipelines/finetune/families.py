@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from latentops.pipelines.finetune import adapters
+from latentops.pipelines.finetune import adapters, convs
 from latentops.platform.errors import InvalidInput
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -93,6 +93,7 @@ class Family:
                 trained[name] = module
         for module in trained.values():
             adapters.use_fused_forward(module)
+        convs.use_packed_weights(self.denoiser)  # its convolutions stay frozen while the LoRA trains
         return trained
 
     # -- text --------------------------------------------------------------------------------------
