@@ -19,7 +19,7 @@ layer. A weight changed in place or replaced is packed again.
 from __future__ import annotations
 
 import types
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -76,7 +76,7 @@ def _packed_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
             del conv.forward
             return torch.nn.Conv2d.forward(conv, x)
         conv.__dict__["_packed"] = packed  # a plain attribute: not state, not moved by .to()
-    return _PackedConv.apply(_dense(x), conv.bias, packed, conv.padding, conv.stride, conv.kernel_size)  # type: ignore[no-any-return]
+    return _PackedConv.apply(_dense(x), conv.bias, packed, conv.padding, conv.stride, conv.kernel_size)  # type: ignore[no-any-return,unused-ignore]
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -98,15 +98,16 @@ def _output_padding(x_shape: tuple[int, ...], padding: tuple[int, ...], stride: 
 
 
 def _pack(conv: torch.nn.Conv2d, x_shape: tuple[int, ...]) -> _Packed:
-    """Both layouts of the weight; the layout oneDNN picks depends on the channels, not on the input's size."""
+    """Both layouts of the weight, chosen for the first input's size; inputs of other sizes use them too (tested)."""
     weight = conv.weight.detach()
-    padding, stride = list(conv.padding), list(conv.stride)  # type: ignore[arg-type]
+    padding = cast("tuple[int, int]", conv.padding)  # never a string here (_shape_supported)
     out_shape = [x_shape[0], conv.out_channels] + [_output_size(s, p, st, k) for s, p, st, k in
-                                                   zip(x_shape[2:], padding, stride, conv.kernel_size)]
-    output_padding = _output_padding(x_shape, conv.padding, conv.stride, conv.kernel_size)  # type: ignore[arg-type]
+                                                   zip(x_shape[2:], padding, conv.stride, conv.kernel_size)]
+    output_padding = _output_padding(x_shape, padding, conv.stride, conv.kernel_size)
     ops = torch.ops.mkldnn
-    forward = ops._reorder_convolution_weight(weight, padding, stride, [1, 1], 1, list(x_shape))
-    backward = ops._reorder_convolution_transpose_weight(weight, padding, output_padding, stride, [1, 1], 1, out_shape)
+    forward = ops._reorder_convolution_weight(weight, list(padding), list(conv.stride), [1, 1], 1, list(x_shape))
+    backward = ops._reorder_convolution_transpose_weight(weight, list(padding), output_padding, list(conv.stride), [1, 1],
+                                                         1, out_shape)
     return _Packed((weight.data_ptr(), conv.weight._version), forward, backward)
 
 
