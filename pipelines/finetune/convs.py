@@ -8,7 +8,8 @@ the UNet's low-resolution blocks, where weights are large and activations small,
 as the convolution itself. :func:`use_packed_weights` gives each frozen ``Conv2d`` a forward that
 packs its weight once for the forward and once for the backward (torch's ``mkldnn`` packing ops,
 the ones its compiler uses for frozen inference weights) and computes with them: the same
-convolution, a sixth less time for a training step of SD1.5 at a quarter width (docs/finetune.md).
+convolution, and a training step of SD1.5 at a quarter width 6-7% faster on its own, about 2% in the
+benchmark's lockstep, where caches are cold at each step (docs/finetune.md).
 
 The packed copies cost twice the convolution weights' memory, so a model is packed only while that
 stays within ``budget_bytes``. A layer computes the usual way whenever the packed path does not
@@ -28,7 +29,7 @@ BUDGET_BYTES = 2 * 2**30
 
 
 class _Packed(NamedTuple):
-    key: tuple[int, int]  # the weight's storage and version when packed
+    key: tuple[int, int]  # _weight_key of the weight when packed
     forward: torch.Tensor  # weight in the layout of the forward convolution
     backward: torch.Tensor  # weight in the layout of the transposed convolution (the input's gradient)
 
@@ -69,7 +70,7 @@ def _packed_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
             or torch.is_autocast_enabled("cpu") or _trains(conv) or conv._forward_hooks or conv._forward_pre_hooks):
         return torch.nn.Conv2d.forward(conv, x)
     packed = conv.__dict__.get("_packed")
-    if packed is None or packed.key != (weight.data_ptr(), weight._version):
+    if packed is None or packed.key != _weight_key(weight):
         try:
             packed = _pack(conv, tuple(x.shape))
         except RuntimeError:  # a configuration the packing ops refuse: this layer computes the usual way from now on
@@ -77,6 +78,11 @@ def _packed_forward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
             return torch.nn.Conv2d.forward(conv, x)
         conv.__dict__["_packed"] = packed  # a plain attribute: not state, not moved by .to()
     return _PackedConv.apply(_dense(x), conv.bias, packed, conv.padding, conv.stride, conv.kernel_size)  # type: ignore[no-any-return,unused-ignore]
+
+
+def _weight_key(weight: torch.Tensor) -> tuple[int, int]:
+    """Storage and version: either changes when the weight is replaced, moved or changed in place."""
+    return weight.data_ptr(), weight._version
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +114,7 @@ def _pack(conv: torch.nn.Conv2d, x_shape: tuple[int, ...]) -> _Packed:
     forward = ops._reorder_convolution_weight(weight, list(padding), list(conv.stride), [1, 1], 1, list(x_shape))
     backward = ops._reorder_convolution_transpose_weight(weight, list(padding), output_padding, list(conv.stride), [1, 1],
                                                          1, out_shape)
-    return _Packed((weight.data_ptr(), conv.weight._version), forward, backward)
+    return _Packed(_weight_key(conv.weight), forward, backward)
 
 
 class _PackedConv(torch.autograd.Function):
