@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import PASSWORD, bearer, expire_token, make_token, team_id
 from fastapi.testclient import TestClient
+from latentops.governance import integration
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
 from latentops.platform.models import AuditEntry, Job, ModelRecord, PolicyDecision, User
@@ -243,12 +244,40 @@ def test_submit_runs_for_the_callers_team(queue_settings, people) -> None:  # ty
     assert submitted.status_code == 201, submitted.text
     job = submitted.json()
     assert job["team"] == "design" and job["state"] == "queued" and job["owner_id"] is not None
+    assert job["queue_position"] == 0
+    second = api.post("/api/v1/jobs", json={"kind": "diagnostics", "params": {}}, headers=bearer(people["alice"])).json()
+    assert second["queue_position"] == 1  # nothing drains the queue here: behind the first
+    assert api.get(f"/api/v1/jobs/{second['id']}", headers=bearer(people["alice"])).json() == second
     other_team = api.post("/api/v1/jobs", json={"kind": "diagnostics", "team": "marketing"}, headers=bearer(people["alice"]))
     assert other_team.status_code == 404 and other_team.json()["detail"] == "team: no team named 'marketing'"
     officer = api.post("/api/v1/jobs", json={"kind": "diagnostics"}, headers=bearer(people["carol"]))
     assert officer.status_code == 403 and officer.json()["reasons"][0].startswith("access.role")
     with session_scope(queue_settings.database_url) as session:
-        assert session.scalar(sa.select(sa.func.count(Job.id))) == 1
+        assert session.scalar(sa.select(sa.func.count(Job.id))) == 2
+        integration.catch_up(session)
+        submits = session.scalars(sa.select(AuditEntry.resource).where(AuditEntry.action == "job.submit")).all()
+        assert sorted(submits) == [f"job:{job['id']}", f"job:{second['id']}"]
+        decisions = session.scalars(sa.select(PolicyDecision.allow).where(PolicyDecision.path == "jobs")).all()
+        assert decisions == [True, True]  # each admission is recorded with its job
+
+
+def test_submit_with_the_broker_down_is_refused_and_stores_no_job(settings_env, people,  # type: ignore[no-untyped-def]
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentops.platform.queue.app import celery_app
+    from latentops.platform.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    try:
+        api = TestClient(create_app(get_settings()))
+        refused = api.post("/api/v1/jobs", json={"kind": "diagnostics", "params": {}}, headers=bearer(people["alice"]))
+    finally:
+        celery_app.cache_clear()
+    assert refused.status_code == 503 and refused.json()["detail"].startswith("broker unreachable at redis://127.0.0.1:1/0")
+    with session_scope(settings_env.database_url) as session:
+        assert session.scalar(sa.select(sa.func.count(Job.id))) == 0
+        assert session.scalar(sa.select(sa.func.count(PolicyDecision.id)).where(PolicyDecision.path == "jobs")) == 0
 
 
 def test_finetune_upload_refuses_hostile_files_and_stores_nothing(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]

@@ -50,16 +50,18 @@ def submit_generation(session: Session, settings: Settings, principal: Principal
                              actor=principal.email)
     except PolicyDenied as error:
         denial = error
-    team_id = team.id
-    session.commit()  # decisions are evidence, allowed or denied; the job is written in its own transaction
     if denial is not None:
+        session.commit()  # decisions are evidence, allowed or denied
         raise denial
     params = {"model": body.model, "lora": body.lora, "prompts": [body.prompt], "negative_prompt": body.negative_prompt,
               "images_per_prompt": body.n, "seed": body.seed, "steps": body.steps, "guidance_scale": body.guidance,
               "team": team.name, "actor": principal.email}
-    job_id = jobs_service.submit(settings, kind="generate", params=params, actor=principal.email,
-                                 owner_email=principal.email, team_id=team_id)
-    return job_json(session, jobs_service.get(session, job_id))
+    job = jobs_service.enqueue(session, settings, kind="generate", params=params, actor=principal.email,
+                               owner=principal.user, team=team, subject=principal.subject)
+    position = jobs_service.queue_position(session, job)
+    session.commit()  # durable before the broker hears of it
+    jobs_service.send(settings, job, actor=principal.email)
+    return job_json(session, job, names={team.id: team.name}, positions={job.id: position})
 
 
 def generation_json(session: Session, principal: Principal, job_id: int) -> dict[str, Any]:

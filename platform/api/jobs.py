@@ -102,12 +102,12 @@ def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, princip
     """Submit a job for one of the caller's teams; it is queued after the row commits."""
     access.check(session, principal=principal, action="jobs.submit")
     team = submit_team(session, principal, body.team)
-    team_id = team.id
-    session.commit()  # the service writes in its own transaction; do not hold a write lock here
-    job_id = jobs_service.submit(settings, kind=body.kind, params=body.params, actor=principal.email,
-                                 owner_email=principal.email, team_id=team_id, priority=body.priority,
-                                 subject=principal.subject)
-    return job_json(session, jobs_service.get(session, job_id), names={team_id: team.name})
+    job = jobs_service.enqueue(session, settings, kind=body.kind, params=body.params, actor=principal.email,
+                               owner=principal.user, team=team, priority=body.priority, subject=principal.subject)
+    position = jobs_service.queue_position(session, job)
+    session.commit()  # durable before the broker hears of it
+    jobs_service.send(settings, job, actor=principal.email)
+    return job_json(session, job, names={team.id: team.name}, positions={job.id: position})
 
 
 @router.get("/jobs")

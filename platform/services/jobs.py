@@ -1,7 +1,8 @@
 """Jobs: submit, dispatch, execute under a lease, record the outcome.
 
-The job row is the truth. ``submit`` writes it and its audit entry in one transaction; only after
-that commits is the id handed to the broker. A worker that receives an id *claims* the job with a
+The job row is the truth. ``submit`` writes it and its audit entry in one transaction (``enqueue``
+writes them in the caller's, an API request's own); only after that commits is the id handed to the
+broker (``send``). A worker that receives an id *claims* the job with a
 conditional UPDATE that bumps ``lease_token`` (a fencing token): every later write by that worker
 names the token it holds, so a worker whose lease was taken over can no longer write progress or
 an outcome. A heartbeat thread extends the lease while the handler runs.
@@ -183,26 +184,49 @@ def admit(session: Session, *, actor: audit.Actor | str, team: Team, priority: i
 def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
            owner_email: str | None = None, team_id: int | None = None, priority: int | None = None,
            subject: dict[str, Any] | None = None) -> int:
-    """Create a job and enqueue it: the broker is checked first so nothing is half-created.
+    """Create a job and enqueue it, in a transaction of its own: :func:`enqueue`, commit, :func:`send`.
 
-    A job for a team is admitted by the jobs policy, which also sets its priority; a job without
-    a team (the console's own) gets ``priority`` or 0. ``subject``: see :func:`admit`.
+    ``owner_email`` and ``team_id`` name the job's owner and team (each optional).
     """
-    if time.monotonic() - _broker_seen.get(settings.broker_url, -BROKER_PING_TTL_S) >= BROKER_PING_TTL_S:
-        ping_broker(settings)
-        _broker_seen[settings.broker_url] = time.monotonic()
     with session_scope(settings.database_url) as session:
         owner = None
         if owner_email is not None:
             owner = session.scalar(sa.select(User).where(User.email == owner_email))
             if owner is None:
                 raise NotFound(f"owner: no user with email {owner_email!r}")
+        team = None
         if team_id is not None:
             team = session.get(Team, team_id)
             if team is None:
                 raise NotFound(f"team_id: no team {team_id}")
-            priority = admit(session, actor=actor, team=team, priority=priority, subject=subject)
-        job = create(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team_id, priority=priority or 0)
+        job = enqueue(session, settings, kind=kind, params=params, actor=actor, owner=owner, team=team,
+                      priority=priority, subject=subject)
+    send(settings, job, actor=actor)
+    return job.id
+
+
+def enqueue(session: Session, settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
+            owner: User | None = None, team: Team | None = None, priority: int | None = None,
+            subject: dict[str, Any] | None = None) -> Job:
+    """Write a queued job in the caller's transaction; after committing it the caller calls :func:`send`.
+
+    The broker is checked first, so that a job is not written only to fail at once. A job for a
+    team is admitted by the jobs policy, which also sets its priority; a job without a team (the
+    console's own) gets ``priority`` or 0. ``subject``: see :func:`admit`. An API request writes
+    its job in the request's own transaction, with the reads that authenticated it.
+    """
+    if time.monotonic() - _broker_seen.get(settings.broker_url, -BROKER_PING_TTL_S) >= BROKER_PING_TTL_S:
+        ping_broker(settings)
+        _broker_seen[settings.broker_url] = time.monotonic()
+    if team is not None:
+        priority = admit(session, actor=actor, team=team, priority=priority, subject=subject)
+    return create(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team.id if team else None,
+                  priority=priority or 0)
+
+
+def send(settings: Settings, job: Job, *, actor: audit.Actor | str) -> None:
+    """Hand a committed new job to the broker; if the broker is unreachable the job is marked
+    failed (in a transaction of its own) and ``ServiceUnavailable`` raised."""
     try:
         dispatch(settings, job, mark=False)
     except ServiceUnavailable as error:
@@ -210,8 +234,7 @@ def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audi
         with session_scope(settings.database_url) as session:
             _finish_unleased(session, job.id, JobState.FAILED, error=error.detail, actor=actor)
         raise
-    ops_metrics.job_submitted(kind=kind, queue=job.queue)
-    return job.id
+    ops_metrics.job_submitted(kind=job.kind, queue=job.queue)
 
 
 # --- reading and controlling ----------------------------------------------------------------
