@@ -31,7 +31,8 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: FastAPI runs a plain def dependency in the thread pool, a hop per request for one attribute
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
