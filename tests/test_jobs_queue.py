@@ -8,6 +8,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from latentops.governance import integration
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, PolicyDenied, ServiceUnavailable
 from latentops.platform.models import AuditEntry, Job, JobState, Team
@@ -36,6 +37,7 @@ def test_job_runs_on_a_real_worker_and_records_progress_and_audit(start_worker, 
     assert job.result["final_error"] == pytest.approx(job.result["initial_error"] * 0.64**5, rel=1e-4)
     assert job.lease_owner is None
     with session_scope(queue_settings.database_url) as db:
+        integration.catch_up(db)  # the worker's last entries may still be pending
         actions = list(db.scalars(sa.select(AuditEntry.action).where(AuditEntry.resource == f"job:{job_id}").order_by(AuditEntry.seq)))
         messages = [e.message for e in jobs.events(db, job_id)]
     assert actions == ["job.submit", "job.start", "job.succeeded"]
@@ -66,6 +68,7 @@ def test_a_job_that_fails_on_the_worker_records_the_reason(start_worker, queue_s
     assert job.state == JobState.FAILED
     assert job.error is not None and job.error.startswith(f"InvalidInput: checkpoint {damaged / 'checkpoint.json'}: unreadable")
     with session_scope(queue_settings.database_url) as db:
+        integration.catch_up(db)  # the worker's last entries may still be pending
         outcome = db.scalar(sa.select(AuditEntry.outcome).where(AuditEntry.action == "job.failed"))
     assert outcome == "failure"
 
@@ -111,6 +114,7 @@ def test_redelivered_job_id_does_not_run_twice(start_worker, queue_settings) -> 
     time.sleep(2.0)
     with session_scope(queue_settings.database_url) as db:
         assert jobs.get(db, job_id).attempts == 1
+        integration.catch_up(db)
         starts = db.scalar(sa.select(sa.func.count()).where(AuditEntry.resource == f"job:{job_id}", AuditEntry.action == "job.start"))
     assert starts == 1
 
