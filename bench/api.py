@@ -5,7 +5,7 @@
 
 A real uvicorn server (the app factory; ``--workers`` processes, as ``latentops serve --workers``
 runs it in production: the API is stateless, about one process per core) on loopback, a real
-broker for submits, and 50 concurrent httpx clients each authenticated with a personal API token.
+broker for submits, and 50 concurrent keep-alive clients each authenticated with a personal API token.
 Baseline in the same run: ``GET /api/v1/auth/me`` (authentication and the access policy, no domain
 work). Targets: job submit p99 <= 100 ms, job list p99 <= 50 ms.
 
@@ -20,15 +20,16 @@ Two load models, each reported in its own table:
   table prints as the bound that the machine's core count sets.
 
 Besides latency the tables show the server's CPU time per request (all its processes, from
-/proc), which does not depend on how loaded the machine is, and the load average before and after.
+/proc), which does not depend on how loaded the machine is, the load generator's own CPU time per
+request (it shares the machine), and the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
+import json
 import os
 import socket
 import subprocess
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -64,28 +66,66 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection: the load generator's client.
+
+    A load generator that shares the server's cores must cost little per request: httpx spends about
+    7 ms of CPU per request here (measured: 50 clients at 50 requests/s took a third of a core),
+    which would be taken from the server it measures. This writes the request bytes and reads
+    the status line, headers and a ``Content-Length`` body, which is all the API sends; anything
+    else (a closed connection, a chunked body) is an error of the run, not a case to handle.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, token: str) -> None:
+        self.reader, self.writer = reader, writer
+        self.head = f"Host: {host}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\n"
+
+    @classmethod
+    async def open(cls, base: str, token: str) -> Connection:
+        url = urlsplit(base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        return cls(reader, writer, url.netloc, token)
+
+    async def request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        lines = f"{method} {path} HTTP/1.1\r\n{self.head}"
+        if body is not None:
+            lines += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write((lines + "\r\n").encode() + (body or b""))
+        status_line = await self.reader.readuntil(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        length = None
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise SystemExit(f"{method} {path}: the response has no Content-Length")
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def hammer(base: str, token: str, method: str, path: str, body: dict | None, per_client: int,
                  interval: float | None = None) -> list[float]:
     """Each client sends ``per_client`` requests: back to back, or one per ``interval`` seconds.
 
-    Every client is connected and has sent one unmeasured request before the clock starts (an
-    httpx client takes milliseconds to build: 50 of them would delay the first requests by a
-    second). Paced latency counts from when a request was due, not when it could be sent.
+    Every client is connected and has sent one unmeasured request before the clock starts. Paced
+    latency counts from when a request was due, not when it could be sent.
     """
     timings: list[float] = []
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(
-            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)) for _ in range(CLIENTS)]
+    payload = None if body is None else json.dumps(body).encode()
+    connections = [await Connection.open(base, token) for _ in range(CLIENTS)]
+    try:
+        async def send(connection: Connection) -> None:
+            status, answer = await connection.request(method, path, payload)
+            if status >= 400:
+                raise SystemExit(f"{method} {path}: {status} {answer[:200]!r}")
 
-        async def send(http: httpx.AsyncClient) -> None:
-            response = await http.request(method, path, json=body)
-            if response.status_code >= 400:
-                raise SystemExit(f"{method} {path}: {response.status_code} {response.text[:200]}")
-
-        await asyncio.gather(*(send(http) for http in clients))
+        await asyncio.gather(*(send(connection) for connection in connections))
         start = time.perf_counter()
 
-        async def client(index: int, http: httpx.AsyncClient) -> None:
+        async def client(index: int, connection: Connection) -> None:
             due = start + (interval * index / CLIENTS if interval else 0.0)
             for _ in range(per_client):
                 if interval:
@@ -93,10 +133,13 @@ async def hammer(base: str, token: str, method: str, path: str, body: dict | Non
                     began, due = due, due + interval
                 else:
                     began = time.perf_counter()
-                await send(http)
+                await send(connection)
                 timings.append(time.perf_counter() - began)
 
-        await asyncio.gather(*(client(index, http) for index, http in enumerate(clients)))
+        await asyncio.gather(*(client(index, connection) for index, connection in enumerate(connections)))
+    finally:
+        for connection in connections:
+            connection.close()
     return timings
 
 
@@ -161,12 +204,13 @@ def main() -> None:
             load_before = os.getloadavg()
             rows = []
             for label, method, path, body, target in operations:
-                cpu_before, began = cpu_seconds(server.pid), time.perf_counter()
+                cpu_before, began, own_before = cpu_seconds(server.pid), time.perf_counter(), time.process_time()
                 timings = asyncio.run(hammer(base, token, method, path, body, args.requests, interval))
                 seconds = time.perf_counter() - began
                 cpu = (cpu_seconds(server.pid) - cpu_before) / len(timings)
+                own = (time.process_time() - own_before) / len(timings)
                 rows.append((label, percentile(timings, 0.5), percentile(timings, 0.99), target, len(timings), cpu,
-                             len(timings) / seconds))
+                             len(timings) / seconds, own))
             _report(mode, rows, args, load_before)
     finally:
         server.terminate()
@@ -182,14 +226,15 @@ def _report(mode: str, rows: list[tuple], args: argparse.Namespace, load_before:
             else f"saturation: {CLIENTS} clients in a closed loop, no pause")
     print(f"\n{what}; uvicorn workers: {args.workers}; CPUs: {cores}; load average before {load_before[0]:.1f}, "
           f"after {load[0]:.1f} (1 min)")
-    header = f"{'operation':<26}{'n':>6}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'p50/base':>10}{'server CPU ms':>15}"
+    header = (f"{'operation':<26}{'n':>6}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'p50/base':>10}{'server CPU ms':>15}"
+              f"{'client CPU ms':>15}")
     if mode == "saturation":
         header += f"{'bound ms':>10}"
     print(header + f"{'target p99':>12}  met")
-    for label, p50, p99, target, n, cpu, rate in rows:
+    for label, p50, p99, target, n, cpu, rate, own in rows:
         met = "" if target is None else ("yes" if p99 <= target else "NO")
         line = (f"{label:<26}{n:>6}{rate:>8.0f}{p50 * 1000:>9.1f}{p99 * 1000:>9.1f}{p50 / baseline:>10.2f}"
-                f"{cpu * 1000:>15.2f}")
+                f"{cpu * 1000:>15.2f}{own * 1000:>15.2f}")
         if mode == "saturation":
             # Little's law: the mean latency of N closed-loop clients is at least N x the server's CPU
             # per request / the cores it can use (the clients' own CPU comes on top).
