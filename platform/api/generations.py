@@ -15,11 +15,10 @@ from fastapi import APIRouter
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import job_json, submit_team, visible_job
+from latentops.platform.api.jobs import job_json, queue_job, submit_team, visible_job
 from latentops.platform.errors import NotFound, PolicyDenied
 from latentops.platform.models import Asset
 from latentops.platform.services import generation
-from latentops.platform.services import jobs as jobs_service
 from latentops.platform.settings import Settings
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -56,12 +55,7 @@ def submit_generation(session: Session, settings: Settings, principal: Principal
     params = {"model": body.model, "lora": body.lora, "prompts": [body.prompt], "negative_prompt": body.negative_prompt,
               "images_per_prompt": body.n, "seed": body.seed, "steps": body.steps, "guidance_scale": body.guidance,
               "team": team.name, "actor": principal.email}
-    job = jobs_service.enqueue(session, settings, kind="generate", params=params, actor=principal.email,
-                               owner=principal.user, team=team, subject=principal.subject)
-    position = jobs_service.queue_position(session, job)
-    session.commit()  # durable before the broker hears of it
-    jobs_service.send(settings, job, actor=principal.email)
-    return job_json(session, job, names={team.id: team.name}, positions={job.id: position})
+    return queue_job(session, settings, principal, team, kind="generate", params=params)
 
 
 def generation_json(session: Session, principal: Principal, job_id: int) -> dict[str, Any]:

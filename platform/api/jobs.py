@@ -90,6 +90,20 @@ def submit_team(session: Session, principal: Principal, team: str | None) -> Tea
     return row
 
 
+def queue_job(session: Session, settings: Settings, principal: Principal, team: Team, *, kind: str,
+              params: dict[str, Any], priority: int | None = None) -> dict[str, Any]:
+    """Write the caller's job in the request's transaction, commit it, hand it to the broker; its JSON.
+
+    The queue position is counted before the commit, in the same transaction.
+    """
+    job = jobs_service.enqueue(session, settings, kind=kind, params=params, actor=principal.email,
+                               owner=principal.user, team=team, priority=priority, subject=principal.subject)
+    position = jobs_service.queue_position(session, job)
+    session.commit()  # durable before the broker hears of it
+    jobs_service.send(settings, job, actor=principal.email)
+    return job_json(session, job, names={team.id: team.name}, positions={job.id: position})
+
+
 def visible_team_ids(session: Session, principal: Principal, action: str) -> list[int] | None:
     if access.sees_all_teams(session, principal=principal, action=action):
         return None
@@ -102,12 +116,7 @@ def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, princip
     """Submit a job for one of the caller's teams; it is queued after the row commits."""
     access.check(session, principal=principal, action="jobs.submit")
     team = submit_team(session, principal, body.team)
-    job = jobs_service.enqueue(session, settings, kind=body.kind, params=body.params, actor=principal.email,
-                               owner=principal.user, team=team, priority=body.priority, subject=principal.subject)
-    position = jobs_service.queue_position(session, job)
-    session.commit()  # durable before the broker hears of it
-    jobs_service.send(settings, job, actor=principal.email)
-    return job_json(session, job, names={team.id: team.name}, positions={job.id: position})
+    return queue_job(session, settings, principal, team, kind=body.kind, params=body.params, priority=body.priority)
 
 
 @router.get("/jobs")

@@ -69,11 +69,8 @@ def submit_job(request: Request, session: SessionDep, settings: SettingsDep, pri
                kind: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)] = "") -> Response:
     access.check(session, principal=principal, action="jobs.submit")
     team_row = jobs_api.submit_team(session, principal, team or None)
-    job = jobs_service.enqueue(session, settings, kind=kind, params={}, actor=principal.email, owner=principal.user,
-                               team=team_row, subject=principal.subject)
-    session.commit()  # durable before the broker hears of it
-    jobs_service.send(settings, job, actor=principal.email)
-    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+    job = jobs_api.queue_job(session, settings, principal, team_row, kind=kind, params={})
+    return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
 
 
 def _loss_points(job: dict[str, Any]) -> str:
