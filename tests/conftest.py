@@ -292,6 +292,19 @@ def queue_settings(settings_env, redis_url: str, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture
+def broker_down(settings_env, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Settings with the test's database and a broker nothing answers (port 1)."""
+    from latentops.platform.queue.app import celery_app
+    from latentops.platform.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    celery_app.cache_clear()
+    yield get_settings()
+    celery_app.cache_clear()
+
+
+@pytest.fixture
 def start_worker(queue_settings, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Start real worker processes; all are stopped at the end of the test."""
     started: list[WorkerProcess] = []

@@ -261,21 +261,11 @@ def test_submit_runs_for_the_callers_team(queue_settings, people) -> None:  # ty
         assert decisions == [True, True]  # each admission is recorded with its job
 
 
-def test_submit_with_the_broker_down_is_refused_and_stores_no_job(settings_env, people,  # type: ignore[no-untyped-def]
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentops.platform.queue.app import celery_app
-    from latentops.platform.settings import get_settings
-
-    monkeypatch.setenv("LATENTOPS_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
-    get_settings.cache_clear()
-    celery_app.cache_clear()
-    try:
-        api = TestClient(create_app(get_settings()))
-        refused = api.post("/api/v1/jobs", json={"kind": "diagnostics", "params": {}}, headers=bearer(people["alice"]))
-    finally:
-        celery_app.cache_clear()
+def test_submit_with_the_broker_down_is_refused_and_stores_no_job(broker_down, people) -> None:  # type: ignore[no-untyped-def]
+    api = TestClient(create_app(broker_down))
+    refused = api.post("/api/v1/jobs", json={"kind": "diagnostics", "params": {}}, headers=bearer(people["alice"]))
     assert refused.status_code == 503 and refused.json()["detail"].startswith("broker unreachable at redis://127.0.0.1:1/0")
-    with session_scope(settings_env.database_url) as session:
+    with session_scope(broker_down.database_url) as session:
         assert session.scalar(sa.select(sa.func.count(Job.id))) == 0
         assert session.scalar(sa.select(sa.func.count(PolicyDecision.id)).where(PolicyDecision.path == "jobs")) == 0
 

@@ -9,18 +9,8 @@ from latentops.platform.api.app import create_app
 from latentops.platform.settings import load_settings
 
 
-def test_health_with_broker_down_is_503_and_names_the_broker(settings_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from latentops.platform.queue.app import celery_app
-
-    monkeypatch.setenv("LATENTOPS_BROKER_URL", "redis://127.0.0.1:1/0")
-    from latentops.platform.settings import get_settings
-
-    get_settings.cache_clear()
-    celery_app.cache_clear()
-    try:
-        response = TestClient(create_app(get_settings())).get("/api/v1/health")
-    finally:
-        celery_app.cache_clear()
+def test_health_with_broker_down_is_503_and_names_the_broker(broker_down) -> None:  # type: ignore[no-untyped-def]
+    response = TestClient(create_app(broker_down)).get("/api/v1/health")
     body = response.json()
     assert response.status_code == 503
     assert body["database"] == {"status": "ok"}

@@ -73,19 +73,10 @@ def test_a_job_that_fails_on_the_worker_records_the_reason(start_worker, queue_s
     assert outcome == "failure"
 
 
-def test_submit_with_broker_down_creates_nothing(settings_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from latentops.platform.queue.app import celery_app
-    from latentops.platform.settings import get_settings
-
-    monkeypatch.setenv("LATENTOPS_BROKER_URL", "redis://127.0.0.1:1/0")
-    get_settings.cache_clear()
-    celery_app.cache_clear()
-    try:
-        with pytest.raises(ServiceUnavailable, match="broker unreachable at redis://127.0.0.1:1/0"):
-            jobs.submit(get_settings(), kind="diagnostics", params={}, actor="tester")
-    finally:
-        celery_app.cache_clear()
-    with session_scope(settings_env.database_url) as db:
+def test_submit_with_broker_down_creates_nothing(broker_down) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ServiceUnavailable, match="broker unreachable at redis://127.0.0.1:1/0"):
+        jobs.submit(broker_down, kind="diagnostics", params={}, actor="tester")
+    with session_scope(broker_down.database_url) as db:
         assert db.scalar(sa.select(sa.func.count(Job.id))) == 0
         assert db.scalar(sa.select(sa.func.count(AuditEntry.seq))) == 0
 
