@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # path or scheme://... for a registered WORM sink). Defaults under LATENTOPS_HOME/audit/.
     audit_signing_key: Path | None = None
     audit_sink: str = ""
+    # API servers integrate audit entries in a background thread that gathers the commits of this
+    # many milliseconds into one batch; 0 integrates each commit as soon as the thread is free.
+    audit_batch_ms: int = Field(default=100, ge=0, le=10_000)
 
     @field_validator("home", "model_store", "audit_signing_key", mode="after")
     @classmethod

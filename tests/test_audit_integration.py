@@ -5,16 +5,18 @@ rotation with a keyring that keeps old checkpoints verifiable, in the database a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from latentops.governance import audit, checkpoints, compliance, integration, verification
-from latentops.platform.database import dispose_all, session_scope
+from latentops.platform.database import dispose_all, get_engine, session_scope
 from latentops.platform.errors import IntegrityError, NotFound
 from latentops.platform.models import AuditEntry, AuditPending
 from latentops.platform.settings import Settings
@@ -121,6 +123,67 @@ def test_pending_entries_wait_while_the_chain_is_damaged_and_verify_counts_them(
         report = verification.verify(db, keyring=checkpoints.signing_keyring(checkpoints.default_key_path(settings_env)))
     assert not report.ok and report.pending == 2 and report.damage[0].kind == "truncated"
     assert any("pending entries not integrated" in warning for warning in report.warnings)
+
+
+# --- an API process's integrator thread ---------------------------------------------------------
+
+
+def _wait_until(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_an_integrator_takes_commits_over_and_places_a_window_of_them_in_one_batch(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    integrator = integration.Integrator(get_engine(database_url), delay_s=3.0).start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger=integration.__name__):
+            records = []
+            for index in range(5):
+                with session_scope(database_url) as db:
+                    records.append(audit.record(db, actor="a", action="x.y", resource=f"r:{index}"))
+            # Each commit returned with its entry durable and handed over, not integrated by itself.
+            assert _pending(database_url) == 5 and not any(record.integrated for record in records)
+            assert _wait_until(lambda: all(record.integrated for record in records))
+        assert [record.seq for record in records] == [0, 1, 2, 3, 4]
+        batches = [r.getMessage() for r in caplog.records if r.getMessage().startswith("integrated ")]
+        assert batches == ["integrated 5 audit entries up to seq 4"]
+    finally:
+        integrator.stop()
+    assert _pending(database_url) == 0
+    with session_scope(database_url) as db:
+        assert audit.verify_chain(db) == (5, None)
+
+
+def test_stopping_an_integrator_integrates_what_it_holds_and_commits_integrate_in_place_again(database_url: str) -> None:
+    integrator = integration.Integrator(get_engine(database_url), delay_s=600.0).start()
+    with pytest.raises(RuntimeError, match="already runs"):
+        integration.Integrator(get_engine(database_url)).start()
+    held = []
+    for index in range(3):
+        with session_scope(database_url) as db:
+            held.append(audit.record(db, actor="a", action="x.y", resource=f"r:{index}"))
+    assert _pending(database_url) == 3
+    integrator.stop()
+    assert _pending(database_url) == 0 and [record.seq for record in held] == [0, 1, 2]
+    with session_scope(database_url) as db:
+        after = audit.record(db, actor="a", action="x.y", resource="r:after")
+    assert after.integrated and after.seq == 3  # placed by its own commit: nobody to hand it to
+
+
+def test_an_integrator_picks_up_what_writers_elsewhere_left_pending(database_url: str) -> None:
+    integrator = integration.Integrator(get_engine(database_url), interval_s=0.2).start()
+    try:
+        _write_pending_as_a_crashed_writer(database_url, 2)
+        assert _wait_until(lambda: _pending(database_url) == 0)
+    finally:
+        integrator.stop()
+    with session_scope(database_url) as db:
+        assert audit.verify_chain(db) == (2, None)
 
 
 # --- the pending table's protection ------------------------------------------------------------
