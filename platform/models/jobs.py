@@ -26,6 +26,11 @@ class JobState(enum.StrEnum):
 
 class Job(TimestampMixin, Base):
     __tablename__ = "jobs"
+    __table_args__ = (
+        # The queued jobs of each queue in run order: queue positions and claims read it (migration 0013).
+        sa.Index("ix_jobs_queued_run_order", "queue", sa.column("priority").desc(), "id",
+                 postgresql_where=sa.text("state = 'queued'"), sqlite_where=sa.text("state = 'queued'")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(32), index=True)
