@@ -9,6 +9,7 @@ longer than the longest job so Redis does not hand a running job to a second wor
 from __future__ import annotations
 
 import functools
+import importlib
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -16,6 +17,9 @@ from kombu import Exchange, Queue
 from latentops.platform.settings import Settings, get_settings
 
 QUEUES = ("gpu", "cpu")
+# Imported by sending a task (and resolving the broker's host name), not by importing Celery.
+CLIENT_MODULES = ("celery.app.events", "celery.app.task", "celery.backends.base", "celery.canvas",
+                  "celery.events.dispatcher", "celery.result", "encodings.idna")
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -44,3 +48,20 @@ def create_celery(settings: Settings) -> Celery:
 def celery_app() -> Celery:
     """The process-wide Celery app for the configured broker."""
     return create_celery(get_settings())
+
+
+def load_client() -> None:
+    """Import what pinging the broker and sending a task import, without connecting.
+
+    An API server calls this before it freezes its startup heap (``api.app.settle_heap``): left to
+    the first submit, Celery's sending side, kombu's transport and the broker's client stay in
+    the collector's sight, walked by every full collection.
+    """
+    for module in CLIENT_MODULES:
+        importlib.import_module(module)
+    app = celery_app()
+    connection = app.connection_for_write()
+    try:
+        _ = connection.transport  # the transport's module and its client (kombu.transport.redis, redis); no I/O
+    finally:
+        connection.release()

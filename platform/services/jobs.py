@@ -90,7 +90,7 @@ def create(
     if kind not in JOB_KINDS:
         raise InvalidInput(f"kind: unknown job kind {kind!r}; known: {', '.join(sorted(JOB_KINDS))}")
     if JOB_KINDS[kind].validator:
-        _load(JOB_KINDS[kind].validator)(params)  # raises InvalidInput naming the field
+        load_function(JOB_KINDS[kind].validator)(params)  # raises InvalidInput naming the field
     job = Job(
         kind=kind,
         queue=JOB_KINDS[kind].queue,
@@ -456,13 +456,14 @@ class JobContext:
                 raise JobCancelled(f"job {self.job_id} was cancelled")
 
 
-def _load(target: str) -> Callable[..., Any]:
+def load_function(target: str) -> Callable[..., Any]:
+    """The function named by ``"module:function"`` (handlers and validators, imported on first use)."""
     module_name, function = target.split(":")
     return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
 
 
 def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
-    return _load(JOB_KINDS[kind].handler)
+    return load_function(JOB_KINDS[kind].handler)
 
 
 def _claim(settings: Settings, job_id: int, worker: str) -> Job | str | None:
