@@ -41,7 +41,7 @@ from latentops.platform.settings import Settings, get_settings
 from latentops.platform.web import portal
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from starlette.types import Message, Scope
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,11 @@ async def route_once(app: FastAPI) -> None:
     metrics, no log): FastAPI sets up its routes' request handling on the first request it routes,
     some 15,000 objects that belong in the heap ``settle_heap`` freezes, not in the collector's sight."""
     path = "/api/v1/.startup"
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
-             "client": None, "server": None, "state": {}, "app": app}
+    scope: Scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
+        "client": None, "server": None, "state": {}, "app": app,
+    }
 
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
