@@ -259,7 +259,7 @@ def after_commit(engine: Engine, records: Sequence[audit.AuditRecord], connectio
     transaction's entries too). Never raises: the entries are durable in ``audit_pending``
     whatever happens here; ``AuditRecord.seq`` and ``wait`` integrate them on demand.
     """
-    integrator = _integrators.get(engine)
+    integrator = integrator_for(engine)
     if integrator is not None:
         integrator.take(records)
         return
@@ -412,6 +412,11 @@ class Integrator:
 
 _integrators: dict[Engine, Integrator] = {}
 _integrators_lock = threading.Lock()
+
+
+def integrator_for(engine: Engine) -> Integrator | None:
+    """The running ``Integrator`` that takes the commits made on ``engine`` in this process, if any."""
+    return _integrators.get(engine)
 
 
 def start_background(engine: Engine, *, interval_s: float = 1.0, stop: threading.Event | None = None) -> threading.Thread:

@@ -17,7 +17,7 @@ from api_helpers import PASSWORD, bearer, expire_token, make_token, team_id
 from fastapi.testclient import TestClient
 from latentops.governance import integration
 from latentops.platform.api.app import create_app
-from latentops.platform.database import session_scope
+from latentops.platform.database import get_engine, session_scope
 from latentops.platform.models import AuditEntry, AuditPending, Job, ModelRecord, PolicyDecision, User
 from latentops.platform.services import jobs as jobs_service
 
@@ -352,6 +352,10 @@ def test_a_started_server_integrates_its_requests_audit_entries_in_the_backgroun
         assert listed.status_code == 200 and len(listed.json()["entries"]) == 1
         second = client.post("/api/v1/tokens", json={"name": "ci2", "scopes": ["read"]}, headers=bearer(people["alice"]))
         assert second.status_code == 201 and _count(settings_env.database_url, AuditPending) == 1
+        running = integration.integrator_for(get_engine(settings_env.database_url))
+        with TestClient(create_app(slow)) as again:  # a second app on the same database shares the thread
+            assert again.get("/login").status_code == 200
+        assert running is not None and integration.integrator_for(get_engine(settings_env.database_url)) is running
     assert _count(settings_env.database_url, AuditPending) == 0
     with session_scope(settings_env.database_url) as db:
         names = db.execute(sa.select(AuditEntry.details).where(AuditEntry.action == "token.create",

@@ -161,6 +161,7 @@ def test_an_integrator_takes_commits_over_and_places_a_window_of_them_in_one_bat
 
 def test_stopping_an_integrator_integrates_what_it_holds_and_commits_integrate_in_place_again(database_url: str) -> None:
     integrator = integration.Integrator(get_engine(database_url), delay_s=600.0).start()
+    assert integration.integrator_for(get_engine(database_url)) is integrator
     with pytest.raises(RuntimeError, match="already runs"):
         integration.Integrator(get_engine(database_url)).start()
     held = []
@@ -169,6 +170,7 @@ def test_stopping_an_integrator_integrates_what_it_holds_and_commits_integrate_i
             held.append(audit.record(db, actor="a", action="x.y", resource=f"r:{index}"))
     assert _pending(database_url) == 3
     integrator.stop()
+    assert integration.integrator_for(get_engine(database_url)) is None
     assert _pending(database_url) == 0 and [record.seq for record in held] == [0, 1, 2]
     with session_scope(database_url) as db:
         after = audit.record(db, actor="a", action="x.y", resource="r:after")
