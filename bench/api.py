@@ -162,6 +162,7 @@ def main() -> None:
            "LATENTOPS_DATABASE_URL": args.database_url or f"sqlite:///{home / 'latentops.db'}", "LATENTOPS_LOG_LEVEL": "WARNING"}
     os.environ.update(env)
     import redis
+
     from latentops.governance import policy
     from latentops.platform import migrate
     from latentops.platform.database import session_scope

@@ -35,10 +35,11 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
 from latentops.governance import audit, checkpoints, compliance, merkle, verification
 from latentops.platform import migrate
 from latentops.platform.database import dispose_all, session_scope
-from sqlalchemy.engine import make_url
 
 
 def _writer(url: str, name: str, count: int, chained: bool, start: Any, done: Any) -> None:

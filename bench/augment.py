@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from latentops.governance import policy
 from latentops.pipelines.datasets import spec as spec_module
 from latentops.pipelines.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME, digits
@@ -42,7 +44,6 @@ from latentops.platform.database import session_scope
 from latentops.platform.services import datasets
 from latentops.platform.services import models as models_service
 from latentops.platform.settings import Settings, get_settings
-from PIL import Image
 
 TEST_PER_CLASS = 60  # 600 test images, all from the held-out half
 

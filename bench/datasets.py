@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from latentops.governance import policy
 from latentops.pipelines import tiny
 from latentops.pipelines.datasets import spec as spec_module

@@ -51,8 +51,9 @@ def _images(folder: Path, count: int, size: int) -> Path:
 def _sd15_full_size(out: Path, shrink: int = 1) -> Path:
     """The SD1.5 architecture with random weights (nothing is downloaded); ``shrink`` divides every width."""
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from latentops.pipelines import tokenizers
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from latentops.pipelines import tokenizers
 
     vocab, _ = tokenizers.clip_vocabulary()
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=768 // shrink, intermediate_size=3072 // shrink,
@@ -156,9 +157,10 @@ def run_reference(model: Path, images: Path, settings: dict[str, Any], device: s
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, DiffusionPipeline
     from diffusers.optimization import get_scheduler
+    from peft import LoraConfig as PeftLoraConfig
+
     from latentops.pipelines.finetune import data
     from latentops.pipelines.finetune.lora import _step_generator
-    from peft import LoraConfig as PeftLoraConfig
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     pipe = DiffusionPipeline.from_pretrained(str(model), local_files_only=True)
@@ -222,11 +224,12 @@ def optimizer_state(rank: int, steps: int = 3) -> None:
     (the state's size and the update's cost do not depend on their values). Runs on the CPU.
     """
     from diffusers import UNet2DConditionModel
+    from peft import LoraConfig as PeftLoraConfig
+
     from latentops.pipelines.finetune import lora
     from latentops.pipelines.finetune.config import build_config
     from latentops.pipelines.finetune.families import UNET_TARGETS
     from latentops.platform.errors import InvalidInput
-    from peft import LoraConfig as PeftLoraConfig
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD1.5 defaults

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import (
     SCHEDULERS,
@@ -38,8 +39,9 @@ from latentops.pipelines.engine import (
 def build_sd15_random(out: Path, dtype: torch.dtype) -> Path:
     """The full-size Stable Diffusion 1.5 architecture with random weights, saved offline."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from latentops.pipelines import tokenizers
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from latentops.pipelines import tokenizers
 
     vocab, _ = tokenizers.clip_vocabulary()
     unet = UNet2DConditionModel(

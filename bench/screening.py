@@ -23,9 +23,10 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+
 from latentops.governance import copyright
 from latentops.governance.detectors import ClipConceptDetector, ClipModel
-from PIL import Image, ImageDraw
 
 
 def picture(seed: int, size: int = 256) -> Image.Image:

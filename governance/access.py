@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from latentops.governance import policy
 from latentops.platform.errors import NotFound
 from latentops.platform.models import User
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -44,12 +44,13 @@ from typing import Any
 
 import rfc8785
 import sqlalchemy as sa
-from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
-from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending, utcnow
 from prometheus_client import Counter
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+
+from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
+from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending, utcnow
 
 log = logging.getLogger(__name__)
 

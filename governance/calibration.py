@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, policy, screening
 from latentops.governance.detectors import CATEGORIES
 from latentops.governance.imagefile import load_image
 from latentops.platform.errors import InvalidInput
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 BATCH = 16
 

@@ -36,11 +36,12 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, integration, merkle, merkle_store
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

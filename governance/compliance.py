@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, checkpoints, erasure, integration, merkle, merkle_store
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -49,13 +49,14 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from PIL import Image, ImageOps
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, policy
 from latentops.governance.imagefile import load_image, read_bytes
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
 from latentops.platform.models import CopyrightLicence, CopyrightReference, Team, utcnow
 from latentops.platform.settings import Settings
-from PIL import Image, ImageOps
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from latentops.platform.errors import InvalidInput
 from PIL import Image
+
+from latentops.platform.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,11 @@ from typing import Any
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit
 from latentops.platform.errors import IntegrityError, InvalidInput
 from latentops.platform.models import AuditSubjectKey, utcnow
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ import io
 import warnings
 from pathlib import Path
 
-from latentops.platform.errors import InvalidInput
 from PIL import Image, UnidentifiedImageError
+
+from latentops.platform.errors import InvalidInput
 
 # About 40 megapixels (e.g. 8000 x 5000): far above anything the platform generates or ingests.
 MAX_PIXELS = 40_000_000

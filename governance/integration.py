@@ -45,11 +45,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit
 from latentops.platform.errors import LatentopsError, NotFound, ServiceUnavailable
 from latentops.platform.models import AuditEntry, AuditPending
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

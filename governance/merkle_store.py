@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, merkle
 from latentops.platform.errors import IntegrityError
 from latentops.platform.models import AuditEntry, AuditTreeNode
-from sqlalchemy.orm import Session
 
 TILE_LEVEL = 8
 TILE = 1 << TILE_LEVEL

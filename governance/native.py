@@ -14,7 +14,7 @@ from types import ModuleType
 
 def load_regopy() -> ModuleType:
     """Import regopy, loading torch's native libraries before it (see the module docstring)."""
-    import torch  # noqa: F401  (must precede regopy)
     import regopy
+    import torch  # noqa: F401  (must precede regopy)
 
     return regopy

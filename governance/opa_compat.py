@@ -294,7 +294,7 @@ class _State:
         compile_check(modules, data, entrypoints)  # CompileError: the previous bundle stays
         try:  # as OPA compiles on activation, not on the first query
             compiled = _build(modules, data, set(entrypoints))
-        except Exception as error:  # regopy.RegoError, which only exists once regopy is loaded
+        except Exception as error:  # noqa: BLE001 - regopy.RegoError, which only exists once regopy is loaded
             raise CompileError(f"the bundle did not build: {str(error)[:500]}") from None
         with self.lock:
             self.modules, self.data, self._compiled = modules, data, compiled
@@ -309,7 +309,12 @@ class _State:
         if not path or not any(p[: len(path)] == path or path[: len(p)] == p for p in packages):
             return self._data_at(path)  # no rule can be at or under this path: plain data
         regopy = load_regopy()
-        from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_ok, rego_output_string
+        from regopy.rego_shared import (
+            rego_bundle_query_entrypoint,
+            rego_free_output,
+            rego_output_ok,
+            rego_output_string,
+        )
 
         entry = "/".join(path)
         if self._compiled is None or entry not in self._compiled[2]:
@@ -377,7 +382,7 @@ class _Downloader:
         while not self.stop.is_set():
             try:
                 self.poll()
-            except Exception as error:  # the poller must outlive any one bad answer, as OPA's does
+            except Exception as error:  # noqa: BLE001 - the poller must outlive any one bad answer, as OPA's does
                 self._failed(f"{type(error).__name__}: {error}")
             self.stop.wait(random.uniform(self.source.min_delay_s, self.source.max_delay_s))
 

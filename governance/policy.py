@@ -55,9 +55,22 @@ from sqlalchemy.orm import Session
 
 from latentops.governance import audit
 from latentops.governance.normalize import analyse_prompt, mask_input
-from latentops.governance.policy_bundle import (DATA_ROOT, DEFAULT_POLICY_DIR, DOMAINS, PolicyBundle, check_data,
-                                                 fingerprint, load_bundle)
-from latentops.governance.policy_engine import CompileError, EmbeddedEngine, Engine, EngineUnavailable, OpaEngine
+from latentops.governance.policy_bundle import (
+    DATA_ROOT,
+    DEFAULT_POLICY_DIR,
+    DOMAINS,
+    PolicyBundle,
+    check_data,
+    fingerprint,
+    load_bundle,
+)
+from latentops.governance.policy_engine import (
+    CompileError,
+    EmbeddedEngine,
+    Engine,
+    EngineUnavailable,
+    OpaEngine,
+)
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
 from latentops.platform.models import AuditEntry, Job, Membership, PolicyDataEdit, PolicyDecision, Team, User
 

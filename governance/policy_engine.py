@@ -102,7 +102,8 @@ def compile_check(modules: dict[str, str], data: dict[str, Any], entrypoints: li
     """Compile in a child process; raise ``CompileError`` on an error or a compiler crash."""
     payload = json.dumps({"modules": modules, "data": data, "entrypoints": entrypoints})
     try:
-        done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], input=payload, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], input=payload, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         raise CompileError(f"compiling the policies took longer than {timeout_s:.0f} s") from None
     if done.returncode == 0:
@@ -286,7 +287,7 @@ class EmbeddedEngine:
                     finally:
                         rego_free_input(handle)
                 output = rego_bundle_query_entrypoint(compiled.interpreter._impl, compiled.bundle._impl, entrypoint)
-            except Exception as error:  # rego-cpp raises RegoError and, on bad input, plain errors
+            except Exception as error:  # noqa: BLE001 - rego-cpp raises RegoError and, on bad input, plain errors
                 raise EngineUnavailable(f"evaluation failed: {error}") from None
             try:
                 ok, text = rego_output_ok(output), rego_output_string(output)
@@ -306,7 +307,12 @@ class EmbeddedEngine:
 
     def query_test(self, package: str, rule: str) -> bool:
         """Run one Rego test (``package`` like ``latentops/prompt_test``); true when it passes."""
-        from regopy.rego_shared import rego_bundle_query_entrypoint, rego_free_output, rego_output_ok, rego_output_string
+        from regopy.rego_shared import (
+            rego_bundle_query_entrypoint,
+            rego_free_output,
+            rego_output_ok,
+            rego_output_string,
+        )
 
         if self._bundle is None:
             raise EngineUnavailable("no policy bundle is loaded")
@@ -399,7 +405,7 @@ class OpaEngine:
             self._upload({**bundle.modules, **(bundle.tests if with_tests else {})})
         except CompileError as error:
             raise CompileError(f"the OPA server at {self.url} refused the bundle: {error}") from None
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the OPA client raises its own errors and plain HTTP ones
             raise CompileError(f"the OPA server at {self.url} refused the bundle: {_opa_message(error)}") from None
         self._bundle = bundle
 
@@ -411,7 +417,7 @@ class OpaEngine:
             for path, source in pending.items():
                 try:
                     self.client.update_policy_from_string(source, path.replace("/", "_").removesuffix(".rego"), rego_compat=False)
-                except Exception as error:  # retried once its dependencies are uploaded
+                except Exception as error:  # noqa: BLE001 - retried once its dependencies are uploaded
                     failures[path] = error
             if len(failures) == len(pending):
                 failed, failure = next(iter(failures.items()))
@@ -422,7 +428,7 @@ class OpaEngine:
         try:
             response: dict[str, Any] = self.client.query_rule(input, f"latentops/{path}", "decision",
                                                               query_params={"provenance": "true"} if provenance else None)
-        except Exception as error:  # connection refused, timeout, HTTP error: all mean unavailable
+        except Exception as error:  # noqa: BLE001 - connection refused, timeout, HTTP error: all mean unavailable
             raise EngineUnavailable(f"OPA server at {self.url}: {type(error).__name__}: {str(error)[:300]}") from None
         return response
 
@@ -475,19 +481,19 @@ class OpaEngine:
         """The bundle revisions the OPA server has activated (empty when unreachable or without a bundle)."""
         try:
             return served_revisions(self.client.query_rule({}, "latentops_meta", query_params={"provenance": "true"}))
-        except Exception:  # unreachable or an HTTP error: no revision can be trusted
+        except Exception:  # noqa: BLE001 - unreachable or an HTTP error: no revision can be trusted
             return set()
 
     def server_revision(self) -> str | None:
         try:
             return str(self.client.get_data("latentops_meta/revision")["result"])
-        except Exception:
+        except Exception:  # noqa: BLE001 - unreachable or an HTTP error: no revision known
             return None
 
     def query_test(self, package: str, rule: str) -> bool:
         try:
             response = self.client.query_rule({}, package, rule)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - unreachable or an HTTP error
             raise EngineUnavailable(str(error)[:300]) from None
         return response.get("result") is True
 

@@ -40,13 +40,14 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from PIL import Image
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit
 from latentops.governance.imagefile import load_image, png_bytes, read_bytes
 from latentops.platform.errors import ConfigurationError, IntegrityError, InvalidInput
 from latentops.platform.models import Asset, AuditEntry
 from latentops.platform.settings import Settings
-from PIL import Image
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from PIL import Image
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, copyright, policy, provenance, screening
 from latentops.governance.imagefile import load_image, png_bytes
 from latentops.platform.errors import Conflict, InvalidInput, NotFound
 from latentops.platform.models import Asset, LoraAdapter, ModelVersion, ScreeningResult, User, utcnow
 from latentops.platform.settings import Settings
-from PIL import Image
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -37,14 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from PIL import Image
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, copyright, detectors, policy
 from latentops.governance.detectors import ClipConceptDetector, ClipModel, Detector
 from latentops.governance.imagefile import load_image
 from latentops.platform.errors import InvalidInput
 from latentops.platform.models import ScreeningResult
 from latentops.platform.settings import Settings
-from PIL import Image
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

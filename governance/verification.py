@@ -28,10 +28,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, checkpoints, integration, merkle, merkle_store
 from latentops.platform.errors import IntegrityError, InvalidInput
 from latentops.platform.models import AuditCheckpoint, AuditEntry
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latentops.platform.errors import InvalidInput
 from PIL import Image
+
+from latentops.platform.errors import InvalidInput
 
 if TYPE_CHECKING:  # torch loads lazily: importing this module must stay cheap
     import torch
@@ -288,6 +289,7 @@ class Engine:
 
     def _run(self, pipeline: Any, family: str, request: GenerationRequest) -> list[Image.Image]:
         import torch
+
         from latentops.pipelines.tokenizers import clean_prompt
 
         count = len(request.prompts) * request.images_per_prompt

@@ -29,8 +29,9 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from latentops.pipelines import tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from latentops.pipelines import tokenizers
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from latentops.platform.database import session_scope
-from latentops.platform.models import AuditCheckpoint, AuditEntry, Asset, Job, JobState
+from latentops.platform.models import Asset, AuditCheckpoint, AuditEntry, Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def _count_committed(session: Session) -> None:
     try:
         for action in session.info.pop(_AUDIT_KEY, ()):
             audit_appended(action=action)
-    except Exception:
+    except Exception:  # noqa: BLE001 - counting must never fail the commit it observes
         METRIC_ERRORS.labels("audit_watch").inc()
 
 
@@ -311,7 +311,7 @@ class DatabaseCollector(Collector):
         except concurrent.futures.TimeoutError:
             log.warning("metrics: database read took longer than %.1fs; database gauges skipped", self.timeout_s)
             METRIC_ERRORS.labels("database_timeout").inc()
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a scrape must still answer
             log.warning("metrics: database read failed (%s); database gauges skipped", str(error).splitlines()[0][:200])
             METRIC_ERRORS.labels("database").inc()
         return None
@@ -392,7 +392,7 @@ class GpuCollector(Collector):
 
                 pynvml.nvmlInit()
                 self._nvml = pynvml
-            except Exception as error:  # no library, no driver, no device: a CPU worker
+            except Exception as error:  # noqa: BLE001 - no library, no driver, no device: a CPU worker
                 log.info("NVML unavailable (%s); GPU metrics off", error)
         return self._nvml
 

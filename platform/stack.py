@@ -105,7 +105,8 @@ class LocalStack:
         handle = log_file.open("ab")
         self.children[name] = subprocess.Popen(
             argv, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # The parent-death signal can only be set in the child; the function only calls prctl.
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
         self.on_event(f"started {name} (pid {self.children[name].pid}, log {log_file})")
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import httpx
 import sqlalchemy as sa
+
 from latentops.platform.database import session_scope
 from latentops.platform.models import ApiToken, Team
 from latentops.platform.services import tokens as tokens_service

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import PASSWORD, bearer, expire_token, make_token, team_id
 from fastapi.testclient import TestClient
+
 from latentops.governance import integration
 from latentops.platform.api.app import create_app
 from latentops.platform.database import get_engine, session_scope

@@ -8,6 +8,7 @@ import pytest
 import schemathesis
 from api_helpers import bearer, make_user
 from hypothesis import HealthCheck, given, settings
+
 from latentops.platform.api.app import create_app
 
 

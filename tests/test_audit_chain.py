@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import rfc8785
 import sqlalchemy as sa
+
 from latentops.governance import audit, checkpoints, verification
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput
@@ -60,9 +61,8 @@ def test_mutation_of_audit_tables_fails_through_the_application_connection(datab
 @pytest.mark.parametrize("table", ["audit_entries", "audit_checkpoints", "audit_tree_nodes"])
 def test_truncate_fails_on_postgresql(postgres_url: str, table: str) -> None:
     _append(postgres_url, 2)
-    with pytest.raises(sa.exc.DBAPIError, match="append-only: TRUNCATE rejected"):
-        with session_scope(postgres_url) as db:
-            db.execute(sa.text(f"TRUNCATE {table}"))
+    with pytest.raises(sa.exc.DBAPIError, match="append-only: TRUNCATE rejected"), session_scope(postgres_url) as db:
+        db.execute(sa.text(f"TRUNCATE {table}"))
     with session_scope(postgres_url) as db:
         assert db.execute(sa.select(sa.func.count()).select_from(AuditEntry)).scalar_one() == 2
 
@@ -80,9 +80,8 @@ def test_application_role_may_insert_and_select_audit_entries_but_not_change_the
         for statement in ("UPDATE audit_entries SET outcome = 'x'", "DELETE FROM audit_entries",
                           "TRUNCATE audit_entries", "UPDATE audit_checkpoints SET tree_size = 0",
                           "UPDATE audit_tree_nodes SET hash = ''", "DELETE FROM audit_tree_nodes"):
-            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
-                with session_scope(app_url) as db:
-                    db.execute(sa.text(statement))
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"), session_scope(app_url) as db:
+                db.execute(sa.text(statement))
         with session_scope(app_url) as db:
             assert [e.seq for e in db.execute(sa.select(AuditEntry)).scalars()] == [0, 1]
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from latentops.governance import audit, checkpoints, compliance, erasure, verification
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from latentops.governance import audit, checkpoints, compliance, integration, verification
 from latentops.platform.database import dispose_all, get_engine, session_scope
 from latentops.platform.errors import IntegrityError, NotFound

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from latentops.governance import audit, checkpoints, merkle
 from latentops.platform.database import session_scope
 from latentops.platform.settings import Settings

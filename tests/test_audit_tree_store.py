@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from latentops.governance import audit, checkpoints, compliance, merkle, merkle_store, verification
 from latentops.platform.database import get_engine, session_scope
 from latentops.platform.errors import IntegrityError

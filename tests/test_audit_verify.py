@@ -15,11 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
 from latentops.governance import audit, checkpoints, verification
 from latentops.platform.database import session_scope
 from latentops.platform.errors import IntegrityError
 from latentops.platform.settings import Settings
-from sqlalchemy.engine import make_url
 
 
 def tamper(url: str, *statements: str) -> None:
@@ -161,9 +162,8 @@ def test_writer_refuses_to_append_after_the_tail_was_truncated(trail: Settings) 
     for fresh_process in (False, True):
         if fresh_process:
             audit.forget_verified_heads()  # as a newly started worker: anchored on the checkpoint
-        with pytest.raises(IntegrityError, match=r"truncated at seq 7"):
-            with session_scope(trail.database_url) as db:
-                audit.record(db, actor="a", action="job.submit", resource="job:x")
+        with pytest.raises(IntegrityError, match=r"truncated at seq 7"), session_scope(trail.database_url) as db:
+            audit.record(db, actor="a", action="job.submit", resource="job:x")
     with session_scope(trail.database_url) as db:
         assert audit.verify_chain(db) == (7, None)  # nothing was appended to the damaged chain
 
@@ -171,9 +171,8 @@ def test_writer_refuses_to_append_after_the_tail_was_truncated(trail: Settings) 
 def test_writer_refuses_to_append_after_an_entry_since_the_checkpoint_changed(trail: Settings) -> None:
     audit.forget_verified_heads()
     tamper(trail.database_url, "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 8")
-    with pytest.raises(IntegrityError, match=r"modified at seq 8"):
-        with session_scope(trail.database_url) as db:
-            audit.record(db, actor="a", action="job.submit", resource="job:x")
+    with pytest.raises(IntegrityError, match=r"modified at seq 8"), session_scope(trail.database_url) as db:
+        audit.record(db, actor="a", action="job.submit", resource="job:x")
 
 
 def test_checkpoint_refuses_to_sign_when_the_sink_knows_more_entries(trail: Settings, cli) -> None:  # type: ignore[no-untyped-def]

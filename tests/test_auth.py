@@ -11,11 +11,12 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import PASSWORD, bearer, make_user
 from fastapi.testclient import TestClient
+from oidc_provider import OidcProvider, RunningProvider
+
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
 from latentops.platform.models import AuditEntry, User, WebSession
 from latentops.platform.settings import get_settings
-from oidc_provider import OidcProvider, RunningProvider
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from PIL import Image, ImageEnhance, ImageOps
+from test_screening import picture, save, tiny_clip_files  # noqa: F401  (a fixture)
+
 from latentops.governance import copyright, policy, quarantine, screening
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, PolicyDenied
 from latentops.platform.models import Asset, AuditEntry, CopyrightReference, ScreeningResult
 from latentops.platform.services import users
-from PIL import Image, ImageEnhance, ImageOps
-from test_screening import picture, save, tiny_clip_files  # noqa: F401  (a fixture)
 
 
 def _jpeg(image: Image.Image, quality: int = 50) -> Image.Image:

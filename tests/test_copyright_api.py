@@ -14,6 +14,10 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import bearer, make_token, make_user
 from fastapi.testclient import TestClient
+from PIL import Image, ImageEnhance, ImageOps
+from test_remote_cli import lines, remote, server  # noqa: F401  (a fixture)
+from test_screening import _bomb_png, _png, picture
+
 from latentops.governance import copyright, policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR
 from latentops.governance.policy_engine import EmbeddedEngine
@@ -27,9 +31,6 @@ from latentops.platform.models import (
     PolicyDecision,
     ScreeningResult,
 )
-from PIL import Image, ImageEnhance, ImageOps
-from test_remote_cli import lines, remote, server  # noqa: F401  (a fixture)
-from test_screening import _bomb_png, _png, picture
 
 REFERENCES = "/api/v1/copyright/references"
 

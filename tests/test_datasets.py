@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from generation_helpers import catalogue, tiny_source
+from PIL import Image
+
 from latentops.pipelines.datasets import spec as spec_module
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, LatentopsError
 from latentops.platform.models import Asset, AuditEntry, Dataset
 from latentops.platform.services import datasets
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 

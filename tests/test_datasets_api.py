@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from api_helpers import bearer, make_user
 from fastapi.testclient import TestClient
 from generation_helpers import catalogue, tiny_source
+
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
 from latentops.platform.models import AuditEntry, Job

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from diffusers import DiffusionPipeline
+
 from latentops.pipelines.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME, digits, evaluation, training
 from latentops.pipelines.store import ModelStore
 from latentops.platform.database import session_scope

@@ -188,6 +188,7 @@ def test_dev_gpu_scaler_counts_the_jobs_waiting_on_every_priority_list_of_the_br
     priority step, so the scaler must watch every list our dispatch fills (found here by dispatching
     a job id at each job priority to a real Redis) and add their lengths up, not take the largest."""
     import redis
+
     from latentops.platform.queue.app import celery_app
     from latentops.platform.services.jobs import broker_priority
     from latentops.platform.settings import get_settings
@@ -369,7 +370,7 @@ def test_every_command_the_deployment_runs_is_a_valid_latentops_command_line() -
             command, words = found, words[1:]
         try:
             command.make_context(command.name, words)
-        except Exception as error:  # NoSuchOption, BadParameter, ... from typer's click
+        except Exception as error:  # noqa: BLE001 - NoSuchOption, BadParameter, ... from typer's click
             pytest.fail(f"{where}: {' '.join(args)}: {error}")
 
 

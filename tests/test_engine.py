@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import (
     AdapterRef,
@@ -18,7 +20,6 @@ from latentops.pipelines.engine import (
 )
 from latentops.pipelines.store import ModelStore
 from latentops.platform.errors import InvalidInput
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

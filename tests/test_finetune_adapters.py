@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from latentops.pipelines.finetune import adapters
 from peft import LoraConfig, inject_adapter_in_model
+
+from latentops.pipelines.finetune import adapters
 
 
 class _Block(torch.nn.Module):

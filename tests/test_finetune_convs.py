@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+
 from latentops.pipelines.finetune import convs
 
 

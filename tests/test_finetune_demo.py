@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFont
+
 from latentops.pipelines.demo import DEMO_MODEL_DIR, digits
 from latentops.pipelines.engine import AdapterRef, Engine, GenerationRequest, PipelineCache, WeightsRef
 from latentops.pipelines.finetune import dreambooth, interop
 from latentops.pipelines.finetune.config import build_config
-from PIL import Image, ImageDraw, ImageFont
 
 pytestmark = pytest.mark.skipif(not (DEMO_MODEL_DIR / "model_index.json").exists(),
                                 reason="the digits demo weights are not in the repository yet")
@@ -57,8 +58,9 @@ def _digit_accuracy(engine: Engine, weights: WeightsRef, adapters: list[AdapterR
 @pytest.mark.timeout(1500)  # a real 200-step DreamBooth run on the CPU: minutes, more on a loaded machine
 def test_dreambooth_learns_a_new_glyph_and_keeps_the_digits(tmp_path: Path, sqlite_url: str, home: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentops.platform.settings import get_settings
     from test_finetune_recipe import _release_unscreened
+
+    from latentops.platform.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_HOME", str(home))
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)

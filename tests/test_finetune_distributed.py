@@ -17,6 +17,10 @@ import psutil
 import pytest
 import sqlalchemy as sa
 import torch
+from safetensors.torch import load_file
+from test_finetune_recipe import _release_unscreened, draw_glyphs
+from test_jobs_queue import wait_finished
+
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import checkpoint, distributed, lora, tracking
@@ -27,9 +31,6 @@ from latentops.platform.errors import InvalidInput
 from latentops.platform.models import Job
 from latentops.platform.services import finetune, jobs
 from latentops.platform.services import models as models_service
-from safetensors.torch import load_file
-from test_finetune_recipe import _release_unscreened, draw_glyphs
-from test_jobs_queue import wait_finished
 
 CONSOLE = "cli:tester"
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3, "seed": 7,

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import checkpoint, dreambooth, lora
 from latentops.pipelines.finetune.config import build_config
 from latentops.platform.errors import Conflict, InvalidInput
-from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3,

@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from PIL import Image
+from test_finetune_recipe import _release_unscreened
+from test_jobs_queue import wait_finished
+
 from latentops.governance import copyright
 from latentops.pipelines import tiny
 from latentops.pipelines.finetune import tracking
@@ -17,9 +21,6 @@ from latentops.platform.errors import InvalidInput, PolicyDenied
 from latentops.platform.models import AuditEntry, Job, LoraAdapter, PolicyDecision
 from latentops.platform.services import finetune, jobs, users
 from latentops.platform.services import models as models_service
-from PIL import Image
-from test_finetune_recipe import _release_unscreened
-from test_jobs_queue import wait_finished
 
 CONSOLE = "cli:tester"
 SETTINGS = {"instance_prompt": "a sks pattern", "steps": 4, "rank": 4, "resolution": 32, "checkpoint_every": 2,

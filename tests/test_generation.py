@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from generation_helpers import catalogue, tiny_source
+from PIL import Image
+
 from latentops.governance import policy
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import validation
@@ -17,7 +19,6 @@ from latentops.platform.database import session_scope
 from latentops.platform.errors import PolicyDenied
 from latentops.platform.models import Asset, AuditEntry, ModelVersion, PolicyDecision, ScreeningResult
 from latentops.platform.services import generation
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 

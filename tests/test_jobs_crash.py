@@ -14,12 +14,12 @@ import time
 import psutil
 import pytest
 import sqlalchemy as sa
+from test_jobs_queue import wait_finished
 
 from latentops.platform.database import session_scope
 from latentops.platform.errors import ServiceUnavailable
 from latentops.platform.models import AuditEntry, Job, JobState, Team
 from latentops.platform.services import jobs
-from test_jobs_queue import wait_finished
 
 FAST_RECOVERY = {"LATENTOPS_JOB_LEASE_S": "3", "LATENTOPS_JOB_HEARTBEAT_S": "0.5", "LATENTOPS_SWEEP_INTERVAL_S": "1"}
 
@@ -117,6 +117,7 @@ def _wait_redis(port: int) -> None:
 @pytest.mark.usefixtures("database_url")
 def test_broker_restart_that_loses_every_message_loses_no_job(settings_env, private_redis, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from conftest import WorkerProcess
+
     from latentops.platform.queue.app import celery_app
     from latentops.platform.settings import get_settings
 

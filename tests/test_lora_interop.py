@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from latentops.pipelines import tiny
 from latentops.pipelines.finetune import interop
 from latentops.pipelines.finetune.families import Family
-from safetensors.torch import load_file, save_file
 
 RANK = 4
 

@@ -7,11 +7,11 @@ import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from test_jobs_queue import wait_finished
 
 from latentops.platform.models import JobState
 from latentops.platform.services import jobs
 from latentops.platform.stack import free_port
-from test_jobs_queue import wait_finished
 
 
 def read(text: str, name: str, **labels: str) -> float | None:

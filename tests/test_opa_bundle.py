@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from api_helpers import api_server, bearer, free_port, make_token, make_user
 from conftest import REPO
 from fastapi.testclient import TestClient
+
 from latentops.governance import policy
 from latentops.governance.opa_compat import (
     BundleFiles,

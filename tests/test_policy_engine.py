@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
-from api_helpers import free_port
 import sqlalchemy as sa
+from api_helpers import free_port
 
 from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
@@ -33,12 +32,6 @@ def service(policy_dir: Path):  # type: ignore[no-untyped-def]
     policy.use_service(svc)
     yield svc
     policy.use_service(None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_decision_is_recorded_with_masked_input_and_linked_to_audit(service, database_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from api_helpers import PASSWORD, make_user, team_id
 from conftest import REPO
+
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs as jobs_service
 

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from test_screening import picture
+
 from latentops.governance import policy, provenance, quarantine
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput
-from PIL import Image
-from test_screening import picture
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from test_screening import picture
+
 from latentops.governance import policy, quarantine
 from latentops.platform.database import session_scope
 from latentops.platform.errors import Conflict, PolicyDenied
 from latentops.platform.models import Asset, AuditEntry
 from latentops.platform.services import users
-from test_screening import picture
 
 OFFICER = "olga@example.com"
 SUBMITTER = "sam@example.com"

@@ -20,13 +20,14 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import api_server, make_user
 from conftest import POSTGRES_URL, _pg_admin, _pg_url_for
+from sqlalchemy.engine import make_url
+from test_audit_proofs import run_verifier
+from test_audit_verify import append, checkpoint, tamper
+
 from latentops.governance import checkpoints, integration
 from latentops.platform.database import dispose_all, session_scope
 from latentops.platform.models import AuditCheckpoint, AuditEntry
 from latentops.platform.settings import Settings
-from sqlalchemy.engine import make_url
-from test_audit_proofs import run_verifier
-from test_audit_verify import append, checkpoint, tamper
 
 
 @pytest.fixture
@@ -222,6 +223,7 @@ def test_export_name_must_be_a_plain_file_name_and_public_keys_need_a_key(  # ty
         settings_env: Settings, tmp_path: Path) -> None:
     from api_helpers import bearer
     from fastapi.testclient import TestClient
+
     from latentops.platform.api.app import create_app
 
     api = TestClient(create_app(settings_env))

@@ -89,6 +89,7 @@ def documented() -> dict[str, str]:
 def commands() -> list[str]:
     """Every command the CLI has, as ``group command``."""
     import typer
+
     from latentops.platform.cli.main import app
 
     found: list[str] = []

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from api_helpers import api_server, expire_token, make_user
-from latentops.platform.database import session_scope
 from PIL import Image
+
+from latentops.platform.database import session_scope
 
 
 @pytest.fixture

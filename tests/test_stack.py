@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import REPO
+
 from latentops.platform.stack import free_port
 
 
@@ -74,12 +74,12 @@ def test_up_serves_health_and_sigterm_stops_every_child(embedded_env: dict[str, 
 
         # A second stack on the same port is refused with a clear line.
         busy = subprocess.run(_latentops("up", "--port", str(port)), env=embedded_env, cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, check=False)
         assert busy.returncode == 1
         assert busy.stderr.strip() == f"Conflict: port {port} on 127.0.0.1 is already in use; choose another with --port"
         # ... and so is a second stack for the same home on another port.
         twin = subprocess.run(_latentops("up", "--port", str(free_port())), env=embedded_env, cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, check=False)
         assert twin.returncode == 1 and "a latentops stack is already running" in twin.stderr
     finally:
         up.send_signal(signal.SIGTERM)
@@ -130,7 +130,7 @@ def _read_until(process: subprocess.Popen[str], marker: str) -> str:
 @pytest.mark.slow
 def test_demo_runs_the_main_job_end_to_end(embedded_env: dict[str, str]) -> None:
     done = subprocess.run(_latentops("demo", "--steps", "12"), env=embedded_env, cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, check=False)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "1. base model digits-demo v1" in out
@@ -158,17 +158,18 @@ def test_whole_stack_killed_and_restarted_finishes_the_job_from_its_checkpoint(e
 
     up = start()
     submitted = subprocess.run(
-        [sys.executable, "-c", "import json,sys; from latentops.platform.services import jobs; "
-         "from latentops.platform.settings import get_settings; "
-         "print(jobs.submit(get_settings(), kind='diagnostics', params={'steps': 30, 'step_delay_s': 0.2}, actor='t'))"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", ("import json,sys; from latentops.platform.services import jobs; "
+                                "from latentops.platform.settings import get_settings; "
+                                "print(jobs.submit(get_settings(), kind='diagnostics', "
+                                "params={'steps': 30, 'step_delay_s': 0.2}, actor='t'))")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
 
     def show() -> dict[str, object]:
         done = subprocess.run(_latentops("jobs", "show", job_id, "--json"), env=env, cwd=REPO, capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         import json
 

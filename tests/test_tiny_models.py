@@ -9,8 +9,9 @@ import open_clip
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-from latentops.pipelines import tiny, tokenizers
 from transformers import CLIPTokenizer, T5TokenizerFast
+
+from latentops.pipelines import tiny, tokenizers
 
 TEXTS = [
     "a handwritten digit zero",

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latentops.platform.errors import InvalidInput
 from PIL import Image
+
+from latentops.platform.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from latentops.platform.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from latentops.platform.errors import InvalidInput
 
 MAX_PER_CLASS = 10_000
 MAX_CLASSES = 1_000

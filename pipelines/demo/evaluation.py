@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from latentops.pipelines.demo import digits
 from latentops.pipelines.engine import Engine, GenerationRequest, WeightsRef
 

@@ -34,9 +34,10 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from transformers import CLIPTextConfig, CLIPTextModel
+
 from latentops.pipelines import tokenizers
 from latentops.pipelines.demo import digits
-from transformers import CLIPTextConfig, CLIPTextModel
 
 logger = logging.getLogger(__name__)
 

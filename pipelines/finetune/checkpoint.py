@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from latentops.platform.errors import LatentopsError
 from safetensors.torch import load_file, save_file
+
+from latentops.platform.errors import LatentopsError
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"

@@ -22,8 +22,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from latentops.platform.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from latentops.platform.errors import InvalidInput
 
 DEFAULT_SEED = 20_240_607
 MAX_PROCESSES = 8

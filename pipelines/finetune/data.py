@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latentops.platform.errors import InvalidInput
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from latentops.platform.errors import InvalidInput
 
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 64

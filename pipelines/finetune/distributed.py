@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
+
 from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.platform.errors import InvalidInput, LatentopsError
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from latentops.pipelines.finetune import adapters, convs
 from latentops.platform.errors import InvalidInput
 

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from PIL import Image
+
 from latentops.pipelines.engine import AdapterRef, WeightsRef
 from latentops.pipelines.finetune import checkpoint as ckpt
 from latentops.pipelines.finetune import data, distributed, interop, validation
@@ -44,7 +46,6 @@ from latentops.pipelines.finetune.config import LoraConfig
 from latentops.pipelines.finetune.distributed import Rank
 from latentops.pipelines.finetune.families import Family, micro_conditioning
 from latentops.platform.errors import Conflict, InvalidInput
-from PIL import Image
 
 logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -159,6 +160,7 @@ def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.d
 
 def _load_pipeline(weights: WeightsRef, dtype: torch.dtype) -> Any:
     from diffusers import DiffusionPipeline
+
     from latentops.pipelines.engine import dtype_argument
 
     if weights.format != "diffusers" or not (weights.path / "model_index.json").exists():

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from latentops.pipelines.engine import AdapterRef, Engine, PipelineCache, WeightsRef
 from latentops.platform.errors import ServiceUnavailable
-from PIL import Image
 
 logger = logging.getLogger(__name__)
 

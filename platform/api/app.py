@@ -16,6 +16,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Scope
+
 from latentops.governance import integration
 from latentops.platform import database
 from latentops.platform.api import (
@@ -39,9 +43,6 @@ from latentops.platform.errors import LatentopsError
 from latentops.platform.services.auth import LoginThrottle
 from latentops.platform.settings import Settings, get_settings
 from latentops.platform.web import portal
-from sqlalchemy import exc as sa_exc
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message, Scope
 
 log = logging.getLogger(__name__)
 

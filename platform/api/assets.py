@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
+
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep
 from latentops.platform.errors import NotFound
 from latentops.platform.models import Asset, Team
-from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["assets"])
 

@@ -19,12 +19,13 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
 from latentops.governance import access, audit, checkpoints, compliance, verification
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["audit"])
 

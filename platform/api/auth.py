@@ -15,6 +15,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
 from latentops.governance import access, audit
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep, client_address
 from latentops.platform.errors import AuthenticationFailed, NotFound, QuotaExceeded
@@ -23,8 +26,6 @@ from latentops.platform.services import auth as auth_service
 from latentops.platform.services import memberships, sso
 from latentops.platform.services import tokens as tokens_service
 from latentops.platform.settings import Settings
-from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

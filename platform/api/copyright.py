@@ -25,10 +25,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
+from pydantic import BaseModel
+
 from latentops.governance import access, copyright, screening
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.errors import InvalidInput
-from pydantic import BaseModel
 
 router = APIRouter(tags=["copyright"])
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
+from sqlalchemy.orm import Session
+
 from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
@@ -22,7 +24,6 @@ from latentops.platform.api.jobs import job_json, visible_team_ids
 from latentops.platform.errors import Conflict, NotFound, PolicyDenied
 from latentops.platform.models import Dataset, Job, Team
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["datasets"])
 

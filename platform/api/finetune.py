@@ -21,6 +21,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
@@ -28,7 +30,6 @@ from latentops.platform.api.jobs import PRIORITY_HELP, job_json, submit_team
 from latentops.platform.errors import InvalidInput
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["finetune"])
 MAX_FILES = 200

@@ -12,6 +12,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
@@ -20,8 +23,6 @@ from latentops.platform.errors import NotFound, PolicyDenied
 from latentops.platform.models import Asset
 from latentops.platform.services import generation
 from latentops.platform.settings import Settings
-from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["generations"])
 

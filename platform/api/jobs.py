@@ -22,6 +22,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
@@ -30,8 +33,6 @@ from latentops.platform.errors import InvalidInput, NotFound
 from latentops.platform.models import Job, Team
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.settings import Settings
-from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["jobs"])
 STREAM_POLL_S = 0.5

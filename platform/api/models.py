@@ -21,6 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
 from latentops.governance import access, audit
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
@@ -29,8 +32,6 @@ from latentops.platform.models import AccessGrant, ModelRecord, Team
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
 from latentops.platform.settings import Settings
-from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 router = APIRouter(tags=["models"])
 CHUNK = 1024 * 1024

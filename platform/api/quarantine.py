@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+
 from latentops.governance import access, quarantine
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["quarantine"])
 

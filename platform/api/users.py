@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
 from latentops.governance import access
 from latentops.platform.api.deps import PrincipalDep, SessionDep
 from latentops.platform.services import memberships
 from latentops.platform.services import users as users_service
-from pydantic import BaseModel, Field
 
 router = APIRouter(tags=["users"])
 

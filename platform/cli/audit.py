@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from latentops.governance import checkpoints, compliance, erasure, integration, verification
 from latentops.platform.cli import context, output
 from latentops.platform.cli.backend import AuditFilters, audit_key_path, audit_sink

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from sqlalchemy.orm import Session
+
 from latentops.platform.cli import context
 from latentops.platform.errors import PolicyDenied
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
-from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
     from latentops.governance.checkpoints import CheckpointSink, Keyring

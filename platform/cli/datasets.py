@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from latentops.platform.cli import context, output
 
 datasets_app = typer.Typer(help="Synthetic datasets from a spec, through the governed path.", no_args_is_help=True)
@@ -37,10 +38,11 @@ def generate(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Generate a dataset: screened images, ImageFolder or WebDataset, manifest, card, MLflow run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from latentops.pipelines.datasets import spec as spec_module
     from latentops.platform.errors import InvalidInput
     from latentops.platform.services import datasets
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     spec = spec_module.load(spec_file)
     if submit:

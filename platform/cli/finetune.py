@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
 from latentops.platform.cli import context, output
 from latentops.platform.errors import InvalidInput
 from latentops.platform.services.finetune_request import Request

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from latentops.platform.cli import context, output
 from latentops.platform.cli.backend import GenerationRequest
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from latentops.platform.cli import context, output
 from latentops.platform.services import models as models_service
 

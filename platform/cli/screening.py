@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from latentops.platform.cli import context, output
 
 screening_app = typer.Typer(help="Content screening: CLIP weights, detectors, calibration, status.", no_args_is_help=True)

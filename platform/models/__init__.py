@@ -1,7 +1,13 @@
 """The ORM: SQLAlchemy 2.0 typed models for every table. Import from here."""
 
 from latentops.platform.models.assets import Asset, Dataset
-from latentops.platform.models.audit import AuditCheckpoint, AuditEntry, AuditPending, AuditSubjectKey, AuditTreeNode
+from latentops.platform.models.audit import (
+    AuditCheckpoint,
+    AuditEntry,
+    AuditPending,
+    AuditSubjectKey,
+    AuditTreeNode,
+)
 from latentops.platform.models.base import Base, utcnow
 from latentops.platform.models.catalog import AccessGrant, LoraAdapter, ModelRecord, ModelVersion
 from latentops.platform.models.identity import ApiToken, Membership, Role, Team, User

@@ -22,8 +22,9 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
-from latentops.platform.models.base import Base, utcnow
 from sqlalchemy.orm import Mapped, mapped_column
+
+from latentops.platform.models.base import Base, utcnow
 
 
 class AuditEntry(Base):

@@ -28,7 +28,7 @@ def utcnow() -> dt.datetime:
 
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}  # noqa: RUF012 - read by SQLAlchemy, never changed
 
 
 class TimestampMixin:

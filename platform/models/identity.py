@@ -6,8 +6,9 @@ import datetime as dt
 import enum
 
 import sqlalchemy as sa
-from latentops.platform.models.base import Base, TimestampMixin
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from latentops.platform.models.base import Base, TimestampMixin
 
 
 class Role(enum.StrEnum):

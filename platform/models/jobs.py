@@ -7,8 +7,9 @@ import enum
 from typing import Any
 
 import sqlalchemy as sa
-from latentops.platform.models.base import Base, TimestampMixin, utcnow
 from sqlalchemy.orm import Mapped, mapped_column
+
+from latentops.platform.models.base import Base, TimestampMixin, utcnow
 
 
 class JobState(enum.StrEnum):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from latentops.platform.models.base import Base, TimestampMixin
 from sqlalchemy.orm import Mapped, mapped_column
+
+from latentops.platform.models.base import Base, TimestampMixin
 
 
 class PolicyDecision(TimestampMixin, Base):

@@ -6,8 +6,9 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
-from latentops.platform.models.base import Base, TimestampMixin
 from sqlalchemy.orm import Mapped, mapped_column
+
+from latentops.platform.models.base import Base, TimestampMixin
 
 
 class ScreeningResult(TimestampMixin, Base):

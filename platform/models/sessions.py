@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
-from latentops.platform.models.base import Base, TimestampMixin
 from sqlalchemy.orm import Mapped, mapped_column
+
+from latentops.platform.models.base import Base, TimestampMixin
 
 
 class WebSession(TimestampMixin, Base):

@@ -41,7 +41,7 @@ def _serve_metrics(**_: Any) -> None:
         metrics.watch_audit_appends()
         metrics.enable_gpu_metrics()
         start_http_server(port, addr=settings.worker_metrics_host, registry=REGISTRY)
-    except Exception as error:  # a taken port must not keep the worker from running jobs
+    except Exception as error:  # noqa: BLE001 - a taken port must not keep the worker from running jobs
         log.error("worker metrics: could not serve on %s:%s (%s); this process exports no metrics",
                   settings.worker_metrics_host, port, error)
         return

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Self
 
 import httpx
+
 from latentops.client import resources, types
 from latentops.client.http import DEFAULT_TIMEOUT_S, SERVER_ENV, TOKEN_ENV, Http, from_environment
 from latentops.platform.errors import (

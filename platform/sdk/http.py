@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+
 from latentops.platform import errors
 
 SERVER_ENV = "LATENTOPS_SERVER"

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit
 from latentops.platform.errors import AuthenticationFailed, QuotaExceeded
 from latentops.platform.models import User, WebSession, utcnow
 from latentops.platform.services.users import password_matches
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from PIL import Image
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, policy, screening
 from latentops.pipelines.datasets import filters, formats
 from latentops.pipelines.datasets.spec import DatasetSpec
@@ -48,8 +51,6 @@ from latentops.platform.errors import (
 from latentops.platform.models import Dataset, Team
 from latentops.platform.services import generation
 from latentops.platform.settings import Settings
-from PIL import Image
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, copyright, policy
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import data, dreambooth, interop, tracking
@@ -51,7 +53,6 @@ from latentops.platform.services import grants, jobs
 from latentops.platform.services import models as models_service
 from latentops.platform.services.finetune_request import Request
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 KIND = "finetune"

@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from PIL import Image
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit, policy, quarantine
 from latentops.governance.imagefile import load_image
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, ServiceUnavailable
@@ -38,8 +41,6 @@ from latentops.platform.models import AccessGrant, LoraAdapter, ModelRecord, Mod
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
 from latentops.platform.settings import Settings
-from PIL import Image
-from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:  # the engine imports torch lazily; keep this module cheap to import
     from latentops.pipelines.engine import AdapterRef, Engine, WeightsRef

@@ -53,8 +53,8 @@ JOB_KINDS: dict[str, JobKind] = {
         "latentops.platform.services.finetune:run", "gpu", "LoRA / DreamBooth-LoRA fine-tuning of a base model",
         validator="latentops.platform.services.finetune:validate",
     ),
-    "generate": JobKind("latentops.platform.services.generation:run_job", "gpu", "governed image generation", validator="latentops.platform.services.generation:validate"),  # noqa: E501
-    "dataset": JobKind("latentops.platform.services.datasets:run_job", "gpu", "synthetic dataset generation", validator="latentops.platform.services.datasets:validate"),  # noqa: E501
+    "generate": JobKind("latentops.platform.services.generation:run_job", "gpu", "governed image generation", validator="latentops.platform.services.generation:validate"),
+    "dataset": JobKind("latentops.platform.services.datasets:run_job", "gpu", "synthetic dataset generation", validator="latentops.platform.services.datasets:validate"),
 }
 
 PROGRESS_INTERVAL_S = 1.0
@@ -121,7 +121,7 @@ def dispatch(settings: Settings, job: Job, *, countdown: float | None = None, ma
             countdown=countdown,
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
-    except Exception as error:  # kombu raises several unrelated connection errors
+    except Exception as error:  # noqa: BLE001 - kombu raises several unrelated connection errors
         raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
     if mark:
         with session_scope(settings.database_url) as session:
@@ -141,7 +141,7 @@ def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
     try:
         with celery_app().connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - kombu raises several unrelated connection errors
         raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit
 from latentops.platform.errors import InvalidInput, NotFound
 from latentops.platform.models import Membership, Team, User
 from latentops.platform.services.auth import end_sessions
 from latentops.platform.services.users import get_or_create_team, get_user_by_email, parse_role
-from sqlalchemy.orm import Session
 
 
 def get_user(session: Session, user_id: int) -> User:

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.store import ModelStore
 from latentops.platform.errors import Conflict, InvalidInput, NotFound
 from latentops.platform.models import ModelRecord, ModelVersion, utcnow
-from sqlalchemy.orm import Session
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 

@@ -29,6 +29,8 @@ from authlib.integrations.httpx_client import OAuth2Client
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from sqlalchemy.orm import Session
+
 from latentops.governance import audit
 from latentops.platform.errors import (
     AuthenticationFailed,
@@ -40,7 +42,6 @@ from latentops.platform.errors import (
 from latentops.platform.models import Membership, Team, User
 from latentops.platform.services.users import get_or_create_team, parse_role
 from latentops.platform.settings import Settings
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
 from latentops.platform.api import audit as audit_api
 from latentops.platform.api import jobs as jobs_api
@@ -201,6 +202,7 @@ def datasets_page(request: Request, session: SessionDep, principal: PortalUser) 
 def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
                     spec: Annotated[str, Form(min_length=1, max_length=200_000)]) -> Response:
     import yaml
+
     from latentops.platform.api import datasets as datasets_api
 
     try:

@@ -19,6 +19,8 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api import auth as auth_api
@@ -26,7 +28,6 @@ from latentops.platform.api.deps import SessionDep, SettingsDep, authenticate, r
 from latentops.platform.errors import AuthenticationFailed, LatentopsError
 from latentops.platform.services import auth as auth_service
 from latentops.platform.services import sso
-from sqlalchemy.orm import Session
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
