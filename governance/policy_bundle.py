@@ -82,7 +82,7 @@ class PolicyBundle:
 
     def test_names(self) -> list[tuple[str, str]]:
         """``(package path with slashes, test rule)`` for every test, e.g. ``("latentops/prompt_test", "test_x")``."""
-        found = []
+        found: list[tuple[str, str]] = []
         for source in self.tests.values():
             package = package_of(source).replace(".", "/")
             found.extend((package, name) for name in _TEST_RE.findall(source))
@@ -99,7 +99,8 @@ def package_of(source: str) -> str:
 _NUMBER = (int, float)
 
 
-def _expect(condition: bool, where: str, message: str) -> None:
+def _expect(condition: object, where: str, message: str) -> None:
+    """Reject policy data that fails ``condition`` (any truthy value passes)."""
     if not condition:
         raise InvalidInput(f"{where}: {message}")
 
@@ -113,14 +114,14 @@ def _check_prompt(data: Mapping[str, Any], where: str) -> None:
     categories = data.get("blocked_categories")
     _expect(isinstance(categories, dict) and all(isinstance(v, str) for v in categories.values()),
             f"{where}.blocked_categories", "must map category names to labels")
-    terms = data.get("blocked_terms")
+    terms: Any = data.get("blocked_terms")
     _expect(isinstance(terms, dict), f"{where}.blocked_terms", "must map categories to lists of terms")
     for category, items in terms.items():
         _str_list(items, f"{where}.blocked_terms.{category}")
         for item in items:
             _expect(0 < len(term_key(item).split()) <= MAX_NGRAM, f"{where}.blocked_terms.{category}",
                     f"term {item!r} must have 1 to {MAX_NGRAM} words after normalisation")
-    names = data.get("protected_names")
+    names: Any = data.get("protected_names")
     _expect(isinstance(names, list), f"{where}.protected_names", "must be a list of {name, category} objects")
     for i, entry in enumerate(names):
         _expect(isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("category", ""), str),
@@ -147,19 +148,19 @@ def _check_roles_map(value: Any, where: str) -> None:
 def _check_jobs(data: Mapping[str, Any], where: str) -> None:
     _check_roles_map(data.get("actions"), f"{where}.actions")
     _str_list(data.get("console_roles"), f"{where}.console_roles")
-    limits = data.get("limits")
+    limits: Any = data.get("limits")
     _expect(isinstance(limits, dict), f"{where}.limits", "must map roles to limits")
     for role, values in limits.items():
         for key in ("max_steps", "max_resolution", "max_rank", "max_batch", "max_processes"):
             _expect(isinstance(values, dict) and isinstance(values.get(key), _NUMBER) and values[key] >= 0,
                     f"{where}.limits.{role}.{key}", "must be a non-negative number")
-    quotas = data.get("quotas")
+    quotas: Any = data.get("quotas")
     _expect(isinstance(quotas, dict) and isinstance(quotas.get("default"), dict) and isinstance(quotas.get("teams", {}), dict),
             f"{where}.quotas", "must have a 'default' object and a 'teams' object")
     for key in ("max_concurrent_jobs", "max_queued_jobs", "max_gpu_hours"):
         _expect(isinstance(quotas["default"].get(key), _NUMBER), f"{where}.quotas.default.{key}", "must be a number")
     _str_list(data.get("attestation_required_for"), f"{where}.attestation_required_for")
-    priority = data.get("priority")
+    priority: Any = data.get("priority")
     _expect(isinstance(priority, dict) and isinstance(priority.get("roles", {}), dict), f"{where}.priority",
             "must have a 'default' rule and a 'roles' object")
     for name, rule in [("default", priority.get("default")), *((f"roles.{r}", v) for r, v in priority.get("roles", {}).items())]:
@@ -171,11 +172,11 @@ def _check_jobs(data: Mapping[str, Any], where: str) -> None:
 def _check_models(data: Mapping[str, Any], where: str) -> None:
     for key in ("actions", "grant_actions", "grant_admin_roles", "console_roles"):
         _str_list(data.get(key), f"{where}.{key}")
-    implied = data.get("implied_by")
+    implied: Any = data.get("implied_by")
     _expect(isinstance(implied, dict), f"{where}.implied_by", "must map each action to the grants that imply it")
     for action in data["actions"]:
         _str_list(implied.get(action), f"{where}.implied_by.{action}")
-    levels = data.get("sensitivity")
+    levels: Any = data.get("sensitivity")
     _expect(isinstance(levels, dict) and levels, f"{where}.sensitivity", "must map labels to rules")
     for label, rules in levels.items():
         _expect(isinstance(rules, dict), f"{where}.sensitivity.{label}", "must be an object")
@@ -201,7 +202,7 @@ def _check_screening(data: Mapping[str, Any], where: str) -> None:
 
 
 def _check_access(data: Mapping[str, Any], where: str) -> None:
-    actions = data.get("actions")
+    actions: Any = data.get("actions")
     _expect(isinstance(actions, dict) and actions, f"{where}.actions", "must map API actions to {\"roles\", \"scopes\"}")
     for action, rules in actions.items():
         _expect(isinstance(rules, dict), f"{where}.actions.{action}", "must be an object")

@@ -152,7 +152,7 @@ class _Entry:
     pipeline: Any
     size: int
     scheduler_config: Any
-    scheduler_class: type
+    scheduler_class: Any  # a diffusers scheduler class
 
 
 CacheKey = tuple[str, tuple[str, ...], str, str]

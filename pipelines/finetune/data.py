@@ -99,7 +99,7 @@ def decode(path: Path, *, min_side: int = MIN_SIDE) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             if image.format not in RASTER_FORMATS:
                 raise InvalidInput(f"{name}: {image.format} images are not accepted; give PNG, JPEG or WebP")
             width, height = image.size

@@ -64,8 +64,8 @@ class Family:
 
     # -- modules ------------------------------------------------------------------------------------
     @property
-    def denoiser(self) -> torch.nn.Module:
-        return getattr(self.pipeline, self.denoiser_attr)  # type: ignore[no-any-return]
+    def denoiser(self) -> Any:  # the pipeline's UNet or transformer (a diffusers model)
+        return getattr(self.pipeline, self.denoiser_attr)
 
     def text_encoder_names(self) -> list[str]:
         """CLIP encoders that may carry LoRA, by pipeline attribute."""
@@ -180,7 +180,7 @@ class Family:
         device = noisy.device
         embeds, pooled = cond["prompt_embeds"].to(device, dtype), cond["pooled"].to(device, dtype)
         if self.name == "sd3":
-            return self.denoiser(hidden_states=noisy, timestep=sigmas * 1000.0, encoder_hidden_states=embeds,  # type: ignore[no-any-return]
+            return self.denoiser(hidden_states=noisy, timestep=sigmas * 1000.0, encoder_hidden_states=embeds,
                                  pooled_projections=pooled, return_dict=False)[0]
         pipe = self.pipeline
         b, c, h, w = noisy.shape
@@ -190,7 +190,7 @@ class Family:
         guidance = torch.ones((b,), device=device, dtype=dtype) if self.denoiser.config.guidance_embeds else None
         out = self.denoiser(hidden_states=packed, timestep=sigmas.to(dtype), guidance=guidance, pooled_projections=pooled,
                             encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
-        return pipe._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale)  # type: ignore[no-any-return]
+        return pipe._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale)
 
     def check(self, *, min_snr_gamma: float | None, resolution: int) -> None:
         """Settings this family cannot honour, refused before any work starts."""

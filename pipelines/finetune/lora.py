@@ -140,7 +140,7 @@ def _bitsandbytes(config: LoraConfig, device: torch.device) -> Any | None:
     # kernels (fetched from a hub, which never happens here); the optimizers do not use them.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
-        import bitsandbytes as bnb  # type: ignore[import-not-found]
+        import bitsandbytes as bnb
     except ImportError:
         if config.optimizer == "adamw_8bit":
             raise InvalidInput("optimizer: adamw_8bit needs the bitsandbytes package, which is not installed "

@@ -48,7 +48,7 @@ class RenderRequest:
 def _governed() -> Callable[..., list[Image.Image]]:
     module_name, function = GOVERNED_RENDERER.split(":")
     try:
-        return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as error:
         raise ServiceUnavailable(f"rendering: the governed renderer {GOVERNED_RENDERER} is not installed ({error}); "
                                  "training images are never rendered without it") from None

@@ -34,7 +34,7 @@ CSRF_FIELD = "csrf_token"
 
 async def get_settings(request: Request) -> Settings:
     # async: FastAPI runs a plain def dependency in the thread pool, a hop per request for one attribute
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -51,7 +51,7 @@ class JobRequest(BaseModel):
 
 
 def team_names(session: Session) -> dict[int, str]:
-    return dict(session.execute(sa.select(Team.id, Team.name)).all())  # type: ignore[arg-type]
+    return dict(session.execute(sa.select(Team.id, Team.name)).all())
 
 
 def job_json(session: Session, job: Job, names: dict[int, str] | None = None,

@@ -31,7 +31,7 @@ def test(
         runner = OpaEngine(context.settings().opa_url)
         runner.load(bundle, with_tests=True)
     else:
-        runner = EmbeddedEngine()  # type: ignore[assignment]
+        runner = EmbeddedEngine()
         try:
             runner.load(bundle)
         except CompileError as error:
@@ -46,7 +46,7 @@ def test(
                        + (f" ({result.error})" if result.error else ""))
         output.say(f"{summary['passed']}/{summary['tests']} tests passed; rule-id coverage {summary['coverage']}% "
                    f"({summary['covered']}/{summary['rule_ids']})")
-        for rule_id in summary["uncovered"]:  # type: ignore[union-attr]
+        for rule_id in summary["uncovered"]:
             output.say(f"  not covered: {rule_id}")
     if not report.results:
         raise InvalidInput(f"policies: no tests found in {directory}")

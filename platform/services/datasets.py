@@ -441,6 +441,7 @@ def _log_mlflow(settings: Settings, *, out: Path, spec: DatasetSpec, facts: form
     """The dataset as an MLflow dataset input and its manifest, card and metadata as artifacts."""
     import mlflow
     import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
 
     rows = []
     for path in files:
@@ -455,7 +456,7 @@ def _log_mlflow(settings: Settings, *, out: Path, spec: DatasetSpec, facts: form
         mlflow.log_params({"model": f"{facts.model.get('name')}@{facts.model.get('version')}", "format": spec.format,
                            "per_class": spec.per_class, "seed": spec.seed, "steps": spec.steps, "guidance": spec.guidance,
                            "fingerprint": facts.fingerprint[:16], "policy_revision": facts.policy_revision[:16]})
-        mlflow.log_input(mlflow.data.from_pandas(frame, source=str(out), name=spec.name), context="synthetic")
+        mlflow.log_input(from_pandas(frame, source=str(out), name=spec.name), context="synthetic")
         mlflow.log_metrics({"images": float(sum(sum(c.values()) for c in facts.counts.values())),
                             "quarantined": float(facts.screening["quarantined"])})
         for path in files:

@@ -65,15 +65,15 @@ def run(ctx: JobContext) -> dict[str, Any]:
         except (ValueError, KeyError, TypeError) as error:
             raise InvalidInput(f"checkpoint {checkpoint}: unreadable ({error}); retry after removing it") from None
         ctx.log(f"resuming from checkpoint at step {start}")
-    error = float(torch.mean((sample - clean) ** 2))
+    mse = float(torch.mean((sample - clean) ** 2))
     # Move a noisy signal 20% of the way toward the clean one per step: a stand-in for a denoising
     # loop whose squared error must shrink by exactly 0.8**2 per step on any healthy device.
     for step in range(start + 1, steps + 1):
         ctx.check_cancelled()
         sample = (sample.to(device) + (clean.to(device) - sample.to(device)) * 0.2).cpu()
-        error = float(torch.mean((sample - clean) ** 2))
+        mse = float(torch.mean((sample - clean) ** 2))
         _save(checkpoint, {"step": step, "sample": sample.tolist()})
-        ctx.progress(step, steps, loss=error)
+        ctx.progress(step, steps, loss=mse)
         if delay:
             time.sleep(delay)
     ctx.log(f"diagnostics finished on {device}")
@@ -83,7 +83,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "initial_error": initial_error,
-        "final_error": error,
+        "final_error": mse,
         "steps": steps,
         "resumed_from": start,
         "worker": ctx.worker,

@@ -140,7 +140,7 @@ def prompt_ref(prompt: str) -> str:
 
 def _lora_input(session: Session, target: Target) -> dict[str, Any]:
     assert target.lora is not None
-    teams = dict(session.execute(sa.select(Team.id, Team.name)).all())
+    teams: dict[int, str] = dict(session.execute(sa.select(Team.id, Team.name)).all())
     grants = [{"action": g.action, "team": teams.get(g.team_id) if g.team_id else None, "user_id": g.user_id}
               for g in session.scalars(sa.select(AccessGrant).where(
                   AccessGrant.resource_type == "lora", AccessGrant.resource_id == target.lora.id,

@@ -89,8 +89,9 @@ def create(
     """Write a queued job and its audit entry in the caller's transaction."""
     if kind not in JOB_KINDS:
         raise InvalidInput(f"kind: unknown job kind {kind!r}; known: {', '.join(sorted(JOB_KINDS))}")
-    if JOB_KINDS[kind].validator:
-        load_function(JOB_KINDS[kind].validator)(params)  # raises InvalidInput naming the field
+    validator = JOB_KINDS[kind].validator
+    if validator:
+        load_function(validator)(params)  # raises InvalidInput naming the field
     job = Job(
         kind=kind,
         queue=JOB_KINDS[kind].queue,
@@ -353,7 +354,7 @@ def sweep(settings: Settings, *, worker: str) -> dict[str, int]:
                 sa.update(Job).where(Job.id == job.id, Job.lease_token == job.lease_token, Job.state == job.state)
                 .values(state=JobState.RETRYING, lease_owner=None, lease_expires_at=None, dispatched_at=now)
             )
-            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            if claimed.rowcount == 1:
                 session.add(JobEvent(job_id=job.id, kind="warning",
                                      message=f"lease of {job.lease_owner} expired; dispatched again"))
                 audit.record(session, actor=actor, action="job.requeue", resource=f"job:{job.id}",
@@ -369,7 +370,7 @@ def sweep(settings: Settings, *, worker: str) -> dict[str, int]:
                                      Job.dispatched_at.is_(None) if job.dispatched_at is None else Job.dispatched_at == job.dispatched_at)
                 .values(dispatched_at=now)
             )
-            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            if claimed.rowcount == 1:
                 to_dispatch.append(job)
                 counts["requeued"] += 1
     for job in to_dispatch:
@@ -459,7 +460,7 @@ class JobContext:
 def load_function(target: str) -> Callable[..., Any]:
     """The function named by ``"module:function"`` (handlers and validators, imported on first use)."""
     module_name, function = target.split(":")
-    return getattr(importlib.import_module(module_name), function)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module_name), function)
 
 
 def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
@@ -509,7 +510,7 @@ def _claim(settings: Settings, job_id: int, worker: str) -> Job | str | None:
                 started_at=sa.func.coalesce(Job.started_at, now),
             )
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             return None
         session.refresh(job)
         retried = job.attempts > 1

@@ -78,7 +78,7 @@ def describe(session: Session, user: User) -> dict[str, Any]:
 
 
 def list_teams(session: Session) -> list[dict[str, Any]]:
-    counts = dict(session.execute(sa.select(Membership.team_id, sa.func.count(Membership.id)).group_by(Membership.team_id)).all())
+    counts: dict[int, int] = dict(session.execute(sa.select(Membership.team_id, sa.func.count(Membership.id)).group_by(Membership.team_id)).all())
     return [{"id": t.id, "name": t.name, "members": int(counts.get(t.id, 0))}
             for t in session.scalars(sa.select(Team).order_by(Team.name))]
 
