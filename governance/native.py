@@ -14,7 +14,9 @@ from types import ModuleType
 
 def load_regopy() -> ModuleType:
     """Import regopy, loading torch's native libraries before it (see the module docstring)."""
-    import regopy
+    # isort: off
     import torch  # noqa: F401  (must precede regopy)
+    import regopy
+    # isort: on
 
     return regopy
