@@ -340,7 +340,7 @@ class Integrator:
     not integrated leaves them to the next integrator anywhere.
     """
 
-    def __init__(self, engine: Engine, *, delay_s: float = 0.05, interval_s: float = 5.0) -> None:
+    def __init__(self, engine: Engine, *, delay_s: float = 0.1, interval_s: float = 5.0) -> None:
         self.engine = engine
         self.delay_s = delay_s
         self.interval_s = interval_s
@@ -421,9 +421,9 @@ def integrator_for(engine: Engine) -> Integrator | None:
 
 
 def start_background(engine: Engine, *, interval_s: float = 1.0, stop: threading.Event | None = None) -> threading.Thread:
-    """A daemon thread that integrates every ``interval_s``: for API and worker processes, so that
-    entries of a writer that died between its commit and its integration do not wait for the next
-    append. Set ``stop`` to end it."""
+    """A daemon thread that integrates every ``interval_s``: for worker processes, so that entries
+    of a writer that died between its commit and its integration do not wait for the next append
+    (API processes run an ``Integrator``, which does this too). Set ``stop`` to end it."""
     stop = stop or threading.Event()
 
     def loop() -> None:

@@ -32,6 +32,7 @@ from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, NotFound
 from latentops.platform.models import Job, Team
 from latentops.platform.services import jobs as jobs_service
+from latentops.platform.services.users import team_names
 from latentops.platform.settings import Settings
 
 router = APIRouter(tags=["jobs"])
@@ -48,10 +49,6 @@ class JobRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     team: str | None = Field(default=None, max_length=100, description="Team to run for; optional with one team.")
     priority: int | None = Field(default=None, ge=0, le=9, description=PRIORITY_HELP)
-
-
-def team_names(session: Session) -> dict[int, str]:
-    return dict(session.execute(sa.select(Team.id, Team.name)).all())
 
 
 def job_json(session: Session, job: Job, names: dict[int, str] | None = None,

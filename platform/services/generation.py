@@ -40,6 +40,7 @@ from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, Serv
 from latentops.platform.models import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, Team, User
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
+from latentops.platform.services.users import team_names
 from latentops.platform.settings import Settings
 
 if TYPE_CHECKING:  # the engine imports torch lazily; keep this module cheap to import
@@ -140,7 +141,7 @@ def prompt_ref(prompt: str) -> str:
 
 def _lora_input(session: Session, target: Target) -> dict[str, Any]:
     assert target.lora is not None
-    teams: dict[int, str] = dict(session.execute(sa.select(Team.id, Team.name)).all())
+    teams = team_names(session)
     grants = [{"action": g.action, "team": teams.get(g.team_id) if g.team_id else None, "user_id": g.user_id}
               for g in session.scalars(sa.select(AccessGrant).where(
                   AccessGrant.resource_type == "lora", AccessGrant.resource_id == target.lora.id,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from latentops.governance import audit, policy
 from latentops.platform.errors import InvalidInput, NotFound
 from latentops.platform.models import AccessGrant, ModelRecord, Team, User, utcnow
+from latentops.platform.services.users import team_names
 
 
 def get_model(session: Session, name: str) -> ModelRecord:
@@ -34,7 +35,7 @@ def active_grants(session: Session, model: ModelRecord) -> list[AccessGrant]:
 
 def model_input(session: Session, model: ModelRecord) -> dict[str, Any]:
     """The ``model`` and ``grants`` parts of a models/jobs policy input."""
-    teams: dict[int, str] = dict(session.execute(sa.select(Team.id, Team.name)).all())
+    teams = team_names(session)
     return {
         "model": {"name": model.name, "sensitivity": model.sensitivity, "owner_team": teams.get(model.owner_team_id)},
         "grants": [{"action": g.action, "team": teams.get(g.team_id) if g.team_id else None, "user_id": g.user_id}
@@ -118,7 +119,7 @@ def check_access(session: Session, *, model: str, action: str, actor: audit.Acto
 
 def list_grants(session: Session, *, model: str) -> list[dict[str, Any]]:
     record = get_model(session, model)
-    teams: dict[int, str] = dict(session.execute(sa.select(Team.id, Team.name)).all())
+    teams = team_names(session)
     users: dict[int, str] = dict(session.execute(sa.select(User.id, User.email)).all())
     return [{"id": g.id, "action": g.action, "team": teams.get(g.team_id) if g.team_id else None,
              "user": users.get(g.user_id) if g.user_id else None, "granted_at": g.created_at}

@@ -47,6 +47,11 @@ def password_matches(password_hash: str | None, password: str) -> bool:
         return False
 
 
+def team_names(session: Session) -> dict[int, str]:
+    """Every team's name by its id (for showing the team of jobs, grants and adapters)."""
+    return dict(session.execute(sa.select(Team.id, Team.name)).all())
+
+
 def get_or_create_team(session: Session, *, name: str, actor: audit.Actor | str) -> Team:
     name = name.strip().lower()
     if not TEAM_RE.match(name):

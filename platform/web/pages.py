@@ -45,7 +45,7 @@ def _jobs_page(request: Request, session: Any, principal: Any, offset: int) -> d
     access.check(session, principal=principal, action="jobs.read")
     team_ids = jobs_api.visible_team_ids(session, principal, "jobs.read")
     rows = jobs_service.list_jobs(session, offset=offset, limit=26, team_ids=team_ids)
-    names = jobs_api.team_names(session)
+    names = users_service.team_names(session)
     return {"jobs": [jobs_api.job_json(session, job, names) for job in rows[:25]], "offset": offset,
             "next_offset": offset + 25 if len(rows) > 25 else None}
 
