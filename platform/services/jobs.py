@@ -350,15 +350,16 @@ def sweep(settings: Settings, *, worker: str) -> dict[str, int]:
                                  error=f"worker lost; gave up after {job.attempts} attempts")
                 counts["failed"] += 1
                 continue
+            lost_worker = job.lease_owner  # read first: the update below clears it on the loaded job too
             claimed = session.execute(
                 sa.update(Job).where(Job.id == job.id, Job.lease_token == job.lease_token, Job.state == job.state)
                 .values(state=JobState.RETRYING, lease_owner=None, lease_expires_at=None, dispatched_at=now)
             )
             if claimed.rowcount == 1:
                 session.add(JobEvent(job_id=job.id, kind="warning",
-                                     message=f"lease of {job.lease_owner} expired; dispatched again"))
+                                     message=f"lease of {lost_worker} expired; dispatched again"))
                 audit.record(session, actor=actor, action="job.requeue", resource=f"job:{job.id}",
-                             details={"attempts": job.attempts, "lost_worker": job.lease_owner})
+                             details={"attempts": job.attempts, "lost_worker": lost_worker})
                 to_dispatch.append(job)
                 counts["retried"] += 1
         lost = session.scalars(
