@@ -13,7 +13,8 @@ integrated it), so an append returns once its entry is durable and sequenced.
 Entry hash: ``SHA-256(prev_hash || canonical)`` where ``canonical`` is the RFC 8785 JSON of the
 entry's fields without its hash (``details`` is itself a canonical JSON string). The database
 refuses UPDATE, DELETE and TRUNCATE on the chain (migrations 0001, 0002) and lets a pending row
-go only once its entry is in the chain (migration 0010).
+go only once its entry is in the chain (migration 0010). Each pending row carries the application's
+MAC (``audit_mac``, migration 0014): the integrator refuses rows inserted past ``record``.
 
 **The writer refuses to extend a broken chain.** Both ``record`` (without the lock, so that the
 change is refused with its entry) and the integrator (under the lock, before assigning seqs) check
@@ -49,6 +50,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from latentops.governance import audit_mac
 from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
 from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending, utcnow
 
@@ -504,6 +506,7 @@ def record(
         plain[SEALED_KEY] = erasure.seal(session, subject=str(subject), data=personal, context=action)
     values = {"at": utcnow(), "actor": name, "action": action, "resource": resource, "outcome": outcome,
               "details": canonical_details(plain) if personal else canonical}
+    values["mac"] = audit_mac.seal(values)  # the integrator refuses a pending row without it
     check = trusted is not None and trusted.seq >= 0
     # The cheap check, in the same round trip: the head this process trusts still carries its
     # hash. Entries after it are verified by the integrator, under the lock, before extending.
@@ -516,7 +519,7 @@ def record(
         verified_head(session)  # a stale cache re-anchors on the checkpoint; real damage raises here
     # Counted by latentops_audit_appends_total when (and only if) the transaction commits.
     session.info.setdefault(APPENDS_KEY, []).append(action)
-    entry = AuditRecord(session, id=pending_id, **values)
+    entry = AuditRecord(session, id=pending_id, **{k: v for k, v in values.items() if k != "mac"})
     # After the commit the hook integrates on this same connection: no second checkout.
     session.info["audit_connection"] = session.connection()
     session.info.setdefault("audit_records", []).append(entry)

@@ -37,6 +37,7 @@ are still there for the next integrator, so no seq is ever skipped or reused.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -48,8 +49,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from latentops.governance import audit
-from latentops.platform.errors import LatentopsError, NotFound, ServiceUnavailable
+from latentops.governance import audit, audit_mac
+from latentops.platform.errors import IntegrityError, LatentopsError, NotFound, ServiceUnavailable
 from latentops.platform.models import AuditEntry, AuditPending
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ WAIT_TIMEOUT_S = 60.0
 ENTRIES = AuditEntry.__table__
 PENDING = AuditPending.__table__
 PENDING_COLUMNS = (PENDING.c.id, PENDING.c.at, PENDING.c.actor, PENDING.c.action, PENDING.c.resource,
-                   PENDING.c.outcome, PENDING.c.details)
+                   PENDING.c.outcome, PENDING.c.details, PENDING.c.mac)
 
 
 @dataclass(frozen=True)
@@ -77,23 +78,48 @@ class Placement:
     prev_hash: str
 
 
+def _waiting(session: Session) -> Any:
+    """Pending rows not yet refused by this process, in id order."""
+    query = sa.select(*PENDING_COLUMNS).order_by(PENDING.c.id)
+    refused = audit_mac.refused_ids(audit._database_key(session))
+    return query.where(PENDING.c.id.not_in(sorted(refused))) if refused else query
+
+
 def _move(session: Session, limit: int) -> dict[int, Placement]:
-    """Move up to ``limit`` pending entries into the chain. The caller holds the chain lock."""
-    rows = session.execute(sa.select(*PENDING_COLUMNS).order_by(PENDING.c.id).limit(limit)).all()
+    """Move up to ``limit`` pending entries into the chain. The caller holds the chain lock.
+
+    A row without the application's valid MAC, a copy of an entry already in the chain, or one
+    written more than the allowed skew before the entry it would follow is refused (skipped,
+    alarmed, left pending; see ``audit_mac``).
+    """
+    rows = session.execute(_waiting(session).limit(limit)).all()
     if not rows:
         return {}
     head = audit.verified_head(session)  # alarms and raises instead of extending a broken chain
+    key, skew, database = audit_mac.current_key(), audit_mac.max_skew(), audit._database_key(session)
+    previous_at = session.execute(sa.select(ENTRIES.c.at).where(ENTRIES.c.seq == head.seq)).scalar() \
+        if head.seq >= 0 else None
+    macs = [row.mac for row in rows if row.mac]
+    in_chain = set(session.execute(sa.select(ENTRIES.c.mac).where(ENTRIES.c.mac.in_(macs))).scalars()) if macs else set()
     values, placed = [], {}
     for row in rows:
+        refusal = audit_mac.judge(row, key=key, previous_at=previous_at, skew=skew, macs_in_chain=in_chain)
+        if refusal is not None:
+            audit_mac.refuse(database, refusal)
+            continue
+        in_chain.add(row.mac)
+        previous_at = row.at
         seq = head.seq + 1
         payload = {"seq": seq, "at": audit.format_time(row.at), "actor": row.actor, "action": row.action,
                    "resource": row.resource, "outcome": row.outcome, "details": row.details, "prev_hash": head.hash}
         digest = audit.entry_hash(payload)
         values.append({"seq": seq, "at": row.at, "actor": row.actor, "action": row.action, "resource": row.resource,
                        "outcome": row.outcome, "details": row.details, "prev_hash": head.hash, "hash": digest,
-                       "pending_id": row.id})
+                       "pending_id": row.id, "mac": row.mac})
         placed[row.id] = Placement(row.id, seq, digest, head.hash)
         head = audit.Head(seq, digest)
+    if not values:
+        return {}
     session.execute(ENTRIES.insert(), values)
     # The database lets a pending row go only once an identical entry carries its id (migration 0010).
     session.execute(PENDING.delete().where(PENDING.c.id.in_(list(placed))))
@@ -131,9 +157,10 @@ def catch_up(session: Session) -> int:
     """Before reading the chain: integrate whatever is pending, in the caller's transaction.
 
     The chain lock is taken only when something is pending (then held until the caller's
-    transaction ends), so a reader of a settled chain stays lock-free.
+    transaction ends), so a reader of a settled chain stays lock-free. Rows this process has
+    refused do not count.
     """
-    if session.execute(sa.select(PENDING.c.id).limit(1)).first() is None:
+    if session.execute(_waiting(session).with_only_columns(PENDING.c.id).limit(1)).first() is None:
         return 0
     return integrate_all(session)
 
@@ -148,6 +175,7 @@ def sequence(session: Session) -> None:
             # Placed earlier in this transaction (and forgotten after a savepoint rolled back)?
             _place(records, _placements(session, [record.id for record in records]))
             records = [record for record in records if not record.integrated]
+            _raise_refused(session.get_bind().engine, records)
             for record in records:  # written in a savepoint that rolled back: never recorded
                 record._rolled_back()
             if records:
@@ -186,12 +214,16 @@ def integrate_when_free(engine: Engine, connection: sa.Connection | None = None)
     hook passes it, saving a checkout); another is taken from the pool otherwise.
     """
     if engine.dialect.name != "postgresql":
-        return _integrate_waiting(engine)
-    if connection is not None and not connection.closed and not connection.invalidated \
+        placed = _integrate_waiting(engine)
+    elif connection is not None and not connection.closed and not connection.invalidated \
             and not connection.in_transaction():
-        return _integrate_on(connection)
-    with engine.connect() as own:
-        return _integrate_on(own)
+        placed = _integrate_on(connection)
+    else:
+        with engine.connect() as own:
+            placed = _integrate_on(own)
+    if placed:
+        maybe_checkpoint(engine)
+    return placed
 
 
 def _integrate_on(connection: sa.Connection) -> dict[int, Placement]:
@@ -232,8 +264,10 @@ def _release(connection: sa.Connection, raw: Any) -> bool:
     try:
         connection.rollback()  # nothing after a commit; ends a batch that failed
         raw.autocommit = True
+        refused = audit_mac.refused_ids(str(connection.engine.url))
+        skip = f" WHERE id NOT IN ({', '.join(str(int(i)) for i in sorted(refused))})" if refused else ""
         cursor = raw.execute(f"SELECT pg_advisory_unlock({audit.ADVISORY_LOCK_KEY}); "
-                             "SELECT count(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) AS waiting")
+                             f"SELECT count(*) FROM (SELECT 1 FROM audit_pending{skip} LIMIT 1) AS waiting")
         cursor.nextset()
         return bool(cursor.fetchone()[0])
     except Exception:
@@ -296,6 +330,16 @@ def _settle(engine: Engine, records: Sequence[audit.AuditRecord], lock_timeout_s
         if not record.integrated and record.id not in waiting:
             record._rolled_back()  # written in a savepoint that rolled back: never committed
     integrate_when_free(engine)  # it held the lock: entries turned away meanwhile are its to take
+    _raise_refused(engine, records)
+
+
+def _raise_refused(engine: Engine, records: Sequence[audit.AuditRecord]) -> None:
+    refused = audit_mac.refused_ids(str(engine.url))
+    for record in records:
+        if not record.integrated and record.id in refused:
+            raise IntegrityError(f"audit entry {record.id} ({record.action} {record.resource}) was refused by the "
+                                 "integrator (see the integrity alarm); it stays pending",
+                                 reasons=[{"kind": "refused", "pending_id": record.id}])
 
 
 def wait(records: Iterable[audit.AuditRecord], *, timeout_s: float = WAIT_TIMEOUT_S) -> None:
@@ -323,7 +367,63 @@ def run_once(engine: Engine) -> int:
     """Integrate everything pending, waiting for the lock if need be; the number of entries moved."""
     with _integrator_session(engine) as session, session.begin():
         moved = catch_up(session)
-    return moved + len(integrate_when_free(engine))
+    moved += len(integrate_when_free(engine))
+    maybe_checkpoint(engine)  # the time rule: entries may have waited long enough with no new one
+    return moved
+
+
+def _checkpoint_due(session: Session, settings: Any) -> bool:
+    """Whether ``audit_checkpoint_entries`` entries, or one older than ``audit_checkpoint_s``,
+    lie beyond the latest checkpoint."""
+    from latentops.platform.models import AuditCheckpoint
+
+    covered = session.execute(sa.select(sa.func.max(AuditCheckpoint.tree_size))).scalar() or 0
+    last = session.execute(sa.select(sa.func.max(ENTRIES.c.seq))).scalar()
+    size = 0 if last is None else int(last) + 1
+    beyond = size - covered
+    if beyond <= 0:
+        return False
+    if settings.audit_checkpoint_entries and beyond >= settings.audit_checkpoint_entries:
+        return True
+    if not settings.audit_checkpoint_s:
+        return False
+    oldest = session.execute(sa.select(ENTRIES.c.at).where(ENTRIES.c.seq == covered)).scalar()
+    if oldest is None:
+        return False
+    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=dt.UTC)
+    return bool(dt.datetime.now(dt.UTC) - oldest >= dt.timedelta(seconds=settings.audit_checkpoint_s))
+
+
+def _deployment_database(engine: Engine, url: str) -> bool:
+    configured = sa.engine.make_url(url)
+    return (engine.url.get_backend_name(), engine.url.host, engine.url.port, engine.url.database) == \
+        (configured.get_backend_name(), configured.host, configured.port, configured.database)
+
+
+def maybe_checkpoint(engine: Engine) -> None:
+    """Sign a checkpoint when one is due (``Settings.audit_checkpoint_entries`` / ``_s``).
+
+    Only for the deployment's own database (``Settings.database_url``), whose signing key and
+    sink the settings name. Never raises: a failure is logged and the next integration tries again.
+    """
+    from latentops.governance import checkpoints
+    from latentops.platform.settings import get_settings
+
+    settings = get_settings()
+    if not (settings.audit_checkpoint_entries or settings.audit_checkpoint_s) \
+            or not _deployment_database(engine, settings.database_url):
+        return
+    try:
+        with _integrator_session(engine) as session, session.begin():
+            if not _checkpoint_due(session, settings):
+                return
+            key_path = checkpoints.default_key_path(settings)
+            made = checkpoints.create(session, signing_key=checkpoints.load_or_create_signing_key(key_path),
+                                      sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
+                                      keyring=checkpoints.signing_keyring(key_path))
+            log.info("automatic audit checkpoint: tree size %d", made.tree_size)
+    except (LatentopsError, sa.exc.SQLAlchemyError, OSError) as error:
+        log.warning("automatic audit checkpoint not made now: %s", error)
 
 
 class Integrator:

@@ -13,7 +13,14 @@ The report names the first damage by kind and sequence number:
 ``reordered``  an intact entry sits at another sequence number than the one it was written with;
 ``truncated``  entries were removed from the tail after a checkpoint had covered them;
 ``forged_checkpoint`` a checkpoint whose signature does not verify;
-``tree_node``  a stored Merkle node (``merkle_store``, used for proofs) that the entries do not give.
+``tree_node``  a stored Merkle node (``merkle_store``, used for proofs) that the entries do not give;
+``forged``     an entry or pending row without the application's valid MAC (``audit_mac``);
+``replayed``   a pending row copied from an entry already in the chain;
+``backdated``  an entry or pending row written more than ``audit_max_skew_s`` before its predecessor;
+``guard_missing`` an append-only trigger (or, on PostgreSQL, a privilege limit) is gone (``guards``).
+
+``beyond_checkpoint`` counts the entries after the newest checkpoint: the window in which a
+deletion from the tail cannot be proven.
 
 What cannot be detected: a rewrite of entries after the newest checkpoint by someone who also
 re-hashes the chain (write checkpoints often), and anything done with the signing key itself.
@@ -21,6 +28,7 @@ re-hashes the chain (write checkpoints often), and anything done with the signin
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +38,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session
 
-from latentops.governance import audit, checkpoints, integration, merkle, merkle_store
+from latentops.governance import audit, audit_mac, checkpoints, guards, integration, merkle, merkle_store
 from latentops.platform.errors import IntegrityError, InvalidInput
 from latentops.platform.models import AuditCheckpoint, AuditEntry
 
@@ -61,6 +69,8 @@ class Report:
     root_hash: str = merkle.EMPTY_ROOT.hex()
     damage: list[Damage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Entries after the newest valid checkpoint: a deletion of these from the tail cannot be proven.
+    beyond_checkpoint: int = 0
 
     @property
     def ok(self) -> bool:
@@ -71,7 +81,7 @@ class Report:
             "ok": self.ok, "entries": self.entries, "pending": self.pending, "checkpoints": self.checkpoints,
             "sink_checkpoints": self.sink_checkpoints, "tree_size": self.tree_size, "root_hash": self.root_hash,
             "damage": [{"kind": d.kind, "seq": d.seq, "detail": d.detail} for d in self.damage],
-            "warnings": self.warnings,
+            "warnings": self.warnings, "beyond_checkpoint": self.beyond_checkpoint,
         }
 
 
@@ -137,13 +147,41 @@ def _check_nodes(nodes: Mapping[tuple[int, int], str], frontier: merkle.Frontier
         return
 
 
+def _authentic(row: Any, previous: Any, mac_key: bytes | None, skew: dt.timedelta, macs_seen: bool) -> Damage | None:
+    """An entry the application did not write (its MAC), or written backwards in time."""
+    if mac_key is not None and getattr(row, "mac", None) is not None:
+        if not audit_mac.valid(row, mac_key):
+            return Damage("forged", row.seq, "the entry's MAC does not verify: the application did not write it "
+                          "(a row appended past the integrator, or the MAC key given is not the application's)")
+    elif mac_key is not None and macs_seen:
+        return Damage("forged", row.seq, "the entry carries no MAC although earlier ones do: it was appended past "
+                      "the integrator")
+    if previous is not None:
+        at, before = audit_mac._utc(row.at), audit_mac._utc(previous.at)
+        if at < before - skew:
+            return Damage("backdated", row.seq, f"written {(before - at).total_seconds():.1f}s before entry "
+                          f"{previous.seq} (at most {skew.total_seconds():g}s allowed)")
+    return None
+
+
 def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report,
-         nodes: Mapping[tuple[int, int], str] | None = None) -> None:
+         nodes: Mapping[tuple[int, int], str] | None = None, *, mac_key: bytes | None = None,
+         skew: dt.timedelta | None = None) -> None:
     """Stream the entries; record the first break of chain or tree in ``report``.
 
     ``nodes``: the stored subtree hashes, ``(level, index) -> hex``, compared once the entries verify.
+    ``mac_key``: check each entry's MAC (entries from before migration 0014 carry none); ``skew``:
+    how far an entry's time may lie before its predecessor's.
     """
-    nodes = nodes or {}
+    found: list[Damage] = []
+    _scan(rows, statements, report, nodes or {}, mac_key, skew if skew is not None else dt.timedelta(days=36_500), found)
+    # A rewrite shows first as the chain or tree break it caused; the MAC or time finding follows.
+    report.damage.extend(found[:1])
+
+
+def _scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report, nodes: Mapping[tuple[int, int], str],
+          mac_key: bytes | None, skew: dt.timedelta, found: list[Damage]) -> None:
+    previous, macs_seen = None, False
     by_size: dict[int, list[_Statement]] = {}
     for item in statements:
         by_size.setdefault(item.tree_size, []).append(item)
@@ -181,6 +219,11 @@ def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report,
             report.damage.append(Damage("modified", head.seq, f"entry {row.seq} chains to a different hash than "
                                         f"entry {head.seq} now has"))
             return
+        if not found:
+            problem = _authentic(row, previous, mac_key, skew, macs_seen)
+            if problem is not None:
+                found.append(problem)
+        previous, macs_seen = row, macs_seen or getattr(row, "mac", None) is not None
         head = audit.Head(row.seq, row.hash)
         frontier.append(merkle.leaf_hash(audit.leaf_data(row.hash)))
         report.entries += 1
@@ -196,14 +239,33 @@ def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report,
                                     "were removed from the tail"))
 
 
+def _refused_pending(session: Session, mac_key: bytes, skew: dt.timedelta, limit: int = 100) -> list[Damage]:
+    """The pending rows the integrator refuses (no valid MAC, replayed, backdated), by id."""
+    rows = session.execute(sa.select(*integration.PENDING_COLUMNS).order_by(integration.PENDING.c.id)
+                           .limit(limit)).all()
+    if not rows:
+        return []
+    last = session.execute(sa.select(AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)).scalar()
+    macs = [row.mac for row in rows if row.mac]
+    in_chain = set(session.execute(sa.select(AuditEntry.mac).where(AuditEntry.mac.in_(macs))).scalars()) if macs else set()
+    found = []
+    for row in rows:
+        refusal = audit_mac.judge(row, key=mac_key, previous_at=last, skew=skew, macs_in_chain=in_chain)
+        if refusal is not None:
+            found.append(Damage(refusal.reason, None, f"{refusal.line()}; refused by the integrator, it stays in "
+                                "audit_pending until the database owner removes it"))
+    return found
+
+
 def verify(session: Session, *, public_key: Ed25519PublicKey | None = None,
            keyring: checkpoints.Keyring | None = None, sink: checkpoints.CheckpointSink | None = None,
-           batch: int = 5000) -> Report:
-    """Verify every entry, the tree, every checkpoint (database and sink) and their signatures.
+           batch: int = 5000, mac_key: bytes | None = None) -> Report:
+    """Verify every entry, the tree, every checkpoint (database and sink) and their signatures,
+    the MAC and time order of entries and pending rows, and the database's append-only guards.
 
-    Signatures are checked against ``keyring`` plus ``public_key``. Pending entries are integrated
-    first (in the caller's transaction); when the chain is too damaged to extend they stay pending
-    and the report counts them.
+    Signatures are checked against ``keyring`` plus ``public_key``; MACs with ``mac_key`` (default:
+    the deployment's). Pending entries are integrated first (in the caller's transaction); when
+    the chain is too damaged to extend they stay pending and the report counts them.
     """
     report = Report()
     try:
@@ -229,15 +291,20 @@ def verify(session: Session, *, public_key: Ed25519PublicKey | None = None,
             report.warnings.append(f"sink checkpoint of tree size {size} is missing from the database")
 
     statements = _check_signatures(items, keys, report)
-    query = sa.select(*audit.ENTRY_COLUMNS).order_by(AuditEntry.seq).execution_options(yield_per=batch)
+    mac_key = audit_mac.current_key() if mac_key is None else mac_key
+    skew = audit_mac.max_skew()
+    query = (sa.select(*audit.ENTRY_COLUMNS, AuditEntry.mac).order_by(AuditEntry.seq)
+             .execution_options(yield_per=batch))
     scan_report = Report()
     nodes = {(int(level), int(idx)): value for level, idx, value in session.execute(
         sa.select(merkle_store.NODES.c.level, merkle_store.NODES.c.idx, merkle_store.NODES.c.hash))}
-    scan(session.execute(query), statements, scan_report, nodes)
+    scan(session.execute(query), statements, scan_report, nodes, mac_key=mac_key, skew=skew)
     entry_damage = scan_report.damage
     report.entries, report.tree_size, report.root_hash = scan_report.entries, scan_report.tree_size, scan_report.root_hash
-    # The first bad entry comes first; forged checkpoints follow.
-    report.damage = entry_damage + report.damage
+    covered = [item.tree_size for item in statements if item.tree_size <= report.tree_size]
+    report.beyond_checkpoint = report.tree_size - max(covered, default=0)
+    # The first bad entry comes first; refused pending rows, missing guards and forged checkpoints follow.
+    report.damage = entry_damage + _refused_pending(session, mac_key, skew) + guards.missing(session) + report.damage
     for damage in report.damage:
         log.error("audit verification: %s", damage.line())
     return report

@@ -14,12 +14,14 @@ Two modes:
 from __future__ import annotations
 
 import functools
+import ipaddress
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from latentops.platform.errors import ConfigurationError
 
@@ -68,6 +70,12 @@ class Settings(BaseSettings):
     login_lockout_s: int = Field(default=900, ge=1)
     login_rate_per_minute: int = Field(default=20, ge=1)  # login attempts per client address
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # one request body
+    # JSON request bodies: at most this many bytes (413) and this many levels of nesting (422).
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_json_depth: int = Field(default=32, ge=4, le=200)
+    # Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (IPs or CIDRs, comma-separated
+    # or a JSON list). Empty: the direct peer is the client, whatever headers it sends.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Enterprise single sign-on (OpenID Connect). Groups map to teams and roles:
     # {"idp-group": {"team": "design", "role": "submitter"}, ...}
     oidc_issuer: str = ""
@@ -84,11 +92,35 @@ class Settings(BaseSettings):
     # API servers integrate audit entries in a background thread that gathers the commits of this
     # many milliseconds into one batch; 0 integrates each commit as soon as the thread is free.
     audit_batch_ms: int = Field(default=100, ge=0, le=10_000)
+    # Pending audit rows carry an HMAC-SHA256 made with this key (hex, mode 0600, created on first
+    # use; default LATENTOPS_HOME/audit/pending-mac-key); every process writing to the database
+    # shares it. Keep it off the database host, like the signing key.
+    audit_mac_key: Path | None = None
+    # How far an entry's time may lie before the entry it follows in the chain (lock waits, clocks).
+    audit_max_skew_s: float = Field(default=10.0, ge=0)
+    # Integrators sign a checkpoint once this many entries, or any entry older than this many
+    # seconds, lie beyond the last one (0 turns either rule off).
+    audit_checkpoint_entries: int = Field(default=1000, ge=0)
+    audit_checkpoint_s: float = Field(default=300.0, ge=0)
 
-    @field_validator("home", "model_store", "audit_signing_key", mode="after")
+    @field_validator("home", "model_store", "audit_signing_key", "audit_mac_key", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        if isinstance(value, list):
+            for item in value:
+                try:
+                    ipaddress.ip_network(str(item), strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -116,6 +148,8 @@ class Settings(BaseSettings):
             self.model_store = self.home / "models"
         if self.audit_signing_key is None:
             self.audit_signing_key = self.home / "audit" / "checkpoint-signing-key.pem"
+        if self.audit_mac_key is None:
+            self.audit_mac_key = self.home / "audit" / "pending-mac-key"
         if not self.audit_sink:
             self.audit_sink = str(self.home / "audit" / "checkpoints.jsonl")
         if self.mode == "production":

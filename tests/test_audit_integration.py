@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from latentops.governance import audit, checkpoints, compliance, integration, verification
+from latentops.governance import audit, audit_mac, checkpoints, compliance, integration, verification
 from latentops.platform.database import dispose_all, get_engine, session_scope
 from latentops.platform.errors import IntegrityError, NotFound
 from latentops.platform.models import AuditEntry, AuditPending
-from latentops.platform.settings import Settings
+from latentops.platform.settings import Settings, get_settings
 
 VERIFIER = Path(__file__).resolve().parents[1] / "governance" / "verifier" / "latentops_audit_verify.py"
 
@@ -35,8 +35,9 @@ def _write_pending_as_a_crashed_writer(url: str, count: int) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as connection:
         for index in range(count):
-            connection.execute(sa.insert(AuditPending).values(at=audit.utcnow(), actor="worker:gone", action="job.finish",
-                                                              resource=f"job:{index}", outcome="success", details="{}"))
+            values = {"at": audit.utcnow(), "actor": "worker:gone", "action": "job.finish", "resource": f"job:{index}",
+                      "outcome": "success", "details": "{}"}
+            connection.execute(sa.insert(AuditPending).values(**values, mac=audit_mac.seal(values)))
     engine.dispose()
 
 
@@ -255,14 +256,18 @@ def test_application_role_writes_and_integrates_but_cannot_change_pending_entrie
 def test_signing_key_and_sink_come_from_the_settings(settings_env: Settings, cli, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     key, sink = tmp_path / "keys" / "audit.pem", tmp_path / "worm" / "statements.jsonl"
-    env = {"LATENTOPS_AUDIT_SIGNING_KEY": str(key), "LATENTOPS_AUDIT_SINK": str(sink)}
+    mac_key = tmp_path / "keys" / "pending-mac-key"
+    env = {"LATENTOPS_AUDIT_SIGNING_KEY": str(key), "LATENTOPS_AUDIT_SINK": str(sink), "LATENTOPS_AUDIT_MAC_KEY": str(mac_key)}
     monkeypatch.setenv("LATENTOPS_AUDIT_SIGNING_KEY", str(key))
+    monkeypatch.setenv("LATENTOPS_AUDIT_MAC_KEY", str(mac_key))
+    get_settings.cache_clear()
     assert Settings().audit_signing_key == key and Settings().audit_sink == str(settings_env.home / "audit" / "checkpoints.jsonl")
     with session_scope(settings_env.database_url) as db:
         audit.record(db, actor="a", action="x.y", resource="r:1")
     result = cli("audit", "checkpoint", env=env)
     assert result.returncode == 0, result.stderr
     assert key.exists() and checkpoints.keyring_path(key).exists() and len(sink.read_text().splitlines()) == 1
+    assert mac_key.exists()
     assert not (settings_env.home / "audit").exists()  # nothing derived from the home folder
     assert cli("audit", "verify", env=env).returncode == 0
 

@@ -53,7 +53,9 @@ def verify(
     if not json_output:
         output.say(f"audit trail intact: {report['entries']} entries, {report['checkpoints']} checkpoints "
                    f"({report['sink_checkpoints']} in the sink) verified; tree size {report['tree_size']}, "
-                   f"root {report['root_hash']}" + (f"; {report['pending']} entries pending" if report["pending"] else ""))
+                   f"root {report['root_hash']}" + (f"; {report['pending']} entries pending" if report["pending"] else "")
+                   + f"; {report.get('beyond_checkpoint', 0)} entries beyond the last checkpoint (a deletion of "
+                   "these from the tail cannot be proven until the next one)")
 
 
 @audit_app.command("integrate")

@@ -43,6 +43,9 @@ class AuditEntry(Base):
     # The id the entry was written with in ``audit_pending`` (NULL for entries older than 0010);
     # not hashed: it links a caller's reference to the entry's place in the chain.
     pending_id: Mapped[int | None] = mapped_column(sa.BigInteger, index=True, unique=True)
+    # The application's MAC of the pending row (``governance/audit_mac.py``; NULL for entries older
+    # than 0014); not hashed: ``audit verify`` checks it, so a row appended past the integrator shows.
+    mac: Mapped[str | None] = mapped_column(sa.String(100), index=True, unique=True)
 
 
 # SQLite only auto-assigns an "INTEGER PRIMARY KEY"; AUTOINCREMENT keeps ids of deleted
@@ -63,6 +66,9 @@ class AuditPending(Base):
     resource: Mapped[str] = mapped_column(sa.String(400))
     outcome: Mapped[str] = mapped_column(sa.String(16))
     details: Mapped[str] = mapped_column(sa.Text)  # canonical JSON (RFC 8785)
+    # ``<nonce>:<HMAC-SHA256>`` by the application (``governance/audit_mac.py``): a row without a
+    # valid one was not written by ``audit.record`` and is refused by the integrator.
+    mac: Mapped[str | None] = mapped_column(sa.String(100))
 
 
 class AuditCheckpoint(Base):
