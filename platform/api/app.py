@@ -1,8 +1,9 @@
 """The FastAPI application: routers under ``/api/v1`` and the one error shape.
 
 Every ``LatentopsError`` becomes ``{"error", "detail", "reasons"}`` with the status its class
-names; request validation errors use the same shape. Routes stay thin: they translate HTTP into
-service calls.
+names; request validation errors use the same shape, and so do the boundary's limits (JSON size
+and nesting, upload size) and the last-resort 500 (``limits``). A 429 says when to come back
+(``Retry-After``). Routes stay thin: they translate HTTP into service calls.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ from latentops.platform.api import (
     policies,
     quarantine,
     users,
+)
+from latentops.platform.api.limits import (
+    INTERNAL_ERROR,
+    JsonLimitMiddleware,
+    LastResortMiddleware,
+    retry_after,
 )
 from latentops.platform.api.security import BodyLimitMiddleware, SecurityHeadersMiddleware
 from latentops.platform.errors import LatentopsError
@@ -133,8 +140,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(LatentopsError)
     async def _latentops_error(request: Request, error: LatentopsError) -> Response:
         if portal.wants_html(request):  # a portal page or htmx fragment: the same error, as HTML
-            return portal.error_page(request, error.status_code, error.error, error.detail, error.reasons)
-        return JSONResponse(error.to_json(), status_code=error.status_code)
+            page = portal.error_page(request, error.status_code, error.error, error.detail, error.reasons)
+            page.headers.update(retry_after(error))
+            return page
+        return JSONResponse(error.to_json(), status_code=error.status_code, headers=retry_after(error))
+
+    # Data too deeply nested to process (JSON in a form field, say): the client's doing, not the server's.
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, _error: RecursionError) -> JSONResponse:
+        log.warning("request data nested too deeply to process: %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "invalid_input",
+                             "detail": "request: data nested too deeply to process (JSON may nest at most "
+                                       f"{settings.max_json_depth} levels, LATENTOPS_MAX_JSON_DEPTH)",
+                             "reasons": [{"field": "request", "limit": "max_json_depth",
+                                          "max_depth": settings.max_json_depth}]}, status_code=422)
+
+    # Reached only through the outer middleware (LastResortMiddleware answers the rest): JSON, not text.
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, error: Exception) -> JSONResponse:
+        log.error("unhandled error answering %s %s", request.method, request.url.path, exc_info=error)
+        return JSONResponse(INTERNAL_ERROR, status_code=500)
 
     # A number the database cannot hold (an id beyond 64 bits) is bad input, not a server error.
     @app.exception_handler(OverflowError)
@@ -168,7 +193,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1")
     portal.install(app)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus
+    # Outermost last: latency > headers > last resort > JSON limits > upload limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(JsonLimitMiddleware, max_bytes=settings.max_json_bytes, max_depth=settings.max_json_depth)
+    app.add_middleware(LastResortMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(metrics_route.LatencyMiddleware)
     return app

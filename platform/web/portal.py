@@ -25,6 +25,7 @@ from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api import auth as auth_api
 from latentops.platform.api.deps import SessionDep, SettingsDep, authenticate, require_csrf
+from latentops.platform.api.limits import retry_after
 from latentops.platform.errors import AuthenticationFailed, LatentopsError
 from latentops.platform.services import auth as auth_service
 from latentops.platform.services import sso
@@ -135,8 +136,10 @@ def login_submit(request: Request, session: SessionDep, settings: SettingsDep,
     try:
         secret = auth_api.password_login(request, session, settings, email=email, password=password)
     except LatentopsError as error:
-        return _login_form(request, settings, error=error.detail, next_url=next, email=email,
+        page = _login_form(request, settings, error=error.detail, next_url=next, email=email,
                            status_code=error.status_code)
+        page.headers.update(retry_after(error))
+        return page
     response = RedirectResponse(auth_api.safe_next(next), status_code=303)
     auth_api.set_session_cookie(response, settings=settings, request=request, secret=secret)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
