@@ -45,7 +45,11 @@ from latentops.platform.api.limits import (
     LastResortMiddleware,
     retry_after,
 )
-from latentops.platform.api.security import BodyLimitMiddleware, SecurityHeadersMiddleware
+from latentops.platform.api.security import (
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    TrustedProxyMiddleware,
+)
 from latentops.platform.errors import LatentopsError
 from latentops.platform.services.auth import LoginThrottle
 from latentops.platform.settings import Settings, get_settings
@@ -193,10 +197,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1")
     portal.install(app)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus
-    # Outermost last: latency > headers > last resort > JSON limits > upload limit.
+    # Outermost last: latency > forwarded client > headers > last resort > JSON limits > upload limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(JsonLimitMiddleware, max_bytes=settings.max_json_bytes, max_depth=settings.max_json_depth)
     app.add_middleware(LastResortMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(TrustedProxyMiddleware, trusted=settings.trusted_proxies)
     app.add_middleware(metrics_route.LatencyMiddleware)
     return app

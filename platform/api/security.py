@@ -5,6 +5,11 @@ Headers: a Content-Security-Policy that allows only this origin's scripts, style
 ``X-Frame-Options: DENY`` against clickjacking, ``nosniff``, a same-origin referrer policy and
 ``no-store`` on API answers.
 
+Forwarded headers: ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed only from a direct
+peer inside ``trusted_proxies`` (addresses or CIDR networks; none by default). The client is then
+the right-most address in ``X-Forwarded-For`` that is not itself a trusted proxy, so a client
+cannot choose its own address by sending the header (the login throttle counts per address).
+
 Body limit: a request whose ``Content-Length`` exceeds ``max_upload_bytes`` is refused with 413
 before the application reads it; a chunked body is counted as it arrives and refused the same way
 when it passes the limit, so nothing of it is stored.
@@ -12,8 +17,9 @@ when it passes the limit, so nothing of it is stored.
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +55,75 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in values)
+
+
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = value.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
+def is_trusted(host: str | None, networks: tuple[Network, ...]) -> bool:
+    address = _address(host) if host else None
+    return address is not None and any(address in network for network in networks)
+
+
+def forwarded_client(peer: str, forwarded_for: str, networks: tuple[Network, ...]) -> str:
+    """The client behind trusted proxies: walking ``X-Forwarded-For`` from the right, the first
+    address that is not a trusted proxy (the last hop a trusted proxy vouched for). ``peer`` itself
+    must be trusted. Unparsable entries end the walk at the last trusted hop."""
+    client = peer
+    for hop in reversed([part for part in forwarded_for.split(",") if part.strip()]):
+        address = _address(hop)
+        if address is None:
+            break
+        client = str(address)
+        if not any(address in network for network in networks):
+            break
+    return client
+
+
+class TrustedProxyMiddleware:
+    """Takes the client address and scheme from forwarded headers only when the peer is a trusted proxy."""
+
+    def __init__(self, app: ASGIApp, trusted: Iterable[str]) -> None:
+        self.app = app
+        self.networks = parse_networks(trusted)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in {"http", "websocket"} or not self.networks:
+            await self.app(scope, receive, send)
+            return
+        peer = scope.get("client")
+        if peer and is_trusted(peer[0], self.networks):
+            forwarded: list[bytes] = []
+            proto = None
+            for name, value in scope.get("headers", []):
+                if name == b"x-forwarded-for":
+                    forwarded.append(value)
+                elif name == b"x-forwarded-proto":
+                    proto = value.decode("latin-1").strip().lower()
+            scope = dict(scope)
+            if forwarded:
+                scope["client"] = (forwarded_client(peer[0], b",".join(forwarded).decode("latin-1"), self.networks), 0)
+            if proto in {"http", "https"}:
+                scope["scheme"] = proto if scope["type"] == "http" else proto.replace("http", "ws")
+        await self.app(scope, receive, send)
 
 
 class _TooLarge(Exception):

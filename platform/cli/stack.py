@@ -38,8 +38,10 @@ def serve(
     check_connection(settings.database_url)
     if port_in_use(host, port):
         raise Conflict(f"port {port} on {host} is already in use; choose another with --port")
+    # Forwarded headers are the app's to judge (LATENTOPS_TRUSTED_PROXIES): uvicorn's own handling
+    # would believe any X-Forwarded-For sent from 127.0.0.1.
     uvicorn.run("latentops.platform.api.app:create_app", factory=True, host=host, port=port,
-                log_level=settings.log_level.lower(), proxy_headers=True, workers=workers)
+                log_level=settings.log_level.lower(), proxy_headers=False, workers=workers)
 
 
 def worker(

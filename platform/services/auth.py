@@ -5,6 +5,10 @@
   ``locked_until`` and live sessions end. Every attempt, failed or not, is audited. The result is
   returned rather than raised so the caller can **commit** the failure count and audit entry
   before it answers 401: a rolled-back failure would make lockout impossible.
+  An unknown email, a wrong password, a locked or disabled account and a single sign-on account
+  get the same answer after the same work (one argon2 verification, against a dummy hash when
+  there is no real one), so the answer does not tell whether an account exists or is locked;
+  the audit entry records which it was.
 * Sessions: the cookie carries a random secret, the database only its SHA-256 (``web_sessions``),
   plus a CSRF token per session that forms and htmx requests echo back.
 * ``LoginThrottle`` limits login attempts per client address (a sliding window in this process),
@@ -35,6 +39,8 @@ from latentops.platform.settings import Settings
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "latentops_session"
+# The one answer to a failed sign-in, whatever the reason (the audit trail has the reason).
+WRONG_CREDENTIALS = "email or password is wrong"
 # A hash to verify against when the email is unknown, so both cases take as long.
 _DUMMY_HASH = PasswordHasher().hash("latentops-no-such-user")
 _TOUCH_EVERY = dt.timedelta(minutes=1)
@@ -63,20 +69,19 @@ def attempt_login(session: Session, *, settings: Settings, email: str, password:
     """Check a password; count failures, lock after too many, audit every attempt. Never raises for bad credentials."""
     email = email.strip().lower()
     now = utcnow()
-    wrong = AuthenticationFailed("email or password is wrong")
+    wrong = AuthenticationFailed(WRONG_CREDENTIALS)
     user = session.scalar(sa.select(User).where(User.email == email))
+    # One verification on every path, so the time taken does not tell the cases apart either.
+    matches = password_matches(user.password_hash if user is not None and user.password_hash else _DUMMY_HASH, password)
     if user is None:
-        password_matches(_DUMMY_HASH, password)
         audit.record(session, actor=f"anonymous@{client}", action="auth.login", resource="user:unknown",
                      outcome="failure", details={"reason": "unknown email", "client": client})
         return LoginResult(None, wrong)
     if user.locked_until is not None and _utc(user.locked_until) > now:
         audit.record(session, actor=user.email, action="auth.login", resource=f"user:{user.id}", outcome="locked",
                      details={"locked_until": audit.format_time(user.locked_until), "client": client})
-        until = _utc(user.locked_until).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return LoginResult(None, AuthenticationFailed(
-            f"account locked after {settings.login_max_failures} failed logins; try again after {until}"))
-    if not user.password_hash or not password_matches(user.password_hash, password) or not user.is_active:
+        return LoginResult(None, wrong)
+    if not user.password_hash or not matches or not user.is_active:
         user.failed_logins = (user.failed_logins or 0) + 1
         reason = "account disabled" if not user.is_active and user.password_hash else "wrong password"
         audit.record(session, actor=user.email, action="auth.login", resource=f"user:{user.id}", outcome="failure",
