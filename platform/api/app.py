@@ -29,6 +29,7 @@ from latentops.platform.api import (
     auth,
     copyright,
     datasets,
+    docs,
     finetune,
     generations,
     health,
@@ -136,7 +137,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="latentops", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json",
+    app = FastAPI(title="latentops", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json",
                   lifespan=_lifespan)
     app.state.settings = settings
     app.state.login_throttle = LoginThrottle(settings.login_rate_per_minute)
@@ -197,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix="/api/v1")
     portal.install(app)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus
+    docs.install(app)
     # Outermost last: latency > forwarded client > headers > last resort > JSON limits > upload limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(JsonLimitMiddleware, max_bytes=settings.max_json_bytes, max_depth=settings.max_json_depth)

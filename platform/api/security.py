@@ -5,6 +5,10 @@ Headers: a Content-Security-Policy that allows only this origin's scripts, style
 ``X-Frame-Options: DENY`` against clickjacking, ``nosniff``, a same-origin referrer policy and
 ``no-store`` on API answers.
 
+The API documentation pages (``/api/docs``, ``/api/redoc``) get their own policy: this origin's
+scripts only, inline styles (ReDoc's and Swagger UI's components set them), a blob: worker
+(ReDoc's search) and nothing from any other origin.
+
 Forwarded headers: ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed only from a direct
 peer inside ``trusted_proxies`` (addresses or CIDR networks; none by default). The client is then
 the right-most address in ``X-Forwarded-For`` that is not itself a trusted proxy, so a client
@@ -26,6 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'")
+DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+            "font-src 'self' data:; connect-src 'self'; worker-src blob:; frame-ancestors 'none'; base-uri 'none'; "
+            "form-action 'none'")
+DOCS_PATHS = ("/api/docs", "/api/redoc")
 HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -43,12 +51,16 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        api = str(scope.get("path", "")).startswith("/api/")
+        path = str(scope.get("path", ""))
+        api = path.startswith("/api/")
+        fixed = HEADERS
+        if path.startswith(DOCS_PATHS):
+            fixed = [(b"content-security-policy", DOCS_CSP.encode()), *HEADERS[1:]]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in {h for h, _ in HEADERS}]
-                headers += HEADERS
+                headers += fixed
                 if api and not any(k.lower() == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
