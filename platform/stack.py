@@ -3,8 +3,16 @@
 Everything runs in the foreground of one command. Redis listens on a unix socket inside
 ``LATENTOPS_HOME`` (no port to collide with), keeps an append-only file so queued job ids survive
 a restart, and is the last thing stopped. Ctrl-C or SIGTERM stops every child; if any child dies
-the others are stopped too and ``up`` exits non-zero. Children also get SIGTERM if ``up`` itself
-dies (Linux parent-death signal), so nothing is left running.
+the others are stopped too and ``up`` exits non-zero.
+
+If ``up`` itself dies, even by SIGKILL, its whole tree dies with it (Linux parent-death signal, set
+at every level): Redis and the API get SIGTERM (Redis flushes its append-only file, the API
+closes its connections); the worker gets SIGKILL, because Celery answers SIGTERM by waiting for
+the running job, which would then finish beside the next stack's worker. The worker's pool
+children and a fine-tune's training processes are killed when their own parent goes (see
+``queue.worker`` and ``pipelines.finetune.distributed``). The job's lease then expires and the
+next stack's sweeper runs it again from its last checkpoint. Elsewhere than Linux there is no
+parent-death signal: a killed ``up`` leaves its children to be stopped by hand.
 """
 
 from __future__ import annotations
@@ -60,10 +68,43 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM us when `up` dies.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# What each child of ``up`` gets when ``up`` dies. The worker is killed outright: Celery's answer to
+# SIGTERM (a warm shutdown) is to finish the running job first, an orphan working beside a restart.
+DEATH_SIGNALS: dict[str, signal.Signals] = {"redis": signal.SIGTERM, "worker": signal.SIGKILL, "api": signal.SIGTERM}
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def die_with_parent(sig: int, parent_pid: int, libc: ctypes.CDLL | None = None) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies; exit now if it already has.
+
+    Call it in the child, right after fork (``preexec_fn``, Celery's ``worker_process_init``) or at
+    the top of the child's main. ``parent_pid`` is the parent's pid read *before* the fork: if the
+    parent died before ``prctl`` took effect, this process was already re-parented and leaves at
+    once. The signal is tied to the parent *thread* that forked, so fork from a thread that lives as
+    long as the parent (its main thread). ``prctl`` survives ``exec``. Not Linux: nothing happens.
+    """
+    if sys.platform != "linux":
+        return
+    handle = libc or _libc()
+    if handle is not None:
+        with contextlib.suppress(Exception):  # an odd libc: the process runs on, as it would elsewhere
+            handle.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _death_pact(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` setting the parent-death signal; libc is loaded here, before the fork."""
+    if sys.platform != "linux":
+        return None
+    libc, parent = _libc(), os.getpid()
+    return lambda: die_with_parent(sig, parent, libc)
 
 
 def _redis_alive(sock: Path) -> bool:
@@ -105,9 +146,10 @@ class LocalStack:
         handle = log_file.open("ab")
         self.children[name] = subprocess.Popen(
             argv, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            # The parent-death signal can only be set in the child; the function only calls prctl.
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            # The parent-death signal can only be set in the child; the function only calls prctl and getppid.
+            preexec_fn=_death_pact(DEATH_SIGNALS[name]),  # noqa: PLW1509
         )
+        handle.close()  # the child holds its own copy
         self.on_event(f"started {name} (pid {self.children[name].pid}, log {log_file})")
 
     # 2. Start: database, broker, worker, API ------------------------------------------------

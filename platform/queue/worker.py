@@ -6,12 +6,20 @@ workers may find it due at once; the checkpoint writer serialises them and skips
 tree), plus a thread that moves audit entries of writers that died between commit and
 integration into the chain. Each prefork child gets its own GPU when the worker was started with
 ``--gpus``, and drops database connections inherited from its parent.
+
+A prefork child dies with the worker (Linux parent-death signal, SIGKILL): a worker killed
+mid-job, or killed with the ``latentops up`` that started it, leaves no child to finish the job
+beside the worker that takes it over. Celery's pool initialiser sets the same signal; the hook here
+also closes the race in which the worker died before the signal was set, and does not depend on
+the Celery version. The children are forked by the worker's main thread, which lives as long as
+the worker, so the signal fires only when the worker itself goes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -69,12 +77,16 @@ def _stop_housekeeping(**_: Any) -> None:
 
 @worker_process_init.connect
 def _child_init(**_: Any) -> None:
+    from billiard.process import current_process
+
+    from latentops.platform.stack import die_with_parent
+
+    # First: the worker may have been killed while this child was starting.
+    die_with_parent(signal.SIGKILL, getattr(current_process(), "_parent_pid", None) or os.getppid())
     # Pooled connections must not be shared across fork.
     database.forget_after_fork()
     gpus = [gpu for gpu in os.environ.get(GPU_LIST_ENV, "").split(",") if gpu]
     if gpus:
-        from billiard.process import current_process
-
         index = getattr(current_process(), "index", 0) or 0
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         log.info("worker child %s pinned to GPU %s", index, os.environ["CUDA_VISIBLE_DEVICES"])
