@@ -2,11 +2,20 @@
 
 Every change is audited in the same transaction. Roles are the four in ``Role``; what a role may
 do is decided by policy, not here.
+
+Passwords follow NIST SP 800-63B (section 5.1.1.2): at least ``MIN_PASSWORD_LENGTH`` characters,
+no composition rules (any characters, spaces included), and refused when they are easy to guess:
+only whitespace, one character repeated, a shorter sequence repeated (``passwordpassword``), on
+the list of 30,000 common passwords that ships with ``zxcvbn`` (also with trailing digits and
+symbols removed: ``password1234``), or built around the account's email name. The error names the
+rule, never the password.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -20,6 +29,8 @@ from latentops.platform.models import Membership, Role, Team, User
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1024
+_DECORATION = string.digits + string.punctuation + string.whitespace
 
 _hasher = PasswordHasher()
 
@@ -32,9 +43,45 @@ def parse_role(value: str) -> Role:
         raise InvalidInput(f"role: unknown role {value!r}; valid roles are {valid}") from None
 
 
-def hash_password(password: str) -> str:
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """zxcvbn's list of common passwords (lowercase), loaded on first use."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"])
+
+
+def password_problem(password: str, *, email: str = "") -> str | None:
+    """Why ``password`` may not be used (a phrase naming the rule), or None when it may."""
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(f"password: must be at least {MIN_PASSWORD_LENGTH} characters")
+        return f"must be at least {MIN_PASSWORD_LENGTH} characters"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"must be at most {MAX_PASSWORD_LENGTH} characters"
+    if not password.strip():
+        return "must not be only whitespace"
+    lowered = password.lower()
+    if len(set(lowered)) == 1:
+        return "must not be one character repeated"
+    if re.fullmatch(r"(.+?)\1+", lowered, re.DOTALL):
+        return "must not be a shorter sequence repeated"
+    core = lowered.strip(_DECORATION)
+    if not core or lowered.strip() in common_passwords() or core in common_passwords():
+        return "is on the list of commonly used passwords"
+    local = email.strip().lower().split("@", 1)[0]
+    if local and (lowered == local or (len(local) >= 4 and local in lowered)):
+        return "must not contain the email's name"
+    return None
+
+
+def check_password(password: str, *, email: str = "") -> None:
+    """Refuse a password that breaks the rules with ``InvalidInput`` naming ``password`` and the rule."""
+    problem = password_problem(password, email=email)
+    if problem is not None:
+        raise InvalidInput(f"password: {problem}", reasons=[{"field": "password", "reason": problem}])
+
+
+def hash_password(password: str, *, email: str = "") -> str:
+    check_password(password, email=email)
     return _hasher.hash(password)
 
 
@@ -80,7 +127,7 @@ def create_user(
     if not EMAIL_RE.match(email):
         raise InvalidInput(f"email: {email!r} is not an email address")
     parsed_role = parse_role(role)
-    password_hash = hash_password(password) if password is not None else None
+    password_hash = hash_password(password, email=email) if password is not None else None
     if session.scalar(sa.select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"email: a user with email {email!r} already exists")
     team_row = get_or_create_team(session, name=team, actor=actor)
