@@ -127,6 +127,12 @@ def fold(text: str) -> str:
     return text
 
 
+def is_blank(text: str) -> bool:
+    """Whether nothing is left of ``text`` once folded: only control, format, zero-width or space
+    characters. Such a prompt says nothing, and is refused before any policy is asked."""
+    return all(unicodedata.category(ch)[0] in "CZ" for ch in fold(text))
+
+
 def _leet(token: str) -> tuple[str, str | None]:
     """The token with leetspeak folded; a second variant when ``1`` might have been ``l``."""
     if token.isalpha() or not any(ch.isalpha() for ch in token):

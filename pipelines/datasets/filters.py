@@ -8,14 +8,19 @@
   signs of the 8×8 low band against its median); an image within ``dedupe_distance`` bits of an
   image kept earlier in the class is dropped. Earlier = lower index, so the result is deterministic.
 * **Classifier confidence** (``classifier``): a user-supplied TorchScript classifier's softmax
-  probability for the image's own class must reach ``min_confidence``.
+  probability for the image's own class must reach ``min_confidence``. A spec names it by its
+  store id (the SHA-256 of the file, from :func:`import_classifier`), never by a path: what a
+  dataset loads is a registered artefact, and an unknown id says nothing about the disk.
 
 Each filter returns per-image scores so they can be written to ``metadata.jsonl``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,18 +88,46 @@ def clip_scores(clip: Any, images: Sequence[Image.Image], texts: Sequence[str]) 
 # --- user classifier ---------------------------------------------------------------------------
 
 
-class Classifier:
-    """A TorchScript classifier loaded from a local file (TorchScript, not pickle: no code runs)."""
+CLASSIFIER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
-    def __init__(self, path: Path, classes: int) -> None:
+
+def classifier_file(root: Path, classifier_id: str) -> Path:
+    """The stored file of a registered classifier; ``InvalidInput`` naming the id when unknown."""
+    path = Path(root) / f"{classifier_id}.pt"
+    if not CLASSIFIER_ID_RE.match(classifier_id) or not path.is_file():
+        raise InvalidInput(f"filters.classifier.id: no registered classifier {classifier_id[:64]!r}")
+    return path
+
+
+def import_classifier(root: Path, source: Path) -> str:
+    """Check that ``source`` is a TorchScript module and store it under its SHA-256; returns the id."""
+    import torch
+
+    try:
+        torch.jit.load(str(source), map_location="cpu")
+    except (OSError, RuntimeError, ValueError) as error:
+        raise InvalidInput(f"classifier: {Path(source).name} is not a TorchScript module ({error})") from None
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    target = Path(root) / f"{digest}.pt"
+    if not target.is_file():
+        Path(root).mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+    return digest
+
+
+class Classifier:
+    """A registered TorchScript classifier (TorchScript, not pickle: no code runs)."""
+
+    def __init__(self, root: Path, classifier_id: str, classes: int) -> None:
         import torch
 
-        if not Path(path).is_file():
-            raise InvalidInput(f"filters.classifier.path: {path} is not a file")
+        path = classifier_file(root, classifier_id)
         try:
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as error:
-            raise InvalidInput(f"filters.classifier.path: {path} is not a TorchScript module ({error})") from None
+            raise InvalidInput(f"filters.classifier.id: {classifier_id} is not a TorchScript module ({error})") from None
         self.classes = classes
 
     def confidences(self, images: Sequence[Image.Image], labels: Sequence[int]) -> list[float]:

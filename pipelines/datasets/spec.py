@@ -34,25 +34,27 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from latentops.governance import normalize
 from latentops.platform.errors import InvalidInput
 
 MAX_PER_CLASS = 10_000
 MAX_CLASSES = 1_000
+MAX_PROMPT = 20_000
 SEED_STRIDE = 1_000_000  # > MAX_PER_CLASS: seeds of two classes never overlap
 FORMATS = ("imagefolder", "webdataset")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ClassifierFilter(_Strict):
-    """A user-supplied classifier (TorchScript file): keep images it assigns to their class with at
-    least ``min_confidence``. Input (N, 3, H, W) floats in [0, 1]; output logits (N, classes) with
-    the columns in spec class order."""
+    """A registered classifier (TorchScript; ``latentops datasets import-classifier`` gives its id):
+    keep images it assigns to their class with at least ``min_confidence``. Input (N, 3, H, W)
+    floats in [0, 1]; output logits (N, classes) with the columns in spec class order."""
 
-    path: Path
+    id: str = Field(pattern=r"^[0-9a-f]{64}$", description="The classifier's store id (its SHA-256).")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
 
 
@@ -69,8 +71,8 @@ class Split(_Strict):
 class ClassSpec(_Strict):
     name: str
     prompts: list[str] = Field(min_length=1, max_length=50)
-    negative_prompt: str | None = None
-    lora: str | None = None
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
+    lora: str | None = Field(None, max_length=200)
     per_class: int | None = Field(None, ge=1, le=MAX_PER_CLASS)
 
     @field_validator("name")
@@ -84,8 +86,10 @@ class ClassSpec(_Strict):
     @classmethod
     def _prompts(cls, value: list[str]) -> list[str]:
         for index, prompt in enumerate(value):
-            if not prompt.strip():
-                raise ValueError(f"prompt {index} is empty")
+            if normalize.is_blank(prompt):
+                raise ValueError(f"prompt {index} is empty once control and zero-width characters are removed")
+            if len(prompt) > MAX_PROMPT:
+                raise ValueError(f"prompt {index} is longer than {MAX_PROMPT} characters")
             try:
                 prompt.format(name="x")
             except (KeyError, IndexError, ValueError) as error:
@@ -99,22 +103,22 @@ class ClassSpec(_Strict):
 class DatasetSpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=200)
-    lora: str | None = None
+    lora: str | None = Field(None, max_length=200)
     per_class: int = Field(ge=1, le=MAX_PER_CLASS)
     seed: int = Field(0, ge=0, lt=2**40)
     format: Literal["imagefolder", "webdataset"] = "imagefolder"
     classes: list[ClassSpec] = Field(min_length=1, max_length=MAX_CLASSES)
     steps: int = Field(20, ge=1, le=500)
     guidance: float = Field(5.0, ge=0.0, le=50.0)
-    negative_prompt: str | None = None
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
     batch_size: int = Field(16, ge=1, le=64)
     height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
     width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
     filters: Filters = Filters()
     split: Split = Split()
-    licence: str = "CC-BY-4.0"
-    description: str = ""
-    team: str | None = None
+    licence: str = Field("CC-BY-4.0", max_length=200)
+    description: str = Field("", max_length=10_000)
+    team: str | None = Field(None, max_length=100)
 
     @model_validator(mode="after")
     def _unique_classes(self) -> DatasetSpec:

@@ -19,22 +19,28 @@ from sqlalchemy.orm import Session
 
 from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
+from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import job_json, visible_team_ids
 from latentops.platform.errors import Conflict, NotFound, PolicyDenied
 from latentops.platform.models import Dataset, Job, Team
+from latentops.platform.services import job_requests
 from latentops.platform.settings import Settings
 
 router = APIRouter(tags=["datasets"])
 
 
-def submit_spec(session: Session, settings: Settings, principal: Principal, spec_data: dict[str, Any]) -> dict[str, Any]:
-    """Check and queue; shared by the REST route and the portal."""
-    from latentops.pipelines.datasets import spec as spec_module
+def submit_spec(session: Session, settings: Settings, principal: Principal, spec: DatasetSpec) -> dict[str, Any]:
+    """Check and queue; shared by this route, ``POST /jobs`` (kind ``dataset``) and the portal.
+
+    The spec names only what the caller chose (no output folder, record id or actor): the models
+    must be visible to the caller (404 otherwise), and the service builds the job's params after
+    the datasets, prompt and models policies allowed it.
+    """
     from latentops.platform.services import datasets as datasets_service
 
     access.check(session, principal=principal, action="datasets.create")
-    spec = spec_module.parse(spec_data)
+    job_requests.check_dataset_models(session, principal=principal, spec=spec)
     session.commit()  # the service writes in its own transactions
     dataset_id, job_id = datasets_service.submit(settings, actor=principal.email, spec=spec)
     return {"dataset_id": dataset_id, "job_id": job_id}
@@ -104,8 +110,8 @@ def export_zip(session: Session, principal: Principal, row: Dataset) -> bytes:
 
 
 @router.post("/datasets", status_code=201)
-def create(spec: dict[str, Any], session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Queue a dataset job from a spec (JSON with the YAML spec's keys)."""
+def create(spec: DatasetSpec, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Queue a dataset job from a spec (JSON with the YAML spec's keys; unknown keys are refused)."""
     return submit_spec(session, settings, principal, spec)
 
 

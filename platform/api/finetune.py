@@ -7,7 +7,11 @@ are checked here only for what HTTP must guard: a file name is a plain name (no 
 image. They land in a private staging folder that is removed afterwards whatever happens; the
 fine-tuning service validates the pixels, screens them for copyright, asks the jobs policy and
 freezes the accepted files itself. A refused request leaves nothing stored but the recorded
-policy decisions.
+policy decisions. A base model the caller cannot see answers 404, like one that does not exist.
+
+This is the only way to queue a fine-tune over HTTP: ``POST /jobs`` refuses kind ``finetune``
+(422 naming this route), because the images must come with the request and be screened before
+the server builds the job's params (the frozen upload folder, the catalogued weights, the team).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import PRIORITY_HELP, job_json, submit_team
 from latentops.platform.errors import InvalidInput
+from latentops.platform.services import job_requests
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.settings import Settings
 
@@ -61,6 +66,8 @@ def recipe_values(preset: str, params: str, instance_prompt: str) -> dict[str, A
         extra = json.loads(params) if params.strip() else {}
     except json.JSONDecodeError as error:
         raise InvalidInput(f"params: not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise InvalidInput("params: nested too deeply (a flat JSON object of recipe values)") from None
     if not isinstance(extra, dict):
         raise InvalidInput("params: must be a JSON object of recipe values")
     values = {**PRESETS[preset], **extra}
@@ -105,6 +112,7 @@ def submit_staged(session: Session, settings: Settings, principal: Principal, *,
 
     access.check(session, principal=principal, action="jobs.submit")
     team_name = submit_team(session, principal, team).name
+    job_requests.visible_model(session, principal, ref=model, action="jobs.submit")  # 404 like a missing model
     session.commit()  # the service writes in its own transaction
     try:
         job_id = finetune_service.submit(settings, actor=principal.email, owner_email=principal.email,

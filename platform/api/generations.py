@@ -1,7 +1,8 @@
 """``/api/v1/generations``: queue governed image generation and read back its released images.
 
 ``POST`` asks the prompt and models policies at once (a denied prompt answers 403 with the
-reasons and queues nothing), then queues a ``generate`` job; the worker runs the governed path on
+reasons and queues nothing; a model the caller cannot see answers 404, like one that does not
+exist), then queues a ``generate`` job with params built on the server; the worker runs the governed path on
 the requester's behalf. ``GET /generations/{job_id}`` reports the job and, when it is done, the
 images: released ones with their download URL, quarantined ones by asset id only.
 """
@@ -12,7 +13,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from latentops.governance import access
@@ -21,42 +21,28 @@ from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import job_json, queue_job, submit_team, visible_job
 from latentops.platform.errors import NotFound, PolicyDenied
 from latentops.platform.models import Asset
-from latentops.platform.services import generation
+from latentops.platform.services import job_requests
+from latentops.platform.services.job_requests import GenerationRequest as GenerationBody
 from latentops.platform.settings import Settings
 
 router = APIRouter(tags=["generations"])
 
 
-class GenerationBody(BaseModel):
-    model: str = Field(min_length=1, max_length=200, description="NAME, NAME@alias or NAME@version.")
-    lora: str | None = Field(default=None, max_length=200, description="Adapter: NAME or NAME@alias|version.")
-    prompt: str = Field(min_length=1, max_length=20_000)
-    negative_prompt: str | None = Field(default=None, max_length=20_000)
-    n: int = Field(default=1, ge=1, le=generation.MAX_IMAGES)
-    seed: int = Field(default=0, ge=0, le=2**62)
-    steps: int = Field(default=20, ge=1, le=500)
-    guidance: float = Field(default=5.0, ge=0.0, le=50.0)
-    team: str | None = Field(default=None, max_length=100)
-
-
-def submit_generation(session: Session, settings: Settings, principal: Principal, body: GenerationBody) -> dict[str, Any]:
-    """Decide now (403 with reasons on a deny), then queue; shared by the REST route and the portal."""
+def submit_generation(session: Session, settings: Settings, principal: Principal, body: GenerationBody,
+                      priority: int | None = None) -> dict[str, Any]:
+    """Decide now (403 with reasons on a deny), then queue; shared by this route, ``POST /jobs``
+    (kind ``generate``) and the portal. The params are built by ``job_requests.build_generate``."""
     access.check(session, principal=principal, action="generations.create")
     team = submit_team(session, principal, body.team)
-    target = generation.resolve(session, model=body.model, lora=body.lora)
     denial: PolicyDenied | None = None
     try:
-        generation.authorize(session, target=target, prompts=[body.prompt], negative_prompt=body.negative_prompt,
-                             actor=principal.email)
+        params = job_requests.build_generate(session, principal=principal, team=team, request=body)
     except PolicyDenied as error:
         denial = error
     if denial is not None:
         session.commit()  # decisions are evidence, allowed or denied
         raise denial
-    params = {"model": body.model, "lora": body.lora, "prompts": [body.prompt], "negative_prompt": body.negative_prompt,
-              "images_per_prompt": body.n, "seed": body.seed, "steps": body.steps, "guidance_scale": body.guidance,
-              "team": team.name, "actor": principal.email}
-    return queue_job(session, settings, principal, team, kind="generate", params=params)
+    return queue_job(session, settings, principal, team, kind="generate", params=params, priority=priority)
 
 
 def generation_json(session: Session, principal: Principal, job_id: int) -> dict[str, Any]:

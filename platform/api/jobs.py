@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from latentops.governance import access
@@ -31,6 +31,7 @@ from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, NotFound
 from latentops.platform.models import Job, Team
+from latentops.platform.services import job_requests
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services.users import team_names
 from latentops.platform.settings import Settings
@@ -44,9 +45,17 @@ PRIORITY_HELP = ("Queue priority 0-9, higher first. Omitted: your role's default
                  "for more than your role's maximum is refused. Both are jobs policy data.")
 
 
+CLIENT_KINDS = ("diagnostics", "generate", "dataset")  # what POST /jobs accepts; each has a typed request
+FORM_KINDS = ("diagnostics",)  # what the portal's jobs page submits (the others have their own pages)
+PARAMS_HELP = ("The kind's typed request: diagnostics {steps, seed, step_delay_s}; generate: the body of "
+               "POST /generations; dataset: the spec of POST /datasets. Unknown fields are refused.")
+
+
 class JobRequest(BaseModel):
-    kind: str = Field(min_length=1, max_length=32, description="A registered job kind, e.g. 'diagnostics'.")
-    params: dict[str, Any] = Field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=32, description="One of " + ", ".join(CLIENT_KINDS) + ".")
+    params: dict[str, Any] = Field(default_factory=dict, description=PARAMS_HELP)
     team: str | None = Field(default=None, max_length=100, description="Team to run for; optional with one team.")
     priority: int | None = Field(default=None, ge=0, le=9, description=PRIORITY_HELP)
 
@@ -109,12 +118,48 @@ def visible_team_ids(session: Session, principal: Principal, action: str) -> lis
     return list(session.scalars(sa.select(Team.id).where(Team.name.in_(names)))) if names else []
 
 
+def _one_team(body: JobRequest, named: str | None) -> str | None:
+    if body.team is not None and named is not None and body.team.strip().lower() != named.strip().lower():
+        raise InvalidInput(f"team: {body.team!r} and params.team {named!r} differ; name the team once")
+    return named if named is not None else body.team
+
+
 @router.post("/jobs", status_code=201)
 def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Submit a job for one of the caller's teams; it is queued after the row commits."""
+    """Submit a job for one of the caller's teams; it is queued after the row commits.
+
+    ``params`` is the kind's typed request, never the params the worker runs: those are built on
+    the server by the kind's builder, the same one the kind's own route uses (``generate``: the
+    body of ``POST /generations``; ``dataset``: the spec of ``POST /datasets``). ``finetune`` is
+    refused here (422): its instance images are uploaded with ``POST /finetune``. Internal fields
+    (actor, team ids, paths, weights, record ids) are unknown fields, refused with a 422.
+    """
     access.check(session, principal=principal, action="jobs.submit")
+    if body.kind == "finetune":
+        raise InvalidInput(f"kind: finetune jobs are submitted with {job_requests.FINETUNE_ROUTE}, which uploads "
+                           "the instance images with the request")
+    if body.kind not in CLIENT_KINDS:
+        raise InvalidInput(f"kind: unknown job kind {body.kind!r}; one of {', '.join(CLIENT_KINDS)}")
+    if body.kind == "generate":
+        from latentops.platform.api import generations  # imports this module
+
+        request = job_requests.parse(job_requests.GenerationRequest, body.params, source="params")
+        request = request.model_copy(update={"team": _one_team(body, request.team)})
+        return generations.submit_generation(session, settings, principal, request, priority=body.priority)
+    if body.kind == "dataset":
+        from latentops.pipelines.datasets.spec import DatasetSpec
+        from latentops.platform.api import datasets  # imports this module
+
+        if body.priority is not None:
+            raise InvalidInput("priority: dataset jobs run at their team's default priority")
+        spec = job_requests.parse(DatasetSpec, body.params, source="params")
+        spec = spec.model_copy(update={"team": _one_team(body, spec.team)})
+        created = datasets.submit_spec(session, settings, principal, spec)
+        return {**job_json(session, jobs_service.get(session, created["job_id"])), "dataset_id": created["dataset_id"]}
+    request = job_requests.parse(job_requests.DiagnosticsRequest, body.params, source="params")
     team = submit_team(session, principal, body.team)
-    return queue_job(session, settings, principal, team, kind=body.kind, params=body.params, priority=body.priority)
+    return queue_job(session, settings, principal, team, kind=body.kind, params=job_requests.build_diagnostics(request),
+                     priority=body.priority)
 
 
 @router.get("/jobs")

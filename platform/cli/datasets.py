@@ -107,5 +107,19 @@ def show(dataset_id: int, json_output: Annotated[bool, typer.Option("--json", he
         output.say(f"stats.{key}: {value}")
 
 
+@datasets_app.command("import-classifier")
+def import_classifier(
+    source: Annotated[Path, typer.Argument(help="A TorchScript classifier file (logits, one column per class).")],
+) -> None:
+    """Register a classifier for dataset filters; prints the id a spec names (filters.classifier.id)."""
+    from latentops.pipelines.datasets import filters
+    from latentops.platform.errors import InvalidInput
+    from latentops.platform.services import datasets
+
+    if context.remote():
+        raise InvalidInput("source: classifiers are registered on the server's own machine (without --server)")
+    output.say(filters.import_classifier(datasets.classifier_root(context.settings()), source))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(datasets_app, name="datasets")

@@ -115,6 +115,8 @@ def _resolve(session: Session, model: str, lora: str | None) -> generation.Targe
 def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str, spec: DatasetSpec) -> Plan:
     """Step 1; raises ``PolicyDenied`` when the datasets policy refuses the whole dataset."""
     base = _resolve(session, spec.model, spec.lora)
+    if spec.filters.classifier is not None:
+        filters.classifier_file(classifier_root(settings), spec.filters.classifier.id)
     team, team_id = generation.resolve_team(session, actor=actor, team=spec.team)
     resolution = spec.resolution() or _native_resolution(base.weights.path)
     decision = policy.require("datasets", {"action": "generate", "team": team or "", "dataset": {
@@ -133,6 +135,11 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
             plan.denied.append({"class": cls.name, "reasons": list(denial.reasons) or [denial.detail]})
             log.warning("dataset %s: class %s refused by policy: %s", spec.name, cls.name, denial.detail)
     return plan
+
+
+def classifier_root(settings: Settings) -> Path:
+    """Where registered classifiers are stored, by SHA-256 (``filters.import_classifier``)."""
+    return settings.artifacts_dir / "classifiers"
 
 
 # --- the dataset row -----------------------------------------------------------------------------
@@ -256,7 +263,7 @@ def _load_state(out: Path, spec: DatasetSpec) -> dict[str, Any]:
         return {}
     state = json.loads(path.read_text())
     if state.get("fingerprint") != spec.fingerprint():
-        raise Conflict(f"out: {out} holds a dataset run of a different spec (model, seeds, classes or counts "
+        raise Conflict(f"out: {out.name} holds a dataset run of a different spec (model, seeds, classes or counts "
                        "changed); use a new folder or the original spec")
     return dict(state)
 
@@ -314,8 +321,8 @@ def run(settings: Settings, *, spec: DatasetSpec, out: Path, actor: audit.Actor 
         raise
     except Exception as error:
         if _disk_full(error):
-            message = (f"disk full while writing the dataset ({error}); finished batches are kept in {state_dir}; "
-                       "free space and run it again to resume")
+            message = (f"disk full while writing the dataset ({type(error).__name__}); finished batches are kept "
+                       f"in {out.name}/{STATE_DIR}; free space and run it again to resume")
             _mark_failed(settings, dataset_id, message)
             raise ServiceUnavailable(message) from None
         _mark_failed(settings, dataset_id, f"{type(error).__name__}: {error}")
@@ -379,7 +386,7 @@ def _finish(settings: Settings, *, spec: DatasetSpec, out: Path, plan: Plan, act
             dataset_id: int) -> dict[str, Any]:
     state = out / STATE_DIR
     clip = screening.load_clip(settings) if spec.filters.clip_min_score is not None else None
-    classifier = (filters.Classifier(spec.filters.classifier.path, len(spec.classes))
+    classifier = (filters.Classifier(classifier_root(settings), spec.filters.classifier.id, len(spec.classes))
                   if spec.filters.classifier is not None else None)
     stats = {"clip": 0, "classifier": 0, "duplicates": 0}
     released = quarantined = 0
@@ -425,7 +432,7 @@ def _finish(settings: Settings, *, spec: DatasetSpec, out: Path, plan: Plan, act
     mlflow_run = _log_mlflow(settings, out=out, spec=spec, facts=facts, files=[manifest_path, card_path, *files])
     summary = {"dataset_id": dataset_id, "out": str(out), "images": len(samples), "counts": counts,
                "released": released, "quarantined": quarantined, "filtered": stats, "denied_classes": plan.denied,
-               "manifest": str(manifest_path), "mlflow_run_id": mlflow_run}
+               "manifest": manifest_path.relative_to(out).as_posix(), "mlflow_run_id": mlflow_run}
     with session_scope(settings.database_url) as session:
         row = get(session, dataset_id)
         row.state, row.stats = "ready", {k: v for k, v in summary.items() if k not in {"out"}}
@@ -506,21 +513,14 @@ def audit_name(actor: audit.Actor | str) -> str:
     return actor.name if isinstance(actor, audit.Actor) else actor
 
 
-def validate(params: dict[str, Any]) -> None:
-    """Job parameters at submit time (the job kind's validator)."""
-    from latentops.pipelines.datasets import spec as spec_module
-
-    spec_module.parse(params.get("spec"), source="params.spec")
-    if not isinstance(params.get("dataset_id"), int) or not params.get("out"):
-        raise InvalidInput("params: a dataset job needs dataset_id and out")
-
-
 def run_job(ctx: Any) -> dict[str, Any]:
     """The ``dataset`` job handler: the same run, resuming from the job's folder on a retry."""
     from latentops.pipelines.datasets import spec as spec_module
 
     params = ctx.params
     spec = spec_module.parse(params["spec"], source="params.spec")
-    return run(ctx.settings, spec=spec, out=Path(params["out"]), actor=params.get("actor") or f"job:{ctx.job_id}",
-               hooks=ctx, dataset_id=params["dataset_id"], job_id=ctx.job_id)
+    out = Path(params["out"])
+    summary = run(ctx.settings, spec=spec, out=out, actor=params.get("actor") or f"job:{ctx.job_id}",
+                  hooks=ctx, dataset_id=params["dataset_id"], job_id=ctx.job_id)
+    return {**summary, "out": out.name}  # a job's result names its folder, not the server's path
 

@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from latentops.governance import audit, copyright, policy
+from latentops.governance import audit, copyright, normalize, policy
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import data, dreambooth, interop, tracking
 from latentops.pipelines.finetune.config import FinetuneConfig, build_config
@@ -82,14 +82,6 @@ class Preflight:
 # --- checks ------------------------------------------------------------------------------------
 
 
-def validate(params: dict[str, Any]) -> None:
-    """The job kind's validator: a queued job's params must hold a valid recipe config."""
-    for key in ("config", "weights", "instance_dir", "version_id", "adapter_name"):
-        if key not in params:
-            raise InvalidInput(f"{key}: missing from fine-tuning job parameters")
-    build_config(params["config"])
-
-
 def _team(session: Session, actor: audit.Actor | str, team: str | None) -> tuple[str, int | None]:
     if team:
         row = session.scalar(sa.select(Team).where(Team.name == team.strip().lower()))
@@ -128,6 +120,9 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
     # 1. Config, base model and version.
     values = {**request.values}
     config = build_config(values)
+    for name in ("instance_prompt", "class_prompt"):
+        if normalize.is_blank(str(getattr(config, name, "x"))):
+            raise InvalidInput(f"{name}: is empty once control and zero-width characters are removed")
     version = models_service.get_version(session, name=request.model, version=request.model_version)
     weights = models_service.weights_ref(session, version=version)
     model = session.get(ModelRecord, version.model_id)
@@ -227,7 +222,7 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
         adapter = register_adapter(session, name=params["adapter_name"], version_id=params["version_id"], job_id=ctx.job_id,
                                    team=params.get("team") or None, result=result, model_uri=tracker.model_uri,
                                    actor=f"job:{ctx.job_id}")
-        return _summary(result, adapter, tracker)
+        return _summary(result, adapter, tracker, root=ctx.workdir)
 
 
 def run_local(settings: Settings, *, actor: audit.Actor | str, request: Request, out_dir: Path, hooks: Hooks,
@@ -270,9 +265,17 @@ def registered_name(adapter_name: str) -> str:
     return f"lora-{adapter_name}"
 
 
-def _summary(result: TrainingResult, adapter: LoraAdapter, tracker: tracking.MlflowTracker | None) -> dict[str, Any]:
-    return {"adapter": adapter.name, "adapter_version": adapter.version, "weights": str(result.weights_path),
-            "kohya": str(result.kohya_path) if result.kohya_path else None, "steps": result.steps,
+def _summary(result: TrainingResult, adapter: LoraAdapter, tracker: tracking.MlflowTracker | None,
+             root: Path | None = None) -> dict[str, Any]:
+    """What a run reports; a job (``root``: its work folder) names its files relative to that folder."""
+
+    def shown(path: Path | None) -> str | None:
+        if path is None or root is None:
+            return None if path is None else str(path)
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+    return {"adapter": adapter.name, "adapter_version": adapter.version, "weights": shown(result.weights_path),
+            "kohya": shown(result.kohya_path), "steps": result.steps,
             "final_loss": result.final_loss, "resumed_from": result.resumed_from,
             "mlflow_run_id": tracker.run_id if tracker else None, "mlflow_model_uri": adapter.mlflow_model_uri,
             "seconds_per_step": result.seconds_per_step, "losses": _thinned(result.losses)}

@@ -73,7 +73,7 @@ class Target:
         return text + (f" + {self.lora.name}@{self.lora.version}" if self.lora else "")
 
 
-def _split_ref(ref: str, field_name: str) -> tuple[str, str | None]:
+def split_ref(ref: str, field_name: str) -> tuple[str, str | None]:
     match = REF_RE.match(ref.strip())
     if not match:
         raise InvalidInput(f"{field_name}: {ref!r} is not NAME, NAME@alias or NAME@version")
@@ -100,13 +100,13 @@ def resolve(session: Session, *, model: str, lora: str | None = None) -> Target:
     """The model version (and adapter) named by ``model`` / ``lora`` references."""
     from latentops.pipelines.engine import AdapterRef
 
-    name, at = _split_ref(model, "model")
+    name, at = split_ref(model, "model")
     record = models_service.get_model(session, name=name)
     version = _pick(models_service.versions_of(session, model=record), at, f"model {name!r}")
     weights = models_service.weights_ref(session, version=version)
     if lora is None or not lora.strip():
         return Target(record, version, weights)
-    lora_name, lora_at = _split_ref(lora, "lora")
+    lora_name, lora_at = split_ref(lora, "lora")
     rows = list(session.scalars(sa.select(LoraAdapter).where(LoraAdapter.name == lora_name, LoraAdapter.removed_at.is_(None))
                                 .order_by(LoraAdapter.version)))
     if not rows:
@@ -415,18 +415,6 @@ def _render(session: Session, *, settings: Settings, actor: str, request: Render
 
 
 # --- queued generation -----------------------------------------------------------------------------
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Parameters of a ``generate`` job, checked at submit time."""
-    if not isinstance(params.get("model"), str) or not params["model"].strip():
-        raise InvalidInput("params.model: required (NAME, NAME@alias or NAME@version)")
-    prompts = params.get("prompts")
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise InvalidInput("params.prompts: a non-empty list of prompts")
-    count = len(prompts) * int(params.get("images_per_prompt", 1))
-    if not 1 <= count <= MAX_IMAGES:
-        raise InvalidInput(f"params.images_per_prompt: a request makes 1..{MAX_IMAGES} images (got {count})")
 
 
 def spec_from(params: dict[str, Any]) -> GenerationSpec:

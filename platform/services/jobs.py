@@ -8,7 +8,10 @@ names the token it holds, so a worker whose lease was taken over can no longer w
 an outcome. A heartbeat thread extends the lease while the handler runs.
 
 Handlers are plain functions ``run(ctx: JobContext) -> dict`` registered by kind in ``JOB_KINDS``
-as import strings, so the API never imports torch.
+as import strings, so the API never imports torch. A kind's params are built by the server
+(``services.job_requests``); its validator checks them when the job is written, and the worker
+checks them again, with what ties them to the job, before the handler runs
+(``services.job_params.verify``): a job whose stored params were changed fails, naming the field.
 """
 
 from __future__ import annotations
@@ -51,11 +54,15 @@ JOB_KINDS: dict[str, JobKind] = {
     ),
     "finetune": JobKind(
         "latentops.platform.services.finetune:run", "gpu", "LoRA / DreamBooth-LoRA fine-tuning of a base model",
-        validator="latentops.platform.services.finetune:validate",
+        validator="latentops.platform.services.job_params:validate_finetune",
     ),
-    "generate": JobKind("latentops.platform.services.generation:run_job", "gpu", "governed image generation", validator="latentops.platform.services.generation:validate"),
-    "dataset": JobKind("latentops.platform.services.datasets:run_job", "gpu", "synthetic dataset generation", validator="latentops.platform.services.datasets:validate"),
+    "generate": JobKind("latentops.platform.services.generation:run_job", "gpu", "governed image generation",
+                        validator="latentops.platform.services.job_params:validate_generate"),
+    "dataset": JobKind("latentops.platform.services.datasets:run_job", "gpu", "synthetic dataset generation",
+                       validator="latentops.platform.services.job_params:validate_dataset"),
 }
+# The validators check params the server built (``services.job_params``); clients send typed
+# requests (``services.job_requests``), never params.
 
 PROGRESS_INTERVAL_S = 1.0
 # A broker that answered this recently is not asked again before a submit: the ping only spares
@@ -468,6 +475,13 @@ def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
     return load_function(JOB_KINDS[kind].handler)
 
 
+def _verify_params(settings: Settings, job: Job) -> None:
+    from latentops.platform.services import job_params
+
+    with session_scope(settings.database_url) as session:
+        job_params.verify(session, settings, job)
+
+
 def _claim(settings: Settings, job_id: int, worker: str) -> Job | str | None:
     """Take the job's lease if nobody holds a live one.
 
@@ -602,6 +616,7 @@ def execute(settings: Settings, *, job_id: int, worker: str) -> JobState | None:
     heartbeat.start()
     state, result, error = JobState.FAILED, {}, None
     try:
+        _verify_params(settings, job)  # params changed since the server built them never run
         result = _handler(job.kind)(ctx) or {}
         state = JobState.SUCCEEDED
     except JobCancelled:

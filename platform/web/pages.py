@@ -24,8 +24,8 @@ from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.errors import InvalidInput, LatentopsError
 from latentops.platform.models import Asset, ModelRecord, Role, Team
 from latentops.platform.services import grants as grants_service
+from latentops.platform.services import job_requests, memberships
 from latentops.platform.services import jobs as jobs_service
-from latentops.platform.services import memberships
 from latentops.platform.services import users as users_service
 from latentops.platform.web.portal import PortalUser, render
 
@@ -55,7 +55,7 @@ def jobs_page(request: Request, session: SessionDep, principal: PortalUser,
               offset: int = Query(default=0, ge=0)) -> HTMLResponse:
     can_submit = access.allowed(session, principal=principal, action="jobs.submit")
     return render(request, "jobs.html", session=session, principal=principal, can_submit=can_submit,
-                  kinds=sorted(jobs_service.JOB_KINDS), finetune=service_available("latentops.platform.services.finetune"),
+                  kinds=list(jobs_api.FORM_KINDS), finetune=service_available("latentops.platform.services.finetune"),
                   **_jobs_page(request, session, principal, offset))
 
 
@@ -69,8 +69,11 @@ def jobs_table(request: Request, session: SessionDep, principal: PortalUser,
 def submit_job(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
                kind: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)] = "") -> Response:
     access.check(session, principal=principal, action="jobs.submit")
+    if kind not in jobs_api.FORM_KINDS:  # the others have their own pages (generate, datasets, fine-tune)
+        raise InvalidInput(f"kind: {kind!r} is not submitted here; one of {', '.join(jobs_api.FORM_KINDS)}")
     team_row = jobs_api.submit_team(session, principal, team or None)
-    job = jobs_api.queue_job(session, settings, principal, team_row, kind=kind, params={})
+    params = job_requests.build_diagnostics(job_requests.DiagnosticsRequest())
+    job = jobs_api.queue_job(session, settings, principal, team_row, kind=kind, params=params)
     return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
 
 
@@ -140,9 +143,10 @@ def generate_submit(request: Request, session: SessionDep, settings: SettingsDep
                     team: Annotated[str, Form(max_length=100)] = "") -> Response:
     from latentops.platform.api import generations as generations_api
 
-    job = generations_api.submit_generation(session, settings, principal, generations_api.GenerationBody(
-        model=model, prompt=prompt, negative_prompt=negative_prompt or None, n=n, seed=seed, steps=steps,
-        guidance=guidance, team=team or None))
+    body = job_requests.parse(job_requests.GenerationRequest, {
+        "model": model, "prompt": prompt, "negative_prompt": negative_prompt or None, "n": n, "seed": seed,
+        "steps": steps, "guidance": guidance, "team": team or None}, source="")
+    job = generations_api.submit_generation(session, settings, principal, body)
     return RedirectResponse(f"/generate/{job['id']}", status_code=303)
 
 
@@ -209,7 +213,9 @@ def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep
         data = yaml.safe_load(spec)
     except yaml.YAMLError as error:
         raise InvalidInput(f"spec: not valid YAML ({error})") from None
-    created = datasets_api.submit_spec(session, settings, principal, data if isinstance(data, dict) else {"spec": data})
+    from latentops.pipelines.datasets import spec as spec_module
+
+    created = datasets_api.submit_spec(session, settings, principal, spec_module.parse(data))
     return RedirectResponse(f"/datasets/{created['dataset_id']}", status_code=303)
 
 
