@@ -120,6 +120,11 @@ def submit_staged(session: Session, settings: Settings, principal: Principal, *,
                                              model=model, instance_dir=folder, values=values, team=team_name,
                                              adapter_name=adapter_name or None, attest_licence=attest_licence,
                                              attest_consent=attest_consent, priority=priority))
+    except InvalidInput as error:  # the staging folder is the server's business, not the caller's
+        if str(folder) not in error.detail:
+            raise
+        raise InvalidInput(error.detail.replace(f"instance_dir: {folder}", "images: the upload").replace(
+            str(folder), "the upload"), reasons=error.reasons) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the service froze what it accepted
     return job_json(session, jobs_service.get(session, job_id))

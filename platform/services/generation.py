@@ -355,8 +355,8 @@ def render_for_training(request: RenderRequest, *, device: str = "cpu") -> list[
     settings = get_settings()
     if not _migrated(settings.database_url):
         raise ServiceUnavailable(
-            f"rendering: training images take the governed path, which needs the platform database "
-            f"({settings.database_url.split('@')[-1]}) migrated: run latentops db upgrade and set LATENTOPS_HOME")
+            "rendering: training images take the governed path, which needs the platform database "
+            "migrated: run latentops db upgrade and set LATENTOPS_HOME")
     actor = request.actor if request.actor != "system" or request.job_id is None else f"job:{request.job_id}"
     spec = GenerationSpec(prompts=list(request.prompts), images_per_prompt=request.images_per_prompt,
                           seed=request.seed, steps=request.steps, **{k: v for k, v in request.extra.items()

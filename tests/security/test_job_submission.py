@@ -256,3 +256,16 @@ def test_typed_requests_still_queue_and_run(world) -> None:  # type: ignore[no-u
     # Job results name files relative to the dataset's folder, never by a server path.
     assert result["out"] == Path(result["out"]).name and not Path(result["manifest"]).is_absolute()
     assert str(settings.home) not in json.dumps(result)
+
+
+def test_a_refused_upload_does_not_show_the_servers_staging_path(world) -> None:  # type: ignore[no-untyped-def]
+    api, erin, settings = world["api"], bearer(world["people"]["erin"]), world["settings"]
+    refused = api.post("/api/v1/finetune", headers=erin, files=[("images", ("a.png", b"not an image", "image/png"))],
+                       data={"model": "tiny", "instance_prompt": "a sks mug", "attest_licence": "true",
+                             "attest_consent": "true"})
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["detail"].startswith("images: the upload holds no valid training image"), body
+    assert body["reasons"] and body["reasons"][0].startswith("a.png: ")
+    assert str(settings.home) not in refused.text and "/uploads/" not in refused.text
+    _nothing_stored(world)
