@@ -72,7 +72,7 @@ def settle_heap(settings: Settings) -> None:
     (full collections of 27-51 ms every few seconds under load, measured; with these loaded first
     and the routes' set-up frozen too, ``route_once``, none in a 60 s run at 50 requests/s).
     """
-    from latentops.governance import native, policy
+    from latentops.governance import audit_mac, native, policy
     from latentops.governance.policy_engine import EngineUnavailable
     from latentops.platform.queue import app as queue
     from latentops.platform.services import jobs
@@ -86,6 +86,10 @@ def settle_heap(settings: Settings) -> None:
             policy.get_service().refresh(session)
     except (LatentopsError, sa_exc.SQLAlchemyError, EngineUnavailable) as error:  # not ready: the first decision loads them
         log.warning("policies not loaded at startup: %s", error)
+    try:  # the audit MAC key, which the first audited request would read
+        audit_mac.load_or_create_key(audit_mac.key_path(settings))
+    except (LatentopsError, OSError) as error:  # reported again by the first audited request
+        log.warning("audit MAC key not loaded at startup: %s", error)
     queue.load_client()
     for kind in jobs.JOB_KINDS.values():  # each kind's parameter check, imported by its first submit
         if kind.validator:
