@@ -16,16 +16,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
 from latentops.governance import access, normalize
 from latentops.governance.access import Principal
 from latentops.platform.errors import InvalidInput, NotFound
-from latentops.platform.models import Team
+from latentops.platform.models import AccessGrant, LoraAdapter, Team
 from latentops.platform.services import generation
 from latentops.platform.services.diagnostics import MAX_STEP_DELAY_S, MAX_STEPS
 from latentops.platform.services.job_params import GenerateParams
+from latentops.platform.services.users import team_names
 
 MAX_PROMPT = 20_000
 FINETUNE_ROUTE = "POST /api/v1/finetune"
@@ -94,6 +96,27 @@ def visible_model(session: Session, principal: Principal, *, ref: str, action: s
                  not_found=missing)
 
 
+def visible_adapter(session: Session, principal: Principal, *, ref: str, action: str, field_name: str = "lora") -> None:
+    """404 for a LoRA adapter the caller cannot see (another team's, not granted), like a missing one."""
+    name = generation.split_ref(ref, field_name)[0]
+    missing = f"{field_name}: no adapter named {name!r}"
+    rows = list(session.scalars(sa.select(LoraAdapter).where(LoraAdapter.name == name, LoraAdapter.removed_at.is_(None))
+                                .order_by(LoraAdapter.version)))
+    if not rows:
+        raise NotFound(missing)
+    owners = {row.team_id for row in rows}
+    if None in owners:  # a platform-wide adapter belongs to no team: everyone may see it
+        return
+    teams = team_names(session)
+    mine = [team_id for team_id, team in teams.items() if team in principal.teams]
+    granted = session.scalar(sa.select(sa.func.count(AccessGrant.id)).where(
+        AccessGrant.resource_type == "lora", AccessGrant.resource_id.in_([row.id for row in rows]),
+        AccessGrant.revoked_at.is_(None), sa.or_(AccessGrant.user_id == principal.user.id, AccessGrant.team_id.in_(mine))))
+    owner = next((teams.get(t) for t in owners if t in mine), teams.get(rows[-1].team_id or 0))
+    access.check(session, principal=principal, action=action, resource={"team": owner, "granted": bool(granted)},
+                 not_found=missing)
+
+
 def build_diagnostics(request: DiagnosticsRequest) -> dict[str, Any]:
     return request.model_dump(mode="json")
 
@@ -102,6 +125,8 @@ def build_generate(session: Session, *, principal: Principal, team: Team, reques
     """The ``generate`` job's params: the model resolved (404 if not visible), every prompt and the
     model use decided (``PolicyDenied`` with the decisions flushed: the caller commits them)."""
     visible_model(session, principal, ref=request.model, action="generations.create")
+    if request.lora:
+        visible_adapter(session, principal, ref=request.lora, action="generations.create")
     target = generation.resolve(session, model=request.model, lora=request.lora)
     generation.authorize(session, target=target, prompts=[request.prompt], negative_prompt=request.negative_prompt,
                          actor=principal.email)
@@ -112,8 +137,10 @@ def build_generate(session: Session, *, principal: Principal, team: Team, reques
 
 
 def check_dataset_models(session: Session, *, principal: Principal, spec: Any) -> None:
-    """A dataset spec may name only models the caller can see (404 otherwise)."""
+    """A dataset spec may name only models and adapters the caller can see (404 otherwise)."""
     visible_model(session, principal, ref=spec.model, action="datasets.create")
+    for lora in sorted({spec.lora_of(cls) for cls in spec.classes} - {None, ""}):
+        visible_adapter(session, principal, ref=lora, action="datasets.create")
 
 
 # --- reading a request --------------------------------------------------------------------------

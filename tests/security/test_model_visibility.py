@@ -1,7 +1,7 @@
 """Request content that must not reveal or reach anything: other teams' models, server paths,
 prompts made of nothing.
 
-* A model owned by another team answers 404 on every route that queues work, with the same
+* A model (or LoRA adapter) owned by another team answers 404 on every route that queues work, with the same
   detail as a model that does not exist (generation used to answer 403 "no grant", and a dataset
   spec naming it was queued).
 * A dataset filter names its classifier by store id; a server path is an unknown field, and an
@@ -27,7 +27,7 @@ from PIL import Image
 
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import Dataset, Job, ModelRecord, PolicyDecision
+from latentops.platform.models import Dataset, Job, LoraAdapter, ModelRecord, ModelVersion, PolicyDecision
 
 pytestmark = pytest.mark.redis
 
@@ -91,6 +91,29 @@ def test_another_teams_model_is_not_found_on_every_route(world) -> None:  # type
     assert _counts(world["settings"]) == (0, 0)
     with session_scope(world["settings"].database_url) as db:  # no decision names the hidden model either
         assert db.scalar(sa.select(sa.func.count(PolicyDecision.id)).where(PolicyDecision.path.startswith("models"))) == 0
+
+
+def test_another_teams_adapter_is_not_found_either(world) -> None:  # type: ignore[no-untyped-def]
+    api, erin, url = world["api"], world["erin"], world["settings"].database_url
+    with session_scope(url) as db:
+        version = db.scalar(sa.select(ModelVersion).join(ModelRecord, ModelRecord.id == ModelVersion.model_id)
+                            .where(ModelRecord.name == "tiny"))
+        assert version is not None
+        db.add(LoraAdapter(name="mk-style", version=1, base_version_id=version.id, team_id=team_id(url, "marketing"),
+                           content_hash="a" * 64, path=str(world["settings"].artifacts_dir / "mk"), aliases=[]))
+    for name in ("mk-style", "no-style"):
+        answers = [
+            api.post("/api/v1/generations", json={"model": "tiny", "lora": name, "prompt": "a square"}, headers=erin),
+            api.post("/api/v1/jobs", json={"kind": "generate", "params": {"model": "tiny", "lora": f"{name}@1",
+                                                                           "prompt": "a square"}}, headers=erin),
+            api.post("/api/v1/datasets", json={**SPEC, "lora": name}, headers=erin),
+            api.post("/api/v1/datasets", json={**SPEC, "classes": [{"name": "square", "prompts": ["a {name}"],
+                                                                    "lora": name}]}, headers=erin),
+        ]
+        for answer in answers:
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["detail"] == f"lora: no adapter named {name!r}"
+    assert _counts(world["settings"]) == (0, 0)
 
 
 def test_a_classifier_is_named_by_store_id_never_by_path(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
