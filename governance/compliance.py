@@ -216,6 +216,39 @@ def consistency(session: Session, *, old: int, new: int) -> dict[str, Any]:
     }
 
 
+CONSISTENCY_FORMAT = "latentops-audit-consistency/v1"
+
+
+def consistency_bundle(session: Session, *, from_size: int) -> dict[str, Any]:
+    """Consistency proofs from the tree of ``from_size`` entries to every later signed checkpoint.
+
+    What an auditor holding an export of ``from_size`` entries and a later signed checkpoint needs:
+    without a proof, a signed statement of a larger size is evidence of truncation, not growth
+    (``latentops_audit_verify.py --consistency``). Each proof is checked here before it is served.
+    """
+    if from_size < 0:
+        raise InvalidInput(f"from_size: must be 0 or more (got {from_size})")
+    integration.catch_up(session)
+    latest = checkpoints.latest(session)
+    if latest is None:
+        raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
+    if from_size > latest.tree_size:
+        raise InvalidInput(f"from_size: {from_size} is beyond the latest checkpoint (tree size {latest.tree_size})")
+    tree = merkle_store.StoredTree(session, latest.tree_size)
+    from_root = _proved_root(tree, from_size, latest)
+    later = session.execute(sa.select(AuditCheckpoint).where(AuditCheckpoint.tree_size > from_size)
+                            .order_by(AuditCheckpoint.tree_size, AuditCheckpoint.id)).scalars().all()
+    proofs = []
+    for checkpoint in later:
+        root = bytes.fromhex(checkpoint.root_hash)
+        path = tree.prepared(lambda mth, size=checkpoint.tree_size: merkle.consistency_path(from_size, size, mth))
+        if not merkle.verify_consistency(from_size, checkpoint.tree_size, from_root, root, path):
+            raise IntegrityError(f"the stored tree gives no consistent proof from {from_size} to checkpoint "
+                                 f"{checkpoint.id}; run `latentops audit verify`")
+        proofs.append({"checkpoint": checkpoints.statement(checkpoint), "proof": [node.hex() for node in path]})
+    return {"format": CONSISTENCY_FORMAT, "from_size": from_size, "from_root": from_root.hex(), "proofs": proofs}
+
+
 # --- export ------------------------------------------------------------------------------------
 
 
@@ -276,6 +309,9 @@ def export(session: Session, *, path: Path, fmt: Literal["jsonl", "csv"], filter
              "proof": [node.hex() for node in tree.consistency_proof(old.tree_size, checkpoint.tree_size)]}
             for old in earlier
         ],
+        # Checkpoints signed after this one (usually none: the export signs the latest); an
+        # auditor holding a later one asks for `latentops audit consistency --from-size N`.
+        "later": consistency_bundle(session, from_size=checkpoint.tree_size)["proofs"],
     }
     proofs_path = path.with_name(path.name + ".proofs.json")
     proofs_path.write_text(json.dumps(proofs, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -175,6 +175,11 @@ def _export(trail: Settings, cli, folder: Path) -> dict[str, Path]:  # type: ign
     assert result.returncode == 0, result.stderr
     assert cli("audit", "public-key", "--out", str(paths["key"])).returncode == 0
     shutil.copy(checkpoints.default_sink_location(trail), paths["sink"])
+    # The CSV export signed a checkpoint after the JSON lines one: only a consistency proof makes it growth.
+    later = cli("audit", "consistency", "--from-size", "12", "--json")
+    assert later.returncode == 0, later.stderr
+    paths["later"] = folder / "later.json"
+    paths["later"].write_text(later.stdout)
     return paths
 
 
@@ -203,6 +208,9 @@ def exported(request: pytest.FixtureRequest, database_url: str, _exports: dict[s
 
 def test_standalone_verifier_accepts_complete_and_filtered_exports(exported: dict[str, Path]) -> None:
     result = run_verifier(str(exported["jsonl"]), "--public-key", str(exported["key"]), "--checkpoints", str(exported["sink"]))
+    assert result.returncode == 1 and "FAIL: truncated at seq 12" in result.stderr  # the sink's 13 is unproven
+    result = run_verifier(str(exported["jsonl"]), "--public-key", str(exported["key"]), "--checkpoints", str(exported["sink"]),
+                          "--consistency", str(exported["later"]))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK: 12 complete chain verified against the checkpoint of tree size 12")
     result = run_verifier(str(exported["csv"]), "--public-key", str(exported["key"]), "--checkpoints", str(exported["sink"]))
@@ -259,6 +267,12 @@ def test_standalone_verifier_checks_an_older_export_against_a_grown_sink(trail: 
         audit.record(db, actor="a", action="job.submit", resource="job:late")
     assert cli("audit", "checkpoint").returncode == 0  # the sink now covers more than the export
     result = run_verifier(str(exported["jsonl"]), "--public-key", str(exported["key"]), "--checkpoints", str(exported["sink"]))
+    assert result.returncode == 1 and "truncated" in result.stderr  # growth is proven, never assumed
+    later = cli("audit", "consistency", "--from-size", "12", "--json")
+    assert later.returncode == 0, later.stderr
+    exported["later"].write_text(later.stdout)
+    result = run_verifier(str(exported["jsonl"]), "--public-key", str(exported["key"]), "--checkpoints", str(exported["sink"]),
+                          "--consistency", str(exported["later"]))
     assert result.returncode == 0, result.stderr
     assert "the log has grown to 15 entries since this export" in result.stdout
 

@@ -5,7 +5,8 @@ An outside auditor runs this on an export without trusting the latentops server,
 its code:
 
     python3 latentops_audit_verify.py audit.jsonl --public-key latentops-audit.pub \
-        [--public-key older-key.pub ...] [--proofs audit.jsonl.proofs.json] [--checkpoints checkpoints.jsonl]
+        [--public-key older-key.pub ...] [--proofs audit.jsonl.proofs.json] [--checkpoints checkpoints.jsonl] \
+        [--consistency later-proofs.json ...]
 
 A public key file may hold several PEM keys (the operator's keyring from
 ``latentops audit public-key``): every checkpoint is checked with the key its ``key_id`` names, so
@@ -22,8 +23,11 @@ hashing and proof verification) and RFC 8032 (Ed25519 verification):
 4. every earlier checkpoint in the proofs file is signed and consistent with the export's one;
 5. with ``--checkpoints`` (a copy of the external append-only sink): every statement there is
    signed; one of the export's size must carry its root; a complete export must give the root of
-   every smaller one (so no entry was rewritten after it was checkpointed); larger ones only show
-   how far the log has grown since the export.
+   every smaller one (so no entry was rewritten after it was checkpointed); a larger one counts as
+   growth only with a consistency proof from the export's tree to it (the proofs file's ``later``
+   list, or ``--consistency`` files from ``latentops audit consistency --from-size N --json``).
+   Without one it is evidence that the log was cut back and re-exported: the verifier reports
+   possible truncation and exits 1.
 
 Exit status: 0 verified, 1 damage found (first bad seq and kind printed), 2 unusable input.
 """
@@ -374,7 +378,49 @@ def read_json(path: Path) -> Any:
 # --- verification -----------------------------------------------------------------------------
 
 
-def verify(export: Path, proofs_path: Path, keyring: dict[str, bytes], sink: Path | None) -> str:
+CONSISTENCY_FORMAT = "latentops-audit-consistency/v1"
+
+
+def read_consistency(paths: Sequence[Path], size: int) -> dict[int, list[list[bytes]]]:
+    """Consistency proofs from tree size ``size`` to later sizes, from ``latentops audit consistency
+    --from-size N --json`` (or ``consistency OLD NEW --json``) files: new size -> candidate proofs.
+    Nothing in them is trusted: each proof is checked against roots signed with the given keys."""
+    found: dict[int, list[list[bytes]]] = {}
+    for path in paths:
+        data = read_json(path)
+        if isinstance(data, dict) and data.get("format") == CONSISTENCY_FORMAT:
+            start, items = data.get("from_size"), data.get("proofs") or []
+            pairs = [(item["checkpoint"]["tree_size"], item.get("proof") or []) for item in items]
+        elif isinstance(data, dict) and "new_size" in data and "old_size" in data:
+            start, pairs = data["old_size"], [(data["new_size"], data.get("proof") or [])]
+        else:
+            raise Unusable(f"{path}: not a consistency proof ({CONSISTENCY_FORMAT} or `audit consistency --json`)")
+        if start != size:
+            raise Unusable(f"{path}: proves consistency from tree size {start}, the export's checkpoint has {size}")
+        for new, proof in pairs:
+            found.setdefault(int(new), []).append([_hex(node, f"{path}: proof to {new}") for node in proof])
+    return found
+
+
+def check_later(item: dict[str, Any], where: str, size: int, root: bytes,
+                proofs: dict[int, list[list[bytes]]]) -> None:
+    """A signed statement larger than the export's checkpoint is growth only with a consistency proof."""
+    later = int(item["tree_size"])
+    later_root = _hex(item["root_hash"], f"{where} root")
+    candidates = proofs.get(later, [])
+    if not candidates:
+        raise Damaged("truncated", size, f"{where} signs a tree of {later} entries, but the export's checkpoint "
+                      f"covers {size} and no consistency proof links them: the log may have been truncated (rolled "
+                      f"back) since that checkpoint. Ask the operator for `latentops audit consistency --from-size "
+                      f"{size} --json` and pass it with --consistency")
+    if not any(verify_consistency(size, later, root, later_root, proof) for proof in candidates):
+        raise Damaged("truncated", size, f"{where} signs a tree of {later} entries and the consistency proof from "
+                      f"{size} entries does not verify: the export's log is not a prefix of it (rolled back or "
+                      "rewritten)")
+
+
+def verify(export: Path, proofs_path: Path, keyring: dict[str, bytes], sink: Path | None,
+           consistency: Sequence[Path] = ()) -> str:
     proofs = read_json(proofs_path)
     if not isinstance(proofs, dict) or proofs.get("format") != EXPORT_FORMAT:
         raise Unusable(f"{proofs_path}: not a {EXPORT_FORMAT} proofs file")
@@ -420,6 +466,17 @@ def verify(export: Path, proofs_path: Path, keyring: dict[str, bytes], sink: Pat
             raise Damaged("forged_checkpoint", None, f"earlier checkpoint of size {old['tree_size']} is not consistent "
                           f"with the checkpoint of size {size}: the log was rewritten between them")
 
+    later_proofs = read_consistency(consistency, size)
+    for item in proofs.get("later") or []:
+        try:
+            nodes = [_hex(node, f"{proofs_path}: later proof") for node in item.get("proof") or []]
+            later_proofs.setdefault(int(item["checkpoint"]["tree_size"]), []).append(nodes)
+        except (KeyError, TypeError, ValueError) as error:
+            raise Unusable(f"{proofs_path}: malformed later proof ({error})") from None
+    for number, item in enumerate(proofs.get("later") or [], start=1):
+        check_statement(item["checkpoint"], keyring, f"{proofs_path}: later checkpoint {number}")
+        check_later(item["checkpoint"], f"{proofs_path}: later checkpoint {number}", size, root, later_proofs)
+
     sink_note = ""
     if sink is not None:
         statements = []
@@ -448,12 +505,13 @@ def verify(export: Path, proofs_path: Path, keyring: dict[str, bytes], sink: Pat
             if item_size in roots and roots[item_size].hex() != item["root_hash"]:
                 raise Damaged("modified", None, f"{sink}: line {number}: the export's first {item_size} entries "
                               "do not give the root signed there")
+            if item_size > size:
+                # Growth only when proven: otherwise the log may have been cut back and re-exported.
+                check_later(item, f"{sink}: line {number}", size, root, later_proofs)
         sink_note = f", {len(statements)} sink statements"
         grown = max([int(item["tree_size"]) for _, item in statements] + [size])
         if grown > size:
-            # Not damage: the log goes on after an export. The database's own tail is checked
-            # against the sink by `latentops audit verify`.
-            sink_note += f" (the log has grown to {grown} entries since this export)"
+            sink_note += f" (the log has grown to {grown} entries since this export, proven consistent)"
     kind = "complete chain" if proofs.get("complete") else "filtered entries"
     return (f"OK: {len(entries)} {kind} verified against the checkpoint of tree size {size} "
             f"(root {checkpoint['root_hash']}), {len(proofs.get('consistency') or [])} consistency proofs{sink_note}")
@@ -466,11 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--public-key", type=Path, required=True, action="append",
                         help="the operator's Ed25519 public key or keyring (PEM, hex or base64); repeat for old keys")
     parser.add_argument("--checkpoints", type=Path, help="a copy of the external checkpoint sink (JSON lines)")
+    parser.add_argument("--consistency", type=Path, action="append", default=[],
+                        help="consistency proofs from the export's tree size to later checkpoints "
+                             "(`latentops audit consistency --from-size N --json`); repeatable")
     args = parser.parse_args(argv)
     proofs = args.proofs or args.export.with_name(args.export.name + ".proofs.json")
     try:
         keyring = read_keyring(args.public_key)
-        print(verify(args.export, proofs, keyring, args.checkpoints))
+        print(verify(args.export, proofs, keyring, args.checkpoints, args.consistency))
         return 0
     except Damaged as damage:
         where = f" at seq {damage.seq}" if damage.seq is not None else ""

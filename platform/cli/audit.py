@@ -113,11 +113,31 @@ def prove(
 
 @audit_app.command("consistency")
 def consistency(
-    old: int = typer.Argument(..., help="The earlier tree size."),
-    new: int = typer.Argument(..., help="The later tree size (at most the latest checkpoint's)."),
+    old: int | None = typer.Argument(None, help="The earlier tree size."),
+    new: int | None = typer.Argument(None, help="The later tree size (at most the latest checkpoint's)."),
+    from_size: int | None = typer.Option(None, "--from-size", help="Instead of OLD NEW: proofs from this tree size "
+                                         "(an export's) to every later signed checkpoint, for the standalone "
+                                         "verifier's --consistency."),
     json_output: bool = typer.Option(False, "--json", help="Print the proof as JSON."),
 ) -> None:
-    """Print a consistency proof: the tree of size NEW extends the tree of size OLD."""
+    """Print a consistency proof: the tree of size NEW extends the tree of size OLD (or, with
+    --from-size N, proofs from N to every later checkpoint)."""
+    if from_size is not None:
+        if old is not None or new is not None:
+            raise typer.BadParameter("give either OLD NEW or --from-size, not both", param_hint="--from-size")
+        bundle = context.backend().audit_consistency_from(from_size)
+        if json_output:
+            output.emit_json(bundle)
+            return
+        for item in bundle["proofs"]:
+            output.say(f"tree {from_size} (root {bundle['from_root']}) is a prefix of checkpoint tree "
+                       f"{item['checkpoint']['tree_size']} (root {item['checkpoint']['root_hash']}): "
+                       f"{len(item['proof'])} nodes")
+        if not bundle["proofs"]:
+            output.say(f"no checkpoint after tree size {from_size}")
+        return
+    if old is None or new is None:
+        raise typer.BadParameter("give OLD and NEW, or --from-size N", param_hint="OLD NEW")
     proof = context.backend().audit_consistency(old, new)
     if json_output:
         output.emit_json(proof)

@@ -95,6 +95,7 @@ class Backend(Protocol):
     def audit_checkpoint(self, *, key: Path | None, sink: str | None, force: bool) -> dict[str, Any]: ...
     def audit_prove(self, seq: int) -> dict[str, Any]: ...
     def audit_consistency(self, old: int, new: int) -> dict[str, Any]: ...
+    def audit_consistency_from(self, from_size: int) -> dict[str, Any]: ...
     def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters, key: Path | None,
                      sink: str | None) -> dict[str, Any]: ...
     def audit_public_keys(self, *, key: Path | None, current: bool) -> str: ...
@@ -365,6 +366,12 @@ class LocalBackend:
 
         with context.session() as db:
             return compliance.consistency(db, old=old, new=new)
+
+    def audit_consistency_from(self, from_size: int) -> dict[str, Any]:
+        from latentops.governance import compliance
+
+        with context.session() as db:
+            return compliance.consistency_bundle(db, from_size=from_size)
 
     def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters, key: Path | None,
                      sink: str | None) -> dict[str, Any]:

@@ -224,6 +224,9 @@ class RemoteBackend:
     def audit_consistency(self, old: int, new: int) -> dict[str, Any]:
         return self.api.audit.consistency(old, new)
 
+    def audit_consistency_from(self, from_size: int) -> dict[str, Any]:
+        return self.api.audit.consistency_from(from_size)
+
     def audit_export(self, out: Path, *, fmt: str, filters: AuditFilters, key: Path | None,
                      sink: str | None) -> dict[str, Any]:
         """The server's evidence zip, unpacked into ``OUT`` and ``OUT.proofs.json`` as a local export writes them."""
