@@ -125,7 +125,7 @@ def test_compliance_officer_queries_verifies_exports_and_proves(api: TestClient,
     report = api.post("/api/v1/audit/verify", headers=officer).json()
     assert report["ok"] is True and report["damage"] == [] and report["entries"] > 8
 
-    exported = api.get("/api/v1/audit/export", params={"format": "csv", "action": "user.create"}, headers=officer)
+    exported = api.post("/api/v1/audit/export", params={"format": "csv", "action": "user.create"}, headers=officer)
     assert exported.status_code == 200 and exported.headers["content-type"] == "application/zip"
     import zipfile
 

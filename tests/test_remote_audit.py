@@ -234,11 +234,11 @@ def test_export_name_must_be_a_plain_file_name_and_public_keys_need_a_key(  # ty
     assert not checkpoints.default_key_path(settings_env).exists()
     before = _trail_state(settings_env.database_url)
     for name in ("../trail.jsonl", "a/b.jsonl", ".hidden", "tab\there", " ", "é" * 101):
-        refused = api.get("/api/v1/audit/export", params={"name": name}, headers=officer)
+        refused = api.post("/api/v1/audit/export", params={"name": name}, headers=officer)
         assert refused.status_code == 422, (name, refused.text)
         assert refused.json()["detail"].startswith("name: must be a plain file name"), refused.text
     assert _trail_state(settings_env.database_url) == before  # nothing signed, nothing exported
-    made = api.get("/api/v1/audit/export", params={"name": "trail 2026.jsonl", "format": "jsonl"}, headers=officer)
+    made = api.post("/api/v1/audit/export", params={"name": "trail 2026.jsonl", "format": "jsonl"}, headers=officer)
     assert made.status_code == 200
     with zipfile.ZipFile(io.BytesIO(made.content)) as archive:
         assert sorted(archive.namelist()) == ["trail 2026.jsonl", "trail 2026.jsonl.proofs.json"]

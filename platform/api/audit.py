@@ -1,11 +1,13 @@
 """``/api/v1/audit``: query the trail, verify it, sign checkpoints, prove entries, export evidence.
 
-Verification and export are themselves audited. ``GET /audit/export`` signs a fresh checkpoint
-first, then streams a zip holding the entries (JSON lines or CSV, each with its inclusion proof)
+Verification and export are themselves audited. ``POST /audit/export`` (a POST because it signs a
+checkpoint and writes an entry: cookie sessions must send the CSRF token; a GET answers 405) signs a
+fresh checkpoint first, then streams a zip holding the entries (JSON lines or CSV, each with its inclusion proof)
 and ``<file>.proofs.json`` (the signed checkpoint, the public key, consistency proofs): the
 standalone verifier checks both without the database. ``name`` names ``<file>`` (the remote CLI
 passes its ``--out`` name, so the proofs file refers to the file the user keeps).
-``GET /audit/public-keys`` hands auditors the checkpoint keyring, as ``latentops audit
+``GET /audit/proofs/later?from_size=N`` gives the consistency proofs from an export's tree size to
+every later checkpoint. ``GET /audit/public-keys`` hands auditors the checkpoint keyring, as ``latentops audit
 public-key`` does on the server's machine.
 """
 
@@ -128,6 +130,14 @@ def consistency(session: SessionDep, principal: PrincipalDep, old: int = Query(g
     return compliance.consistency(session, old=old, new=new)
 
 
+@router.get("/audit/proofs/later")
+def later(session: SessionDep, principal: PrincipalDep, from_size: int = Query(ge=0, le=2**62)) -> dict[str, Any]:
+    """Consistency proofs from tree size ``from_size`` (an export's) to every later signed checkpoint:
+    what the standalone verifier needs to accept a larger checkpoint an auditor holds as growth."""
+    access.check(session, principal=principal, action="audit.read")
+    return compliance.consistency_bundle(session, from_size=from_size)
+
+
 def export_name(name: str | None, fmt: str) -> str:
     """The entries file's name inside the zip: ``name`` when given (a plain file name), else ``audit.<fmt>``."""
     if name is None:
@@ -161,7 +171,7 @@ def export_zip(session: Session, settings: Settings, principal: Principal, *, fm
     return buffer.getvalue()
 
 
-@router.get("/audit/export", response_class=StreamingResponse,
+@router.post("/audit/export", response_class=StreamingResponse,
             responses={200: {"content": {"application/zip": {}}, "description": "entries and proofs"}})
 def export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
            format: Literal["jsonl", "csv"] = Query(default="jsonl"),

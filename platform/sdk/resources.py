@@ -45,9 +45,10 @@ _FILENAME = re.compile(r'filename="([^"/\\]+)"')
 CHUNK = 1024 * 1024
 
 
-def _download(http: Http, path: str, dest: Path, params: dict[str, Any], default_name: str) -> Path:
+def _download(http: Http, path: str, dest: Path, params: dict[str, Any], default_name: str,
+              method: str = "GET") -> Path:
     """Stream ``path`` into ``dest`` (a folder takes the server's file name); a partial file is removed."""
-    with http.stream("GET", path, params=params, timeout=None) as response:
+    with http.stream(method, path, params=params, timeout=None) as response:
         found = _FILENAME.search(response.headers.get("content-disposition", ""))
         target = dest / (found.group(1) if found else default_name) if dest.is_dir() else dest
         partial = target.with_name(target.name + ".part")
@@ -265,6 +266,10 @@ class Audit:
     def consistency(self, old: int, new: int) -> dict[str, Any]:
         return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/consistency", params={"old": old, "new": new}))
 
+    def consistency_from(self, from_size: int) -> dict[str, Any]:
+        """Consistency proofs from tree size ``from_size`` (an export's) to every later signed checkpoint."""
+        return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/later", params={"from_size": from_size}))
+
     def export(self, dest: Path, *, format: str = "jsonl", since: str | None = None, until: str | None = None,
                actor: str | None = None, action: str | None = None, resource: str | None = None,
                outcome: str | None = None, name: str | None = None) -> Path:
@@ -272,7 +277,8 @@ class Audit:
         ``name`` names the entries file inside it (default ``audit.<format>``)."""
         params = {"format": format, "since": since, "until": until, "actor": actor, "action": action,
                   "resource": resource, "outcome": outcome, "name": name}
-        return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip")
+        # A POST: the export signs a checkpoint and writes an audit entry.
+        return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip", method="POST")
 
 
 class Policies:
