@@ -10,8 +10,11 @@ like the signing key). The integrator refuses a row
 
 * without a MAC, or with one that does not verify (``forged``);
 * whose MAC is already in the chain (``replayed``: a copy of a real row);
-* whose time is more than ``Settings.audit_max_skew_s`` before the entry it would follow
-  (``backdated``).
+* whose time is more than ``Settings.audit_max_skew_s`` before the entry the application wrote
+  just before it (``backdated``). "Before" is write order, the pending id (a sequence on
+  PostgreSQL, AUTOINCREMENT on SQLite), not chain order: a transaction that records an entry and
+  commits a minute later (a generation job renders between its policy decision and its commit)
+  joins the chain after entries written meanwhile, and that is no reason to refuse it.
 
 A refused row is **skipped**, not integrated: the entries after it are integrated as usual, so a
 single inserted row cannot stop the trail. It stays in ``audit_pending`` (the table is
@@ -40,9 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from prometheus_client import Counter
+from sqlalchemy.orm import Session
 
 from latentops.platform.errors import InvalidInput
+from latentops.platform.models import AuditEntry
 from latentops.platform.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -152,9 +158,15 @@ class Refusal:
         return f"pending entry {self.pending_id} ({self.reason}): {self.detail}"
 
 
+def written_before(session: Session, pending_id: int) -> dt.datetime | None:
+    """The time of the chain's entry written last before pending row ``pending_id`` (write order)."""
+    return session.execute(sa.select(AuditEntry.at).where(AuditEntry.pending_id < pending_id)
+                           .order_by(AuditEntry.pending_id.desc()).limit(1)).scalar()
+
+
 def judge(row: Any, *, key: bytes, previous_at: dt.datetime | None, skew: dt.timedelta,
           macs_in_chain: set[str]) -> Refusal | None:
-    """Why the integrator must refuse pending ``row`` after an entry written at ``previous_at``; None if it may go."""
+    """Why the integrator must refuse pending ``row`` written after an entry of ``previous_at``; None if it may go."""
     what = f"{row.action} {row.resource} by {row.actor} at {_utc(row.at).isoformat()}"
     if not valid(row, key):
         reason = "no MAC" if not row.mac else "a MAC that does not verify"

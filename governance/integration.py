@@ -89,7 +89,7 @@ def _move(session: Session, limit: int) -> dict[int, Placement]:
     """Move up to ``limit`` pending entries into the chain. The caller holds the chain lock.
 
     A row without the application's valid MAC, a copy of an entry already in the chain, or one
-    written more than the allowed skew before the entry it would follow is refused (skipped,
+    written more than the allowed skew before the entry written just before it is refused (skipped,
     alarmed, left pending; see ``audit_mac``).
     """
     rows = session.execute(_waiting(session).limit(limit)).all()
@@ -97,18 +97,21 @@ def _move(session: Session, limit: int) -> dict[int, Placement]:
         return {}
     head = audit.verified_head(session)  # alarms and raises instead of extending a broken chain
     key, skew, database = audit_mac.current_key(), audit_mac.max_skew(), audit._database_key(session)
-    previous_at = session.execute(sa.select(ENTRIES.c.at).where(ENTRIES.c.seq == head.seq)).scalar() \
-        if head.seq >= 0 else None
     macs = [row.mac for row in rows if row.mac]
     in_chain = set(session.execute(sa.select(ENTRIES.c.mac).where(ENTRIES.c.mac.in_(macs))).scalars()) if macs else set()
     values, placed = [], {}
+    previous: tuple[int, dt.datetime | None] | None = None  # (pending id, time) of the last row placed
     for row in rows:
-        refusal = audit_mac.judge(row, key=key, previous_at=previous_at, skew=skew, macs_in_chain=in_chain)
+        # Times must move forward in write order (pending ids); a row that follows the one placed
+        # just before it needs no look-up, one after a gap (refused or still uncommitted rows) does.
+        if previous is None or row.id != previous[0] + 1:
+            previous = (row.id - 1, audit_mac.written_before(session, row.id))
+        refusal = audit_mac.judge(row, key=key, previous_at=previous[1], skew=skew, macs_in_chain=in_chain)
         if refusal is not None:
             audit_mac.refuse(database, refusal)
             continue
         in_chain.add(row.mac)
-        previous_at = row.at
+        previous = (row.id, row.at)
         seq = head.seq + 1
         payload = {"seq": seq, "at": audit.format_time(row.at), "actor": row.actor, "action": row.action,
                    "resource": row.resource, "outcome": row.outcome, "details": row.details, "prev_hash": head.hash}

@@ -16,7 +16,7 @@ The report names the first damage by kind and sequence number:
 ``tree_node``  a stored Merkle node (``merkle_store``, used for proofs) that the entries do not give;
 ``forged``     an entry or pending row without the application's valid MAC (``audit_mac``);
 ``replayed``   a pending row copied from an entry already in the chain;
-``backdated``  an entry or pending row written more than ``audit_max_skew_s`` before its predecessor;
+``backdated``  an entry or pending row written more than ``audit_max_skew_s`` before the one written just before it;
 ``guard_missing`` an append-only trigger (or, on PostgreSQL, a privilege limit) is gone (``guards``).
 
 ``beyond_checkpoint`` counts the entries after the newest checkpoint: the window in which a
@@ -147,8 +147,8 @@ def _check_nodes(nodes: Mapping[tuple[int, int], str], frontier: merkle.Frontier
         return
 
 
-def _authentic(row: Any, previous: Any, mac_key: bytes | None, skew: dt.timedelta, macs_seen: bool) -> Damage | None:
-    """An entry the application did not write (its MAC), or written backwards in time."""
+def _authentic(row: Any, mac_key: bytes | None, macs_seen: bool) -> Damage | None:
+    """An entry the application did not write (its MAC)."""
     if mac_key is not None and getattr(row, "mac", None) is not None:
         if not audit_mac.valid(row, mac_key):
             return Damage("forged", row.seq, "the entry's MAC does not verify: the application did not write it "
@@ -156,32 +156,46 @@ def _authentic(row: Any, previous: Any, mac_key: bytes | None, skew: dt.timedelt
     elif mac_key is not None and macs_seen:
         return Damage("forged", row.seq, "the entry carries no MAC although earlier ones do: it was appended past "
                       "the integrator")
-    if previous is not None:
-        at, before = audit_mac._utc(row.at), audit_mac._utc(previous.at)
-        if at < before - skew:
-            return Damage("backdated", row.seq, f"written {(before - at).total_seconds():.1f}s before entry "
-                          f"{previous.seq} (at most {skew.total_seconds():g}s allowed)")
     return None
 
 
+def _backdated(session: Session, skew: dt.timedelta, batch: int) -> list[Damage]:
+    """The first entry whose time lies more than ``skew`` before the entry written just before it.
+
+    Write order is the pending id, not the seq: a long transaction's entry joins the chain after
+    entries written while it was open, legitimately earlier in time than they are.
+    """
+    query = (sa.select(AuditEntry.seq, AuditEntry.at).where(AuditEntry.pending_id.is_not(None))
+             .order_by(AuditEntry.pending_id).execution_options(yield_per=batch))
+    previous: Any = None
+    for row in session.execute(query):
+        if previous is not None:
+            at, before = audit_mac._utc(row.at), audit_mac._utc(previous.at)
+            if at < before - skew:
+                return [Damage("backdated", row.seq, f"written {(before - at).total_seconds():.1f}s before entry "
+                               f"{previous.seq}, which the application wrote just before it "
+                               f"(at most {skew.total_seconds():g}s allowed)")]
+        previous = row
+    return []
+
+
 def scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report,
-         nodes: Mapping[tuple[int, int], str] | None = None, *, mac_key: bytes | None = None,
-         skew: dt.timedelta | None = None) -> None:
+         nodes: Mapping[tuple[int, int], str] | None = None, *, mac_key: bytes | None = None) -> None:
     """Stream the entries; record the first break of chain or tree in ``report``.
 
     ``nodes``: the stored subtree hashes, ``(level, index) -> hex``, compared once the entries verify.
-    ``mac_key``: check each entry's MAC (entries from before migration 0014 carry none); ``skew``:
-    how far an entry's time may lie before its predecessor's.
+    ``mac_key``: check each entry's MAC (entries from before migration 0014 carry none). Time order
+    is checked apart, in write order (``_backdated``).
     """
     found: list[Damage] = []
-    _scan(rows, statements, report, nodes or {}, mac_key, skew if skew is not None else dt.timedelta(days=36_500), found)
-    # A rewrite shows first as the chain or tree break it caused; the MAC or time finding follows.
+    _scan(rows, statements, report, nodes or {}, mac_key, found)
+    # A rewrite shows first as the chain or tree break it caused; the MAC finding follows.
     report.damage.extend(found[:1])
 
 
 def _scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report, nodes: Mapping[tuple[int, int], str],
-          mac_key: bytes | None, skew: dt.timedelta, found: list[Damage]) -> None:
-    previous, macs_seen = None, False
+          mac_key: bytes | None, found: list[Damage]) -> None:
+    macs_seen = False
     by_size: dict[int, list[_Statement]] = {}
     for item in statements:
         by_size.setdefault(item.tree_size, []).append(item)
@@ -220,10 +234,10 @@ def _scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report,
                                         f"entry {head.seq} now has"))
             return
         if not found:
-            problem = _authentic(row, previous, mac_key, skew, macs_seen)
+            problem = _authentic(row, mac_key, macs_seen)
             if problem is not None:
                 found.append(problem)
-        previous, macs_seen = row, macs_seen or getattr(row, "mac", None) is not None
+        macs_seen = macs_seen or getattr(row, "mac", None) is not None
         head = audit.Head(row.seq, row.hash)
         frontier.append(merkle.leaf_hash(audit.leaf_data(row.hash)))
         report.entries += 1
@@ -245,12 +259,12 @@ def _refused_pending(session: Session, mac_key: bytes, skew: dt.timedelta, limit
                            .limit(limit)).all()
     if not rows:
         return []
-    last = session.execute(sa.select(AuditEntry.at).order_by(AuditEntry.seq.desc()).limit(1)).scalar()
     macs = [row.mac for row in rows if row.mac]
     in_chain = set(session.execute(sa.select(AuditEntry.mac).where(AuditEntry.mac.in_(macs))).scalars()) if macs else set()
     found = []
     for row in rows:
-        refusal = audit_mac.judge(row, key=mac_key, previous_at=last, skew=skew, macs_in_chain=in_chain)
+        refusal = audit_mac.judge(row, key=mac_key, previous_at=audit_mac.written_before(session, row.id), skew=skew,
+                                  macs_in_chain=in_chain)
         if refusal is not None:
             found.append(Damage(refusal.reason, None, f"{refusal.line()}; refused by the integrator, it stays in "
                                 "audit_pending until the database owner removes it"))
@@ -298,8 +312,8 @@ def verify(session: Session, *, public_key: Ed25519PublicKey | None = None,
     scan_report = Report()
     nodes = {(int(level), int(idx)): value for level, idx, value in session.execute(
         sa.select(merkle_store.NODES.c.level, merkle_store.NODES.c.idx, merkle_store.NODES.c.hash))}
-    scan(session.execute(query), statements, scan_report, nodes, mac_key=mac_key, skew=skew)
-    entry_damage = scan_report.damage
+    scan(session.execute(query), statements, scan_report, nodes, mac_key=mac_key)
+    entry_damage = scan_report.damage or _backdated(session, skew, batch)
     report.entries, report.tree_size, report.root_hash = scan_report.entries, scan_report.tree_size, scan_report.root_hash
     covered = [item.tree_size for item in statements if item.tree_size <= report.tree_size]
     report.beyond_checkpoint = report.tree_size - max(covered, default=0)

@@ -112,6 +112,32 @@ def test_a_backdated_row_beyond_the_skew_is_refused(settings_env: Settings) -> N
     assert any(f"pending entry {backdated} (backdated)" in line for line in lines), lines
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite serialises writers: no overlap
+def test_an_entry_of_a_long_transaction_is_integrated_after_later_ones(settings_env: Settings) -> None:
+    """Time order is write order: a transaction that records an entry and commits long after
+    entries written meanwhile (a generation job renders between its decision and its commit) is
+    integrated, and verify stays clean; only the chain order differs from the write order."""
+    url = settings_env.database_url
+    with session_scope(url) as db:
+        audit.record(db, actor="alice@example.com", action="team.create", resource="team:1")
+    with session_scope(url) as long_running:
+        early = audit.record(long_running, actor="bob@example.com", action="policy.decision", resource="prompt:1")
+        # Meanwhile another process writes and commits an entry stamped well past the skew.
+        later = audit.utcnow() + dt.timedelta(seconds=settings_env.audit_max_skew_s * 3)
+        fields = {"at": later, "actor": "carol@example.com", "action": "model.grant", "resource": "model:7",
+                  "outcome": "success", "details": "{}"}
+        _insert_pending(url, at=later, mac=audit_mac.seal(fields), actor="carol@example.com")
+        with session_scope(url) as other:
+            integration.catch_up(other)
+        assert [action for _seq, _actor, action in _entries(url)] == ["team.create", "model.grant"]
+    assert early.seq == 2  # after the entry written later, not refused as backdated
+    assert [actor for _seq, actor, _action in _entries(url)] == [
+        "alice@example.com", "carol@example.com", "bob@example.com"]
+    report = _verify(url)
+    assert report.ok, [damage.line() for damage in report.damage]
+
+
 def test_verify_names_a_dropped_append_only_trigger(settings_env: Settings) -> None:
     url = settings_env.database_url
     with session_scope(url) as db:
