@@ -154,7 +154,7 @@ def test_compliance_officer_filters_and_verifies_the_audit_log(portal: str, brow
     _shot(page, "quarantine")
     with page.expect_download() as download:
         page.goto("/audit")
-        page.get_by_role("link", name="Export CSV").click()
+        page.get_by_role("button", name="Export CSV").click()
     assert download.value.suggested_filename == "latentops-audit-export.zip"
 
 
