@@ -55,7 +55,7 @@ ARGS: dict[str, list[str]] = {
     "finetune validate-images": ["{tmp}/images"], "finetune adapters": [], "finetune promote": ["pattern", "--version", "1"],
     "generate": ["--model", "tiny", "--prompt", "a cat", "--out", "{tmp}/generated"],
     "datasets generate": ["--spec", "{tmp}/spec.yaml", "--submit"], "datasets submit": ["--spec", "{tmp}/spec.yaml"],
-    "datasets list": [], "datasets show": ["1"],
+    "datasets list": [], "datasets show": ["1"], "datasets import-classifier": ["{tmp}/images/cat.png"],
 }
 
 # Options that only mean something on this machine: refused by commands that otherwise go to the server.

@@ -113,11 +113,9 @@ def import_classifier(
 ) -> None:
     """Register a classifier for dataset filters; prints the id a spec names (filters.classifier.id)."""
     from latentops.pipelines.datasets import filters
-    from latentops.platform.errors import InvalidInput
     from latentops.platform.services import datasets
 
-    if context.remote():
-        raise InvalidInput("source: classifiers are registered on the server's own machine (without --server)")
+    context.require_local()  # the file is stored in the server's artefact folder
     output.say(filters.import_classifier(datasets.classifier_root(context.settings()), source))
 
 
