@@ -158,18 +158,24 @@ def _proved_root(tree: merkle_store.StoredTree, size: int, checkpoint: AuditChec
     return root
 
 
+def _latest_for(session: Session, field: str, index: int) -> AuditCheckpoint:
+    """The latest checkpoint, after catching the chain up, for a proof about ``field`` = ``index``."""
+    if index < 0:
+        raise InvalidInput(f"{field}: must be 0 or more (got {index})")
+    integration.catch_up(session)
+    checkpoint = checkpoints.latest(session)
+    if checkpoint is None:
+        raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
+    return checkpoint
+
+
 def inclusion(session: Session, *, seq: int) -> dict[str, Any]:
     """An inclusion proof of entry ``seq`` against the latest checkpoint.
 
     Read from the stored subtrees (O(log n) rows) and checked against the signed root before it
     is returned: a damaged entry or node on the path refuses with ``IntegrityError``.
     """
-    if seq < 0:
-        raise InvalidInput(f"seq: must be 0 or more (got {seq})")
-    integration.catch_up(session)
-    checkpoint = checkpoints.latest(session)
-    if checkpoint is None:
-        raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
+    checkpoint = _latest_for(session, "seq", seq)
     if seq >= checkpoint.tree_size:
         raise InvalidInput(f"seq: {seq} is beyond the latest checkpoint (tree size {checkpoint.tree_size}); "
                            "run `latentops audit checkpoint` and ask again")
@@ -226,12 +232,7 @@ def consistency_bundle(session: Session, *, from_size: int) -> dict[str, Any]:
     without a proof, a signed statement of a larger size is evidence of truncation, not growth
     (``latentops_audit_verify.py --consistency``). Each proof is checked here before it is served.
     """
-    if from_size < 0:
-        raise InvalidInput(f"from_size: must be 0 or more (got {from_size})")
-    integration.catch_up(session)
-    latest = checkpoints.latest(session)
-    if latest is None:
-        raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
+    latest = _latest_for(session, "from_size", from_size)
     if from_size > latest.tree_size:
         raise InvalidInput(f"from_size: {from_size} is beyond the latest checkpoint (tree size {latest.tree_size})")
     tree = merkle_store.StoredTree(session, latest.tree_size)

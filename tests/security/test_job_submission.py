@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import bearer, make_user, team_id
 from fastapi.testclient import TestClient
-from generation_helpers import catalogue, tiny_source
+from generation_helpers import catalogue
 from PIL import Image
 
 from latentops.platform.api.app import create_app
@@ -33,11 +33,6 @@ pytestmark = pytest.mark.redis
 SPEC: dict[str, Any] = {"name": "shapes", "model": "tiny", "per_class": 2, "steps": 1, "batch_size": 2,
                         "classes": [{"name": "square", "prompts": ["a photo of a {name}"]}]}
 GENERATION: dict[str, Any] = {"model": "tiny", "prompt": "a red square", "steps": 1}
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_source(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

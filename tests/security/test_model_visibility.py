@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import bearer, make_user, team_id
 from fastapi.testclient import TestClient
-from generation_helpers import catalogue, tiny_source
+from generation_helpers import catalogue
 from PIL import Image
 
 from latentops.platform.api.app import create_app
@@ -34,11 +34,6 @@ pytestmark = pytest.mark.redis
 SPEC: dict[str, Any] = {"name": "shapes", "model": "tiny", "per_class": 2, "steps": 1, "batch_size": 2,
                         "classes": [{"name": "square", "prompts": ["a photo of a {name}"]}]}
 BLANK = "\u200b\u200d\x01\x7f\u2060 \ufeff\t"
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_source(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture
