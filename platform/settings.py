@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # use; default LATENTOPS_HOME/audit/pending-mac-key); every process writing to the database
     # shares it. Keep it off the database host, like the signing key.
     audit_mac_key: Path | None = None
-    # How far an entry's time may lie before the entry it follows in the chain (lock waits, clocks).
+    # How far an entry's time may lie before the entry written just before it (clock differences).
     audit_max_skew_s: float = Field(default=10.0, ge=0)
     # Integrators sign a checkpoint once this many entries, or any entry older than this many
     # seconds, lie beyond the last one (0 turns either rule off).
