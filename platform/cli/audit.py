@@ -14,8 +14,9 @@ from pathlib import Path
 import typer
 
 from latentops.governance import checkpoints, compliance, erasure, integration, verification
-from latentops.platform.cli import context, output
-from latentops.platform.cli.backend import AuditFilters, audit_key_path, audit_sink
+from latentops.platform.cli import backends, context, output
+from latentops.platform.cli.backends import AuditFilters
+from latentops.platform.cli.backends.local import audit_key_path, audit_sink
 from latentops.platform.errors import IntegrityError
 
 audit_app = typer.Typer(help="The tamper-evident audit trail: verify it, sign checkpoints, prove and export.",
@@ -42,7 +43,7 @@ def verify(
 ) -> None:
     """Integrate pending entries, recompute the chain and the Merkle tree and check every checkpoint
     with the key each names; exit non-zero on damage (with --server: the server's trail)."""
-    report = context.backend().audit_verify(public_keys=list(public_key or []), sink=sink)
+    report = backends.backend().audit_verify(public_keys=list(public_key or []), sink=sink)
     if json_output:
         output.emit_json(report)
     for warning in report["warnings"]:
@@ -87,7 +88,7 @@ def checkpoint(
     json_output: bool = typer.Option(False, "--json", help="Print the checkpoint as JSON."),
 ) -> None:
     """Sign the current Merkle tree; store it in the database and the external sink."""
-    result = context.backend().audit_checkpoint(key=key, sink=sink, force=force)
+    result = backends.backend().audit_checkpoint(key=key, sink=sink, force=force)
     if json_output:
         output.emit_json(result)
     else:
@@ -100,7 +101,7 @@ def prove(
     json_output: bool = typer.Option(False, "--json", help="Print the proof as JSON."),
 ) -> None:
     """Print an inclusion proof of entry SEQ against the latest checkpoint."""
-    proof = context.backend().audit_prove(seq)
+    proof = backends.backend().audit_prove(seq)
     if json_output:
         output.emit_json(proof)
         return
@@ -125,7 +126,7 @@ def consistency(
     if from_size is not None:
         if old is not None or new is not None:
             raise typer.BadParameter("give either OLD NEW or --from-size, not both", param_hint="--from-size")
-        bundle = context.backend().audit_consistency_from(from_size)
+        bundle = backends.backend().audit_consistency_from(from_size)
         if json_output:
             output.emit_json(bundle)
             return
@@ -138,7 +139,7 @@ def consistency(
         return
     if old is None or new is None:
         raise typer.BadParameter("give OLD and NEW, or --from-size N", param_hint="OLD NEW")
-    proof = context.backend().audit_consistency(old, new)
+    proof = backends.backend().audit_consistency(old, new)
     if json_output:
         output.emit_json(proof)
         return
@@ -161,7 +162,7 @@ def export(
     if fmt not in ("jsonl", "csv"):
         raise typer.BadParameter(f"must be jsonl or csv (got {fmt!r})", param_hint="--format")
     filters = AuditFilters(since=since, until=until, actor=actor, action=action, resource=resource, outcome=outcome)
-    summary = context.backend().audit_export(out, fmt=fmt, filters=filters, key=key, sink=sink)
+    summary = backends.backend().audit_export(out, fmt=fmt, filters=filters, key=key, sink=sink)
     output.say(f"exported {summary['entries']} entries to {summary['path']} with proofs in {summary['proofs_path']} "
                f"(tree size {summary['tree_size']}, root {summary['root_hash']})")
 
@@ -177,7 +178,7 @@ def query(
 ) -> None:
     """Search the trail by time, actor, action, resource and outcome, a page at a time."""
     filters = AuditFilters(since=since, until=until, actor=actor, action=action, resource=resource, outcome=outcome)
-    page = context.backend().audit_query(filters, after=after, limit=limit, reveal=reveal)
+    page = backends.backend().audit_query(filters, after=after, limit=limit, reveal=reveal)
     if json_output:
         output.emit_json(page)
         return
@@ -195,7 +196,7 @@ def public_key(
     current: bool = typer.Option(False, "--current", help="Only the current signing key, not the whole keyring."),
 ) -> None:
     """Print the checkpoint public keys (PEM keyring: current and rotated-out keys) for auditors."""
-    pem = context.backend().audit_public_keys(key=key, current=current)
+    pem = backends.backend().audit_public_keys(key=key, current=current)
     if out is not None:
         out.write_text(pem, encoding="ascii")
         output.say(f"public key{'' if current else 's'} written to {out}")

@@ -1,8 +1,8 @@
 """Shared helpers for CLI commands: settings, a database session, and where commands run.
 
 ``latentops --server URL --token T`` (or ``LATENTOPS_SERVER`` / ``LATENTOPS_TOKEN``) points the
-CLI at a latentops server: ``backend()`` then answers through the REST API instead of the local
-services, and anything that would open the local database refuses with one line instead of
+CLI at a latentops server: ``backends.backend()`` then answers through the REST API instead of the
+local services, and anything that would open the local database refuses with one line instead of
 quietly acting on a different installation than the one the user named.
 """
 
@@ -11,16 +11,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput
 from latentops.platform.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from latentops.platform.cli.backend import Backend
 
 
 @dataclass
@@ -57,17 +53,6 @@ def require_local() -> None:
     if remote():
         raise InvalidInput(f"{_command()} runs on this machine only (local database and processes), not against "
                            f"--server {target.server}; run it there, or without --server/LATENTOPS_SERVER")
-
-
-def backend() -> Backend:
-    """Where a remote-capable command does its work: the REST API with ``--server``, else the services."""
-    if remote():
-        from latentops.platform.cli.remote import RemoteBackend
-
-        return RemoteBackend(target.server, target.token)
-    from latentops.platform.cli.backend import LocalBackend
-
-    return LocalBackend()
 
 
 def settings() -> Settings:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, context, output
 
 datasets_app = typer.Typer(help="Synthetic datasets from a spec, through the governed path.", no_args_is_help=True)
 
@@ -46,7 +46,7 @@ def generate(
 
     spec = spec_module.load(spec_file)
     if submit:
-        queued = context.backend().submit_dataset(spec=spec, as_user=as_user)
+        queued = backends.backend().submit_dataset(spec=spec, as_user=as_user)
         if json_output:
             output.emit_json(queued)
         else:
@@ -85,7 +85,7 @@ def submit_command(
 @datasets_app.command("list")
 def list_command(json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Datasets, newest first."""
-    rows = context.backend().list_datasets()
+    rows = backends.backend().list_datasets()
     if json_output:
         output.emit_json(rows)
         return
@@ -97,7 +97,7 @@ def list_command(json_output: Annotated[bool, typer.Option("--json", help="Print
 @datasets_app.command("show")
 def show(dataset_id: int, json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """One dataset: spec, state, statistics and where it is."""
-    row = context.backend().show_dataset(dataset_id)
+    row = backends.backend().show_dataset(dataset_id)
     if json_output:
         output.emit_json(row)
         return

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, context, output
 from latentops.platform.errors import InvalidInput
 from latentops.platform.services.finetune_request import Request
 
@@ -150,7 +150,7 @@ def submit(
     options = _options(model, method, instance_dir, instance_prompt, class_prompt, class_dir, steps, rank, lr, resolution,
                        batch_size, seed, checkpoint_every, train_text_encoder, team, name, attest_licence, attest_consent,
                        processes)
-    job_id = context.backend().submit_finetune(_request(_merge(options, config), priority))
+    job_id = backends.backend().submit_finetune(_request(_merge(options, config), priority))
     if json_output:
         output.emit_json({"job_id": job_id})
     else:

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from latentops.platform.cli import context, output
-from latentops.platform.cli.backend import GenerationRequest
+from latentops.platform.cli import backends, output
+from latentops.platform.cli.backends import GenerationRequest
 
 
 def generate(
@@ -34,7 +34,7 @@ def generate(
     server, followed to its end, and the released images downloaded)."""
     request = GenerationRequest(model=model, prompt=prompt, lora=lora, negative_prompt=negative_prompt, count=count,
                                 seed=seed, steps=steps, guidance=guidance, team=team, as_user=as_user)
-    summary, pngs = context.backend().generate(request)
+    summary, pngs = backends.backend().generate(request)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for image in summary["images"]:

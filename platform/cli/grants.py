@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from latentops.platform.cli import context, output
-from latentops.platform.cli.backend import run_recorded
+from latentops.platform.cli import backends, context, output
+from latentops.platform.cli.backends.local import run_recorded
 from latentops.platform.cli.models import models_app
 from latentops.platform.services import grants as grants_service
 
@@ -26,7 +26,7 @@ def grant(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Grant an action on a base model to a team or a user (policy-checked, audited)."""
-    result = context.backend().grant(model=name, action=action, team=team, user=user)
+    result = backends.backend().grant(model=name, action=action, team=team, user=user)
     if json_output:
         output.emit_json(result)
     else:
@@ -42,7 +42,7 @@ def revoke(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Revoke a grant (policy-checked, audited)."""
-    count = context.backend().revoke(model=name, action=action, team=team, user=user)
+    count = backends.backend().revoke(model=name, action=action, team=team, user=user)
     if json_output:
         output.emit_json({"model": name, "action": action, "team": team, "user": user, "revoked": count})
     else:
@@ -55,7 +55,7 @@ def list_grants(
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List the active grants on a base model."""
-    rows = context.backend().list_grants(name)
+    rows = backends.backend().list_grants(name)
     if json_output:
         for row in rows:
             output.emit_json(row)

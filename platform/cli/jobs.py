@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, output
 
 jobs_app = typer.Typer(help="Jobs on the queue: list, show, watch, cancel, retry, logs.", no_args_is_help=True)
 
@@ -16,7 +16,7 @@ def list_jobs(
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List jobs, newest first."""
-    rows = context.backend().list_jobs(state=state, offset=offset, limit=limit)
+    rows = backends.backend().list_jobs(state=state, offset=offset, limit=limit)
     if json_output:
         for row in rows:
             output.emit_json(row)
@@ -29,7 +29,7 @@ def list_jobs(
 @jobs_app.command("show")
 def show(job_id: int, json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show one job's state, progress and result."""
-    row = context.backend().show_job(job_id)
+    row = backends.backend().show_job(job_id)
     if json_output:
         output.emit_json(row)
     else:
@@ -40,21 +40,21 @@ def show(job_id: int, json_output: bool = typer.Option(False, "--json", help="Pr
 @jobs_app.command("cancel")
 def cancel(job_id: int) -> None:
     """Cancel a job: a queued one at once, a running one within a step."""
-    state = context.backend().cancel_job(job_id)
+    state = backends.backend().cancel_job(job_id)
     output.say(f"job {job_id}: cancellation requested (state {state})")
 
 
 @jobs_app.command("retry")
 def retry(job_id: int) -> None:
     """Queue a failed or cancelled job again (a running or finished-successfully job is refused)."""
-    context.backend().retry_job(job_id)
+    backends.backend().retry_job(job_id)
     output.say(f"job {job_id} queued again")
 
 
 @jobs_app.command("logs")
 def logs(job_id: int) -> None:
     """Print a job's event log."""
-    for event in context.backend().job_logs(job_id):
+    for event in backends.backend().job_logs(job_id):
         output.say(f"{event['at']:%Y-%m-%d %H:%M:%S} {event['kind']:<7} {event['message']}")
 
 
@@ -63,7 +63,7 @@ def watch(job_id: int, json_output: bool = typer.Option(False, "--json", help="P
           ) -> None:
     """Follow a job's progress until it finishes (the server's event stream with --server); exit 1 unless it succeeded."""
     last: dict[str, object] = {}
-    for update in context.backend().follow_job(job_id):
+    for update in backends.backend().follow_job(job_id):
         last = update
         if json_output:
             output.emit_json(update)

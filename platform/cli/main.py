@@ -5,7 +5,7 @@ from the ``LatentopsError`` family print one line, ``Name: detail``, and exit 1;
 shown only with ``--debug``.
 
 ``--server URL --token T`` (or ``LATENTOPS_SERVER`` / ``LATENTOPS_TOKEN``) runs the commands that
-make sense remotely against a latentops server through its REST API (``cli/backend.py``).
+make sense remotely against a latentops server through its REST API (``cli/backends/``).
 """
 
 from __future__ import annotations

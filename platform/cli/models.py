@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, context, output
 from latentops.platform.services import models as models_service
 
 models_app = typer.Typer(help="Base models in the local model store, and who may use them.", no_args_is_help=True)
@@ -35,7 +35,7 @@ def import_(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Import local weights into the store (content-addressed; audited). Nothing is downloaded."""
-    result = context.backend().import_model(source=source, name=name, allow_pickle=allow_pickle, description=description)
+    result = backends.backend().import_model(source=source, name=name, allow_pickle=allow_pickle, description=description)
     if json_output:
         output.emit_json(result)
     else:
@@ -49,7 +49,7 @@ def list_(
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """List models in the catalogue."""
-    summaries = context.backend().list_models(include_removed=include_removed)
+    summaries = backends.backend().list_models(include_removed=include_removed)
     if json_output:
         for summary in summaries:
             output.emit_json(summary)
@@ -67,7 +67,7 @@ def show(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Show a model and its versions."""
-    info = context.backend().show_model(name)
+    info = backends.backend().show_model(name)
     if json_output:
         output.emit_json(info)
         return

@@ -11,7 +11,7 @@ from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle, write_tarball
 from latentops.governance.policy_engine import CompileError, EmbeddedEngine, OpaEngine
 from latentops.governance.policy_testing import run_tests
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, context, output
 from latentops.platform.errors import InvalidInput, ServiceUnavailable
 
 policy_app = typer.Typer(help="Policy-as-code: tests, evaluation, revisions.", no_args_is_help=True)
@@ -72,7 +72,7 @@ def eval_(
     input_json: str = typer.Option(..., "--input", help="The input as a JSON object."),
 ) -> None:
     """Evaluate one input and print the decision as JSON (the decision is recorded)."""
-    decision = context.backend().decide(path, _parse_input(input_json))
+    decision = backends.backend().decide(path, _parse_input(input_json))
     output.emit_json(decision)
     if not decision["allow"]:
         raise typer.Exit(2)
@@ -84,7 +84,7 @@ def check_prompt(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON line."),
 ) -> None:
     """Check a prompt against the prompt policy; exits 2 when it is denied."""
-    decision = context.backend().check_prompt(text)
+    decision = backends.backend().check_prompt(text)
     if json_output:
         output.emit_json({key: decision[key] for key in ("allow", "reasons", "rule_ids", "revision")})
     elif decision["allow"]:
@@ -110,7 +110,7 @@ def reload() -> None:
 @policy_app.command("revision")
 def revision(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the revision in force, the engine and the paths."""
-    status = context.backend().policy_status()
+    status = backends.backend().policy_status()
     if not status["revision"]:
         raise ServiceUnavailable(f"no policy revision is in force: {status['last_error']}")
     if json_output:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, context, output
 
 screening_app = typer.Typer(help="Content screening: CLIP weights, detectors, calibration, status.", no_args_is_help=True)
 copyright_app = typer.Typer(help="The copyright reference index and licence grants.", no_args_is_help=True)
@@ -22,7 +22,7 @@ def screen(
     json_output: bool = JSON,
 ) -> None:
     """Screen one image: content scores, copyright matches, verdict (recorded and audited)."""
-    payload = context.backend().screen(image, team=team or None)
+    payload = backends.backend().screen(image, team=team or None)
     if json_output:
         output.emit_json(payload)
         return
@@ -119,7 +119,7 @@ def copyright_add(
     json_output: bool = JSON,
 ) -> None:
     """Add the images of a folder to the reference index; unreadable files are listed."""
-    report = context.backend().copyright_add(directory=directory, owner=owner, licence=licence)
+    report = backends.backend().copyright_add(directory=directory, owner=owner, licence=licence)
     if json_output:
         output.emit_json(report)
     else:
@@ -139,7 +139,7 @@ def copyright_list(
     json_output: bool = JSON,
 ) -> None:
     """List references in the index."""
-    rows = context.backend().copyright_list(owner=owner or None, offset=offset, limit=limit)
+    rows = backends.backend().copyright_list(owner=owner or None, offset=offset, limit=limit)
     if json_output:
         output.emit_json(rows)
     else:
@@ -207,7 +207,7 @@ def quarantine_list(
     json_output: bool = JSON,
 ) -> None:
     """Quarantined images with their scores and reasons."""
-    rows = context.backend().quarantine_list(status)
+    rows = backends.backend().quarantine_list(status)
     if json_output:
         output.emit_json(rows)
     else:
@@ -221,7 +221,7 @@ def quarantine_release(
     reason: str = typer.Option(..., "--reason", help="Why it may be released (recorded)."),
 ) -> None:
     """Release a quarantined image (provenance is applied)."""
-    path = context.backend().quarantine_release(asset_id, reason)["path"]
+    path = backends.backend().quarantine_release(asset_id, reason)["path"]
     output.say(f"asset {asset_id} released" + (f": {path}" if path else ""))
 
 
@@ -231,7 +231,7 @@ def quarantine_reject(
     reason: str = typer.Option(..., "--reason", help="Why it is rejected (recorded)."),
 ) -> None:
     """Reject a quarantined image; it is kept as evidence and never released."""
-    context.backend().quarantine_reject(asset_id, reason)
+    backends.backend().quarantine_reject(asset_id, reason)
     output.say(f"asset {asset_id} rejected")
 
 

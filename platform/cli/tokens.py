@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, output
 
 tokens_app = typer.Typer(help="Personal API tokens (shown once, stored hashed).", no_args_is_help=True)
 
@@ -19,7 +19,7 @@ def create(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Create a token; its secret is printed once and never stored."""
-    result = context.backend().create_token(email=email, name=name, scopes=scope, expires_days=expires_days)
+    result = backends.backend().create_token(email=email, name=name, scopes=scope, expires_days=expires_days)
     secret = result["token"]
     if json_output:
         output.emit_json(result)
@@ -30,7 +30,7 @@ def create(
 @tokens_app.command("revoke")
 def revoke(token_id: int = typer.Argument(..., help="The token's id.")) -> None:
     """Revoke a token at once (audited)."""
-    context.backend().revoke_token(token_id)
+    backends.backend().revoke_token(token_id)
     output.say(f"token {token_id} revoked")
 
 

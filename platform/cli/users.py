@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from latentops.platform.cli import context, output
+from latentops.platform.cli import backends, output
 from latentops.platform.errors import InvalidInput
 from latentops.platform.models import Role
 
@@ -28,7 +28,7 @@ def create(
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise InvalidInput("password: --password-stdin was given but standard input was empty")
-    result = context.backend().create_user(email=email, role=role, team=team, password=password)
+    result = backends.backend().create_user(email=email, role=role, team=team, password=password)
     if json_output:
         output.emit_json(result)
     else:
@@ -42,7 +42,7 @@ def list_users(
 ) -> None:
     """List users with their teams and roles."""
     columns = ("id", "email", "teams", "active")
-    rows = context.backend().list_users(offset=offset, limit=limit)
+    rows = backends.backend().list_users(offset=offset, limit=limit)
     if json_output:
         for row in rows:
             output.emit_json({key: row[key] for key in columns})

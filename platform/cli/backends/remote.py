@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from latentops.client import Client
-from latentops.platform.cli.backend import AuditFilters, GenerationRequest
+from latentops.platform.cli.backends.base import AuditFilters, GenerationRequest
 from latentops.platform.errors import IntegrityError, InvalidInput, ServiceUnavailable
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
 
