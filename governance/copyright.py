@@ -53,6 +53,7 @@ from PIL import Image, ImageOps
 from sqlalchemy.orm import Session
 
 from latentops.governance import audit, policy
+from latentops.governance.clip import load_clip
 from latentops.governance.imagefile import load_image, read_bytes
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
 from latentops.platform.models import CopyrightLicence, CopyrightReference, Team, utcnow
@@ -317,9 +318,7 @@ class AddReport:
 
 
 def _clip(settings: Settings) -> Any:
-    from latentops.governance import screening
-
-    return screening.load_clip(settings)
+    return load_clip(settings)
 
 
 def _check_owner_licence(owner: str, licence: str) -> tuple[str, str]:

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import shutil
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,8 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from latentops.governance import audit, copyright, detectors, policy
-from latentops.governance.detectors import ClipConceptDetector, ClipModel, Detector
+from latentops.governance.clip import clip_dir, clip_manifest, load_clip, screening_dir
+from latentops.governance.detectors import ClipConceptDetector, Detector
 from latentops.governance.imagefile import load_image
 from latentops.platform.errors import InvalidInput
 from latentops.platform.models import ScreeningResult
@@ -55,14 +55,6 @@ NO_DETECTOR_WARNING = (
     "(latentops screening import-clip) or configure a detector"
 )
 KINDS = ("output", "training_upload")
-
-
-def screening_dir(settings: Settings) -> Path:
-    return settings.home / "screening"
-
-
-def clip_dir(settings: Settings) -> Path:
-    return screening_dir(settings) / "clip"
 
 
 def _sha256_file(path: Path) -> str:
@@ -100,28 +92,6 @@ def import_clip(session: Session, *, settings: Settings, arch: str, weights: Pat
                  details={"arch": arch, "sha256": sha, "source": str(weights)})
     log.info("CLIP weights imported for screening", extra={"arch": arch, "sha256": sha})
     return {key: manifest[key] for key in ("arch", "sha256", "weights", "imported_at")}
-
-
-def clip_manifest(settings: Settings) -> dict[str, Any] | None:
-    return detectors.read_config(clip_dir(settings) / "clip.json") or None
-
-
-_clip_cache: dict[str, ClipModel] = {}
-_clip_lock = threading.Lock()
-
-
-def load_clip(settings: Settings) -> ClipModel | None:
-    """The imported CLIP model (cached per process and weights hash), or ``None`` when none is imported."""
-    manifest = clip_manifest(settings)
-    if manifest is None:
-        return None
-    key = f"{clip_dir(settings)}:{manifest['sha256']}"
-    with _clip_lock:
-        if key not in _clip_cache:
-            model, preprocess, tokenizer = detectors.build_clip(
-                manifest["arch"], clip_dir(settings) / manifest["weights"], manifest.get("config"))
-            _clip_cache[key] = ClipModel(manifest["arch"], manifest["sha256"], model, preprocess, tokenizer)
-        return _clip_cache[key]
 
 
 # --- detectors in force -------------------------------------------------------------------------
