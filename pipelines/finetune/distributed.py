@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
@@ -56,7 +57,7 @@ from latentops.platform.errors import InvalidInput, LatentopsError
 
 if TYPE_CHECKING:
     from latentops.pipelines.finetune.config import LoraConfig
-    from latentops.pipelines.finetune.lora import Hooks, Tracker, TrainingResult
+    from latentops.pipelines.finetune.run import Hooks, Tracker, TrainingResult
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class _Spec:
     device_type: str
     parent_pid: int
     tracked: bool
+    train: Callable[..., TrainingResult]  # lora.train: pickled by name, imported by each process
     train_kwargs: dict[str, Any]
 
 
@@ -261,9 +263,7 @@ def _process_main() -> None:
             torch.cuda.set_device(device)
         dist.init_process_group(backend(spec.device_type), rank=rank, world_size=spec.world_size,
                                 timeout=PROCESS_GROUP_TIMEOUT)  # rendezvous at MASTER_ADDR:MASTER_PORT
-        from latentops.pipelines.finetune import lora
-
-        result = lora.train(**spec.train_kwargs, device=device, process=process, hooks=_RankHooks(process, channel),
+        result = spec.train(**spec.train_kwargs, device=device, process=process, hooks=_RankHooks(process, channel),
                             tracker=_RelayTracker(channel) if process.is_main and spec.tracked else None)
         outcome = ("done", rank, result if process.is_main else None)
     except StopRequested:
@@ -292,16 +292,16 @@ def _leave(connection: Connection, message: tuple[str, int, Any], *, code: int) 
 _CHILD = "from latentops.pipelines.finetune.distributed import _process_main; _process_main()"
 
 
-def launch(*, processes: int, device_type: str, hooks: Hooks, tracker: Tracker | None,
-           train_kwargs: dict[str, Any]) -> TrainingResult:
-    """Run ``lora.train(**train_kwargs)`` in ``processes`` processes; rank 0's result.
+def launch(train: Callable[..., TrainingResult], *, processes: int, device_type: str, hooks: Hooks,
+           tracker: Tracker | None, train_kwargs: dict[str, Any]) -> TrainingResult:
+    """Run ``train(**train_kwargs)`` (``lora.train``) in ``processes`` processes; rank 0's result.
 
     ``hooks`` and ``tracker`` are the caller's: they are called here, in this process, with what
     rank 0 reports. Whatever they raise (a cancellation, a lost lease) stops every rank first. The
     caller has checked the GPUs (:func:`require_gpus`).
     """
     spec = _Spec(world_size=processes, device_type=device_type, parent_pid=os.getpid(), tracked=tracker is not None,
-                 train_kwargs=train_kwargs)
+                 train=train, train_kwargs=train_kwargs)
     port = free_port()
     environment = {**os.environ, "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(port), "WORLD_SIZE": str(processes),
                    "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}

@@ -30,9 +30,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
@@ -45,72 +45,11 @@ from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import LoraConfig
 from latentops.pipelines.finetune.distributed import Rank
 from latentops.pipelines.finetune.families import Family, micro_conditioning
+from latentops.pipelines.finetune.run import Hooks, PriorData, QuietHooks, Tracker, TrainingResult
 from latentops.platform.errors import Conflict, InvalidInput
 
 logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-
-
-class Hooks(Protocol):
-    """What the caller sees of a run: the CLI shows a progress bar, a job writes the database."""
-
-    def progress(self, step: int, total: int, **metrics: float) -> None: ...
-    def log(self, message: str) -> None: ...
-    def check_cancelled(self) -> None: ...
-
-
-class QuietHooks:
-    def progress(self, step: int, total: int, **metrics: float) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        logger.info("%s", message)
-
-    def check_cancelled(self) -> None:
-        pass
-
-
-class Tracker(Protocol):
-    def start(self, *, config: LoraConfig, meta: dict[str, Any], resumed_from: int) -> None: ...
-    def metrics(self, step: int, values: dict[str, float]) -> None: ...
-    def finish(self, *, result: TrainingResult) -> None: ...
-
-
-@dataclass
-class PriorData:
-    """DreamBooth's class images: prompt and folder (already generated and validated)."""
-
-    class_prompt: str
-    folder: Path
-    weight: float
-
-
-@dataclass
-class TrainingResult:
-    out_dir: Path
-    weights_path: Path
-    kohya_path: Path | None
-    steps: int
-    final_loss: float
-    losses: list[float]
-    resumed_from: int
-    stopped_early: bool
-    base_model_hash: str
-    dataset_hash: str
-    samples: list[Path] = field(default_factory=list)
-    sample_grid: Path | None = None
-    seconds_per_step: float = 0.0
-    step_times: list[float] = field(default_factory=list)
-    images_per_second: float = 0.0
-    peak_memory_mb: float = 0.0
-    optimizer: str = "adamw"
-    mixed_precision: str = "no"
-    processes: int = 1
-    effective_batch_size: int = 0  # images per step over all processes, as counted by the ranks
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "samples" else v)
-                for k, v in asdict(self).items()}
 
 
 def _step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -257,7 +196,7 @@ def train(
         if device.type == "cuda":
             distributed.require_gpus(config.processes, distributed.available_gpus())
         _precision(config, device)
-        return distributed.launch(processes=config.processes, device_type=device.type, hooks=hooks, tracker=tracker,
+        return distributed.launch(train, processes=config.processes, device_type=device.type, hooks=hooks, tracker=tracker,
                                   train_kwargs={"config": config, "weights": weights, "instance_dir": Path(instance_dir),
                                                 "out_dir": out_dir, "cache_dir": cache_dir, "resume": resume,
                                                 "stop_after": stop_after, "prior": prior, "job_id": job_id})

@@ -1,0 +1,80 @@
+"""What a training run is given by its caller and gives back.
+
+The caller passes ``Hooks`` (progress, log lines, cancellation) and optionally a ``Tracker``
+(MLflow); a run returns a ``TrainingResult``. ``PriorData`` is DreamBooth's class-image set.
+These live apart from the recipe (``lora``) so that the process launcher (``distributed``), which
+the recipe calls, can name them without importing the recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from latentops.pipelines.finetune.config import LoraConfig
+
+logger = logging.getLogger(__name__)
+
+
+class Hooks(Protocol):
+    """What the caller sees of a run: the CLI shows a progress bar, a job writes the database."""
+
+    def progress(self, step: int, total: int, **metrics: float) -> None: ...
+    def log(self, message: str) -> None: ...
+    def check_cancelled(self) -> None: ...
+
+
+class QuietHooks:
+    def progress(self, step: int, total: int, **metrics: float) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        logger.info("%s", message)
+
+    def check_cancelled(self) -> None:
+        pass
+
+
+class Tracker(Protocol):
+    def start(self, *, config: LoraConfig, meta: dict[str, Any], resumed_from: int) -> None: ...
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...
+    def finish(self, *, result: TrainingResult) -> None: ...
+
+
+@dataclass
+class PriorData:
+    """DreamBooth's class images: prompt and folder (already generated and validated)."""
+
+    class_prompt: str
+    folder: Path
+    weight: float
+
+
+@dataclass
+class TrainingResult:
+    out_dir: Path
+    weights_path: Path
+    kohya_path: Path | None
+    steps: int
+    final_loss: float
+    losses: list[float]
+    resumed_from: int
+    stopped_early: bool
+    base_model_hash: str
+    dataset_hash: str
+    samples: list[Path] = field(default_factory=list)
+    sample_grid: Path | None = None
+    seconds_per_step: float = 0.0
+    step_times: list[float] = field(default_factory=list)
+    images_per_second: float = 0.0
+    peak_memory_mb: float = 0.0
+    optimizer: str = "adamw"
+    mixed_precision: str = "no"
+    processes: int = 1
+    effective_batch_size: int = 0  # images per step over all processes, as counted by the ranks
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "samples" else v)
+                for k, v in asdict(self).items()}
