@@ -54,7 +54,7 @@ from latentops.platform.api.security import (
 from latentops.platform.errors import LatentopsError
 from latentops.platform.services.auth import LoginThrottle
 from latentops.platform.settings import Settings, get_settings
-from latentops.platform.web import portal
+from latentops.platform.web import pages, portal
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (auth, users, jobs, finetune, generations, datasets, models, assets, audit, policies, quarantine,
                    copyright):
         app.include_router(module.router, prefix="/api/v1")
-    portal.install(app)
+    portal.install(app, pages.router)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus
     docs.install(app)
     # Outermost last: latency > forwarded client > headers > last resort > JSON limits > upload limit.

@@ -161,14 +161,14 @@ def home(request: Request, session: SessionDep, principal: PortalUser) -> HTMLRe
     return render(request, "home.html", session=session, principal=principal)
 
 
-def install(app: FastAPI) -> None:
-    """Add the portal's pages, static files and the sign-in redirect to ``app``."""
-    from latentops.platform.web import pages
+def install(app: FastAPI, *pages: APIRouter) -> None:
+    """Add the portal's frame, its ``pages`` (``web.pages.router``), static files and the sign-in redirect to ``app``."""
 
     @app.exception_handler(LoginRequired)
     async def _login_required(_request: Request, error: LoginRequired) -> RedirectResponse:
         return RedirectResponse(f"/login?next={auth_api.safe_next(error.next_url)}", status_code=303)
 
     app.include_router(router)
-    app.include_router(pages.router)
+    for page_router in pages:
+        app.include_router(page_router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
