@@ -45,7 +45,6 @@ from typing import Any
 
 import rfc8785
 import sqlalchemy as sa
-from prometheus_client import Counter
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -68,7 +67,7 @@ ENTRY_COLUMNS = (
     AuditEntry.outcome, AuditEntry.details, AuditEntry.prev_hash, AuditEntry.hash,
 )
 
-ALARMS = Counter("latentops_audit_integrity_alarms_total", "Appends refused because the audit chain head did not verify")
+ALARMS = audit_mac.ALARMS  # also counts the pending rows the integrator refuses
 
 
 @dataclass(frozen=True)

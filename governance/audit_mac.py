@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 MAC_CONTEXT = b"latentops audit pending v1\n"
 NONCE_BYTES = 16
 
+ALARMS = Counter("latentops_audit_integrity_alarms_total", "Appends refused because the audit chain head did not verify")
 REFUSED = Counter("latentops_audit_pending_refused_total",
                   "Pending audit rows the integrator refused (no valid MAC, replayed, backdated), by reason",
                   ["reason"])
@@ -192,15 +193,13 @@ def refused_ids(database: str) -> frozenset[int]:
 
 def refuse(database: str, refusal: Refusal) -> None:
     """Alarm (once per process and row) about a pending row the integrator will not integrate."""
-    from latentops.governance import audit  # audit builds on this module
-
     with _refused_lock:
         known = _refused.setdefault(database, set())
         if refusal.pending_id in known:
             return
         known.add(refusal.pending_id)
     REFUSED.labels(refusal.reason).inc()
-    audit.ALARMS.inc()
+    ALARMS.inc()
     log.error("audit integrity alarm: refusing %s; it stays pending and `latentops audit verify` fails until the "
               "database owner investigates and removes it", refusal.line(),
               extra={"pending_id": refusal.pending_id, "damage": refusal.reason})
