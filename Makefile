@@ -37,9 +37,10 @@ TEST_WORKERS ?= 2
 test: install  ## The whole suite in parallel (PostgreSQL/Redis tests need LATENTOPS_TEST_POSTGRES_URL/_REDIS_URL).
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
-lint: install  ## ruff and mypy.
+lint: install  ## ruff, mypy and the import contract (pyproject's [tool.importlinter]).
 	$(BIN)/ruff check platform governance pipelines tests bench
 	$(BIN)/mypy platform governance pipelines
+	$(BIN)/lint-imports --no-logo
 
 clean:  ## Remove the virtual environment and the demo home.
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache
