@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import PRIORITY_HELP, job_json, submit_team
+from latentops.platform.api.jobs import PRIORITY_HELP, job_json
 from latentops.platform.errors import InvalidInput
-from latentops.platform.services import job_requests
+from latentops.platform.services import job_requests, teams
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.settings import Settings
 
@@ -111,7 +111,7 @@ def submit_staged(session: Session, settings: Settings, principal: Principal, *,
     from latentops.platform.services import finetune as finetune_service  # imports torch: only when used
 
     access.check(session, principal=principal, action="jobs.submit")
-    team_name = submit_team(session, principal, team).name
+    team_name = teams.resolve(session, principal, team).name
     job_requests.visible_model(session, principal, ref=model, action="jobs.submit")  # 404 like a missing model
     session.commit()  # the service writes in its own transaction
     try:

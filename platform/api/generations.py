@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import job_json, queue_job, submit_team, visible_job
+from latentops.platform.api.jobs import job_json, queue_job, visible_job
 from latentops.platform.errors import NotFound, PolicyDenied
 from latentops.platform.models import Asset
-from latentops.platform.services import job_requests
+from latentops.platform.services import job_requests, teams
 from latentops.platform.services.job_requests import GenerationRequest as GenerationBody
 from latentops.platform.settings import Settings
 
@@ -33,7 +33,7 @@ def submit_generation(session: Session, settings: Settings, principal: Principal
     """Decide now (403 with reasons on a deny), then queue; shared by this route, ``POST /jobs``
     (kind ``generate``) and the portal. The params are built by ``job_requests.build_generate``."""
     access.check(session, principal=principal, action="generations.create")
-    team = submit_team(session, principal, body.team)
+    team = teams.resolve(session, principal, body.team)
     denial: PolicyDenied | None = None
     try:
         params = job_requests.build_generate(session, principal=principal, team=team, request=body)

@@ -31,7 +31,7 @@ from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.database import session_scope
 from latentops.platform.errors import InvalidInput, NotFound
 from latentops.platform.models import Job, Team
-from latentops.platform.services import job_requests
+from latentops.platform.services import job_requests, teams
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services.users import team_names
 from latentops.platform.settings import Settings
@@ -79,22 +79,6 @@ def visible_job(session: Session, principal: Principal, job_id: int, action: str
     access.check(session, principal=principal, action=action, resource={"team": team.name if team else None},
                  not_found=missing)
     return job
-
-
-def submit_team(session: Session, principal: Principal, team: str | None) -> Team:
-    """The team a new job runs for: the one named (a team of the caller) or the caller's only team."""
-    teams = principal.teams
-    if team is None:
-        if len(teams) != 1:
-            raise InvalidInput(f"team: you belong to {len(teams)} teams ({', '.join(teams) or 'none'}); name one")
-        team = teams[0]
-    name = team.strip().lower()
-    row = session.scalar(sa.select(Team).where(Team.name == name))
-    access.check(session, principal=principal, action="jobs.submit", resource={"team": row.name if row else None},
-                 not_found=f"team: no team named {team!r}")
-    if row is None:
-        raise NotFound(f"team: no team named {team!r}")
-    return row
 
 
 def queue_job(session: Session, settings: Settings, principal: Principal, team: Team, *, kind: str,
@@ -157,7 +141,7 @@ def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, princip
         created = datasets.submit_spec(session, settings, principal, spec)
         return {**job_json(session, jobs_service.get(session, created["job_id"])), "dataset_id": created["dataset_id"]}
     request = job_requests.parse(job_requests.DiagnosticsRequest, body.params, source="params")
-    team = submit_team(session, principal, body.team)
+    team = teams.resolve(session, principal, body.team)
     return queue_job(session, settings, principal, team, kind=body.kind, params=job_requests.build_diagnostics(request),
                      priority=body.priority)
 

@@ -49,7 +49,7 @@ from latentops.platform.errors import (
     ServiceUnavailable,
 )
 from latentops.platform.models import Dataset, Team
-from latentops.platform.services import generation
+from latentops.platform.services import generation, teams
 from latentops.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
     base = _resolve(session, spec.model, spec.lora)
     if spec.filters.classifier is not None:
         filters.classifier_file(classifier_root(settings), spec.filters.classifier.id)
-    team, team_id = generation.resolve_team(session, actor=actor, team=spec.team)
+    team_row = teams.resolve(session, actor, spec.team)
+    team, team_id = (team_row.name, team_row.id) if team_row else (None, None)
     resolution = spec.resolution() or _native_resolution(base.weights.path)
     decision = policy.require("datasets", {"action": "generate", "team": team or "", "dataset": {
         "images": spec.total_images, "resolution": resolution, "team": team or ""}}, session=session, actor=actor)

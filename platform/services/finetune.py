@@ -49,7 +49,7 @@ from latentops.platform.models import (
     User,
     utcnow,
 )
-from latentops.platform.services import grants, jobs
+from latentops.platform.services import grants, jobs, teams
 from latentops.platform.services import models as models_service
 from latentops.platform.services.finetune_request import Request
 from latentops.platform.settings import Settings
@@ -80,22 +80,6 @@ class Preflight:
 
 
 # --- checks ------------------------------------------------------------------------------------
-
-
-def _team(session: Session, actor: audit.Actor | str, team: str | None) -> tuple[str, int | None]:
-    if team:
-        row = session.scalar(sa.select(Team).where(Team.name == team.strip().lower()))
-        if row is None:
-            raise NotFound(f"team: no team named {team!r}")
-        return row.name, row.id
-    subject = policy.subject_for(session, actor)
-    teams = sorted({m["team"] for m in subject.get("memberships", [])})
-    if len(teams) > 1:
-        raise InvalidInput(f"team: you belong to several teams ({', '.join(teams)}); say which one the job runs for")
-    if not teams:
-        return "", None
-    row = session.scalar(sa.select(Team).where(Team.name == teams[0]))
-    return teams[0], row.id if row else None
 
 
 def _freeze_uploads(settings: Settings, folder: Path, images: list[data.InstanceImage]) -> Path:
@@ -132,7 +116,8 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
         raise InvalidInput(f"name: {adapter_name!r} is not a valid adapter name (lowercase letters, digits, '.', '-', '_')")
     # 2. Images: nothing is queued for a folder without one valid image.
     images = data.require_instances(Path(request.instance_dir), instance_prompt=config.instance_prompt)
-    team, team_id = _team(session, actor, request.team)
+    team_row = teams.resolve(session, actor, request.team)
+    team, team_id = (team_row.name, team_row.id) if team_row else ("", None)
     # 3. Copyright screening of each upload (normalised pixels, so 16-bit and CMYK files screen too).
     uploads = [(i.file, _png(Path(request.instance_dir) / i.file)) for i in images]
     results = copyright.screen_training_upload(session, settings=settings, images=uploads, team=team, actor=actor)

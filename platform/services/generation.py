@@ -37,9 +37,10 @@ from sqlalchemy.orm import Session
 from latentops.governance import audit, policy, quarantine
 from latentops.governance.imagefile import load_image
 from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, ServiceUnavailable
-from latentops.platform.models import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, Team, User
+from latentops.platform.models import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, User
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
+from latentops.platform.services import teams
 from latentops.platform.services.users import team_names
 from latentops.platform.settings import Settings
 
@@ -255,22 +256,9 @@ def actor_user(session: Session, actor: audit.Actor | str) -> User | None:
 
 
 def resolve_team(session: Session, *, actor: audit.Actor | str, team: str | None) -> tuple[str | None, int | None]:
-    """The team a request runs for: the one named, or the actor's only team, or none (console)."""
-    if team:
-        row = session.scalar(sa.select(Team).where(Team.name == team.strip().lower()))
-        if row is None:
-            raise NotFound(f"team: no team named {team!r}")
-        subject = policy.subject_for(session, actor)
-        if subject["kind"] == "user" and row.name not in {m["team"] for m in subject["memberships"]}:
-            raise NotFound(f"team: no team named {team!r}")
-        return row.name, row.id
-    subject = policy.subject_for(session, actor)
-    teams = sorted({m["team"] for m in subject.get("memberships", [])})
-    if len(teams) > 1:
-        raise InvalidInput(f"team: you belong to several teams ({', '.join(teams)}); say which one the images are for")
-    if not teams:
-        return None, None
-    return teams[0], session.scalar(sa.select(Team.id).where(Team.name == teams[0]))
+    """``teams.resolve`` for an actor, as ``(name, id)``; ``(None, None)`` when it runs for no team."""
+    row = teams.resolve(session, actor, team)
+    return (row.name, row.id) if row else (None, None)
 
 
 def generate(session: Session, *, settings: Settings, actor: audit.Actor | str, target: Target, spec: GenerationSpec,
@@ -433,10 +421,11 @@ def run_job(ctx: Any) -> dict[str, Any]:
     denial: PolicyDenied | None = None
     with session_scope(ctx.settings.database_url) as session:
         target = resolve(session, model=params["model"], lora=params.get("lora"))
-        team, team_id = resolve_team(session, actor=actor, team=params.get("team"))
+        team = teams.resolve(session, actor, params.get("team"))
         try:
             result = generate(session, settings=ctx.settings, actor=actor, target=target, spec=spec_from(params),
-                              team=team, team_id=team_id, job_id=ctx.job_id, purpose="generation")
+                              team=team.name if team else None, team_id=team.id if team else None,
+                              job_id=ctx.job_id, purpose="generation")
         except PolicyDenied as error:  # committed: the denial is evidence
             denial = error
         else:

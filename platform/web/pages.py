@@ -24,7 +24,7 @@ from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.errors import InvalidInput, LatentopsError
 from latentops.platform.models import Asset, ModelRecord, Role, Team
 from latentops.platform.services import grants as grants_service
-from latentops.platform.services import job_requests, memberships
+from latentops.platform.services import job_requests, memberships, teams
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services import users as users_service
 from latentops.platform.web.portal import PortalUser, render
@@ -71,7 +71,7 @@ def submit_job(request: Request, session: SessionDep, settings: SettingsDep, pri
     access.check(session, principal=principal, action="jobs.submit")
     if kind not in jobs_api.FORM_KINDS:  # the others have their own pages (generate, datasets, fine-tune)
         raise InvalidInput(f"kind: {kind!r} is not submitted here; one of {', '.join(jobs_api.FORM_KINDS)}")
-    team_row = jobs_api.submit_team(session, principal, team or None)
+    team_row = teams.resolve(session, principal, team or None)
     params = job_requests.build_diagnostics(job_requests.DiagnosticsRequest())
     job = jobs_api.queue_job(session, settings, principal, team_row, kind=kind, params=params)
     return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
