@@ -70,7 +70,6 @@ ORB_SIDE = 512
 EXHAUSTIVE_MAX = 64
 CLIP_CANDIDATES = 4
 HNSW_FROM = 20_000
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # (left, top, right, bottom) as fractions: the whole image, five 80% crops and a 90% centre crop.
 CROPS = ((0, 0, 1, 1), (0.1, 0.1, 0.9, 0.9), (0, 0, 0.8, 0.8), (0.2, 0, 1, 0.8), (0, 0.2, 0.8, 1), (0.2, 0.2, 1, 1),
          (0.05, 0.05, 0.95, 0.95))

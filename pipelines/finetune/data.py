@@ -39,7 +39,6 @@ from latentops.platform.errors import InvalidInput
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 64
 MAX_BYTES = 64 * 1024 * 1024
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Formats that describe drawings as programs or markup; never rasterised for training.
 VECTOR_SUFFIXES = frozenset({".svg", ".svgz", ".eps", ".ps", ".pdf", ".ai", ".wmf", ".emf", ".html", ".htm", ".xml"})
 RASTER_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from latentops.governance import access
 from latentops.governance.access import Principal
+from latentops.governance.image_formats import IMAGE_SUFFIXES
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import PRIORITY_HELP, job_json
 from latentops.platform.errors import InvalidInput
@@ -38,7 +39,6 @@ from latentops.platform.settings import Settings
 
 router = APIRouter(tags=["finetune"])
 MAX_FILES = 200
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()-]{0,150}$")
 # What the portal offers as presets: a starting point per budget, overridden by explicit values.
 PRESETS: dict[str, dict[str, Any]] = {
