@@ -1,8 +1,9 @@
 """A loopback server speaking the parts of OPA that ``OpaEngine`` uses, evaluated by regopy.
 
-No OPA binary installs here, so the OPA engine path is exercised against this server: the same
-HTTP requests, the same response shapes (``{"result": ...}``, ``{}`` when undefined, OPA-style
-errors), evaluated by rego-cpp. REST endpoints:
+A test fake, not part of the product: no OPA binary installs here, so the tests exercise the OPA
+engine path against this server: the same HTTP requests, the same response shapes
+(``{"result": ...}``, ``{}`` when undefined, OPA-style errors), evaluated by rego-cpp. REST
+endpoints:
 
 * ``GET /health`` (``?bundles``: 500 until every configured bundle is activated, as OPA does)
 * ``GET /v1/policies``, ``PUT /v1/policies/<id>`` (text/plain Rego), ``DELETE /v1/policies/<id>``

@@ -226,7 +226,7 @@ def test_dev_gpu_scaler_counts_the_jobs_waiting_on_every_priority_list_of_the_br
 
 
 def test_api_and_workers_have_an_opa_sidecar_pulling_the_bundle_from_the_api(rendered) -> None:  # type: ignore[no-untyped-def]
-    from latentops.governance.opa_compat import bundle_sources, substitute_env
+    from opa_compat import bundle_sources, substitute_env
 
     _overlay, docs = rendered
     configs = by_kind(docs, "ConfigMap")

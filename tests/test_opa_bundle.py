@@ -3,7 +3,7 @@ OPA-compatible server pulls it (polling, ETag, bearer token), and the OPA engine
 only when OPA made it with the revision in force.
 
 The end-to-end tests run the real API (uvicorn in a subprocess, itself deciding through the same
-OPA in bundle mode, like an API pod with its sidecar) and ``latentops.governance.opa_compat`` with
+OPA in bundle mode, like an API pod with its sidecar) and ``tests/opa_compat.py`` with
 an OPA configuration pointing at it; the test process plays a worker with its own bundle-mode
 engine. Policy data is edited through the product (``policy.set_policy_data``).
 """
@@ -28,9 +28,7 @@ import sqlalchemy as sa
 from api_helpers import api_server, bearer, free_port, make_token, make_user
 from conftest import REPO
 from fastapi.testclient import TestClient
-
-from latentops.governance import policy
-from latentops.governance.opa_compat import (
+from opa_compat import (
     BundleFiles,
     ConfigError,
     OpaCompatServer,
@@ -38,6 +36,8 @@ from latentops.governance.opa_compat import (
     load_config,
     read_bundle,
 )
+
+from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
 from latentops.governance.policy_engine import CompileError, OpaEngine
 from latentops.platform.api import policies as policies_api

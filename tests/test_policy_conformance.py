@@ -9,10 +9,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from opa_compat import OpaCompatServer
 
 from latentops.governance import policy
 from latentops.governance.native import load_regopy
-from latentops.governance.opa_compat import OpaCompatServer
 from latentops.governance.policy_bundle import load_bundle
 from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine
 from latentops.governance.policy_testing import run_tests
