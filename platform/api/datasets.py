@@ -22,7 +22,7 @@ from latentops.governance.access import Principal
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import job_json, visible_team_ids
-from latentops.platform.errors import Conflict, NotFound, PolicyDenied
+from latentops.platform.errors import Conflict, NotFound
 from latentops.platform.models import Dataset, Job, Team
 from latentops.platform.services import job_requests
 from latentops.platform.settings import Settings
@@ -89,16 +89,10 @@ def export_zip(session: Session, principal: Principal, row: Dataset) -> bytes:
     if row.state != "ready":
         raise Conflict(f"dataset {row.id} is {row.state}; it can be downloaded when it is ready")
     team = session.get(Team, row.team_id) if row.team_id else None
-    denial: PolicyDenied | None = None
-    try:
-        policy.require("datasets", {"action": "export", "team": team.name if team else "",
-                                    "dataset": {"images": int(row.stats.get("images", 0)), "team": team.name if team else ""}},
-                       session=session, actor=principal.user)
-    except PolicyDenied as error:
-        denial = error
-    if denial is not None:
-        session.commit()
-        raise denial
+    # A denial raises out of the request's session_scope, which commits it: it is evidence.
+    policy.require("datasets", {"action": "export", "team": team.name if team else "",
+                                "dataset": {"images": int(row.stats.get("images", 0)), "team": team.name if team else ""}},
+                   session=session, actor=principal.user)
     root = Path(row.path)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:

@@ -19,7 +19,7 @@ from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import job_json, queue_job, visible_job
-from latentops.platform.errors import NotFound, PolicyDenied
+from latentops.platform.errors import NotFound
 from latentops.platform.models import Asset
 from latentops.platform.services import job_requests, teams
 from latentops.platform.services.job_requests import GenerationRequest as GenerationBody
@@ -34,14 +34,8 @@ def submit_generation(session: Session, settings: Settings, principal: Principal
     (kind ``generate``) and the portal. The params are built by ``job_requests.build_generate``."""
     access.check(session, principal=principal, action="generations.create")
     team = teams.resolve(session, principal, body.team)
-    denial: PolicyDenied | None = None
-    try:
-        params = job_requests.build_generate(session, principal=principal, team=team, request=body)
-    except PolicyDenied as error:
-        denial = error
-    if denial is not None:
-        session.commit()  # decisions are evidence, allowed or denied
-        raise denial
+    # A denial raises out of the request's session_scope, which commits it: decisions are evidence.
+    params = job_requests.build_generate(session, principal=principal, team=team, request=body)
     return queue_job(session, settings, principal, team, kind="generate", params=params, priority=priority)
 
 

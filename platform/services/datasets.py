@@ -277,21 +277,14 @@ def run(settings: Settings, *, spec: DatasetSpec, out: Path, actor: audit.Actor 
     state_dir = out / STATE_DIR
     previous = _load_state(out, spec)
     dataset_id = dataset_id or previous.get("dataset_id")
-    # 1. Checks (a denial is committed: it is evidence).
-    denial: PolicyDenied | None = None
+    # 1. Checks (session_scope commits a denial: it is evidence).
     with session_scope(settings.database_url) as session:
-        try:
-            plan = preflight(session, settings=settings, actor=actor, spec=spec)
-        except PolicyDenied as error:
-            denial = error
-        else:
-            if dataset_id is None:
-                dataset_id = create_record(session, spec=spec, actor=actor, team_id=plan.team_id, path=out,
-                                           job_id=job_id).id
-            row = get(session, dataset_id)
-            row.state, row.path = "running", str(out)
-    if denial is not None:
-        raise denial
+        plan = preflight(session, settings=settings, actor=actor, spec=spec)
+        if dataset_id is None:
+            dataset_id = create_record(session, spec=spec, actor=actor, team_id=plan.team_id, path=out,
+                                       job_id=job_id).id
+        row = get(session, dataset_id)
+        row.state, row.path = "running", str(out)
     assert dataset_id is not None
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -487,23 +480,16 @@ def submit(settings: Settings, *, actor: audit.Actor | str, spec: DatasetSpec, o
     from latentops.platform.services import jobs
 
     jobs.ping_broker(settings)
-    denial: PolicyDenied | None = None
-    with session_scope(settings.database_url) as session:
-        try:
-            plan = preflight(session, settings=settings, actor=actor, spec=spec)
-        except PolicyDenied as error:
-            denial = error
-        else:
-            row = create_record(session, spec=spec, actor=actor, team_id=plan.team_id, path=Path(""))
-            row.path = str(default_out(settings, row.id, spec.name))
-            owner = generation.actor_user(session, actor if owner_email is None else owner_email)
-            job = jobs.create(session, kind="dataset", params={"spec": spec.model_dump(mode="json"), "dataset_id": row.id,
-                                                                "out": row.path, "actor": audit_name(actor)},
-                              actor=actor, owner=owner, team_id=plan.team_id, priority=priority)
-            row.job_id, row.state = job.id, "queued"
-            ids = (row.id, job.id)
-    if denial is not None:
-        raise denial
+    with session_scope(settings.database_url) as session:  # a denial commits: it is evidence
+        plan = preflight(session, settings=settings, actor=actor, spec=spec)
+        row = create_record(session, spec=spec, actor=actor, team_id=plan.team_id, path=Path(""))
+        row.path = str(default_out(settings, row.id, spec.name))
+        owner = generation.actor_user(session, actor if owner_email is None else owner_email)
+        job = jobs.create(session, kind="dataset", params={"spec": spec.model_dump(mode="json"), "dataset_id": row.id,
+                                                            "out": row.path, "actor": audit_name(actor)},
+                          actor=actor, owner=owner, team_id=plan.team_id, priority=priority)
+        row.job_id, row.state = job.id, "queued"
+        ids = (row.id, job.id)
     with session_scope(settings.database_url) as session:
         job_row = jobs.get(session, ids[1])
     jobs.dispatch(settings, job_row)

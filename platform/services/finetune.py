@@ -37,7 +37,7 @@ from latentops.pipelines.finetune import data, dreambooth, interop, tracking
 from latentops.pipelines.finetune.config import FinetuneConfig, build_config
 from latentops.pipelines.finetune.lora import Hooks, TrainingResult
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, ServiceUnavailable
+from latentops.platform.errors import InvalidInput, NotFound, ServiceUnavailable
 from latentops.platform.models import (
     Job,
     JobEvent,
@@ -153,26 +153,17 @@ def _png(path: Path) -> bytes:
 def submit(settings: Settings, *, actor: audit.Actor | str, request: Request, owner_email: str | None = None) -> int:
     """Check, screen and decide, then create the job and enqueue it after the commit."""
     jobs.ping_broker(settings)
-    denial: PolicyDenied | None = None
-    job: Job | None = None
-    with session_scope(settings.database_url) as session:
-        try:
-            checked = preflight(session, settings=settings, actor=actor, request=request)
-        except PolicyDenied as error:
-            denial = error  # the recorded decisions commit with this transaction, as evidence
-        else:
-            owner = session.scalar(sa.select(User).where(User.email == owner_email)) if owner_email else None
-            params = {
-                "config": checked.config.params(), "weights": _weights_json(checked.weights),
-                "version_id": checked.version_id, "instance_dir": str(checked.instance_dir),
-                "class_dir": str(request.class_dir) if request.class_dir else None,
-                "adapter_name": checked.adapter_name, "team": checked.team, "lineage": checked.lineage(None),
-            }
-            job = jobs.create(session, kind=KIND, params=params, actor=actor, owner=owner, team_id=checked.team_id,
-                              priority=checked.priority)
-    if denial is not None:
-        raise denial
-    assert job is not None
+    with session_scope(settings.database_url) as session:  # a denial commits its decisions: they are evidence
+        checked = preflight(session, settings=settings, actor=actor, request=request)
+        owner = session.scalar(sa.select(User).where(User.email == owner_email)) if owner_email else None
+        params = {
+            "config": checked.config.params(), "weights": _weights_json(checked.weights),
+            "version_id": checked.version_id, "instance_dir": str(checked.instance_dir),
+            "class_dir": str(request.class_dir) if request.class_dir else None,
+            "adapter_name": checked.adapter_name, "team": checked.team, "lineage": checked.lineage(None),
+        }
+        job = jobs.create(session, kind=KIND, params=params, actor=actor, owner=owner, team_id=checked.team_id,
+                          priority=checked.priority)
     try:
         jobs.dispatch(settings, job)
     except ServiceUnavailable as error:
@@ -213,14 +204,8 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
 def run_local(settings: Settings, *, actor: audit.Actor | str, request: Request, out_dir: Path, hooks: Hooks,
               resume: bool = False, stop_after: int | None = None, track: bool = True) -> dict[str, Any]:
     """``latentops finetune run``: the same checks and recipe as a job, in this process."""
-    denial: PolicyDenied | None = None
-    with session_scope(settings.database_url) as session:
-        try:
-            checked = preflight(session, settings=settings, actor=actor, request=request)
-        except PolicyDenied as error:
-            denial = error
-    if denial is not None:
-        raise denial
+    with session_scope(settings.database_url) as session:  # a denial commits: it is evidence
+        checked = preflight(session, settings=settings, actor=actor, request=request)
     tracker = _tracker(settings, checked.weights, checked.adapter_name, out_dir, None, checked.lineage(None)) if track else None
     result = dreambooth.run(checked.config, weights=checked.weights, instance_dir=checked.instance_dir, out_dir=out_dir,
                             class_dir=request.class_dir, hooks=hooks, tracker=tracker, resume=resume,

@@ -16,8 +16,9 @@ training run, and every image of a synthetic dataset come through here, in this 
 5. **Record** a ``generation.request`` audit entry naming the decisions and assets; the prompt text
    is sealed to the requesting user (erasable), the entry itself carries only prompt hashes.
 
-Everything is written in the caller's transaction. A caller that wants a denial kept as evidence
-commits the session although the call raised (the CLI, the API and the job handler do).
+Everything is written in the caller's transaction. A denial is kept as evidence when that
+transaction is ``database.session_scope``'s (the CLI, the API and the job handler): it commits a
+``PolicyDenied`` before it propagates.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from latentops.governance import audit, policy, quarantine
 from latentops.governance.imagefile import load_image
-from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied, ServiceUnavailable
+from latentops.platform.errors import InvalidInput, NotFound, ServiceUnavailable
 from latentops.platform.models import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, User
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
@@ -418,19 +419,12 @@ def run_job(ctx: Any) -> dict[str, Any]:
 
     params = ctx.params
     actor = params.get("actor") or f"job:{ctx.job_id}"
-    denial: PolicyDenied | None = None
-    with session_scope(ctx.settings.database_url) as session:
+    with session_scope(ctx.settings.database_url) as session:  # a denial commits: it is evidence
         target = resolve(session, model=params["model"], lora=params.get("lora"))
         team = teams.resolve(session, actor, params.get("team"))
-        try:
-            result = generate(session, settings=ctx.settings, actor=actor, target=target, spec=spec_from(params),
-                              team=team.name if team else None, team_id=team.id if team else None,
-                              job_id=ctx.job_id, purpose="generation")
-        except PolicyDenied as error:  # committed: the denial is evidence
-            denial = error
-        else:
-            summary = result.to_json()
-    if denial is not None:
-        raise denial
+        result = generate(session, settings=ctx.settings, actor=actor, target=target, spec=spec_from(params),
+                          team=team.name if team else None, team_id=team.id if team else None,
+                          job_id=ctx.job_id, purpose="generation")
+        summary = result.to_json()
     ctx.progress(1, 1)
     return summary
