@@ -20,8 +20,6 @@ from an actor (an empty form field or flag) counts as no name.
 
 from __future__ import annotations
 
-from typing import overload
-
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -33,17 +31,12 @@ from latentops.platform.models import Team
 __all__ = ["resolve"]
 
 
-@overload
-def resolve(session: Session, caller: Principal, name: str | None, *, action: str = ...) -> Team: ...
-
-
-@overload
-def resolve(session: Session, caller: audit.Actor | str, name: str | None, *, action: str = ...) -> Team | None: ...
-
-
 def resolve(session: Session, caller: Principal | audit.Actor | str, name: str | None, *,
             action: str = "jobs.submit") -> Team | None:
-    """The team ``caller`` names (or its only team) for ``action``; the rule is the module docstring's."""
+    """The team ``caller`` names (or its only team) for ``action``; the rule is the module docstring's.
+
+    Never ``None`` for a ``Principal``; ``None`` for an actor means the request runs for no team.
+    """
     if isinstance(caller, Principal):
         return _for_principal(session, caller, name, action)
     return _for_actor(session, caller, name or None, action)
