@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from latentops.client import Client
+from latentops.governance.image_formats import IMAGE_SUFFIXES
 from latentops.platform.cli.backends.base import AuditFilters, GenerationRequest
 from latentops.platform.errors import IntegrityError, InvalidInput, ServiceUnavailable
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
 
 def _unsupported(option: str, why: str) -> InvalidInput:
