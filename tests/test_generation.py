@@ -114,6 +114,8 @@ def test_cli_generate_writes_released_images_and_a_denied_prompt_exits_non_zero(
     assert denied.returncode != 0
     assert "PolicyDenied" in denied.stderr and "prompt." in denied.stderr
     assert not (tmp_path / "no").exists()
+    with session_scope(settings_env.database_url) as db:  # the refusal is kept as evidence
+        assert db.scalar(sa.select(sa.func.count(PolicyDecision.id)).where(PolicyDecision.allow.is_(False))) == 1
     unknown = cli("generate", "--model", "tiny@v9", "--prompt", "a cat", "--out", str(tmp_path / "no"))
     assert unknown.returncode == 1 and "no version or alias 'v9'" in unknown.stderr
 

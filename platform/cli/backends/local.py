@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from latentops.platform.cli import context
 from latentops.platform.cli.backends.base import AuditFilters, GenerationRequest
-from latentops.platform.errors import PolicyDenied
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
 
 if TYPE_CHECKING:
@@ -27,14 +26,10 @@ T = TypeVar("T")
 
 
 def run_recorded(work: Callable[[Session], T]) -> T:
-    """Run ``work(db)`` in one session; keep the recorded decision even when the policy denies."""
-    denied: PolicyDenied | None = None
+    """Run ``work(db)`` in one session; a denial's decision record and audit entry still commit
+    (``session_scope`` commits before a ``PolicyDenied`` propagates)."""
     with context.session() as db:
-        try:
-            return work(db)
-        except PolicyDenied as error:
-            denied = error  # commit the decision record and its audit entry, then report
-    raise denied
+        return work(db)
 
 
 class LocalBackend:
