@@ -187,6 +187,14 @@ def redis_url() -> str:
 # --- settings and the CLI ---------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD1 model folder to catalogue, made once per module (a module may define its own)."""
+    from generation_helpers import tiny_source
+
+    return tiny_source(tmp_path_factory.mktemp("models"))
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
