@@ -30,7 +30,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from PIL import Image
@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from latentops.governance import audit, policy, screening
 from latentops.pipelines.datasets import filters, formats
 from latentops.pipelines.datasets.spec import DatasetSpec
+from latentops.pipelines.finetune.run import Hooks, QuietHooks
 from latentops.platform.database import session_scope
 from latentops.platform.errors import (
     Conflict,
@@ -56,25 +57,6 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".latentops"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-class Hooks(Protocol):
-    """What a run reports to: a job's context, or the CLI's progress bar."""
-
-    def progress(self, step: int, total: int, **metrics: float) -> None: ...
-    def log(self, message: str) -> None: ...
-    def check_cancelled(self) -> None: ...
-
-
-class QuietHooks:
-    def progress(self, step: int, total: int, **metrics: float) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        log.info(message)
-
-    def check_cancelled(self) -> None:
-        pass
 
 
 # --- 1. checks -----------------------------------------------------------------------------------
