@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.governance.image_formats import IMAGE_SUFFIXES
+from latentops.platform.api import limits
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import PRIORITY_HELP, job_json
 from latentops.platform.errors import InvalidInput
@@ -59,15 +60,14 @@ def safe_file_name(name: str | None, index: int) -> str:
     return raw
 
 
-def recipe_values(preset: str, params: str, instance_prompt: str) -> dict[str, Any]:
+def recipe_values(preset: str, params: str, instance_prompt: str, *, max_depth: int) -> dict[str, Any]:
+    """The preset's recipe values, overridden by ``params`` (a JSON object, nested at most ``max_depth``)."""
     if preset not in PRESETS:
         raise InvalidInput(f"preset: {preset!r} is not one of {', '.join(PRESETS)}")
     try:
-        extra = json.loads(params) if params.strip() else {}
+        extra = limits.loads(params, field="params", max_depth=max_depth) if params.strip() else {}
     except json.JSONDecodeError as error:
         raise InvalidInput(f"params: not valid JSON ({error.msg} at column {error.colno})") from None
-    except RecursionError:
-        raise InvalidInput("params: nested too deeply (a flat JSON object of recipe values)") from None
     if not isinstance(extra, dict):
         raise InvalidInput("params: must be a JSON object of recipe values")
     values = {**PRESETS[preset], **extra}
@@ -143,7 +143,7 @@ async def submit(session: SessionDep, settings: SettingsDep, principal: Principa
                  attest_licence: Annotated[bool, Form()] = False, attest_consent: Annotated[bool, Form()] = False,
                  priority: Annotated[int | None, Form(ge=0, le=9, description=PRIORITY_HELP)] = None) -> dict[str, Any]:
     """Submit a fine-tune: uploads are checked, screened and decided before anything is queued."""
-    values = recipe_values(preset, params, instance_prompt)
+    values = recipe_values(preset, params, instance_prompt, max_depth=settings.max_json_depth)
     folder = await stage_uploads(settings, images, captions or [])
     return await run_in_threadpool(submit_staged, session, settings, principal, folder=folder, model=model, values=values,
                                    team=team, adapter_name=adapter_name, attest_licence=attest_licence,

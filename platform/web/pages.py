@@ -390,7 +390,7 @@ def finetune_page(request: Request, session: SessionDep, principal: PortalUser) 
 
 
 @router.post("/jobs/new/check", response_class=HTMLResponse)
-def finetune_check(request: Request, session: SessionDep, principal: PortalUser,
+def finetune_check(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
                    model: Annotated[str, Form(max_length=100)] = "", preset: Annotated[str, Form(max_length=32)] = "standard",
                    team: Annotated[str, Form(max_length=100)] = "",
                    instance_prompt: Annotated[str, Form(max_length=500)] = "") -> HTMLResponse:
@@ -401,7 +401,7 @@ def finetune_check(request: Request, session: SessionDep, principal: PortalUser,
     problems: list[tuple[str, str]] = []
     revision = ""
     try:
-        values = finetune_api.recipe_values(preset, "", instance_prompt or "x")
+        values = finetune_api.recipe_values(preset, "", instance_prompt or "x", max_depth=settings.max_json_depth)
         record = models_api.visible_model(session, principal, model)
         team_name = team or (principal.teams[0] if len(principal.teams) == 1 else "")
         policy.get_service().refresh(session)
@@ -438,7 +438,7 @@ async def finetune_submit(request: Request, session: SessionDep, settings: Setti
                           attest_consent: Annotated[bool, Form()] = False) -> Response:
     from latentops.platform.api import finetune as finetune_api
 
-    values = finetune_api.recipe_values(preset, params, instance_prompt)
+    values = finetune_api.recipe_values(preset, params, instance_prompt, max_depth=settings.max_json_depth)
     folder = await finetune_api.stage_uploads(settings, images, captions or [])
     job = await run_in_threadpool(finetune_api.submit_staged, session, settings, principal, folder=folder, model=model,
                                   values=values, team=team or None, adapter_name=None, attest_licence=attest_licence,

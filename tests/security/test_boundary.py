@@ -54,7 +54,7 @@ def test_deeply_nested_finetune_params_get_422_and_nothing_is_stored(admin, sett
     assert answer.status_code == 422, answer.text
     body = answer.json()
     assert set(body) == SHAPE and body["error"] == "invalid_input"
-    assert "nested too deeply" in body["detail"]
+    assert body["detail"] == "params: JSON nested deeper than the limit of 32 levels (LATENTOPS_MAX_JSON_DEPTH)"
     assert _counts(settings_env.database_url) == before
     assert not (settings_env.home / "uploads").exists() or not any((settings_env.home / "uploads").iterdir())
 
