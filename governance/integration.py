@@ -225,7 +225,7 @@ def integrate_when_free(engine: Engine, connection: sa.Connection | None = None)
         with engine.connect() as own:
             placed = _integrate_on(own)
     if placed:
-        maybe_checkpoint(engine)
+        maybe_checkpoint(engine, size=max(p.seq for p in placed.values()) + 1)
     return placed
 
 
@@ -375,9 +375,9 @@ def run_once(engine: Engine) -> int:
     return moved
 
 
-def _checkpoint_due(session: Session, settings: Any) -> bool:
+def _checkpoint_due(session: Session, settings: Any) -> tuple[bool, int]:
     """Whether ``audit_checkpoint_entries`` entries, or one older than ``audit_checkpoint_s``,
-    lie beyond the latest checkpoint."""
+    lie beyond the latest checkpoint; and that checkpoint's tree size."""
     from latentops.platform.models import AuditCheckpoint
 
     covered = session.execute(sa.select(sa.func.max(AuditCheckpoint.tree_size))).scalar() or 0
@@ -385,16 +385,16 @@ def _checkpoint_due(session: Session, settings: Any) -> bool:
     size = 0 if last is None else int(last) + 1
     beyond = size - covered
     if beyond <= 0:
-        return False
+        return False, covered
     if settings.audit_checkpoint_entries and beyond >= settings.audit_checkpoint_entries:
-        return True
+        return True, covered
     if not settings.audit_checkpoint_s:
-        return False
+        return False, covered
     oldest = session.execute(sa.select(ENTRIES.c.at).where(ENTRIES.c.seq == covered)).scalar()
     if oldest is None:
-        return False
+        return False, covered
     oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=dt.UTC)
-    return bool(dt.datetime.now(dt.UTC) - oldest >= dt.timedelta(seconds=settings.audit_checkpoint_s))
+    return bool(dt.datetime.now(dt.UTC) - oldest >= dt.timedelta(seconds=settings.audit_checkpoint_s)), covered
 
 
 def _deployment_database(engine: Engine, url: str) -> bool:
@@ -403,27 +403,43 @@ def _deployment_database(engine: Engine, url: str) -> bool:
         (configured.get_backend_name(), configured.host, configured.port, configured.database)
 
 
-def maybe_checkpoint(engine: Engine) -> None:
+# Tree size of the latest checkpoint each database had when this process last looked, by engine:
+# after an integration, the entries rule is decided from it without a query while it is not due.
+_covered: dict[str, int] = {}
+
+
+def maybe_checkpoint(engine: Engine, *, size: int | None = None) -> None:
     """Sign a checkpoint when one is due (``Settings.audit_checkpoint_entries`` / ``_s``).
 
-    Only for the deployment's own database (``Settings.database_url``), whose signing key and
-    sink the settings name. Never raises: a failure is logged and the next integration tries again.
+    ``size``: the chain's size after an integration placed entries. Then only the entries rule is
+    asked (the time rule is the periodic ``run_once``'s), and the database only once it may be due
+    by this process's last look, so a commit's integration costs no extra transaction. Only for the
+    deployment's own database (``Settings.database_url``), whose signing key and sink the settings
+    name. Never raises: a failure is logged and the next integration tries again.
     """
     from latentops.governance import checkpoints
     from latentops.platform.settings import get_settings
 
     settings = get_settings()
-    if not (settings.audit_checkpoint_entries or settings.audit_checkpoint_s) \
-            or not _deployment_database(engine, settings.database_url):
+    if not (settings.audit_checkpoint_entries or settings.audit_checkpoint_s):
+        return
+    known = _covered.get(str(engine.url))
+    if size is not None and (not settings.audit_checkpoint_entries or (
+            known is not None and known <= size < known + settings.audit_checkpoint_entries)):
+        return  # a chain shorter than the size seen (a database replaced) is looked at again
+    if not _deployment_database(engine, settings.database_url):
         return
     try:
         with _integrator_session(engine) as session, session.begin():
-            if not _checkpoint_due(session, settings):
+            due, covered = _checkpoint_due(session, settings)
+            _covered[str(engine.url)] = covered
+            if not due:
                 return
             key_path = checkpoints.default_key_path(settings)
             made = checkpoints.create(session, signing_key=checkpoints.load_or_create_signing_key(key_path),
                                       sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
                                       keyring=checkpoints.signing_keyring(key_path))
+            _covered[str(engine.url)] = made.tree_size
             log.info("automatic audit checkpoint: tree size %d", made.tree_size)
     except (LatentopsError, sa.exc.SQLAlchemyError, OSError) as error:
         log.warning("automatic audit checkpoint not made now: %s", error)
