@@ -11,6 +11,7 @@ on ``sys.path`` would shadow the standard library.
 from setuptools import find_namespace_packages, setup
 
 FOLDERS = {
+    "core": "latentops.core",
     "platform": "latentops.platform",
     "governance": "latentops.governance",
     "pipelines": "latentops.pipelines",

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from latentops.core.settings import Settings, get_settings
 from latentops.governance import policy
 from latentops.pipelines.datasets import spec as spec_module
 from latentops.pipelines.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME, digits
@@ -43,7 +44,6 @@ from latentops.platform import migrate
 from latentops.platform.database import session_scope
 from latentops.platform.services import datasets
 from latentops.platform.services import models as models_service
-from latentops.platform.settings import Settings, get_settings
 
 TEST_PER_CLASS = 60  # 600 test images, all from the held-out half
 

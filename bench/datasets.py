@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from latentops.core.settings import get_settings
 from latentops.governance import policy
 from latentops.pipelines import tiny
 from latentops.pipelines.datasets import spec as spec_module
@@ -30,7 +31,6 @@ from latentops.platform import migrate
 from latentops.platform.database import session_scope
 from latentops.platform.services import datasets
 from latentops.platform.services import models as models_service
-from latentops.platform.settings import get_settings
 
 
 def main() -> None:

@@ -226,10 +226,10 @@ def optimizer_state(rank: int, steps: int = 3) -> None:
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig as PeftLoraConfig
 
+    from latentops.core.errors import InvalidInput
     from latentops.pipelines.finetune import lora
     from latentops.pipelines.finetune.config import build_config
     from latentops.pipelines.finetune.families import UNET_TARGETS
-    from latentops.platform.errors import InvalidInput
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD1.5 defaults

@@ -58,11 +58,11 @@ def main() -> None:
     os.environ.update(LATENTOPS_HOME=str(home), LATENTOPS_BROKER_URL=args.redis)
     if args.database_url:
         os.environ["LATENTOPS_DATABASE_URL"] = args.database_url
+    from latentops.core.settings import get_settings
     from latentops.platform import migrate
     from latentops.platform.database import session_scope
-    from latentops.platform.models import Job, JobState
     from latentops.platform.services import jobs
-    from latentops.platform.settings import get_settings
+    from latentops.platform.tables import Job, JobState
 
     settings = get_settings()
     settings.ensure_home()

@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import NotFound
+from latentops.core.tables import User
 from latentops.governance import policy
-from latentops.platform.errors import NotFound
-from latentops.platform.models import User
 
 log = logging.getLogger(__name__)
 

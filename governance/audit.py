@@ -29,7 +29,7 @@ that the chain head descends from a head they trust, in O(entries since then), n
   re-verified in full by ``latentops audit verify``.
 
 On failure it logs CRITICAL, counts ``latentops_audit_integrity_alarms_total`` and raises
-``IntegrityError``; nothing is written.
+``IntegrityViolation``; nothing is written.
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation, InvalidInput, NotFound
+from latentops.core.orm import utcnow
 from latentops.governance import audit_mac
-from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
-from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending, utcnow
+from latentops.governance.tables import AuditCheckpoint, AuditEntry, AuditPending
 
 log = logging.getLogger(__name__)
 
@@ -279,12 +280,12 @@ class _Broken(Exception):
         self.kind, self.seq, self.detail = kind, seq, detail
 
 
-def _alarm(broken: _Broken) -> IntegrityError:
+def _alarm(broken: _Broken) -> IntegrityViolation:
     ALARMS.inc()
     message = (f"audit trail damaged ({broken.kind} at seq {broken.seq}): {broken.detail}; refusing to append. "
                "Run `latentops audit verify`.")
     log.critical(message, extra={"damage": broken.kind, "seq": broken.seq})
-    return IntegrityError(message, reasons=[{"kind": broken.kind, "seq": broken.seq}])
+    return IntegrityViolation(message, reasons=[{"kind": broken.kind, "seq": broken.seq}])
 
 
 # Entries after a trusted head fetched in one round trip; a longer gap is streamed.
@@ -339,7 +340,7 @@ def verified_head(session: Session) -> Head:
     """The chain head, verified against this process's trusted head or the latest checkpoint.
 
     Writers call it without the lock (``record``: refuse early) and with it (the integrator: the
-    head it extends). Raises ``IntegrityError`` (and alarms) on a broken chain.
+    head it extends). Raises ``IntegrityViolation`` (and alarms) on a broken chain.
     """
     key = _database_key(session)
     pending = session.info.get("audit_heads", {}).get(key)
@@ -480,7 +481,7 @@ def record(
     """Write one entry in the caller's transaction; it joins the chain when that transaction commits.
 
     Returns an ``AuditRecord`` (see there for when ``seq`` is known). Refuses with
-    ``IntegrityError`` when the chain head does not verify, so the change is refused with it.
+    ``IntegrityViolation`` when the chain head does not verify, so the change is refused with it.
 
     ``personal`` holds personal data (prompts, emails) about ``subject`` (e.g. ``user:42``); it is
     encrypted with the subject's key and stored under ``details["sealed"]``, so erasing the subject

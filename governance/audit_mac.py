@@ -47,9 +47,9 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy.orm import Session
 
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import AuditEntry
-from latentops.platform.settings import Settings, get_settings
+from latentops.core.errors import InvalidInput
+from latentops.core.settings import Settings, get_settings
+from latentops.governance.tables import AuditEntry
 
 log = logging.getLogger(__name__)
 

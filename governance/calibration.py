@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput
+from latentops.core.settings import Settings
 from latentops.governance import audit, policy, screening
 from latentops.governance.detectors import CATEGORIES
 from latentops.governance.imagefile import load_image
-from latentops.platform.errors import InvalidInput
-from latentops.platform.settings import Settings
 
 BATCH = 16
 

@@ -38,10 +38,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation, InvalidInput, NotFound
+from latentops.core.orm import utcnow
+from latentops.core.settings import Settings
 from latentops.governance import audit, integration, merkle, merkle_store
-from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
-from latentops.platform.models import AuditCheckpoint, AuditEntry, utcnow
-from latentops.platform.settings import Settings
+from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class FileSink:
                 item = json.loads(line)
                 int(item["tree_size"])
             except (ValueError, KeyError, TypeError) as error:
-                raise IntegrityError(f"{self.path}: line {number} is not a checkpoint statement ({error})") from None
+                raise IntegrityViolation(f"{self.path}: line {number} is not a checkpoint statement ({error})") from None
             items.append(item)
         return items
 
@@ -299,7 +300,7 @@ def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: Checkpoint
         return previous
     beyond = [item for item in sink.read() if int(item["tree_size"]) > head.size]
     if beyond:
-        raise IntegrityError(
+        raise IntegrityViolation(
             f"audit trail damaged (truncated at seq {head.size}): the sink {sink.location} holds a checkpoint of "
             f"{beyond[0]['tree_size']} entries but the database has {head.size}; refusing to sign",
             reasons=[{"kind": "truncated", "seq": head.size}],
@@ -310,16 +311,16 @@ def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: Checkpoint
         keys = {**(keyring or {}), key_id(public_key): public_key}
         signer = keys.get(previous.key_id)
         if signer is None or not signature_valid(statement(previous), signer):
-            raise IntegrityError(f"checkpoint {previous.id} (tree size {previous.tree_size}) does not verify with key "
+            raise IntegrityViolation(f"checkpoint {previous.id} (tree size {previous.tree_size}) does not verify with key "
                                  f"{previous.key_id} from the keyring ({', '.join(keys)}): a forged checkpoint, or a key "
                                  "missing from the keyring; refusing to extend it")
         frontier = merkle.Frontier.from_hex(previous.tree_size, json.loads(previous.frontier))
         if frontier.root().hex() != previous.root_hash:
-            raise IntegrityError(f"checkpoint {previous.id}: its stored frontier does not give its signed root")
+            raise IntegrityViolation(f"checkpoint {previous.id}: its stored frontier does not give its signed root")
     for leaf in _leaves_after(session, frontier.size, head.size):
         frontier.append(leaf)
     if frontier.size != head.size:
-        raise IntegrityError(f"audit trail damaged: read {frontier.size} leaves for a head of {head.size}")
+        raise IntegrityViolation(f"audit trail damaged: read {frontier.size} leaves for a head of {head.size}")
 
     # The perfect subtrees completed since the last checkpoint, for O(log n) proofs.
     merkle_store.extend(session, head.size)

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from latentops.core.settings import Settings
 from latentops.governance import detectors
 from latentops.governance.detectors import ClipModel
-from latentops.platform.settings import Settings
 
 
 def screening_dir(settings: Settings) -> Path:

@@ -29,9 +29,9 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation, InvalidInput, NotFound
 from latentops.governance import audit, checkpoints, erasure, integration, merkle, merkle_store
-from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
-from latentops.platform.models import AuditCheckpoint, AuditEntry
+from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def query(session: Session, *, filters: Filters = Filters(), after: int | None =
         raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE} (got {limit})")
     try:
         integration.catch_up(session)
-    except IntegrityError as error:
+    except IntegrityViolation as error:
         # A damaged chain cannot be extended (and has alarmed); what it holds can still be read.
         log.warning("audit query without integrating pending entries: %s", error)
     statement = sa.select(*audit.ENTRY_COLUMNS).where(*_where(filters))
@@ -121,10 +121,10 @@ def load_tree(session: Session, size: int) -> merkle.MerkleTree:
                  .execution_options(yield_per=10_000))
     for seq, value in session.execute(statement):
         if seq != tree.size:
-            raise IntegrityError(f"audit trail damaged (deleted at seq {tree.size}); run `latentops audit verify`")
+            raise IntegrityViolation(f"audit trail damaged (deleted at seq {tree.size}); run `latentops audit verify`")
         tree.append(merkle.leaf_hash(audit.leaf_data(value)))
     if tree.size != size:
-        raise IntegrityError(f"audit trail damaged (truncated at seq {tree.size}): a checkpoint covers {size} entries")
+        raise IntegrityViolation(f"audit trail damaged (truncated at seq {tree.size}): a checkpoint covers {size} entries")
     return tree
 
 
@@ -134,7 +134,7 @@ def _signed(session: Session, checkpoint: AuditCheckpoint | None = None) -> tupl
         raise NotFound("no audit checkpoint yet: run `latentops audit checkpoint` first")
     tree = load_tree(session, checkpoint.tree_size)
     if tree.root().hex() != checkpoint.root_hash:
-        raise IntegrityError(f"the stored entries do not give the root of checkpoint {checkpoint.id}; "
+        raise IntegrityViolation(f"the stored entries do not give the root of checkpoint {checkpoint.id}; "
                              "run `latentops audit verify`")
     return checkpoint, tree
 
@@ -147,13 +147,13 @@ def _proved_root(tree: merkle_store.StoredTree, size: int, checkpoint: AuditChec
     if size == checkpoint.tree_size:
         root = tree.root()
         if root != signed:
-            raise IntegrityError(f"the stored entries do not give the root of checkpoint {checkpoint.id}; "
+            raise IntegrityViolation(f"the stored entries do not give the root of checkpoint {checkpoint.id}; "
                                  "run `latentops audit verify`")
         return root
     path = tree.prepared(lambda mth: merkle.consistency_path(size, checkpoint.tree_size, mth))
     root = tree.root(size)
     if not merkle.verify_consistency(size, checkpoint.tree_size, root, signed, path):
-        raise IntegrityError(f"the stored entries before seq {size} are not consistent with checkpoint {checkpoint.id}; "
+        raise IntegrityViolation(f"the stored entries before seq {size} are not consistent with checkpoint {checkpoint.id}; "
                              "run `latentops audit verify`")
     return root
 
@@ -173,7 +173,7 @@ def inclusion(session: Session, *, seq: int) -> dict[str, Any]:
     """An inclusion proof of entry ``seq`` against the latest checkpoint.
 
     Read from the stored subtrees (O(log n) rows) and checked against the signed root before it
-    is returned: a damaged entry or node on the path refuses with ``IntegrityError``.
+    is returned: a damaged entry or node on the path refuses with ``IntegrityViolation``.
     """
     checkpoint = _latest_for(session, "seq", seq)
     if seq >= checkpoint.tree_size:
@@ -183,7 +183,7 @@ def inclusion(session: Session, *, seq: int) -> dict[str, Any]:
     proof = tree.prepared(lambda mth: merkle.inclusion_path(seq, checkpoint.tree_size, mth), leaves=[seq])
     leaf = tree.leaf(seq)
     if not merkle.verify_inclusion(seq, checkpoint.tree_size, leaf, proof, bytes.fromhex(checkpoint.root_hash)):
-        raise IntegrityError(f"entry {seq} or the stored tree does not give the root of checkpoint {checkpoint.id}; "
+        raise IntegrityViolation(f"entry {seq} or the stored tree does not give the root of checkpoint {checkpoint.id}; "
                              "run `latentops audit verify`")
     entry = session.execute(sa.select(*audit.ENTRY_COLUMNS).where(AuditEntry.seq == seq)).one()
     return {
@@ -212,7 +212,7 @@ def consistency(session: Session, *, old: int, new: int) -> dict[str, Any]:
     old_root, new_root = _proved_root(tree, old, latest), _proved_root(tree, new, latest)
     proof = tree.prepared(lambda mth: merkle.consistency_path(old, new, mth))
     if not merkle.verify_consistency(old, new, old_root, new_root, proof):
-        raise IntegrityError(f"the stored tree gives no consistent proof between {old} and {new}; run `latentops audit verify`")
+        raise IntegrityViolation(f"the stored tree gives no consistent proof between {old} and {new}; run `latentops audit verify`")
     signed = {cp.tree_size: checkpoints.statement(cp) for cp in
               session.execute(sa.select(AuditCheckpoint).where(AuditCheckpoint.tree_size.in_([old, new]))).scalars()}
     return {
@@ -244,7 +244,7 @@ def consistency_bundle(session: Session, *, from_size: int) -> dict[str, Any]:
         root = bytes.fromhex(checkpoint.root_hash)
         path = tree.prepared(lambda mth, size=checkpoint.tree_size: merkle.consistency_path(from_size, size, mth))
         if not merkle.verify_consistency(from_size, checkpoint.tree_size, from_root, root, path):
-            raise IntegrityError(f"the stored tree gives no consistent proof from {from_size} to checkpoint "
+            raise IntegrityViolation(f"the stored tree gives no consistent proof from {from_size} to checkpoint "
                                  f"{checkpoint.id}; run `latentops audit verify`")
         proofs.append({"checkpoint": checkpoints.statement(checkpoint), "proof": [node.hex() for node in path]})
     return {"format": CONSISTENCY_FORMAT, "from_size": from_size, "from_root": from_root.hex(), "proofs": proofs}

@@ -52,12 +52,14 @@ import sqlalchemy as sa
 from PIL import Image, ImageOps
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound, PolicyDenied
+from latentops.core.orm import utcnow
+from latentops.core.settings import Settings
+from latentops.core.tables import Team
 from latentops.governance import audit, policy
 from latentops.governance.clip import load_clip
 from latentops.governance.imagefile import load_image, read_bytes
-from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
-from latentops.platform.models import CopyrightLicence, CopyrightReference, Team, utcnow
-from latentops.platform.settings import Settings
+from latentops.governance.tables import CopyrightLicence, CopyrightReference
 
 log = logging.getLogger(__name__)
 

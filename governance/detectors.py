@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from latentops.platform.errors import InvalidInput
+from latentops.core.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

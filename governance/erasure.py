@@ -29,9 +29,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation, InvalidInput
+from latentops.core.orm import utcnow
 from latentops.governance import audit
-from latentops.platform.errors import IntegrityError, InvalidInput
-from latentops.platform.models import AuditSubjectKey, utcnow
+from latentops.governance.tables import AuditSubjectKey
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def reveal(session: Session, details: str | Mapping[str, Any]) -> dict[str, Any]
         data = AESGCM(key.key).decrypt(_unb64(sealed["nonce"]), _unb64(sealed["ciphertext"]),
                                        _aad(sealed["subject"], key.id))
     except InvalidTag:
-        raise IntegrityError(f"sealed personal data for {sealed['subject']} does not decrypt with key {key.id}") from None
+        raise IntegrityViolation(f"sealed personal data for {sealed['subject']} does not decrypt with key {key.id}") from None
     plain["personal"] = {"subject": sealed["subject"], "data": json.loads(data)}
     return plain
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from latentops.platform.errors import InvalidInput
+from latentops.core.errors import InvalidInput
 
 # About 40 megapixels (e.g. 8000 x 5000): far above anything the platform generates or ingests.
 MAX_PIXELS = 40_000_000

@@ -49,9 +49,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation, LatentopsError, NotFound, ServiceUnavailable
 from latentops.governance import audit, audit_mac
-from latentops.platform.errors import IntegrityError, LatentopsError, NotFound, ServiceUnavailable
-from latentops.platform.models import AuditEntry, AuditPending
+from latentops.governance.tables import AuditEntry, AuditPending
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def _raise_refused(engine: Engine, records: Sequence[audit.AuditRecord]) -> None
     refused = audit_mac.refused_ids(str(engine.url))
     for record in records:
         if not record.integrated and record.id in refused:
-            raise IntegrityError(f"audit entry {record.id} ({record.action} {record.resource}) was refused by the "
+            raise IntegrityViolation(f"audit entry {record.id} ({record.action} {record.resource}) was refused by the "
                                  "integrator (see the integrity alarm); it stays pending",
                                  reasons=[{"kind": "refused", "pending_id": record.id}])
 
@@ -348,7 +348,7 @@ def _raise_refused(engine: Engine, records: Sequence[audit.AuditRecord]) -> None
 def wait(records: Iterable[audit.AuditRecord], *, timeout_s: float = WAIT_TIMEOUT_S) -> None:
     """Make sure committed ``records`` are integrated (integrating them if need be) and placed.
 
-    Raises ``IntegrityError`` when the chain does not verify (the entries stay pending) and
+    Raises ``IntegrityViolation`` when the chain does not verify (the entries stay pending) and
     ``ServiceUnavailable`` when the chain lock stays taken for ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
@@ -378,7 +378,7 @@ def run_once(engine: Engine) -> int:
 def _checkpoint_due(session: Session, settings: Any) -> tuple[bool, int]:
     """Whether ``audit_checkpoint_entries`` entries, or one older than ``audit_checkpoint_s``,
     lie beyond the latest checkpoint; and that checkpoint's tree size."""
-    from latentops.platform.models import AuditCheckpoint
+    from latentops.governance.tables import AuditCheckpoint
 
     covered = session.execute(sa.select(sa.func.max(AuditCheckpoint.tree_size))).scalar() or 0
     last = session.execute(sa.select(sa.func.max(ENTRIES.c.seq))).scalar()
@@ -417,8 +417,8 @@ def maybe_checkpoint(engine: Engine, *, size: int | None = None) -> None:
     deployment's own database (``Settings.database_url``), whose signing key and sink the settings
     name. Never raises: a failure is logged and the next integration tries again.
     """
+    from latentops.core.settings import get_settings
     from latentops.governance import checkpoints
-    from latentops.platform.settings import get_settings
 
     settings = get_settings()
     if not (settings.audit_checkpoint_entries or settings.audit_checkpoint_s):

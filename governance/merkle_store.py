@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation
 from latentops.governance import audit, merkle
-from latentops.platform.errors import IntegrityError
-from latentops.platform.models import AuditEntry, AuditTreeNode
+from latentops.governance.tables import AuditEntry, AuditTreeNode
 
 TILE_LEVEL = 8
 TILE = 1 << TILE_LEVEL
@@ -56,7 +56,7 @@ def extend(session: Session, size: int) -> int:
     if last > first:
         leaves = _leaf_hashes(session, [(first * TILE, last * TILE)])
         if len(leaves) != (last - first) * TILE:
-            raise IntegrityError(f"audit trail damaged: entries missing between seq {first * TILE} and "
+            raise IntegrityViolation(f"audit trail damaged: entries missing between seq {first * TILE} and "
                                  f"{last * TILE}; run `latentops audit verify`")
         below = {index: merkle.root_of(leaves[index * TILE + i] for i in range(TILE)) for index in range(first, last)}
         written.update({(TILE_LEVEL, index): value for index, value in below.items()})
@@ -117,7 +117,7 @@ class StoredTree:
         try:
             return self._leaves[index]
         except KeyError:
-            raise IntegrityError(f"audit trail damaged (entry {index} missing); run `latentops audit verify`") from None
+            raise IntegrityViolation(f"audit trail damaged (entry {index} missing); run `latentops audit verify`") from None
 
     def mth(self, start: int, end: int) -> bytes:
         """RFC 9162 MTH of leaves ``[start, end)`` from what ``fetch`` read."""

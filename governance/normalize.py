@@ -57,18 +57,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from latentops.core import text as core_text
+
 # Longest token sequence a protected name or term may have; longer entries are refused as data.
 MAX_NGRAM = 5
 # Prompts longer than this are not analysed at all: the length rule denies them anyway, and the
 # cap bounds the work an oversize input can cause.
 ANALYSIS_CAP = 20_000
 
-_INVISIBLE_RANGES = [
-    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
-    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
-    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0x1D173, 0x1D17A), (0xE0000, 0xE007F),
-    (0xE0100, 0xE01EF),
-]
+_INVISIBLE_RANGES = core_text.INVISIBLE_RANGES
 
 # Look-alikes of Latin letters, applied after case folding (so only lowercase forms are needed).
 _CONFUSABLES = {
@@ -127,10 +124,9 @@ def fold(text: str) -> str:
     return text
 
 
-def is_blank(text: str) -> bool:
-    """Whether nothing is left of ``text`` once folded: only control, format, zero-width or space
-    characters. Such a prompt says nothing, and is refused before any policy is asked."""
-    return all(unicodedata.category(ch)[0] in "CZ" for ch in fold(text))
+def is_blank(value: str) -> bool:
+    """See :func:`latentops.core.text.is_blank` (the one rule, applied by every layer)."""
+    return core_text.is_blank(value)
 
 
 def _leet(token: str) -> tuple[str, str | None]:
@@ -335,7 +331,7 @@ def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
     return section
 
 
-_INVISIBLE_CODEPOINTS = frozenset(cp for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1))
+_INVISIBLE_CODEPOINTS = frozenset(core_text.INVISIBLE)
 _INVISIBLE_TABLE: dict[int, None] = dict.fromkeys(_INVISIBLE_CODEPOINTS)
 
 

@@ -53,6 +53,8 @@ import rfc8785
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound, PolicyDenied
+from latentops.core.tables import Job, Membership, Team, User
 from latentops.governance import audit
 from latentops.governance.normalize import analyse_prompt, mask_input
 from latentops.governance.policy_bundle import (
@@ -71,8 +73,7 @@ from latentops.governance.policy_engine import (
     EngineUnavailable,
     OpaEngine,
 )
-from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
-from latentops.platform.models import AuditEntry, Job, Membership, PolicyDataEdit, PolicyDecision, Team, User
+from latentops.governance.tables import AuditEntry, PolicyDataEdit, PolicyDecision
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def get_service() -> PolicyService:
     global _service
     with _service_lock:
         if _service is None:
-            from latentops.platform.settings import get_settings
+            from latentops.core.settings import get_settings
 
             settings = get_settings()
             _service = PolicyService(engine=make_engine(settings.policy_engine, opa_url=settings.opa_url, opa_mode=settings.opa_mode,

@@ -37,8 +37,8 @@ from typing import Any
 
 import rfc8785
 
+from latentops.core.errors import InvalidInput
 from latentops.governance.normalize import MAX_NGRAM, PromptIndex, term_key
-from latentops.platform.errors import InvalidInput
 
 DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "policies"
 DATA_ROOT = "policy_data"

@@ -43,11 +43,12 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import ConfigurationError, IntegrityViolation, InvalidInput
+from latentops.core.settings import Settings
+from latentops.core.tables import Asset
 from latentops.governance import audit
 from latentops.governance.imagefile import load_image, png_bytes, read_bytes
-from latentops.platform.errors import ConfigurationError, IntegrityError, InvalidInput
-from latentops.platform.models import Asset, AuditEntry
-from latentops.platform.settings import Settings
+from latentops.governance.tables import AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +326,7 @@ def verify(session: Session, *, settings: Settings, path: Path) -> dict[str, Any
     claimed = (manifest or {}).get("latentops") or {}
     asset_id = claimed.get("asset_id", watermark_id)
     if manifest and watermark_id is not None and claimed.get("asset_id") not in (None, watermark_id):
-        raise IntegrityError(f"{path}: the manifest names asset {claimed.get('asset_id')} but the watermark names {watermark_id}")
+        raise IntegrityViolation(f"{path}: the manifest names asset {claimed.get('asset_id')} but the watermark names {watermark_id}")
     result: dict[str, Any] = {"file": str(path), "manifest": manifest, "watermark": {"asset_id": watermark_id},
                               "asset": None, "audit_entry": None}
     if asset_id is not None:

@@ -27,11 +27,13 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import Conflict, InvalidInput, NotFound
+from latentops.core.orm import utcnow
+from latentops.core.settings import Settings
+from latentops.core.tables import Asset, LoraAdapter, ModelVersion, User
 from latentops.governance import audit, copyright, policy, provenance, screening
 from latentops.governance.imagefile import load_image, png_bytes
-from latentops.platform.errors import Conflict, InvalidInput, NotFound
-from latentops.platform.models import Asset, LoraAdapter, ModelVersion, ScreeningResult, User, utcnow
-from latentops.platform.settings import Settings
+from latentops.governance.tables import ScreeningResult
 
 log = logging.getLogger(__name__)
 

@@ -39,13 +39,13 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput
+from latentops.core.settings import Settings
 from latentops.governance import audit, copyright, detectors, policy
 from latentops.governance.clip import clip_dir, clip_manifest, load_clip, screening_dir
 from latentops.governance.detectors import ClipConceptDetector, Detector
 from latentops.governance.imagefile import load_image
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import ScreeningResult
-from latentops.platform.settings import Settings
+from latentops.governance.tables import ScreeningResult
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation, InvalidInput
 from latentops.governance import audit, audit_mac, checkpoints, guards, integration, merkle, merkle_store
-from latentops.platform.errors import IntegrityError, InvalidInput
-from latentops.platform.models import AuditCheckpoint, AuditEntry
+from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def verify(session: Session, *, public_key: Ed25519PublicKey | None = None,
     report = Report()
     try:
         integration.catch_up(session)
-    except IntegrityError as error:
+    except IntegrityViolation as error:
         report.warnings.append(f"pending entries not integrated: {error}")
     report.pending = integration.pending_count(session)
     keys = dict(keyring or {})

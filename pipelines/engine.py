@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from latentops.platform.errors import InvalidInput
+from latentops.core.errors import InvalidInput
 
 if TYPE_CHECKING:  # torch loads lazily: importing this module must stay cheap
     import torch

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from latentops.platform.errors import Conflict, InvalidInput
+from latentops.core.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:  # torch loads lazily: importing this module must stay cheap
     import torch

@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from latentops.platform.errors import PolicyDenied, ServiceUnavailable
+from latentops.core.errors import PolicyDenied, ServiceUnavailable
 
 
 def redact(url: str) -> str:

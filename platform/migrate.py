@@ -11,8 +11,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from latentops.core.errors import ServiceUnavailable
 from latentops.platform.database import get_engine, redact
-from latentops.platform.errors import ServiceUnavailable
 
 
 def migrations_dir() -> Path:

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentops.platform.errors import Conflict, ServiceUnavailable
-from latentops.platform.settings import Settings
+from latentops.core.errors import Conflict, ServiceUnavailable
+from latentops.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import httpx
 import sqlalchemy as sa
 
 from latentops.platform.database import session_scope
-from latentops.platform.models import ApiToken, Team
 from latentops.platform.services import tokens as tokens_service
 from latentops.platform.services import users as users_service
+from latentops.platform.tables import ApiToken, Team
 
 PASSWORD = "correct horse battery staple"
 

@@ -205,7 +205,7 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings_env(home: Path, database_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Settings for one test: its own home and database, read through the real Settings."""
-    from latentops.platform.settings import get_settings
+    from latentops.core.settings import get_settings
 
     for key in list(os.environ):
         if key.startswith("LATENTOPS_") and not key.startswith("LATENTOPS_TEST_"):
@@ -289,8 +289,8 @@ class WorkerProcess:
 @pytest.fixture
 def queue_settings(settings_env, redis_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Settings with the test's database and the real Redis as broker."""
+    from latentops.core.settings import get_settings
     from latentops.platform.queue.app import celery_app
-    from latentops.platform.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_BROKER_URL", redis_url)
     get_settings.cache_clear()
@@ -302,8 +302,8 @@ def queue_settings(settings_env, redis_url: str, monkeypatch: pytest.MonkeyPatch
 @pytest.fixture
 def broker_down(settings_env, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Settings with the test's database and a broker nothing answers (port 1)."""
+    from latentops.core.settings import get_settings
     from latentops.platform.queue.app import celery_app
-    from latentops.platform.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_BROKER_URL", "redis://127.0.0.1:1/0")
     get_settings.cache_clear()

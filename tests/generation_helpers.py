@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latentops.core.settings import Settings
 from latentops.governance import policy
 from latentops.pipelines import tiny
 from latentops.platform.database import session_scope
 from latentops.platform.services import models as models_service
-from latentops.platform.settings import Settings
 
 _TINY: dict[str, Path] = {}
 

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from latentops.governance import integration
 from latentops.platform.api.app import create_app
 from latentops.platform.database import get_engine, session_scope
-from latentops.platform.models import AuditEntry, AuditPending, Job, ModelRecord, PolicyDecision, User
 from latentops.platform.services import jobs as jobs_service
+from latentops.platform.tables import AuditEntry, AuditPending, Job, ModelRecord, PolicyDecision, User
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import pytest
 import rfc8785
 import sqlalchemy as sa
 
+from latentops.core.errors import InvalidInput
 from latentops.governance import audit, checkpoints, verification
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending
+from latentops.platform.tables import AuditCheckpoint, AuditEntry, AuditPending
 
 REPO = Path(__file__).resolve().parents[1]
 

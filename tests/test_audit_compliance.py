@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from latentops.core.errors import InvalidInput
 from latentops.governance import audit, checkpoints, compliance, erasure, verification
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import AuditEntry, AuditSubjectKey
+from latentops.platform.tables import AuditEntry, AuditSubjectKey
 
 
 def _fill(url: str) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from latentops.core.errors import IntegrityViolation, NotFound
+from latentops.core.settings import Settings, get_settings
 from latentops.governance import audit, audit_mac, checkpoints, compliance, integration, verification
 from latentops.platform.database import dispose_all, get_engine, session_scope
-from latentops.platform.errors import IntegrityError, NotFound
-from latentops.platform.models import AuditEntry, AuditPending
-from latentops.platform.settings import Settings, get_settings
+from latentops.platform.tables import AuditEntry, AuditPending
 
 VERIFIER = Path(__file__).resolve().parents[1] / "governance" / "verifier" / "latentops_audit_verify.py"
 
@@ -119,7 +119,7 @@ def test_pending_entries_wait_while_the_chain_is_damaged_and_verify_counts_them(
     tamper(url, "DELETE FROM audit_entries WHERE seq = 0")
     audit.forget_verified_heads()
     _write_pending_as_a_crashed_writer(url, 2)
-    with pytest.raises(IntegrityError, match="truncated at seq 0"), session_scope(url) as db:
+    with pytest.raises(IntegrityViolation, match="truncated at seq 0"), session_scope(url) as db:
         integration.integrate_all(db)
     with session_scope(url) as db:
         report = verification.verify(db, keyring=checkpoints.signing_keyring(checkpoints.default_key_path(settings_env)))

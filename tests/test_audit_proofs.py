@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from latentops.core.settings import Settings
 from latentops.governance import audit, checkpoints, merkle
 from latentops.platform.database import session_scope
-from latentops.platform.settings import Settings
 
 VERIFIER = Path(__file__).resolve().parents[1] / "governance" / "verifier" / "latentops_audit_verify.py"
 

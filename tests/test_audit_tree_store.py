@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from latentops.core.errors import IntegrityViolation
 from latentops.governance import audit, checkpoints, compliance, merkle, merkle_store, verification
 from latentops.platform.database import get_engine, session_scope
-from latentops.platform.errors import IntegrityError
-from latentops.platform.models import AuditTreeNode
+from latentops.platform.tables import AuditTreeNode
 
 
 def _append(database_url: str, count: int, start: int = 0) -> None:
@@ -104,7 +104,7 @@ def test_an_altered_node_is_refused_by_prove_and_reported_by_verify(grown: merkl
             conn.execute(sa.text("DROP TRIGGER audit_tree_nodes_no_update"))
             conn.execute(sa.text("UPDATE audit_tree_nodes SET hash = :h WHERE level = 8 AND idx = 1"), {"h": "0" * 64})
     # Entry 10's path uses the subtree [256, 512): refused. Entry 300's does not: still proved.
-    with pytest.raises(IntegrityError, match="does not give the root"), session_scope(database_url) as db:
+    with pytest.raises(IntegrityViolation, match="does not give the root"), session_scope(database_url) as db:
         compliance.inclusion(db, seq=10)
     with session_scope(database_url) as db:
         assert compliance.inclusion(db, seq=300)["proof"] == [n.hex() for n in grown.inclusion_proof(300)]

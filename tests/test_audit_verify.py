@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from latentops.core.errors import IntegrityViolation
+from latentops.core.settings import Settings
 from latentops.governance import audit, checkpoints, verification
 from latentops.platform.database import session_scope
-from latentops.platform.errors import IntegrityError
-from latentops.platform.settings import Settings
 
 
 def tamper(url: str, *statements: str) -> None:
@@ -110,7 +110,7 @@ def test_verify_names_the_kind_and_first_bad_seq(trail: Settings, cli, kind: str
     tamper(trail.database_url, *statements)
     result = cli("audit", "verify")
     assert result.returncode != 0
-    assert f"IntegrityError: audit trail damaged: {expected}" in " ".join(result.stderr.split()), result.stderr
+    assert f"IntegrityViolation: audit trail damaged: {expected}" in " ".join(result.stderr.split()), result.stderr
 
 
 def test_verify_finds_a_rewrite_that_rehashed_the_chain(trail: Settings, cli) -> None:  # type: ignore[no-untyped-def]
@@ -162,7 +162,7 @@ def test_writer_refuses_to_append_after_the_tail_was_truncated(trail: Settings) 
     for fresh_process in (False, True):
         if fresh_process:
             audit.forget_verified_heads()  # as a newly started worker: anchored on the checkpoint
-        with pytest.raises(IntegrityError, match=r"truncated at seq 7"), session_scope(trail.database_url) as db:
+        with pytest.raises(IntegrityViolation, match=r"truncated at seq 7"), session_scope(trail.database_url) as db:
             audit.record(db, actor="a", action="job.submit", resource="job:x")
     with session_scope(trail.database_url) as db:
         assert audit.verify_chain(db) == (7, None)  # nothing was appended to the damaged chain
@@ -171,7 +171,7 @@ def test_writer_refuses_to_append_after_the_tail_was_truncated(trail: Settings) 
 def test_writer_refuses_to_append_after_an_entry_since_the_checkpoint_changed(trail: Settings) -> None:
     audit.forget_verified_heads()
     tamper(trail.database_url, "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 8")
-    with pytest.raises(IntegrityError, match=r"modified at seq 8"), session_scope(trail.database_url) as db:
+    with pytest.raises(IntegrityViolation, match=r"modified at seq 8"), session_scope(trail.database_url) as db:
         audit.record(db, actor="a", action="job.submit", resource="job:x")
 
 

@@ -13,10 +13,10 @@ from api_helpers import PASSWORD, bearer, make_user
 from fastapi.testclient import TestClient
 from oidc_provider import OidcProvider, RunningProvider
 
+from latentops.core.settings import get_settings
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import AuditEntry, User, WebSession
-from latentops.platform.settings import get_settings
+from latentops.platform.tables import AuditEntry, User, WebSession
 
 
 @pytest.fixture

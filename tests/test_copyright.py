@@ -15,11 +15,11 @@ import sqlalchemy as sa
 from PIL import Image, ImageEnhance, ImageOps
 from test_screening import picture, save, tiny_clip_files  # noqa: F401  (a fixture)
 
+from latentops.core.errors import InvalidInput, PolicyDenied
 from latentops.governance import copyright, policy, quarantine, screening
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, PolicyDenied
-from latentops.platform.models import Asset, AuditEntry, CopyrightReference, ScreeningResult
 from latentops.platform.services import users
+from latentops.platform.tables import Asset, AuditEntry, CopyrightReference, ScreeningResult
 
 
 def _jpeg(image: Image.Image, quality: int = 50) -> Image.Image:

@@ -18,13 +18,13 @@ from PIL import Image, ImageEnhance, ImageOps
 from test_remote_cli import lines, remote, server  # noqa: F401  (a fixture)
 from test_screening import _bomb_png, _png, picture
 
+from latentops.core.errors import InvalidInput
 from latentops.governance import copyright, policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import (
+from latentops.platform.tables import (
     AuditEntry,
     CopyrightReference,
     PolicyDataEdit,

@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from generation_helpers import catalogue, tiny_source
 from PIL import Image
 
+from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.pipelines.datasets import spec as spec_module
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, LatentopsError
-from latentops.platform.models import Asset, AuditEntry, Dataset
 from latentops.platform.services import datasets
+from latentops.platform.tables import Asset, AuditEntry, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,9 +183,9 @@ DISK_FULL = textwrap.dedent("""
     import resource, signal, sys
     from pathlib import Path
     from latentops.pipelines.datasets import spec as spec_module
-    from latentops.platform.errors import ServiceUnavailable
+    from latentops.core.errors import ServiceUnavailable
     from latentops.platform.services import datasets
-    from latentops.platform.settings import get_settings
+    from latentops.core.settings import get_settings
 
     spec_file, out = Path(sys.argv[1]), Path(sys.argv[2])
 

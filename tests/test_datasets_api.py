@@ -15,8 +15,8 @@ from generation_helpers import catalogue, tiny_source
 
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import AuditEntry, Job
 from latentops.platform.services import jobs as jobs_service
+from latentops.platform.tables import AuditEntry, Job
 
 SPEC = {"name": "shapes", "model": "tiny", "per_class": 2, "steps": 1, "batch_size": 2,
         "classes": [{"name": "square", "prompts": ["a photo of a {name}"]}]}

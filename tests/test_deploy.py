@@ -189,9 +189,9 @@ def test_dev_gpu_scaler_counts_the_jobs_waiting_on_every_priority_list_of_the_br
     a job id at each job priority to a real Redis) and add their lengths up, not take the largest."""
     import redis
 
+    from latentops.core.settings import get_settings
     from latentops.platform.queue.app import celery_app
     from latentops.platform.services.jobs import broker_priority
-    from latentops.platform.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_HOME", str(tmp_path))
     monkeypatch.setenv("LATENTOPS_BROKER_URL", redis_url)

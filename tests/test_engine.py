@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from latentops.core.errors import InvalidInput
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import (
     AdapterRef,
@@ -19,7 +20,6 @@ from latentops.pipelines.engine import (
     pipeline_bytes,
 )
 from latentops.pipelines.store import ModelStore
-from latentops.platform.errors import InvalidInput
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from latentops.core.errors import InvalidInput
 from latentops.pipelines.finetune import config as ft_config
 from latentops.pipelines.finetune import data
-from latentops.platform.errors import InvalidInput
 
 
 def _rgb(width: int = 80, height: int = 72, colour: tuple[int, int, int] = (200, 30, 30)) -> Image.Image:

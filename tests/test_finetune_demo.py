@@ -60,7 +60,7 @@ def test_dreambooth_learns_a_new_glyph_and_keeps_the_digits(tmp_path: Path, sqli
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from test_finetune_recipe import _release_unscreened
 
-    from latentops.platform.settings import get_settings
+    from latentops.core.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_HOME", str(home))
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)

@@ -21,16 +21,16 @@ from safetensors.torch import load_file
 from test_finetune_recipe import _release_unscreened, draw_glyphs
 from test_jobs_queue import wait_finished
 
+from latentops.core.errors import InvalidInput
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import checkpoint, distributed, lora, tracking
 from latentops.pipelines.finetune.config import build_config
 from latentops.pipelines.finetune.families import Family
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import Job
 from latentops.platform.services import finetune, jobs
 from latentops.platform.services import models as models_service
+from latentops.platform.tables import Job
 
 CONSOLE = "cli:tester"
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3, "seed": 7,

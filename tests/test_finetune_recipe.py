@@ -15,11 +15,11 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
+from latentops.core.errors import Conflict, InvalidInput
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import checkpoint, dreambooth, lora
 from latentops.pipelines.finetune.config import build_config
-from latentops.platform.errors import Conflict, InvalidInput
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3,
@@ -29,7 +29,7 @@ BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_si
 @pytest.fixture
 def governed(home: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A migrated database and home for the runs that render (they take the governed generation path)."""
-    from latentops.platform.settings import get_settings
+    from latentops.core.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_HOME", str(home))
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)

@@ -13,14 +13,14 @@ from PIL import Image
 from test_finetune_recipe import _release_unscreened
 from test_jobs_queue import wait_finished
 
+from latentops.core.errors import InvalidInput, PolicyDenied
 from latentops.governance import copyright
 from latentops.pipelines import tiny
 from latentops.pipelines.finetune import tracking
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, PolicyDenied
-from latentops.platform.models import AuditEntry, Job, LoraAdapter, PolicyDecision
 from latentops.platform.services import finetune, jobs, users
 from latentops.platform.services import models as models_service
+from latentops.platform.tables import AuditEntry, Job, LoraAdapter, PolicyDecision
 
 CONSOLE = "cli:tester"
 SETTINGS = {"instance_prompt": "a sks pattern", "steps": 4, "rank": 4, "resolution": 32, "checkpoint_every": 2,

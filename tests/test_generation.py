@@ -12,13 +12,13 @@ import sqlalchemy as sa
 from generation_helpers import catalogue, tiny_source
 from PIL import Image
 
+from latentops.core.errors import PolicyDenied
 from latentops.governance import policy
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import validation
 from latentops.platform.database import session_scope
-from latentops.platform.errors import PolicyDenied
-from latentops.platform.models import Asset, AuditEntry, ModelVersion, PolicyDecision, ScreeningResult
 from latentops.platform.services import generation
+from latentops.platform.tables import Asset, AuditEntry, ModelVersion, PolicyDecision, ScreeningResult
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from latentops.core.settings import load_settings
 from latentops.platform.api.app import create_app
-from latentops.platform.settings import load_settings
 
 
 def test_health_with_broker_down_is_503_and_names_the_broker(broker_down) -> None:  # type: ignore[no-untyped-def]
@@ -19,8 +19,8 @@ def test_health_with_broker_down_is_503_and_names_the_broker(broker_down) -> Non
 
 
 def test_health_with_database_down_reports_it(settings_env, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from latentops.core.settings import get_settings
     from latentops.platform.queue.app import celery_app
-    from latentops.platform.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_BROKER_URL", redis_url)
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")

@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 from test_jobs_queue import wait_finished
 
+from latentops.core.errors import ServiceUnavailable
 from latentops.platform.database import session_scope
-from latentops.platform.errors import ServiceUnavailable
-from latentops.platform.models import AuditEntry, Job, JobState, Team
 from latentops.platform.services import jobs
+from latentops.platform.tables import AuditEntry, Job, JobState, Team
 
 FAST_RECOVERY = {"LATENTOPS_JOB_LEASE_S": "3", "LATENTOPS_JOB_HEARTBEAT_S": "0.5", "LATENTOPS_SWEEP_INTERVAL_S": "1"}
 
@@ -118,8 +118,8 @@ def _wait_redis(port: int) -> None:
 def test_broker_restart_that_loses_every_message_loses_no_job(settings_env, private_redis, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from conftest import WorkerProcess
 
+    from latentops.core.settings import get_settings
     from latentops.platform.queue.app import celery_app
-    from latentops.platform.settings import get_settings
 
     url, restart = private_redis
     monkeypatch.setenv("LATENTOPS_BROKER_URL", url)
@@ -141,7 +141,7 @@ def test_broker_restart_that_loses_every_message_loses_no_job(settings_env, priv
 def test_database_outage_at_submit_sends_nothing_to_the_broker(queue_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import redis
 
-    from latentops.platform.settings import get_settings
+    from latentops.core.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     get_settings.cache_clear()

@@ -8,11 +8,11 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from latentops.core.errors import InvalidInput, PolicyDenied, ServiceUnavailable
 from latentops.governance import integration
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, PolicyDenied, ServiceUnavailable
-from latentops.platform.models import AuditEntry, Job, JobState, Team
 from latentops.platform.services import jobs
+from latentops.platform.tables import AuditEntry, Job, JobState, Team
 
 
 def wait_finished(url: str, job_id: int, timeout: float = 120.0) -> Job:
@@ -184,7 +184,7 @@ def test_workers_sign_the_first_audit_checkpoint_without_being_asked(start_worke
 def test_gpu_hours_count_every_process_of_a_multi_process_fine_tune(database_url: str) -> None:
     import datetime as dt
 
-    from latentops.platform.models import utcnow
+    from latentops.platform.tables import utcnow
 
     with session_scope(database_url) as db:
         db.add(Team(name="vision"))

@@ -20,7 +20,8 @@ def test_standard_library_platform_is_not_shadowed_from_the_repository_root() ->
 
 
 def test_top_level_folders_import_as_one_namespace() -> None:
-    for name, folder in [("latentops.platform.settings", "platform"), ("latentops.governance.audit", "governance"),
+    for name, folder in [("latentops.platform.database", "platform"), ("latentops.core.settings", "core"),
+                         ("latentops.governance.audit", "governance"),
                          ("latentops.pipelines", "pipelines"), ("latentops.migrations", "migrations")]:
         module = importlib.import_module(name)
         location = getattr(module, "__file__", None) or next(iter(module.__path__))
@@ -28,7 +29,7 @@ def test_top_level_folders_import_as_one_namespace() -> None:
 
 
 def test_card_layout_is_present() -> None:
-    for entry in ["pyproject.toml", "platform", "governance", "pipelines", "migrations", "dashboards", "deploy",
+    for entry in ["pyproject.toml", "core", "platform", "governance", "pipelines", "migrations", "dashboards", "deploy",
                   "tests", "README.md", "Makefile", ".ci/run", "bench"]:
         assert (REPO / entry).exists(), f"{entry} is missing from the repository root"
 

@@ -11,13 +11,13 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from latentops.core.settings import load_settings
 from latentops.governance import audit
 from latentops.platform import metrics
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import Asset, AuditEntry
 from latentops.platform.services import jobs
-from latentops.platform.settings import load_settings
+from latentops.platform.tables import Asset, AuditEntry
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

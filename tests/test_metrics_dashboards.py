@@ -80,8 +80,8 @@ def exported_names(exposition: str) -> set[str]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     # What a real API scrape declares (process metrics and the database gauges) ...
+    from latentops.core.settings import load_settings
     from latentops.platform import migrate
-    from latentops.platform.settings import load_settings
 
     home = tmp_path_factory.mktemp("metrics-home")
     url = f"sqlite:///{home / 'latentops.db'}"

@@ -9,9 +9,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from test_jobs_queue import wait_finished
 
-from latentops.platform.models import JobState
 from latentops.platform.services import jobs
 from latentops.platform.stack import free_port
+from latentops.platform.tables import JobState
 
 
 def read(text: str, name: str, **labels: str) -> float | None:

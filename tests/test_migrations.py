@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 
 from latentops.platform import migrate
 from latentops.platform.database import get_engine
-from latentops.platform.models import Base
+from latentops.platform.tables import Base
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

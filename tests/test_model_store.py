@@ -11,12 +11,12 @@ import sqlalchemy as sa
 import torch
 from safetensors.torch import save_file
 
+from latentops.core.errors import Conflict, InvalidInput, NotFound
 from latentops.pipelines import tiny
 from latentops.pipelines.store import ModelStore
 from latentops.platform.database import session_scope
-from latentops.platform.errors import Conflict, InvalidInput, NotFound
-from latentops.platform.models import AuditEntry, ModelRecord, ModelVersion
 from latentops.platform.services import models as models_service
+from latentops.platform.tables import AuditEntry, ModelRecord, ModelVersion
 
 ACTOR = "test:admin"
 

@@ -43,8 +43,8 @@ from latentops.governance.policy_engine import CompileError, OpaEngine
 from latentops.platform.api import policies as policies_api
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import ApiToken, PolicyDecision, User
 from latentops.platform.services import tokens as tokens_service
+from latentops.platform.tables import ApiToken, PolicyDecision, User
 
 BUNDLE_PATH = "/api/v1/policies/bundle.tar.gz"
 OPA_EMAIL = "opa-bundle@example.com"
@@ -392,8 +392,8 @@ def test_deploy_opa_configurations_pull_from_the_api_bundle_route(tmp_path: Path
 
 
 def test_the_opa_mode_is_a_setting_and_push_stays_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentops.platform.errors import ConfigurationError
-    from latentops.platform.settings import load_settings
+    from latentops.core.errors import ConfigurationError
+    from latentops.core.settings import load_settings
 
     for key in ("LATENTOPS_OPA_MODE", "LATENTOPS_OPA_BUNDLE_WAIT_S"):
         monkeypatch.delenv(key, raising=False)

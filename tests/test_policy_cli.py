@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from latentops.core.errors import InvalidInput, NotFound, PolicyDenied
 from latentops.governance import policy
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, NotFound, PolicyDenied
-from latentops.platform.models import AccessGrant, AuditEntry, ModelRecord, PolicyDecision
 from latentops.platform.services import grants, users
+from latentops.platform.tables import AccessGrant, AuditEntry, ModelRecord, PolicyDecision
 
 
 def _seed(url: str) -> None:

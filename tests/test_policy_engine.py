@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import free_port
 
+from latentops.core.errors import InvalidInput, PolicyDenied
 from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
 from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine, modules_for
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, PolicyDenied
-from latentops.platform.models import PolicyDataEdit, PolicyDecision
+from latentops.platform.tables import PolicyDataEdit, PolicyDecision
 
 
 @pytest.fixture
@@ -200,8 +200,8 @@ def test_revision_is_hash_of_policies_and_data(policy_dir: Path) -> None:
 
 def test_a_job_acts_for_the_user_who_submitted_it(database_url: str) -> None:
     from latentops.platform.database import session_scope
-    from latentops.platform.models import Job
     from latentops.platform.services import users
+    from latentops.platform.tables import Job
 
     with session_scope(database_url) as db:
         owner = users.create_user(db, email="owner@x.io", role="submitter", team="vision", password=None, actor="t")

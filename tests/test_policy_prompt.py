@@ -90,14 +90,14 @@ def test_prompt_over_max_length_denied_and_huge_prompt_not_analysed() -> None:
 
 
 def test_non_string_prompt_is_invalid_input() -> None:
-    from latentops.platform.errors import InvalidInput
+    from latentops.core.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="prompt: must be a string, got int"):
         policy.evaluate("prompt", {"prompt": 42})
 
 
 def test_unknown_path_is_invalid_input() -> None:
-    from latentops.platform.errors import InvalidInput
+    from latentops.core.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="unknown policy path 'nope'"):
         policy.evaluate("nope", {})

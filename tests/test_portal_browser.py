@@ -32,8 +32,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def portal(sqlite_url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The app on 127.0.0.1 with a fresh SQLite database; yields its base URL."""
+    from latentops.core.settings import get_settings
     from latentops.platform.api.app import create_app
-    from latentops.platform.settings import get_settings
 
     for key in list(os.environ):
         if key.startswith("LATENTOPS_") and not key.startswith("LATENTOPS_TEST_"):

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from test_screening import picture
 
+from latentops.core.errors import InvalidInput
 from latentops.governance import policy, provenance, quarantine
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 from test_screening import picture
 
+from latentops.core.errors import Conflict, PolicyDenied
 from latentops.governance import policy, quarantine
 from latentops.platform.database import session_scope
-from latentops.platform.errors import Conflict, PolicyDenied
-from latentops.platform.models import Asset, AuditEntry
 from latentops.platform.services import users
+from latentops.platform.tables import Asset, AuditEntry
 
 OFFICER = "olga@example.com"
 SUBMITTER = "sam@example.com"

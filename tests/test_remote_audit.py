@@ -24,10 +24,10 @@ from sqlalchemy.engine import make_url
 from test_audit_proofs import run_verifier
 from test_audit_verify import append, checkpoint, tamper
 
+from latentops.core.settings import Settings
 from latentops.governance import checkpoints, integration
 from latentops.platform.database import dispose_all, session_scope
-from latentops.platform.models import AuditCheckpoint, AuditEntry
-from latentops.platform.settings import Settings
+from latentops.platform.tables import AuditCheckpoint, AuditEntry
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_remote_verify_reports_the_servers_chain_and_finds_damage_done_to_its_da
         tamper(settings_env.database_url, "UPDATE audit_entries SET details = '{\"index\":99}' WHERE seq = 5")
         damaged = remote("audit", "verify")
         assert damaged.returncode == 1
-        assert damaged.stderr.startswith("IntegrityError: audit trail damaged: modified at seq 5"), damaged.stderr
+        assert damaged.stderr.startswith("IntegrityViolation: audit trail damaged: modified at seq 5"), damaged.stderr
         as_json = remote("audit", "verify", "--json")
         found = json.loads(as_json.stdout)
         assert as_json.returncode == 1 and found["ok"] is False

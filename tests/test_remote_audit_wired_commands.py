@@ -14,7 +14,7 @@ from api_helpers import api_server, make_user
 from generation_helpers import catalogue, tiny_source
 from PIL import Image
 
-from latentops.platform.settings import Settings
+from latentops.core.settings import Settings
 
 SPEC = "name: shapes\nmodel: tiny\nper_class: 2\nsteps: 1\nbatch_size: 2\nclasses:\n  - name: square\n    prompts: [\"a red square\"]\n"
 

@@ -117,9 +117,9 @@ def test_unreachable_server_and_missing_token_are_one_line_each(cli) -> None:  #
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_remote_finetune_uploads_the_images_and_watch_follows_the_job_to_done(  # type: ignore[no-untyped-def]
         server: str, cli, database_url: str, start_worker, tmp_path: Path) -> None:
+    from latentops.core.settings import get_settings
     from latentops.pipelines import tiny
     from latentops.platform.services import models as models_service
-    from latentops.platform.settings import get_settings
 
     alice = make_user(database_url, "alice@example.com", "submitter", "design")
     source = tiny.create("sd1", tmp_path / "tiny-sd1")

@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image, ImageDraw
 
+from latentops.core.errors import InvalidInput
 from latentops.governance import calibration, policy, screening
 from latentops.governance.detectors import CATEGORIES
 from latentops.governance.imagefile import MAX_PIXELS, load_image
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import AuditEntry, ScreeningResult
+from latentops.platform.tables import AuditEntry, ScreeningResult
 
 TINY_CLIP = {
     "embed_dim": 32,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from latentops.platform.errors import ConfigurationError
-from latentops.platform.settings import load_settings
+from latentops.core.errors import ConfigurationError
+from latentops.core.settings import load_settings
 
 
 @pytest.fixture(autouse=True)

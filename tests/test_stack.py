@@ -159,7 +159,7 @@ def test_whole_stack_killed_and_restarted_finishes_the_job_from_its_checkpoint(e
     up = start()
     submitted = subprocess.run(
         [sys.executable, "-c", ("import json,sys; from latentops.platform.services import jobs; "
-                                "from latentops.platform.settings import get_settings; "
+                                "from latentops.core.settings import get_settings; "
                                 "print(jobs.submit(get_settings(), kind='diagnostics', "
                                 "params={'steps': 30, 'step_delay_s': 0.2}, actor='t'))")],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,

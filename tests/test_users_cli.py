@@ -7,11 +7,11 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from latentops.core.errors import AuthenticationFailed
 from latentops.governance import audit
 from latentops.platform.database import session_scope
-from latentops.platform.errors import AuthenticationFailed
-from latentops.platform.models import ApiToken, AuditEntry, Membership, Role, User
 from latentops.platform.services import tokens
+from latentops.platform.tables import ApiToken, AuditEntry, Membership, Role, User
 
 
 def _counts(url: str) -> tuple[int, int]:

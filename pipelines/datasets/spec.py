@@ -34,8 +34,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from latentops.governance import normalize
-from latentops.platform.errors import InvalidInput
+from latentops.core import text as core_text
+from latentops.core.errors import InvalidInput
 
 MAX_PER_CLASS = 10_000
 MAX_CLASSES = 1_000
@@ -86,7 +86,7 @@ class ClassSpec(_Strict):
     @classmethod
     def _prompts(cls, value: list[str]) -> list[str]:
         for index, prompt in enumerate(value):
-            if normalize.is_blank(prompt):
+            if core_text.is_blank(prompt):
                 raise ValueError(f"prompt {index} is empty once control and zero-width characters are removed")
             if len(prompt) > MAX_PROMPT:
                 raise ValueError(f"prompt {index} is longer than {MAX_PROMPT} characters")

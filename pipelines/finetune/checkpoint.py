@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from latentops.platform.errors import LatentopsError
+from latentops.core.errors import LatentopsError
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"

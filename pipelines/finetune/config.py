@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from latentops.platform.errors import InvalidInput
+from latentops.core.errors import InvalidInput
 
 DEFAULT_SEED = 20_240_607
 MAX_PROCESSES = 8

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from latentops.platform.errors import InvalidInput
+from latentops.core.errors import InvalidInput
 
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 64

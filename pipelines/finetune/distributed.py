@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import torch.distributed as dist
 
+from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.pipelines.finetune.checkpoint import TrainingFailed
-from latentops.platform.errors import InvalidInput, LatentopsError
 
 if TYPE_CHECKING:
     from latentops.pipelines.finetune.config import LoraConfig

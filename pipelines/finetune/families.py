@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from latentops.core.errors import InvalidInput
 from latentops.pipelines.finetune import adapters, convs
-from latentops.platform.errors import InvalidInput
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from latentops.core.errors import Conflict, InvalidInput
 from latentops.pipelines.engine import AdapterRef, WeightsRef
 from latentops.pipelines.finetune import checkpoint as ckpt
 from latentops.pipelines.finetune import data, distributed, interop, validation
@@ -46,7 +47,6 @@ from latentops.pipelines.finetune.config import LoraConfig
 from latentops.pipelines.finetune.distributed import Rank
 from latentops.pipelines.finetune.families import Family, micro_conditioning
 from latentops.pipelines.finetune.run import Hooks, PriorData, QuietHooks, Tracker, TrainingResult
-from latentops.platform.errors import Conflict, InvalidInput
 
 logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"

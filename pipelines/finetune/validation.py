@@ -20,8 +20,8 @@ from typing import Any
 
 from PIL import Image
 
+from latentops.core.errors import ServiceUnavailable
 from latentops.pipelines.engine import AdapterRef, Engine, PipelineCache, WeightsRef
-from latentops.platform.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 

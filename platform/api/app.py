@@ -21,6 +21,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Scope
 
+from latentops.core.errors import LatentopsError
+from latentops.core.settings import Settings, get_settings
 from latentops.governance import integration
 from latentops.platform import database
 from latentops.platform.api import (
@@ -51,9 +53,7 @@ from latentops.platform.api.security import (
     SecurityHeadersMiddleware,
     TrustedProxyMiddleware,
 )
-from latentops.platform.errors import LatentopsError
 from latentops.platform.services.auth import LoginThrottle
-from latentops.platform.settings import Settings, get_settings
 from latentops.platform.web import pages, portal
 
 log = logging.getLogger(__name__)

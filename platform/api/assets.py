@@ -12,11 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import NotFound
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep
-from latentops.platform.errors import NotFound
-from latentops.platform.models import Asset, Team
+from latentops.platform.tables import Asset, Team
 
 router = APIRouter(tags=["assets"])
 

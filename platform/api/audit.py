@@ -23,11 +23,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import IntegrityViolation, InvalidInput, NotFound
+from latentops.core.settings import Settings
 from latentops.governance import access, audit, checkpoints, compliance, verification
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.errors import IntegrityError, InvalidInput, NotFound
-from latentops.platform.settings import Settings
 
 router = APIRouter(tags=["audit"])
 
@@ -78,7 +78,7 @@ def verify_report(session: Session, settings: Settings, principal: Principal) ->
     try:
         audit.record(session, actor=principal.email, action="audit.verify", resource="audit:log",
                      outcome="success" if report.ok else "failure", details=report.to_json())
-    except IntegrityError:
+    except IntegrityViolation:
         session.rollback()  # the writer refused a damaged chain and alarmed; the report says why
     return result
 

@@ -18,14 +18,14 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import AuthenticationFailed, NotFound, QuotaExceeded
+from latentops.core.settings import Settings
 from latentops.governance import access, audit
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep, client_address
-from latentops.platform.errors import AuthenticationFailed, NotFound, QuotaExceeded
-from latentops.platform.models import ApiToken
 from latentops.platform.services import auth as auth_service
 from latentops.platform.services import memberships, sso
 from latentops.platform.services import tokens as tokens_service
-from latentops.platform.settings import Settings
+from latentops.platform.tables import ApiToken
 
 log = logging.getLogger(__name__)
 

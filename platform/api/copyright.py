@@ -27,9 +27,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from pydantic import BaseModel
 
+from latentops.core.errors import InvalidInput
 from latentops.governance import access, copyright, screening
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.errors import InvalidInput
 
 router = APIRouter(tags=["copyright"])
 

@@ -17,15 +17,15 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import Conflict, NotFound
+from latentops.core.settings import Settings
 from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import job_json, visible_team_ids
-from latentops.platform.errors import Conflict, NotFound
-from latentops.platform.models import Dataset, Job, Team
 from latentops.platform.services import job_requests
-from latentops.platform.settings import Settings
+from latentops.platform.tables import Dataset, Job, Team
 
 router = APIRouter(tags=["datasets"])
 

@@ -20,12 +20,12 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import AuthenticationFailed
+from latentops.core.settings import Settings
 from latentops.governance.access import Principal, principal_for
 from latentops.platform.database import session_scope
-from latentops.platform.errors import AuthenticationFailed
 from latentops.platform.services import auth as auth_service
 from latentops.platform.services import tokens as tokens_service
-from latentops.platform.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = "x-csrf-token"

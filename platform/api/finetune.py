@@ -27,16 +27,16 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput
+from latentops.core.settings import Settings
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.governance.image_formats import IMAGE_SUFFIXES
 from latentops.platform.api import limits
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import PRIORITY_HELP, job_json
-from latentops.platform.errors import InvalidInput
 from latentops.platform.services import job_requests, teams
 from latentops.platform.services import jobs as jobs_service
-from latentops.platform.settings import Settings
 
 router = APIRouter(tags=["finetune"])
 MAX_FILES = 200

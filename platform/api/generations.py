@@ -15,15 +15,15 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import NotFound
+from latentops.core.settings import Settings
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import job_json, queue_job, visible_job
-from latentops.platform.errors import NotFound
-from latentops.platform.models import Asset
 from latentops.platform.services import job_requests, teams
-from latentops.platform.services.job_requests import GenerationRequest as GenerationBody
-from latentops.platform.settings import Settings
+from latentops.platform.services.job_requests import GenerationBody
+from latentops.platform.tables import Asset
 
 router = APIRouter(tags=["generations"])
 

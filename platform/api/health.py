@@ -13,10 +13,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from latentops.core.errors import ServiceUnavailable
+from latentops.core.settings import Settings
 from latentops.platform.database import check_connection
-from latentops.platform.errors import ServiceUnavailable
 from latentops.platform.services.jobs import ping_broker
-from latentops.platform.settings import Settings
 
 router = APIRouter(tags=["health"])
 

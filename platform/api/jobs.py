@@ -25,16 +25,16 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound
+from latentops.core.settings import Settings
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, NotFound
-from latentops.platform.models import Job, Team
 from latentops.platform.services import job_requests, teams
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services.users import team_names
-from latentops.platform.settings import Settings
+from latentops.platform.tables import Job, Team
 
 router = APIRouter(tags=["jobs"])
 STREAM_POLL_S = 0.5
@@ -127,7 +127,7 @@ def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, princip
     if body.kind == "generate":
         from latentops.platform.api import generations  # imports this module
 
-        request = job_requests.parse(job_requests.GenerationRequest, body.params, source="params")
+        request = job_requests.parse(job_requests.GenerationBody, body.params, source="params")
         request = request.model_copy(update={"team": _one_team(body, request.team)})
         return generations.submit_generation(session, settings, principal, request, priority=body.priority)
     if body.kind == "dataset":

@@ -62,7 +62,7 @@ def size_error(limit: int) -> dict[str, Any]:
 def loads(text: str, *, field: str, max_depth: int) -> Any:
     """``json.loads`` for JSON taken from a form field: refuses deeper nesting than ``max_depth``
     with ``InvalidInput`` naming ``field`` before parsing (a ``JSONDecodeError`` passes through)."""
-    from latentops.platform.errors import InvalidInput
+    from latentops.core.errors import InvalidInput
 
     if json_depth(text) > max_depth:
         problem = depth_error(field, max_depth)

@@ -24,14 +24,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound
+from latentops.core.settings import Settings
 from latentops.governance import access, audit
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.errors import InvalidInput, NotFound
-from latentops.platform.models import AccessGrant, ModelRecord, Team
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
-from latentops.platform.settings import Settings
+from latentops.platform.tables import AccessGrant, ModelRecord, Team
 
 router = APIRouter(tags=["models"])
 CHUNK = 1024 * 1024

@@ -23,12 +23,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from latentops.core.errors import AuthenticationFailed, NotFound, ServiceUnavailable
 from latentops.governance import access, policy
 from latentops.governance.access import Principal
 from latentops.governance.policy_bundle import DATA_ROOT
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.api.deps import PrincipalDep, SessionDep, bearer_secret, get_principal
-from latentops.platform.errors import AuthenticationFailed, NotFound, ServiceUnavailable
 
 router = APIRouter(tags=["policies"])
 MAX_PROMPT_CHARS = 20_000

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import typer
 
+from latentops.core.errors import IntegrityViolation
 from latentops.governance import checkpoints, compliance, erasure, integration, verification
 from latentops.platform.cli import backends, context, output
 from latentops.platform.cli.backends import AuditFilters
 from latentops.platform.cli.backends.local import audit_key_path, audit_sink
-from latentops.platform.errors import IntegrityError
 
 audit_app = typer.Typer(help="The tamper-evident audit trail: verify it, sign checkpoints, prove and export.",
                         no_args_is_help=True)
@@ -50,7 +50,7 @@ def verify(
         output.error(f"warning: {warning}")
     if not report["ok"]:
         damage = [verification.Damage(kind=d["kind"], seq=d["seq"], detail=d["detail"]).line() for d in report["damage"]]
-        raise IntegrityError(f"audit trail damaged: {damage[0]}", reasons=damage[1:])
+        raise IntegrityViolation(f"audit trail damaged: {damage[0]}", reasons=damage[1:])
     if not json_output:
         output.say(f"audit trail intact: {report['entries']} entries, {report['checkpoints']} checkpoints "
                    f"({report['sink_checkpoints']} in the sink) verified; tree size {report['tree_size']}, "

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput
+from latentops.core.settings import Settings, get_settings
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput
-from latentops.platform.settings import Settings, get_settings
 
 
 @dataclass

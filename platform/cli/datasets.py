@@ -40,8 +40,8 @@ def generate(
     """Generate a dataset: screened images, ImageFolder or WebDataset, manifest, card, MLflow run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from latentops.core.errors import InvalidInput
     from latentops.pipelines.datasets import spec as spec_module
-    from latentops.platform.errors import InvalidInput
     from latentops.platform.services import datasets
 
     spec = spec_module.load(spec_file)

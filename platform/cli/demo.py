@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import typer
 
+from latentops.core.errors import NotFound, PolicyDenied, ServiceUnavailable
 from latentops.platform.cli import context, output
-from latentops.platform.errors import NotFound, PolicyDenied, ServiceUnavailable
 from latentops.platform.stack import free_port
 
 DEMO_USER = "demo@latentops.local"

@@ -12,8 +12,8 @@ from typing import Any
 
 import typer
 
+from latentops.core.errors import InvalidInput
 from latentops.platform.cli import backends, context, output
-from latentops.platform.errors import InvalidInput
 from latentops.platform.services.finetune_request import Request
 
 finetune_app = typer.Typer(help="Fine-tune base models: LoRA and DreamBooth-LoRA.", no_args_is_help=True)

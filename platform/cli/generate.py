@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from latentops.platform.cli import backends, output
-from latentops.platform.cli.backends import GenerationRequest
+from latentops.platform.cli.backends import GenerateOptions
 
 
 def generate(
@@ -32,7 +32,7 @@ def generate(
 ) -> None:
     """Generate images with a catalogued model (and adapter), governed end to end (with --server: queued on the
     server, followed to its end, and the released images downloaded)."""
-    request = GenerationRequest(model=model, prompt=prompt, lora=lora, negative_prompt=negative_prompt, count=count,
+    request = GenerateOptions(model=model, prompt=prompt, lora=lora, negative_prompt=negative_prompt, count=count,
                                 seed=seed, steps=steps, guidance=guidance, team=team, as_user=as_user)
     summary, pngs = backends.backend().generate(request)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import sys
 
 import typer
 
+from latentops.core.errors import LatentopsError
 from latentops.platform.cli import context, output
-from latentops.platform.errors import LatentopsError
 
 app = typer.Typer(
     name="latentops",

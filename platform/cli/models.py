@@ -97,8 +97,8 @@ def create_tiny(
 ) -> None:
     """Write a tiny random-init pipeline (a few MB) for tests and benchmarks; built offline."""
     context.require_local()
+    from latentops.core.errors import InvalidInput
     from latentops.pipelines import tiny
-    from latentops.platform.errors import InvalidInput
 
     if family not in tiny.TINY_FAMILIES:
         raise InvalidInput(f"family: {family!r} has no tiny model; choose one of {', '.join(tiny.TINY_FAMILIES)}")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 
+from latentops.core.errors import InvalidInput, ServiceUnavailable
 from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle, write_tarball
 from latentops.governance.policy_engine import CompileError, EmbeddedEngine, OpaEngine
 from latentops.governance.policy_testing import run_tests
 from latentops.platform.cli import backends, context, output
-from latentops.platform.errors import InvalidInput, ServiceUnavailable
 
 policy_app = typer.Typer(help="Policy-as-code: tests, evaluation, revisions.", no_args_is_help=True)
 

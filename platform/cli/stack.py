@@ -6,9 +6,9 @@ import os
 
 import typer
 
+from latentops.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from latentops.platform.cli import context, output
 from latentops.platform.database import check_connection
-from latentops.platform.errors import Conflict, InvalidInput, ServiceUnavailable
 from latentops.platform.stack import LocalStack, port_in_use
 
 

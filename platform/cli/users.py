@@ -6,9 +6,9 @@ import sys
 
 import typer
 
+from latentops.core.errors import InvalidInput
 from latentops.platform.cli import backends, output
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import Role
+from latentops.platform.tables import Role
 
 users_app = typer.Typer(help="Users, teams and roles.", no_args_is_help=True)
 ROLES = ", ".join(role.value for role in Role)

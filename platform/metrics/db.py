@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from latentops.platform.database import session_scope
 from latentops.platform.metrics.counters import METRIC_ERRORS
-from latentops.platform.models import Asset, AuditCheckpoint, AuditEntry, Job, JobState
+from latentops.platform.tables import Asset, AuditCheckpoint, AuditEntry, Job, JobState
 
 log = logging.getLogger(__name__)
 

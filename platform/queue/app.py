@@ -14,7 +14,7 @@ import importlib
 from celery import Celery
 from kombu import Exchange, Queue
 
-from latentops.platform.settings import Settings, get_settings
+from latentops.core.settings import Settings, get_settings
 
 QUEUES = ("gpu", "cpu")
 # Imported by sending a task (and resolving the broker's host name), not by importing Celery.

@@ -18,8 +18,8 @@ from typing import Any
 from celery.signals import worker_process_init
 from prometheus_client import REGISTRY, start_http_server
 
+from latentops.core.settings import get_settings
 from latentops.platform import metrics
-from latentops.platform.settings import get_settings
 
 log = logging.getLogger(__name__)
 

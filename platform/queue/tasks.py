@@ -6,8 +6,8 @@ import socket
 
 from celery import shared_task
 
+from latentops.core.settings import get_settings
 from latentops.platform.services import jobs
-from latentops.platform.settings import get_settings
 
 
 @shared_task(name="latentops.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)

@@ -26,8 +26,8 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from latentops.core.settings import get_settings
 from latentops.platform import database
-from latentops.platform.settings import get_settings
 
 log = logging.getLogger(__name__)
 

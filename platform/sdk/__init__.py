@@ -9,7 +9,7 @@
             print(update["state"], update["progress"])
 
 Server and token default to ``LATENTOPS_SERVER`` and ``LATENTOPS_TOKEN``. Failures raise the
-platform's own exception tree (``latentops.platform.errors``), rebuilt from the API's
+platform's own exception tree (``latentops.core.errors``), rebuilt from the API's
 ``{error, detail, reasons}`` body: ``except NotFound`` works the same against the services and
 against a server.
 
@@ -28,10 +28,10 @@ import httpx
 
 from latentops.client import resources, types
 from latentops.client.http import DEFAULT_TIMEOUT_S, SERVER_ENV, TOKEN_ENV, Http, from_environment
-from latentops.platform.errors import (
+from latentops.core.errors import (
     AuthenticationFailed,
     Conflict,
-    IntegrityError,
+    IntegrityViolation,
     InvalidInput,
     LatentopsError,
     NotFound,
@@ -40,6 +40,9 @@ from latentops.platform.errors import (
     ServiceUnavailable,
 )
 
+# IntegrityViolation's former name, kept so that existing client code still imports.
+IntegrityError = IntegrityViolation
+
 __all__ = [
     "SERVER_ENV",
     "TOKEN_ENV",
@@ -47,6 +50,7 @@ __all__ = [
     "Client",
     "Conflict",
     "IntegrityError",
+    "IntegrityViolation",
     "InvalidInput",
     "LatentopsError",
     "NotFound",

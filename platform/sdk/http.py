@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from latentops.platform import errors
+from latentops.core import errors
 
 SERVER_ENV = "LATENTOPS_SERVER"
 TOKEN_ENV = "LATENTOPS_TOKEN"
@@ -34,7 +34,7 @@ _BY_NAME: dict[str, type[errors.LatentopsError]] = {
     cls.error: cls
     for cls in (errors.InvalidInput, errors.NotFound, errors.Conflict, errors.AuthenticationFailed,
                 errors.PolicyDenied, errors.QuotaExceeded, errors.ServiceUnavailable, errors.ConfigurationError,
-                errors.IntegrityError)
+                errors.IntegrityViolation)
 }
 _BY_NAME |= {"payload_too_large": errors.InvalidInput, "forbidden": errors.PolicyDenied,
              "method_not_allowed": errors.InvalidInput}

@@ -39,7 +39,7 @@ from latentops.client.types import (
     User,
     VerifyReport,
 )
-from latentops.platform.errors import InvalidInput, ServiceUnavailable
+from latentops.core.errors import InvalidInput, ServiceUnavailable
 
 _FILENAME = re.compile(r'filename="([^"/\\]+)"')
 CHUNK = 1024 * 1024

@@ -30,11 +30,11 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import AuthenticationFailed, QuotaExceeded
+from latentops.core.settings import Settings
 from latentops.governance import audit
-from latentops.platform.errors import AuthenticationFailed, QuotaExceeded
-from latentops.platform.models import User, WebSession, utcnow
 from latentops.platform.services.users import password_matches
-from latentops.platform.settings import Settings
+from latentops.platform.tables import User, WebSession, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -36,12 +36,7 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from latentops.governance import audit, policy, screening
-from latentops.pipelines.datasets import filters, formats
-from latentops.pipelines.datasets.spec import DatasetSpec
-from latentops.pipelines.finetune.run import Hooks, QuietHooks
-from latentops.platform.database import session_scope
-from latentops.platform.errors import (
+from latentops.core.errors import (
     Conflict,
     InvalidInput,
     LatentopsError,
@@ -49,9 +44,14 @@ from latentops.platform.errors import (
     PolicyDenied,
     ServiceUnavailable,
 )
-from latentops.platform.models import Dataset, Team
+from latentops.core.settings import Settings
+from latentops.governance import audit, policy, screening
+from latentops.pipelines.datasets import filters, formats
+from latentops.pipelines.datasets.spec import DatasetSpec
+from latentops.pipelines.finetune.run import Hooks, QuietHooks
+from latentops.platform.database import session_scope
 from latentops.platform.services import generation, teams
-from latentops.platform.settings import Settings
+from latentops.platform.tables import Dataset, Team
 
 log = logging.getLogger(__name__)
 

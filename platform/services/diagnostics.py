@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from latentops.platform.errors import InvalidInput
+from latentops.core.errors import InvalidInput
 from latentops.platform.services.jobs import JobContext
 
 MAX_STEPS = 10_000

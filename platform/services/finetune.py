@@ -31,14 +31,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound, ServiceUnavailable
+from latentops.core.settings import Settings
 from latentops.governance import audit, copyright, normalize, policy
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import data, dreambooth, interop, tracking
 from latentops.pipelines.finetune.config import FinetuneConfig, build_config
 from latentops.pipelines.finetune.lora import Hooks, TrainingResult
 from latentops.platform.database import session_scope
-from latentops.platform.errors import InvalidInput, NotFound, ServiceUnavailable
-from latentops.platform.models import (
+from latentops.platform.services import grants, jobs, teams
+from latentops.platform.services import models as models_service
+from latentops.platform.services.finetune_request import Request
+from latentops.platform.tables import (
     Job,
     JobEvent,
     JobState,
@@ -49,10 +53,6 @@ from latentops.platform.models import (
     User,
     utcnow,
 )
-from latentops.platform.services import grants, jobs, teams
-from latentops.platform.services import models as models_service
-from latentops.platform.services.finetune_request import Request
-from latentops.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 KIND = "finetune"

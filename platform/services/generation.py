@@ -35,15 +35,15 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound, ServiceUnavailable
+from latentops.core.settings import Settings
 from latentops.governance import audit, policy, quarantine
 from latentops.governance.imagefile import load_image
-from latentops.platform.errors import InvalidInput, NotFound, ServiceUnavailable
-from latentops.platform.models import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, User
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
 from latentops.platform.services import teams
 from latentops.platform.services.users import team_names
-from latentops.platform.settings import Settings
+from latentops.platform.tables import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, User
 
 if TYPE_CHECKING:  # the engine imports torch lazily; keep this module cheap to import
     from latentops.pipelines.engine import AdapterRef, Engine, WeightsRef
@@ -338,8 +338,8 @@ def render_for_training(request: RenderRequest, *, device: str = "cpu") -> list[
     are matched to their catalogue version by content hash when they are catalogued. Returns the
     released images in order; quarantined ones are left out (a training run never sees them).
     """
+    from latentops.core.settings import get_settings
     from latentops.platform.database import session_scope
-    from latentops.platform.settings import get_settings
 
     settings = get_settings()
     if not _migrated(settings.database_url):

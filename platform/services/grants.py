@@ -13,10 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound
 from latentops.governance import audit, policy
-from latentops.platform.errors import InvalidInput, NotFound
-from latentops.platform.models import AccessGrant, ModelRecord, Team, User, utcnow
 from latentops.platform.services.users import team_names
+from latentops.platform.tables import AccessGrant, ModelRecord, Team, User, utcnow
 
 
 def get_model(session: Session, name: str) -> ModelRecord:

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput
+from latentops.core.settings import Settings
 from latentops.governance import normalize
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.pipelines.finetune.config import build_config
-from latentops.platform.errors import InvalidInput
-from latentops.platform.models import Dataset, Job, ModelVersion, Team, User
-from latentops.platform.settings import Settings
+from latentops.platform.tables import Dataset, Job, ModelVersion, Team, User
 
 MAX_IMAGES = 64  # generation.MAX_IMAGES; this module stays light (no PIL) for the API's startup
 ADAPTER_NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"

@@ -20,14 +20,14 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound
 from latentops.governance import access, normalize
 from latentops.governance.access import Principal
-from latentops.platform.errors import InvalidInput, NotFound
-from latentops.platform.models import AccessGrant, LoraAdapter, Team
 from latentops.platform.services import generation
 from latentops.platform.services.diagnostics import MAX_STEP_DELAY_S, MAX_STEPS
 from latentops.platform.services.job_params import GenerateParams
 from latentops.platform.services.users import team_names
+from latentops.platform.tables import AccessGrant, LoraAdapter, Team
 
 MAX_PROMPT = 20_000
 FINETUNE_ROUTE = "POST /api/v1/finetune"
@@ -54,7 +54,7 @@ class DiagnosticsRequest(_Strict):
     step_delay_s: float = Field(default=0.0, ge=0.0, le=MAX_STEP_DELAY_S)
 
 
-class GenerationRequest(_Strict):
+class GenerationBody(_Strict):
     """``generate``: the body of ``POST /generations`` (and of ``POST /jobs`` with kind ``generate``)."""
 
     model: str = Field(min_length=1, max_length=200, description="NAME, NAME@alias or NAME@version.")
@@ -121,7 +121,7 @@ def build_diagnostics(request: DiagnosticsRequest) -> dict[str, Any]:
     return request.model_dump(mode="json")
 
 
-def build_generate(session: Session, *, principal: Principal, team: Team, request: GenerationRequest) -> dict[str, Any]:
+def build_generate(session: Session, *, principal: Principal, team: Team, request: GenerationBody) -> dict[str, Any]:
     """The ``generate`` job's params: the model resolved (404 if not visible), every prompt and the
     model use decided (``PolicyDenied`` with the decisions flushed: the caller commits them)."""
     visible_model(session, principal, ref=request.model, action="generations.create")

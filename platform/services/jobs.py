@@ -29,12 +29,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import Conflict, InvalidInput, LatentopsError, NotFound, ServiceUnavailable
+from latentops.core.settings import Settings
 from latentops.governance import audit
 from latentops.platform import metrics as ops_metrics  # "metrics" is a progress() argument
 from latentops.platform.database import session_scope
-from latentops.platform.errors import Conflict, InvalidInput, LatentopsError, NotFound, ServiceUnavailable
-from latentops.platform.models import Job, JobEvent, JobState, Team, User, utcnow
-from latentops.platform.settings import Settings
+from latentops.platform.tables import Job, JobEvent, JobState, Team, User, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound
 from latentops.governance import audit
-from latentops.platform.errors import InvalidInput, NotFound
-from latentops.platform.models import Membership, Team, User
 from latentops.platform.services.auth import end_sessions
 from latentops.platform.services.users import get_or_create_team, get_user_by_email, parse_role
+from latentops.platform.tables import Membership, Team, User
 
 
 def get_user(session: Session, user_id: int) -> User:

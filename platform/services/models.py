@@ -16,11 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import Conflict, InvalidInput, NotFound
 from latentops.governance import audit
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.store import ModelStore
-from latentops.platform.errors import Conflict, InvalidInput, NotFound
-from latentops.platform.models import ModelRecord, ModelVersion, utcnow
+from latentops.platform.tables import ModelRecord, ModelVersion, utcnow
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 

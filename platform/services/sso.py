@@ -31,17 +31,17 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session
 
-from latentops.governance import audit
-from latentops.platform.errors import (
+from latentops.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
     InvalidInput,
     NotFound,
     ServiceUnavailable,
 )
-from latentops.platform.models import Membership, Team, User
+from latentops.core.settings import Settings
+from latentops.governance import audit
 from latentops.platform.services.users import get_or_create_team, parse_role
-from latentops.platform.settings import Settings
+from latentops.platform.tables import Membership, Team, User
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import InvalidInput, NotFound
 from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
-from latentops.platform.errors import InvalidInput, NotFound
-from latentops.platform.models import Team
+from latentops.platform.tables import Team
 
 __all__ = ["resolve"]
 

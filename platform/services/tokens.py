@@ -9,10 +9,10 @@ import secrets
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import AuthenticationFailed, InvalidInput, NotFound
 from latentops.governance import audit
-from latentops.platform.errors import AuthenticationFailed, InvalidInput, NotFound
-from latentops.platform.models import ApiToken, User, utcnow
 from latentops.platform.services.users import get_user_by_email
+from latentops.platform.tables import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "lat_"
 MAX_EXPIRY_DAYS = 366

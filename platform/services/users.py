@@ -22,9 +22,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.orm import Session
 
+from latentops.core.errors import Conflict, InvalidInput, NotFound
 from latentops.governance import audit
-from latentops.platform.errors import Conflict, InvalidInput, NotFound
-from latentops.platform.models import Membership, Role, Team, User
+from latentops.platform.tables import Membership, Role, Team, User
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

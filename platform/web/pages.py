@@ -16,17 +16,17 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
 from latentops.platform.api import audit as audit_api
 from latentops.platform.api import jobs as jobs_api
 from latentops.platform.api import models as models_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
-from latentops.platform.errors import InvalidInput, LatentopsError
-from latentops.platform.models import Asset, ModelRecord, Role, Team
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import job_requests, memberships, teams
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services import users as users_service
+from latentops.platform.tables import Asset, ModelRecord, Role, Team
 from latentops.platform.web.portal import PortalUser, render
 
 router = APIRouter(include_in_schema=False)
@@ -143,7 +143,7 @@ def generate_submit(request: Request, session: SessionDep, settings: SettingsDep
                     team: Annotated[str, Form(max_length=100)] = "") -> Response:
     from latentops.platform.api import generations as generations_api
 
-    body = job_requests.parse(job_requests.GenerationRequest, {
+    body = job_requests.parse(job_requests.GenerationBody, {
         "model": model, "prompt": prompt, "negative_prompt": negative_prompt or None, "n": n, "seed": seed,
         "steps": steps, "guidance": guidance, "team": team or None}, source="")
     job = generations_api.submit_generation(session, settings, principal, body)

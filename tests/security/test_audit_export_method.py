@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from api_helpers import PASSWORD, bearer, make_user
 from fastapi.testclient import TestClient
 
+from latentops.core.settings import Settings
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending
-from latentops.platform.settings import Settings
+from latentops.platform.tables import AuditCheckpoint, AuditEntry, AuditPending
 
 
 def _trail(url: str) -> tuple[int, int, int]:

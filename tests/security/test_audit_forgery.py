@@ -10,10 +10,10 @@ import logging
 import pytest
 import sqlalchemy as sa
 
+from latentops.core.settings import Settings, get_settings
 from latentops.governance import audit, audit_mac, checkpoints, integration, verification
 from latentops.platform.database import session_scope
-from latentops.platform.models import AuditCheckpoint, AuditEntry, AuditPending
-from latentops.platform.settings import Settings, get_settings
+from latentops.platform.tables import AuditCheckpoint, AuditEntry, AuditPending
 
 
 def _insert_pending(url: str, *, at: dt.datetime, mac: str | None, actor: str = "mallory@example.com") -> int:

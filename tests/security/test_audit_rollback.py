@@ -10,9 +10,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from latentops.core.settings import Settings
 from latentops.governance import audit, checkpoints, compliance
 from latentops.platform.database import dispose_all, session_scope
-from latentops.platform.settings import Settings
 
 VERIFIER = Path(__file__).resolve().parents[2] / "governance" / "verifier" / "latentops_audit_verify.py"
 

@@ -14,10 +14,10 @@ from api_helpers import bearer, make_user
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from latentops.core.settings import get_settings
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import ApiToken, Job, PolicyDecision, User
-from latentops.platform.settings import get_settings
+from latentops.platform.tables import ApiToken, Job, PolicyDecision, User
 
 SHAPE = {"error", "detail", "reasons"}
 

@@ -25,8 +25,8 @@ from PIL import Image
 
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import Asset, Dataset, Job, JobState, LoraAdapter, User
 from latentops.platform.services import jobs as jobs_service
+from latentops.platform.tables import Asset, Dataset, Job, JobState, LoraAdapter, User
 
 pytestmark = pytest.mark.redis
 

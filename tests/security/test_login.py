@@ -20,10 +20,10 @@ from conftest import REPO
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from latentops.core.settings import get_settings
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import AuditEntry, AuditPending, User
-from latentops.platform.settings import get_settings
+from latentops.platform.tables import AuditEntry, AuditPending, User
 
 LOGIN = "/api/v1/auth/login"
 WRONG = {"error": "authentication_failed", "detail": "email or password is wrong", "reasons": []}

@@ -27,7 +27,7 @@ from PIL import Image
 
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import Dataset, Job, LoraAdapter, ModelRecord, ModelVersion, PolicyDecision
+from latentops.platform.tables import Dataset, Job, LoraAdapter, ModelRecord, ModelVersion, PolicyDecision
 
 pytestmark = pytest.mark.redis
 

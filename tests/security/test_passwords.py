@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
-from latentops.platform.models import User
+from latentops.platform.tables import User
 
 WEAK = {
     "twelve spaces": (" " * 12, "must not be only whitespace"),

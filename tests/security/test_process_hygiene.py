@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from test_stack import _alive, _latentops, _read_until, _wait_health
 
 from latentops.platform.database import session_scope
-from latentops.platform.models import AuditEntry, Job, JobEvent, JobState
 from latentops.platform.services import jobs
 from latentops.platform.stack import free_port
+from latentops.platform.tables import AuditEntry, Job, JobEvent, JobState
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
 
@@ -81,8 +81,8 @@ def survivors(pids: dict[int, str]) -> dict[int, str]:
 @pytest.fixture
 def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A fresh home for ``up``; this test process reads the same home's database and broker."""
+    from latentops.core.settings import get_settings
     from latentops.platform.queue.app import celery_app
-    from latentops.platform.settings import get_settings
 
     home = Path("/tmp") / f"lo-ph-{os.getpid()}-{tmp_path.name[-10:]}"  # short: it holds a unix socket
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTOPS_") and k != "MLFLOW_TRACKING_URI"}
@@ -148,7 +148,7 @@ def _kill_up_and_expect_no_survivor(stack: Stack) -> None:
 
 
 def test_sigkilled_up_takes_its_whole_tree_and_the_next_stack_names_the_lost_worker(stack_env) -> None:  # type: ignore[no-untyped-def]
-    from latentops.platform.settings import get_settings
+    from latentops.core.settings import get_settings
 
     port = free_port()
     first = Stack(stack_env, port)
@@ -188,7 +188,7 @@ def test_sigkilled_up_takes_its_whole_tree_and_the_next_stack_names_the_lost_wor
 
 @pytest.mark.usefixtures("database_url")
 def test_the_event_for_an_expired_lease_names_the_worker_that_held_it(queue_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from latentops.platform.settings import get_settings
+    from latentops.core.settings import get_settings
 
     monkeypatch.setenv("LATENTOPS_JOB_LEASE_S", "0.5")
     get_settings.cache_clear()
@@ -217,10 +217,10 @@ def test_sigkilled_up_takes_the_training_processes_of_a_running_fine_tune_with_i
     """The deepest tree ``up`` has: up -> worker -> pool child (the launcher) -> two training processes."""
     from test_finetune_recipe import draw_glyphs
 
+    from latentops.core.settings import get_settings
     from latentops.pipelines import tiny
     from latentops.platform.services import finetune
     from latentops.platform.services import models as models_service
-    from latentops.platform.settings import get_settings
 
     (tmp_path / "instances").mkdir()
     instances = draw_glyphs(tmp_path / "instances")

@@ -9,9 +9,9 @@ implement is ``base.Backend``. Imports point one way: commands -> backends -> co
 from __future__ import annotations
 
 from latentops.platform.cli import context
-from latentops.platform.cli.backends.base import AuditFilters, Backend, GenerationRequest
+from latentops.platform.cli.backends.base import AuditFilters, Backend, GenerateOptions
 
-__all__ = ["AuditFilters", "Backend", "GenerationRequest", "backend"]
+__all__ = ["AuditFilters", "Backend", "GenerateOptions", "backend"]
 
 
 def backend() -> Backend:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.orm import Session
 
 from latentops.platform.cli import context
-from latentops.platform.cli.backends.base import AuditFilters, GenerationRequest
+from latentops.platform.cli.backends.base import AuditFilters, GenerateOptions
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class LocalBackend:
             return rows
 
     def create_token(self, *, email: str | None, name: str, scopes: list[str], expires_days: int) -> dict[str, Any]:
-        from latentops.platform.errors import InvalidInput
+        from latentops.core.errors import InvalidInput
         from latentops.platform.services import tokens
 
         if not email:
@@ -175,7 +175,7 @@ class LocalBackend:
 
     # --- generation and datasets --------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> tuple[dict[str, Any], dict[int, bytes]]:
+    def generate(self, request: GenerateOptions) -> tuple[dict[str, Any], dict[int, bytes]]:
         """Generate in this process; a denial keeps its recorded decisions (they are evidence)."""
         from latentops.platform.services import generation
 
@@ -243,8 +243,8 @@ class LocalBackend:
 
     def audit_verify(self, *, public_keys: list[Path], sink: str | None) -> dict[str, Any]:
         """Verify the trail and record the verification; a damaged chain refuses the record, not the report."""
+        from latentops.core.errors import IntegrityViolation
         from latentops.governance import audit, verification
-        from latentops.platform.errors import IntegrityError
 
         keyring = audit_keyring(public_keys)
         with context.session() as db:
@@ -253,7 +253,7 @@ class LocalBackend:
             with context.session() as db:
                 audit.record(db, actor=context.actor(), action="audit.verify", resource="audit:log",
                              outcome="success" if report.ok else "failure", details=report.to_json())
-        except IntegrityError:
+        except IntegrityViolation:
             pass  # the writer refused a damaged chain and alarmed; the report says why
         return report.to_json()
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from latentops.client import Client
+from latentops.core.errors import IntegrityViolation, InvalidInput, ServiceUnavailable
 from latentops.governance.image_formats import IMAGE_SUFFIXES
-from latentops.platform.cli.backends.base import AuditFilters, GenerationRequest
-from latentops.platform.errors import IntegrityError, InvalidInput, ServiceUnavailable
+from latentops.platform.cli.backends.base import AuditFilters, GenerateOptions
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
 
 
@@ -150,7 +150,7 @@ class RemoteBackend:
 
     # --- generation and datasets --------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> tuple[dict[str, Any], dict[int, bytes]]:
+    def generate(self, request: GenerateOptions) -> tuple[dict[str, Any], dict[int, bytes]]:
         """Queue the generation, follow the job to its end, then fetch the released images."""
         if request.as_user:
             raise _unsupported("--as", "the server acts as the token's user")
@@ -237,7 +237,7 @@ class RemoteBackend:
             with zipfile.ZipFile(archive_path) as archive:
                 found = sorted(archive.namelist())
                 if found != sorted([out.name, proofs_path.name]):
-                    raise IntegrityError(f"export: the server's archive holds {', '.join(found) or 'nothing'}, "
+                    raise IntegrityViolation(f"export: the server's archive holds {', '.join(found) or 'nothing'}, "
                                          f"not {out.name} and {proofs_path.name}")
                 proofs = json.loads(archive.read(proofs_path.name))
                 out.parent.mkdir(parents=True, exist_ok=True)

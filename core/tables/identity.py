@@ -8,7 +8,7 @@ import enum
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from latentops.platform.models.base import Base, TimestampMixin
+from latentops.core.orm import Base, TimestampMixin
 
 
 class Role(enum.StrEnum):

@@ -24,7 +24,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from latentops.platform.models.base import Base, utcnow
+from latentops.core.orm import Base, utcnow
 
 
 class AuditEntry(Base):

@@ -77,7 +77,7 @@ class ConfigurationError(LatentopsError):
     error = "configuration_error"
 
 
-class IntegrityError(LatentopsError):
+class IntegrityViolation(LatentopsError):
     """Stored evidence (audit chain, checkpoint, content hash) does not verify."""
 
     status_code = 500

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from latentops.platform.models.base import Base, TimestampMixin
+from latentops.core.orm import Base, TimestampMixin
 
 
 class PolicyDecision(TimestampMixin, Base):

@@ -11,7 +11,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from latentops.platform.models.base import Base, TimestampMixin
+from latentops.core.orm import Base, TimestampMixin
 
 
 class WebSession(TimestampMixin, Base):

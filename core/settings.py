@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from latentops.platform.errors import ConfigurationError
+from latentops.core.errors import ConfigurationError
 
 INSECURE_SECRET = "latentops-embedded-insecure-secret"
 ENV_PREFIX = "LATENTOPS_"
