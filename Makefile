@@ -38,8 +38,8 @@ test: install  ## The whole suite in parallel (PostgreSQL/Redis tests need LATEN
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: install  ## ruff, mypy and the import contract (pyproject's [tool.importlinter]).
-	$(BIN)/ruff check platform governance pipelines tests bench
-	$(BIN)/mypy platform governance pipelines
+	$(BIN)/ruff check core platform governance pipelines tests bench
+	$(BIN)/mypy core platform governance pipelines
 	$(BIN)/lint-imports --no-logo
 
 clean:  ## Remove the virtual environment and the demo home.
