@@ -24,8 +24,6 @@ KNOWN = [
     {"latentops.platform.services.job_params", "latentops.platform.services.jobs"},
     # the API's job routes and the routes built on them
     {"latentops.platform.api.datasets", "latentops.platform.api.generations", "latentops.platform.api.jobs"},
-    # the last-resort 500 answer renders the portal's error page; the portal asks limits for Retry-After
-    {"latentops.platform.api.limits", "latentops.platform.web.portal"},
 ]
 
 

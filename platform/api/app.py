@@ -21,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Scope
 
-from latentops.core.errors import LatentopsError
+from latentops.core.errors import LatentopsError, retry_after
 from latentops.core.settings import Settings, get_settings
 from latentops.governance import integration
 from latentops.platform import database
@@ -46,7 +46,6 @@ from latentops.platform.api.limits import (
     INTERNAL_ERROR,
     JsonLimitMiddleware,
     LastResortMiddleware,
-    retry_after,
 )
 from latentops.platform.api.security import (
     BodyLimitMiddleware,

@@ -70,15 +70,6 @@ def loads(text: str, *, field: str, max_depth: int) -> Any:
     return json.loads(text)
 
 
-def retry_after(error: Exception) -> dict[str, str]:
-    """``Retry-After`` (seconds) for a 429 ``LatentopsError``: its ``retry_after_s`` reason, else a minute."""
-    if getattr(error, "status_code", None) != 429:
-        return {}
-    reasons = getattr(error, "reasons", [])
-    seconds = next((r["retry_after_s"] for r in reasons if isinstance(r, dict) and "retry_after_s" in r), 60)
-    return {"Retry-After": str(max(1, int(seconds)))}
-
-
 def is_json(scope: Scope) -> bool:
     """Whether FastAPI would parse this request's body as JSON."""
     content_type = b""

@@ -21,12 +21,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import AuthenticationFailed, LatentopsError
+from latentops.core.errors import AuthenticationFailed, LatentopsError, retry_after
 from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api import auth as auth_api
 from latentops.platform.api.deps import SessionDep, SettingsDep, authenticate, require_csrf
-from latentops.platform.api.limits import retry_after
 from latentops.platform.services import auth as auth_service
 from latentops.platform.services import sso
 
