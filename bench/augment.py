@@ -190,7 +190,8 @@ def class_loras(settings: Settings, heldout: digits.DigitSet, chosen: np.ndarray
         config = build_config({"instance_prompt": digits.prompt_for(label), "rank": 4, "resolution": 32, "steps": steps,
                                "lr": 1e-3, "batch_size": min(4, len(members)), "checkpoint_every": steps,
                                "validation_steps": 4, "flip": False, "seed": label})
-        result = lora.train(config, weights=weights, instance_dir=folder, out_dir=settings.home / "loras" / tag / str(label))
+        result = lora.train(config, weights=weights, instance_dir=folder, out_dir=settings.home / "loras" / tag / str(label),
+                            renderer=generation.render_for_training)
         name = f"fewshot-{tag}-{label}"
         with session_scope(settings.database_url) as db:
             finetune.register_adapter(db, name=name, version_id=version_id, job_id=None, team=None, result=result,

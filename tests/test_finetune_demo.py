@@ -61,6 +61,7 @@ def test_dreambooth_learns_a_new_glyph_and_keeps_the_digits(tmp_path: Path, sqli
     from test_finetune_recipe import _release_unscreened
 
     from latentops.core.settings import get_settings
+    from latentops.platform.services.generation import render_for_training
 
     monkeypatch.setenv("LATENTOPS_HOME", str(home))
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)
@@ -78,7 +79,7 @@ def test_dreambooth_learns_a_new_glyph_and_keeps_the_digits(tmp_path: Path, sqli
                            "resolution": 32, "batch_size": 4, "steps": 200, "rank": 8, "lr": 5e-4, "checkpoint_every": 250,
                            "flip": False, "samples": False})
     result = dreambooth.run(config, weights=weights, instance_dir=tmp_path / "instances", out_dir=tmp_path / "run",
-                            cache_dir=tmp_path / "cache")
+                            cache_dir=tmp_path / "cache", renderer=render_for_training)
     adapter = [AdapterRef(content_hash=interop.file_sha256(result.weights_path), path=result.weights_path.parent)]
     after_distance = _distance(engine.generate(weights, probe, adapter), glyphs)
     after_accuracy = _digit_accuracy(engine, weights, adapter)

@@ -15,11 +15,12 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
-from latentops.core.errors import Conflict, InvalidInput
+from latentops.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef
-from latentops.pipelines.finetune import checkpoint, dreambooth, lora
+from latentops.pipelines.finetune import checkpoint, dreambooth, lora, validation
 from latentops.pipelines.finetune.config import build_config
+from latentops.platform.services.generation import render_for_training
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3,
@@ -275,7 +276,8 @@ def test_lora_files_load_in_plain_diffusers_and_kohya_layout_loads_through_its_c
     from diffusers import DiffusionPipeline
 
     config = build_config({**BASE, "steps": 4, "checkpoint_every": 4, "train_text_encoder": True, "samples": True})
-    result = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run")
+    result = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run",
+                        renderer=render_for_training)
     assert result.weights_path.name == "pytorch_lora_weights.safetensors" and result.kohya_path is not None
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in load_file(str(result.kohya_path)))
     pipe = DiffusionPipeline.from_pretrained(str(models["sd1"]))
@@ -313,7 +315,7 @@ def test_dreambooth_generates_missing_class_images_and_trains_with_the_prior(mod
                            "class_generation_steps": 1, "steps": 2, "checkpoint_every": 2, "prior_loss_weight": 0.5})
     class_dir = tmp_path / "class"
     result = dreambooth.run(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run",
-                            class_dir=class_dir)
+                            class_dir=class_dir, renderer=render_for_training)
     assert len(list(class_dir.glob("*.png"))) == 3
     assert result.steps == 2 and len(result.losses) == 2
     # A second run with enough class images generates none.
@@ -321,3 +323,40 @@ def test_dreambooth_generates_missing_class_images_and_trains_with_the_prior(mod
     assert dreambooth.ensure_class_images(config, weights=_weights(models, "sd1"), class_dir=class_dir, device="cpu",
                                           hooks=lora.QuietHooks()) == 0
     assert {p: p.stat().st_mtime_ns for p in class_dir.glob("*.png")} == before
+
+
+NO_RENDERER = r"^rendering: no governed renderer was given to this run; training images are never rendered without one$"
+
+
+def test_a_run_given_no_renderer_renders_nothing_and_says_why(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    weights = _weights(models, "sd1")
+    with pytest.raises(ServiceUnavailable, match=NO_RENDERER):
+        validation.render(validation.RenderRequest(weights=weights, prompts=["a sks glyph"], seed=1, steps=1), renderer=None)
+    # DreamBooth's class images: refused before the first one, and no training starts.
+    config = build_config({**BASE, "method": "dreambooth", "class_prompt": "a glyph", "num_class_images": 2,
+                           "class_generation_steps": 1, "steps": 2, "checkpoint_every": 2})
+    with pytest.raises(ServiceUnavailable, match=NO_RENDERER):
+        dreambooth.run(config, weights=weights, instance_dir=instances, out_dir=tmp_path / "dreambooth",
+                       class_dir=tmp_path / "class")
+    assert not list((tmp_path / "class").iterdir()) and not (tmp_path / "dreambooth").exists()
+    # A LoRA run that asks for final samples trains, then refuses to render them (the bare engine is never used).
+    config = build_config({**BASE, "steps": 2, "checkpoint_every": 2, "samples": True})
+    with pytest.raises(ServiceUnavailable, match=NO_RENDERER):
+        lora.train(config, weights=weights, instance_dir=instances, out_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "samples").exists()
+
+
+def test_the_renderer_the_caller_gives_renders_every_image_of_a_run(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    asked: list[validation.RenderRequest] = []
+
+    def renderer(request: validation.RenderRequest, *, device: str) -> list[Image.Image]:
+        asked.append(request)
+        return [Image.new("RGB", (32, 32), "white")] * (len(request.prompts) * request.images_per_prompt)
+
+    config = build_config({**BASE, "steps": 2, "checkpoint_every": 2, "validation_every": 1, "samples": True})
+    result = lora.train(config, weights=_weights(models, "sd1"), instance_dir=instances, out_dir=tmp_path / "run",
+                        job_id=5, renderer=renderer)
+    assert [(r.purpose, r.images_per_prompt, r.job_id) for r in asked] == [("validation", 1, 5), ("samples", 2, 5)]
+    assert all(r.adapter is not None and r.prompts == ["a sks glyph"] for r in asked)
+    assert len(list((tmp_path / "run" / "validation" / "step-000001").glob("sample-*.png"))) == 1
+    assert len(result.samples) == 2 and result.sample_grid is not None and result.sample_grid.exists()

@@ -126,7 +126,8 @@ def test_training_renders_take_the_governed_path(settings_env, source: Path) -> 
         version = db.scalars(sa.select(ModelVersion)).one()
         weights = WeightsRef(content_hash=version.content_hash, path=Path(version.path), family="sd1")
     images = validation.render(validation.RenderRequest(weights=weights, prompts=["a sks glyph"], seed=1, steps=1,
-                                                        images_per_prompt=2, purpose="class_images"))
+                                                        images_per_prompt=2, purpose="class_images"),
+                               renderer=generation.render_for_training)
     assert len(images) == 2
     with session_scope(settings_env.database_url) as db:
         assets = db.scalars(sa.select(Asset)).all()
@@ -136,7 +137,8 @@ def test_training_renders_take_the_governed_path(settings_env, source: Path) -> 
             _assert_accounted(db, asset)
     # A denied prompt renders nothing for training either.
     with pytest.raises(PolicyDenied):
-        validation.render(validation.RenderRequest(weights=weights, prompts=["a nude glyph"], seed=1, steps=1))
+        validation.render(validation.RenderRequest(weights=weights, prompts=["a nude glyph"], seed=1, steps=1),
+                          renderer=generation.render_for_training)
     policy.use_service(None)
 
 

@@ -11,8 +11,9 @@ every step draws its noise, timesteps and latent samples from its own generator 
 run stopped at step k and resumed ends bit-identical (on CPU) to one that never stopped.
 
 The loop runs under ``accelerate`` (mixed precision on GPU); the caller passes ``hooks`` for
-progress, logging and cooperative cancellation, and optionally a tracker (:mod:`tracking`) that
-receives metrics and the outputs.
+progress, logging and cooperative cancellation, optionally a tracker (:mod:`tracking`) that
+receives metrics and the outputs, and the governed ``renderer`` (:class:`validation.Renderer`) that
+renders validation images and final samples (a run given none fails when it has one to render).
 
 Several processes (``config.processes > 1``): the call that receives such a config launches that
 many training processes (:mod:`distributed`) and returns rank 0's result; each of them runs this
@@ -174,10 +175,13 @@ def train(
     job_id: int | None = None,
     device: torch.device | None = None,
     process: Rank | None = None,
+    renderer: validation.Renderer | None = None,
 ) -> TrainingResult:
     """Train a LoRA for ``config`` on the images in ``instance_dir``; outputs go to ``out_dir``.
 
-    ``process`` is given only by the launcher of a multi-process run, to each training process.
+    ``renderer`` is the governed path for the run's images (a module-level function, so that it
+    reaches the training processes of a multi-process run by reference). ``process`` is given only
+    by the launcher of a multi-process run, to each training process.
     """
     hooks = hooks or QuietHooks()
     device = device or _device()
@@ -199,7 +203,8 @@ def train(
         return distributed.launch(train, processes=config.processes, device_type=device.type, hooks=hooks, tracker=tracker,
                                   train_kwargs={"config": config, "weights": weights, "instance_dir": Path(instance_dir),
                                                 "out_dir": out_dir, "cache_dir": cache_dir, "resume": resume,
-                                                "stop_after": stop_after, "prior": prior, "job_id": job_id})
+                                                "stop_after": stop_after, "prior": prior, "job_id": job_id,
+                                                "renderer": renderer})
     rank, world = (process.rank, process.world_size) if process is not None else (0, 1)
     main = rank == 0
 
@@ -379,7 +384,7 @@ def train(
         if config.validation_every and step % config.validation_every == 0 and step < config.steps:
             if main:
                 _validate(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir, step=step,
-                          device=device, job_id=job_id)
+                          device=device, job_id=job_id, renderer=renderer)
             distributed.barrier(process)
         hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"])
     stopped_early = last < config.steps
@@ -395,7 +400,7 @@ def train(
             kohya_path = interop.export_kohya(weights_path, out_dir / "kohya" / "lora.safetensors", family=weights.family,
                                               alpha=config.lora_alpha)
             if config.samples:
-                samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id)
+                samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id, renderer)
         _write_manifest(out_dir, config, meta, images, refused, streams)
     result = TrainingResult(
         out_dir=out_dir, weights_path=weights_path, kohya_path=kohya_path, steps=last, final_loss=losses[-1] if losses else 0.0,
@@ -469,23 +474,24 @@ def _write_lora(family: Family, named: dict[str, torch.Tensor], override: dict[s
 
 def _validate(family: Family, named: dict[str, torch.Tensor], *, ema: dict[str, torch.Tensor] | None,
               weights: WeightsRef, config: LoraConfig, out_dir: Path, step: int, device: torch.device,
-              job_id: int | None) -> list[Path]:
+              job_id: int | None, renderer: validation.Renderer | None) -> list[Path]:
     folder = out_dir / "validation" / f"step-{step:06d}"
     path = family.save_lora(folder / "adapter", lora_layers(named, ema))
     prompts = list(config.validation_prompts or (config.instance_prompt,))
     images = validation.render(validation.RenderRequest(
         weights=weights, prompts=prompts, seed=config.sample_seed, steps=config.validation_steps, job_id=job_id,
-        adapter=AdapterRef(content_hash=interop.file_sha256(path), path=path.parent)), device=device.type)
+        adapter=AdapterRef(content_hash=interop.file_sha256(path), path=path.parent)), renderer=renderer, device=device.type)
     return validation.save_images(images, folder, "sample")
 
 
 def _final_samples(weights: WeightsRef, weights_path: Path, config: LoraConfig, out_dir: Path, device: torch.device,
-                   job_id: int | None) -> tuple[list[Path], Path | None]:
+                   job_id: int | None, renderer: validation.Renderer | None) -> tuple[list[Path], Path | None]:
     prompts = list(config.validation_prompts or (config.instance_prompt,))
     images: Sequence[Image.Image] = validation.render(validation.RenderRequest(
         weights=weights, prompts=prompts, seed=config.sample_seed, steps=config.validation_steps, images_per_prompt=2,
         purpose="samples", job_id=job_id,
-        adapter=AdapterRef(content_hash=interop.file_sha256(weights_path), path=weights_path.parent)), device=device.type)
+        adapter=AdapterRef(content_hash=interop.file_sha256(weights_path), path=weights_path.parent)),
+        renderer=renderer, device=device.type)
     folder = out_dir / "samples"
     paths = validation.save_images(list(images), folder, "sample")
     if not images:

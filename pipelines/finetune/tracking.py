@@ -12,8 +12,8 @@
   version of the adapter's registered model, with lineage tags (job id, policy decision ids,
   screening verdicts, hashes) and the alias ``candidate``. Registration is idempotent: a version
   tagged with this job id is reused, so a job registers exactly one version however many attempts
-  it takes. The ``production`` alias is moved only by :func:`set_alias`, which the service calls
-  after an approval (see :mod:`latentops.platform.services.finetune`).
+  it takes. The ``production`` alias is moved only by :func:`set_alias`, which the fine-tune service
+  calls after an approval.
 """
 
 from __future__ import annotations

@@ -1,22 +1,20 @@
 """Images a training run renders: validation prompts every N steps, the final grid, class images.
 
 Every image the platform produces must take the governed path (policy, screening, provenance,
-audit). That path belongs to the generation service; training reaches it through one seam,
-:func:`render`, which calls ``GOVERNED_RENDERER`` (``"module:function"``). The governed function
-receives a :class:`RenderRequest` and the device, and returns the released PIL images in prompt
-order (a quarantined image is left out). There is no fallback to the bare engine: without the
-governed renderer a run cannot render, and says so.
+audit). That path belongs to the service that starts the run, which hands it to the recipe as a
+:class:`Renderer`; training reaches it through one seam, :func:`render`. The renderer receives a
+:class:`RenderRequest` and the device, and returns the released PIL images in prompt order (a
+quarantined image is left out). There is no fallback to the bare engine: a run given no renderer
+cannot render, and says so.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -24,9 +22,6 @@ from latentops.core.errors import ServiceUnavailable
 from latentops.pipelines.engine import AdapterRef, Engine, PipelineCache, WeightsRef
 
 logger = logging.getLogger(__name__)
-
-# Implemented by the generation service.
-GOVERNED_RENDERER = "latentops.platform.services.generation:render_for_training"
 
 
 @dataclass
@@ -45,13 +40,11 @@ class RenderRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _governed() -> Callable[..., list[Image.Image]]:
-    module_name, function = GOVERNED_RENDERER.split(":")
-    try:
-        return getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as error:
-        raise ServiceUnavailable(f"rendering: the governed renderer {GOVERNED_RENDERER} is not installed ({error}); "
-                                 "training images are never rendered without it") from None
+class Renderer(Protocol):
+    """The governed path as a training run calls it: the released images for ``request`` in prompt
+    order, a quarantined image left out. The service that starts a run passes one in."""
+
+    def __call__(self, request: RenderRequest, *, device: str) -> list[Image.Image]: ...
 
 
 _engines: dict[str, Engine] = {}
@@ -65,11 +58,14 @@ def training_engine(device: str) -> Engine:
     return _engines[device]
 
 
-def render(request: RenderRequest, *, device: str = "cpu") -> list[Image.Image]:
-    """The released images for ``request``, through the governed path."""
+def render(request: RenderRequest, *, renderer: Renderer | None, device: str = "cpu") -> list[Image.Image]:
+    """The released images for ``request``, through the governed ``renderer`` the run was given."""
+    if renderer is None:
+        raise ServiceUnavailable("rendering: no governed renderer was given to this run; training images are "
+                                 "never rendered without one")
     logger.info("rendering %d %s image(s) through the governed path",
                 len(request.prompts) * request.images_per_prompt, request.purpose)
-    return _governed()(request, device=device)
+    return renderer(request, device=device)
 
 
 def grid(images: list[Image.Image], *, columns: int | None = None) -> Image.Image:

@@ -39,7 +39,7 @@ from latentops.pipelines.finetune import data, dreambooth, interop, tracking
 from latentops.pipelines.finetune.config import FinetuneConfig, build_config
 from latentops.pipelines.finetune.lora import Hooks, TrainingResult
 from latentops.platform.database import session_scope
-from latentops.platform.services import grants, jobs, teams
+from latentops.platform.services import generation, grants, jobs, teams
 from latentops.platform.services import models as models_service
 from latentops.platform.services.finetune_request import Request
 from latentops.platform.tables import (
@@ -193,7 +193,8 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
                        {**params["lineage"], "job_id": ctx.job_id})
     result = dreambooth.run(config, weights=weights, instance_dir=Path(params["instance_dir"]), out_dir=ctx.workdir / "out",
                             class_dir=Path(params["class_dir"]) if params.get("class_dir") else None, hooks=ctx,
-                            tracker=tracker, resume=True, job_id=ctx.job_id, cache_dir=cache_dir(ctx.settings))
+                            tracker=tracker, resume=True, job_id=ctx.job_id, cache_dir=cache_dir(ctx.settings),
+                            renderer=generation.render_for_training)
     with session_scope(ctx.settings.database_url) as session:
         adapter = register_adapter(session, name=params["adapter_name"], version_id=params["version_id"], job_id=ctx.job_id,
                                    team=params.get("team") or None, result=result, model_uri=tracker.model_uri,
@@ -209,7 +210,7 @@ def run_local(settings: Settings, *, actor: audit.Actor | str, request: Request,
     tracker = _tracker(settings, checked.weights, checked.adapter_name, out_dir, None, checked.lineage(None)) if track else None
     result = dreambooth.run(checked.config, weights=checked.weights, instance_dir=checked.instance_dir, out_dir=out_dir,
                             class_dir=request.class_dir, hooks=hooks, tracker=tracker, resume=resume,
-                            stop_after=stop_after, cache_dir=cache_dir(settings))
+                            stop_after=stop_after, cache_dir=cache_dir(settings), renderer=generation.render_for_training)
     if result.stopped_early:
         return {"stopped_at": result.steps, "out": str(out_dir), "losses": result.losses}
     with session_scope(settings.database_url) as session:

@@ -330,7 +330,8 @@ def generate(session: Session, *, settings: Settings, actor: audit.Actor | str, 
 
 
 def render_for_training(request: RenderRequest, *, device: str = "cpu") -> list[Image.Image]:
-    """The fine-tuning seam (``pipelines.finetune.validation.GOVERNED_RENDERER``).
+    """The fine-tuning seam: the ``Renderer`` (``pipelines.finetune.validation``) the fine-tune service
+    hands to every run it starts.
 
     Validation images, final samples and DreamBooth class images of a run take the governed path:
     prompt decisions, screening, provenance, assets and audit entries, on behalf of the run's job.
