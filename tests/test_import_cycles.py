@@ -20,8 +20,6 @@ KNOWN = [
      "latentops.governance.integration", "latentops.governance.merkle_store"},
     # verification reports what guards find as its Damage
     {"latentops.governance.guards", "latentops.governance.verification"},
-    # jobs and their parameter builders
-    {"latentops.platform.services.job_params", "latentops.platform.services.jobs"},
     # the API's job routes and the routes built on them
     {"latentops.platform.api.datasets", "latentops.platform.api.generations", "latentops.platform.api.jobs"},
 ]

@@ -26,6 +26,7 @@ from test_stack import _alive, _latentops, _read_until, _wait_health
 
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs
+from latentops.platform.services.jobs import executor
 from latentops.platform.stack import free_port
 from latentops.platform.tables import AuditEntry, Job, JobEvent, JobState
 
@@ -196,7 +197,7 @@ def test_the_event_for_an_expired_lease_names_the_worker_that_held_it(queue_sett
     with session_scope(settings.database_url) as db:
         job_id = jobs.create(db, kind="diagnostics", params={"steps": 2}, actor="cli:test").id
     crashed = "latentops-4242@gpu-node-7"
-    claimed = jobs._claim(settings, job_id, crashed)  # what a worker does when it takes the job
+    claimed = executor._claim(settings, job_id, crashed)  # what a worker does when it takes the job
     assert isinstance(claimed, Job) and claimed.lease_owner == crashed
     # The worker dies here: nothing extends its lease; the next sweep after expiry takes the job back.
     wait_until(lambda: jobs.sweep(settings, worker="latentops-1@gpu-node-8")["retried"] == 1, "the lease to expire",

@@ -1,0 +1,44 @@
+"""Jobs: submit, dispatch, execute under a lease, record the outcome.
+
+The job row is the truth. ``submit`` writes it and its audit entry in one transaction (``enqueue``
+writes them in the caller's, an API request's own); only after that commits is the id handed to the
+broker (``send``). A worker that receives an id claims the job under a lease, runs its kind's
+handler and records the outcome; the sweeper sends again what a lost worker or a lost message
+left behind.
+
+* ``kinds``: the job kinds (handler, queue, parameter check), named by import string;
+* ``submit``: the broker check, the jobs policy's admission, the row, the broker hand-off;
+* ``control``: reading a job or a list, its events, cancel, retry, queue positions;
+* ``executor``: the lease, heartbeat and outcome on the worker, and the sweeper.
+"""
+
+from latentops.platform.services.jobs.control import (
+    as_dict,
+    cancel,
+    events,
+    get,
+    list_jobs,
+    queue_position,
+    queue_positions,
+    retry,
+)
+from latentops.platform.services.jobs.executor import JobCancelled, JobContext, LeaseLost, execute, sweep
+from latentops.platform.services.jobs.kinds import JOB_KINDS, JobKind, load_function
+from latentops.platform.services.jobs.submit import (
+    WAITING_STATES,
+    admit,
+    broker_priority,
+    create,
+    dispatch,
+    enqueue,
+    ping_broker,
+    send,
+    submit,
+    usage,
+)
+
+__all__ = [
+    "JOB_KINDS", "WAITING_STATES", "JobCancelled", "JobContext", "JobKind", "LeaseLost", "admit", "as_dict",
+    "broker_priority", "cancel", "create", "dispatch", "enqueue", "events", "execute", "get", "list_jobs",
+    "load_function", "ping_broker", "queue_position", "queue_positions", "retry", "send", "submit", "sweep", "usage",
+]
