@@ -3,12 +3,15 @@
 One engine per database URL per process. SQLite runs in WAL mode with foreign keys on and a busy
 timeout, so the API, the worker and the CLI can share one file. Unreachable databases raise
 ``ServiceUnavailable`` with one line that names the URL (without its password).
+
+What must happen only once a transaction is durable (handing a new job to the broker) is
+registered with :func:`after_commit`; ``session_scope`` runs it right after its commit.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,6 +70,20 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
     return _sessionmakers[url]
 
 
+_AFTER_COMMIT = "latentops.after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run ``callback`` once the transaction of ``session`` has committed.
+
+    ``session_scope`` runs the callbacks in the order they were registered, right after its commit
+    succeeds and the session is closed (so none holds a connection while it runs); an error in one
+    propagates to the scope's caller and the later ones do not run. A rollback drops them, and so
+    does a policy denial: its decision record is committed, but the work it refused is not done.
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
 @contextlib.contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A session in one transaction: committed on success, rolled back on any error.
@@ -74,6 +91,7 @@ def session_scope(url: str) -> Iterator[Session]:
     One exception: a policy denial is committed before it propagates. Services ask the policy
     engine before they change anything, so what a denial leaves in the session is its decision
     record and audit entry, and those must be kept: a refused request is itself evidence.
+    After a successful commit the session's :func:`after_commit` callbacks run.
     """
     session = get_sessionmaker(url)()
     try:
@@ -91,7 +109,10 @@ def session_scope(url: str) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
+        callbacks: list[Callable[[], object]] = session.info.pop(_AFTER_COMMIT, [])
         session.close()
+    for callback in callbacks:  # reached only when the commit above succeeded
+        callback()
 
 
 def check_connection(url: str) -> None:
