@@ -16,7 +16,7 @@ receives metrics and the outputs, and the governed ``renderer`` (:class:`validat
 renders validation images and final samples (a run given none fails when it has one to render).
 
 Several processes (``config.processes > 1``): the call that receives such a config launches that
-many training processes (:mod:`distributed`) and returns rank 0's result; each of them runs this
+many training processes (:mod:`launcher`, :mod:`distributed`) and returns rank 0's result; each of them runs this
 same function with its ``process`` rank. The plan then holds global batches of
 ``batch_size * processes`` samples, of which rank r trains on the r-th ``batch_size``; the trained
 modules are wrapped in DDP through ``accelerator.prepare`` so gradients are averaged over ranks; the
@@ -41,7 +41,7 @@ from PIL import Image
 from latentops.core.errors import Conflict, InvalidInput
 from latentops.pipelines.engine import AdapterRef, WeightsRef
 from latentops.pipelines.finetune import checkpoint as ckpt
-from latentops.pipelines.finetune import data, distributed, interop, validation
+from latentops.pipelines.finetune import data, distributed, interop, launcher, validation
 from latentops.pipelines.finetune.cache import FeatureCache
 from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import LoraConfig
@@ -200,11 +200,11 @@ def train(
         if device.type == "cuda":
             distributed.require_gpus(config.processes, distributed.available_gpus())
         _precision(config, device)
-        return distributed.launch(train, processes=config.processes, device_type=device.type, hooks=hooks, tracker=tracker,
-                                  train_kwargs={"config": config, "weights": weights, "instance_dir": Path(instance_dir),
-                                                "out_dir": out_dir, "cache_dir": cache_dir, "resume": resume,
-                                                "stop_after": stop_after, "prior": prior, "job_id": job_id,
-                                                "renderer": renderer})
+        return launcher.launch(train, processes=config.processes, device_type=device.type, hooks=hooks, tracker=tracker,
+                               train_kwargs={"config": config, "weights": weights, "instance_dir": Path(instance_dir),
+                                             "out_dir": out_dir, "cache_dir": cache_dir, "resume": resume,
+                                             "stop_after": stop_after, "prior": prior, "job_id": job_id,
+                                             "renderer": renderer})
     rank, world = (process.rank, process.world_size) if process is not None else (0, 1)
     main = rank == 0
 

@@ -2,8 +2,9 @@
 
 The caller passes ``Hooks`` (progress, log lines, cancellation) and optionally a ``Tracker``
 (MLflow); a run returns a ``TrainingResult``. ``PriorData`` is DreamBooth's class-image set.
-These live apart from the recipe (``lora``) so that the process launcher (``distributed``), which
-the recipe calls, can name them without importing the recipe.
+These live apart from the recipe (``lora``) so that the process launcher (``launcher``) and the
+training processes (``distributed``), which the recipe calls, can name them without importing the
+recipe.
 """
 
 from __future__ import annotations
