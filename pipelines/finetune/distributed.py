@@ -1,11 +1,13 @@
-"""Several training processes for one fine-tune: what each of them runs, and the collectives it uses.
+"""Several training processes for one fine-tune: what each of them runs, and what the recipe uses there.
 
 A config with ``processes = N`` (N > 1) trains data-parallel on this machine: N processes, one per
 GPU (or N on the CPU), each running :func:`lora.train` on its share of every batch, with DDP
 (through ``accelerator.prepare``) averaging the gradients so that all N hold the same LoRA
 weights after every step. One step trains on ``batch_size * N`` images. The process that called
 :func:`lora.train` starts them, relays what they report and watches them (:mod:`launcher`), once
-:func:`require_gpus` found N GPUs there.
+:func:`require_gpus` found N GPUs there. The recipe takes its collectives (:func:`barrier`,
+:func:`sum_over_ranks`) and its DDP pieces (:func:`share`, :class:`Objective`, :func:`accelerator`)
+from here.
 
 **Each training process** (:func:`_process_main`) receives its :class:`LaunchSpec` from the
 launcher, joins the process group (``gloo`` on the CPU, ``nccl`` on GPUs, with
@@ -34,7 +36,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 # Longest a rank waits in one collective, e.g. while rank 0 alone fills the feature cache or renders
 # validation images; the launcher notices a dead rank long before (by its exit code).
 PROCESS_GROUP_TIMEOUT = dt.timedelta(minutes=30)
+T = TypeVar("T")  # what a batch holds
 
 
 class StopRequested(Exception):
@@ -114,6 +117,40 @@ def sum_over_ranks(values: list[float], process: Rank) -> list[float]:
     total = torch.tensor(values, dtype=torch.float64, device=process.device)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return [float(v) for v in total.tolist()]
+
+
+# --- DDP pieces the recipe trains with -----------------------------------------------------------
+
+
+def share(batch: list[T], rank: int, per_rank: int) -> list[T]:
+    """Rank ``rank``'s part of a global batch (a single process: all of it)."""
+    return batch[rank * per_rank:(rank + 1) * per_rank]
+
+
+class Objective(torch.nn.Module):
+    """The trained modules and one step's loss as a module: what DDP wraps when there are several processes."""
+
+    def __init__(self, trained: dict[str, torch.nn.Module], loss: Callable[[int], torch.Tensor]) -> None:
+        super().__init__()
+        self.trained = torch.nn.ModuleDict(trained)
+        self.step_loss = loss
+        # DDP synchronises the LoRA tensors only: frozen weights and buffers are identical on every rank
+        # already, so they are neither broadcast at the start nor before every step.
+        frozen = [n for n, p in self.named_parameters() if not p.requires_grad] + [n for n, _ in self.named_buffers()]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, frozen)
+
+    def forward(self, step: int) -> torch.Tensor:
+        return self.step_loss(step)
+
+
+def accelerator(precision: str, device: torch.device) -> Any:
+    """accelerate's ``Accelerator`` for a training process of a multi-process run."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    # split_batches: a plan batch is the global batch, so the LR schedule advances once per step, not
+    # once per rank as accelerate does for per-rank batches.
+    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu",
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 # --- inside a training process ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The LoRA recipe: LoRA on the denoiser (and optionally the text encoders) of any stored family.
 
 Read top to bottom: 1. data, 2. base model, 3. feature cache, 4. LoRA + optimizer, 5. resume,
-6. training loop (with checkpoints and validation), 7. outputs. DreamBooth
+6. training loop (with checkpoints and validation), 7. outputs (written by :mod:`outputs`). DreamBooth
 (:mod:`latentops.pipelines.finetune.dreambooth`) runs this same loop with a prior-preservation
 batch beside every instance batch.
 
@@ -30,18 +30,16 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from latentops.core.errors import Conflict, InvalidInput
-from latentops.pipelines.engine import AdapterRef, WeightsRef
+from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import checkpoint as ckpt
-from latentops.pipelines.finetune import data, distributed, interop, launcher, validation
+from latentops.pipelines.finetune import data, distributed, interop, launcher, outputs, validation
 from latentops.pipelines.finetune.cache import FeatureCache
 from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import LoraConfig
@@ -265,7 +263,7 @@ def train(
     from diffusers.optimization import get_scheduler
 
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu") if process is None \
-        else _distributed_accelerator(precision, device)
+        else distributed.accelerator(precision, device)
     family.denoiser.to(device)
     torch.manual_seed(config.seed)  # LoRA initialisation depends only on the seed
     trained = family.add_lora(rank=config.rank, alpha=config.lora_alpha, text_encoder=config.train_text_encoder)
@@ -288,7 +286,7 @@ def train(
         generator = _step_generator(config.seed, step, rank)
         total = torch.zeros((), device=device)
         for stream in streams:
-            samples = _share(stream.plan[step - 1], rank, config.batch_size)
+            samples = distributed.share(stream.plan[step - 1], rank, config.batch_size)
             latents, cond, micro = _batch(family, cache, stream, samples, device, generator, text_cache)
             with accelerator.autocast():
                 per_sample = family.loss(latents, cond, generator=generator, micro=micro, noise_offset=config.noise_offset,
@@ -301,7 +299,8 @@ def train(
         prepared = accelerator.prepare(trained[family.denoiser_attr], optimizer, lr_scheduler)
         _, optimizer, lr_scheduler = prepared
     else:
-        model, optimizer, lr_scheduler = accelerator.prepare(_Objective(trained, step_loss), optimizer, lr_scheduler)
+        model, optimizer, lr_scheduler = accelerator.prepare(distributed.Objective(trained, step_loss), optimizer,
+                                                             lr_scheduler)
     ema = {n: p.detach().clone() for n, p in named.items()} if config.ema_decay else None
 
     # 5. Resume: restore every piece of state, then check it belongs to this very run.
@@ -352,8 +351,8 @@ def train(
             finite = bool(torch.isfinite(total))
         else:
             total = model(step)
-            loss_sum, images_sum = distributed.sum_over_ranks(
-                [float(total.detach()), float(len(_share(streams[0].plan[step - 1], rank, config.batch_size)))], process)
+            trained_here = distributed.share(streams[0].plan[step - 1], rank, config.batch_size)
+            loss_sum, images_sum = distributed.sum_over_ranks([float(total.detach()), float(len(trained_here))], process)
             loss_value, seen = loss_sum / world, int(images_sum)
             finite = math.isfinite(loss_value)
         if not finite:
@@ -383,8 +382,8 @@ def train(
             distributed.barrier(process)
         if config.validation_every and step % config.validation_every == 0 and step < config.steps:
             if main:
-                _validate(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir, step=step,
-                          device=device, job_id=job_id, renderer=renderer)
+                outputs.validation_images(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir,
+                                          step=step, device=device, job_id=job_id, renderer=renderer)
             distributed.barrier(process)
         hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"])
     stopped_early = last < config.steps
@@ -395,13 +394,14 @@ def train(
     samples: list[Path] = []
     if main:
         final_weights = ema if ema is not None else None
-        weights_path = _write_lora(family, named, final_weights, out_dir)
+        weights_path = outputs.write_lora(family, named, final_weights, out_dir)
         if not stopped_early:
             kohya_path = interop.export_kohya(weights_path, out_dir / "kohya" / "lora.safetensors", family=weights.family,
                                               alpha=config.lora_alpha)
             if config.samples:
-                samples, grid_path = _final_samples(weights, weights_path, config, out_dir, device, job_id, renderer)
-        _write_manifest(out_dir, config, meta, images, refused, streams)
+                samples, grid_path = outputs.final_samples(weights, weights_path, config, out_dir, device, job_id,
+                                                           renderer)
+        outputs.write_manifest(out_dir, config, meta, images, refused, streams[1].images if len(streams) > 1 else [])
     result = TrainingResult(
         out_dir=out_dir, weights_path=weights_path, kohya_path=kohya_path, steps=last, final_loss=losses[-1] if losses else 0.0,
         losses=losses, resumed_from=start, stopped_early=stopped_early, base_model_hash=weights.content_hash,
@@ -418,98 +418,9 @@ def train(
     return result
 
 
-def _share(batch: list[data.Sample], rank: int, per_rank: int) -> list[data.Sample]:
-    """Rank ``rank``'s part of a global batch (a single process: all of it)."""
-    return batch[rank * per_rank:(rank + 1) * per_rank]
-
-
-class _Objective(torch.nn.Module):
-    """The trained modules and one step's loss as a module: what DDP wraps when there are several processes."""
-
-    def __init__(self, trained: dict[str, torch.nn.Module], loss: Callable[[int], torch.Tensor]) -> None:
-        super().__init__()
-        self.trained = torch.nn.ModuleDict(trained)
-        self.step_loss = loss
-        # DDP synchronises the LoRA tensors only: frozen weights and buffers are identical on every rank
-        # already, so they are neither broadcast at the start nor before every step.
-        frozen = [n for n, p in self.named_parameters() if not p.requires_grad] + [n for n, _ in self.named_buffers()]
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, frozen)
-
-    def forward(self, step: int) -> torch.Tensor:
-        return self.step_loss(step)
-
-
-def _distributed_accelerator(precision: str, device: torch.device) -> Any:
-    from accelerate import Accelerator, DataLoaderConfiguration
-
-    # split_batches: a plan batch is the global batch, so the LR schedule advances once per step, not
-    # once per rank as accelerate does for per-rank batches.
-    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu",
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-
-
-def lora_layers(named: dict[str, torch.Tensor], override: dict[str, torch.Tensor] | None = None
-                ) -> dict[str, dict[str, torch.Tensor]]:
-    """Trainable tensors grouped by pipeline attribute, as peft state dicts (adapter name dropped)."""
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in named.items():
-        attr, key = name.split(".", 1)
-        value = (override or {}).get(name, tensor)
-        layers.setdefault(attr, {})[key.replace(".default", "")] = value.detach().float().cpu()
-    return layers
-
-
-def _write_lora(family: Family, named: dict[str, torch.Tensor], override: dict[str, torch.Tensor] | None,
-                out_dir: Path) -> Path:
-    return family.save_lora(out_dir, lora_layers(named, override))
-
-
-def _validate(family: Family, named: dict[str, torch.Tensor], *, ema: dict[str, torch.Tensor] | None,
-              weights: WeightsRef, config: LoraConfig, out_dir: Path, step: int, device: torch.device,
-              job_id: int | None, renderer: validation.Renderer | None) -> list[Path]:
-    folder = out_dir / "validation" / f"step-{step:06d}"
-    path = family.save_lora(folder / "adapter", lora_layers(named, ema))
-    prompts = list(config.validation_prompts or (config.instance_prompt,))
-    images = validation.render(validation.RenderRequest(
-        weights=weights, prompts=prompts, seed=config.sample_seed, steps=config.validation_steps, job_id=job_id,
-        adapter=AdapterRef(content_hash=interop.file_sha256(path), path=path.parent)), renderer=renderer, device=device.type)
-    return validation.save_images(images, folder, "sample")
-
-
-def _final_samples(weights: WeightsRef, weights_path: Path, config: LoraConfig, out_dir: Path, device: torch.device,
-                   job_id: int | None, renderer: validation.Renderer | None) -> tuple[list[Path], Path | None]:
-    prompts = list(config.validation_prompts or (config.instance_prompt,))
-    images: Sequence[Image.Image] = validation.render(validation.RenderRequest(
-        weights=weights, prompts=prompts, seed=config.sample_seed, steps=config.validation_steps, images_per_prompt=2,
-        purpose="samples", job_id=job_id,
-        adapter=AdapterRef(content_hash=interop.file_sha256(weights_path), path=weights_path.parent)),
-        renderer=renderer, device=device.type)
-    folder = out_dir / "samples"
-    paths = validation.save_images(list(images), folder, "sample")
-    if not images:
-        logger.warning("no final sample was released by screening; the run has no sample grid")
-        return paths, None
-    grid_path = folder / "grid.png"
-    validation.grid(list(images), columns=2).save(grid_path)
-    return paths, grid_path
-
-
-def _write_manifest(out_dir: Path, config: LoraConfig, meta: dict[str, Any], images: list[data.InstanceImage],
-                    refused: list[data.FileReport], streams: list[_Stream]) -> None:
-    manifest = {
-        **meta,
-        "config": config.params(),
-        "instance_images": [asdict(i) for i in images],
-        "refused": [r.to_json() for r in refused],
-        "class_images": [asdict(i) for i in streams[1].images] if len(streams) > 1 else [],
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    (out_dir / "config.json").write_text(json.dumps(config.params(), indent=2, sort_keys=True))
