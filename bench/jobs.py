@@ -70,6 +70,12 @@ def main() -> None:
     client = redis.Redis.from_url(args.redis)
     client.flushdb()
 
+    def submit(seed: int) -> int:
+        """One job in a transaction of its own; it goes to the broker once that commits."""
+        with session_scope(settings.database_url) as db:
+            job = jobs.submit(db, settings, kind="diagnostics", params={"steps": 1, "seed": seed}, actor="bench")
+        return job.id
+
     # Baseline: the bare broker round trip.
     bare = []
     for _ in range(args.latency_jobs):
@@ -82,7 +88,7 @@ def main() -> None:
     try:
         latencies = []
         for n in range(args.latency_jobs):
-            job_id = jobs.submit(settings, kind="diagnostics", params={"steps": 1, "seed": n}, actor="bench")
+            job_id = submit(n)
             while True:
                 with session_scope(settings.database_url) as db:
                     job = jobs.get(db, job_id)
@@ -94,8 +100,7 @@ def main() -> None:
                 time.sleep(0.005)
 
         start = time.perf_counter()
-        ids = [jobs.submit(settings, kind="diagnostics", params={"steps": 1, "seed": n}, actor="bench")
-               for n in range(args.jobs)]
+        ids = [submit(n) for n in range(args.jobs)]
         while True:
             with session_scope(settings.database_url) as db:
                 done = db.scalar(sa.select(sa.func.count(Job.id)).where(Job.id.in_(ids), Job.state == JobState.SUCCEEDED))

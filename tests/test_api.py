@@ -10,17 +10,27 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 import sqlalchemy as sa
 from api_helpers import PASSWORD, bearer, expire_token, make_token, team_id
 from fastapi.testclient import TestClient
+from job_helpers import queued_job
 
 from latentops.governance import integration
 from latentops.platform.api.app import create_app
 from latentops.platform.database import get_engine, session_scope
-from latentops.platform.services import jobs as jobs_service
-from latentops.platform.tables import AuditEntry, AuditPending, Job, ModelRecord, PolicyDecision, User
+from latentops.platform.tables import (
+    AuditEntry,
+    AuditPending,
+    Job,
+    JobEvent,
+    JobState,
+    ModelRecord,
+    PolicyDecision,
+    User,
+)
 
 
 @pytest.fixture
@@ -31,7 +41,7 @@ def api(settings_env) -> TestClient:  # type: ignore[no-untyped-def]
 
 def _job(database_url: str, team: str) -> int:
     with session_scope(database_url) as session:
-        job = jobs_service.create(session, kind="diagnostics", params={}, actor="system", team_id=team_id(database_url, team))
+        job = queued_job(session, kind="diagnostics", params={}, actor="system", team_id=team_id(database_url, team))
         return job.id
 
 
@@ -271,6 +281,47 @@ def test_submit_with_the_broker_down_is_refused_and_stores_no_job(broker_down, p
     with session_scope(broker_down.database_url) as session:
         assert session.scalar(sa.select(sa.func.count(Job.id))) == 0
         assert session.scalar(sa.select(sa.func.count(PolicyDecision.id)).where(PolicyDecision.path == "jobs")) == 0
+
+
+def test_a_broker_lost_after_its_check_fails_the_committed_job_with_the_same_503(broker_down, people, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The broker answered a moment ago, so the submit does not ask again, but it is gone when the
+    committed job is handed over: the job is failed on the record and the client gets the 503."""
+    from latentops.platform.services.jobs.submit import _broker_seen
+
+    monkeypatch.setitem(_broker_seen, broker_down.broker_url, time.monotonic())
+    api = TestClient(create_app(broker_down))
+    refused = api.post("/api/v1/jobs", json={"kind": "diagnostics", "params": {}}, headers=bearer(people["alice"]))
+    assert refused.status_code == 503
+    body = refused.json()
+    assert body["error"] == "service_unavailable" and body["reasons"] == []
+    assert body["detail"].startswith("broker unreachable at redis://127.0.0.1:1/0")
+    with session_scope(broker_down.database_url) as session:
+        job = session.scalars(sa.select(Job)).one()
+        assert job.state == JobState.FAILED and job.error == body["detail"] and job.finished_at is not None
+        integration.catch_up(session)
+        actions = session.scalars(sa.select(AuditEntry.action).where(AuditEntry.resource == f"job:{job.id}")
+                                  .order_by(AuditEntry.seq)).all()
+        assert actions == ["job.submit", "job.failed"]
+    assert broker_down.broker_url not in _broker_seen  # the next submit asks the broker again
+
+
+@pytest.mark.redis
+def test_retry_queues_a_cancelled_job_again_and_hands_it_to_the_broker(queue_settings, people) -> None:  # type: ignore[no-untyped-def]
+    api = TestClient(create_app(queue_settings))
+    alice = bearer(people["alice"])
+    job = api.post("/api/v1/jobs", json={"kind": "diagnostics", "params": {}}, headers=alice).json()
+    assert api.post(f"/api/v1/jobs/{job['id']}/retry", headers=alice).status_code == 409  # still queued
+    assert api.post(f"/api/v1/jobs/{job['id']}/cancel", headers=alice).json()["state"] == "cancelled"
+    retried = api.post(f"/api/v1/jobs/{job['id']}/retry", headers=alice)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["state"] == "queued" and retried.json()["queue_position"] == 0
+    with session_scope(queue_settings.database_url) as session:
+        row = session.get(Job, job["id"])
+        assert row is not None and row.state == JobState.QUEUED
+        assert row.dispatched_at is not None  # marked once the broker took it, after the commit
+        messages = session.scalars(sa.select(JobEvent.message).where(JobEvent.job_id == job["id"])
+                                   .order_by(JobEvent.id)).all()
+    assert messages[-1] == "queued again by retry"
 
 
 def test_finetune_upload_refuses_hostile_files_and_stores_nothing(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]

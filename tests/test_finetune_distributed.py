@@ -17,6 +17,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 import torch
+from job_helpers import submit_finetune
 from safetensors.torch import load_file
 from test_finetune_recipe import _release_unscreened, draw_glyphs
 from test_jobs_queue import wait_finished
@@ -97,7 +98,7 @@ def test_a_two_process_job_on_a_worker_trains_one_lora_on_twice_the_batch(  # ty
 
     settings = queue_settings
     values = {**BASE, "steps": 4, "checkpoint_every": 2, "batch_size": 2}
-    job_id = finetune.submit(settings, actor=CONSOLE, request=finetune.Request(
+    job_id = submit_finetune(settings, actor=CONSOLE, request=finetune.Request(
         model="tiny", instance_dir=instances, values=values, adapter_name="glyph", attest_licence=True,
         attest_consent=True))
     start_worker("gpu")
@@ -228,7 +229,7 @@ def test_bad_process_counts_are_refused_before_anything_is_queued(queue_settings
     settings = queue_settings
     for value, reason in ((0, "greater than or equal to 1"), (9, "less than or equal to 8"), ("two", "valid integer")):
         with pytest.raises(InvalidInput, match=f"^processes: .*{reason}"):
-            finetune.submit(settings, actor=CONSOLE, request=finetune.Request(
+            submit_finetune(settings, actor=CONSOLE, request=finetune.Request(
                 model="tiny", instance_dir=instances, values={**BASE, "processes": value}, attest_licence=True,
                 attest_consent=True))
     with session_scope(settings.database_url) as db:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from job_helpers import submit_finetune
 from PIL import Image
 from test_finetune_recipe import _release_unscreened
 from test_jobs_queue import wait_finished
@@ -73,17 +74,17 @@ def test_bad_requests_are_refused_before_anything_is_queued(queue_settings, cata
     empty.mkdir()
     (empty / "a.jpg").write_text("not a picture")
     with pytest.raises(InvalidInput, match="no valid training image") as refused:
-        finetune.submit(settings, actor=CONSOLE, request=_request(empty))
+        submit_finetune(settings, actor=CONSOLE, request=_request(empty))
     assert refused.value.reasons == ["a.jpg: not an image (its content matches no image format, whatever its name)"]
     with pytest.raises(InvalidInput, match="^lr:"):
-        finetune.submit(settings, actor=CONSOLE, request=_request(instances, values={"lr": 5.0}))
+        submit_finetune(settings, actor=CONSOLE, request=_request(instances, values={"lr": 5.0}))
     with pytest.raises(PolicyDenied) as denied:
-        finetune.submit(settings, actor=CONSOLE, request=_request(instances, attest_consent=False))
+        submit_finetune(settings, actor=CONSOLE, request=_request(instances, attest_consent=False))
     assert "training uploads need a licence and consent attestation" in " ".join(map(str, denied.value.reasons))
     with pytest.raises(PolicyDenied, match="no grant lets you use model 'internal-tiny'"):
-        finetune.submit(settings, actor="sam@example.com", request=_request(instances, model="internal-tiny"))
+        submit_finetune(settings, actor="sam@example.com", request=_request(instances, model="internal-tiny"))
     with pytest.raises(PolicyDenied):  # over the submitter's rank limit
-        finetune.submit(settings, actor="sam@example.com", request=_request(instances, values={"rank": 64}))
+        submit_finetune(settings, actor="sam@example.com", request=_request(instances, values={"rank": 64}))
     assert _jobs(settings.database_url) == 0
     with session_scope(settings.database_url) as db:  # the denials are kept as evidence
         denials = db.scalar(sa.select(sa.func.count(PolicyDecision.id)).where(PolicyDecision.allow.is_(False)))
@@ -99,12 +100,12 @@ def test_a_protected_work_is_refused_unless_the_team_holds_a_licence(queue_setti
         copyright.add_references(db, settings=settings, directory=works, owner="Acme Pictures", licence="arr", actor=CONSOLE)
         users.get_or_create_team(db, name="design", actor=CONSOLE)
     with pytest.raises(PolicyDenied, match="protected works") as denied:
-        finetune.submit(settings, actor=CONSOLE, request=_request(instances, team="design"))
+        submit_finetune(settings, actor=CONSOLE, request=_request(instances, team="design"))
     assert any(str(r).startswith("p1.png:") for r in denied.value.reasons)
     assert _jobs(settings.database_url) == 0
     with session_scope(settings.database_url) as db:
         copyright.grant_licence(db, team="design", owner="Acme Pictures", actor=CONSOLE)
-    job_id = finetune.submit(settings, actor=CONSOLE, request=_request(instances, team="design"))
+    job_id = submit_finetune(settings, actor=CONSOLE, request=_request(instances, team="design"))
     with session_scope(settings.database_url) as db:
         job = jobs.get(db, job_id)
         assert job.kind == "finetune" and job.queue == "gpu"

@@ -20,8 +20,6 @@ KNOWN = [
      "latentops.governance.integration", "latentops.governance.merkle_store"},
     # verification reports what guards find as its Damage
     {"latentops.governance.guards", "latentops.governance.verification"},
-    # the API's job routes and the routes built on them
-    {"latentops.platform.api.datasets", "latentops.platform.api.generations", "latentops.platform.api.jobs"},
 ]
 
 

@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 import sqlalchemy as sa
+from job_helpers import submit_job
 from test_jobs_queue import wait_finished
 
 from latentops.core.errors import ServiceUnavailable
@@ -48,7 +49,7 @@ def audit_actions(url: str, job_id: int) -> list[str]:
 def test_sigkilled_worker_loses_no_job_and_it_resumes_from_its_checkpoint(start_worker, queue_settings, victim: str) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker(env=FAST_RECOVERY)
     steps = 24
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": steps, "seed": 3, "step_delay_s": 0.25}, actor="t")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": steps, "seed": 3, "step_delay_s": 0.25}, actor="t")
     wait_step(queue_settings.database_url, job_id, 6)
     if victim == "whole worker":
         worker.stop(sig=signal.SIGKILL)
@@ -70,7 +71,7 @@ def test_sigkilled_worker_loses_no_job_and_it_resumes_from_its_checkpoint(start_
 def test_one_job_never_runs_on_two_workers_at_once(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
     start_worker()
     start_worker()
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 8, "step_delay_s": 0.2}, actor="t")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 8, "step_delay_s": 0.2}, actor="t")
     with session_scope(queue_settings.database_url) as db:
         job = jobs.get(db, job_id)
     for _ in range(4):  # duplicates of the same id reach both workers while it runs
@@ -126,7 +127,7 @@ def test_broker_restart_that_loses_every_message_loses_no_job(settings_env, priv
     get_settings.cache_clear()
     celery_app.cache_clear()
     settings = get_settings()
-    ids = [jobs.submit(settings, kind="diagnostics", params={"steps": 2}, actor="t") for _ in range(3)]
+    ids = [submit_job(settings, kind="diagnostics", params={"steps": 2}, actor="t") for _ in range(3)]
     restart()  # every queued message is gone; the database still knows the jobs
     worker = WorkerProcess({**os.environ, **FAST_RECOVERY, "LATENTOPS_REQUEUE_AFTER_S": "1"}, tmp_path / "w.log")
     try:
@@ -146,7 +147,7 @@ def test_database_outage_at_submit_sends_nothing_to_the_broker(queue_settings, m
     monkeypatch.setenv("LATENTOPS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     get_settings.cache_clear()
     with pytest.raises(ServiceUnavailable, match="database unreachable"):
-        jobs.submit(get_settings(), kind="diagnostics", params={}, actor="t")
+        submit_job(get_settings(), kind="diagnostics", params={}, actor="t")
     client = redis.Redis.from_url(queue_settings.broker_url)
     assert client.llen("gpu") == 0 and client.llen("cpu") == 0
 
@@ -155,7 +156,7 @@ def test_database_outage_at_submit_sends_nothing_to_the_broker(queue_settings, m
 def test_four_workers_run_two_hundred_jobs_each_exactly_once(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
     for _ in range(4):
         start_worker()
-    ids = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1, "seed": n}, actor="t") for n in range(200)]
+    ids = [submit_job(queue_settings, kind="diagnostics", params={"steps": 1, "seed": n}, actor="t") for n in range(200)]
     deadline = time.monotonic() + 300
     with session_scope(queue_settings.database_url) as db:
         while time.monotonic() < deadline:
@@ -190,10 +191,10 @@ def test_team_at_its_concurrency_quota_waits_and_is_told_why(start_worker, queue
                                       "teams": {"vision": {"max_concurrent_jobs": 1}}})
     start_worker()
     start_worker()
-    first = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 40, "step_delay_s": 0.5}, actor="q@x.io",
+    first = submit_job(queue_settings, kind="diagnostics", params={"steps": 40, "step_delay_s": 0.5}, actor="q@x.io",
                         team_id=team_id)
     wait_step(queue_settings.database_url, first, 1)  # two idle workers: either could claim first otherwise
-    second = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="q@x.io", team_id=team_id)
+    second = submit_job(queue_settings, kind="diagnostics", params={"steps": 2}, actor="q@x.io", team_id=team_id)
     deadline = time.monotonic() + 30
     reason = None
     while reason is None and time.monotonic() < deadline:

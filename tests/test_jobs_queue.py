@@ -7,6 +7,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from job_helpers import submit_job
 
 from latentops.core.errors import InvalidInput, PolicyDenied, ServiceUnavailable
 from latentops.governance import integration
@@ -28,7 +29,7 @@ def wait_finished(url: str, job_id: int, timeout: float = 120.0) -> Job:
 
 def test_job_runs_on_a_real_worker_and_records_progress_and_audit(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
     start_worker()
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 5, "seed": 1}, actor="tester")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 5, "seed": 1}, actor="tester")
     job = wait_finished(queue_settings.database_url, job_id)
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.attempts == 1
@@ -46,11 +47,11 @@ def test_job_runs_on_a_real_worker_and_records_progress_and_audit(start_worker, 
 
 def test_invalid_parameters_are_refused_at_submit_and_nothing_is_created(queue_settings) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match="steps: must be an integer between 1 and 10000, got 0"):
-        jobs.submit(queue_settings, kind="diagnostics", params={"steps": 0}, actor="tester")
+        submit_job(queue_settings, kind="diagnostics", params={"steps": 0}, actor="tester")
     with pytest.raises(InvalidInput, match="colour: unknown parameter"):
-        jobs.submit(queue_settings, kind="diagnostics", params={"colour": "red"}, actor="tester")
+        submit_job(queue_settings, kind="diagnostics", params={"colour": "red"}, actor="tester")
     with pytest.raises(InvalidInput, match="kind: unknown job kind 'mine'"):
-        jobs.submit(queue_settings, kind="mine", params={}, actor="tester")
+        submit_job(queue_settings, kind="mine", params={}, actor="tester")
     with session_scope(queue_settings.database_url) as db:
         assert db.scalar(sa.select(sa.func.count(Job.id))) == 0
         assert db.scalar(sa.select(sa.func.count(AuditEntry.seq))) == 0
@@ -62,7 +63,7 @@ def test_a_job_that_fails_on_the_worker_records_the_reason(start_worker, queue_s
     damaged.mkdir(parents=True)
     (damaged / "checkpoint.json").write_text("{not json")
     start_worker()
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 3}, actor="tester")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 3}, actor="tester")
     assert job_id == 1
     job = wait_finished(queue_settings.database_url, job_id)
     assert job.state == JobState.FAILED
@@ -75,18 +76,18 @@ def test_a_job_that_fails_on_the_worker_records_the_reason(start_worker, queue_s
 
 def test_submit_with_broker_down_creates_nothing(broker_down) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ServiceUnavailable, match="broker unreachable at redis://127.0.0.1:1/0"):
-        jobs.submit(broker_down, kind="diagnostics", params={}, actor="tester")
+        submit_job(broker_down, kind="diagnostics", params={}, actor="tester")
     with session_scope(broker_down.database_url) as db:
         assert db.scalar(sa.select(sa.func.count(Job.id))) == 0
         assert db.scalar(sa.select(sa.func.count(AuditEntry.seq))) == 0
 
 
 def test_cancelling_a_queued_job_ends_it_and_the_worker_skips_it(queue_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 3}, actor="tester")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 3}, actor="tester")
     with session_scope(queue_settings.database_url) as db:
         assert jobs.cancel(db, job_id=job_id, actor="tester").state == JobState.CANCELLED
     start_worker()
-    later = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
+    later = submit_job(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
     assert wait_finished(queue_settings.database_url, later).state == JobState.SUCCEEDED
     with session_scope(queue_settings.database_url) as db:
         cancelled = jobs.get(db, job_id)
@@ -97,7 +98,7 @@ def test_cancelling_a_queued_job_ends_it_and_the_worker_skips_it(queue_settings,
 
 def test_redelivered_job_id_does_not_run_twice(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
     start_worker()
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
     assert wait_finished(queue_settings.database_url, job_id).state == JobState.SUCCEEDED
     with session_scope(queue_settings.database_url) as db:
         job = jobs.get(db, job_id)
@@ -123,9 +124,9 @@ def _team_with(settings, **roles: str) -> int:  # type: ignore[no-untyped-def]
 def test_an_admins_job_gets_the_admin_priority_and_runs_before_earlier_ones(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
     team_id = _team_with(queue_settings, sub="submitter", boss="admin")
     # Queue everything before a worker exists, then let one worker drain the queue in order.
-    low = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id)
+    low = [submit_job(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id)
            for _ in range(3)]
-    high = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="boss@x.io", team_id=team_id)
+    high = submit_job(queue_settings, kind="diagnostics", params={"steps": 1}, actor="boss@x.io", team_id=team_id)
     with session_scope(queue_settings.database_url) as db:
         assert [jobs.get(db, job_id).priority for job_id in [*low, high]] == [0, 0, 0, 5]
         assert jobs.queue_position(db, jobs.get(db, high)) == 0
@@ -146,15 +147,15 @@ def test_a_priority_above_the_role_maximum_or_a_full_queue_is_refused_and_nothin
 
     team_id = _team_with(queue_settings, sub="submitter")
     with pytest.raises(PolicyDenied) as refused:
-        jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id, priority=7)
+        submit_job(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id, priority=7)
     assert refused.value.reasons == ["jobs.priority: priority 7 is above 4, the highest your role may ask for"]
     with session_scope(queue_settings.database_url) as db:
         policy.set_policy_data(db, key="jobs.quotas", actor="t", value={
             "default": {"max_concurrent_jobs": 4, "max_queued_jobs": 2, "max_gpu_hours": 100}, "teams": {}})
-    kept = [jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id,
+    kept = [submit_job(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id,
                         priority=4) for _ in range(2)]
     with pytest.raises(PolicyDenied) as full:
-        jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id)
+        submit_job(queue_settings, kind="diagnostics", params={"steps": 1}, actor="sub@x.io", team_id=team_id)
     assert full.value.reasons == ["jobs.quota.queued_jobs: team already has 2 jobs waiting; the quota is 2"]
     with session_scope(queue_settings.database_url) as db:
         assert list(db.scalars(sa.select(Job.id).order_by(Job.id))) == kept
@@ -168,7 +169,7 @@ def test_workers_sign_the_first_audit_checkpoint_without_being_asked(start_worke
     from latentops.governance import checkpoints
 
     start_worker(env={"LATENTOPS_SWEEP_INTERVAL_S": "0.5"})
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 1}, actor="tester")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 1}, actor="tester")
     wait_finished(queue_settings.database_url, job_id)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import time
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from job_helpers import queued_job
 from prometheus_client.parser import text_string_to_metric_families
 
 from latentops.core.settings import load_settings
@@ -46,7 +47,7 @@ def test_scrape_reports_jobs_quarantine_audit_and_latency_after_real_actions(set
         appends_before = value(scrape(client), "latentops_audit_appends_total", domain="job") or 0.0
         with session_scope(url) as db:
             for _ in range(3):
-                jobs.create(db, kind="diagnostics", params={"steps": 2}, actor="tester")
+                queued_job(db, kind="diagnostics", params={"steps": 2}, actor="tester")
         with session_scope(url) as db:
             jobs.cancel(db, job_id=1, actor="tester")
             db.add(Asset(seed=1, prompt_ref="0" * 64, content_hash="a" * 64, path="/x.png", status="quarantined"))

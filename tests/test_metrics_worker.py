@@ -6,10 +6,10 @@ import socket
 import time
 
 import httpx
+from job_helpers import submit_job
 from prometheus_client.parser import text_string_to_metric_families
 from test_jobs_queue import wait_finished
 
-from latentops.platform.services import jobs
 from latentops.platform.stack import free_port
 from latentops.platform.tables import JobState
 
@@ -42,7 +42,7 @@ def test_worker_process_exports_job_metrics_after_running_a_job(start_worker, qu
     assert read(before, "latentops_gpu_nvml_available") == 0.0
     assert "latentops_gpu_utilization_percent{" not in before
 
-    job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 3, "seed": 0}, actor="tester")
+    job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 3, "seed": 0}, actor="tester")
     assert wait_finished(queue_settings.database_url, job_id).state == JobState.SUCCEEDED
 
     after = scrape(port)
@@ -62,6 +62,6 @@ def test_a_taken_metrics_port_does_not_stop_the_worker_from_running_jobs(start_w
         blocker.listen()
         port = blocker.getsockname()[1]
         worker = start_worker(env={"LATENTOPS_WORKER_METRICS_PORT": str(port)})
-        job_id = jobs.submit(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
+        job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
         assert wait_finished(queue_settings.database_url, job_id).state == JobState.SUCCEEDED
     assert f"could not serve on 0.0.0.0:{port}" in worker.log_path.read_text()

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from api_helpers import PASSWORD, make_user, team_id
 from conftest import REPO
+from job_helpers import queued_job
 
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs as jobs_service
@@ -91,8 +92,8 @@ def test_submitter_signs_in_sees_jobs_and_a_blocked_prompt_with_its_reason(porta
     make_user(sqlite_url, "alice@example.com", "submitter", "design")
     make_user(sqlite_url, "bob@example.com", "submitter", "marketing")
     with session_scope(sqlite_url) as session:
-        mine = jobs_service.create(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "design"))
-        jobs_service.create(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "marketing"))
+        mine = queued_job(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "design"))
+        queued_job(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "marketing"))
         mine_id = mine.id
     page = _page(browser, portal)
     page.goto("/jobs")

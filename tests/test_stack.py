@@ -158,10 +158,14 @@ def test_whole_stack_killed_and_restarted_finishes_the_job_from_its_checkpoint(e
 
     up = start()
     submitted = subprocess.run(
-        [sys.executable, "-c", ("import json,sys; from latentops.platform.services import jobs; "
-                                "from latentops.core.settings import get_settings; "
-                                "print(jobs.submit(get_settings(), kind='diagnostics', "
-                                "params={'steps': 30, 'step_delay_s': 0.2}, actor='t'))")],
+        [sys.executable, "-c", ("from latentops.platform.services import jobs\n"
+                                "from latentops.platform.database import session_scope\n"
+                                "from latentops.core.settings import get_settings\n"
+                                "settings = get_settings()\n"
+                                "with session_scope(settings.database_url) as db:\n"
+                                "    job = jobs.submit(db, settings, kind='diagnostics', "
+                                "params={'steps': 30, 'step_delay_s': 0.2}, actor='t')\n"
+                                "print(job.id)")],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )
     assert submitted.returncode == 0, submitted.stderr

@@ -18,32 +18,14 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import Conflict, NotFound
-from latentops.core.settings import Settings
 from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.api.jobs import job_json, visible_team_ids
-from latentops.platform.services import job_requests
 from latentops.platform.tables import Dataset, Job, Team
 
 router = APIRouter(tags=["datasets"])
-
-
-def submit_spec(session: Session, settings: Settings, principal: Principal, spec: DatasetSpec) -> dict[str, Any]:
-    """Check and queue; shared by this route, ``POST /jobs`` (kind ``dataset``) and the portal.
-
-    The spec names only what the caller chose (no output folder, record id or actor): the models
-    must be visible to the caller (404 otherwise), and the service builds the job's params after
-    the datasets, prompt and models policies allowed it.
-    """
-    from latentops.platform.services import datasets as datasets_service
-
-    access.check(session, principal=principal, action="datasets.create")
-    job_requests.check_dataset_models(session, principal=principal, spec=spec)
-    session.commit()  # the service writes in its own transactions
-    dataset_id, job_id = datasets_service.submit(settings, actor=principal.email, spec=spec)
-    return {"dataset_id": dataset_id, "job_id": job_id}
 
 
 def visible_dataset(session: Session, principal: Principal, dataset_id: int) -> Dataset:
@@ -106,7 +88,10 @@ def export_zip(session: Session, principal: Principal, row: Dataset) -> bytes:
 @router.post("/datasets", status_code=201)
 def create(spec: DatasetSpec, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Queue a dataset job from a spec (JSON with the YAML spec's keys; unknown keys are refused)."""
-    return submit_spec(session, settings, principal, spec)
+    from latentops.platform.services import datasets as datasets_service
+
+    row, job = datasets_service.submit_request(session, settings, principal, spec)
+    return {"dataset_id": row.id, "job_id": job.id}
 
 
 @router.get("/datasets")

@@ -34,9 +34,8 @@ from latentops.governance.access import Principal
 from latentops.governance.image_formats import IMAGE_SUFFIXES
 from latentops.platform.api import limits
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import PRIORITY_HELP, job_json
+from latentops.platform.api.jobs import PRIORITY_HELP, submitted_json
 from latentops.platform.services import job_requests, teams
-from latentops.platform.services import jobs as jobs_service
 
 router = APIRouter(tags=["finetune"])
 MAX_FILES = 200
@@ -113,13 +112,12 @@ def submit_staged(session: Session, settings: Settings, principal: Principal, *,
     access.check(session, principal=principal, action="jobs.submit")
     team_name = teams.resolve(session, principal, team).name
     job_requests.visible_model(session, principal, ref=model, action="jobs.submit")  # 404 like a missing model
-    session.commit()  # the service writes in its own transaction
     try:
-        job_id = finetune_service.submit(settings, actor=principal.email, owner_email=principal.email,
-                                         request=finetune_service.Request(
-                                             model=model, instance_dir=folder, values=values, team=team_name,
-                                             adapter_name=adapter_name or None, attest_licence=attest_licence,
-                                             attest_consent=attest_consent, priority=priority))
+        job = finetune_service.submit(session, settings, actor=principal.email, owner_email=principal.email,
+                                      request=finetune_service.Request(
+                                          model=model, instance_dir=folder, values=values, team=team_name,
+                                          adapter_name=adapter_name or None, attest_licence=attest_licence,
+                                          attest_consent=attest_consent, priority=priority))
     except InvalidInput as error:  # the staging folder is the server's business, not the caller's
         if str(folder) not in error.detail:
             raise
@@ -127,7 +125,7 @@ def submit_staged(session: Session, settings: Settings, principal: Principal, *,
             str(folder), "the upload"), reasons=error.reasons) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the service froze what it accepted
-    return job_json(session, jobs_service.get(session, job_id))
+    return submitted_json(session, job)
 
 
 @router.post("/finetune", status_code=201)

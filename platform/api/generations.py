@@ -2,9 +2,10 @@
 
 ``POST`` asks the prompt and models policies at once (a denied prompt answers 403 with the
 reasons and queues nothing; a model the caller cannot see answers 404, like one that does not
-exist), then queues a ``generate`` job with params built on the server; the worker runs the governed path on
-the requester's behalf. ``GET /generations/{job_id}`` reports the job and, when it is done, the
-images: released ones with their download URL, quarantined ones by asset id only.
+exist), then queues a ``generate`` job with params built on the server
+(``services.generations_submit``); the worker runs the governed path on the requester's behalf.
+``GET /generations/{job_id}`` reports the job and, when it is done, the images: released ones
+with their download URL, quarantined ones by asset id only.
 """
 
 from __future__ import annotations
@@ -16,27 +17,14 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import NotFound
-from latentops.core.settings import Settings
-from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import job_json, queue_job, visible_job
-from latentops.platform.services import job_requests, teams
+from latentops.platform.api.jobs import job_json, submitted_json, visible_job
+from latentops.platform.services import generations_submit
 from latentops.platform.services.job_requests import GenerationBody
 from latentops.platform.tables import Asset
 
 router = APIRouter(tags=["generations"])
-
-
-def submit_generation(session: Session, settings: Settings, principal: Principal, body: GenerationBody,
-                      priority: int | None = None) -> dict[str, Any]:
-    """Decide now (403 with reasons on a deny), then queue; shared by this route, ``POST /jobs``
-    (kind ``generate``) and the portal. The params are built by ``job_requests.build_generate``."""
-    access.check(session, principal=principal, action="generations.create")
-    team = teams.resolve(session, principal, body.team)
-    # A denial raises out of the request's session_scope, which commits it: decisions are evidence.
-    params = job_requests.build_generate(session, principal=principal, team=team, request=body)
-    return queue_job(session, settings, principal, team, kind="generate", params=params, priority=priority)
 
 
 def generation_json(session: Session, principal: Principal, job_id: int) -> dict[str, Any]:
@@ -52,7 +40,7 @@ def generation_json(session: Session, principal: Principal, job_id: int) -> dict
 @router.post("/generations", status_code=201)
 def create(body: GenerationBody, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Queue a generation; the prompt and model access are decided before anything is queued."""
-    return submit_generation(session, settings, principal, body)
+    return submitted_json(session, generations_submit.submit(session, settings, principal, body))
 
 
 @router.get("/generations/{job_id}")

@@ -31,7 +31,7 @@ from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.database import session_scope
-from latentops.platform.services import job_requests, teams
+from latentops.platform.services import generations_submit, job_requests, teams
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services.users import team_names
 from latentops.platform.tables import Job, Team
@@ -81,18 +81,11 @@ def visible_job(session: Session, principal: Principal, job_id: int, action: str
     return job
 
 
-def queue_job(session: Session, settings: Settings, principal: Principal, team: Team, *, kind: str,
-              params: dict[str, Any], priority: int | None = None) -> dict[str, Any]:
-    """Write the caller's job in the request's transaction, commit it, hand it to the broker; its JSON.
-
-    The queue position is counted before the commit, in the same transaction.
-    """
-    job = jobs_service.enqueue(session, settings, kind=kind, params=params, actor=principal.email,
-                               owner=principal.user, team=team, priority=priority, subject=principal.subject)
-    position = jobs_service.queue_position(session, job)
-    session.commit()  # durable before the broker hears of it
-    jobs_service.send(settings, job, actor=principal.email)
-    return job_json(session, job, names={team.id: team.name}, positions={job.id: position})
+def submitted_json(session: Session, job: Job) -> dict[str, Any]:
+    """The JSON of a job this request submitted: its team is in the session already, and its queue
+    position is counted in the request's transaction, before the commit hands the job to the broker."""
+    team = session.get(Team, job.team_id) if job.team_id else None
+    return job_json(session, job, names={team.id: team.name} if team else {})
 
 
 def visible_team_ids(session: Session, principal: Principal, action: str) -> list[int] | None:
@@ -110,7 +103,7 @@ def _one_team(body: JobRequest, named: str | None) -> str | None:
 
 @router.post("/jobs", status_code=201)
 def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Submit a job for one of the caller's teams; it is queued after the row commits.
+    """Submit a job for one of the caller's teams; it goes to the broker once the row commits.
 
     ``params`` is the kind's typed request, never the params the worker runs: those are built on
     the server by the kind's builder, the same one the kind's own route uses (``generate``: the
@@ -125,25 +118,26 @@ def submit(body: JobRequest, session: SessionDep, settings: SettingsDep, princip
     if body.kind not in CLIENT_KINDS:
         raise InvalidInput(f"kind: unknown job kind {body.kind!r}; one of {', '.join(CLIENT_KINDS)}")
     if body.kind == "generate":
-        from latentops.platform.api import generations  # imports this module
-
         request = job_requests.parse(job_requests.GenerationBody, body.params, source="params")
         request = request.model_copy(update={"team": _one_team(body, request.team)})
-        return generations.submit_generation(session, settings, principal, request, priority=body.priority)
+        return submitted_json(session, generations_submit.submit(session, settings, principal, request,
+                                                                 priority=body.priority))
     if body.kind == "dataset":
         from latentops.pipelines.datasets.spec import DatasetSpec
-        from latentops.platform.api import datasets  # imports this module
+        from latentops.platform.services import datasets  # images and screening: imported on first use
 
         if body.priority is not None:
             raise InvalidInput("priority: dataset jobs run at their team's default priority")
         spec = job_requests.parse(DatasetSpec, body.params, source="params")
         spec = spec.model_copy(update={"team": _one_team(body, spec.team)})
-        created = datasets.submit_spec(session, settings, principal, spec)
-        return {**job_json(session, jobs_service.get(session, created["job_id"])), "dataset_id": created["dataset_id"]}
+        row, job = datasets.submit_request(session, settings, principal, spec)
+        return {**job_json(session, job), "dataset_id": row.id}
     request = job_requests.parse(job_requests.DiagnosticsRequest, body.params, source="params")
     team = teams.resolve(session, principal, body.team)
-    return queue_job(session, settings, principal, team, kind=body.kind, params=job_requests.build_diagnostics(request),
-                     priority=body.priority)
+    job = jobs_service.submit(session, settings, kind=body.kind, params=job_requests.build_diagnostics(request),
+                              actor=principal.email, owner=principal.user, team=team, priority=body.priority,
+                              subject=principal.subject)
+    return submitted_json(session, job)
 
 
 @router.get("/jobs")
@@ -179,10 +173,7 @@ def cancel(job_id: int, session: SessionDep, principal: PrincipalDep) -> dict[st
 def retry(job_id: int, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Queue a failed or cancelled job again."""
     visible_job(session, principal, job_id, "jobs.control")
-    session.commit()
-    jobs_service.retry(settings, job_id=job_id, actor=principal.email)
-    session.expire_all()
-    return job_json(session, jobs_service.get(session, job_id))
+    return job_json(session, jobs_service.retry(session, settings, job_id=job_id, actor=principal.email))
 
 
 @router.get("/jobs/{job_id}/logs")

@@ -45,13 +45,14 @@ from latentops.core.errors import (
     ServiceUnavailable,
 )
 from latentops.core.settings import Settings
-from latentops.governance import audit, policy, screening
+from latentops.governance import access, audit, policy, screening
+from latentops.governance.access import Principal
 from latentops.pipelines.datasets import filters, formats
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.pipelines.finetune.run import Hooks, QuietHooks
 from latentops.platform.database import session_scope
 from latentops.platform.services import generation, teams
-from latentops.platform.tables import Dataset, Team
+from latentops.platform.tables import Dataset, Job, Team
 
 log = logging.getLogger(__name__)
 
@@ -456,26 +457,41 @@ def default_out(settings: Settings, dataset_id: int, name: str) -> Path:
     return settings.artifacts_dir / "datasets" / f"{dataset_id}-{safe}"
 
 
-def submit(settings: Settings, *, actor: audit.Actor | str, spec: DatasetSpec, owner_email: str | None = None,
-           priority: int = 0) -> tuple[int, int]:
-    """Queue a dataset job after the same checks as an in-process run; returns ``(dataset_id, job_id)``."""
+def submit(session: Session, settings: Settings, *, actor: audit.Actor | str, spec: DatasetSpec,
+           owner_email: str | None = None, priority: int = 0) -> tuple[Dataset, Job]:
+    """Queue a dataset job after the same checks as an in-process run, in the caller's transaction;
+    the job goes to the broker once it commits. Returns the dataset's row and its job.
+
+    The datasets policy admits the job for its team (:func:`preflight`); a denial raises
+    ``PolicyDenied`` with its decisions left in the transaction, which ``session_scope`` keeps.
+    """
     from latentops.platform.services import jobs
 
-    jobs.ping_broker(settings)
-    with session_scope(settings.database_url) as session:  # a denial commits: it is evidence
-        plan = preflight(session, settings=settings, actor=actor, spec=spec)
-        row = create_record(session, spec=spec, actor=actor, team_id=plan.team_id, path=Path(""))
-        row.path = str(default_out(settings, row.id, spec.name))
-        owner = generation.actor_user(session, actor if owner_email is None else owner_email)
-        job = jobs.create(session, kind="dataset", params={"spec": spec.model_dump(mode="json"), "dataset_id": row.id,
-                                                            "out": row.path, "actor": audit_name(actor)},
-                          actor=actor, owner=owner, team_id=plan.team_id, priority=priority)
-        row.job_id, row.state = job.id, "queued"
-        ids = (row.id, job.id)
-    with session_scope(settings.database_url) as session:
-        job_row = jobs.get(session, ids[1])
-    jobs.dispatch(settings, job_row)
-    return ids
+    jobs.ping_broker(settings)  # before the checks: an unreachable broker refuses the job at once
+    plan = preflight(session, settings=settings, actor=actor, spec=spec)
+    row = create_record(session, spec=spec, actor=actor, team_id=plan.team_id, path=Path(""))
+    row.path = str(default_out(settings, row.id, spec.name))
+    owner = generation.actor_user(session, actor if owner_email is None else owner_email)
+    team = session.get(Team, plan.team_id) if plan.team_id is not None else None
+    job = jobs.submit(session, settings, kind="dataset", params={"spec": spec.model_dump(mode="json"),
+                                                                 "dataset_id": row.id, "out": row.path,
+                                                                 "actor": audit_name(actor)},
+                      actor=actor, owner=owner, team=team, priority=priority, admitted=True)
+    row.job_id, row.state = job.id, "queued"
+    return row, job
+
+
+def submit_request(session: Session, settings: Settings, principal: Principal, spec: DatasetSpec) -> tuple[Dataset, Job]:
+    """:func:`submit` for an authenticated caller (``POST /datasets``, ``POST /jobs`` with kind
+    ``dataset``, the portal). The spec names only what the caller chose (no output folder, record
+    id or actor): its models must be visible to the caller (``NotFound`` otherwise, like a missing
+    one), and the job's params are built here after the datasets, prompt and models policies
+    allowed it."""
+    from latentops.platform.services import job_requests
+
+    access.check(session, principal=principal, action="datasets.create")
+    job_requests.check_dataset_models(session, principal=principal, spec=spec)
+    return submit(session, settings, actor=principal.email, spec=spec)
 
 
 def audit_name(actor: audit.Actor | str) -> str:

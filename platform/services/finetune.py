@@ -9,8 +9,8 @@
    quotas (current concurrent jobs and GPU-hours are passed as usage) and the licence/consent
    attestation for uploads.
 Then the accepted images are frozen in a content-addressed upload folder (so what runs is what
-was screened), the job row and its audit entry are written, and only after that commit is the id
-handed to the broker.
+was screened), the job row and its audit entry are written in the caller's transaction, and only
+once that commits is the id handed to the broker.
 
 ``run`` is the handler the queue calls (kind ``finetune`` on queue ``gpu``); it delegates to the
 recipe with the job context for progress, logs, cancellation and its checkpoint folder, then
@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import InvalidInput, NotFound, ServiceUnavailable
+from latentops.core.errors import InvalidInput, NotFound
 from latentops.core.settings import Settings
 from latentops.governance import audit, copyright, normalize, policy
 from latentops.pipelines.engine import WeightsRef
@@ -44,14 +44,11 @@ from latentops.platform.services import models as models_service
 from latentops.platform.services.finetune_request import Request
 from latentops.platform.tables import (
     Job,
-    JobEvent,
-    JobState,
     LoraAdapter,
     ModelRecord,
     ModelVersion,
     Team,
     User,
-    utcnow,
 )
 
 logger = logging.getLogger(__name__)
@@ -150,31 +147,24 @@ def _png(path: Path) -> bytes:
 # --- submitting --------------------------------------------------------------------------------
 
 
-def submit(settings: Settings, *, actor: audit.Actor | str, request: Request, owner_email: str | None = None) -> int:
-    """Check, screen and decide, then create the job and enqueue it after the commit."""
-    jobs.ping_broker(settings)
-    with session_scope(settings.database_url) as session:  # a denial commits its decisions: they are evidence
-        checked = preflight(session, settings=settings, actor=actor, request=request)
-        owner = session.scalar(sa.select(User).where(User.email == owner_email)) if owner_email else None
-        params = {
-            "config": checked.config.params(), "weights": _weights_json(checked.weights),
-            "version_id": checked.version_id, "instance_dir": str(checked.instance_dir),
-            "class_dir": str(request.class_dir) if request.class_dir else None,
-            "adapter_name": checked.adapter_name, "team": checked.team, "lineage": checked.lineage(None),
-        }
-        job = jobs.create(session, kind=KIND, params=params, actor=actor, owner=owner, team_id=checked.team_id,
-                          priority=checked.priority)
-    try:
-        jobs.dispatch(settings, job)
-    except ServiceUnavailable as error:
-        with session_scope(settings.database_url) as session:
-            session.execute(sa.update(Job).where(Job.id == job.id).values(state=JobState.FAILED, error=error.detail,
-                                                                          finished_at=utcnow()))
-            session.add(JobEvent(job_id=job.id, kind="state", message=f"failed: {error.detail}"))
-            audit.record(session, actor=actor, action="job.failed", resource=f"job:{job.id}", outcome="failure",
-                         details={"error": error.detail})
-        raise
-    return job.id
+def submit(session: Session, settings: Settings, *, actor: audit.Actor | str, request: Request,
+           owner_email: str | None = None) -> Job:
+    """Check, screen and decide in the caller's transaction, then submit the job; it goes to the
+    broker once that transaction commits. A denial raises ``PolicyDenied`` with its decisions left
+    in the transaction (``session_scope`` commits them: they are evidence)."""
+    jobs.ping_broker(settings)  # before the checks: an unreachable broker refuses the job at once
+    checked = preflight(session, settings=settings, actor=actor, request=request)
+    owner = session.scalar(sa.select(User).where(User.email == owner_email)) if owner_email else None
+    params = {
+        "config": checked.config.params(), "weights": _weights_json(checked.weights),
+        "version_id": checked.version_id, "instance_dir": str(checked.instance_dir),
+        "class_dir": str(request.class_dir) if request.class_dir else None,
+        "adapter_name": checked.adapter_name, "team": checked.team, "lineage": checked.lineage(None),
+    }
+    team = session.get(Team, checked.team_id) if checked.team_id is not None else None
+    # The jobs policy admitted it in preflight (action fine_tune), which also set its priority.
+    return jobs.submit(session, settings, kind=KIND, params=params, actor=actor, owner=owner, team=team,
+                       priority=checked.priority, admitted=True)
 
 
 def _weights_json(weights: WeightsRef) -> dict[str, str]:

@@ -22,8 +22,8 @@ from latentops.platform.api import audit as audit_api
 from latentops.platform.api import jobs as jobs_api
 from latentops.platform.api import models as models_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
+from latentops.platform.services import generations_submit, job_requests, memberships, teams
 from latentops.platform.services import grants as grants_service
-from latentops.platform.services import job_requests, memberships, teams
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services import users as users_service
 from latentops.platform.tables import Asset, ModelRecord, Role, Team
@@ -73,8 +73,9 @@ def submit_job(request: Request, session: SessionDep, settings: SettingsDep, pri
         raise InvalidInput(f"kind: {kind!r} is not submitted here; one of {', '.join(jobs_api.FORM_KINDS)}")
     team_row = teams.resolve(session, principal, team or None)
     params = job_requests.build_diagnostics(job_requests.DiagnosticsRequest())
-    job = jobs_api.queue_job(session, settings, principal, team_row, kind=kind, params=params)
-    return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
+    job = jobs_service.submit(session, settings, kind=kind, params=params, actor=principal.email, owner=principal.user,
+                              team=team_row, subject=principal.subject)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
 def _loss_points(job: dict[str, Any]) -> str:
@@ -141,13 +142,11 @@ def generate_submit(request: Request, session: SessionDep, settings: SettingsDep
                     n: Annotated[int, Form(ge=1, le=64)] = 4, seed: Annotated[int, Form(ge=0)] = 0,
                     steps: Annotated[int, Form(ge=1, le=500)] = 20, guidance: Annotated[float, Form(ge=0, le=50)] = 5.0,
                     team: Annotated[str, Form(max_length=100)] = "") -> Response:
-    from latentops.platform.api import generations as generations_api
-
     body = job_requests.parse(job_requests.GenerationBody, {
         "model": model, "prompt": prompt, "negative_prompt": negative_prompt or None, "n": n, "seed": seed,
         "steps": steps, "guidance": guidance, "team": team or None}, source="")
-    job = generations_api.submit_generation(session, settings, principal, body)
-    return RedirectResponse(f"/generate/{job['id']}", status_code=303)
+    job = generations_submit.submit(session, settings, principal, body)
+    return RedirectResponse(f"/generate/{job.id}", status_code=303)
 
 
 @router.get("/generate/{job_id:int}", response_class=HTMLResponse)
@@ -207,7 +206,7 @@ def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep
                     spec: Annotated[str, Form(min_length=1, max_length=200_000)]) -> Response:
     import yaml
 
-    from latentops.platform.api import datasets as datasets_api
+    from latentops.platform.services import datasets as datasets_service
 
     try:
         data = yaml.safe_load(spec)
@@ -215,8 +214,8 @@ def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep
         raise InvalidInput(f"spec: not valid YAML ({error})") from None
     from latentops.pipelines.datasets import spec as spec_module
 
-    created = datasets_api.submit_spec(session, settings, principal, spec_module.parse(data))
-    return RedirectResponse(f"/datasets/{created['dataset_id']}", status_code=303)
+    row, _job = datasets_service.submit_request(session, settings, principal, spec_module.parse(data))
+    return RedirectResponse(f"/datasets/{row.id}", status_code=303)
 
 
 @router.get("/datasets/{dataset_id:int}", response_class=HTMLResponse)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from job_helpers import queued_job, submit_finetune, submit_job
 from test_stack import _alive, _latentops, _read_until, _wait_health
 
 from latentops.platform.database import session_scope
@@ -155,7 +156,7 @@ def test_sigkilled_up_takes_its_whole_tree_and_the_next_stack_names_the_lost_wor
     first = Stack(stack_env, port)
     url = get_settings().database_url
     try:
-        job_id = jobs.submit(get_settings(), kind="diagnostics", params={"steps": 600, "step_delay_s": 0.1},
+        job_id = submit_job(get_settings(), kind="diagnostics", params={"steps": 600, "step_delay_s": 0.1},
                              actor="cli:test")
         wait_until(lambda: int(_job(url, job_id).progress.get("step", 0)) >= 2, "the job to run")
         running = _job(url, job_id)
@@ -195,7 +196,7 @@ def test_the_event_for_an_expired_lease_names_the_worker_that_held_it(queue_sett
     get_settings.cache_clear()
     settings = get_settings()
     with session_scope(settings.database_url) as db:
-        job_id = jobs.create(db, kind="diagnostics", params={"steps": 2}, actor="cli:test").id
+        job_id = queued_job(db, kind="diagnostics", params={"steps": 2}, actor="cli:test").id
     crashed = "latentops-4242@gpu-node-7"
     claimed = executor._claim(settings, job_id, crashed)  # what a worker does when it takes the job
     assert isinstance(claimed, Job) and claimed.lease_owner == crashed
@@ -233,7 +234,7 @@ def test_sigkilled_up_takes_the_training_processes_of_a_running_fine_tune_with_i
                                         store_root=settings.model_store, sensitivity="public")
         values = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 1e-3,
                   "seed": 7, "steps": 5000, "checkpoint_every": 1000, "validation_steps": 1, "processes": 2}
-        job_id = finetune.submit(settings, actor="cli:test", request=finetune.Request(
+        job_id = submit_finetune(settings, actor="cli:test", request=finetune.Request(
             model="tiny", instance_dir=instances, values=values, adapter_name="glyph", attest_licence=True,
             attest_consent=True))
 

@@ -96,7 +96,8 @@ class LocalBackend:
     def retry_job(self, job_id: int) -> None:
         from latentops.platform.services import jobs
 
-        jobs.retry(context.settings(), job_id=job_id, actor=context.actor())
+        with context.session() as db:  # the job goes to the broker once this commits
+            jobs.retry(db, context.settings(), job_id=job_id, actor=context.actor())
 
     def job_logs(self, job_id: int) -> list[dict[str, Any]]:
         from latentops.platform.services import jobs
@@ -125,7 +126,9 @@ class LocalBackend:
     def submit_finetune(self, submission: FinetuneRequest) -> int:
         from latentops.platform.services import finetune
 
-        return finetune.submit(context.settings(), actor=context.actor(), request=submission)
+        with context.session() as db:  # a denial commits its decisions; the job goes to the broker once this commits
+            job = finetune.submit(db, context.settings(), actor=context.actor(), request=submission)
+        return job.id
 
     # --- models and grants --------------------------------------------------------------------
 
@@ -197,9 +200,10 @@ class LocalBackend:
     def submit_dataset(self, *, spec: Any, as_user: str | None) -> dict[str, Any]:
         from latentops.platform.services import datasets
 
-        dataset_id, job_id = datasets.submit(context.settings(), actor=as_user or context.actor(), spec=spec,
-                                             owner_email=as_user)
-        return {"dataset_id": dataset_id, "job_id": job_id}
+        with context.session() as db:  # a denial commits its decisions; the job goes to the broker once this commits
+            row, job = datasets.submit(db, context.settings(), actor=as_user or context.actor(), spec=spec,
+                                       owner_email=as_user)
+        return {"dataset_id": row.id, "job_id": job.id}
 
     def list_datasets(self) -> list[dict[str, Any]]:
         from latentops.platform.services import datasets

@@ -1,10 +1,10 @@
 """Jobs: submit, dispatch, execute under a lease, record the outcome.
 
-The job row is the truth. ``submit`` writes it and its audit entry in one transaction (``enqueue``
-writes them in the caller's, an API request's own); only after that commits is the id handed to the
-broker (``send``). A worker that receives an id claims the job under a lease, runs its kind's
-handler and records the outcome; the sweeper sends again what a lost worker or a lost message
-left behind.
+The job row is the truth. One verb per step of a job's life, each in the caller's transaction:
+``submit`` writes the job and its audit entry, ``cancel`` and ``retry`` change it; a new or
+retried job is handed to the broker only once that transaction commits. On a worker ``execute``
+claims the job under a lease, runs its kind's handler and records the outcome; ``sweep`` sends
+again what a lost worker or a lost message left behind.
 
 * ``kinds``: the job kinds (handler, queue, parameter check), named by import string;
 * ``submit``: the broker check, the jobs policy's admission, the row, the broker hand-off;
@@ -28,17 +28,14 @@ from latentops.platform.services.jobs.submit import (
     WAITING_STATES,
     admit,
     broker_priority,
-    create,
     dispatch,
-    enqueue,
     ping_broker,
-    send,
     submit,
     usage,
 )
 
 __all__ = [
     "JOB_KINDS", "WAITING_STATES", "JobCancelled", "JobContext", "JobKind", "LeaseLost", "admit", "as_dict",
-    "broker_priority", "cancel", "create", "dispatch", "enqueue", "events", "execute", "get", "list_jobs",
-    "load_function", "ping_broker", "queue_position", "queue_positions", "retry", "send", "submit", "sweep", "usage",
+    "broker_priority", "cancel", "dispatch", "events", "execute", "get", "list_jobs", "load_function", "ping_broker",
+    "queue_position", "queue_positions", "retry", "submit", "sweep", "usage",
 ]

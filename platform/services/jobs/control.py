@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import Conflict, InvalidInput, NotFound
 from latentops.core.settings import Settings
 from latentops.governance import audit
-from latentops.platform.database import session_scope
+from latentops.platform.database import after_commit
 from latentops.platform.services.jobs.submit import dispatch, ping_broker
 from latentops.platform.tables import Job, JobEvent, JobState, utcnow
 
@@ -55,18 +55,19 @@ def cancel(session: Session, *, job_id: int, actor: audit.Actor | str) -> Job:
     return job
 
 
-def retry(settings: Settings, *, job_id: int, actor: audit.Actor | str) -> Job:
-    """Queue a failed or cancelled job again; a queued, running or succeeded job is refused."""
+def retry(session: Session, settings: Settings, *, job_id: int, actor: audit.Actor | str) -> Job:
+    """Queue a failed or cancelled job again, in the caller's transaction; a queued, running or
+    succeeded job is refused. Once the transaction commits the job goes to the broker; if the broker
+    is unreachable then, ``ServiceUnavailable`` is raised and the sweeper sends the queued job later."""
     ping_broker(settings)
-    with session_scope(settings.database_url) as session:
-        job = get(session, job_id)
-        if job.state not in (JobState.FAILED, JobState.CANCELLED):
-            raise Conflict(f"job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried")
-        job.state, job.error, job.cancel_requested, job.finished_at = JobState.QUEUED, None, False, None
-        job.max_attempts = job.attempts + max(job.max_attempts - job.attempts, 1)
-        session.add(JobEvent(job_id=job_id, kind="state", message="queued again by retry"))
-        audit.record(session, actor=actor, action="job.retry", resource=f"job:{job_id}", details={"attempts": job.attempts})
-    dispatch(settings, job)
+    job = get(session, job_id)
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise Conflict(f"job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried")
+    job.state, job.error, job.cancel_requested, job.finished_at = JobState.QUEUED, None, False, None
+    job.max_attempts = job.attempts + max(job.max_attempts - job.attempts, 1)
+    session.add(JobEvent(job_id=job_id, kind="state", message="queued again by retry"))
+    audit.record(session, actor=actor, action="job.retry", resource=f"job:{job_id}", details={"attempts": job.attempts})
+    after_commit(session, lambda: dispatch(settings, job))
     return job
 
 

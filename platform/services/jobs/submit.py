@@ -1,8 +1,9 @@
 """Submitting a job: the broker check, the jobs policy's admission, the row, the broker hand-off.
 
-``submit`` writes the job and its audit entry in one transaction (``enqueue`` writes them in the
-caller's, an API request's own); only after that commits is the id handed to the broker
-(``send``). The sweeper and the executor hand ids to the broker again through :func:`dispatch`.
+:func:`submit` writes the job, its first event and its audit entry in the caller's transaction and
+registers the hand-off to the broker to run once that commits (``database.after_commit``): a
+worker never hears of a job that is not durable. The sweeper and the executor hand ids to the
+broker again through :func:`dispatch`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import InvalidInput, NotFound, ServiceUnavailable
+from latentops.core.errors import InvalidInput, ServiceUnavailable
 from latentops.core.settings import Settings
 from latentops.governance import audit
 from latentops.platform import metrics as ops_metrics
-from latentops.platform.database import session_scope
+from latentops.platform.database import after_commit, session_scope
 from latentops.platform.services.jobs.kinds import JOB_KINDS, load_function
 from latentops.platform.tables import Job, JobEvent, JobState, Team, User, utcnow
 
@@ -27,37 +28,6 @@ from latentops.platform.tables import Job, JobEvent, JobState, Team, User, utcno
 # loudly at dispatch. Pinging on every submit cost a new broker connection per request.
 BROKER_PING_TTL_S = 2.0
 _broker_seen: dict[str, float] = {}
-
-
-def create(
-    session: Session,
-    *,
-    kind: str,
-    params: dict[str, Any],
-    actor: audit.Actor | str,
-    owner: User | None = None,
-    team_id: int | None = None,
-    priority: int = 0,
-) -> Job:
-    """Write a queued job and its audit entry in the caller's transaction."""
-    if kind not in JOB_KINDS:
-        raise InvalidInput(f"kind: unknown job kind {kind!r}; known: {', '.join(sorted(JOB_KINDS))}")
-    validator = JOB_KINDS[kind].validator
-    if validator:
-        load_function(validator)(params)  # raises InvalidInput naming the field
-    job = Job(
-        kind=kind,
-        queue=JOB_KINDS[kind].queue,
-        params=params,
-        owner_id=owner.id if owner else None,
-        team_id=team_id,
-        priority=priority,
-    )
-    session.add(job)
-    session.flush()
-    session.add(JobEvent(job_id=job.id, kind="state", message="queued"))
-    audit.record(session, actor=actor, action="job.submit", resource=f"job:{job.id}", details={"kind": kind, "queue": job.queue})
-    return job
 
 
 def dispatch(settings: Settings, job: Job, *, countdown: float | None = None, mark: bool = True) -> None:
@@ -89,7 +59,8 @@ def broker_priority(settings: Settings, priority: int) -> int:
 
 
 def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
-    """Raise ``ServiceUnavailable`` if the broker does not answer."""
+    """Raise ``ServiceUnavailable`` if the broker does not answer (an answer spares the next
+    :func:`submit` within ``BROKER_PING_TTL_S`` its own ping)."""
     from latentops.platform.queue.app import celery_app
 
     try:
@@ -97,6 +68,7 @@ def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     except Exception as error:  # noqa: BLE001 - kombu raises several unrelated connection errors
         raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
+    _broker_seen[settings.broker_url] = time.monotonic()
 
 
 WAITING_STATES = (JobState.QUEUED, JobState.RETRYING)
@@ -135,50 +107,54 @@ def admit(session: Session, *, actor: audit.Actor | str, team: Team, priority: i
     return int(decision.obligations.get("priority", 0))
 
 
-def submit(settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
-           owner_email: str | None = None, team_id: int | None = None, priority: int | None = None,
-           subject: dict[str, Any] | None = None) -> int:
-    """Create a job and enqueue it, in a transaction of its own: :func:`enqueue`, commit, :func:`send`.
-
-    ``owner_email`` and ``team_id`` name the job's owner and team (each optional).
-    """
-    with session_scope(settings.database_url) as session:
-        owner = None
-        if owner_email is not None:
-            owner = session.scalar(sa.select(User).where(User.email == owner_email))
-            if owner is None:
-                raise NotFound(f"owner: no user with email {owner_email!r}")
-        team = None
-        if team_id is not None:
-            team = session.get(Team, team_id)
-            if team is None:
-                raise NotFound(f"team_id: no team {team_id}")
-        job = enqueue(session, settings, kind=kind, params=params, actor=actor, owner=owner, team=team,
-                      priority=priority, subject=subject)
-    send(settings, job, actor=actor)
-    return job.id
-
-
-def enqueue(session: Session, settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
-            owner: User | None = None, team: Team | None = None, priority: int | None = None,
-            subject: dict[str, Any] | None = None) -> Job:
-    """Write a queued job in the caller's transaction; after committing it the caller calls :func:`send`.
+def submit(session: Session, settings: Settings, *, kind: str, params: dict[str, Any], actor: audit.Actor | str,
+           owner: User | None = None, team: Team | None = None, priority: int | None = None,
+           subject: dict[str, Any] | None = None, admitted: bool = False) -> Job:
+    """Write a queued job in the caller's transaction; once that commits, the job goes to the broker.
 
     The broker is checked first, so that a job is not written only to fail at once. A job for a
-    team is admitted by the jobs policy, which also sets its priority; a job without a team (the
-    console's own) gets ``priority`` or 0. ``subject``: see :func:`admit`. An API request writes
-    its job in the request's own transaction, with the reads that authenticated it.
+    team is admitted by the jobs policy, which also sets its priority, unless ``admitted``: the
+    kind's own policy decision (a fine-tune's, a dataset's) already did, and ``priority`` is the one
+    it set. A job without a team (the console's own) gets ``priority`` or 0. ``subject``: see
+    :func:`admit`. The row, its first event and its audit entry are written with whatever else
+    the caller's transaction holds (an API request's: the reads that authenticated it).
+
+    After the commit the job is handed to the broker; if the broker is unreachable then, the job is
+    marked failed in a transaction of its own and ``ServiceUnavailable`` raised to the caller.
     """
+    _check_broker(settings)
+    if team is not None and not admitted:
+        priority = admit(session, actor=actor, team=team, priority=priority, subject=subject)
+    job = _write(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team.id if team else None,
+                 priority=priority or 0)
+    after_commit(session, lambda: _send(settings, job, actor=actor))
+    return job
+
+
+def _check_broker(settings: Settings) -> None:
+    """:func:`ping_broker`, unless the broker answered within ``BROKER_PING_TTL_S``."""
     if time.monotonic() - _broker_seen.get(settings.broker_url, -BROKER_PING_TTL_S) >= BROKER_PING_TTL_S:
         ping_broker(settings)
-        _broker_seen[settings.broker_url] = time.monotonic()
-    if team is not None:
-        priority = admit(session, actor=actor, team=team, priority=priority, subject=subject)
-    return create(session, kind=kind, params=params, actor=actor, owner=owner, team_id=team.id if team else None,
-                  priority=priority or 0)
 
 
-def send(settings: Settings, job: Job, *, actor: audit.Actor | str) -> None:
+def _write(session: Session, *, kind: str, params: dict[str, Any], actor: audit.Actor | str, owner: User | None,
+           team_id: int | None, priority: int) -> Job:
+    """The queued job, its first event and its audit entry, in the caller's transaction."""
+    if kind not in JOB_KINDS:
+        raise InvalidInput(f"kind: unknown job kind {kind!r}; known: {', '.join(sorted(JOB_KINDS))}")
+    validator = JOB_KINDS[kind].validator
+    if validator:
+        load_function(validator)(params)  # raises InvalidInput naming the field
+    job = Job(kind=kind, queue=JOB_KINDS[kind].queue, params=params, owner_id=owner.id if owner else None,
+              team_id=team_id, priority=priority)
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, kind="state", message="queued"))
+    audit.record(session, actor=actor, action="job.submit", resource=f"job:{job.id}", details={"kind": kind, "queue": job.queue})
+    return job
+
+
+def _send(settings: Settings, job: Job, *, actor: audit.Actor | str) -> None:
     """Hand a committed new job to the broker; if the broker is unreachable the job is marked
     failed (in a transaction of its own) and ``ServiceUnavailable`` raised."""
     try:
