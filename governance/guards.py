@@ -10,13 +10,10 @@ rewrite the trail's tail unseen until the next checkpoint; ``missing`` names wha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-if TYPE_CHECKING:
-    from latentops.governance.verification import Damage
+from latentops.governance.damage import Damage
 
 APP_ROLE = "latentops_app"
 
@@ -43,9 +40,7 @@ FORBIDDEN = {
 
 
 def missing(session: Session) -> list[Damage]:
-    """One ``verification.Damage`` (kind ``guard_missing``) per trigger or privilege limit that is gone."""
-    from latentops.governance.verification import Damage  # verification reports what this finds
-
+    """One ``Damage`` (kind ``guard_missing``) per trigger or privilege limit that is gone."""
     problems = _missing_sqlite(session) if session.get_bind().dialect.name == "sqlite" else _missing_postgres(session)
     return [Damage("guard_missing", None, problem) for problem in problems]
 

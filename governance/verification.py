@@ -40,23 +40,13 @@ from sqlalchemy.orm import Session
 
 from latentops.core.errors import IntegrityViolation, InvalidInput
 from latentops.governance import audit, audit_mac, checkpoints, guards, integration, merkle, merkle_store
+from latentops.governance.damage import Damage
 from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
 log = logging.getLogger(__name__)
 
 # How far from its own place a displaced entry is looked for before calling it merely modified.
 REORDER_WINDOW = 256
-
-
-@dataclass(frozen=True)
-class Damage:
-    kind: str
-    seq: int | None
-    detail: str
-
-    def line(self) -> str:
-        where = f" at seq {self.seq}" if self.seq is not None else ""
-        return f"{self.kind}{where}: {self.detail}"
 
 
 @dataclass

@@ -18,8 +18,6 @@ KNOWN = [
     # the audit writer, its integrator and automatic checkpoints call each other after commit
     {"latentops.governance.audit", "latentops.governance.checkpoints", "latentops.governance.erasure",
      "latentops.governance.integration", "latentops.governance.merkle_store"},
-    # verification reports what guards find as its Damage
-    {"latentops.governance.guards", "latentops.governance.verification"},
 ]
 
 
