@@ -3,7 +3,11 @@
 * ``SettingsDep``: the app's ``Settings``.
 * ``SessionDep``: one transaction per request, committed when the route returns and rolled back
   when it raises (a policy denial is committed: it is evidence). It ends *before* the response
-  is sent, so a client that sees 2xx can rely on the write.
+  is sent, so a client that sees 2xx can rely on the write. What the services registered to run
+  after the commit (``database.after_commit``: handing a new job to the broker) runs then too, once
+  the session is closed; an error it raises (``ServiceUnavailable``) is the response. The services
+  a route calls work in this session instead of opening another, so a request holds one pooled
+  connection at most.
 * ``PrincipalDep``: the caller, from ``Authorization: Bearer <api token>`` or the portal's session
   cookie; 401 with a clear reason otherwise (unknown, expired or revoked token, ended session).
   A request authenticated by cookie that changes anything must echo the session's CSRF token in
@@ -45,9 +49,13 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
         yield session
 
 
-# At most this many requests hold a database session at once: a route that calls a service which
-# opens its own transaction needs a second connection, and the engine's pool has 15; without the
-# limit, 40 threadpool workers each holding one connection while waiting for another deadlock.
+# At most this many requests hold a database session at once. A request holds one pooled connection
+# at most, but from its first query until the route returns, across hops between threadpool workers
+# (the principal, then the route). Unlimited, the pool's 15 connections go to the first requests,
+# the threadpool's 40 workers all wait for a connection on behalf of later ones, and the requests
+# holding the connections wait for a worker: a deadlock until the pool's 30 s timeout answers 500s.
+# The connections left over serve what runs outside a request's session: the audit integrator and
+# the progress streams.
 MAX_SESSIONS = 7
 SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=MAX_SESSIONS)]
 
