@@ -2,10 +2,10 @@
 
 Steps of :func:`run` (in process for ``latentops datasets generate``, or as the ``dataset`` job):
 
-1. **Check** (:func:`preflight`): the spec's model and adapters exist; the ``datasets`` policy lets
-   the requester generate this many images at this resolution for the team; the prompt and models
-   policies are asked for every class (``generation.authorize``). A class whose prompt is denied
-   is reported with its reasons and skipped; the others continue.
+1. **Check** (``dataset_checks.preflight``): the spec's model and adapters exist; the ``datasets``
+   policy lets the requester generate this many images at this resolution for the team; the prompt
+   and models policies are asked for every class (``generation.authorize``). A class whose prompt
+   is denied is reported with its reasons and skipped; the others continue.
 2. **Generate** every class in fixed batches through the governed path
    (``generation.generate``): screening, provenance, quarantine, assets and audit entries. Each
    finished batch is committed, its released images written to ``OUT/.latentops/images`` and its
@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,92 +38,25 @@ from sqlalchemy.orm import Session
 
 from latentops.core.errors import (
     Conflict,
-    InvalidInput,
     LatentopsError,
     NotFound,
-    PolicyDenied,
     ServiceUnavailable,
 )
 from latentops.core.settings import Settings
-from latentops.governance import access, audit, policy, screening
+from latentops.governance import access, audit, screening
 from latentops.governance.access import Principal
 from latentops.pipelines.datasets import filters, formats
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.pipelines.finetune.run import Hooks, QuietHooks
 from latentops.platform.database import session_scope
-from latentops.platform.services import generation, teams
+from latentops.platform.services import generation
+from latentops.platform.services.dataset_checks import Plan, classifier_root, preflight, resolve_target
 from latentops.platform.tables import Dataset, Job, Team
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".latentops"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-# --- 1. checks -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    """What preflight allowed: per class its authorisation, or the reasons it was refused."""
-
-    team: str | None
-    team_id: int | None
-    revision: str
-    authorizations: dict[str, generation.Authorization] = field(default_factory=dict)
-    loras: dict[str, str | None] = field(default_factory=dict)
-    denied: list[dict[str, Any]] = field(default_factory=list)
-    model: dict[str, Any] = field(default_factory=dict)
-    decision_ids: list[int] = field(default_factory=list)
-
-
-def _native_resolution(path: Path) -> int:
-    """Pixels of the model's default output (UNet sample size × VAE scale), 0 when unknown."""
-    try:
-        unet = json.loads((path / "unet" / "config.json").read_text())
-        vae = json.loads((path / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, KeyError, ValueError, TypeError):
-        return 0
-
-
-def _resolve(session: Session, model: str, lora: str | None) -> generation.Target:
-    try:
-        return generation.resolve(session, model=model, lora=lora)
-    except NotFound as error:
-        field_name = "lora" if lora and "lora" in error.detail else "model"
-        raise InvalidInput(f"{field_name}: {error.detail}") from None
-
-
-def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str, spec: DatasetSpec) -> Plan:
-    """Step 1; raises ``PolicyDenied`` when the datasets policy refuses the whole dataset."""
-    base = _resolve(session, spec.model, spec.lora)
-    if spec.filters.classifier is not None:
-        filters.classifier_file(classifier_root(settings), spec.filters.classifier.id)
-    team_row = teams.resolve(session, actor, spec.team)
-    team, team_id = (team_row.name, team_row.id) if team_row else (None, None)
-    resolution = spec.resolution() or _native_resolution(base.weights.path)
-    decision = policy.require("datasets", {"action": "generate", "team": team or "", "dataset": {
-        "images": spec.total_images, "resolution": resolution, "team": team or ""}}, session=session, actor=actor)
-    plan = Plan(team=team, team_id=team_id, revision=decision.revision,
-                model={"name": base.model.name, "version": base.version.version, "sha256": base.version.content_hash,
-                       "version_id": base.version.id},
-                decision_ids=[decision.decision_id] if decision.decision_id else [])
-    for cls in spec.classes:
-        target = _resolve(session, spec.model, spec.lora_of(cls))
-        plan.loras[cls.name] = f"{target.lora.name}@{target.lora.version}" if target.lora else None
-        try:  # a denial leaves its recorded decisions in the transaction; the other classes go on
-            plan.authorizations[cls.name] = generation.authorize(
-                session, target=target, prompts=cls.rendered_prompts(), negative_prompt=spec.negative_of(cls), actor=actor)
-        except PolicyDenied as denial:
-            plan.denied.append({"class": cls.name, "reasons": list(denial.reasons) or [denial.detail]})
-            log.warning("dataset %s: class %s refused by policy: %s", spec.name, cls.name, denial.detail)
-    return plan
-
-
-def classifier_root(settings: Settings) -> Path:
-    """Where registered classifiers are stored, by SHA-256 (``filters.import_classifier``)."""
-    return settings.artifacts_dir / "classifiers"
 
 
 # --- the dataset row -----------------------------------------------------------------------------
@@ -216,7 +149,7 @@ def _generate_batch(settings: Settings, *, spec: DatasetSpec, batch: _Batch, pla
     cls = spec.classes[batch.class_index]
     prompts = [spec.prompt_of(cls, k) for k in range(batch.start, batch.stop)]
     with session_scope(settings.database_url) as session:
-        target = _resolve(session, spec.model, spec.lora_of(cls))
+        target = resolve_target(session, spec.model, spec.lora_of(cls))
         result = generation.generate(
             session, settings=settings, actor=actor, target=target, authorization=plan.authorizations[cls.name],
             spec=generation.GenerationSpec(prompts=prompts, negative_prompt=spec.negative_of(cls),
