@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import IntegrityViolation, LatentopsError, NotFound, ServiceUnavailable
-from latentops.governance import audit, audit_mac
+from latentops.governance import audit, audit_chain, audit_mac
 from latentops.governance.tables import AuditEntry, AuditPending
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Placement:
 def _waiting(session: Session) -> Any:
     """Pending rows not yet refused by this process, in id order."""
     query = sa.select(*PENDING_COLUMNS).order_by(PENDING.c.id)
-    refused = audit_mac.refused_ids(audit._database_key(session))
+    refused = audit_mac.refused_ids(audit_chain.database_key(session))
     return query.where(PENDING.c.id.not_in(sorted(refused))) if refused else query
 
 
@@ -96,7 +96,7 @@ def _move(session: Session, limit: int) -> dict[int, Placement]:
     if not rows:
         return {}
     head = audit.verified_head(session)  # alarms and raises instead of extending a broken chain
-    key, skew, database = audit_mac.current_key(), audit_mac.max_skew(), audit._database_key(session)
+    key, skew, database = audit_mac.current_key(), audit_mac.max_skew(), audit_chain.database_key(session)
     macs = [row.mac for row in rows if row.mac]
     in_chain = set(session.execute(sa.select(ENTRIES.c.mac).where(ENTRIES.c.mac.in_(macs))).scalars()) if macs else set()
     values, placed = [], {}
