@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput, NotFound
 from latentops.core.orm import utcnow
-from latentops.governance import audit_mac
+from latentops.governance import audit_mac, integration, placement, sealing
 from latentops.governance.audit_chain import (
     ADVISORY_LOCK_KEY,
     ALARMS,
@@ -87,8 +87,6 @@ def _on_commit(session: Session) -> None:
         item._committed()
     connection = info.pop("audit_connection", None)
     if session.info.pop("audit_locked", False) or records:
-        from latentops.governance import integration  # integration builds on this module
-
         integration.after_commit(session.get_bind().engine, records, connection)
 
 
@@ -109,8 +107,6 @@ def _on_rollback(session: Session) -> None:
     connection = info.pop("audit_connection", None)
     if session.info.pop("audit_locked", False):
         # This transaction may have turned writers away from the lock: integrate for them.
-        from latentops.governance import integration
-
         integration.after_commit(session.get_bind().engine, [], connection)
 
 
@@ -137,7 +133,7 @@ class AuditRecord:
     ``id`` (the pending row's id) is known at once. ``seq``, ``hash`` and ``prev_hash`` are filled
     when the entry is integrated, normally by the commit hook as the caller's transaction commits.
     Reading them earlier, while that transaction is still open, sequences the entry at once
-    (``integration.sequence``): that holds the chain lock until the transaction ends, the slow
+    (``placement.sequence``): that holds the chain lock until the transaction ends, the slow
     path, kept for callers that must store the seq in the same transaction. Reading them after the
     commit waits for integration (``integration.wait``); after a rollback raises ``NotFound``.
     """
@@ -203,13 +199,11 @@ class AuditRecord:
     def _resolve(self) -> None:
         if self._seq is not None:
             return
-        from latentops.governance import integration  # integration builds on this module
-
         if self._state == "rolled_back":
             raise NotFound(f"audit entry {self.id} ({self.action} {self.resource}): its transaction rolled back, "
                            "so it was never recorded")
         if self._session is not None:
-            integration.sequence(self._session)
+            placement.sequence(self._session)
         else:
             integration.wait([self])
         if self._state == "rolled_back":  # written in a savepoint that rolled back
@@ -258,9 +252,7 @@ def record(
     if trusted is None:
         verified_head(session)  # a process's first append anchors on the checkpoint
     if personal:
-        from latentops.governance import erasure  # erasure records its own entries through this module
-
-        plain[SEALED_KEY] = erasure.seal(session, subject=str(subject), data=personal, context=action)
+        plain[SEALED_KEY] = sealing.seal(session, subject=str(subject), data=personal, context=action)
     values = {"at": utcnow(), "actor": name, "action": action, "resource": resource, "outcome": outcome,
               "details": canonical_details(plain) if personal else canonical}
     values["mac"] = audit_mac.seal(values)  # the integrator refuses a pending row without it

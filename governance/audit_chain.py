@@ -3,7 +3,7 @@
 Entry hash: ``SHA-256(prev_hash || canonical)`` where ``canonical`` is the RFC 8785 JSON of the
 entry's fields without its hash (``details`` is itself a canonical JSON string). Entries are
 written by ``audit.record`` and given their place in the chain by the integrator
-(``integration``), both of which build on this module.
+(``placement``), both of which build on this module.
 
 **The writer refuses to extend a broken chain.** Both ``record`` (without the lock, so that the
 change is refused with its entry) and the integrator (under the lock, before assigning seqs) check
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 GENESIS_HASH = "0" * 64
 # Any fixed 64-bit key: all writers of one database serialise on it.
 ADVISORY_LOCK_KEY = 0x6C61_7465_6E74_6175  # "latentau"
-# The key under which sealed personal data sits inside ``details`` (see governance/erasure.py).
+# The key under which sealed personal data sits inside ``details`` (see governance/sealing.py).
 SEALED_KEY = "sealed"
 # Column limits of audit_entries, checked before the database would truncate or refuse.
 FIELD_LIMITS = {"actor": 320, "action": 64, "resource": 400, "outcome": 16}

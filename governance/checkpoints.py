@@ -14,9 +14,12 @@ Lock, a WORM bucket) with ``register_sink``.
 The signing key is ``Settings.audit_signing_key`` (default
 ``LATENTOPS_HOME/audit/checkpoint-signing-key.pem``, PKCS#8, mode 0600) and the sink
 ``Settings.audit_sink``. Beside the key, ``checkpoint-keyring.pem`` keeps the public half of every
-signing key ever used (``key id -> public key``): ``rotate_key`` adds the new key and keeps the old,
-so checkpoints signed before a rotation still verify. ``latentops audit public-key`` prints the
-keyring for auditors.
+signing key ever used (``key id -> public key``): ``key_rotation.rotate_key`` adds the new key and
+keeps the old, so checkpoints signed before a rotation still verify. ``latentops audit public-key``
+prints the keyring for auditors.
+
+Checkpoints are also signed automatically (``maybe_checkpoint``, ``Settings.audit_checkpoint_entries``
+and ``audit_checkpoint_s``): the integrator asks after each batch it places, and periodically.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import IntegrityViolation, InvalidInput, NotFound
+from latentops.core.errors import IntegrityViolation, InvalidInput, LatentopsError, NotFound
 from latentops.core.orm import utcnow
 from latentops.core.settings import Settings
-from latentops.governance import audit, integration, merkle, merkle_store
+from latentops.governance import audit_chain, merkle, merkle_store, placement
 from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
 log = logging.getLogger(__name__)
@@ -166,10 +170,11 @@ def add_to_keyring(key_path: Path, public_key: Ed25519PublicKey) -> None:
     if key_id(public_key) in keys:
         return
     keys[key_id(public_key)] = public_key
-    _write_atomically(ring, keyring_pem(keys).encode("ascii"), 0o644)
+    write_atomically(ring, keyring_pem(keys).encode("ascii"), 0o644)
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` (mode ``mode``): written whole and fsynced, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -192,7 +197,7 @@ def statement(checkpoint: AuditCheckpoint) -> dict[str, Any]:
     """A checkpoint as exported and as written to the sink."""
     return {
         "tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash, "head_hash": checkpoint.head_hash,
-        "at": audit.format_time(checkpoint.at), "key_id": checkpoint.key_id, "signature": checkpoint.signature,
+        "at": audit_chain.format_time(checkpoint.at), "key_id": checkpoint.key_id, "signature": checkpoint.signature,
     }
 
 
@@ -280,7 +285,7 @@ def latest(session: Session) -> AuditCheckpoint | None:
 def _leaves_after(session: Session, start: int, end: int) -> Any:
     query = (sa.select(AuditEntry.hash).where(AuditEntry.seq >= start, AuditEntry.seq < end)
              .order_by(AuditEntry.seq).execution_options(yield_per=5000))
-    return (merkle.leaf_hash(audit.leaf_data(value)) for value in session.execute(query).scalars())
+    return (merkle.leaf_hash(audit_chain.leaf_data(value)) for value in session.execute(query).scalars())
 
 
 def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: CheckpointSink, force: bool = False,
@@ -292,8 +297,8 @@ def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: Checkpoint
     half always counts). Returns the latest checkpoint unchanged when no entry was added since,
     unless ``force``.
     """
-    integration.integrate_all(session)  # takes the chain lock, held until the caller commits
-    head = audit.verified_head(session)  # alarms instead of signing a broken chain
+    placement.integrate_all(session)  # takes the chain lock, held until the caller commits
+    head = audit_chain.verified_head(session)  # alarms instead of signing a broken chain
     public_key = signing_key.public_key()
     previous = latest(session)
     if previous is not None and previous.tree_size == head.size and not force:
@@ -326,7 +331,7 @@ def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: Checkpoint
     merkle_store.extend(session, head.size)
     at = utcnow()
     root = frontier.root().hex()
-    body = statement_body(head.size, root, head.hash, audit.format_time(at))
+    body = statement_body(head.size, root, head.hash, audit_chain.format_time(at))
     checkpoint = AuditCheckpoint(
         tree_size=head.size, root_hash=root, head_hash=head.hash, at=at, key_id=key_id(public_key),
         signature=base64.b64encode(signing_key.sign(body)).decode("ascii"), frontier=json.dumps(frontier.to_hex()),
@@ -352,37 +357,71 @@ def due(session: Session, *, every_entries: int = 1000, every: dt.timedelta = dt
     return new >= every_entries or (new > 0 and utcnow() - at >= every)
 
 
-# --- key rotation ------------------------------------------------------------------------------
+# --- automatic checkpoints ---------------------------------------------------------------------
 
 
-def rotate_key(session: Session, *, key_path: Path, sink: CheckpointSink, actor: audit.Actor | str,
-               reason: str = "") -> tuple[str, str, AuditCheckpoint]:
-    """Replace the signing key at ``key_path`` with a new one; keep the old public key.
+def _checkpoint_due(session: Session, settings: Any) -> tuple[bool, int]:
+    """Whether ``audit_checkpoint_entries`` entries, or one older than ``audit_checkpoint_s``,
+    lie beyond the latest checkpoint; and that checkpoint's tree size."""
+    covered = session.execute(sa.select(sa.func.max(AuditCheckpoint.tree_size))).scalar() or 0
+    last = session.execute(sa.select(sa.func.max(AuditEntry.seq))).scalar()
+    size = 0 if last is None else int(last) + 1
+    beyond = size - covered
+    if beyond <= 0:
+        return False, covered
+    if settings.audit_checkpoint_entries and beyond >= settings.audit_checkpoint_entries:
+        return True, covered
+    if not settings.audit_checkpoint_s:
+        return False, covered
+    oldest = session.execute(sa.select(AuditEntry.at).where(AuditEntry.seq == covered)).scalar()
+    if oldest is None:
+        return False, covered
+    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=dt.UTC)
+    return bool(dt.datetime.now(dt.UTC) - oldest >= dt.timedelta(seconds=settings.audit_checkpoint_s)), covered
 
-    1. the old key signs a final checkpoint over every entry so far (its own transaction);
-    2. its public half is kept in the keyring, the new key is written in its place (the old private
-       key is overwritten: it can sign nothing more);
-    3. in the caller's transaction, the rotation is audited (``audit.key.rotate``) and the new key
-       signs its first checkpoint, which covers that entry.
 
-    Returns ``(old key id, new key id, the new key's first checkpoint)``. ``session`` must not have
-    written yet: step 1 commits on a connection of its own.
+def _deployment_database(engine: Engine, url: str) -> bool:
+    configured = sa.engine.make_url(url)
+    return (engine.url.get_backend_name(), engine.url.host, engine.url.port, engine.url.database) == \
+        (configured.get_backend_name(), configured.host, configured.port, configured.database)
+
+
+# Tree size of the latest checkpoint each database had when this process last looked, by engine:
+# after an integration, the entries rule is decided from it without a query while it is not due.
+_covered: dict[str, int] = {}
+
+
+def maybe_checkpoint(engine: Engine, *, size: int | None = None) -> None:
+    """Sign a checkpoint when one is due (``Settings.audit_checkpoint_entries`` / ``_s``).
+
+    ``size``: the chain's size after an integration placed entries. Then only the entries rule is
+    asked (the time rule is the periodic ``run_once``'s), and the database only once it may be due
+    by this process's last look, so a commit's integration costs no extra transaction. Only for the
+    deployment's own database (``Settings.database_url``), whose signing key and sink the settings
+    name. Never raises: a failure is logged and the next integration tries again.
     """
-    old = load_signing_key(key_path)
-    keyring = signing_keyring(key_path)
-    engine = session.get_bind().engine
-    with Session(bind=engine, expire_on_commit=False) as sealing, sealing.begin():
-        final = create(sealing, signing_key=old, sink=sink, force=True, keyring=keyring)
-        final_size = final.tree_size
-    add_to_keyring(key_path, old.public_key())
-    new = Ed25519PrivateKey.generate()
-    _write_atomically(key_path, new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()), 0o600)
-    add_to_keyring(key_path, new.public_key())
-    old_id, new_id = key_id(old.public_key()), key_id(new.public_key())
-    log.warning("rotated the audit checkpoint signing key %s: %s -> %s", key_path, old_id, new_id)
-    audit.record(session, actor=actor, action="audit.key.rotate", resource="audit:signing-key",
-                 details={"old_key_id": old_id, "new_key_id": new_id, "sealed_tree_size": final_size,
-                          "reason": reason})
-    first = create(session, signing_key=new, sink=sink, force=True, keyring={**keyring, new_id: new.public_key()})
-    return old_id, new_id, first
+    from latentops.core.settings import get_settings
+
+    settings = get_settings()
+    if not (settings.audit_checkpoint_entries or settings.audit_checkpoint_s):
+        return
+    known = _covered.get(str(engine.url))
+    if size is not None and (not settings.audit_checkpoint_entries or (
+            known is not None and known <= size < known + settings.audit_checkpoint_entries)):
+        return  # a chain shorter than the size seen (a database replaced) is looked at again
+    if not _deployment_database(engine, settings.database_url):
+        return
+    try:
+        with placement.integrator_session(engine) as session, session.begin():
+            due, covered = _checkpoint_due(session, settings)
+            _covered[str(engine.url)] = covered
+            if not due:
+                return
+            key_path = default_key_path(settings)
+            made = create(session, signing_key=load_or_create_signing_key(key_path),
+                                      sink=open_sink(default_sink_location(settings)),
+                                      keyring=signing_keyring(key_path))
+            _covered[str(engine.url)] = made.tree_size
+            log.info("automatic audit checkpoint: tree size %d", made.tree_size)
+    except (LatentopsError, sa.exc.SQLAlchemyError, OSError) as error:
+        log.warning("automatic audit checkpoint not made now: %s", error)

@@ -1,12 +1,9 @@
-"""Integration: moving pending audit entries into the hash chain, many per transaction.
+"""Integration: who moves pending audit entries into the hash chain, and when.
 
 ``audit.record`` writes an entry to ``audit_pending`` inside the transaction of the change it
 records, without any chain lock, so concurrent writers commit in parallel (PostgreSQL groups their
-WAL flushes). Integration gives committed pending entries their place: under the chain lock it
-reads them in id order, checks that the chain head verifies (``audit.verified_head``), assigns
-``seq`` (gapless from 0), ``prev_hash`` and ``hash``, inserts them into ``audit_entries`` with
-their pending id and deletes the pending rows, all in one transaction. This is the batching of
-transparency-dev/tessera: one chain lock and one WAL flush per batch, not per entry.
+WAL flushes). Integration gives committed pending entries their place in batches (``placement``
+does the moving: one chain lock, one head read, one insert per batch).
 
 Who integrates:
 
@@ -26,183 +23,58 @@ Who integrates:
   pick up entries whose writer died between its commit and its integration.
 
 An append therefore returns once its entry is durable (committed in ``audit_pending``); its
-place in the chain is assigned moments later by the same or another process.
+place in the chain is assigned moments later by the same or another process. Whenever entries
+were placed here, an automatic checkpoint is signed if one is due (``checkpoints.maybe_checkpoint``).
 
 A transaction that reads ``AuditRecord.seq`` before committing is integrated at once in that
-transaction (``sequence``), holding the chain lock until it ends: correct, but serial.
-
-Rolling back an integrating transaction rolls back the seq assignments with it; the pending rows
-are still there for the next integrator, so no seq is ever skipped or reused.
+transaction (``placement.sequence``), holding the chain lock until it ends: correct, but serial.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import IntegrityViolation, LatentopsError, NotFound, ServiceUnavailable
-from latentops.governance import audit, audit_chain, audit_mac
-from latentops.governance.tables import AuditEntry, AuditPending
+from latentops.core.errors import LatentopsError, ServiceUnavailable
+from latentops.governance import audit_chain, audit_mac
+from latentops.governance.checkpoints import maybe_checkpoint
+from latentops.governance.placement import (
+    BATCH,
+    PENDING,
+    Placement,
+    Written,
+    catch_up,
+    integrate,
+    integrate_all,
+    integrator_session,
+    move,
+    pending_count,
+    place,
+    placements,
+    raise_refused,
+    sequence,
+)
 
 log = logging.getLogger(__name__)
 
-# Pending entries moved per statement batch; a backlog is moved in several.
-BATCH = 1000
+# Integrating in the caller's transaction (``placement``) is part of this module's API too.
+__all__ = [
+    "LOCK_TIMEOUT_S", "WAIT_TIMEOUT_S", "Integrator", "Placement", "after_commit", "catch_up", "integrate",
+    "integrate_all", "integrate_when_free", "integrator_for", "pending_count", "run_once", "sequence",
+    "start_background", "wait",
+]
+
 # How long a writer waits for the chain lock after its commit before leaving its entries to the
 # next integrator (they are durable either way).
 LOCK_TIMEOUT_S = 10.0
 WAIT_TIMEOUT_S = 60.0
-
-ENTRIES = AuditEntry.__table__
-PENDING = AuditPending.__table__
-PENDING_COLUMNS = (PENDING.c.id, PENDING.c.at, PENDING.c.actor, PENDING.c.action, PENDING.c.resource,
-                   PENDING.c.outcome, PENDING.c.details, PENDING.c.mac)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a pending entry landed in the chain."""
-
-    pending_id: int
-    seq: int
-    hash: str
-    prev_hash: str
-
-
-def _waiting(session: Session) -> Any:
-    """Pending rows not yet refused by this process, in id order."""
-    query = sa.select(*PENDING_COLUMNS).order_by(PENDING.c.id)
-    refused = audit_mac.refused_ids(audit_chain.database_key(session))
-    return query.where(PENDING.c.id.not_in(sorted(refused))) if refused else query
-
-
-def _move(session: Session, limit: int) -> dict[int, Placement]:
-    """Move up to ``limit`` pending entries into the chain. The caller holds the chain lock.
-
-    A row without the application's valid MAC, a copy of an entry already in the chain, or one
-    written more than the allowed skew before the entry written just before it is refused (skipped,
-    alarmed, left pending; see ``audit_mac``).
-    """
-    rows = session.execute(_waiting(session).limit(limit)).all()
-    if not rows:
-        return {}
-    head = audit.verified_head(session)  # alarms and raises instead of extending a broken chain
-    key, skew, database = audit_mac.current_key(), audit_mac.max_skew(), audit_chain.database_key(session)
-    macs = [row.mac for row in rows if row.mac]
-    in_chain = set(session.execute(sa.select(ENTRIES.c.mac).where(ENTRIES.c.mac.in_(macs))).scalars()) if macs else set()
-    values, placed = [], {}
-    previous: tuple[int, dt.datetime | None] | None = None  # (pending id, time) of the last row placed
-    for row in rows:
-        # Times must move forward in write order (pending ids); a row that follows the one placed
-        # just before it needs no look-up, one after a gap (refused or still uncommitted rows) does.
-        if previous is None or row.id != previous[0] + 1:
-            previous = (row.id - 1, audit_mac.written_before(session, row.id))
-        refusal = audit_mac.judge(row, key=key, previous_at=previous[1], skew=skew, macs_in_chain=in_chain)
-        if refusal is not None:
-            audit_mac.refuse(database, refusal)
-            continue
-        in_chain.add(row.mac)
-        previous = (row.id, row.at)
-        seq = head.seq + 1
-        payload = {"seq": seq, "at": audit.format_time(row.at), "actor": row.actor, "action": row.action,
-                   "resource": row.resource, "outcome": row.outcome, "details": row.details, "prev_hash": head.hash}
-        digest = audit.entry_hash(payload)
-        values.append({"seq": seq, "at": row.at, "actor": row.actor, "action": row.action, "resource": row.resource,
-                       "outcome": row.outcome, "details": row.details, "prev_hash": head.hash, "hash": digest,
-                       "pending_id": row.id, "mac": row.mac})
-        placed[row.id] = Placement(row.id, seq, digest, head.hash)
-        head = audit.Head(seq, digest)
-    if not values:
-        return {}
-    session.execute(ENTRIES.insert(), values)
-    # The database lets a pending row go only once an identical entry carries its id (migration 0010).
-    session.execute(PENDING.delete().where(PENDING.c.id.in_(list(placed))))
-    audit.hold_head(session, head)
-    for record in session.info.get("audit_records", ()):
-        if record.id in placed:
-            where = placed[record.id]
-            record.place(where.seq, where.hash, where.prev_hash)
-    log.debug("integrated %d audit entries up to seq %d", len(placed), head.seq)
-    return placed
-
-
-def integrate(session: Session, *, limit: int = BATCH, lock_timeout_s: float | None = None) -> dict[int, Placement]:
-    """In the caller's transaction: take the chain lock and move up to ``limit`` pending entries
-    (those committed by others and this transaction's own). Returns pending id -> placement."""
-    audit.lock_chain(session, timeout_s=lock_timeout_s)
-    return _move(session, limit)
-
-
-def integrate_all(session: Session, *, lock_timeout_s: float | None = None) -> int:
-    """``integrate`` until nothing visible is pending; the number of entries moved."""
-    moved = 0
-    while True:
-        placed = integrate(session, lock_timeout_s=lock_timeout_s)
-        moved += len(placed)
-        if len(placed) < BATCH:
-            return moved
-
-
-def pending_count(session: Session) -> int:
-    return int(session.execute(sa.select(sa.func.count()).select_from(PENDING)).scalar_one())
-
-
-def catch_up(session: Session) -> int:
-    """Before reading the chain: integrate whatever is pending, in the caller's transaction.
-
-    The chain lock is taken only when something is pending (then held until the caller's
-    transaction ends), so a reader of a settled chain stays lock-free. Rows this process has
-    refused do not count.
-    """
-    if session.execute(_waiting(session).with_only_columns(PENDING.c.id).limit(1)).first() is None:
-        return 0
-    return integrate_all(session)
-
-
-def sequence(session: Session) -> None:
-    """Give every entry this open transaction wrote its seq now (the slow path; see the module)."""
-    records = [record for record in session.info.get("audit_records", ()) if not record.integrated]
-    while records:
-        placed = integrate(session)
-        records = [record for record in records if not record.integrated]
-        if records and len(placed) < BATCH:
-            # Placed earlier in this transaction (and forgotten after a savepoint rolled back)?
-            _place(records, _placements(session, [record.id for record in records]))
-            records = [record for record in records if not record.integrated]
-            _raise_refused(session.get_bind().engine, records)
-            for record in records:  # written in a savepoint that rolled back: never recorded
-                record._rolled_back()
-            if records:
-                raise NotFound(f"audit entry {records[0].id} ({records[0].action}): rolled back with its savepoint")
-            return
-
-
-def _placements(session: Session, pending_ids: Iterable[int]) -> dict[int, Placement]:
-    rows = session.execute(sa.select(ENTRIES.c.pending_id, ENTRIES.c.seq, ENTRIES.c.hash, ENTRIES.c.prev_hash)
-                           .where(ENTRIES.c.pending_id.in_(list(pending_ids)))).all()
-    return {row.pending_id: Placement(row.pending_id, row.seq, row.hash, row.prev_hash) for row in rows}
-
-
-def _integrator_session(engine: Engine) -> Session:
-    session = Session(bind=engine, expire_on_commit=False)
-    session.info["audit_integrator"] = True  # it re-checks for pending work itself, not via the hook
-    return session
-
-
-def _place(records: Sequence[audit.AuditRecord], placed: dict[int, Placement]) -> None:
-    for record in records:
-        where = placed.get(record.id)
-        if where is not None:
-            record.place(where.seq, where.hash, where.prev_hash)
 
 
 def integrate_when_free(engine: Engine, connection: sa.Connection | None = None) -> dict[int, Placement]:
@@ -237,7 +109,7 @@ def _integrate_on(connection: sa.Connection) -> dict[int, Placement]:
             # A session-level lock, tried outside any transaction in one round trip, so that the
             # batch's own transaction runs under it.
             raw.autocommit = True
-            if not raw.execute(f"SELECT pg_try_advisory_lock({audit.ADVISORY_LOCK_KEY})").fetchone()[0]:
+            if not raw.execute(f"SELECT pg_try_advisory_lock({audit_chain.ADVISORY_LOCK_KEY})").fetchone()[0]:
                 return placed
             try:
                 raw.autocommit = False
@@ -245,7 +117,7 @@ def _integrate_on(connection: sa.Connection) -> dict[int, Placement]:
                     session.info["audit_integrator"] = True
                     with session.begin():
                         while True:
-                            batch = _move(session, BATCH)
+                            batch = move(session, BATCH)
                             placed.update(batch)
                             if len(batch) < BATCH:
                                 break
@@ -269,7 +141,7 @@ def _release(connection: sa.Connection, raw: Any) -> bool:
         raw.autocommit = True
         refused = audit_mac.refused_ids(str(connection.engine.url))
         skip = f" WHERE id NOT IN ({', '.join(str(int(i)) for i in sorted(refused))})" if refused else ""
-        cursor = raw.execute(f"SELECT pg_advisory_unlock({audit.ADVISORY_LOCK_KEY}); "
+        cursor = raw.execute(f"SELECT pg_advisory_unlock({audit_chain.ADVISORY_LOCK_KEY}); "
                              f"SELECT count(*) FROM (SELECT 1 FROM audit_pending{skip} LIMIT 1) AS waiting")
         cursor.nextset()
         return bool(cursor.fetchone()[0])
@@ -280,16 +152,16 @@ def _release(connection: sa.Connection, raw: Any) -> bool:
 
 def _integrate_waiting(engine: Engine) -> dict[int, Placement]:
     placed: dict[int, Placement] = {}
-    with _integrator_session(engine) as session, session.begin():
-        audit.lock_chain(session)
+    with integrator_session(engine) as session, session.begin():
+        audit_chain.lock_chain(session)
         while True:
-            batch = _move(session, BATCH)
+            batch = move(session, BATCH)
             placed.update(batch)
             if len(batch) < BATCH:
                 return placed
 
 
-def after_commit(engine: Engine, records: Sequence[audit.AuditRecord], connection: sa.Connection | None = None) -> None:
+def after_commit(engine: Engine, records: Sequence[Written], connection: sa.Connection | None = None) -> None:
     """The commit hook of a transaction that wrote entries or held the chain lock.
 
     Hands the entries to the process's ``Integrator`` when one runs for ``engine``; otherwise
@@ -302,7 +174,7 @@ def after_commit(engine: Engine, records: Sequence[audit.AuditRecord], connectio
         integrator.take(records)
         return
     try:
-        _place(records, integrate_when_free(engine, connection))
+        place(records, integrate_when_free(engine, connection))
     except (LatentopsError, sa.exc.SQLAlchemyError) as error:
         # A damaged chain has already alarmed (CRITICAL, metric); anything else is transient.
         log.warning("audit entries committed but not integrated now: %s", error)
@@ -310,42 +182,33 @@ def after_commit(engine: Engine, records: Sequence[audit.AuditRecord], connectio
         log.exception("audit integration after commit failed; the entries stay pending")
 
 
-def _settle(engine: Engine, records: Sequence[audit.AuditRecord], lock_timeout_s: float) -> None:
+def _settle(engine: Engine, records: Sequence[Written], lock_timeout_s: float) -> None:
     """One transaction on ``engine`` under the chain lock (waiting for it): place ``records``,
     integrating everything pending if they are not in the chain yet."""
     wanted = {record.id for record in records}
-    with _integrator_session(engine) as session, session.begin():
-        audit.lock_chain(session, timeout_s=lock_timeout_s)
-        placed = _placements(session, wanted)
+    with integrator_session(engine) as session, session.begin():
+        audit_chain.lock_chain(session, timeout_s=lock_timeout_s)
+        placed = placements(session, wanted)
         if not wanted <= placed.keys():
             while True:
-                batch = _move(session, BATCH)
+                batch = move(session, BATCH)
                 placed.update(batch)
                 if wanted <= placed.keys() or len(batch) < BATCH:
                     break
             missing = wanted - placed.keys()
             if missing:  # placed by an earlier holder after this transaction's first look
-                placed.update(_placements(session, missing))
+                placed.update(placements(session, missing))
         still = wanted - placed.keys()
         waiting = set(session.execute(sa.select(PENDING.c.id).where(PENDING.c.id.in_(list(still)))).scalars()) if still else set()
-    _place(records, placed)
+    place(records, placed)
     for record in records:
         if not record.integrated and record.id not in waiting:
             record._rolled_back()  # written in a savepoint that rolled back: never committed
     integrate_when_free(engine)  # it held the lock: entries turned away meanwhile are its to take
-    _raise_refused(engine, records)
+    raise_refused(engine, records)
 
 
-def _raise_refused(engine: Engine, records: Sequence[audit.AuditRecord]) -> None:
-    refused = audit_mac.refused_ids(str(engine.url))
-    for record in records:
-        if not record.integrated and record.id in refused:
-            raise IntegrityViolation(f"audit entry {record.id} ({record.action} {record.resource}) was refused by the "
-                                 "integrator (see the integrity alarm); it stays pending",
-                                 reasons=[{"kind": "refused", "pending_id": record.id}])
-
-
-def wait(records: Iterable[audit.AuditRecord], *, timeout_s: float = WAIT_TIMEOUT_S) -> None:
+def wait(records: Iterable[Written], *, timeout_s: float = WAIT_TIMEOUT_S) -> None:
     """Make sure committed ``records`` are integrated (integrating them if need be) and placed.
 
     Raises ``IntegrityViolation`` when the chain does not verify (the entries stay pending) and
@@ -368,81 +231,11 @@ def wait(records: Iterable[audit.AuditRecord], *, timeout_s: float = WAIT_TIMEOU
 
 def run_once(engine: Engine) -> int:
     """Integrate everything pending, waiting for the lock if need be; the number of entries moved."""
-    with _integrator_session(engine) as session, session.begin():
+    with integrator_session(engine) as session, session.begin():
         moved = catch_up(session)
     moved += len(integrate_when_free(engine))
     maybe_checkpoint(engine)  # the time rule: entries may have waited long enough with no new one
     return moved
-
-
-def _checkpoint_due(session: Session, settings: Any) -> tuple[bool, int]:
-    """Whether ``audit_checkpoint_entries`` entries, or one older than ``audit_checkpoint_s``,
-    lie beyond the latest checkpoint; and that checkpoint's tree size."""
-    from latentops.governance.tables import AuditCheckpoint
-
-    covered = session.execute(sa.select(sa.func.max(AuditCheckpoint.tree_size))).scalar() or 0
-    last = session.execute(sa.select(sa.func.max(ENTRIES.c.seq))).scalar()
-    size = 0 if last is None else int(last) + 1
-    beyond = size - covered
-    if beyond <= 0:
-        return False, covered
-    if settings.audit_checkpoint_entries and beyond >= settings.audit_checkpoint_entries:
-        return True, covered
-    if not settings.audit_checkpoint_s:
-        return False, covered
-    oldest = session.execute(sa.select(ENTRIES.c.at).where(ENTRIES.c.seq == covered)).scalar()
-    if oldest is None:
-        return False, covered
-    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=dt.UTC)
-    return bool(dt.datetime.now(dt.UTC) - oldest >= dt.timedelta(seconds=settings.audit_checkpoint_s)), covered
-
-
-def _deployment_database(engine: Engine, url: str) -> bool:
-    configured = sa.engine.make_url(url)
-    return (engine.url.get_backend_name(), engine.url.host, engine.url.port, engine.url.database) == \
-        (configured.get_backend_name(), configured.host, configured.port, configured.database)
-
-
-# Tree size of the latest checkpoint each database had when this process last looked, by engine:
-# after an integration, the entries rule is decided from it without a query while it is not due.
-_covered: dict[str, int] = {}
-
-
-def maybe_checkpoint(engine: Engine, *, size: int | None = None) -> None:
-    """Sign a checkpoint when one is due (``Settings.audit_checkpoint_entries`` / ``_s``).
-
-    ``size``: the chain's size after an integration placed entries. Then only the entries rule is
-    asked (the time rule is the periodic ``run_once``'s), and the database only once it may be due
-    by this process's last look, so a commit's integration costs no extra transaction. Only for the
-    deployment's own database (``Settings.database_url``), whose signing key and sink the settings
-    name. Never raises: a failure is logged and the next integration tries again.
-    """
-    from latentops.core.settings import get_settings
-    from latentops.governance import checkpoints
-
-    settings = get_settings()
-    if not (settings.audit_checkpoint_entries or settings.audit_checkpoint_s):
-        return
-    known = _covered.get(str(engine.url))
-    if size is not None and (not settings.audit_checkpoint_entries or (
-            known is not None and known <= size < known + settings.audit_checkpoint_entries)):
-        return  # a chain shorter than the size seen (a database replaced) is looked at again
-    if not _deployment_database(engine, settings.database_url):
-        return
-    try:
-        with _integrator_session(engine) as session, session.begin():
-            due, covered = _checkpoint_due(session, settings)
-            _covered[str(engine.url)] = covered
-            if not due:
-                return
-            key_path = checkpoints.default_key_path(settings)
-            made = checkpoints.create(session, signing_key=checkpoints.load_or_create_signing_key(key_path),
-                                      sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)),
-                                      keyring=checkpoints.signing_keyring(key_path))
-            _covered[str(engine.url)] = made.tree_size
-            log.info("automatic audit checkpoint: tree size %d", made.tree_size)
-    except (LatentopsError, sa.exc.SQLAlchemyError, OSError) as error:
-        log.warning("automatic audit checkpoint not made now: %s", error)
 
 
 class Integrator:
@@ -465,7 +258,7 @@ class Integrator:
         self.interval_s = interval_s
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._records: list[audit.AuditRecord] = []
+        self._records: list[Written] = []
         self._records_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -478,7 +271,7 @@ class Integrator:
         self._thread.start()
         return self
 
-    def take(self, records: Sequence[audit.AuditRecord]) -> None:
+    def take(self, records: Sequence[Written]) -> None:
         """Called by the commit hook: integrate ``records`` (and whatever else is pending) soon."""
         if records:
             with self._records_lock:
@@ -504,7 +297,7 @@ class Integrator:
         if records:
             wait(records, timeout_s=timeout_s)  # placed by the run above, or by another process
 
-    def _taken(self) -> list[audit.AuditRecord]:
+    def _taken(self) -> list[Written]:
         with self._records_lock:
             records, self._records = self._records, []
         return records
@@ -521,7 +314,7 @@ class Integrator:
             try:
                 if woken:
                     # Never waits: a lock holder elsewhere looks for pending entries after it releases.
-                    _place(records, integrate_when_free(self.engine))
+                    place(records, integrate_when_free(self.engine))
                 else:
                     run_once(self.engine)
             except (LatentopsError, sa.exc.SQLAlchemyError) as error:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import IntegrityViolation
-from latentops.governance import audit, merkle
+from latentops.governance import audit_chain, merkle
 from latentops.governance.tables import AuditEntry, AuditTreeNode
 
 TILE_LEVEL = 8
@@ -34,7 +34,7 @@ def _leaf_hashes(session: Session, ranges: Sequence[tuple[int, int]]) -> dict[in
     rows = session.execute(sa.select(AuditEntry.seq, AuditEntry.hash).where(
         sa.or_(*(sa.and_(AuditEntry.seq >= start, AuditEntry.seq < end) for start, end in ranges)))
         .execution_options(yield_per=10_000))
-    return {int(seq): merkle.leaf_hash(audit.leaf_data(value)) for seq, value in rows}
+    return {int(seq): merkle.leaf_hash(audit_chain.leaf_data(value)) for seq, value in rows}
 
 
 def stored_counts(session: Session) -> dict[int, int]:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import IntegrityViolation, InvalidInput
-from latentops.governance import audit, audit_mac, checkpoints, guards, integration, merkle, merkle_store
+from latentops.governance import audit, audit_mac, checkpoints, guards, merkle, merkle_store, placement
 from latentops.governance.damage import Damage
 from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
@@ -245,7 +245,7 @@ def _scan(rows: Iterable[Any], statements: Sequence[_Statement], report: Report,
 
 def _refused_pending(session: Session, mac_key: bytes, skew: dt.timedelta, limit: int = 100) -> list[Damage]:
     """The pending rows the integrator refuses (no valid MAC, replayed, backdated), by id."""
-    rows = session.execute(sa.select(*integration.PENDING_COLUMNS).order_by(integration.PENDING.c.id)
+    rows = session.execute(sa.select(*placement.PENDING_COLUMNS).order_by(placement.PENDING.c.id)
                            .limit(limit)).all()
     if not rows:
         return []
@@ -273,10 +273,10 @@ def verify(session: Session, *, public_key: Ed25519PublicKey | None = None,
     """
     report = Report()
     try:
-        integration.catch_up(session)
+        placement.catch_up(session)
     except IntegrityViolation as error:
         report.warnings.append(f"pending entries not integrated: {error}")
-    report.pending = integration.pending_count(session)
+    report.pending = placement.pending_count(session)
     keys = dict(keyring or {})
     if public_key is not None:
         keys[checkpoints.key_id(public_key)] = public_key

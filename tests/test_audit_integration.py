@@ -18,7 +18,15 @@ import sqlalchemy as sa
 
 from latentops.core.errors import IntegrityViolation, NotFound
 from latentops.core.settings import Settings, get_settings
-from latentops.governance import audit, audit_mac, checkpoints, compliance, integration, verification
+from latentops.governance import (
+    audit,
+    audit_mac,
+    checkpoints,
+    compliance,
+    integration,
+    placement,
+    verification,
+)
 from latentops.platform.database import dispose_all, get_engine, session_scope
 from latentops.platform.tables import AuditEntry, AuditPending
 
@@ -143,7 +151,7 @@ def test_an_integrator_takes_commits_over_and_places_a_window_of_them_in_one_bat
         database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     integrator = integration.Integrator(get_engine(database_url), delay_s=3.0).start()
     try:
-        with caplog.at_level(logging.DEBUG, logger=integration.__name__):
+        with caplog.at_level(logging.DEBUG, logger=placement.__name__):
             records = []
             for index in range(5):
                 with session_scope(database_url) as db:

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from latentops.core.errors import IntegrityViolation
-from latentops.governance import checkpoints, compliance, erasure, integration, verification
+from latentops.governance import compliance, erasure, integration, key_rotation, verification
 from latentops.platform.cli import backends, context, output
 from latentops.platform.cli.backends import AuditFilters
 from latentops.platform.cli.backends.local import audit_key_path, audit_sink
@@ -214,7 +214,7 @@ def rotate_key(
     context.require_local()
     key_path = audit_key_path(key)
     with context.session() as db:
-        old_id, new_id, first = checkpoints.rotate_key(db, key_path=key_path, sink=audit_sink(sink),
+        old_id, new_id, first = key_rotation.rotate_key(db, key_path=key_path, sink=audit_sink(sink),
                                                        actor=context.actor(), reason=reason)
         size = first.tree_size
     output.say(f"rotated the audit signing key {old_id} -> {new_id}; the new key signed tree size {size}; "
