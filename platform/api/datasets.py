@@ -22,7 +22,7 @@ from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import job_json, visible_team_ids
+from latentops.platform.services.jobs.views import job_json, visible_team_ids
 from latentops.platform.tables import Dataset, Job, Team
 
 router = APIRouter(tags=["datasets"])

@@ -34,8 +34,9 @@ from latentops.governance.access import Principal
 from latentops.governance.image_formats import IMAGE_SUFFIXES
 from latentops.platform.api import limits
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import PRIORITY_HELP, submitted_json
+from latentops.platform.api.jobs import PRIORITY_HELP
 from latentops.platform.services import job_requests, teams
+from latentops.platform.services.jobs.views import submitted_json
 
 router = APIRouter(tags=["finetune"])
 MAX_FILES = 200

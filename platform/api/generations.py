@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import NotFound
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.api.jobs import job_json, submitted_json, visible_job
 from latentops.platform.services import generations_submit
 from latentops.platform.services.job_requests import GenerationBody
+from latentops.platform.services.jobs.views import job_json, submitted_json, visible_job
 from latentops.platform.tables import Asset
 
 router = APIRouter(tags=["generations"])

@@ -1,6 +1,6 @@
 """``/api/v1/jobs``: submit, list, inspect, cancel, retry, logs and a live progress stream.
 
-Team isolation: a job belongs to the team it was submitted for; another team's job answers 404
+Team isolation (``services.jobs.views``): a job belongs to the team it was submitted for; another team's job answers 404
 exactly like a job that does not exist. Lists show only the caller's teams' jobs unless the access
 policy lets the caller's role see every team.
 
@@ -18,23 +18,21 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
 
-from latentops.core.errors import InvalidInput, NotFound
+from latentops.core.errors import InvalidInput
 from latentops.core.settings import Settings
 from latentops.governance import access
-from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.database import session_scope
 from latentops.platform.services import generations_submit, job_requests, teams
 from latentops.platform.services import jobs as jobs_service
+from latentops.platform.services.job_requests import CLIENT_KINDS
+from latentops.platform.services.jobs.views import job_json, submitted_json, visible_job, visible_team_ids
 from latentops.platform.services.users import team_names
-from latentops.platform.tables import Job, Team
 
 router = APIRouter(tags=["jobs"])
 STREAM_POLL_S = 0.5
@@ -45,8 +43,6 @@ PRIORITY_HELP = ("Queue priority 0-9, higher first. Omitted: your role's default
                  "for more than your role's maximum is refused. Both are jobs policy data.")
 
 
-CLIENT_KINDS = ("diagnostics", "generate", "dataset")  # what POST /jobs accepts; each has a typed request
-FORM_KINDS = ("diagnostics",)  # what the portal's jobs page submits (the others have their own pages)
 PARAMS_HELP = ("The kind's typed request: diagnostics {steps, seed, step_delay_s}; generate: the body of "
                "POST /generations; dataset: the spec of POST /datasets. Unknown fields are refused.")
 
@@ -58,41 +54,6 @@ class JobRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description=PARAMS_HELP)
     team: str | None = Field(default=None, max_length=100, description="Team to run for; optional with one team.")
     priority: int | None = Field(default=None, ge=0, le=9, description=PRIORITY_HELP)
-
-
-def job_json(session: Session, job: Job, names: dict[int, str] | None = None,
-             positions: dict[int, int | None] | None = None) -> dict[str, Any]:
-    names = names if names is not None else team_names(session)
-    position = positions[job.id] if positions is not None else jobs_service.queue_position(session, job)
-    return {**jobs_service.as_dict(job), "team": names.get(job.team_id) if job.team_id else None,
-            "queue_position": position}
-
-
-def visible_job(session: Session, principal: Principal, job_id: int, action: str = "jobs.read") -> Job:
-    """The job if the caller may ``action`` it; another team's job is NotFound, like a missing one."""
-    missing = f"job: no job with id {job_id}"
-    access.check(session, principal=principal, action=action)
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(missing)
-    team = session.get(Team, job.team_id) if job.team_id else None
-    access.check(session, principal=principal, action=action, resource={"team": team.name if team else None},
-                 not_found=missing)
-    return job
-
-
-def submitted_json(session: Session, job: Job) -> dict[str, Any]:
-    """The JSON of a job this request submitted: its team is in the session already, and its queue
-    position is counted in the request's transaction, before the commit hands the job to the broker."""
-    team = session.get(Team, job.team_id) if job.team_id else None
-    return job_json(session, job, names={team.id: team.name} if team else {})
-
-
-def visible_team_ids(session: Session, principal: Principal, action: str) -> list[int] | None:
-    if access.sees_all_teams(session, principal=principal, action=action):
-        return None
-    names = principal.teams
-    return list(session.scalars(sa.select(Team.id).where(Team.name.in_(names)))) if names else []
 
 
 def _one_team(body: JobRequest, named: str | None) -> str | None:

@@ -1,6 +1,6 @@
 """The portal's pages per persona: jobs, generate, datasets, audit, quarantine, models and admin.
 
-Each page asks the access policy like its REST twin (and reuses the API's helpers for team
+Each page asks the access policy like its REST twin (and calls the same services for team
 isolation), then renders a template. Live parts are htmx fragments: the jobs table and a job's
 progress poll every two seconds, the prompt box asks the prompt policy as the user types, the
 audit verification and the admin's prompt tester answer in place.
@@ -19,13 +19,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
 from latentops.platform.api import audit as audit_api
-from latentops.platform.api import jobs as jobs_api
 from latentops.platform.api import models as models_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import generations_submit, job_requests, memberships, teams
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services import users as users_service
+from latentops.platform.services.jobs import views as job_views
 from latentops.platform.tables import Asset, ModelRecord, Role, Team
 from latentops.platform.web.portal import PortalUser, render
 
@@ -43,10 +43,10 @@ def service_available(module: str) -> bool:
 
 def _jobs_page(request: Request, session: Any, principal: Any, offset: int) -> dict[str, Any]:
     access.check(session, principal=principal, action="jobs.read")
-    team_ids = jobs_api.visible_team_ids(session, principal, "jobs.read")
+    team_ids = job_views.visible_team_ids(session, principal, "jobs.read")
     rows = jobs_service.list_jobs(session, offset=offset, limit=26, team_ids=team_ids)
     names = users_service.team_names(session)
-    return {"jobs": [jobs_api.job_json(session, job, names) for job in rows[:25]], "offset": offset,
+    return {"jobs": [job_views.job_json(session, job, names) for job in rows[:25]], "offset": offset,
             "next_offset": offset + 25 if len(rows) > 25 else None}
 
 
@@ -55,7 +55,7 @@ def jobs_page(request: Request, session: SessionDep, principal: PortalUser,
               offset: int = Query(default=0, ge=0)) -> HTMLResponse:
     can_submit = access.allowed(session, principal=principal, action="jobs.submit")
     return render(request, "jobs.html", session=session, principal=principal, can_submit=can_submit,
-                  kinds=list(jobs_api.FORM_KINDS), finetune=service_available("latentops.platform.services.finetune"),
+                  kinds=list(job_requests.FORM_KINDS), finetune=service_available("latentops.platform.services.finetune"),
                   **_jobs_page(request, session, principal, offset))
 
 
@@ -69,8 +69,8 @@ def jobs_table(request: Request, session: SessionDep, principal: PortalUser,
 def submit_job(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
                kind: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)] = "") -> Response:
     access.check(session, principal=principal, action="jobs.submit")
-    if kind not in jobs_api.FORM_KINDS:  # the others have their own pages (generate, datasets, fine-tune)
-        raise InvalidInput(f"kind: {kind!r} is not submitted here; one of {', '.join(jobs_api.FORM_KINDS)}")
+    if kind not in job_requests.FORM_KINDS:  # the others have their own pages (generate, datasets, fine-tune)
+        raise InvalidInput(f"kind: {kind!r} is not submitted here; one of {', '.join(job_requests.FORM_KINDS)}")
     team_row = teams.resolve(session, principal, team or None)
     params = job_requests.build_diagnostics(job_requests.DiagnosticsRequest())
     job = jobs_service.submit(session, settings, kind=kind, params=params, actor=principal.email, owner=principal.user,
@@ -92,7 +92,7 @@ def _loss_points(job: dict[str, Any]) -> str:
 
 @router.get("/jobs/{job_id:int}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
+    job = job_views.job_json(session, job_views.visible_job(session, principal, job_id))
     events = jobs_service.events(session, job_id)
     can_control = access.allowed(session, principal=principal, action="jobs.control")
     # Validation images and samples are the job's released assets (they took the governed path).
@@ -105,14 +105,14 @@ def job_page(job_id: int, request: Request, session: SessionDep, principal: Port
 
 @router.get("/jobs/{job_id:int}/status", response_class=HTMLResponse)
 def job_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    job = jobs_api.job_json(session, jobs_api.visible_job(session, principal, job_id))
+    job = job_views.job_json(session, job_views.visible_job(session, principal, job_id))
     can_control = access.allowed(session, principal=principal, action="jobs.control")
     return render(request, "fragments/job_status.html", principal=principal, job=job, can_control=can_control)
 
 
 @router.post("/jobs/{job_id:int}/cancel", response_class=HTMLResponse)
 def cancel_job(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> Response:
-    jobs_api.visible_job(session, principal, job_id, "jobs.control")
+    job_views.visible_job(session, principal, job_id, "jobs.control")
     jobs_service.cancel(session, job_id=job_id, actor=principal.email)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 

@@ -9,6 +9,7 @@ again what a lost worker or a lost message left behind.
 * ``kinds``: the job kinds (handler, queue, parameter check), named by import string;
 * ``submit``: the broker check, the jobs policy's admission, the row, the broker hand-off;
 * ``control``: reading a job or a list, its events, cancel, retry, queue positions;
+* ``views``: what a caller may see (team isolation) and a job's JSON, for the routes and the portal;
 * ``executor``: the lease, heartbeat and outcome on the worker, and the sweeper.
 """
 
