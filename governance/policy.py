@@ -71,8 +71,8 @@ from latentops.governance.policy_engine import (
     EmbeddedEngine,
     Engine,
     EngineUnavailable,
-    OpaEngine,
 )
+from latentops.governance.policy_opa import OpaEngine
 from latentops.governance.tables import AuditEntry, PolicyDataEdit, PolicyDecision
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ from opa_compat import (
 
 from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
-from latentops.governance.policy_engine import CompileError, OpaEngine
+from latentops.governance.policy_engine import CompileError
+from latentops.governance.policy_opa import OpaEngine
 from latentops.platform.api import policies as policies_api
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope

@@ -14,7 +14,8 @@ from opa_compat import OpaCompatServer
 from latentops.governance import policy
 from latentops.governance.native import load_regopy
 from latentops.governance.policy_bundle import load_bundle
-from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine
+from latentops.governance.policy_engine import EmbeddedEngine
+from latentops.governance.policy_opa import OpaEngine
 from latentops.governance.policy_testing import run_tests
 
 BUNDLE = load_bundle()

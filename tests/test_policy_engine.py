@@ -13,7 +13,8 @@ from api_helpers import free_port
 from latentops.core.errors import InvalidInput, PolicyDenied
 from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
-from latentops.governance.policy_engine import EmbeddedEngine, OpaEngine, modules_for
+from latentops.governance.policy_engine import EmbeddedEngine, modules_for
+from latentops.governance.policy_opa import OpaEngine
 from latentops.platform.database import session_scope
 from latentops.platform.tables import PolicyDataEdit, PolicyDecision
 

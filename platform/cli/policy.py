@@ -10,7 +10,8 @@ import typer
 from latentops.core.errors import InvalidInput, ServiceUnavailable
 from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle, write_tarball
-from latentops.governance.policy_engine import CompileError, EmbeddedEngine, OpaEngine
+from latentops.governance.policy_engine import CompileError, EmbeddedEngine
+from latentops.governance.policy_opa import OpaEngine
 from latentops.governance.policy_testing import run_tests
 from latentops.platform.cli import backends, context, output
 
