@@ -1,7 +1,7 @@
 """``/api/v1/models``: the base model catalogue, imports, weight grants and streamed downloads.
 
 A model owned by a team is visible to that team, to grantees and to roles that see every team;
-any other caller gets 404. Downloading needs a ``download`` grant (the models policy decides,
+any other caller gets 404 (``services.models.visible_model``). Downloading needs a ``download`` grant (the models policy decides,
 and the decision is recorded) and writes a ``model.download`` audit entry that commits before
 the first byte is sent. A model folder streams as an uncompressed tar, a single checkpoint file
 as itself.
@@ -22,16 +22,15 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput, NotFound
 from latentops.core.settings import Settings
 from latentops.governance import access, audit
-from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
-from latentops.platform.tables import AccessGrant, ModelRecord, Team
+from latentops.platform.services.models import resource_of, summary_json, visible_model
+from latentops.platform.tables import ModelRecord
 
 router = APIRouter(tags=["models"])
 CHUNK = 1024 * 1024
@@ -66,42 +65,6 @@ def resolve_import(settings: Settings, source: str) -> Path:
     if not path.exists():
         raise InvalidInput(f"source: {source!r} does not exist in the import folder")
     return path
-
-
-def _granted(session: Session, principal: Principal, record: ModelRecord) -> bool:
-    team_ids = list(session.scalars(sa.select(Team.id).where(Team.name.in_(principal.teams)))) if principal.teams else []
-    query = sa.select(sa.func.count(AccessGrant.id)).where(
-        AccessGrant.resource_type == "model", AccessGrant.resource_id == record.id, AccessGrant.revoked_at.is_(None),
-        sa.or_(AccessGrant.user_id == principal.user.id, AccessGrant.team_id.in_(team_ids)))
-    return bool(session.scalar(query))
-
-
-def resource_of(session: Session, principal: Principal, record: ModelRecord) -> dict[str, Any]:
-    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
-    if owner is None:  # a platform-wide base model belongs to no team: everyone may see it
-        return {"team": None, "granted": True}
-    return {"team": owner.name, "granted": _granted(session, principal, record)}
-
-
-def visible_model(session: Session, principal: Principal, name: str, action: str = "models.read") -> ModelRecord:
-    missing = f"model: no model named {name!r}"
-    access.check(session, principal=principal, action=action)
-    record = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == name, ModelRecord.removed_at.is_(None)))
-    if record is None:
-        raise NotFound(missing)
-    access.check(session, principal=principal, action=action, resource=resource_of(session, principal, record),
-                 not_found=missing)
-    return record
-
-
-def summary_json(session: Session, record: ModelRecord) -> dict[str, Any]:
-    versions = models_service.versions_of(session, model=record)
-    latest = versions[-1] if versions else None
-    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
-    return {"name": record.name, "family": record.family, "description": record.description,
-            "sensitivity": record.sensitivity, "licence": record.licence, "owner_team": owner.name if owner else None,
-            "versions": len(versions), "latest_hash": latest.content_hash if latest else "",
-            "size_bytes": latest.size_bytes if latest else 0}
 
 
 @router.get("/models")

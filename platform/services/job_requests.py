@@ -24,6 +24,7 @@ from latentops.core.errors import InvalidInput, NotFound
 from latentops.governance import access, normalize
 from latentops.governance.access import Principal
 from latentops.platform.services import generation
+from latentops.platform.services import models as models_service
 from latentops.platform.services.diagnostics import MAX_STEP_DELAY_S, MAX_STEPS
 from latentops.platform.services.job_params import GenerateParams
 from latentops.platform.services.users import team_names
@@ -85,17 +86,14 @@ class GenerationBody(_Strict):
 
 def visible_model(session: Session, principal: Principal, *, ref: str, action: str, field_name: str = "model") -> None:
     """404 for a model the caller cannot see, worded like a model that does not exist."""
-    from latentops.platform.api.models import resource_of  # the catalogue's visibility rule
-    from latentops.platform.services import models as models_service
-
     name = generation.split_ref(ref, field_name)[0]
     missing = f"{field_name}: no model named {name!r}"
     try:
         record = models_service.get_model(session, name=name)
     except NotFound:
         raise NotFound(missing) from None
-    access.check(session, principal=principal, action=action, resource=resource_of(session, principal, record),
-                 not_found=missing)
+    resource = models_service.resource_of(session, principal, record)  # the catalogue's visibility rule
+    access.check(session, principal=principal, action=action, resource=resource, not_found=missing)
 
 
 def visible_adapter(session: Session, principal: Principal, *, ref: str, action: str, field_name: str = "lora") -> None:

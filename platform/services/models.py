@@ -4,6 +4,10 @@ The weights themselves live in the content-addressed store (:mod:`latentops.pipe
 this service keeps the catalogue rows (``base_models``, ``model_versions``) and writes an audit
 entry for every change in the same transaction. Importing validates and hashes the source before
 anything is copied or written, so bad input changes nothing.
+
+Who may see a model (``resource_of``, ``visible_model``) is decided here for the REST routes, the
+portal and the job builders alike: a model owned by a team is visible to that team, to grantees
+and to roles that see every team; any other caller gets ``NotFound``, like a missing model.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import Conflict, InvalidInput, NotFound
-from latentops.governance import audit
+from latentops.governance import access, audit
+from latentops.governance.access import Principal
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.store import ModelStore
-from latentops.platform.tables import ModelRecord, ModelVersion, utcnow
+from latentops.platform.tables import AccessGrant, ModelRecord, ModelVersion, Team, utcnow
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
@@ -148,6 +153,48 @@ def describe(session: Session, *, name: str) -> dict[str, Any]:
             for v in versions_of(session, model=record)
         ],
     }
+
+
+# --- what a caller may see -------------------------------------------------------------------
+
+
+def _granted(session: Session, principal: Principal, record: ModelRecord) -> bool:
+    team_ids = list(session.scalars(sa.select(Team.id).where(Team.name.in_(principal.teams)))) if principal.teams else []
+    query = sa.select(sa.func.count(AccessGrant.id)).where(
+        AccessGrant.resource_type == "model", AccessGrant.resource_id == record.id, AccessGrant.revoked_at.is_(None),
+        sa.or_(AccessGrant.user_id == principal.user.id, AccessGrant.team_id.in_(team_ids)))
+    return bool(session.scalar(query))
+
+
+def resource_of(session: Session, principal: Principal, record: ModelRecord) -> dict[str, Any]:
+    """The access policy's resource for ``record``: its owning team and whether the caller holds a grant."""
+    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
+    if owner is None:  # a platform-wide base model belongs to no team: everyone may see it
+        return {"team": None, "granted": True}
+    return {"team": owner.name, "granted": _granted(session, principal, record)}
+
+
+def visible_model(session: Session, principal: Principal, name: str, action: str = "models.read") -> ModelRecord:
+    """The live model ``name`` if the caller may ``action`` it; otherwise NotFound, like a missing one."""
+    missing = f"model: no model named {name!r}"
+    access.check(session, principal=principal, action=action)
+    record = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == name, ModelRecord.removed_at.is_(None)))
+    if record is None:
+        raise NotFound(missing)
+    access.check(session, principal=principal, action=action, resource=resource_of(session, principal, record),
+                 not_found=missing)
+    return record
+
+
+def summary_json(session: Session, record: ModelRecord) -> dict[str, Any]:
+    """A model as the API and the portal list it: catalogue fields, owner, latest version's hash and size."""
+    versions = versions_of(session, model=record)
+    latest = versions[-1] if versions else None
+    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
+    return {"name": record.name, "family": record.family, "description": record.description,
+            "sensitivity": record.sensitivity, "licence": record.licence, "owner_team": owner.name if owner else None,
+            "versions": len(versions), "latest_hash": latest.content_hash if latest else "",
+            "size_bytes": latest.size_bytes if latest else 0}
 
 
 def remove_model(session: Session, *, name: str, actor: audit.Actor | str) -> ModelRecord:

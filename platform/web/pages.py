@@ -19,11 +19,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
 from latentops.platform.api import audit as audit_api
-from latentops.platform.api import models as models_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import generations_submit, job_requests, memberships, teams
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import jobs as jobs_service
+from latentops.platform.services import models as models_service
 from latentops.platform.services import users as users_service
 from latentops.platform.services.jobs import views as job_views
 from latentops.platform.tables import Asset, ModelRecord, Role, Team
@@ -123,7 +123,7 @@ def cancel_job(job_id: int, request: Request, session: SessionDep, principal: Po
 def _usable_models(session: Any, principal: Any) -> list[str]:
     rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
     return [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
-                                                   resource=models_api.resource_of(session, principal, r))]
+                                                   resource=models_service.resource_of(session, principal, r))]
 
 
 @router.get("/generate", response_class=HTMLResponse)
@@ -304,11 +304,11 @@ def models_page(request: Request, session: SessionDep, principal: PortalUser, me
     access.check(session, principal=principal, action="models.read")
     rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
     visible = [r for r in rows if access.allowed(session, principal=principal, action="models.read",
-                                                  resource=models_api.resource_of(session, principal, r))]
+                                                  resource=models_service.resource_of(session, principal, r))]
     can_grant = access.allowed(session, principal=principal, action="grants.read")
     models = []
     for record in visible:
-        item = models_api.summary_json(session, record)
+        item = models_service.summary_json(session, record)
         item["grants"] = grants_service.list_grants(session, model=record.name) if can_grant else []
         models.append(item)
     teams = [t.name for t in session.scalars(sa.select(Team).order_by(Team.name))]
@@ -320,7 +320,7 @@ def models_page(request: Request, session: SessionDep, principal: PortalUser, me
 @router.post("/models/{name}/grants", response_class=HTMLResponse)
 def grant_model(name: str, request: Request, session: SessionDep, principal: PortalUser,
                 action: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)]) -> Response:
-    record = models_api.visible_model(session, principal, name, "grants.manage")
+    record = models_service.visible_model(session, principal, name, "grants.manage")
     grants_service.grant(session, model=record.name, action=action, actor=principal.user, team=team)
     return RedirectResponse(f"/models?message=granted+{action}+on+{record.name}+to+team+{team}", status_code=303)
 
@@ -328,7 +328,7 @@ def grant_model(name: str, request: Request, session: SessionDep, principal: Por
 @router.post("/models/{name}/revoke", response_class=HTMLResponse)
 def revoke_model(name: str, request: Request, session: SessionDep, principal: PortalUser,
                  action: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)]) -> Response:
-    record = models_api.visible_model(session, principal, name, "grants.manage")
+    record = models_service.visible_model(session, principal, name, "grants.manage")
     grants_service.revoke(session, model=record.name, action=action, actor=principal.user, team=team)
     return RedirectResponse(f"/models?message=revoked+{action}+on+{record.name}+from+team+{team}", status_code=303)
 
@@ -383,7 +383,7 @@ def finetune_page(request: Request, session: SessionDep, principal: PortalUser) 
     access.check(session, principal=principal, action="jobs.submit")
     rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
     names = [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
-                                                     resource=models_api.resource_of(session, principal, r))]
+                                                     resource=models_service.resource_of(session, principal, r))]
     return render(request, "finetune.html", session=session, principal=principal, models=names,
                   presets=finetune_api.PRESETS)
 
@@ -401,7 +401,7 @@ def finetune_check(request: Request, session: SessionDep, settings: SettingsDep,
     revision = ""
     try:
         values = finetune_api.recipe_values(preset, "", instance_prompt or "x", max_depth=settings.max_json_depth)
-        record = models_api.visible_model(session, principal, model)
+        record = models_service.visible_model(session, principal, model)
         team_name = team or (principal.teams[0] if len(principal.teams) == 1 else "")
         policy.get_service().refresh(session)
         decision = policy.evaluate("jobs", {
