@@ -20,7 +20,7 @@ from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
 from latentops.platform.api import audit as audit_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
-from latentops.platform.services import generations_submit, job_requests, memberships, teams
+from latentops.platform.services import dataset_views, generations_submit, job_requests, memberships, teams
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services import models as models_service
@@ -194,10 +194,8 @@ classes:
 
 @router.get("/datasets", response_class=HTMLResponse)
 def datasets_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    from latentops.platform.api import datasets as datasets_api
-
     return render(request, "datasets.html", session=session, principal=principal, available=True,
-                  datasets=datasets_api.list_visible(session, principal), example=DATASET_EXAMPLE,
+                  datasets=dataset_views.list_visible(session, principal), example=DATASET_EXAMPLE,
                   can_create=access.allowed(session, principal=principal, action="datasets.create"))
 
 
@@ -220,28 +218,22 @@ def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep
 
 @router.get("/datasets/{dataset_id:int}", response_class=HTMLResponse)
 def dataset_page(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    from latentops.platform.api import datasets as datasets_api
-
-    row = datasets_api.visible_dataset(session, principal, dataset_id)
-    card = datasets_api.card_text(row) if row.state == "ready" else ""
+    row = dataset_views.visible_dataset(session, principal, dataset_id)
+    card = dataset_views.card_text(row) if row.state == "ready" else ""
     return render(request, "dataset.html", session=session, principal=principal,
-                  dataset=datasets_api.dataset_json(session, row), card=card)
+                  dataset=dataset_views.dataset_json(session, row), card=card)
 
 
 @router.get("/datasets/{dataset_id:int}/status", response_class=HTMLResponse)
 def dataset_status(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    from latentops.platform.api import datasets as datasets_api
-
-    row = datasets_api.visible_dataset(session, principal, dataset_id)
-    return render(request, "fragments/dataset_status.html", dataset=datasets_api.dataset_json(session, row))
+    row = dataset_views.visible_dataset(session, principal, dataset_id)
+    return render(request, "fragments/dataset_status.html", dataset=dataset_views.dataset_json(session, row))
 
 
 @router.get("/datasets/{dataset_id:int}/download")
 def dataset_download(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> Response:
-    from latentops.platform.api import datasets as datasets_api
-
-    row = datasets_api.visible_dataset(session, principal, dataset_id)
-    return Response(content=datasets_api.export_zip(session, principal, row), media_type="application/zip",
+    row = dataset_views.visible_dataset(session, principal, dataset_id)
+    return Response(content=dataset_views.export_zip(session, principal, row), media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{row.name}.zip"'})
 
 
