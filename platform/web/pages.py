@@ -20,7 +20,14 @@ from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
 from latentops.platform.api import audit as audit_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
-from latentops.platform.services import dataset_views, generations_submit, job_requests, memberships, teams
+from latentops.platform.services import (
+    dataset_views,
+    generation_views,
+    generations_submit,
+    job_requests,
+    memberships,
+    teams,
+)
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import jobs as jobs_service
 from latentops.platform.services import models as models_service
@@ -151,17 +158,13 @@ def generate_submit(request: Request, session: SessionDep, settings: SettingsDep
 
 @router.get("/generate/{job_id:int}", response_class=HTMLResponse)
 def generation_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    from latentops.platform.api import generations as generations_api
-
     return render(request, "generation.html", session=session, principal=principal,
-                  **generations_api.generation_json(session, principal, job_id))
+                  **generation_views.generation_json(session, principal, job_id))
 
 
 @router.get("/generate/{job_id:int}/status", response_class=HTMLResponse)
 def generation_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    from latentops.platform.api import generations as generations_api
-
-    return render(request, "fragments/generation_status.html", **generations_api.generation_json(session, principal, job_id))
+    return render(request, "fragments/generation_status.html", **generation_views.generation_json(session, principal, job_id))
 
 
 @router.post("/generate/check", response_class=HTMLResponse)
