@@ -22,6 +22,7 @@ from latentops.platform.api import audit as audit_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import (
     dataset_views,
+    finetune_uploads,
     generation_views,
     generations_submit,
     job_requests,
@@ -373,14 +374,12 @@ def admin_prompt_test(request: Request, session: SessionDep, principal: PortalUs
 
 @router.get("/jobs/new", response_class=HTMLResponse)
 def finetune_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    from latentops.platform.api import finetune as finetune_api
-
     access.check(session, principal=principal, action="jobs.submit")
     rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
     names = [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
                                                      resource=models_service.resource_of(session, principal, r))]
     return render(request, "finetune.html", session=session, principal=principal, models=names,
-                  presets=finetune_api.PRESETS)
+                  presets=finetune_uploads.PRESETS)
 
 
 @router.post("/jobs/new/check", response_class=HTMLResponse)
@@ -389,13 +388,11 @@ def finetune_check(request: Request, session: SessionDep, settings: SettingsDep,
                    team: Annotated[str, Form(max_length=100)] = "",
                    instance_prompt: Annotated[str, Form(max_length=500)] = "") -> HTMLResponse:
     """Policy feedback before submitting: the jobs policy for this model, preset and team, and the prompt."""
-    from latentops.platform.api import finetune as finetune_api
-
     access.check(session, principal=principal, action="jobs.submit")
     problems: list[tuple[str, str]] = []
     revision = ""
     try:
-        values = finetune_api.recipe_values(preset, "", instance_prompt or "x", max_depth=settings.max_json_depth)
+        values = finetune_uploads.recipe_values(preset, "", instance_prompt or "x", max_depth=settings.max_json_depth)
         record = models_service.visible_model(session, principal, model)
         team_name = team or (principal.teams[0] if len(principal.teams) == 1 else "")
         policy.get_service().refresh(session)
@@ -430,11 +427,9 @@ async def finetune_submit(request: Request, session: SessionDep, settings: Setti
                           team: Annotated[str, Form(max_length=100)] = "",
                           attest_licence: Annotated[bool, Form()] = False,
                           attest_consent: Annotated[bool, Form()] = False) -> Response:
-    from latentops.platform.api import finetune as finetune_api
-
-    values = finetune_api.recipe_values(preset, params, instance_prompt, max_depth=settings.max_json_depth)
-    folder = await finetune_api.stage_uploads(settings, images, captions or [])
-    job = await run_in_threadpool(finetune_api.submit_staged, session, settings, principal, folder=folder, model=model,
+    values = finetune_uploads.recipe_values(preset, params, instance_prompt, max_depth=settings.max_json_depth)
+    folder = await finetune_uploads.stage_uploads(settings, images, captions or [])
+    job = await run_in_threadpool(finetune_uploads.submit_staged, session, settings, principal, folder=folder, model=model,
                                   values=values, team=team or None, adapter_name=None, attest_licence=attest_licence,
                                   attest_consent=attest_consent, priority=None)
     return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
