@@ -1,8 +1,9 @@
 """``/api/v1/auth`` and ``/api/v1/tokens``: sign in and out, single sign-on, personal API tokens.
 
-Password sign-in answers with a session cookie (HttpOnly, SameSite=Lax, Secure in production or
-behind https) and the session's CSRF token. Failed attempts count towards the account's lockout
-and are committed before the 401 is sent; attempts per client address are throttled (429).
+Password sign-in (``services.auth.password_login``) answers with a session cookie (HttpOnly,
+SameSite=Lax, Secure in production or behind https: ``api.cookies``) and the session's CSRF token.
+Failed attempts count towards the account's lockout and are committed before the 401 is sent;
+attempts per client address are throttled (429).
 OpenID Connect sign-in redirects to the identity provider and back to ``/auth/oidc/callback``.
 """
 
@@ -16,11 +17,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
-from latentops.core.errors import AuthenticationFailed, NotFound, QuotaExceeded
+from latentops.core.errors import AuthenticationFailed, NotFound
 from latentops.core.settings import Settings
 from latentops.governance import access, audit
+from latentops.platform.api.cookies import cookie_secure, safe_next, set_session_cookie
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep, client_address
 from latentops.platform.services import auth as auth_service
 from latentops.platform.services import memberships, sso
@@ -46,47 +47,12 @@ class TokenRequest(BaseModel):
     expires_in_days: int = Field(default=90, ge=1, le=366)
 
 
-def cookie_secure(settings: Settings, request: Request) -> bool:
-    if settings.cookie_secure is not None:
-        return settings.cookie_secure
-    return settings.mode == "production" or request.url.scheme == "https"
-
-
-def set_session_cookie(response: Response, *, settings: Settings, request: Request, secret: str) -> None:
-    response.set_cookie(auth_service.SESSION_COOKIE, secret, max_age=int(settings.session_hours * 3600), path="/",
-                        httponly=True, samesite="lax", secure=cookie_secure(settings, request))
-
-
-def throttle(request: Request, session: Session, *, email: str) -> None:
-    """Count a login attempt for the client address; audit and refuse when it is over the limit."""
-    limiter: auth_service.LoginThrottle = request.app.state.login_throttle
-    try:
-        limiter.hit(client_address(request))
-    except QuotaExceeded:
-        audit.record(session, actor=f"anonymous@{client_address(request)}", action="auth.throttle", resource="auth:login",
-                     outcome="refused", details={"email": email.strip().lower()[:320], "client": client_address(request)})
-        session.commit()
-        raise
-
-
-def password_login(request: Request, session: Session, settings: Settings, *, email: str, password: str) -> str:
-    """Check the password and open a session; returns the cookie secret. Failures are committed, then raised."""
-    throttle(request, session, email=email)
-    client = client_address(request)
-    result = auth_service.attempt_login(session, settings=settings, email=email, password=password, client=client)
-    if result.error is not None:
-        session.commit()
-        raise result.error
-    _row, secret = auth_service.open_session(session, settings=settings, user=result.raise_if_failed(),
-                                             method="password", client=client)
-    return secret
-
-
 @router.post("/auth/login")
 def login(body: LoginRequest, request: Request, response: Response, session: SessionDep,
           settings: SettingsDep) -> dict[str, Any]:
     """Sign in with email and password; sets the session cookie and returns the CSRF token."""
-    secret = password_login(request, session, settings, email=body.email, password=body.password)
+    secret = auth_service.password_login(session, settings, limiter=request.app.state.login_throttle,
+                                         client=client_address(request), email=body.email, password=body.password)
     set_session_cookie(response, settings=settings, request=request, secret=secret)
     row, user = auth_service.session_user(session, secret)
     return {"user": memberships.describe(session, user), "csrf_token": row.csrf_token}
@@ -120,13 +86,6 @@ def _serializer(settings: Settings) -> URLSafeTimedSerializer:
 def redirect_uri(settings: Settings, request: Request) -> str:
     base = settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
     return f"{base}{OIDC_PATH}/callback"
-
-
-def safe_next(value: str | None) -> str:
-    """Only same-site paths: an open redirect would let a phishing link borrow our sign-in."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    return value
 
 
 @router.get("/auth/oidc/login", response_class=RedirectResponse, status_code=302)

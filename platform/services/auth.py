@@ -13,6 +13,8 @@
   plus a CSRF token per session that forms and htmx requests echo back.
 * ``LoginThrottle`` limits login attempts per client address (a sliding window in this process),
   so one address cannot try many accounts quickly; refusals are audited too.
+* ``password_login`` is the whole password sign-in of the REST route and the portal: throttle,
+  check, commit a failure before raising it, open the session.
 """
 
 from __future__ import annotations
@@ -96,6 +98,30 @@ def attempt_login(session: Session, *, settings: Settings, email: str, password:
         return LoginResult(None, wrong)
     user.failed_logins, user.locked_until = 0, None
     return LoginResult(user, None)
+
+
+def password_login(session: Session, settings: Settings, *, limiter: LoginThrottle, client: str, email: str,
+                   password: str) -> str:
+    """Check the password and open a session; returns the cookie secret. Failures are committed, then raised."""
+    _throttle(session, limiter, client=client, email=email)
+    result = attempt_login(session, settings=settings, email=email, password=password, client=client)
+    if result.error is not None:
+        session.commit()
+        raise result.error
+    _row, secret = open_session(session, settings=settings, user=result.raise_if_failed(), method="password",
+                                client=client)
+    return secret
+
+
+def _throttle(session: Session, limiter: LoginThrottle, *, client: str, email: str) -> None:
+    """Count a login attempt for the client address; audit and refuse when it is over the limit."""
+    try:
+        limiter.hit(client)
+    except QuotaExceeded:
+        audit.record(session, actor=f"anonymous@{client}", action="auth.throttle", resource="auth:login",
+                     outcome="refused", details={"email": email.strip().lower()[:320], "client": client})
+        session.commit()
+        raise
 
 
 def open_session(session: Session, *, settings: Settings, user: User, method: str, client: str) -> tuple[WebSession, str]:

@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import AuthenticationFailed, LatentopsError, retry_after
 from latentops.governance import access
 from latentops.governance.access import Principal
-from latentops.platform.api import auth as auth_api
-from latentops.platform.api.deps import SessionDep, SettingsDep, authenticate, require_csrf
+from latentops.platform.api import cookies
+from latentops.platform.api.deps import SessionDep, SettingsDep, authenticate, client_address, require_csrf
 from latentops.platform.services import auth as auth_service
 from latentops.platform.services import sso
 
@@ -108,10 +108,10 @@ def _login_form(request: Request, settings: Any, *, error: str = "", next_url: s
     response = templates.TemplateResponse(
         request, "login.html",
         {"principal": None, "nav": [], "active": "/login", "login_csrf": token, "error": error,
-         "next": auth_api.safe_next(next_url), "email": email, "sso": sso.enabled(settings)},
+         "next": cookies.safe_next(next_url), "email": email, "sso": sso.enabled(settings)},
         status_code=status_code)
     response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, path="/login", httponly=True, samesite="strict",
-                        secure=auth_api.cookie_secure(settings, request))
+                        secure=cookies.cookie_secure(settings, request))
     return response
 
 
@@ -133,14 +133,15 @@ def login_submit(request: Request, session: SessionDep, settings: SettingsDep,
         return _login_form(request, settings, error="Enter your email and password.", next_url=next, email=email,
                            status_code=422)
     try:
-        secret = auth_api.password_login(request, session, settings, email=email, password=password)
+        secret = auth_service.password_login(session, settings, limiter=request.app.state.login_throttle,
+                                             client=client_address(request), email=email, password=password)
     except LatentopsError as error:
         page = _login_form(request, settings, error=error.detail, next_url=next, email=email,
                            status_code=error.status_code)
         page.headers.update(retry_after(error))
         return page
-    response = RedirectResponse(auth_api.safe_next(next), status_code=303)
-    auth_api.set_session_cookie(response, settings=settings, request=request, secret=secret)
+    response = RedirectResponse(cookies.safe_next(next), status_code=303)
+    cookies.set_session_cookie(response, settings=settings, request=request, secret=secret)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 
@@ -165,7 +166,7 @@ def install(app: FastAPI, *pages: APIRouter) -> None:
 
     @app.exception_handler(LoginRequired)
     async def _login_required(_request: Request, error: LoginRequired) -> RedirectResponse:
-        return RedirectResponse(f"/login?next={auth_api.safe_next(error.next_url)}", status_code=303)
+        return RedirectResponse(f"/login?next={cookies.safe_next(error.next_url)}", status_code=303)
 
     app.include_router(router)
     for page_router in pages:
