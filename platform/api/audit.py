@@ -1,14 +1,15 @@
 """``/api/v1/audit``: query the trail, verify it, sign checkpoints, prove entries, export evidence.
 
-Verification and export are themselves audited. ``POST /audit/export`` (a POST because it signs a
-checkpoint and writes an entry: cookie sessions must send the CSRF token; a GET answers 405) signs a
-fresh checkpoint first, then streams a zip holding the entries (JSON lines or CSV, each with its inclusion proof)
-and ``<file>.proofs.json`` (the signed checkpoint, the public key, consistency proofs): the
+Verification (``services.audit_trail``, shared with the portal) and export are themselves
+audited. ``POST /audit/export`` (a POST because it signs a checkpoint and writes an entry: cookie
+sessions must send the CSRF token; a GET answers 405) signs a fresh checkpoint first, then streams
+a zip holding the entries (JSON lines or CSV, each with its inclusion proof) and
+``<file>.proofs.json`` (the signed checkpoint, the public key, consistency proofs): the
 standalone verifier checks both without the database. ``name`` names ``<file>`` (the remote CLI
 passes its ``--out`` name, so the proofs file refers to the file the user keeps).
 ``GET /audit/proofs/later?from_size=N`` gives the consistency proofs from an export's tree size to
-every later checkpoint. ``GET /audit/public-keys`` hands auditors the checkpoint keyring, as ``latentops audit
-public-key`` does on the server's machine.
+every later checkpoint. ``GET /audit/public-keys`` hands auditors the checkpoint keyring, as
+``latentops audit public-key`` does on the server's machine.
 """
 
 from __future__ import annotations
@@ -23,23 +24,17 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import IntegrityViolation, InvalidInput, NotFound
+from latentops.core.errors import InvalidInput, NotFound
 from latentops.core.settings import Settings
-from latentops.governance import access, audit, checkpoints, compliance, verification
+from latentops.governance import access, audit, checkpoints, compliance
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
+from latentops.platform.services.audit_trail import filters_of, signing_key_path, verify_report
 
 router = APIRouter(tags=["audit"])
 
 # The entries file and ``<name>.proofs.json`` must fit a file name on every filesystem (255 bytes).
 MAX_EXPORT_NAME_BYTES = 200
-
-
-def filters_of(since: str | None, until: str | None, actor: str | None, action: str | None, resource: str | None,
-               outcome: str | None) -> compliance.Filters:
-    return compliance.Filters(since=compliance.parse_time(since, "since"), until=compliance.parse_time(until, "until"),
-                              actor=actor or None, action=action or None, resource=resource or None,
-                              outcome=outcome or None)
 
 
 def _text(description: str) -> Any:
@@ -61,26 +56,6 @@ def query(session: SessionDep, principal: PrincipalDep,
     page = compliance.query(session, filters=filters_of(since, until, actor, action, resource, outcome), after=after,
                             limit=limit)
     return {"entries": page.entries, "next_after": page.next_after}
-
-
-def signing_key_path(settings: Settings) -> Path:
-    return checkpoints.default_key_path(settings)
-
-
-def verify_report(session: Session, settings: Settings, principal: Principal) -> dict[str, Any]:
-    """Verify the whole trail and every checkpoint; audit the verification; return report + status."""
-    keyring = checkpoints.signing_keyring(signing_key_path(settings))  # old keys kept across rotations
-    sink = checkpoints.open_sink(checkpoints.default_sink_location(settings))
-    report = verification.verify(session, keyring=keyring, sink=sink)
-    latest = checkpoints.latest(session)
-    result = {**report.to_json(), "signed_checkpoints_checked": bool(keyring),
-              "latest_checkpoint": ({"id": latest.id, **checkpoints.statement(latest)} if latest else None)}
-    try:
-        audit.record(session, actor=principal.email, action="audit.verify", resource="audit:log",
-                     outcome="success" if report.ok else "failure", details=report.to_json())
-    except IntegrityViolation:
-        session.rollback()  # the writer refused a damaged chain and alarmed; the report says why
-    return result
 
 
 @router.post("/audit/verify")

@@ -18,9 +18,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
-from latentops.platform.api import audit as audit_api
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import (
+    audit_trail,
     dataset_views,
     finetune_uploads,
     generation_views,
@@ -253,7 +253,7 @@ def audit_page(request: Request, session: SessionDep, principal: PortalUser,
     values = {name: (request.query_params.get(name) or "").strip()[:400] for name in AUDIT_FIELDS}
     error, page = "", None
     try:
-        filters = audit_api.filters_of(**{k: v or None for k, v in values.items()})
+        filters = audit_trail.filters_of(**{k: v or None for k, v in values.items()})
         page = compliance.query(session, filters=filters, after=after, limit=limit)
     except InvalidInput as problem:
         error = problem.detail
@@ -267,7 +267,7 @@ def audit_page(request: Request, session: SessionDep, principal: PortalUser,
 @router.post("/audit/verify", response_class=HTMLResponse)
 def audit_verify(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser) -> HTMLResponse:
     access.check(session, principal=principal, action="audit.verify")
-    report = audit_api.verify_report(session, settings, principal)
+    report = audit_trail.verify_report(session, settings, principal)
     return render(request, "fragments/verify.html", report=report)
 
 
