@@ -31,7 +31,7 @@ Three kinds of metrics live here:
   driver it exports ``latentops_gpu_nvml_available 0`` and nothing else.
 
 Everything is on prometheus-client's default registry, so counters that other modules declare
-themselves (``latentops_audit_integrity_alarms_total`` in governance/audit.py) are exported too.
+themselves (``latentops_audit_integrity_alarms_total`` in governance/audit_mac.py) are exported too.
 ``render`` below is the text exposition that ``/metrics`` and the worker's metrics server serve.
 """
 
