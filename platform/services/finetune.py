@@ -39,7 +39,7 @@ from latentops.pipelines.finetune import data, dreambooth, interop, tracking
 from latentops.pipelines.finetune.config import FinetuneConfig, build_config
 from latentops.pipelines.finetune.lora import Hooks, TrainingResult
 from latentops.platform.database import session_scope
-from latentops.platform.services import generation, grants, jobs, teams
+from latentops.platform.services import finetune_policy, generation, grants, jobs, teams
 from latentops.platform.services import models as models_service
 from latentops.platform.services.finetune_request import Request
 from latentops.platform.tables import (
@@ -122,13 +122,9 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
     matched = sum(len(r["matches"]) for r in results)
     screening = {"files": len(results), "matches": matched, "verdict": "licensed" if matched else "clear"}
     # 4. The jobs policy: role, model grant, limits, priority, quotas, attestation.
-    decision = policy.require("jobs", {
-        "action": "fine_tune", "team": team, **grants.model_input(session, model),
-        "params": {"steps": config.steps, "resolution": config.resolution, "rank": config.rank, "batch": config.batch_size,
-                   "processes": config.processes},
-        "uploads": {"count": len(images), "attestation": {"licence": request.attest_licence, "consent": request.attest_consent}},
-        "priority": request.priority, "usage": jobs.usage(session, team_id),
-    }, session=session, actor=actor)
+    decision = policy.require("jobs", finetune_policy.jobs_input(
+        session, model=model, team=team_row, config=config, uploads=len(images), attest_licence=request.attest_licence,
+        attest_consent=request.attest_consent, priority=request.priority), session=session, actor=actor)
     frozen = _freeze_uploads(settings, Path(request.instance_dir), images)
     return Preflight(config=config, weights=weights, version_id=version.id, team=team, team_id=team_id,
                      adapter_name=adapter_name, instance_dir=frozen, images=images,

@@ -18,10 +18,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import access, checkpoints, compliance, policy, quarantine
+from latentops.pipelines.finetune.config import build_config
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import (
     audit_trail,
     dataset_views,
+    finetune_policy,
     finetune_uploads,
     generation_views,
     generations_submit,
@@ -394,15 +396,12 @@ def finetune_check(request: Request, session: SessionDep, settings: SettingsDep,
     try:
         values = finetune_uploads.recipe_values(preset, "", instance_prompt or "x", max_depth=settings.max_json_depth)
         record = models_service.visible_model(session, principal, model)
-        team_name = team or (principal.teams[0] if len(principal.teams) == 1 else "")
+        team_row = teams.resolve(session, principal, team or None)
         policy.get_service().refresh(session)
-        decision = policy.evaluate("jobs", {
-            "action": "fine_tune", "team": team_name, "subject": principal.subject,
-            **grants_service.model_input(session, record),
-            "params": {"steps": values["steps"], "resolution": values["resolution"], "rank": values["rank"], "batch": 1,
-                       "processes": values.get("processes", 1)},
-            "uploads": {"count": 1, "attestation": {"licence": True, "consent": True}},
-            "usage": {"queued_jobs": 0, "gpu_hours": 0}})
+        # The submit path's document (services.finetune.preflight): the same limits and the team's real usage.
+        decision = policy.evaluate("jobs", finetune_policy.jobs_input(
+            session, model=record, team=team_row, config=build_config(values), uploads=1, attest_licence=True,
+            attest_consent=True, priority=None, subject=principal.subject))
         problems += list(zip(decision.rule_ids, decision.reasons, strict=True))
         revision = decision.revision
         if instance_prompt.strip():
