@@ -96,8 +96,8 @@ DAMAGE = {
     "modified": (["UPDATE audit_entries SET details = '{\"index\":99}' WHERE seq = 5"], "modified at seq 5"),
     # The first two hex digits become different ones whatever they were ("ab" alone would change nothing
     # one time in 256).
-    "hash replaced": (["UPDATE audit_entries SET hash = CASE WHEN substr(hash, 1, 2) = 'ab' THEN 'cd' ELSE 'ab' END "
-                       "|| substr(hash, 3) WHERE seq = 3"], "modified at seq 3"),
+    "hash replaced": ([("UPDATE audit_entries SET hash = CASE WHEN substr(hash, 1, 2) = 'ab' THEN 'cd' ELSE 'ab' END "
+                        "|| substr(hash, 3) WHERE seq = 3")], "modified at seq 3"),
     "deleted": (["DELETE FROM audit_entries WHERE seq = 6"], "deleted at seq 6"),
     "reordered": (["UPDATE audit_entries SET seq = -1 WHERE seq = 2", "UPDATE audit_entries SET seq = 2 WHERE seq = 3",
                    "UPDATE audit_entries SET seq = 3 WHERE seq = -1"], "reordered at seq 2"),
