@@ -13,24 +13,17 @@ from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import NotFound
-from latentops.governance import access
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep
-from latentops.platform.tables import Asset, Team
+from latentops.platform.services import teams
+from latentops.platform.tables import Asset
 
 router = APIRouter(tags=["assets"])
 
 
 def visible_asset(session: Session, principal: Principal, asset_id: int) -> Asset:
-    missing = f"asset: no image with id {asset_id}"
-    access.check(session, principal=principal, action="assets.read")
-    asset = session.get(Asset, asset_id)
-    if asset is None:
-        raise NotFound(missing)
-    team = session.get(Team, asset.team_id) if asset.team_id else None
-    access.check(session, principal=principal, action="assets.read", resource={"team": team.name if team else None},
-                 not_found=missing)
-    return asset
+    return teams.visible_row(session, principal, Asset, asset_id, action="assets.read",
+                             missing=f"asset: no image with id {asset_id}")
 
 
 @router.get("/assets/{asset_id}")

@@ -15,24 +15,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import Conflict, NotFound
+from latentops.core.errors import Conflict
 from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
+from latentops.platform.services import teams
 from latentops.platform.services.jobs.views import job_json, visible_team_ids
 from latentops.platform.tables import Dataset, Job, Team
 
 
 def visible_dataset(session: Session, principal: Principal, dataset_id: int) -> Dataset:
     """The dataset if the caller may read it; another team's dataset is NotFound, like a missing one."""
-    missing = f"dataset: no dataset with id {dataset_id}"
-    access.check(session, principal=principal, action="datasets.read")
-    row = session.get(Dataset, dataset_id)
-    if row is None:
-        raise NotFound(missing)
-    team = session.get(Team, row.team_id) if row.team_id else None
-    access.check(session, principal=principal, action="datasets.read", resource={"team": team.name if team else None},
-                 not_found=missing)
-    return row
+    return teams.visible_row(session, principal, Dataset, dataset_id, action="datasets.read",
+                             missing=f"dataset: no dataset with id {dataset_id}")
 
 
 def dataset_json(session: Session, row: Dataset) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from an actor (an empty form field or flag) counts as no name.
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -27,6 +29,13 @@ from latentops.core.errors import InvalidInput, NotFound
 from latentops.governance import access, audit, policy
 from latentops.governance.access import Principal
 from latentops.platform.tables import Team
+
+
+class _TeamOwned(Protocol):
+    team_id: int | None
+
+
+Owned = TypeVar("Owned", bound=_TeamOwned)
 
 __all__ = ["resolve"]
 
@@ -81,3 +90,17 @@ def _sees_every_team(session: Session, subject: dict[str, object], action: str) 
     decision = access.evaluate(session, {"action": action, "subject": subject, "token": None,
                                          "resource": {"team": None, "granted": False}})
     return policy.UNAVAILABLE_RULE not in decision.rule_ids and access.TEAM_RULE not in decision.rule_ids
+
+
+def visible_row(session: Session, principal: Principal, table: type[Owned], row_id: int, *, action: str,
+                missing: str) -> Owned:
+    """The row of ``table`` (one with a ``team_id``) if the caller may ``action`` it; ``NotFound``
+    with ``missing`` otherwise: another team's row is answered exactly like a missing one."""
+    access.check(session, principal=principal, action=action)
+    row = session.get(table, row_id)
+    if row is None:
+        raise NotFound(missing)
+    team = session.get(Team, row.team_id) if row.team_id else None
+    access.check(session, principal=principal, action=action, resource={"team": team.name if team else None},
+                 not_found=missing)
+    return row

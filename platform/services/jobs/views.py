@@ -13,9 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import NotFound
 from latentops.governance import access
 from latentops.governance.access import Principal
+from latentops.platform.services import teams
 from latentops.platform.services.jobs.control import as_dict, queue_position
 from latentops.platform.services.users import team_names
 from latentops.platform.tables import Job, Team
@@ -30,15 +30,7 @@ def job_json(session: Session, job: Job, names: dict[int, str] | None = None,
 
 def visible_job(session: Session, principal: Principal, job_id: int, action: str = "jobs.read") -> Job:
     """The job if the caller may ``action`` it; another team's job is NotFound, like a missing one."""
-    missing = f"job: no job with id {job_id}"
-    access.check(session, principal=principal, action=action)
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(missing)
-    team = session.get(Team, job.team_id) if job.team_id else None
-    access.check(session, principal=principal, action=action, resource={"team": team.name if team else None},
-                 not_found=missing)
-    return job
+    return teams.visible_row(session, principal, Job, job_id, action=action, missing=f"job: no job with id {job_id}")
 
 
 def submitted_json(session: Session, job: Job) -> dict[str, Any]:
