@@ -36,6 +36,15 @@ CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "Trig
 # --- rendering ----------------------------------------------------------------------------------
 
 
+def _package_folders() -> list[str]:
+    """The top-level folders setup.py maps onto the latentops namespace (``core``, ``platform``, ...)."""
+    source = (REPO / "setup.py").read_text()
+    block = source[source.index("FOLDERS = {"):source.index("}", source.index("FOLDERS = {"))]
+    return [f for f in re.findall(r'"([a-z]+)": "latentops', block)]
+
+
+PACKAGE_FOLDERS = _package_folders()
+
 def kubectl() -> str:
     found = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     if found:
@@ -464,3 +473,7 @@ def test_dockerfiles_copy_only_what_exists_and_run_unprivileged() -> None:
             assert 'ENTRYPOINT ["tini", "--", "latentops"]' in text, path.name
             ignore = (path.parent / f"{path.name}.dockerignore").read_text()
             assert ignore.splitlines()[1] == "*" and "!platform/" in ignore, path.name
+            # Every top-level folder the package is built from goes into the image.
+            for folder in PACKAGE_FOLDERS:
+                assert re.search(rf"^COPY {folder} {folder}$", text, re.MULTILINE), f"{path.name}: {folder}/ not copied"
+                assert f"!{folder}/" in ignore.splitlines(), f"{path.name}.dockerignore leaves out {folder}/"

@@ -25,6 +25,7 @@ import tomllib
 print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
 PY
 RUN pip install -r /tmp/requirements.txt
+COPY core core
 COPY platform platform
 COPY governance governance
 COPY pipelines pipelines

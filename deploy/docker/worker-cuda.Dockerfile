@@ -24,6 +24,7 @@ project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 print("\n".join(project["dependencies"] + project["optional-dependencies"]["bnb"]))
 PY
 RUN pip install -r /tmp/requirements.txt
+COPY core core
 COPY platform platform
 COPY governance governance
 COPY pipelines pipelines
