@@ -65,7 +65,6 @@ MAX_NGRAM = 5
 # cap bounds the work an oversize input can cause.
 ANALYSIS_CAP = 20_000
 
-_INVISIBLE_RANGES = core_text.INVISIBLE_RANGES
 
 # Look-alikes of Latin letters, applied after case folding (so only lowercase forms are needed).
 _CONFUSABLES = {
@@ -94,7 +93,7 @@ _UPPER_CONFUSABLES = {
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _LEET_L = str.maketrans({"1": "l"})
 
-_FOLD_TABLE: dict[int, str | None] = {cp: None for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1)}
+_FOLD_TABLE: dict[int, str | None] = dict(core_text.INVISIBLE)
 _FOLD_TABLE.update({ord(k): v for k, v in _CONFUSABLES.items()})
 _FOLD_TABLE.update({ord(k): v for k, v in _UPPER_CONFUSABLES.items()})
 
@@ -320,7 +319,7 @@ def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
                        personal_data={"emails": [], "phones": [], "card_candidates": [], "national_ids": []})
         return section
     tokens = tokenize(raw)
-    visible = unicodedata.normalize("NFKC", raw).translate(_INVISIBLE_TABLE)
+    visible = unicodedata.normalize("NFKC", raw).translate(core_text.INVISIBLE)
     section.update(
         analysed=True,
         normalized=" ".join(token[0] for token in tokens),
@@ -330,9 +329,6 @@ def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
     )
     return section
 
-
-_INVISIBLE_CODEPOINTS = frozenset(core_text.INVISIBLE)
-_INVISIBLE_TABLE: dict[int, None] = dict.fromkeys(_INVISIBLE_CODEPOINTS)
 
 
 def mask_text(text: str, index: PromptIndex | None = None) -> str:
