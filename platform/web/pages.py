@@ -407,9 +407,7 @@ def finetune_check(request: Request, session: SessionDep, settings: SettingsDep,
         if instance_prompt.strip():
             prompt = policy.evaluate("prompt", {"prompt": instance_prompt})
             problems += list(zip(prompt.rule_ids, prompt.reasons, strict=True))
-    except InvalidInput as error:
-        problems.append(("invalid_input", error.detail))
-    except LatentopsError as error:
+    except LatentopsError as error:  # a bad field reads ("invalid_input", detail), like any other reason
         problems.append((error.error, error.detail))
     decision_view = type("Verdict", (), {"allow": not problems, "revision": revision})()
     return render(request, "fragments/verdict.html", decision=decision_view, reasons=problems)
