@@ -40,11 +40,14 @@ The ``prompt`` section of a policy input (``analyse_prompt``)::
      "analysed": bool,           # false when the prompt exceeds the analysis cap (it is denied by length)
      "terms": {category: [term, ...]},            # blocked-term matches per category
      "protected_names": [{"name", "category", "matched"}],
-     "personal_data": {"emails": [masked], "phones": [masked],
-                       "card_candidates": [digits],   # 13-19 digit runs; the policy checks Luhn
-                       "national_ids": [{"format", "masked"}]}}
+     "personal_data": {"findings": [{"kind", "format", "masked"}]}}
 
-``mask_text`` replaces personal data with ``[email]``, ``[phone]``, ``[number]``, ``[id]`` for
+``personal_data`` is ``latentops.governance.personal_data``'s scan of the prompt (its module
+docstring is the reference): phone numbers by ``phonenumbers``; IBANs, payment cards, national ids
+and VAT numbers validated by ``python-stdnum`` checksums; emails. It runs on the text folded by
+``fold`` (steps 1-4), so invisible characters, fullwidth digits and look-alikes hide nothing, and
+the policy decides per ``kind``. ``mask_text`` replaces each finding with ``[<kind>]``
+(``[email]``, ``[phone]``, ``[payment_card]``, ``[iban]``, ``[national_id]``, ``[vat]``) for
 decision records.
 """
 
@@ -58,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latentops.core import text as core_text
+from latentops.governance.personal_data import Scanner
 
 # Longest token sequence a protected name or term may have; longer entries are refused as data.
 MAX_NGRAM = 5
@@ -102,10 +106,6 @@ _APOSTROPHES = re.compile(r"['’ʼ`´]s\b|['’ʼ`´]")
 _SEPARATORS = re.compile(r"[^\w@$]+|_+")
 _NON_ALNUM = re.compile(r"[^\w]+|_+")
 
-EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-CARD_RE = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-PHONE_RE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?!\w)|\+\d{8,14}(?!\d)")
-
 
 def _strip_marks(text: str) -> str:
     if text.isascii():
@@ -121,6 +121,10 @@ def fold(text: str) -> str:
     if not text.isascii():
         text = text.translate(_FOLD_TABLE)
     return text
+
+
+# Personal data with the default regions, for callers without a bundle's index.
+_DEFAULT_SCANNER = Scanner(fold=fold)
 
 
 def is_blank(value: str) -> bool:
@@ -184,12 +188,6 @@ def term_key(text: str) -> str:
     return normalize_text(text)
 
 
-@dataclass(frozen=True)
-class IdFormat:
-    name: str
-    pattern: re.Pattern[str]
-
-
 @dataclass
 class PromptIndex:
     """Lookup sets built once per bundle revision from the prompt policy's data."""
@@ -197,7 +195,7 @@ class PromptIndex:
     terms: dict[str, str] = field(default_factory=dict)  # key -> category
     names: dict[str, dict[str, str]] = field(default_factory=dict)  # spaced key -> entry
     compact_names: dict[str, dict[str, str]] = field(default_factory=dict)  # compact key -> entry
-    id_formats: list[IdFormat] = field(default_factory=list)
+    personal: Scanner = field(default_factory=lambda: _DEFAULT_SCANNER)
     max_terms_n: int = 1
     max_names_n: int = 1
 
@@ -219,8 +217,7 @@ class PromptIndex:
             index.names.setdefault(key, record)
             index.compact_names.setdefault(key.replace(" ", ""), record)
             index.max_names_n = max(index.max_names_n, key.count(" ") + 1)
-        for fmt in data.get("national_id_formats", []):
-            index.id_formats.append(IdFormat(fmt["name"], re.compile(fmt["pattern"])))
+        index.personal = Scanner.from_data(data.get("personal_data", {}), fold=fold)
         return index
 
     def match_terms(self, tokens: Sequence[tuple[str, ...]]) -> dict[str, list[str]]:
@@ -244,13 +241,6 @@ class PromptIndex:
                 found.setdefault(entry["name"], {**entry, "matched": gram})
         return [found[name] for name in sorted(found)]
 
-    def national_ids(self, text: str) -> list[dict[str, str]]:
-        hits = []
-        for fmt in self.id_formats:
-            for match in fmt.pattern.finditer(text):
-                hits.append({"format": fmt.name, "masked": _mask_value(match.group(0))})
-        return hits
-
 
 def _ngrams(tokens: Sequence[tuple[str, ...]], max_n: int, joiner: str) -> Iterable[str]:
     """Every run of 1..max_n tokens, once per combination of token forms."""
@@ -269,93 +259,47 @@ def _ngrams(tokens: Sequence[tuple[str, ...]], max_n: int, joiner: str) -> Itera
                 yield joiner.join(combination)
 
 
-def _mask_value(value: str) -> str:
-    """Keep the last two characters only: enough to tell findings apart in a record."""
-    return "*" * max(len(value) - 2, 0) + value[-2:]
-
-
-def personal_data(text: str, index: PromptIndex) -> dict[str, Any]:
-    """Personal data candidates in ``text`` (after NFKC and invisible-character removal, before leet).
-
-    A pattern is skipped only where it cannot match: an email needs ``@``, a card candidate 13
-    digits and a phone number 6 (most prompts have none of these, and the scans are the costly
-    part of the analysis). National id formats are data, so they always run.
-    """
-    has_at, digit_count = "@" in text, len(_DIGIT.findall(text))
-    emails = [_mask_value(m) for m in EMAIL_RE.findall(text)] if has_at else []
-    without_emails = EMAIL_RE.sub(" ", text) if emails else text
-    cards = []
-    if digit_count >= 13:
-        for match in CARD_RE.finditer(without_emails):
-            digits = _NON_DIGITS.sub("", match.group(0))
-            if 13 <= len(digits) <= 19:
-                cards.append(digits)
-    without_cards = CARD_RE.sub(" ", without_emails) if digit_count >= 13 else without_emails
-    ids = index.national_ids(without_cards)
-    without_ids = without_cards
-    # With no id found the substitutions change nothing: each leaves the text as it was, so the next finds nothing either.
-    for fmt in index.id_formats if ids else []:
-        without_ids = fmt.pattern.sub(" ", without_ids)
-    phones = []
-    if digit_count >= 6:
-        for match in PHONE_RE.finditer(without_ids):
-            digits = _NON_DIGITS.sub("", match.group(0))
-            if 7 <= len(digits) <= 15:
-                phones.append(_mask_value(digits))
-    return {"emails": emails, "phones": phones, "card_candidates": cards, "national_ids": ids}
-
-
-_DIGIT = re.compile(r"\d")
-_NON_DIGITS = re.compile(r"\D")
-
-
 def analyse_prompt(raw: str, index: PromptIndex) -> dict[str, Any]:
     """The ``prompt`` section of a policy input (see the module docstring for its shape)."""
     if not isinstance(raw, str):
         raise TypeError(f"prompt must be a string, got {type(raw).__name__}")
     section: dict[str, Any] = {"raw": raw, "length": len(raw)}
     if len(raw) > ANALYSIS_CAP:
-        section.update(analysed=False, normalized="", terms={}, protected_names=[],
-                       personal_data={"emails": [], "phones": [], "card_candidates": [], "national_ids": []})
+        section.update(analysed=False, normalized="", terms={}, protected_names=[], personal_data={"findings": []})
         return section
     tokens = tokenize(raw)
-    visible = unicodedata.normalize("NFKC", raw).translate(core_text.INVISIBLE)
     section.update(
         analysed=True,
         normalized=" ".join(token[0] for token in tokens),
         terms=index.match_terms(tokens),
         protected_names=index.match_names(tokens),
-        personal_data=personal_data(visible, index),
+        personal_data=index.personal.section(raw),
     )
     return section
 
 
 
 def mask_text(text: str, index: PromptIndex | None = None) -> str:
-    """``text`` with emails, card-like numbers, national ids and phone numbers replaced."""
-    text = EMAIL_RE.sub("[email]", text)
-    text = CARD_RE.sub("[number]", text)
-    for fmt in index.id_formats if index else []:
-        text = fmt.pattern.sub("[id]", text)
-    return PHONE_RE.sub("[phone]", text)
+    """``text`` with each personal-data finding replaced by ``[<kind>]`` (``[email]``, ``[phone]``, ...)."""
+    return (index.personal if index else _DEFAULT_SCANNER).mask(text)
 
 
 def mask_input(value: Any, index: PromptIndex | None = None) -> Any:
-    """A copy of a policy input with personal data masked in every string and raw prompts dropped.
+    """A copy of a policy input with personal data masked in every string.
 
-    Card candidates are replaced by their masked form; ``raw`` prompt text is masked too, so the
-    record shows what was asked without storing the personal data in it.
+    Findings are already masked; an analysed prompt's ``normalized`` form is derived again from
+    its masked ``raw`` text when personal data was found, since it holds the same values.
     """
     if isinstance(value, str):
         return mask_text(value, index)
     if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if key == "card_candidates" and isinstance(item, list):
-                out[key] = [_mask_value(str(v)) for v in item]
-            else:
-                out[key] = mask_input(item, index)
+        out = {key: mask_input(item, index) for key, item in value.items()}
+        personal = value.get("personal_data")
+        if isinstance(personal, Mapping) and personal.get("findings") and isinstance(out.get("raw"), str) \
+                and isinstance(value.get("normalized"), str):
+            out["normalized"] = normalize_text(out["raw"])
         return out
     if isinstance(value, list | tuple):
         return [mask_input(item, index) for item in value]
     return value
+

@@ -3,7 +3,9 @@
 # Input: {"prompt": <the section built by latentops.governance.normalize.analyse_prompt>}.
 # The host has already matched the normalised prompt against the lists in
 # data.policy_data.prompt (set lookups on token n-grams); this policy decides what the matches
-# mean. Every violation carries a rule id and a sentence a user can act on.
+# mean. Personal data arrives the same way: findings the host has validated (phone numbers by
+# phonenumbers, identifiers by python-stdnum checksums); the policy decides which kinds are refused.
+# Every violation carries a rule id and a sentence a user can act on.
 package latentops.prompt
 
 import data.latentops.lib
@@ -65,48 +67,31 @@ names(inp) := {lib.violation(
 	some entry in inp.prompt.protected_names
 }
 
-personal(inp) := ((emails(inp) | phones(inp)) | cards(inp)) | national_ids(inp)
+# Personal data. The host finds candidates and validates them (phonenumbers; python-stdnum
+# checksums for IBANs, payment cards, national ids and VAT numbers; emails): the input's
+# prompt.personal_data is {"findings": [{"kind", "format", "masked"}]} (see
+# latentops.governance.personal_data). The policy decides: a finding denies under
+# prompt.personal_data.<kind> unless policy data lists its kind in personal_data.allowed_kinds,
+# so a kind the host learns to find is refused until allowed. The reason names the kind (its label
+# in personal_data) and the formats found (a region, a card network, a stdnum module), never the value.
+personal(inp) := personal_data(inp, object.get(cfg.personal_data, "allowed_kinds", []))
 
-emails(inp) := {lib.violation("prompt.personal_data.email", personal_reason("email")) |
-	count(inp.prompt.personal_data.emails) > 0
+personal_data(inp, allowed_kinds) := {lib.violation(concat("", ["prompt.personal_data.", kind]), personal_reason(kind, formats)) |
+	some kind in {finding.kind | some finding in inp.prompt.personal_data.findings}
+	not kind in allowed_kinds
+	formats := sort({finding.format |
+		some finding in inp.prompt.personal_data.findings
+		finding.kind == kind
+		finding.format != kind
+	})
 }
 
-phones(inp) := {lib.violation("prompt.personal_data.phone", personal_reason("phone")) |
-	count(inp.prompt.personal_data.phones) > 0
-}
+personal_reason(kind, formats) := concat("", ["the prompt contains ", personal_label(kind), personal_formats(formats), "; remove it"])
 
-cards(inp) := {lib.violation("prompt.personal_data.payment_card", personal_reason("payment_card")) |
-	some candidate in inp.prompt.personal_data.card_candidates
-	luhn_valid(candidate)
-}
+personal_label(kind) := cfg.personal_data[kind] if {
+	is_string(cfg.personal_data[kind])
+} else := concat("", ["personal data (", kind, ")"])
 
-national_ids(inp) := {lib.violation(
-	"prompt.personal_data.national_id",
-	sprintf("the prompt contains %s (%s); remove it", [cfg.personal_data.national_id, id.format]),
-) |
-	some id in inp.prompt.personal_data.national_ids
-}
-
-personal_reason(kind) := sprintf("the prompt contains %s; remove it", [cfg.personal_data[kind]])
-
-# Luhn checksum over a string of digits: double every second digit from the right.
-luhn_valid(digits) if {
-	n := count(digits)
-	n >= 13
-	total := sum([luhn_term(to_number(substring(digits, i, 1)), (n - 1) - i) |
-		some i in numbers.range(0, n - 1)
-	])
-	total % 10 == 0
-}
-
-luhn_term(d, position) := d if position % 2 == 0
-
-luhn_term(d, position) := d * 2 if {
-	position % 2 == 1
-	d * 2 <= 9
-}
-
-luhn_term(d, position) := (d * 2) - 9 if {
-	position % 2 == 1
-	d * 2 > 9
-}
+personal_formats(formats) := concat("", [" (", concat(", ", formats), ")"]) if {
+	count(formats) > 0
+} else := ""

@@ -3,7 +3,7 @@ package latentops.prompt_test
 import data.latentops.prompt
 import rego.v1
 
-no_personal_data := {"emails": [], "phones": [], "card_candidates": [], "national_ids": []}
+no_personal_data := {"findings": []}
 
 # A prompt section as the host builds it (see latentops.governance.normalize.analyse_prompt).
 section(overrides) := object.union(
@@ -46,30 +46,58 @@ test_protected_name_denied_with_name_in_reason if {
 	d.deny == {{"rule_id": "prompt.protected_name", "reason": "the prompt names Mickey Mouse, a protected trademarked character"}}
 }
 
+finding(kind, format) := {"kind": kind, "format": format, "masked": "********42"}
+
+with_findings(findings) := {"personal_data": {"findings": findings}}
+
 personal_data_cases := [
-	{"pd": {"emails": ["******om"]}, "rule": "prompt.personal_data.email"},
-	{"pd": {"phones": ["*******58"]}, "rule": "prompt.personal_data.phone"},
-	{"pd": {"card_candidates": ["4111111111111111"]}, "rule": "prompt.personal_data.payment_card"},
-	{"pd": {"card_candidates": ["5500005555555559"]}, "rule": "prompt.personal_data.payment_card"},
-	{"pd": {"national_ids": [{"format": "us_ssn", "masked": "*********89"}]}, "rule": "prompt.personal_data.national_id"},
+	{"finding": finding("email", "email"), "rule": "prompt.personal_data.email", "reason": "the prompt contains an email address; remove it"},
+	{"finding": finding("phone", "GB"), "rule": "prompt.personal_data.phone", "reason": "the prompt contains a phone number (GB); remove it"},
+	{"finding": finding("payment_card", "visa"), "rule": "prompt.personal_data.payment_card", "reason": "the prompt contains a payment card number (visa); remove it"},
+	{"finding": finding("iban", "iban"), "rule": "prompt.personal_data.iban", "reason": "the prompt contains a bank account number (IBAN); remove it"},
+	{"finding": finding("national_id", "us.ssn"), "rule": "prompt.personal_data.national_id", "reason": "the prompt contains a national identity number (us.ssn); remove it"},
+	{"finding": finding("vat", "eu.vat"), "rule": "prompt.personal_data.vat", "reason": "the prompt contains a VAT number (eu.vat); remove it"},
 ]
 
-test_personal_data_denied_per_kind if {
+test_personal_data_denied_per_kind_with_kind_and_format_in_reason if {
 	every c in personal_data_cases {
-		rule_ids({"personal_data": object.union(no_personal_data, c.pd)}) == {c.rule}
+		d := prompt.evaluate({"prompt": section(with_findings([c.finding]))})
+		d.allow == false
+		d.deny == {{"rule_id": c.rule, "reason": c.reason}}
 	}
 }
 
-test_card_number_failing_luhn_allowed if {
-	allowed({"personal_data": object.union(no_personal_data, {"card_candidates": ["4111111111111112", "1234567890123"]})})
+test_personal_data_one_violation_per_kind_naming_every_format if {
+	d := prompt.evaluate({"prompt": section(with_findings([
+		finding("national_id", "us.ssn"), finding("national_id", "fr.nir"), finding("national_id", "us.ssn"),
+		finding("phone", "US"),
+	]))})
+	d.deny == {
+		{"rule_id": "prompt.personal_data.national_id", "reason": "the prompt contains a national identity number (fr.nir, us.ssn); remove it"},
+		{"rule_id": "prompt.personal_data.phone", "reason": "the prompt contains a phone number (US); remove it"},
+	}
 }
 
-test_luhn_checksum_table if {
-	prompt.luhn_valid("4111111111111111")
-	prompt.luhn_valid("378282246310005")
-	prompt.luhn_valid("6011111111111117")
-	not prompt.luhn_valid("4111111111111121")
-	not prompt.luhn_valid("411111111111")
+test_personal_data_reason_never_carries_the_value if {
+	d := prompt.evaluate({"prompt": section(with_findings([finding("payment_card", "visa")]))})
+	every v in d.deny {
+		not contains(v.reason, "42")
+	}
+}
+
+test_no_findings_allowed if {
+	allowed(with_findings([]))
+}
+
+test_kind_without_a_label_denied_under_its_own_rule_id if {
+	d := prompt.evaluate({"prompt": section(with_findings([finding("passport", "de.passport")]))})
+	d.deny == {{"rule_id": "prompt.personal_data.passport", "reason": "the prompt contains personal data (passport) (de.passport); remove it"}}
+}
+
+test_allowed_kinds_pass if {
+	inp := {"prompt": section(with_findings([finding("vat", "eu.vat"), finding("phone", "FR")]))}
+	{v.rule_id | some v in prompt.personal_data(inp, ["vat"])} == {"prompt.personal_data.phone"}
+	count(prompt.personal_data(inp, ["vat", "phone"])) == 0
 }
 
 test_prompt_over_limit_denied_as_too_long if {
