@@ -37,21 +37,53 @@ def screen(
 
 @screening_app.command("import-clip")
 def import_clip(
-    arch: str = typer.Option(..., "--arch", help="open_clip architecture, e.g. ViT-B-32."),
-    weights: Path = typer.Option(..., "--weights", help="Local weights file (state dict, .pt/.bin/.safetensors)."),
+    arch: str | None = typer.Option(None, "--arch", help="open_clip architecture of --weights, e.g. ViT-B-32."),
+    weights: Path | None = typer.Option(None, "--weights", help="Local weights file (state dict, .pt/.bin/.safetensors)."),
+    pretrained: str | None = typer.Option(
+        None, "--pretrained", metavar="ARCH/TAG",
+        help="Fetch open_clip's published weights instead, e.g. ViT-B-32/laion2b_s34b_b79k (Hugging Face Hub)."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Download cache for --pretrained (default: the Hugging Face cache, HF_HUB_CACHE)."),
+    list_pretrained: bool = typer.Option(False, "--list-pretrained", help="Print the names --pretrained accepts and exit."),
     config: Path | None = typer.Option(None, "--config", help="Model config JSON for an architecture open_clip lacks."),
     json_output: bool = JSON,
 ) -> None:
-    """Import CLIP weights from a local file for content screening and copyright embeddings."""
-    from latentops.governance import screening
+    """Import CLIP weights for content screening and copyright embeddings: a local file (--weights
+    with --arch) or open_clip's published weights (--pretrained ARCH/TAG; HF_HUB_OFFLINE=1 uses the cache only)."""
+    from latentops.governance import clip, screening
 
+    if list_pretrained:
+        names = clip.pretrained_names()
+        if json_output:
+            output.emit_json(names)
+        else:
+            for name in names:
+                output.say(name)
+        return
+    if (weights is None) == (pretrained is None):
+        raise typer.BadParameter("give exactly one of --weights FILE (with --arch) or --pretrained ARCH/TAG",
+                                 param_hint="'--weights' / '--pretrained'")
+    if weights is not None and not arch:
+        raise typer.BadParameter("--weights needs the open_clip architecture of the file", param_hint="'--arch'")
+    if pretrained is not None and arch:
+        raise typer.BadParameter("--pretrained names its architecture itself (ARCH/TAG); leave out --arch",
+                                 param_hint="'--arch'")
+    settings = context.settings()  # refuses --server before anything is downloaded
+    source = None
+    if pretrained is not None:
+        fetched = clip.fetch_pretrained(pretrained, cache_dir=cache_dir)
+        arch, weights, source = fetched.arch, fetched.path, fetched.source
+    assert arch is not None and weights is not None
     with context.session() as db:
-        result = screening.import_clip(db, settings=context.settings(), arch=arch, weights=weights, config=config,
+        result = screening.import_clip(db, settings=settings, arch=arch, weights=weights, config=config,
                                        actor=context.actor())
+    if source is not None:
+        result = {**result, "pretrained": pretrained, "fetched_from": source}
     if json_output:
         output.emit_json(result)
     else:
-        output.say(f"CLIP {result['arch']} imported (sha256 {result['sha256'][:16]})")
+        output.say(f"CLIP {result['arch']} imported (sha256 {result['sha256'][:16]})"
+                   + (f" from {source}" if source else ""))
 
 
 @screening_app.command("detector")
