@@ -5,12 +5,18 @@ A bundle is read from a policy folder (``governance/policies`` by default)::
     <domain>/<name>.rego         policy modules (package latentops.<domain>)
     <domain>/<name>_test.rego    their tests (package latentops.<domain>_test)
     <domain>/data.json           editable lists and limits, mounted at data.policy_data.<domain>
+    prompt/protected_names.json  the default protected-names list (``policy_names.py``)
 
 Data edits made through the product (``policy_data_edits`` rows) are applied on top of the files,
-in order. The **revision** is the SHA-256 over the policy modules (tests excluded: they do not
-change a decision) and the canonical JSON of the effective data, so any change to either gives a
-new revision. Every data file is shape-checked against ``DATA_SHAPES`` before a bundle is used: a
-file with the wrong shape is refused with its path and field, and the previous bundle stays.
+in order. An edit whose key is a list in ``LIST_EDITS`` and whose value is an object edits that
+list instead of replacing it (``{"add": [...], "remove": [...], "recategorise": [...]}``,
+``policy_names.py``), so an edit of a 10,000-name list stores only what changed. The **revision**
+is the SHA-256 over the policy modules (tests excluded: they do not change a decision) and the
+canonical JSON of the effective data, so any change to either gives a new revision. The data the
+host matches and no policy reads (``HOST_KEYS``: the protected names) is in ``host_data``, not in
+the document the engines load. Every data file is shape-checked against ``DATA_SHAPES`` before a
+bundle is used: a file with the wrong shape is refused with its path and field, and the previous
+bundle stays.
 
 ``PolicyBundle.tarball`` is the bundle as OPA loads it (``.tar.gz``: the modules, ``/data.json``
 and a ``.manifest`` whose revision is the bundle revision). Its data also carries
@@ -38,7 +44,9 @@ from typing import Any
 import rfc8785
 
 from latentops.core.errors import InvalidInput
+from latentops.governance import policy_names
 from latentops.governance.normalize import MAX_NGRAM, PromptIndex, term_key
+from latentops.governance.policy_names import LIST_EDITS, NAMES_FILE, NAMES_KEY, check_names, name_key
 
 DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "policies"
 DATA_ROOT = "policy_data"
@@ -46,6 +54,9 @@ META_ROOT = "latentops_meta"
 # The parts of OPA's data tree a bundle owns: OPA refuses REST writes under them while it serves it.
 BUNDLE_ROOTS = ("latentops", DATA_ROOT, META_ROOT)
 DOMAINS = ("prompt", "jobs", "models", "datasets", "screening", "access", "copyright")
+# Data the host matches and no policy reads: kept out of the engines' document (``PolicyBundle.data``),
+# which every interpreter copies (10,000 names made loading a bundle take 30 s), and in ``host_data``.
+HOST_KEYS = (NAMES_KEY,)
 _PACKAGE_RE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
 _TEST_RE = re.compile(r"^(test_\w+)\s+if\b", re.MULTILINE)
 
@@ -61,6 +72,8 @@ class PolicyBundle:
     source: str = ""
     edits_applied: int = 0
     errors: list[str] = field(default_factory=list)
+    # Effective data the host matches and no policy reads (``HOST_KEYS``): {"prompt": {"protected_names": [...]}}.
+    host_data: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def tarball(self) -> bytes:
@@ -69,7 +82,7 @@ class PolicyBundle:
 
     @cached_property
     def prompt_index(self) -> PromptIndex:
-        return PromptIndex.from_data(self.data[DATA_ROOT].get("prompt", {}))
+        return PromptIndex.from_data({**self.data[DATA_ROOT].get("prompt", {}), **self.host_data.get("prompt", {})})
 
     def entrypoint(self, path: str) -> str:
         """``prompt`` -> ``latentops/prompt/decision`` (what the engines query)."""
@@ -121,13 +134,8 @@ def _check_prompt(data: Mapping[str, Any], where: str) -> None:
         for item in items:
             _expect(0 < len(term_key(item).split()) <= MAX_NGRAM, f"{where}.blocked_terms.{category}",
                     f"term {item!r} must have 1 to {MAX_NGRAM} words after normalisation")
-    names: Any = data.get("protected_names")
-    _expect(isinstance(names, list), f"{where}.protected_names", "must be a list of {name, category} objects")
-    for i, entry in enumerate(names):
-        _expect(isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("category", ""), str),
-                f"{where}.protected_names[{i}]", "must be an object with string 'name' and 'category'")
-        _expect(0 < len(term_key(entry["name"]).split()) <= MAX_NGRAM, f"{where}.protected_names[{i}]",
-                f"name {entry['name']!r} must have 1 to {MAX_NGRAM} words after normalisation")
+    if "protected_names" in data:  # absent from the engines' document (HOST_KEYS)
+        check_names(data["protected_names"], f"{where}.protected_names")
     personal = data.get("personal_data")
     _expect(isinstance(personal, dict) and {"email", "phone", "payment_card", "national_id"} <= set(personal),
             f"{where}.personal_data", "must give a label for email, phone, payment_card and national_id")
@@ -257,17 +265,40 @@ def check_data(domain: str, data: Any, where: str) -> None:
 # --- loading -------------------------------------------------------------------------------------
 
 
+def _parent(data: dict[str, Any], key: str) -> dict[str, Any]:
+    node = data
+    for part in key.split(".")[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InvalidInput(f"key: {key!r} goes through a value that is not an object")
+    return node
+
+
 def apply_edits(data: dict[str, Any], edits: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """Apply ``(dotted key, value)`` edits, e.g. ``("prompt.max_length", 1500)``, to a copy."""
+    """Apply ``(dotted key, value)`` edits, e.g. ``("prompt.max_length", 1500)``, to a copy.
+
+    Consecutive list edits (``LIST_EDITS``) work on one index of the list by name, written back
+    before the next whole-value edit and at the end, so replaying many of them stays linear.
+    """
     result = copy.deepcopy(data)
+    lists: dict[str, dict[str, Any]] = {}
+
+    def write_back() -> None:
+        for list_key, entries in lists.items():
+            _parent(result, list_key)[list_key.rsplit(".", 1)[-1]] = list(entries.values())
+        lists.clear()
+
     for key, value in edits:
-        parts = key.split(".")
-        node = result
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise InvalidInput(f"key: {key!r} goes through a value that is not an object")
-        node[parts[-1]] = value
+        if key in LIST_EDITS and isinstance(value, dict):
+            if key not in lists:
+                current = _parent(result, key).get(key.rsplit(".", 1)[-1], [])
+                check_names(current, f"policy data {key}")
+                lists[key] = {name_key(entry["name"]): entry for entry in current}
+            LIST_EDITS[key](lists[key], value, f"value of {key}")
+            continue
+        write_back()
+        _parent(result, key)[key.rsplit(".", 1)[-1]] = value
+    write_back()
     return result
 
 
@@ -292,15 +323,23 @@ def read_files(directory: Path) -> tuple[dict[str, str], dict[str, str], dict[st
     for path in sorted(directory.rglob("data.json")):
         relative = path.relative_to(directory).as_posix()
         domain = path.parent.relative_to(directory).as_posix().replace("/", ".")
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise InvalidInput(f"{relative}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        document = _read_json(path, relative)
+        names_file = path.parent / NAMES_FILE  # the default protected-names list (policy_names.py)
+        if domain == "prompt" and names_file.is_file() and isinstance(document, dict):
+            where = names_file.relative_to(directory).as_posix()
+            policy_names.mount(document, _read_json(names_file, where), where, relative)
         check_data(domain, document, relative)
         data[domain] = document
     if not modules:
         raise InvalidInput(f"policy folder: {directory} holds no .rego modules")
     return modules, tests, data
+
+
+def _read_json(path: Path, relative: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{relative}: not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
 def load_bundle(directory: Path | None = None, edits: Sequence[tuple[str, Any]] = ()) -> PolicyBundle:
@@ -310,10 +349,15 @@ def load_bundle(directory: Path | None = None, edits: Sequence[tuple[str, Any]] 
     effective = apply_edits(data, edits)
     for domain in {key.split(".")[0] for key, _ in edits}:
         check_data(domain, effective.get(domain), f"policy data edit of {domain}")
+    host: dict[str, Any] = {}
+    for key in HOST_KEYS:
+        domain, name = key.split(".", 1)
+        if name in effective.get(domain, {}):
+            host.setdefault(domain, {})[name] = effective[domain].pop(name)
     document = {DATA_ROOT: effective}
     return PolicyBundle(
-        revision=compute_revision(modules, document), modules=modules, tests=tests, data=document,
-        source=str(directory), edits_applied=len(edits),
+        revision=compute_revision(modules, {**document, "host_data": host}), modules=modules, tests=tests, data=document,
+        source=str(directory), edits_applied=len(edits), host_data=host,
     )
 
 
