@@ -6,6 +6,10 @@ the live prompt check, and the bundle that OPA servers pull.
 (a keystroke is not evidence; the generation request that follows is decided and recorded), and
 the prompt text is never logged.
 
+``/policies/prompt/protected-names`` is the prompt policy's protected-names list: searched and
+paged by every role, edited (add, remove, re-categorise) by compliance officers and admins; each
+edit is audited and answers with the new revision (``services/protected_names.py``).
+
 ``GET /policies/bundle.tar.gz`` is OPA's bundle service protocol: the bundle in force as the
 tarball ``latentops policy bundle`` writes, with ``ETag: "<revision>"``; a request whose
 ``If-None-Match`` names the revision gets ``304 Not Modified``. It serves API tokens only (OPA's
@@ -20,7 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from latentops.core.errors import AuthenticationFailed, NotFound, ServiceUnavailable
@@ -29,6 +33,7 @@ from latentops.governance.access import Principal
 from latentops.governance.policy_bundle import DATA_ROOT
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.api.deps import PrincipalDep, SessionDep, bearer_secret, get_principal
+from latentops.platform.services import protected_names
 
 router = APIRouter(tags=["policies"])
 MAX_PROMPT_CHARS = 20_000
@@ -42,6 +47,26 @@ class EvaluateRequest(BaseModel):
 
 class PromptCheck(BaseModel):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class ProtectedName(BaseModel):
+    name: str = Field(max_length=1000, description="Up to 200 characters and 5 words after normalisation.")
+    category: str = Field(max_length=100, description="trademarked character, celebrity or living artist.")
+
+
+class AddNames(BaseModel):
+    names: list[ProtectedName] = Field(min_length=1, max_length=protected_names.MAX_EDIT_NAMES)
+    note: str = Field(default="", max_length=2000, description="Why; kept with the edit and in the audit entry.")
+
+
+class RemoveNames(BaseModel):
+    names: list[str] = Field(min_length=1, max_length=protected_names.MAX_EDIT_NAMES)
+    note: str = Field(default="", max_length=2000)
+
+
+class Recategorise(BaseModel):
+    category: str = Field(max_length=100)
+    note: str = Field(default="", max_length=2000)
 
 
 class _BundleGate:
@@ -140,3 +165,36 @@ def check_prompt(body: PromptCheck, session: SessionDep, principal: PrincipalDep
     policy.get_service().refresh(session)
     decision = policy.evaluate("prompt", {"prompt": body.prompt})
     return {**decision.to_json(), "recorded": False}
+
+
+@router.get("/policies/prompt/protected-names")
+def list_protected_names(session: SessionDep, principal: PrincipalDep, q: str = Query(default="", max_length=200),
+                         category: str | None = Query(default=None, max_length=100),
+                         limit: int = Query(default=50, ge=1, le=protected_names.MAX_PAGE),
+                         offset: int = Query(default=0, ge=0)) -> dict[str, Any]:
+    """The protected names in force, sorted by name; ``q`` matches any part of the normalised name."""
+    return protected_names.list_names(session, principal, q=q, category=category, limit=limit, offset=offset)
+
+
+@router.post("/policies/prompt/protected-names", status_code=201)
+def add_protected_names(body: AddNames, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Add names (compliance officers and admins): one audited edit, a new revision."""
+    return protected_names.add(session, principal, [entry.model_dump() for entry in body.names], note=body.note)
+
+
+@router.post("/policies/prompt/protected-names/remove")
+def remove_protected_names(body: RemoveNames, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Remove names (compliance officers and admins): one audited edit, a new revision."""
+    return protected_names.remove(session, principal, body.names, note=body.note)
+
+
+@router.delete("/policies/prompt/protected-names/{name:path}")
+def remove_protected_name(name: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Remove one name (matched after normalisation: ``spiderman`` removes ``Spider-Man``)."""
+    return protected_names.remove(session, principal, [name])
+
+
+@router.patch("/policies/prompt/protected-names/{name:path}")
+def recategorise_protected_name(name: str, body: Recategorise, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Change one name's category (compliance officers and admins): one audited edit, a new revision."""
+    return protected_names.recategorise(session, principal, name, body.category, note=body.note)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 from latentops.client.http import Http, server_events
 from latentops.client.types import (
@@ -27,6 +28,9 @@ from latentops.client.types import (
     Model,
     NewToken,
     Progress,
+    ProtectedName,
+    ProtectedNamesEdit,
+    ProtectedNamesPage,
     PublicKeys,
     QuarantinedImage,
     Reference,
@@ -41,6 +45,7 @@ from latentops.client.types import (
 )
 from latentops.core.errors import InvalidInput, ServiceUnavailable
 
+_NAMES = "/policies/prompt/protected-names"
 _FILENAME = re.compile(r'filename="([^"/\\]+)"')
 CHUNK = 1024 * 1024
 
@@ -299,6 +304,25 @@ class Policies:
     def check_prompt(self, prompt: str) -> Decision:
         """The live prompt check: evaluated, not recorded."""
         return cast(Decision, self._http.json("POST", "/policies/prompt/check", body={"prompt": prompt}))
+
+    def protected_names(self, *, q: str = "", category: str | None = None, offset: int = 0, limit: int = 50) -> ProtectedNamesPage:
+        """A page of the protected names in force; ``q`` matches any part of the normalised name."""
+        params = {"q": q, "category": category, "offset": offset, "limit": limit}
+        return cast(ProtectedNamesPage, self._http.json("GET", _NAMES, params=params))
+
+    def add_protected_names(self, names: Sequence[ProtectedName], *, note: str = "") -> ProtectedNamesEdit:
+        """Add ``[{"name", "category"}]`` (compliance officers and admins); answers the new revision."""
+        return cast(ProtectedNamesEdit, self._http.json("POST", _NAMES, body={"names": list(names), "note": note}))
+
+    def remove_protected_names(self, names: Sequence[str], *, note: str = "") -> ProtectedNamesEdit:
+        return cast(ProtectedNamesEdit, self._http.json("POST", f"{_NAMES}/remove", body={"names": list(names), "note": note}))
+
+    def remove_protected_name(self, name: str) -> ProtectedNamesEdit:
+        return cast(ProtectedNamesEdit, self._http.json("DELETE", f"{_NAMES}/{quote(name, safe='')}"))
+
+    def recategorise_protected_name(self, name: str, category: str, *, note: str = "") -> ProtectedNamesEdit:
+        return cast(ProtectedNamesEdit, self._http.json("PATCH", f"{_NAMES}/{quote(name, safe='')}",
+                                                        body={"category": category, "note": note}))
 
 
 class Quarantine:

@@ -134,6 +134,30 @@ class Decision(TypedDict, total=False):
     recorded: bool
 
 
+class ProtectedName(TypedDict):
+    name: str
+    category: str  # trademarked character, celebrity or living artist
+
+
+class ProtectedNamesPage(TypedDict):
+    items: list[ProtectedName]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    revision: str
+    categories: list[str]
+
+
+class ProtectedNamesEdit(TypedDict):
+    revision: str  # the new policy revision
+    previous_revision: str
+    added: list[ProtectedName]
+    removed: list[str]
+    recategorised: list[ProtectedName]
+    total: int
+
+
 class AuditPage(TypedDict):
     entries: list[dict[str, Any]]
     next_after: int | None
