@@ -37,6 +37,7 @@ from latentops.platform.services import models as models_service
 from latentops.platform.services import users as users_service
 from latentops.platform.services.jobs import views as job_views
 from latentops.platform.tables import Asset, ModelRecord, Role, Team
+from latentops.platform.web import protected_names as protected_names_page
 from latentops.platform.web.portal import PortalUser, render
 
 router = APIRouter(include_in_schema=False)
@@ -430,3 +431,6 @@ async def finetune_submit(request: Request, session: SessionDep, settings: Setti
                                   values=values, team=team or None, adapter_name=None, attest_licence=attest_licence,
                                   attest_consent=attest_consent, priority=None)
     return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
+
+
+router.include_router(protected_names_page.router)  # compliance edits of the protected names: its own module

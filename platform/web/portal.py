@@ -41,6 +41,7 @@ NAVIGATION = [
     ("Datasets", "/datasets", "datasets.read"),
     ("Audit", "/audit", "audit.read"),
     ("Quarantine", "/quarantine", "quarantine.review"),
+    ("Protected names", "/protected-names", "policies.names.manage"),
     ("Models", "/models", "models.read"),
     ("Admin", "/admin", "users.read"),
 ]
