@@ -1,6 +1,6 @@
 """Content detectors: what turns an image into a score per screening category.
 
-Three kinds, all loaded from local files only:
+Four kinds, all loaded from local files only:
 
 * ``clip`` — zero-shot concept screening with an open_clip model, in the manner of the Stable
   Diffusion safety checker: a fixed list of concept phrases per category is embedded once with
@@ -15,6 +15,13 @@ Three kinds, all loaded from local files only:
 * ``nudenet`` — NudeNet's bundled ONNX detector (optional extra ``latentops[nudenet]``; the
   nudenet package is AGPL-3.0 licensed). It covers only ``sexual``: the highest confidence among
   the exposed-body classes.
+* ``nsfwjs`` — the MobileNetV2 classifier of the MIT-licensed npm package nsfwjs, converted to
+  PyTorch by ``governance/nsfwjs.py``. It covers only ``sexual``: the score is
+  ``P(Porn) + P(Hentai) + 0.5 * P(Sexy)`` of its five softmax classes
+  (Drawing, Hentai, Neutral, Porn, Sexy). The explicit classes count in full; "Sexy" (suggestive,
+  not pornographic) at half weight, so an image the model is sure is only suggestive lands exactly
+  on the default threshold of 0.5 (held for review) while one it finds half suggestive, half
+  neutral (0.25) does not.
 
 A detector reports only the categories it covers; the screening service takes, per category, the
 highest score of any detector, and the policy refuses images missing a category's score.
@@ -22,6 +29,7 @@ highest score of any detector, and the policy refuses images missing a category'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -34,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from latentops.core.errors import InvalidInput
+from latentops.governance import nsfwjs
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +248,90 @@ class NudeNetDetector:
             exposed = [float(d["score"]) for d in found if d.get("class") in NUDENET_EXPOSED]
             results.append({"sexual": round(max(exposed, default=0.0), 6)})
         return results
+
+
+# --- nsfwjs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class NsfwjsModel:
+    """A converted nsfwjs model (``governance/nsfwjs.py``) and its manifest."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    model: Any
+
+    def probabilities(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        """Class probabilities, one row per image, columns in ``nsfwjs.CLASSES`` order."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model(nsfwjs_preprocess(images)).numpy().astype(np.float64)
+
+
+_nsfwjs_cache: dict[tuple[str, int, int], NsfwjsModel] = {}
+_nsfwjs_lock = threading.Lock()
+
+
+def load_nsfwjs(folder: Path) -> NsfwjsModel:
+    """Load a converted model once per process (keyed by folder and file times); checks the weights' sha256."""
+    from safetensors.torch import load as load_state
+
+    manifest_path, weights_path = folder / nsfwjs.MANIFEST, folder / nsfwjs.WEIGHTS
+    try:
+        key = (str(folder.resolve()), manifest_path.stat().st_mtime_ns, weights_path.stat().st_mtime_ns)
+    except OSError:
+        raise InvalidInput(f"nsfwjs: {folder} holds no converted model ({nsfwjs.MANIFEST} and {nsfwjs.WEIGHTS}); "
+                           f"convert one with python -m latentops.governance.nsfwjs convert") from None
+    with _nsfwjs_lock:
+        if key not in _nsfwjs_cache:
+            manifest = nsfwjs.read_manifest(folder)
+            assert manifest is not None
+            data = weights_path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != manifest.get("weights_sha256"):
+                raise InvalidInput(f"nsfwjs: {weights_path} does not match the sha256 in {manifest_path}; convert again")
+            model = nsfwjs.build(manifest["layers"])
+            model.load_state_dict(load_state(data), strict=True)
+            _nsfwjs_cache[key] = NsfwjsModel(folder, manifest, model)
+        return _nsfwjs_cache[key]
+
+
+def nsfwjs_preprocess(images: Sequence[Image.Image | np.ndarray]) -> Any:
+    """nsfwjs's own preprocessing: RGB / 255, then, unless already 224 x 224, a bilinear resize with
+    aligned corners (``tf.image.resizeBilinear(x, [224, 224], true)``). Arrays are HWC RGB on the 0-255
+    scale. Returns NCHW float32."""
+    import torch
+
+    size = nsfwjs.IMAGE_SIZE
+    batch = []
+    for image in images:
+        pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+        tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None] / 255.0
+        if tensor.shape[-2:] != (size, size):
+            tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=True)
+        batch.append(tensor)
+    return torch.cat(batch) if batch else torch.zeros(0, 3, size, size)
+
+
+def nsfwjs_sexual(probabilities: np.ndarray) -> np.ndarray:
+    """The ``sexual`` score: ``P(Porn) + P(Hentai) + 0.5 * P(Sexy)``, within [0, 1]."""
+    weights = np.array([nsfwjs.SEXUAL_WEIGHTS.get(c, 0.0) for c in nsfwjs.CLASSES])
+    return np.clip(probabilities @ weights, 0.0, 1.0)
+
+
+class NsfwjsDetector:
+    """nsfwjs's MobileNetV2, converted from the npm package (MIT); covers ``sexual``."""
+
+    name = "nsfwjs"
+    categories = ("sexual",)
+
+    def __init__(self, folder: Path) -> None:
+        self.model = load_nsfwjs(folder)
+
+    def score(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        if not images:
+            return []
+        return [{"sexual": round(float(s), 6)} for s in nsfwjs_sexual(self.model.probabilities(images))]
 
 
 # --- configuration on disk ----------------------------------------------------------------------
