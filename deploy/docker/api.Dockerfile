@@ -10,6 +10,14 @@
 # model on a GPU, so a site with a mirror of CPU-only wheels can point this at it.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# nsfwjs (MIT), the default nudity detector of content screening: npm packs the package here and the
+# build stage converts its model to PyTorch (latentops.governance.nsfwjs) into the venv's
+# share/latentops/nsfwjs, where screening finds it. Nothing from this stage but the package is kept.
+FROM ${NODE_IMAGE} AS nsfwjs
+WORKDIR /pkg
+RUN npm pack --silent nsfwjs@4.3.0 && sha256sum nsfwjs-4.3.0.tgz
 
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_INDEX_URL=""
@@ -31,6 +39,9 @@ COPY governance governance
 COPY pipelines pipelines
 COPY migrations migrations
 RUN pip install --no-deps . && python -c "import latentops.platform.api.app"
+COPY --from=nsfwjs /pkg/nsfwjs-4.3.0.tgz /tmp/nsfwjs-4.3.0.tgz
+RUN python -m latentops.governance.nsfwjs convert --package /tmp/nsfwjs-4.3.0.tgz --out /opt/venv/share/latentops/nsfwjs \
+ && rm /tmp/nsfwjs-4.3.0.tgz
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="latentops" org.opencontainers.image.description="latentops API and CPU worker"

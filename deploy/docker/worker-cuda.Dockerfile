@@ -10,6 +10,14 @@
 # must support the CUDA version torch was built for (see `nvidia-smi` and torch.version.cuda).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# nsfwjs (MIT), the default nudity detector of content screening: npm packs the package here and the
+# build stage converts its model to PyTorch (latentops.governance.nsfwjs) into the venv's
+# share/latentops/nsfwjs, where screening finds it. Nothing from this stage but the package is kept.
+FROM ${NODE_IMAGE} AS nsfwjs
+WORKDIR /pkg
+RUN npm pack --silent nsfwjs@4.3.0 && sha256sum nsfwjs-4.3.0.tgz
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -30,6 +38,9 @@ COPY governance governance
 COPY pipelines pipelines
 COPY migrations migrations
 RUN pip install --no-deps . && python -c "import torch, latentops.platform.queue.app; print(torch.__version__, torch.version.cuda)"
+COPY --from=nsfwjs /pkg/nsfwjs-4.3.0.tgz /tmp/nsfwjs-4.3.0.tgz
+RUN python -m latentops.governance.nsfwjs convert --package /tmp/nsfwjs-4.3.0.tgz --out /opt/venv/share/latentops/nsfwjs \
+ && rm /tmp/nsfwjs-4.3.0.tgz
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="latentops-worker-cuda" org.opencontainers.image.description="latentops GPU worker"
