@@ -16,15 +16,17 @@ Four kinds, all loaded from local files only:
   nudenet package is AGPL-3.0 licensed). It covers only ``sexual``: the highest confidence among
   the exposed-body classes.
 * ``nsfwjs`` — the MobileNetV2 classifier of the MIT-licensed npm package nsfwjs, converted to
-  PyTorch by ``governance/nsfwjs.py``. It covers only ``sexual``: the score is
+  PyTorch by ``governance/nsfwjs.py`` (``make install`` does it); in force by default whenever its
+  converted weights exist. It covers only ``sexual``: the score is
   ``P(Porn) + P(Hentai) + 0.5 * P(Sexy)`` of its five softmax classes
   (Drawing, Hentai, Neutral, Porn, Sexy). The explicit classes count in full; "Sexy" (suggestive,
   not pornographic) at half weight, so an image the model is sure is only suggestive lands exactly
   on the default threshold of 0.5 (held for review) while one it finds half suggestive, half
   neutral (0.25) does not.
 
-A detector reports only the categories it covers; the screening service takes, per category, the
-highest score of any detector, and the policy refuses images missing a category's score.
+A detector reports only the categories it covers (``COVERAGE`` names them without loading
+anything); the screening service takes, per category, the highest score of any detector, and the
+policy decides about categories no detector covers (``screening.release_uncovered``).
 """
 
 from __future__ import annotations
@@ -336,7 +338,12 @@ class NsfwjsDetector:
 
 # --- configuration on disk ----------------------------------------------------------------------
 
-KINDS = ("safety_checker", "nudenet")
+KINDS = ("safety_checker", "nudenet", "nsfwjs")
+# The categories each detector covers, by name.
+COVERAGE: dict[str, tuple[str, ...]] = {
+    "clip": ClipConceptDetector.categories, "safety_checker": SafetyCheckerDetector.categories,
+    "nudenet": NudeNetDetector.categories, "nsfwjs": NsfwjsDetector.categories,
+}
 
 
 def read_config(path: Path) -> dict[str, Any]:

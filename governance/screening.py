@@ -13,11 +13,19 @@ generated images; ``latentops screen IMAGE`` runs it by hand):
 
 The verdict is ``release`` only when both policies allow.
 
-**No real detector.** When neither CLIP weights nor another detector are configured the detector
-is reported as ``none``: a WARNING is logged, ``status()`` and ``health()`` say so (the portal
-reads ``status()["real_detector"]``), every result's audit entry carries ``"unscreened": true``,
-and the policy decides whether unscreened images may be released (``screening.release_without_detector``,
-false by default).
+**Detectors in force.** CLIP once weights are imported, every pluggable detector turned on in
+``LATENTOPS_HOME/screening/detectors.json``, and nsfwjs by default whenever its converted weights
+exist (``nsfwjs.default_dir()``; ``configure_detector(kind="nsfwjs", enabled=False)`` turns it off).
+
+**Coverage.** ``status()`` maps every category to the detectors that cover it and lists the ones
+none covers (``uncovered``); ``health()`` reports ``partial`` then, and the quarantine page of the
+portal shows both. ``screen`` passes the covered categories to the policy, which decides whether
+an uncovered category holds the image (``screening.release_uncovered``, false by default).
+
+**No real detector.** When no detector is in force the detector is reported as ``none``: a WARNING
+is logged, ``status()`` and ``health()`` say so (``status()["real_detector"]`` is false), every
+result's audit entry carries ``"unscreened": true``, and the policy decides whether unscreened
+images may be released (``screening.release_without_detector``, false by default).
 
 CLIP weights are imported from a local file with ``import_clip`` (``latentops screening import-clip``)
 into ``LATENTOPS_HOME/screening/clip``; nothing is ever downloaded.
@@ -41,9 +49,9 @@ from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput
 from latentops.core.settings import Settings
-from latentops.governance import audit, copyright, detectors, policy
+from latentops.governance import audit, copyright, detectors, nsfwjs, policy
 from latentops.governance.clip import clip_dir, clip_manifest, load_clip, screening_dir
-from latentops.governance.detectors import ClipConceptDetector, Detector
+from latentops.governance.detectors import CATEGORIES, ClipConceptDetector, Detector
 from latentops.governance.imagefile import load_image
 from latentops.governance.tables import ScreeningResult
 
@@ -52,7 +60,8 @@ log = logging.getLogger(__name__)
 NO_DETECTOR = "none"
 NO_DETECTOR_WARNING = (
     "no real content detector is configured: images are not content-screened; import CLIP weights "
-    "(latentops screening import-clip) or configure a detector"
+    "(latentops screening import-clip), convert nsfwjs (python -m latentops.governance.nsfwjs convert) "
+    "or configure a detector"
 )
 KINDS = ("output", "training_upload")
 
@@ -103,11 +112,23 @@ def _detector_file(settings: Settings) -> Path:
 
 def configure_detector(session: Session, *, settings: Settings, kind: str, path: Path | None, actor: audit.Actor | str,
                        enabled: bool = True) -> dict[str, Any]:
-    """Turn a pluggable detector on (after checking that it loads) or off; audited."""
+    """Turn a pluggable detector on (after checking that it loads) or off; audited. Returns the
+    detectors configured on.
+
+    nsfwjs is on by default wherever its converted weights exist, so turning it off is recorded as
+    ``{"enabled": false}``; turning it on takes an optional ``path`` to a converted folder.
+    """
     if kind not in detectors.KINDS:
         raise InvalidInput(f"kind: {kind!r} is not a detector; choose one of {', '.join(detectors.KINDS)}")
     config = detectors.read_config(_detector_file(settings))
-    if enabled:
+    if kind == "nsfwjs":
+        if enabled:
+            detectors.NsfwjsDetector((path or nsfwjs.default_dir()).resolve())  # raises when not converted
+            config[kind] = {"path": str(path.resolve())} if path else {}
+        else:
+            config[kind] = {"enabled": False}
+            log.warning("content detector nsfwjs turned off")
+    elif enabled:
         if kind == "safety_checker":
             if path is None:
                 raise InvalidInput("path: the safety checker needs the folder of its weights (diffusers format)")
@@ -124,19 +145,46 @@ def configure_detector(session: Session, *, settings: Settings, kind: str, path:
     audit.record(session, actor=actor, action="screening.detector.configure", resource=f"detector:{kind}",
                  details={"kind": kind, "enabled": enabled, "path": str(path) if path else None})
     _loaded.clear()
-    return config
+    return {name: options for name, options in config.items() if options.get("enabled") is not False}
 
 
 _loaded: dict[str, Detector] = {}
 
 
+def _nsfwjs_state(config: dict[str, Any]) -> dict[str, Any]:
+    """Where nsfwjs's converted weights are looked for and whether it is ``active``, ``off`` or ``missing``."""
+    entry = config.get("nsfwjs") or {}
+    folder = Path(entry["path"]) if entry.get("path") else nsfwjs.default_dir()
+    if entry.get("enabled") is False:
+        return {"state": "off", "folder": str(folder)}
+    manifest = nsfwjs.read_manifest(folder)
+    if manifest is None:
+        return {"state": "missing", "folder": str(folder)}
+    source = manifest["source"]
+    return {"state": "active", "folder": str(folder), "package": f"{source['package']}@{source['version']}",
+            "model_sha256": source["model_sha256"], "weights_sha256": manifest["weights_sha256"]}
+
+
+def _pluggable(settings: Settings) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """The pluggable detectors in force as ``(kind, options)``, sorted, and nsfwjs's state."""
+    config = detectors.read_config(_detector_file(settings))
+    state = _nsfwjs_state(config)
+    found = [(kind, options) for kind, options in config.items() if kind != "nsfwjs"]
+    if state["state"] == "active":
+        found.append(("nsfwjs", {"path": state["folder"]}))
+    return sorted(found, key=lambda item: item[0]), state
+
+
 def active_detectors(settings: Settings) -> list[Detector]:
-    """CLIP when weights are imported, plus every configured pluggable detector."""
+    """CLIP when weights are imported, nsfwjs when converted (unless turned off), every configured detector."""
     found: list[Detector] = []
     clip = load_clip(settings)
     if clip is not None:
         found.append(ClipConceptDetector(clip))
-    for kind, options in sorted(detectors.read_config(_detector_file(settings)).items()):
+    for kind, options in _pluggable(settings)[0]:
+        if kind == "nsfwjs":  # the model itself is cached per folder and file times
+            found.append(detectors.NsfwjsDetector(Path(options["path"])))
+            continue
         key = f"{kind}:{json.dumps(options, sort_keys=True)}"
         if key not in _loaded:
             _loaded[key] = (detectors.SafetyCheckerDetector(Path(options["path"])) if kind == "safety_checker"
@@ -149,32 +197,47 @@ _warned = False
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    """What screens images now; ``real_detector`` false is the flag the portal and health show."""
+    """What screens images now: detectors, per category the detectors covering it, the uncovered
+    categories and what policy does with them; ``real_detector`` false means nothing screens."""
     clip = clip_manifest(settings)
-    configured = detectors.read_config(_detector_file(settings))
-    names = (["clip"] if clip else []) + sorted(configured)
+    pluggable, nsfwjs_state = _pluggable(settings)
+    names = (["clip"] if clip else []) + [kind for kind, _ in pluggable]
+    coverage = {c: [n for n in names if c in detectors.COVERAGE.get(n, ())] for c in CATEGORIES}
+    uncovered = [c for c, covering in coverage.items() if not covering]
     result: dict[str, Any] = {
-        "real_detector": bool(names), "detectors": names,
+        "real_detector": bool(names), "detectors": names, "coverage": coverage, "uncovered": uncovered,
         "clip": {k: clip[k] for k in ("arch", "sha256", "imported_at")} if clip else None,
-        "copyright_embeddings": clip is not None,
+        "nsfwjs": nsfwjs_state, "copyright_embeddings": clip is not None,
     }
     try:
         result["release_without_detector"] = bool(policy.policy_data("screening.release_without_detector"))
+        result["release_uncovered"] = bool(policy.policy_data("screening.release_uncovered"))
         result["thresholds"] = policy.policy_data("screening.thresholds")
     except InvalidInput as error:
         result["policy_error"] = error.detail
+    released = result.get("release_uncovered") or result.get("release_without_detector")
+    result["uncovered_images"] = "released" if released else "held"
     if not names:
         result["warning"] = NO_DETECTOR_WARNING
+    elif uncovered:
+        result["warning"] = (f"no configured detector covers {', '.join(uncovered)}: images are "
+                             + ("released without screening for these categories (policy data screening.release_uncovered)"
+                                if released else "held for review (policy data screening.release_uncovered is false)"))
     return result
 
 
 def health(settings: Settings) -> dict[str, Any]:
-    """A health-report entry: ``ok`` with a real detector, ``unscreened`` (loud) without."""
+    """A health-report entry: ``ok`` when every category is covered, ``partial`` when some are not,
+    ``unscreened`` (loud) without any real detector."""
     report = status(settings)
-    if report["real_detector"]:
-        return {"status": "ok", "detectors": report["detectors"]}
-    return {"status": "unscreened", "detail": NO_DETECTOR_WARNING,
-            "images_released_unscreened": report.get("release_without_detector", False)}
+    if not report["real_detector"]:
+        return {"status": "unscreened", "detail": NO_DETECTOR_WARNING,
+                "images_released_unscreened": report.get("release_without_detector", False)}
+    entry = {"status": "partial" if report["uncovered"] else "ok", "detectors": report["detectors"],
+             "coverage": report["coverage"], "uncovered": report["uncovered"]}
+    if report["uncovered"]:
+        entry.update(detail=report["warning"], uncovered_images=report["uncovered_images"])
+    return entry
 
 
 def _warn_unscreened() -> None:
@@ -242,13 +305,16 @@ def screen(session: Session, *, settings: Settings, image: Image.Image | Path | 
     picture = image if isinstance(image, Image.Image) else load_image(image, name=name)
     picture = picture.convert("RGB")
     image_hash = hashlib.sha256(picture.tobytes() + repr(picture.size).encode()).hexdigest()
-    # 2. Content scores.
-    label, rows = score_content([picture], active_detectors(settings))
+    # 2. Content scores, and the categories the detectors cover (the policy decides about the rest).
+    found = active_detectors(settings)
+    label, rows = score_content([picture], found)
     scores = rows[0]
+    covered = sorted({category for detector in found for category in detector.categories})
     # 3. Copyright matches.
     matches = copyright.find_matches(session, settings=settings, image=picture)
     # 4. Policy decisions (each recorded and audited by the policy module).
-    content = policy.decide("screening", {"detector": label, "scores": scores}, session=session, actor=actor)
+    content = policy.decide("screening", {"detector": label, "scores": scores, "covered": covered}, session=session,
+                            actor=actor)
     rights = copyright.decide(session, kind=kind, matches=matches, team=team, actor=actor, licences=licences)
     reasons = content.reasons + rights.reasons
     rule_ids = content.rule_ids + rights.rule_ids
@@ -261,6 +327,7 @@ def screen(session: Session, *, settings: Settings, image: Image.Image | Path | 
     audit.record(session, actor=actor, action="screening.result", resource=f"screening_result:{result_id}",
                  outcome=verdict, details={
                      "image_hash": image_hash, "kind": kind, "detector": label, "unscreened": label == NO_DETECTOR,
+                     "uncovered": [c for c in CATEGORIES if c not in covered],
                      "rule_ids": rule_ids, "matches": [m["reference_id"] for m in matches],
                      "decisions": [content.decision_id, rights.decision_id], "policy_revision": content.revision,
                  })

@@ -1,5 +1,6 @@
-"""Content screening: CLIP concept scores from imported local weights, pluggable detectors, the
-policy's verdict with reasons, the loud no-detector state, calibration and bad input."""
+"""Content screening: CLIP concept scores from imported local weights, pluggable detectors, nsfwjs
+in force by default, coverage per category, the policy's verdict with reasons, the loud
+no-detector state, calibration and bad input."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw
 
 from latentops.core.errors import InvalidInput
-from latentops.governance import calibration, policy, screening
+from latentops.governance import calibration, nsfwjs, policy, screening
 from latentops.governance.detectors import CATEGORIES
 from latentops.governance.imagefile import MAX_PIXELS, load_image
 from latentops.platform.database import session_scope
 from latentops.platform.tables import AuditEntry, ScreeningResult
+
+UNCOVERED_BY_NSFWJS = ["minors", "violence", "self_harm", "hate", "weapons"]
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -63,7 +66,29 @@ def tiny_clip_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
 
 @pytest.fixture
-def with_clip(settings_env, database_url: str, tiny_clip_files, fresh_policy):  # type: ignore[no-untyped-def]
+def no_default_nsfwjs(settings_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """No converted nsfwjs where screening looks by default (the venv may hold one)."""
+    monkeypatch.setenv(nsfwjs.ENV_DIR, str(tmp_path / "no-nsfwjs"))
+    return settings_env
+
+
+@pytest.fixture(scope="session")
+def nsfwjs_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_nsfwjs import converted_nsfwjs
+
+    return converted_nsfwjs(tmp_path_factory)
+
+
+@pytest.fixture
+def default_nsfwjs(settings_env, nsfwjs_folder: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A converted nsfwjs where screening looks by default, as `make install` leaves it."""
+    monkeypatch.setenv(nsfwjs.ENV_DIR, str(nsfwjs_folder))
+    return settings_env
+
+
+@pytest.fixture
+def with_clip(no_default_nsfwjs, database_url: str, tiny_clip_files, fresh_policy):  # type: ignore[no-untyped-def]
+    settings_env = no_default_nsfwjs
     config, weights = tiny_clip_files
     with session_scope(database_url) as db:
         screening.import_clip(db, settings=settings_env, arch="tiny-clip", weights=weights, config=config, actor="cli:test")
@@ -99,11 +124,13 @@ def test_threshold_in_policy_data_flags_the_category_with_its_rule_id(with_clip,
     assert any("weapons score" in reason for reason in after.reasons)
 
 
-def test_without_a_detector_the_platform_says_so_and_the_policy_holds_images(settings_env, database_url: str,
+def test_without_a_detector_the_platform_says_so_and_the_policy_holds_images(no_default_nsfwjs, database_url: str,
                                                                              fresh_policy, caplog) -> None:  # type: ignore[no-untyped-def]
+    settings_env = no_default_nsfwjs
     screening._warned = False
     report = screening.status(settings_env)
     assert report["real_detector"] is False and "no real content detector" in report["warning"]
+    assert report["uncovered"] == list(CATEGORIES) and report["nsfwjs"]["state"] == "missing"
     assert screening.health(settings_env)["status"] == "unscreened"
     with caplog.at_level("WARNING"), session_scope(database_url) as db:
         outcome = screening.screen(db, settings=settings_env, image=picture(3), actor="cli:test")
@@ -115,8 +142,9 @@ def test_without_a_detector_the_platform_says_so_and_the_policy_holds_images(set
     assert "no real content detector" in caplog.text
 
 
-def test_sd_safety_checker_as_detector_covers_only_sexual(settings_env, database_url: str, tmp_path: Path,
+def test_sd_safety_checker_as_detector_covers_only_sexual(no_default_nsfwjs, database_url: str, tmp_path: Path,
                                                           fresh_policy) -> None:  # type: ignore[no-untyped-def]
+    settings_env = no_default_nsfwjs
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor
 
@@ -134,8 +162,8 @@ def test_sd_safety_checker_as_detector_covers_only_sexual(settings_env, database
     with session_scope(database_url) as db:
         outcome = screening.screen(db, settings=settings_env, image=picture(4), actor="cli:test")
     assert set(outcome.scores) == {"sexual"} and 0 <= outcome.scores["sexual"] <= 1
-    # The other categories have no score: the policy refuses to release what was not screened.
-    assert outcome.verdict == "quarantine" and "screening.missing_score" in outcome.rule_ids
+    # No detector covers the other categories: by default the policy holds what was not screened.
+    assert outcome.verdict == "quarantine" and "screening.uncovered" in outcome.rule_ids
 
 
 def test_nudenet_without_the_optional_extra_is_refused_clearly(settings_env, database_url: str) -> None:
@@ -197,6 +225,90 @@ def test_calibration_labels_are_checked_by_line(tmp_path: Path) -> None:
         calibration.read_labels(labels)
 
 
+# --- nsfwjs, in force by default -----------------------------------------------------------------
+
+
+def test_nsfwjs_screens_by_default_and_status_shows_what_each_category_is_covered_by(
+        default_nsfwjs, database_url: str, fresh_policy) -> None:  # type: ignore[no-untyped-def]
+    settings_env = default_nsfwjs
+    report = screening.status(settings_env)
+    assert report["real_detector"] is True and report["detectors"] == ["nsfwjs"]
+    assert report["coverage"] == {c: (["nsfwjs"] if c == "sexual" else []) for c in CATEGORIES}
+    assert report["uncovered"] == UNCOVERED_BY_NSFWJS and report["uncovered_images"] == "held"
+    assert report["nsfwjs"]["state"] == "active" and report["nsfwjs"]["package"] == "nsfwjs@4.3.0"
+    assert "no configured detector covers minors, violence" in report["warning"]
+    health = screening.health(settings_env)
+    assert health["status"] == "partial" and health["uncovered"] == UNCOVERED_BY_NSFWJS and health["uncovered_images"] == "held"
+    with session_scope(database_url) as db:
+        held = screening.screen(db, settings=settings_env, image=picture(7), actor="cli:test")
+    with session_scope(database_url) as db:
+        entry = db.scalars(sa.select(AuditEntry).where(AuditEntry.action == "screening.result")).one()
+    assert held.detector == "nsfwjs" and set(held.scores) == {"sexual"} and held.scores["sexual"] < 0.5
+    # The five uncovered categories hold the image, each with its reason; policy data decides.
+    assert held.verdict == "quarantine" and set(held.rule_ids) == {"screening.uncovered"} and len(held.reasons) == 5
+    assert json.loads(entry.details)["uncovered"] == UNCOVERED_BY_NSFWJS and json.loads(entry.details)["unscreened"] is False
+    with session_scope(database_url) as db:
+        policy.set_policy_data(db, key="screening.release_uncovered", value=True, actor="cli:test")
+    with session_scope(database_url) as db:
+        policy.reload(db)
+        released = screening.screen(db, settings=settings_env, image=picture(7), actor="cli:test")
+        assert screening.status(settings_env)["uncovered_images"] == "released"
+        lowered = {**policy.policy_data("screening.thresholds"), "sexual": held.scores["sexual"]}
+        policy.set_policy_data(db, key="screening.thresholds", value=lowered, actor="cli:test")
+    with session_scope(database_url) as db:
+        policy.reload(db)
+        flagged = screening.screen(db, settings=settings_env, image=picture(7), actor="cli:test")
+    assert released.verdict == "release" and released.scores == held.scores
+    assert flagged.verdict == "quarantine" and flagged.rule_ids == ["screening.sexual"]
+
+
+def test_nsfwjs_is_turned_off_and_on_again_with_the_detector_configuration(
+        default_nsfwjs, database_url: str, nsfwjs_folder: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    settings_env = default_nsfwjs
+    with session_scope(database_url) as db:
+        screening.configure_detector(db, settings=settings_env, kind="nsfwjs", path=None, actor="cli:test", enabled=False)
+    report = screening.status(settings_env)
+    assert report["nsfwjs"]["state"] == "off" and report["detectors"] == [] and report["real_detector"] is False
+    assert screening.active_detectors(settings_env) == []
+    monkeypatch.setenv(nsfwjs.ENV_DIR, str(tmp_path / "elsewhere"))  # on again from a folder of its own
+    with pytest.raises(InvalidInput, match="holds no converted model"), session_scope(database_url) as db:
+        screening.configure_detector(db, settings=settings_env, kind="nsfwjs", path=tmp_path / "empty", actor="cli:test")
+    with session_scope(database_url) as db:
+        screening.configure_detector(db, settings=settings_env, kind="nsfwjs", path=nsfwjs_folder, actor="cli:test")
+    with session_scope(database_url) as db:  # entries join the chain when their transaction commits
+        actions = db.scalars(sa.select(AuditEntry.action)).all()
+    assert [d.name for d in screening.active_detectors(settings_env)] == ["nsfwjs"]
+    assert screening.status(settings_env)["nsfwjs"]["folder"] == str(nsfwjs_folder.resolve())
+    assert actions.count("screening.detector.configure") == 2
+
+
+def test_status_command_health_and_portal_show_the_coverage(default_nsfwjs, cli, people, nsfwjs_folder: Path) -> None:  # type: ignore[no-untyped-def]
+    from api_helpers import PASSWORD
+    from fastapi.testclient import TestClient
+
+    from latentops.platform.api.app import create_app
+
+    settings_env = default_nsfwjs
+    cli.env[nsfwjs.ENV_DIR] = str(nsfwjs_folder)
+    shown = cli("screening", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "nsfwjs: active (nsfwjs@4.3.0" in shown.stdout and "violence" in shown.stdout and "NONE" in shown.stdout
+    assert "WARNING: no configured detector covers minors, violence, self_harm, hate, weapons" in " ".join(shown.stderr.split())
+    as_json = json.loads(cli("screening", "status", "--json").stdout)
+    assert as_json["coverage"]["sexual"] == ["nsfwjs"] and as_json["uncovered"] == UNCOVERED_BY_NSFWJS
+    client = TestClient(create_app(settings_env))
+    health = client.get("/api/v1/health").json()["screening"]
+    assert health["status"] == "partial" and health["coverage"]["sexual"] == ["nsfwjs"]
+    assert client.post("/api/v1/auth/login", json={"email": "carol@example.com", "password": PASSWORD}).status_code == 200
+    page = client.get("/quarantine")
+    assert page.status_code == 200
+    assert "Content screening" in page.text and "Detectors: nsfwjs" in page.text
+    assert '<th scope="row">sexual</th><td>nsfwjs</td>' in page.text
+    assert '<th scope="row">self harm</th><td>no detector</td>' in page.text
+    assert "no configured detector covers minors" in page.text
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -239,6 +351,7 @@ def test_bomb_limit_is_about_forty_megapixels() -> None:
 
 def test_screen_cli_prints_one_json_line_and_bad_files_fail_with_the_name(cli, tiny_clip_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config, weights = tiny_clip_files
+    cli.env[nsfwjs.ENV_DIR] = str(tmp_path / "no-nsfwjs")
     done = cli("screening", "import-clip", "--arch", "tiny-clip", "--weights", str(weights), "--config", str(config))
     assert done.returncode == 0, done.stderr
     image = save(picture(6), tmp_path / "six.png")

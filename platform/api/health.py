@@ -1,9 +1,11 @@
 """``GET /api/v1/health``: database, broker and worker status, plus the governance layer's state.
 
 ``policy`` names the revision in force and any reload error, and with an OPA server the revision
-it serves (``stale`` until it has the one in force); ``screening`` is ``unscreened``
-(loudly) when no real content detector is configured, in which case the policy decides whether
-images may be released.
+it serves (``stale`` until it has the one in force); ``screening`` (``screening.health``) is
+``ok`` with every category covered by a detector, ``partial`` with the detectors covering each
+category and the ``uncovered`` ones (and whether policy holds or releases images for them), and
+``unscreened`` (loudly) when no real content detector is configured, in which case the policy
+decides whether images may be released.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def detector(
 
 @screening_app.command("status")
 def status(json_output: bool = JSON) -> None:
-    """What screens images now; says loudly when no real detector is configured."""
+    """What screens images now, which detector covers each category; says loudly what is not screened."""
     from latentops.governance import screening
 
     report = screening.status(context.settings())
@@ -113,10 +113,18 @@ def status(json_output: bool = JSON) -> None:
     output.say(f"detectors: {', '.join(report['detectors']) or 'none'}")
     if report.get("clip"):
         output.say(f"CLIP: {report['clip']['arch']} (sha256 {report['clip']['sha256'][:16]})")
-    output.say(f"thresholds: {report.get('thresholds')}")
-    if not report["real_detector"]:
+    state = report["nsfwjs"]
+    output.say(f"nsfwjs: {state['state']}" + (f" ({state['package']}, sha256 {state['weights_sha256'][:16]})"
+                                                if state["state"] == "active" else f" (looked for in {state['folder']})"))
+    output.table("coverage", ["category", "detectors", "threshold"],
+                 [(c, ", ".join(names) or "NONE", (report.get("thresholds") or {}).get(c, "-"))
+                  for c, names in report["coverage"].items()])
+    if report.get("warning"):
         output.error(f"WARNING: {report['warning']}")
+    if not report["real_detector"]:
         output.error(f"release without detector (policy): {report.get('release_without_detector')}")
+    elif report["uncovered"]:
+        output.error(f"uncovered categories (policy): images {report['uncovered_images']}")
 
 
 @screening_app.command("calibrate")

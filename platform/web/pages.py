@@ -275,11 +275,22 @@ def audit_verify(request: Request, session: SessionDep, settings: SettingsDep, p
 
 
 @router.get("/quarantine", response_class=HTMLResponse)
-def quarantine_page(request: Request, session: SessionDep, principal: PortalUser,
+def quarantine_page(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
                     status: str = Query(default="quarantined", pattern="^(quarantined|rejected|released)$")) -> HTMLResponse:
     access.check(session, principal=principal, action="quarantine.review")
     items = quarantine.list_quarantined(session, actor=principal.email, status=status, limit=100)
-    return render(request, "quarantine.html", session=session, principal=principal, items=items, status=status)
+    return render(request, "quarantine.html", session=session, principal=principal, items=items, status=status,
+                  screening_status=_screening_status(settings))
+
+
+def _screening_status(settings: Any) -> dict[str, Any]:
+    """What screens images (detectors, coverage per category, uncovered ones); a broken configuration is shown."""
+    from latentops.governance import screening
+
+    try:
+        return screening.status(settings)
+    except LatentopsError as error:
+        return {"error": error.detail}
 
 
 @router.post("/quarantine/{asset_id}/{verdict}", response_class=HTMLResponse)
