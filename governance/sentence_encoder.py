@@ -24,10 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-# The model was trained on sequences of up to 128 word pieces: a longer prompt is embedded in
-# overlapping windows of that size (``encode_windows``), so words at its end are judged too.
+# A prompt of up to WHOLE word pieces is embedded whole (as the screening heads were fitted). A
+# longer one is embedded in windows of WINDOW word pieces every STRIDE (``encode_windows``): a
+# harmful clause in a long prompt is then judged next to a few words of context, not diluted by
+# a hundred words of style keywords, and nothing past the model's 128-piece limit is cut off.
 MAX_TOKENS = 128
-WINDOW_OVERLAP = 32
+WHOLE = 64
+WINDOW = 32
+STRIDE = 16
 MODEL_ENV = "LATENTOPS_SENTENCE_MODEL"
 
 
@@ -131,7 +135,7 @@ class Encoder:
         path = self.directory / "tokenizer.json"
         try:
             tokenizer = Tokenizer.from_file(str(path))
-        except Exception as error:  # tokenizers raises its own Exception subclass, undocumented
+        except Exception as error:  # noqa: BLE001 - tokenizers raises an undocumented Exception subclass
             raise EncoderUnavailable(f"{path}: not a readable tokenizer ({error})") from None
         tokenizer.no_padding()
         tokenizer.no_truncation()
@@ -179,12 +183,10 @@ class Encoder:
 
     def _windows(self, ids: list[int]) -> list[list[int]]:
         body = ids[1:-1]  # without [CLS] ... [SEP]
-        size = MAX_TOKENS - 2
-        if len(body) <= size:
+        if len(body) <= WHOLE:
             return [ids]
-        step = size - WINDOW_OVERLAP
-        starts = range(0, len(body) - WINDOW_OVERLAP, step)
-        return [[self.cls, *body[start:start + size], self.sep] for start in starts]
+        starts = range(0, len(body) - WINDOW + STRIDE, STRIDE)
+        return [[self.cls, *body[start:start + WINDOW], self.sep] for start in starts]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """One unit embedding per text (its first window); an empty text embeds as ``[CLS] [SEP]``."""
@@ -194,7 +196,7 @@ class Encoder:
         return out
 
     def encode_windows(self, text: str) -> np.ndarray:
-        """``(windows, 384)``: one unit embedding per overlapping window of ``MAX_TOKENS`` word pieces."""
+        """``(windows, 384)``: the whole prompt's embedding, or one per window of a long prompt."""
         windows = self._windows(self.tokenizer.encode(text).ids)
         return np.stack([self._forward(window) for window in windows])
 

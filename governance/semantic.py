@@ -1,0 +1,195 @@
+"""Semantic prompt screening: a score per content category, judged by meaning, not by keywords.
+
+The host embeds the normalised prompt with all-MiniLM-L6-v2 (``sentence_encoder``) and scores
+every category of the screening model (``governance/semantic_model.json``):
+
+* a **head** per category: logistic regression on the embedding, fitted on the benchmark's train
+  split (``bench/prompt_screening.py fit``). Its probability is the category's ``score``.
+* **exemplars** per category: short descriptions of what the category refuses (the train split's
+  harmful prompts among them). The nearest exemplar and its cosine similarity are the evidence a
+  submitter sees ("closest to: ..."), and the reason compliance can read.
+
+A prompt longer than 64 word pieces is scored per window of 32 (``sentence_encoder``) and the
+highest score per category counts, so a harmful clause in a long prompt is not diluted.
+
+The host only measures; the prompt policy decides. It maps each score to a severity level with
+the cuts in policy data (``prompt.semantic.cuts``) and blocks at the level policy data sets per
+category and per team (``prompt.block_at``, ``prompt.team_block_at``). The ``semantic`` section
+of the policy input::
+
+    {"available": true, "model": "<sha256 of the model file, 12 hex>",
+     "scores": {category: {"score": 0.93, "exemplar": "...", "similarity": 0.71}}}
+    {"available": false, "error": "<file>: <reason>"}      # model missing or corrupt
+
+When the model is unavailable, policy data (``prompt.semantic.unavailable``) says whether the
+policy denies (``"deny"``, the default: fail closed) or decides by keyword rules alone
+(``"keywords_only"``); it never silently allows.
+
+Cost: one encode (about 5 ms for a 20-word prompt on one core of the reference machine; the
+cost grows with the number of word pieces, ``bench/prompt_screening.py`` reports p50/p99), then a
+(categories x 384) product.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentops.governance import sentence_encoder
+from latentops.governance.sentence_encoder import Encoder, EncoderUnavailable
+
+MODEL_FILE = Path(__file__).resolve().parent / "semantic_model.json"
+FORMAT = 1
+
+
+class ModelUnavailable(Exception):
+    """The screening model file is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class CategoryModel:
+    name: str
+    weights: np.ndarray  # (384,)
+    bias: float
+    exemplars: tuple[str, ...]
+    vectors: np.ndarray  # (exemplars, 384) unit rows
+
+
+@dataclass(frozen=True)
+class ScreeningModel:
+    """The fitted heads and exemplars, with the encoder they belong to."""
+
+    sha: str
+    categories: tuple[CategoryModel, ...]
+    encoder: Encoder
+    matrix: np.ndarray  # (categories, 384): every head in one product
+    biases: np.ndarray
+
+    def score_vectors(self, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
+        """Per category the highest head probability over ``vectors`` (windows), with evidence."""
+        logits = vectors @ self.matrix.T + self.biases  # (windows, categories)
+        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        best_window = probabilities.argmax(0)
+        result: dict[str, dict[str, Any]] = {}
+        for i, category in enumerate(self.categories):
+            window = vectors[best_window[i]]
+            similarities = category.vectors @ window
+            nearest = int(similarities.argmax())
+            result[category.name] = {
+                "score": round(float(probabilities[best_window[i], i]), 4),
+                "exemplar": category.exemplars[nearest],
+                "similarity": round(float(similarities[nearest]), 4),
+            }
+        return result
+
+    def score(self, text: str) -> dict[str, dict[str, Any]]:
+        return self.score_vectors(self.encoder.encode_windows(text))
+
+
+def _unpack(value: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    try:
+        array = np.frombuffer(base64.b64decode(value, validate=True), dtype="<f2").astype(np.float32)
+        return array.reshape(shape)
+    except (ValueError, TypeError) as error:
+        raise ModelUnavailable(f"{where}: not {shape} float16 base64 ({error})") from None
+
+
+def pack(array: np.ndarray) -> str:
+    """float16 little-endian, base64: how the model file stores vectors."""
+    return base64.b64encode(np.asarray(array, dtype="<f2").tobytes()).decode("ascii")
+
+
+def load_model(path: Path = MODEL_FILE, encoder: Encoder | None = None) -> ScreeningModel:
+    """Read the model file; exemplar vectors are recomputed when they were made by another encoder."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelUnavailable(f"{path}: file not found") from None
+    except OSError as error:
+        raise ModelUnavailable(f"{path}: not readable ({error})") from None
+    try:
+        document = json.loads(raw)
+        if document.get("format") != FORMAT:
+            raise ModelUnavailable(f"{path}: format {document.get('format')!r} is not {FORMAT}")
+        width = int(document["width"])
+        entries = document["categories"]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelUnavailable(f"{path}: not a screening model ({error})") from None
+    encoder = encoder or sentence_encoder.shared()
+    categories = []
+    for name, entry in sorted(entries.items()):
+        where = f"{path}: categories.{name}"
+        try:
+            exemplars = tuple(str(e) for e in entry["exemplars"])
+            weights = _unpack(entry["weights"], (width,), where + ".weights")
+            bias = float(entry["bias"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelUnavailable(f"{where}: {error}") from None
+        if not exemplars:
+            raise ModelUnavailable(f"{where}.exemplars: must not be empty")
+        vectors = (_unpack(entry["vectors"], (len(exemplars), width), where + ".vectors")
+                   if entry.get("encoder") == encoder_id(encoder) and "vectors" in entry else encoder.encode(list(exemplars)))
+        categories.append(CategoryModel(name, weights, bias, exemplars, vectors))
+    if not categories:
+        raise ModelUnavailable(f"{path}: no categories")
+    return ScreeningModel(
+        sha=hashlib.sha256(raw).hexdigest(), categories=tuple(categories), encoder=encoder,
+        matrix=np.stack([c.weights for c in categories]), biases=np.array([c.bias for c in categories], dtype=np.float32),
+    )
+
+
+def encoder_id(encoder: Encoder) -> str:
+    """Identifies the encoder weights (exemplar vectors are only reused for the same ones)."""
+    cached = getattr(encoder, "_latentops_id", None)
+    if cached is None:
+        digest = hashlib.sha256()
+        with open(encoder.directory / "model.safetensors", "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        cached = digest.hexdigest()[:16]
+        encoder._latentops_id = cached
+    return cached
+
+
+_model: ScreeningModel | None = None
+_model_error = ""
+_lock = threading.Lock()
+
+
+def shared_model() -> ScreeningModel:
+    """The process's screening model, loaded once; raises ``ModelUnavailable``/``EncoderUnavailable``."""
+    global _model, _model_error
+    with _lock:
+        if _model is None:
+            if _model_error:
+                raise ModelUnavailable(_model_error)
+            try:
+                _model = load_model()
+            except (ModelUnavailable, EncoderUnavailable) as error:
+                _model_error = str(error)
+                raise ModelUnavailable(_model_error) from None
+        return _model
+
+
+def reset() -> None:
+    """Forget the loaded model (tests; after the model file was refitted)."""
+    global _model, _model_error
+    with _lock:
+        _model, _model_error = None, ""
+    sentence_encoder.reset_shared()
+
+
+def analyse(text: str) -> dict[str, Any]:
+    """The ``semantic`` section of the prompt policy input (see the module docstring)."""
+    try:
+        model = shared_model()
+    except ModelUnavailable as error:
+        return {"available": False, "error": str(error)}
+    return {"available": True, "model": model.sha[:12], "scores": model.score(text)}
