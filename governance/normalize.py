@@ -38,7 +38,9 @@ The ``prompt`` section of a policy input (``analyse_prompt``)::
      "length": int,              # characters of the raw prompt
      "normalized": str,          # tokens after steps 1-6, joined by one space
      "analysed": bool,           # false when the prompt exceeds the analysis cap (it is denied by length)
-     "terms": {category: [term, ...]},            # blocked-term matches per category
+     "terms": {category: [term, ...]},            # blocked-term matches per category ("<category>:ambiguous"
+                                                  # for data.ambiguous_terms)
+     "semantic": {...},           # added by the policy host when policy data enables it (governance/semantic.py)
      "protected_names": [{"name", "category", "matched"}],
      "personal_data": {"findings": [{"kind", "format", "masked"}]}}
 
@@ -203,7 +205,11 @@ class PromptIndex:
     def from_data(cls, data: Mapping[str, Any]) -> PromptIndex:
         """Build from ``data.policy_data.prompt`` (already shape-checked by the bundle loader)."""
         index = cls()
-        for category, terms in data.get("blocked_terms", {}).items():
+        # Ambiguous terms are reported under "<category>:ambiguous": the policy counts them only
+        # when the meaning-based score points the same way.
+        lists = [*data.get("blocked_terms", {}).items(),
+                 *((f"{category}:ambiguous", terms) for category, terms in data.get("ambiguous_terms", {}).items())]
+        for category, terms in lists:
             for term in terms:
                 key = term_key(term)
                 if key:

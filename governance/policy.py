@@ -55,7 +55,7 @@ from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput, NotFound, PolicyDenied
 from latentops.core.tables import Job, Membership, Team, User
-from latentops.governance import audit
+from latentops.governance import audit, semantic
 from latentops.governance.normalize import analyse_prompt, mask_input
 from latentops.governance.policy_bundle import (
     DATA_ROOT,
@@ -95,7 +95,10 @@ class Decision:
     obligations: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"allow": self.allow, "reasons": self.reasons, "rule_ids": self.rule_ids, "revision": self.revision}
+        out = {"allow": self.allow, "reasons": self.reasons, "rule_ids": self.rule_ids, "revision": self.revision}
+        if "categories" in self.obligations:  # the prompt policy's per-category severity, score and evidence
+            out["categories"] = self.obligations["categories"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,9 @@ def build_input(path: str, input: Mapping[str, Any], bundle: PolicyBundle) -> di
         prompt = result.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidInput(f"prompt: must be a string, got {type(prompt).__name__}")
-        result["prompt"] = analyse_prompt(prompt, bundle.prompt_index)
+        section = result["prompt"] = analyse_prompt(prompt, bundle.prompt_index)
+        if section["analysed"] and bundle.data[DATA_ROOT].get("prompt", {}).get("semantic", {}).get("enabled"):
+            section["semantic"] = semantic.analyse(section["normalized"])
     return result
 
 

@@ -44,7 +44,7 @@ from typing import Any
 import rfc8785
 
 from latentops.core.errors import InvalidInput
-from latentops.governance import policy_names
+from latentops.governance import personal_data, policy_names
 from latentops.governance.normalize import MAX_NGRAM, PromptIndex, term_key
 from latentops.governance.policy_names import LIST_EDITS, NAMES_FILE, NAMES_KEY, check_names, name_key
 
@@ -127,25 +127,58 @@ def _check_prompt(data: Mapping[str, Any], where: str) -> None:
     categories = data.get("blocked_categories")
     _expect(isinstance(categories, dict) and all(isinstance(v, str) for v in categories.values()),
             f"{where}.blocked_categories", "must map category names to labels")
-    terms: Any = data.get("blocked_terms")
-    _expect(isinstance(terms, dict), f"{where}.blocked_terms", "must map categories to lists of terms")
-    for category, items in terms.items():
-        _str_list(items, f"{where}.blocked_terms.{category}")
-        for item in items:
-            _expect(0 < len(term_key(item).split()) <= MAX_NGRAM, f"{where}.blocked_terms.{category}",
-                    f"term {item!r} must have 1 to {MAX_NGRAM} words after normalisation")
+    for key in ("blocked_terms", "ambiguous_terms"):
+        terms: Any = data.get(key, {})
+        _expect(isinstance(terms, dict), f"{where}.{key}", "must map categories to lists of terms")
+        for category, items in terms.items():
+            _str_list(items, f"{where}.{key}.{category}")
+            for item in items:
+                _expect(0 < len(term_key(item).split()) <= MAX_NGRAM, f"{where}.{key}.{category}",
+                        f"term {item!r} must have 1 to {MAX_NGRAM} words after normalisation")
+    _check_severity(data, categories, where)
     if "protected_names" in data:  # absent from the engines' document (HOST_KEYS)
         check_names(data["protected_names"], f"{where}.protected_names")
-    personal = data.get("personal_data")
-    _expect(isinstance(personal, dict) and {"email", "phone", "payment_card", "national_id"} <= set(personal),
-            f"{where}.personal_data", "must give a label for email, phone, payment_card and national_id")
-    for i, fmt in enumerate(data.get("national_id_formats", [])):
-        _expect(isinstance(fmt, dict) and isinstance(fmt.get("name"), str) and isinstance(fmt.get("pattern"), str),
-                f"{where}.national_id_formats[{i}]", "must be an object with string 'name' and 'pattern'")
-        try:
-            re.compile(fmt["pattern"])
-        except re.error as error:
-            raise InvalidInput(f"{where}.national_id_formats[{i}].pattern: not a valid regular expression ({error})") from None
+    personal: Any = data.get("personal_data")
+    _expect(isinstance(personal, dict) and all(isinstance(personal.get(kind), str) for kind in personal_data.KINDS),
+            f"{where}.personal_data", f"must give a label for each of {', '.join(personal_data.KINDS)}")
+    allowed = personal.get("allowed_kinds", [])
+    _str_list(allowed, f"{where}.personal_data.allowed_kinds")
+    _expect(set(allowed) <= set(personal_data.KINDS), f"{where}.personal_data.allowed_kinds",
+            f"must name kinds among {', '.join(personal_data.KINDS)}")
+    regions = personal.get("phone_regions", [])
+    _str_list(regions, f"{where}.personal_data.phone_regions")
+    unknown = personal_data.unknown_regions(regions)
+    _expect(not unknown, f"{where}.personal_data.phone_regions", f"unknown region codes: {', '.join(unknown)}")
+
+
+_LEVELS = (0, 2, 4, 6)
+
+
+def _check_severity(data: Mapping[str, Any], labels: Any, where: str) -> None:
+    """``semantic``, ``block_at`` and ``team_block_at``: the severity model of the prompt policy."""
+    semantic: Any = data.get("semantic")
+    _expect(isinstance(semantic, dict) and isinstance(semantic.get("enabled"), bool), f"{where}.semantic.enabled", "must be true or false")
+    _expect(semantic.get("unavailable") in ("deny", "keywords_only"), f"{where}.semantic.unavailable",
+            "must be \"deny\" or \"keywords_only\"")
+    _expect(semantic.get("keyword_level") in _LEVELS, f"{where}.semantic.keyword_level", f"must be one of {_LEVELS}")
+    _expect(isinstance(semantic.get("minors_present"), _NUMBER) and 0 <= semantic["minors_present"] <= 1,
+            f"{where}.semantic.minors_present", "must be a score between 0 and 1")
+    cuts: Any = semantic.get("cuts")
+    _expect(isinstance(cuts, dict), f"{where}.semantic.cuts", "must map categories to {level: score} cuts")
+    for category, levels in cuts.items():
+        at = f"{where}.semantic.cuts.{category}"
+        _expect(isinstance(levels, dict) and set(levels) == {"2", "4", "6"}, at, "must give the cuts for levels 2, 4 and 6")
+        values = [levels[level] for level in ("2", "4", "6")]
+        _expect(all(isinstance(v, _NUMBER) and 0 <= v <= 1 for v in values) and values == sorted(values), at,
+                "cuts must be scores between 0 and 1, not decreasing from level 2 to 6")
+    block_at: Any = data.get("block_at")
+    _expect(isinstance(block_at, dict) and isinstance(labels, dict) and set(block_at) <= set(labels), f"{where}.block_at",
+            "must map blocked categories (each with a label in blocked_categories) to a level")
+    teams: Any = data.get("team_block_at", {})
+    _expect(isinstance(teams, dict), f"{where}.team_block_at", "must map team names to {category: level}")
+    for at, levels in [(f"{where}.block_at", block_at), *((f"{where}.team_block_at.{t}", v) for t, v in teams.items())]:
+        _expect(isinstance(levels, dict) and all(k in block_at and v in _LEVELS[1:] for k, v in levels.items()), at,
+                "must map known categories to a blocking level of 2, 4 or 6")
 
 
 def _check_roles_map(value: Any, where: str) -> None:
@@ -207,6 +240,7 @@ def _check_screening(data: Mapping[str, Any], where: str) -> None:
             and all(isinstance(v, _NUMBER) and 0 <= v <= 1 for v in thresholds.values()),
             f"{where}.thresholds", "must map categories to numbers between 0 and 1")
     _expect(isinstance(data.get("release_without_detector"), bool), f"{where}.release_without_detector", "must be true or false")
+    _expect(isinstance(data.get("release_uncovered", False), bool), f"{where}.release_uncovered", "must be true or false")
 
 
 def _check_access(data: Mapping[str, Any], where: str) -> None:

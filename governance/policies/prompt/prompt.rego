@@ -15,9 +15,9 @@ cfg := data.policy_data.prompt
 
 decision := evaluate(input)
 
-evaluate(inp) := lib.decision(violations(inp))
+evaluate(inp) := object.union(lib.decision(violations(inp)), {"categories": category_report(inp)})
 
-violations(inp) := ((((shape(inp) | too_long(inp)) | sexual_minors(inp)) | categories(inp)) | names(inp)) | personal(inp)
+violations(inp) := ((((shape(inp) | too_long(inp)) | semantic_unavailable(inp)) | categories(inp)) | names(inp)) | personal(inp)
 
 # Fail closed on an input that is not what the host contract promises.
 shape(inp) := {lib.violation("prompt.invalid_input", "the prompt was not analysed, so it cannot be allowed")} if {
@@ -41,24 +41,131 @@ matched(inp, category) := terms if {
 	terms := inp.prompt.terms[category]
 } else := []
 
-# Sexual content involving minors is refused whatever the category settings say.
-sexual_minors(inp) := {lib.violation(
-	"prompt.sexual_minors",
-	"the prompt combines sexual terms with terms about minors",
-)} if {
-	count(matched(inp, "sexual")) > 0
+# --- content categories: keyword matches and semantic scores, as severity levels ---------------
+#
+# Each category in data.policy_data.prompt.block_at has a severity level (0, 2, 4 or 6): the
+# higher of its keyword level (a listed term matched: semantic.keyword_level) and its semantic
+# level (the host's score against semantic.cuts). A category blocks at the level policy data sets,
+# per team when the input names a team (team_block_at), else block_at. sexual_minors is the sexual
+# severity when minors are present, and blocks from level 2 whatever the data says.
+
+content_categories := object.keys(cfg.block_at)
+
+keyword_terms(inp, category) := array.concat(matched(inp, category), matched(inp, concat("", [category, ":ambiguous"])))
+
+# A listed term gives its category the keyword level. A term listed as ambiguous ("nude" in
+# "nude lipstick", "gore" in "Al Gore") gives only level 2, which blocks nowhere by default: the
+# meaning (the semantic level) decides whether such a prompt is refused.
+keyword_level(inp, category) := cfg.semantic.keyword_level if {
+	count(matched(inp, category)) > 0
+} else := 2 if {
+	count(matched(inp, concat("", [category, ":ambiguous"]))) > 0
+} else := 0
+
+semantic_on(inp) if {
+	cfg.semantic.enabled == true
+	inp.prompt.semantic.available == true
+}
+
+score(inp, category) := s if {
+	semantic_on(inp)
+	s := inp.prompt.semantic.scores[category].score
+	is_number(s)
+} else := 0
+
+# The level a score reaches: the highest level whose cut it meets.
+level_of(category, s) := max(reached | {0}) if {
+	cuts := cfg.semantic.cuts[category]
+	reached := {to_number(level) |
+		some level in object.keys(cuts)
+		s >= cuts[level]
+	}
+}
+
+# Sexual content involving minors: the sexual severity, when minors are present in the prompt (a
+# listed minors term, or the semantic "minors" presence score at or above semantic.minors_present).
+minors_present(inp) if count(matched(inp, "minors")) > 0
+
+minors_present(inp) if score(inp, "minors") >= cfg.semantic.minors_present
+
+minors_evidence(inp) := concat("", ["minors matched: ", concat(", ", matched(inp, "minors"))]) if {
 	count(matched(inp, "minors")) > 0
-} else := set()
+} else := concat("", ["minors: closest to \"", inp.prompt.semantic.scores.minors.exemplar, "\", score ", format_score(score(inp, "minors"))])
+
+content_severity(inp, category) := max({keyword_level(inp, category), level_of(category, score(inp, category))})
+
+severity(inp, category) := content_severity(inp, "sexual") if {
+	category == "sexual_minors"
+	minors_present(inp)
+} else := 0 if {
+	category == "sexual_minors"
+} else := content_severity(inp, category)
+
+block_at(inp, category) := 2 if {
+	category == "sexual_minors"
+} else := level if {
+	level := cfg.team_block_at[inp.team][category]
+} else := cfg.block_at[category]
+
+evidence(inp, category) := concat("; ", [content_evidence(inp, "sexual"), minors_evidence(inp)]) if {
+	category == "sexual_minors"
+	minors_present(inp)
+} else := "" if {
+	category == "sexual_minors"
+} else := content_evidence(inp, category)
+
+content_evidence(inp, category) := concat("", ["matched: ", concat(", ", keyword_terms(inp, category))]) if {
+	count(keyword_terms(inp, category)) > 0
+	keyword_level(inp, category) >= level_of(category, score(inp, category))
+} else := concat("", ["closest to \"", inp.prompt.semantic.scores[category].exemplar, "\", score ", format_score(score(inp, category))]) if {
+	semantic_on(inp)
+} else := ""
+
+# Two decimals without sprintf (rego-cpp's sprintf quotes computed values).
+format_score(s) := concat("", [format_int(floor(s), 10), ".", substring(format_int(100 + floor((s - floor(s)) * 100), 10), 1, 2)])
 
 categories(inp) := {lib.violation(
 	sprintf("prompt.%s", [category]),
 	# concat, not sprintf: rego-cpp quotes computed strings passed to sprintf's %s.
-	concat("", ["the prompt asks for ", label, " (matched: ", concat(", ", matched(inp, category)), ")"]),
+	concat("", [
+		"the prompt asks for ", cfg.blocked_categories[category], " (severity ", format_int(level, 10), " of 6; ",
+		evidence(inp, category), ")",
+	]),
 ) |
-	some category in object.keys(cfg.blocked_categories)
-	count(matched(inp, category)) > 0
-	label := cfg.blocked_categories[category]
+	some category in content_categories
+	level := severity(inp, category)
+	level > 0
+	level >= block_at(inp, category)
 }
+
+# What the decision reports per category, allowed or not: the prompt tester shows it.
+category_report(inp) := {category: info |
+	some category in content_categories
+	info := category_info(inp, category)
+}
+
+category_info(inp, category) := {
+	"severity": level,
+	"blocks_at": block_at(inp, category),
+	"score": score(inp, category),
+	"evidence": evidence(inp, category),
+} if {
+	level := severity(inp, category)
+}
+
+# Fail closed when the semantic signal is missing, unless policy data says keyword rules alone
+# may decide then.
+semantic_unavailable(inp) := {lib.violation(
+	"prompt.semantic_unavailable",
+	concat("", ["the meaning-based screen is unavailable (", unavailable_reason(inp), "), so the prompt cannot be judged"]),
+)} if {
+	cfg.semantic.enabled == true
+	not inp.prompt.semantic.available == true
+	cfg.semantic.unavailable == "deny"
+	analysed(inp)
+} else := set()
+
+unavailable_reason(inp) := inp.prompt.semantic.error if is_string(inp.prompt.semantic.error) else := "no scores were given"
 
 names(inp) := {lib.violation(
 	"prompt.protected_name",

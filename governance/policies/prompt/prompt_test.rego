@@ -5,13 +5,22 @@ import rego.v1
 
 no_personal_data := {"findings": []}
 
+# Semantic scores as the host reports them (latentops.governance.semantic.analyse).
+no_scores := {"available": true, "model": "test", "scores": {}}
+
+scores(values) := {"available": true, "model": "test", "scores": {category: {"score": s, "exemplar": concat("", ["an example of ", category]), "similarity": 0.8} |
+	some category, s in values
+}}
+
 # A prompt section as the host builds it (see latentops.governance.normalize.analyse_prompt).
 section(overrides) := object.union(
-	{"raw": "a cat", "length": 5, "analysed": true, "normalized": "a cat", "terms": {}, "protected_names": [], "personal_data": no_personal_data},
+	{"raw": "a cat", "length": 5, "analysed": true, "normalized": "a cat", "terms": {}, "protected_names": [], "personal_data": no_personal_data, "semantic": no_scores},
 	overrides,
 )
 
 rule_ids(inp) := {v.rule_id | some v in prompt.evaluate({"prompt": section(inp)}).deny}
+
+report(inp) := prompt.evaluate({"prompt": section(inp)}).categories
 
 allowed(inp) if prompt.evaluate({"prompt": section(inp)}).allow == true
 
@@ -116,4 +125,61 @@ test_unanalysed_prompt_denied_as_invalid_input if {
 test_every_violation_reported_together if {
 	ids := rule_ids({"length": 2001, "terms": {"gore": ["gore"]}, "protected_names": [{"name": "Pikachu", "category": "trademarked character"}]})
 	ids == {"prompt.too_long", "prompt.gore", "prompt.protected_name"}
+}
+
+# --- severity: keyword and semantic levels, per-team blocking, failing closed -------------------
+
+cut(category, level) := data.policy_data.prompt.semantic.cuts[category][level]
+
+test_semantic_score_reaches_levels_and_blocks_at_policy_level if {
+	high := cut("gore", "6") + 0.001
+	mid := cut("gore", "4") + 0.001
+	report({"semantic": scores({"gore": high})}).gore.severity == 6
+	report({"semantic": scores({"gore": mid})}).gore.severity == 4
+	report({"semantic": scores({"gore": 0.0})}).gore.severity == 0
+	rule_ids({"semantic": scores({"gore": high})}) == {"prompt.gore"}
+	rule_ids({"semantic": scores({"gore": mid})}) == set()
+}
+
+test_semantic_reason_names_the_nearest_exemplar_and_score if {
+	some v in prompt.evaluate({"prompt": section({"semantic": scores({"hate": 0.99})})}).deny
+	v.rule_id == "prompt.hate"
+	contains(v.reason, "severity 6 of 6")
+	contains(v.reason, "closest to \"an example of hate\", score 0.99")
+}
+
+test_team_level_overrides_the_default if {
+	mid := cut("self_harm", "4") + 0.001
+	inp := {"prompt": section({"semantic": scores({"self_harm": mid})}), "team": "crisis-line"}
+	strict := prompt.evaluate(inp) with data.policy_data.prompt.team_block_at as {"crisis-line": {"self_harm": 4}}
+	strict.categories.self_harm.blocks_at == 4
+	"prompt.self_harm" in {v.rule_id | some v in strict.deny}
+	other := prompt.evaluate(object.union(inp, {"team": "other"})) with data.policy_data.prompt.team_block_at as {"crisis-line": {"self_harm": 4}}
+	other.allow == true
+}
+
+test_ambiguous_term_alone_does_not_block_the_meaning_decides if {
+	rule_ids({"terms": {"sexual:ambiguous": ["nude"]}}) == set()
+	report({"terms": {"sexual:ambiguous": ["nude"]}}).sexual.severity == 2
+	report({"terms": {"sexual:ambiguous": ["nude"]}}).sexual.evidence == "matched: nude"
+	high := cut("sexual", "6") + 0.001
+	rule_ids({"terms": {"sexual:ambiguous": ["nude"]}, "semantic": scores({"sexual": high})}) == {"prompt.sexual"}
+}
+
+test_sexual_content_with_minors_present_blocks_from_level_two if {
+	weak := cut("sexual", "2") + 0.001
+	rule_ids({"semantic": scores({"sexual": weak})}) == set()
+	rule_ids({"terms": {"minors": ["child"]}, "semantic": scores({"sexual": weak})}) == {"prompt.sexual_minors"}
+	rule_ids({"semantic": scores({"sexual": weak, "minors": data.policy_data.prompt.semantic.minors_present})}) == {"prompt.sexual_minors"}
+}
+
+test_unavailable_semantic_signal_fails_closed if {
+	rule_ids({"semantic": {"available": false, "error": "model.safetensors: file not found"}}) == {"prompt.semantic_unavailable"}
+	rule_ids({"semantic": null}) == {"prompt.semantic_unavailable"}
+}
+
+test_unavailable_semantic_signal_keywords_only_when_data_says_so if {
+	inp := {"prompt": section({"semantic": {"available": false, "error": "x"}, "terms": {"gore": ["gore"]}})}
+	d := prompt.evaluate(inp) with data.policy_data.prompt.semantic.unavailable as "keywords_only"
+	{v.rule_id | some v in d.deny} == {"prompt.gore"}
 }
