@@ -1,7 +1,9 @@
 """Prompt-policy latency and throughput on the embedded engine, with a 10,000-entry protected-names list.
 
 Each decision includes input normalisation and n-gram set lookups (``analyse_prompt``), building
-the policy input and the regopy evaluation, exactly as ``policy.evaluate("prompt", ...)`` does.
+the policy input and the regopy evaluation, exactly as ``policy.evaluate("prompt", ...)`` does,
+with the semantic signal turned off in both configurations (its embedding per prompt is measured
+by ``bench/prompt_screening.py``).
 The 10,000 names are the shipped list (``governance/policies/prompt/protected_names.json``) and
 made-up names after it. Baseline, measured in the same run: the same engine with the shipped list
 alone, so the ratio shows what the extra names cost. Targets: p99 <= 1 ms, >= 1,000 decisions/s on one core.
@@ -63,6 +65,12 @@ def policy_dir_with_names(total: int, root: Path) -> Path:
     path = target / "prompt" / NAMES_FILE
     shipped = json.loads(path.read_text())
     path.write_text(json.dumps(shipped + synthetic_names(total - len(shipped), taken=(name_key(e["name"]) for e in shipped))))
+    # The rules engine and the lookups alone: the semantic signal (an embedding per prompt) is
+    # measured by bench/prompt_screening.py.
+    data_path = target / "prompt" / "data.json"
+    data = json.loads(data_path.read_text())
+    data["semantic"]["enabled"] = False
+    data_path.write_text(json.dumps(data))
     return target
 
 
@@ -116,7 +124,8 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = measure(DEFAULT_POLICY_DIR, args.decisions)
+        shipped = len(json.loads((DEFAULT_POLICY_DIR / "prompt" / NAMES_FILE).read_text()))
+        baseline = measure(policy_dir_with_names(shipped, Path(tmp)), args.decisions)
         large_dir = policy_dir_with_names(10_000, Path(tmp))
         large = measure(large_dir, args.decisions)
         edits = edit_cost(large_dir)
