@@ -56,6 +56,8 @@ from latentops.platform.services.auth import LoginThrottle
 from latentops.platform.web import pages, portal
 
 log = logging.getLogger(__name__)
+# What FastAPI says (400) when a request body cannot be decoded at all, e.g. invalid UTF-8.
+BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 def settle_heap(settings: Settings) -> None:
@@ -190,9 +192,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         name = {401: "authentication_failed", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
             error.status_code, "http_error"
         )
+        detail = str(error.detail)
+        if error.status_code == 400 and detail == BODY_PARSE_ERROR:  # FastAPI's words for a body it cannot decode
+            name, detail = "invalid_input", "body: not a JSON document in UTF-8 (check the encoding and the syntax)"
         if portal.wants_html(request):
-            return portal.error_page(request, error.status_code, name, str(error.detail), [])
-        return JSONResponse({"error": name, "detail": str(error.detail), "reasons": []}, status_code=error.status_code,
+            return portal.error_page(request, error.status_code, name, detail, [])
+        return JSONResponse({"error": name, "detail": detail, "reasons": []}, status_code=error.status_code,
                             headers=getattr(error, "headers", None))
 
     app.include_router(health.router, prefix="/api/v1")
