@@ -149,6 +149,24 @@ def test_compliance_officer_queries_verifies_exports_and_proves(api: TestClient,
     assert {"audit.verify", "audit.export"} <= actions
 
 
+def test_prompt_check_reports_severity_per_category_and_refuses_bad_input(api: TestClient, people) -> None:  # type: ignore[no-untyped-def]
+    headers = bearer(people["alice"])
+    url = "/api/v1/policies/prompt/check"
+    refused = api.post(url, json={"prompt": "a man standing on the bridge railing, ready to end it all"}, headers=headers).json()
+    assert refused["allow"] is False and "prompt.self_harm" in refused["rule_ids"]
+    assert refused["categories"]["self_harm"]["severity"] == 6 and "closest to" in refused["categories"]["self_harm"]["evidence"]
+    assert set(refused["categories"]) == {"sexual", "sexual_minors", "gore", "self_harm", "hate"}
+    for body, field in [({"prompt": ""}, "prompt"), ({"prompt": "\u200b\u0007 \t"}, "prompt"), ({"prompt": "x" * 100_000}, "prompt"),
+                        ({"prompt": "a cat", "team": "t" * 101}, "team"), ({}, "prompt")]:
+        response = api.post(url, json=body, headers=headers)
+        assert response.status_code == 422, body
+        assert field in response.text
+    invalid_utf8 = api.post(url, content=b'{"prompt": "caf\xe9 \xff"}', headers={**headers, "content-type": "application/json"})
+    assert invalid_utf8.status_code == 400 and "body: not a JSON document in UTF-8" in invalid_utf8.text, invalid_utf8.text
+    mixed = api.post(url, json={"prompt": "Мiсkеу Моusе \u202e on a boat"}, headers=headers).json()
+    assert mixed["allow"] is False and "prompt.protected_name" in mixed["rule_ids"]
+
+
 def test_prompt_check_and_policy_routes(api: TestClient, people) -> None:  # type: ignore[no-untyped-def]
     blocked = api.post("/api/v1/policies/prompt/check", json={"prompt": "Mickey Mouse on a skateboard"},
                        headers=bearer(people["alice"])).json()

@@ -27,10 +27,14 @@ def test_check_prompt_json_prints_one_line_and_exit_code(cli) -> None:  # type: 
     denied = cli("policy", "check-prompt", "--json", "M1CKEY-MOUSE")
     assert denied.returncode == 2
     line = json.loads(denied.stdout.strip())
-    assert set(line) == {"allow", "reasons", "rule_ids", "revision"}
+    assert set(line) == {"allow", "reasons", "rule_ids", "revision", "categories"}
     assert line["allow"] is False and line["rule_ids"] == ["prompt.protected_name"] and len(line["revision"]) == 64
+    assert {c["severity"] for c in line["categories"].values()} <= {0, 2, 4, 6}
     allowed = cli("policy", "check-prompt", "--json", "grapes in Scunthorpe")
     assert allowed.returncode == 0 and json.loads(allowed.stdout)["allow"] is True
+    paraphrase = cli("policy", "check-prompt", "a man standing on the bridge railing, ready to end it all")
+    assert paraphrase.returncode == 2
+    assert "prompt.self_harm" in paraphrase.stdout and "self_harm: severity 6 of 6 (blocks at 6); closest to" in paraphrase.stdout
 
 
 def test_eval_and_bad_input(cli) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from api_helpers import PASSWORD, make_user, team_id
 from conftest import REPO
 from job_helpers import queued_job
 
+from latentops.governance import policy
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs as jobs_service
 
@@ -128,6 +129,13 @@ def test_submitter_signs_in_sees_jobs_and_a_blocked_prompt_with_its_reason(porta
     alert.wait_for()
     assert "Blocked by policy" in alert.inner_text() and "Mickey Mouse" in alert.inner_text()
     _shot(page, "generate-blocked")
+    # A paraphrase with no listed word: refused by meaning, with the severity and the nearest example shown.
+    page.get_by_label("Prompt", exact=True).fill("a man standing on the bridge railing, ready to end it all, rain, cinematic")
+    page.locator("#verdict tr.blocked[data-category='self_harm']").wait_for()
+    row = page.locator("#verdict tr[data-category='self_harm']").inner_text()
+    assert "6 of 6" in row and "closest to" in row
+    assert "prompt.self_harm" in page.locator("#verdict").get_by_role("alert").inner_text()
+    _shot(page, "generate-severity")
     page.get_by_label("Prompt", exact=True).fill("a red apple on a wooden table")
     page.locator("#verdict").get_by_role("status").wait_for()
     assert "Allowed by policy" in page.locator("#verdict").inner_text()
@@ -222,6 +230,8 @@ def portal_with_worker(queue_settings, start_worker, home: Path) -> Iterator[str
     with session_scope(queue_settings.database_url) as session:
         models_service.import_model(session, source=source, name="tiny", actor="system",
                                     store_root=queue_settings.model_store, sensitivity="public")
+        # Uploads are content-screened; with no detector for most categories, policy data releases them.
+        policy.set_policy_data(session, key="screening.release_without_detector", value=True, actor="cli:test")
     start_worker("gpu")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

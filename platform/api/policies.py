@@ -25,7 +25,7 @@ import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from latentops.core.errors import AuthenticationFailed, NotFound, ServiceUnavailable
 from latentops.governance import access, policy
@@ -34,6 +34,7 @@ from latentops.governance.policy_bundle import DATA_ROOT
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.api.deps import PrincipalDep, SessionDep, bearer_secret, get_principal
 from latentops.platform.services import protected_names
+from latentops.platform.services.job_requests import check_prompt as check_prompt_text
 
 router = APIRouter(tags=["policies"])
 MAX_PROMPT_CHARS = 20_000
@@ -47,6 +48,12 @@ class EvaluateRequest(BaseModel):
 
 class PromptCheck(BaseModel):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    team: str | None = Field(default=None, max_length=100, description="Judge with this team's block levels (policy data team_block_at).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return check_prompt_text(value, "prompt")
 
 
 class ProtectedName(BaseModel):
@@ -163,7 +170,7 @@ def check_prompt(body: PromptCheck, session: SessionDep, principal: PrincipalDep
     """Would this prompt be allowed? Reasons name the rule; nothing is recorded."""
     access.check(session, principal=principal, action="prompt.check")
     policy.get_service().refresh(session)
-    decision = policy.evaluate("prompt", {"prompt": body.prompt})
+    decision = policy.evaluate("prompt", {"prompt": body.prompt, **({"team": body.team} if body.team else {})})
     return {**decision.to_json(), "recorded": False}
 
 

@@ -82,18 +82,22 @@ def eval_(
 @policy_app.command("check-prompt")
 def check_prompt(
     text: str = typer.Argument(..., help="The prompt to check."),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON line."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON line: allow, reasons, rule_ids, revision and "
+                                     "categories (per content category: severity 0-6, the level it blocks at, score, evidence)."),
 ) -> None:
     """Check a prompt against the prompt policy; exits 2 when it is denied."""
     decision = backends.backend().check_prompt(text)
     if json_output:
-        output.emit_json({key: decision[key] for key in ("allow", "reasons", "rule_ids", "revision")})
-    elif decision["allow"]:
-        output.say(f"allowed (revision {decision['revision'][:12]})")
-    else:
-        output.say(f"denied (revision {decision['revision'][:12]})")
-        for rule_id, reason in zip(decision["rule_ids"], decision["reasons"], strict=True):
-            output.say(f"  {rule_id}: {reason}")
+        output.emit_json({key: decision[key] for key in ("allow", "reasons", "rule_ids", "revision", "categories") if key in decision})
+        if not decision["allow"]:
+            raise typer.Exit(2)
+        return
+    output.say(f"{'allowed' if decision['allow'] else 'denied'} (revision {decision['revision'][:12]})")
+    for rule_id, reason in zip(decision["rule_ids"], decision["reasons"], strict=True):
+        output.say(f"  {rule_id}: {reason}")
+    for name, category in sorted(decision.get("categories", {}).items()):
+        if category["severity"]:
+            output.say(f"  {name}: severity {category['severity']} of 6 (blocks at {category['blocks_at']}); {category['evidence']}")
     if not decision["allow"]:
         raise typer.Exit(2)
 
