@@ -46,8 +46,10 @@ def test_unknown_route_uses_the_error_shape(tmp_path) -> None:  # type: ignore[n
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
 
 
-def test_health_reports_the_policy_revision_and_that_images_are_unscreened(settings_env) -> None:  # type: ignore[no-untyped-def]
+def test_health_reports_the_policy_revision_and_that_images_are_unscreened(settings_env, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from latentops.governance import policy
+
+    monkeypatch.setenv("LATENTOPS_NSFWJS_DIR", str(tmp_path / "no-nsfwjs"))  # no converted nsfwjs either
 
     body = TestClient(create_app(settings_env)).get("/api/v1/health").json()
     assert body["policy"]["status"] == "ok"

@@ -37,7 +37,7 @@ def _admit(settings, database_url: str, seed: int):  # type: ignore[no-untyped-d
 
 
 def test_flagged_image_is_kept_not_returned_and_only_officers_see_it(people, database_url: str) -> None:
-    # No detector is configured and policy does not release unscreened images: it is flagged.
+    # No detector covers most categories and policy holds unscreened images: it is flagged.
     asset_id, pixels, outcome = _admit(people, database_url, 1)
     assert pixels is None and outcome.verdict == "quarantine"
     with session_scope(database_url) as db:
@@ -52,7 +52,7 @@ def test_flagged_image_is_kept_not_returned_and_only_officers_see_it(people, dat
         rows = quarantine.list_quarantined(db, actor=OFFICER)
         image = quarantine.quarantined_image(db, asset_id=asset_id, actor=OFFICER)
     assert [r["asset_id"] for r in rows] == [asset_id]
-    assert rows[0]["reasons"] == outcome.reasons and rows[0]["detectors"] == ["none"]
+    assert rows[0]["reasons"] == outcome.reasons and rows[0]["detectors"] == [outcome.detector]
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
     with session_scope(database_url) as db:
         denied = db.scalars(sa.select(AuditEntry).where(AuditEntry.action == "policy.decision", AuditEntry.outcome == "deny",

@@ -88,8 +88,8 @@ def import_clip(
 
 @screening_app.command("detector")
 def detector(
-    kind: str = typer.Argument(..., help="safety_checker or nudenet."),
-    path: Path | None = typer.Option(None, "--path", help="Folder of the safety checker (diffusers format)."),
+    kind: str = typer.Argument(..., help="safety_checker, nudenet or nsfwjs."),
+    path: Path | None = typer.Option(None, "--path", help="Folder of the safety checker (diffusers format) or of a converted nsfwjs."),
     off: bool = typer.Option(False, "--off", help="Turn the detector off (logged and audited)."),
 ) -> None:
     """Turn a pluggable detector on or off."""
