@@ -28,7 +28,9 @@ result's audit entry carries ``"unscreened": true``, and the policy decides whet
 images may be released (``screening.release_without_detector``, false by default).
 
 CLIP weights are imported from a local file with ``import_clip`` (``latentops screening import-clip``)
-into ``LATENTOPS_HOME/screening/clip``; nothing is ever downloaded.
+into ``LATENTOPS_HOME/screening/clip``, or fetched from open_clip's published checkpoints when an
+operator asks for it on a connected machine (``import-clip --pretrained ARCH/TAG``,
+``clip.fetch_pretrained``); nothing is downloaded at start-up or while screening.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ team, the licence and consent attestation and the images, each optionally with a
 are checked (``services.finetune_uploads``) only for what HTTP must guard: a file name is a plain
 name (no folders, no ``..``, no hidden files), the count and each file's size are bounded, a
 caption belongs to one image. They land in a private staging folder that is removed afterwards
-whatever happens; the fine-tuning service validates the pixels, screens them for copyright, asks
-the jobs policy and freezes the accepted files itself. A refused request leaves nothing stored but
+whatever happens; each image is content-screened like a generated one (403 naming the file and
+the category when refused), then the fine-tuning service validates the pixels, screens them for
+copyright, asks the jobs policy and freezes the accepted files itself. A refused request leaves nothing stored but
 the recorded policy decisions. A base model the caller cannot see answers 404, like one that does
 not exist.
 
