@@ -137,7 +137,7 @@ def test_training_renders_take_the_governed_path(settings_env, source: Path) -> 
             _assert_accounted(db, asset)
     # A denied prompt renders nothing for training either.
     with pytest.raises(PolicyDenied):
-        validation.render(validation.RenderRequest(weights=weights, prompts=["a nude glyph"], seed=1, steps=1),
+        validation.render(validation.RenderRequest(weights=weights, prompts=["a pornographic glyph"], seed=1, steps=1),
                           renderer=generation.render_for_training)
     policy.use_service(None)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,7 +129,11 @@ def test_remote_finetune_uploads_the_images_and_watch_follows_the_job_to_done(  
         models_service.import_model(db, source=source, name="tiny", actor="system",
                                     store_root=get_settings().model_store, sensitivity="public")
         # Uploads are content-screened; with no detector for most categories, policy data releases them.
-        policy.set_policy_data(db, key="screening.release_without_detector", value=True, actor="cli:test")
+        revision = policy.set_policy_data(db, key="screening.release_without_detector", value=True, actor="cli:test")
+    # The server takes in data edits at its next check (every few seconds): wait until it serves them.
+    deadline = time.monotonic() + 30
+    while json.loads(remote(cli, server, alice, "policy", "revision", "--json").stdout)["revision"] != revision:
+        assert time.monotonic() < deadline, "the server did not take in the policy data edit"
     instances = tmp_path / "instances"
     instances.mkdir()
     rng = np.random.default_rng(5)
