@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,31 +157,24 @@ def encoder_id(encoder: Encoder) -> str:
     return cached
 
 
-_model: ScreeningModel | None = None
-_model_error = ""
-_lock = threading.Lock()
+def _load_shared() -> ScreeningModel:
+    try:
+        return load_model()
+    except EncoderUnavailable as error:
+        raise ModelUnavailable(str(error)) from None
+
+
+_model = sentence_encoder.LoadOnce(_load_shared, ModelUnavailable)
 
 
 def shared_model() -> ScreeningModel:
-    """The process's screening model, loaded once; raises ``ModelUnavailable``/``EncoderUnavailable``."""
-    global _model, _model_error
-    with _lock:
-        if _model is None:
-            if _model_error:
-                raise ModelUnavailable(_model_error)
-            try:
-                _model = load_model()
-            except (ModelUnavailable, EncoderUnavailable) as error:
-                _model_error = str(error)
-                raise ModelUnavailable(_model_error) from None
-        return _model
+    """The process's screening model, loaded once; raises ``ModelUnavailable`` (also on later calls)."""
+    return _model.get()
 
 
 def reset() -> None:
-    """Forget the loaded model (tests; after the model file was refitted)."""
-    global _model, _model_error
-    with _lock:
-        _model, _model_error = None, ""
+    """Forget the loaded model and encoder (tests; after the model file was refitted)."""
+    _model.reset()
     sentence_encoder.reset_shared()
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -33,6 +35,7 @@ WHOLE = 64
 WINDOW = 32
 STRIDE = 16
 MODEL_ENV = "LATENTOPS_SENTENCE_MODEL"
+T = TypeVar("T")
 
 
 class EncoderUnavailable(Exception):
@@ -201,28 +204,41 @@ class Encoder:
         return np.stack([self._forward(window) for window in windows])
 
 
-_shared: Encoder | None = None
-_shared_error: str = ""
-_shared_lock = threading.Lock()
+class LoadOnce(Generic[T]):
+    """A value loaded once per process on first use; a failed load is remembered (its message
+    raised again as ``error``) until ``reset``, so a broken model costs one attempt, not one per call."""
+
+    def __init__(self, load: Callable[[], T], error: type[Exception]) -> None:
+        self._load, self._error_type = load, error
+        self._value: T | None = None
+        self._error = ""
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        with self._lock:
+            if self._value is None:
+                if self._error:
+                    raise self._error_type(self._error)
+                try:
+                    self._value = self._load()
+                except self._error_type as error:
+                    self._error = str(error)
+                    raise self._error_type(self._error) from None
+            return self._value
+
+    def reset(self) -> None:
+        with self._lock:
+            self._value, self._error = None, ""
+
+
+_shared = LoadOnce(Encoder.load, EncoderUnavailable)
 
 
 def shared() -> Encoder:
     """The process's encoder, loaded once; raises ``EncoderUnavailable`` (also on later calls)."""
-    global _shared, _shared_error
-    with _shared_lock:
-        if _shared is None:
-            if _shared_error:
-                raise EncoderUnavailable(_shared_error)
-            try:
-                _shared = Encoder.load()
-            except EncoderUnavailable as error:
-                _shared_error = str(error)
-                raise
-        return _shared
+    return _shared.get()
 
 
 def reset_shared() -> None:
     """Forget the process's encoder (tests, or after the model files changed)."""
-    global _shared, _shared_error
-    with _shared_lock:
-        _shared, _shared_error = None, ""
+    _shared.reset()
