@@ -351,3 +351,13 @@ def people(settings_env) -> dict[str, str]:  # type: ignore[no-untyped-def]
         "carol": make_user(url, "carol@example.com", "compliance_officer", "compliance"),
         "dave": make_user(url, "dave@example.com", "admin", "ops"),
     }
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    """A copy of the shipped policy folder a test may edit."""
+    from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR
+
+    target = tmp_path / "policies"
+    shutil.copytree(DEFAULT_POLICY_DIR, target)
+    return target

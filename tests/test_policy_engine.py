@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,11 @@ from api_helpers import free_port
 
 from latentops.core.errors import InvalidInput, PolicyDenied
 from latentops.governance import policy
-from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle
+from latentops.governance.policy_bundle import load_bundle
 from latentops.governance.policy_engine import EmbeddedEngine, modules_for
 from latentops.governance.policy_opa import OpaEngine
 from latentops.platform.database import session_scope
 from latentops.platform.tables import PolicyDataEdit, PolicyDecision
-
-
-@pytest.fixture
-def policy_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "policies"
-    shutil.copytree(DEFAULT_POLICY_DIR, target)
-    return target
 
 
 @pytest.fixture

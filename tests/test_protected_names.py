@@ -5,7 +5,6 @@ store only what changed, and decisions that follow the list in force."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -69,13 +68,6 @@ ORDINARY = [
 @pytest.fixture
 def shipped() -> list[dict[str, str]]:
     return json.loads(NAMES_FILE.read_text(encoding="utf-8"))
-
-
-@pytest.fixture
-def policy_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "policies"
-    shutil.copytree(DEFAULT_POLICY_DIR, target)
-    return target
 
 
 @pytest.fixture
