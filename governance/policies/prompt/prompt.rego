@@ -13,7 +13,26 @@ import rego.v1
 
 cfg := data.policy_data.prompt
 
-decision := evaluate(input)
+# The entry point: the per-category report is a complete rule, computed once per query, and both
+# decides and is returned. evaluate(inp) is the same decision as a function (for tests).
+decision := object.union(lib.decision(input_violations), {"categories": input_report})
+
+input_report := category_report(input)
+
+input_violations := ((((shape(input) | too_long(input)) | semantic_unavailable(input)) | input_categories) | names(input)) | personal(input)
+
+input_categories := {lib.violation(concat("", ["prompt.", category]), category_reason(category, info)) |
+	some category in content_categories
+	info := input_report[category]
+	info.severity > 0
+	info.severity >= info.blocks_at
+}
+
+# concat, not sprintf: rego-cpp quotes computed strings passed to sprintf's %s.
+category_reason(category, info) := concat("", [
+	"the prompt asks for ", cfg.blocked_categories[category], " (severity ", format_int(info.severity, 10), " of 6; ",
+	info.evidence, ")",
+])
 
 evaluate(inp) := object.union(lib.decision(violations(inp)), {"categories": category_report(inp)})
 
