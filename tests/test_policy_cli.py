@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from latentops.core.errors import InvalidInput, NotFound, PolicyDenied
-from latentops.governance import policy
+from latentops.governance import native, policy
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.database import session_scope
 from latentops.platform.services import grants, users
@@ -122,3 +124,12 @@ def test_grants_service_asks_policy_for_every_action(embedded_policy, database_u
             grants.grant(db, model="nope", action="use", team="design", actor="carol@example.com")
         with pytest.raises(InvalidInput, match="exactly one of --team or --user"):
             grants.grant(db, model="digits-demo", action="use", actor="carol@example.com")
+
+
+def test_check_prompt_runs_without_torch_and_torch_is_refused_after() -> None:
+    # check-prompt loads regopy without torch (1.3 s saved); torch must then fail loudly, not abort.
+    code = ("import sys\nfrom latentops.governance import native\nassert native.without_torch()\nnative.load_regopy()\n"
+            "assert 'torch' not in sys.modules\ntry:\n    import torch\nexcept ImportError as error:\n    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == native.TORCH_REFUSED

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from latentops.core.errors import InvalidInput, ServiceUnavailable
-from latentops.governance import policy
+from latentops.governance import native, policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle, write_tarball
 from latentops.governance.policy_engine import CompileError, EmbeddedEngine
 from latentops.governance.policy_opa import OpaEngine
@@ -86,6 +86,7 @@ def check_prompt(
                                      "categories (per content category: severity 0-6, the level it blocks at, score, evidence)."),
 ) -> None:
     """Check a prompt against the prompt policy; exits 2 when it is denied."""
+    native.without_torch()  # no model runs here: regopy loads without torch's 1.3 s import
     decision = backends.backend().check_prompt(text)
     if json_output:
         output.emit_json({key: decision[key] for key in ("allow", "reasons", "rule_ids", "revision", "categories") if key in decision})
