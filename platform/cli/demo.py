@@ -57,7 +57,7 @@ def _glyph_images(count: int = 5) -> list[tuple[str, bytes]]:
 
 def _prepare() -> str:
     """Steps 1: database, admin, token, base model, the demo's audited policy relaxation."""
-    from latentops.governance import policy
+    from latentops.governance import policy, screening
     from latentops.platform import migrate
     from latentops.platform.services import models as models_service
     from latentops.platform.services import tokens, users
@@ -80,6 +80,11 @@ def _prepare() -> str:
                                    note="demo: no content detector is available offline")
             output.say("   [yellow]safeguard relaxed for the demo:[/] images without a content detector may be "
                        "released (policy data edit, audited)")
+        if "nsfwjs" in screening.status(settings)["detectors"]:
+            # nsfwjs judges photographs; on the demo's 32-pixel digits it reads about half as nudity.
+            screening.configure_detector(db, settings=settings, kind="nsfwjs", path=None, actor=actor, enabled=False)
+            output.say("   [yellow]nudity detector off for the demo home:[/] nsfwjs is made for photographs, not "
+                       "32-pixel digits (audited; `latentops screening detector nsfwjs` turns it back on)")
     return secret
 
 
