@@ -143,18 +143,11 @@ content_evidence(inp, category) := concat("", ["matched: ", concat(", ", keyword
 # Two decimals without sprintf (rego-cpp's sprintf quotes computed values).
 format_score(s) := concat("", [format_int(floor(s), 10), ".", substring(format_int(100 + floor((s - floor(s)) * 100), 10), 1, 2)])
 
-categories(inp) := {lib.violation(
-	sprintf("prompt.%s", [category]),
-	# concat, not sprintf: rego-cpp quotes computed strings passed to sprintf's %s.
-	concat("", [
-		"the prompt asks for ", cfg.blocked_categories[category], " (severity ", format_int(level, 10), " of 6; ",
-		evidence(inp, category), ")",
-	]),
-) |
+categories(inp) := {lib.violation(concat("", ["prompt.", category]), category_reason(category, info)) |
 	some category in content_categories
-	level := severity(inp, category)
-	level > 0
-	level >= block_at(inp, category)
+	info := category_info(inp, category)
+	info.severity > 0
+	info.severity >= info.blocks_at
 }
 
 # What the decision reports per category, allowed or not: the prompt tester shows it.
