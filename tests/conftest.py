@@ -361,3 +361,7 @@ def policy_dir(tmp_path: Path) -> Path:
     target = tmp_path / "policies"
     shutil.copytree(DEFAULT_POLICY_DIR, target)
     return target
+
+
+# The portal browser tests' fixtures, shared by every test module that drives the portal.
+from portal_helpers import browser, portal  # noqa: F401

@@ -5,88 +5,20 @@ real app served by uvicorn on loopback. Each page visited is saved as a screensh
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
-from api_helpers import PASSWORD, make_user, team_id
-from conftest import REPO
+from api_helpers import make_user, team_id
 from job_helpers import queued_job
+from portal_helpers import ARTIFACTS, login, new_page, serving, shot
 
 from latentops.governance import policy
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs as jobs_service
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "portal"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-dev-shm-usage"]
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def portal(sqlite_url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The app on 127.0.0.1 with a fresh SQLite database; yields its base URL."""
-    from latentops.core.settings import get_settings
-    from latentops.platform.api.app import create_app
-
-    for key in list(os.environ):
-        if key.startswith("LATENTOPS_") and not key.startswith("LATENTOPS_TEST_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("LATENTOPS_HOME", str(home))
-    monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)
-    get_settings.cache_clear()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(get_settings()), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def browser():  # type: ignore[no-untyped-def]
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield launched
-        launched.close()
-
-
-def _page(browser, base: str):  # type: ignore[no-untyped-def]
-    context = browser.new_context(base_url=base, viewport={"width": 1366, "height": 820})
-    context.set_default_timeout(15_000)
-    return context.new_page()
-
-
-def _login(page, email: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto("/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/")
-
-
-def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_submitter_signs_in_sees_jobs_and_a_blocked_prompt_with_its_reason(portal: str, browser, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
@@ -96,27 +28,27 @@ def test_submitter_signs_in_sees_jobs_and_a_blocked_prompt_with_its_reason(porta
         mine = queued_job(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "design"))
         queued_job(session, kind="diagnostics", params={}, actor="system", team_id=team_id(sqlite_url, "marketing"))
         mine_id = mine.id
-    page = _page(browser, portal)
+    page = new_page(browser, portal)
     page.goto("/jobs")
     page.wait_for_url("**/login?next=/jobs")
     page.get_by_label("Email").fill("alice@example.com")
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Sign in").click()
     assert page.get_by_role("alert").inner_text() == "email or password is wrong"
-    _shot(page, "login")
-    _login(page, "alice@example.com")
+    shot(page, "login")
+    login(page, "alice@example.com")
     assert [link.inner_text() for link in page.get_by_role("navigation", name="Main").get_by_role("link").all()] == [
         "Jobs", "Generate", "Datasets", "Models"]
-    _shot(page, "home-submitter")
+    shot(page, "home-submitter")
 
     page.get_by_role("link", name="Jobs").first.click()
     rows = page.get_by_role("table", name="Jobs").locator("tbody tr")
     assert rows.count() == 1 and f"#{mine_id}" in rows.first.inner_text()  # marketing's job is not shown
     assert page.get_by_label(f"Progress of job {mine_id}").get_attribute("value") == "0"
-    _shot(page, "jobs")
+    shot(page, "jobs")
     page.get_by_role("link", name=f"#{mine_id}").click()
     assert page.locator("#job-state").inner_text() == "queued"
-    _shot(page, "job-detail")
+    shot(page, "job-detail")
     page.get_by_role("button", name="Cancel job").click()
     page.wait_for_url(f"**/jobs/{mine_id}")
     assert page.locator("#job-state").inner_text() == "cancelled"
@@ -128,14 +60,14 @@ def test_submitter_signs_in_sees_jobs_and_a_blocked_prompt_with_its_reason(porta
     alert = page.locator("#verdict").get_by_role("alert")
     alert.wait_for()
     assert "Blocked by policy" in alert.inner_text() and "Mickey Mouse" in alert.inner_text()
-    _shot(page, "generate-blocked")
+    shot(page, "generate-blocked")
     # A paraphrase with no listed word: refused by meaning, with the severity and the nearest example shown.
     page.get_by_label("Prompt", exact=True).fill("a man standing on the bridge railing, ready to end it all, rain, cinematic")
     page.locator("#verdict tr.blocked[data-category='self_harm']").wait_for()
     row = page.locator("#verdict tr[data-category='self_harm']").inner_text()
     assert "6 of 6" in row and "closest to" in row
     assert "prompt.self_harm" in page.locator("#verdict").get_by_role("alert").inner_text()
-    _shot(page, "generate-severity")
+    shot(page, "generate-severity")
     page.get_by_label("Prompt", exact=True).fill("a red apple on a wooden table")
     page.locator("#verdict").get_by_role("status").wait_for()
     assert "Allowed by policy" in page.locator("#verdict").inner_text()
@@ -145,8 +77,8 @@ def test_compliance_officer_filters_and_verifies_the_audit_log(portal: str, brow
     make_user(sqlite_url, "carol@example.com", "compliance_officer", "compliance")
     for name in ("erin", "frank", "grace"):
         make_user(sqlite_url, f"{name}@example.com", "submitter", "design")
-    page = _page(browser, portal)
-    _login(page, "carol@example.com")
+    page = new_page(browser, portal)
+    login(page, "carol@example.com")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit").click()
     page.get_by_label("Action").fill("user.create")
     page.get_by_role("button", name="Filter").click()
@@ -157,10 +89,10 @@ def test_compliance_officer_filters_and_verifies_the_audit_log(portal: str, brow
     status = page.locator("#verify-result").get_by_role("status")
     status.wait_for()
     assert "Audit trail intact" in status.inner_text()
-    _shot(page, "audit-verified")
+    shot(page, "audit-verified")
     page.get_by_role("link", name="Quarantine").click()
     assert "No quarantined images" in page.inner_text("main")
-    _shot(page, "quarantine")
+    shot(page, "quarantine")
     with page.expect_download() as download:
         page.goto("/audit")
         page.get_by_role("button", name="Export CSV").click()
@@ -177,15 +109,15 @@ def test_admin_grants_a_team_access_to_a_model(portal: str, browser, sqlite_url:
     with session_scope(sqlite_url) as session:
         models_service.import_model(session, source=source, name="tiny-sd1", actor="system", store_root=home / "models",
                                     description="A tiny test model", sensitivity="internal")
-    page = _page(browser, portal)
-    _login(page, "dave@example.com")
-    _shot(page, "home-admin")
+    page = new_page(browser, portal)
+    login(page, "dave@example.com")
+    shot(page, "home-admin")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
     assert page.get_by_role("table", name="Users").locator("tbody tr").count() == 2
     page.get_by_label("Prompt tester").fill("Donald Duck")
     page.get_by_role("button", name="Test prompt").click()
     page.locator("#prompt-verdict").get_by_role("alert").wait_for()
-    _shot(page, "admin")
+    shot(page, "admin")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Models").click()
     page.get_by_label("Team").select_option("design")
     page.get_by_label("Access").select_option("download")
@@ -194,12 +126,12 @@ def test_admin_grants_a_team_access_to_a_model(portal: str, browser, sqlite_url:
     assert "granted download on tiny-sd1 to team design" in page.get_by_role("status").inner_text()
     grants = page.get_by_role("table", name="Grants on tiny-sd1").locator("tbody tr")
     assert grants.count() == 1 and "design" in grants.first.inner_text()
-    _shot(page, "models-granted")
+    shot(page, "models-granted")
 
     # The submitter now sees the model (it was invisible before the grant only for other teams' models).
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/login")
-    _login(page, "alice@example.com")
+    login(page, "alice@example.com")
     page.goto("/models")
     assert "tiny-sd1" in page.inner_text("main") and page.get_by_role("button", name="Grant").count() == 0
 
@@ -216,7 +148,7 @@ def test_admin_grants_a_team_access_to_a_model(portal: str, browser, sqlite_url:
     Image.new("RGB", (64, 64), (200, 40, 40)).save(picture)
     page.get_by_label("Instance images").set_input_files([str(picture)])
     assert page.get_by_label("Caption for mug.png").count() == 1
-    _shot(page, "finetune-form")
+    shot(page, "finetune-form")
 
 
 @pytest.fixture
@@ -233,18 +165,8 @@ def portal_with_worker(queue_settings, start_worker, home: Path) -> Iterator[str
         # Uploads are content-screened; with no detector for most categories, policy data releases them.
         policy.set_policy_data(session, key="screening.release_without_detector", value=True, actor="cli:test")
     start_worker("gpu")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(queue_settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_app(queue_settings)) as url:
+        yield url
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -258,8 +180,8 @@ def test_submitter_uploads_images_for_a_fine_tune_and_watches_it_to_done(  # typ
         picture = home / f"pattern-{index}.png"
         Image.new("RGB", (96, 96), colour).save(picture)
         pictures.append(str(picture))
-    page = _page(browser, portal_with_worker)
-    _login(page, "alice@example.com")
+    page = new_page(browser, portal_with_worker)
+    login(page, "alice@example.com")
     page.goto("/jobs/new")
     page.get_by_label("Base model").select_option("tiny")
     page.get_by_label("Instance prompt").fill("a photo of sks pattern")
@@ -272,14 +194,14 @@ def test_submitter_uploads_images_for_a_fine_tune_and_watches_it_to_done(  # typ
         '{"steps": 2, "rank": 4, "resolution": 32, "checkpoint_every": 2, "samples": false, "lr": 0.001}')
     page.get_by_label("We hold a licence for these images").check()
     page.get_by_label("People shown consented to this use").check()
-    _shot(page, "finetune-upload")
+    shot(page, "finetune-upload")
     page.get_by_role("button", name="Submit fine-tune").click()
     page.wait_for_url("**/jobs/*")
     job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
-    _shot(page, "finetune-submitted")
+    shot(page, "finetune-submitted")
     # The job page polls its status; a real worker trains the adapter meanwhile.
     page.locator("#job-state", has_text="succeeded").wait_for(timeout=600_000)
-    _shot(page, "finetune-done")
+    shot(page, "finetune-done")
     with session_scope(database_url) as session:
         job = jobs_service.get(session, job_id)
         assert job.kind == "finetune" and job.state.value == "succeeded", job.error

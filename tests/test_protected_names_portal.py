@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from api_helpers import make_user
 from conftest import REPO
-from test_portal_browser import _login, _page, browser, portal  # noqa: F401 - the portal harness and its fixtures
+from portal_helpers import login, new_page
 
 ARTIFACTS = REPO / "test-artifacts" / "portal-names"
 
@@ -28,11 +28,11 @@ def _verdict(page, prompt: str) -> str:  # type: ignore[no-untyped-def]
     return str(answer.inner_text())
 
 
-def test_compliance_officer_adds_a_name_the_prompt_tester_refuses_then_removes_it(portal: str, browser, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_compliance_officer_adds_a_name_the_prompt_tester_refuses_then_removes_it(portal: str, browser, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
     make_user(sqlite_url, "carol@example.com", "compliance_officer", "compliance")
     make_user(sqlite_url, "alice@example.com", "submitter", "design")
-    page = _page(browser, portal)
-    _login(page, "carol@example.com")
+    page = new_page(browser, portal)
+    login(page, "carol@example.com")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Protected names").click()
     page.wait_for_url("**/protected-names")
 
@@ -70,7 +70,7 @@ def test_compliance_officer_adds_a_name_the_prompt_tester_refuses_then_removes_i
     _shot(page, "refused")
 
     page.get_by_role("button", name="Sign out").click()
-    _login(page, "alice@example.com")
+    login(page, "alice@example.com")
     assert page.get_by_role("navigation", name="Main").get_by_role("link", name="Protected names").count() == 0
     page.goto("/protected-names")
     assert page.get_by_role("heading", level=1).inner_text() == "Not allowed"
