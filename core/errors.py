@@ -70,6 +70,12 @@ class ServiceUnavailable(LatentopsError):
     error = "service_unavailable"
 
 
+class SchemaNotMigrated(ServiceUnavailable):
+    """The database's schema is older than this release (never migrated, or by an older one)."""
+
+    error = "schema_not_migrated"
+
+
 class ConfigurationError(LatentopsError):
     """The deployment's settings are invalid; raised at start-up."""
 

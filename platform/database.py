@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from latentops.core.errors import PolicyDenied, ServiceUnavailable
+from latentops.core.errors import PolicyDenied, SchemaNotMigrated, ServiceUnavailable
 
 
 def redact(url: str) -> str:
@@ -104,6 +104,11 @@ def session_scope(url: str) -> Iterator[Session]:
         session.rollback()
         if _is_connection_error(error):
             raise ServiceUnavailable(f"database unreachable at {redact(url)}: {_first_line(error)}") from None
+        _raise_if_unmigrated(error, url)
+        raise
+    except sa.exc.ProgrammingError as error:
+        session.rollback()
+        _raise_if_unmigrated(error, url)
         raise
     except BaseException:
         session.rollback()
@@ -122,6 +127,20 @@ def check_connection(url: str) -> None:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError as error:
         raise ServiceUnavailable(f"database unreachable at {redact(url)}: {_first_line(error)}") from None
+
+
+# SQLite's messages and PostgreSQL's SQLSTATEs (undefined table, undefined column) for a schema
+# older than the code: the home was never migrated, or was migrated by an older release.
+_UNMIGRATED_SQLITE = ("no such table", "no such column", "has no column named")
+_UNMIGRATED_SQLSTATES = ("42P01", "42703")
+
+
+def _raise_if_unmigrated(error: sa.exc.DBAPIError, url: str) -> None:
+    """One line naming the fix (``latentops db upgrade``) when the schema lags behind the code."""
+    text = str(error.orig).strip()
+    if getattr(error.orig, "sqlstate", None) in _UNMIGRATED_SQLSTATES or any(m in text.lower() for m in _UNMIGRATED_SQLITE):
+        raise SchemaNotMigrated(f"the database at {redact(url)} is not at this release's schema ({text.splitlines()[0]}); "
+                                "run `latentops db upgrade`") from None
 
 
 def _is_connection_error(error: sa.exc.OperationalError) -> bool:
