@@ -254,8 +254,12 @@ def use_service(service: PolicyService | None) -> None:
 # --- the API ------------------------------------------------------------------------------------
 
 
-def subject_for(session: Session, actor: audit.Actor | str | User) -> dict[str, Any]:
+def subject_for(session: Session, actor: audit.Actor | str | User, *, team: str | None = None) -> dict[str, Any]:
     """The ``subject`` input: a user with memberships, or the local console operator.
+
+    The console operator holds the roles policy data gives it (``console_roles``) and no team; it
+    acts for ``team`` (the team its command names, sent as ``acting_for``), so grants to that team
+    count for it. A user's teams are only their memberships: ``team`` changes nothing for them.
 
     A job (``job:<id>``) acts for the user who submitted it: its decisions are that user's. A job
     without an owner (submitted from the console) is the system.
@@ -266,7 +270,11 @@ def subject_for(session: Session, actor: audit.Actor | str | User) -> dict[str, 
         owner = session.scalar(sa.select(User).join(Job, Job.owner_id == User.id).where(Job.id == int(actor[4:])))
         actor = owner if owner is not None else "system"
     if isinstance(actor, str) and (actor.startswith("cli:") or actor == "system"):
-        return {"kind": "console" if actor.startswith("cli:") else "system", "name": actor, "user_id": None, "memberships": []}
+        subject: dict[str, Any] = {"kind": "console" if actor.startswith("cli:") else "system", "name": actor, "user_id": None,
+                                   "memberships": []}
+        if subject["kind"] == "console" and team:
+            subject["acting_for"] = team.strip().lower()
+        return subject
     user = actor if isinstance(actor, User) else session.scalar(sa.select(User).where(User.email == str(actor).strip().lower()))
     if user is None:
         raise NotFound(f"actor: no user {actor!r}")
@@ -297,7 +305,8 @@ def decide(path: str, input: Mapping[str, Any], *, session: Session, actor: audi
     service = service or get_service()
     service.refresh(session)
     if isinstance(input, Mapping) and "subject" not in input and path != "prompt":
-        input = {**input, "subject": subject_for(session, actor)}
+        team = input.get("team")
+        input = {**input, "subject": subject_for(session, actor, team=team if isinstance(team, str) else None)}
     decision, policy_input, engine_error = service.evaluate(path, input)
     index = service.bundle.prompt_index if service.bundle else None
     masked = mask_input(policy_input, index)

@@ -20,6 +20,7 @@ from latentops.pipelines import tiny
 from latentops.pipelines.finetune import tracking
 from latentops.platform.database import session_scope
 from latentops.platform.services import finetune, jobs, users
+from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
 from latentops.platform.tables import AuditEntry, Job, LoraAdapter, PolicyDecision
 
@@ -198,3 +199,19 @@ def test_finetune_run_in_process_stops_and_resumes_from_a_toml_config(catalogue,
     assert result["resumed_from"] == 2 and result["steps"] == 4 and result["adapter"] == "tiny-lora"
     refused = cli("finetune", "run", "--config", str(job), "--out", str(tmp_path / "o2"), "--rank", "0")
     assert refused.returncode == 1 and "rank:" in refused.stderr
+
+
+def test_the_console_uses_a_model_through_a_grant_to_the_team_it_names(queue_settings, catalogue, instances: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = queue_settings
+    with pytest.raises(PolicyDenied, match="no grant lets you use model 'internal-tiny'"):
+        submit_finetune(settings, actor=CONSOLE, request=_request(instances, model="internal-tiny", team="design"))
+    with session_scope(settings.database_url) as db:
+        users.get_or_create_team(db, name="vision", actor=CONSOLE)
+        grants_service.grant(db, model="internal-tiny", action="use", actor=CONSOLE, team="vision")
+    with pytest.raises(PolicyDenied, match="no grant lets you use model 'internal-tiny'"):  # the grant is vision's
+        submit_finetune(settings, actor=CONSOLE, request=_request(instances, model="internal-tiny", team="design"))
+    job_id = submit_finetune(settings, actor=CONSOLE, request=_request(instances, model="internal-tiny", team="vision"))
+    with session_scope(settings.database_url) as db:
+        decision = db.scalars(sa.select(PolicyDecision).where(PolicyDecision.path == "jobs").order_by(PolicyDecision.id.desc())).first()
+        assert decision is not None and decision.allow and decision.input_masked["subject"]["acting_for"] == "vision"
+        assert jobs.get(db, job_id).kind == "finetune"

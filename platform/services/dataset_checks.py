@@ -79,7 +79,8 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
         plan.loras[cls.name] = f"{target.lora.name}@{target.lora.version}" if target.lora else None
         try:  # a denial leaves its recorded decisions in the transaction; the other classes go on
             plan.authorizations[cls.name] = generation.authorize(
-                session, target=target, prompts=cls.rendered_prompts(), negative_prompt=spec.negative_of(cls), actor=actor)
+                session, target=target, prompts=cls.rendered_prompts(), negative_prompt=spec.negative_of(cls), actor=actor,
+                team=team)
         except PolicyDenied as denial:
             plan.denied.append({"class": cls.name, "reasons": list(denial.reasons) or [denial.detail]})
             log.warning("dataset %s: class %s refused by policy: %s", spec.name, cls.name, denial.detail)

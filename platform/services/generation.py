@@ -156,18 +156,22 @@ def _lora_input(session: Session, target: Target) -> dict[str, Any]:
 
 
 def authorize(session: Session, *, target: Target, prompts: Sequence[str], negative_prompt: str | None,
-              actor: audit.Actor | str) -> Authorization:
-    """Every decision the request needs; raises ``PolicyDenied`` (decisions flushed) on the first deny."""
+              actor: audit.Actor | str, team: str | None = None) -> Authorization:
+    """Every decision the request needs; raises ``PolicyDenied`` (decisions flushed) on the first deny.
+
+    ``team`` is the team the images are for: the console operator acts for it (its grants count).
+    """
+    for_team = {"team": team} if team else {}
     distinct = sorted({p for p in prompts} | ({negative_prompt} if negative_prompt else set()))
     if not distinct:
         raise InvalidInput("prompt: give at least one prompt")
     decisions = []
     for text in distinct:
         decisions.append(policy.require("prompt", {"prompt": text}, session=session, actor=actor))
-    decisions.append(policy.require("models", {"action": "use", **grants_service.model_input(session, target.model)},
+    decisions.append(policy.require("models", {"action": "use", **grants_service.model_input(session, target.model), **for_team},
                                     session=session, actor=actor))
     if target.lora is not None:
-        decisions.append(policy.require("models", {"action": "use", **_lora_input(session, target)},
+        decisions.append(policy.require("models", {"action": "use", **_lora_input(session, target), **for_team},
                                         session=session, actor=actor))
     return Authorization(target_key=(target.version.id, target.lora.id if target.lora else None),
                          prompts=frozenset(distinct), decision_ids=tuple(d.decision_id for d in decisions if d.decision_id),
@@ -276,7 +280,7 @@ def generate(session: Session, *, settings: Settings, actor: audit.Actor | str, 
     # 2. Authorise, or check that the authorisation given covers exactly this request.
     if authorization is None:
         authorization = authorize(session, target=target, prompts=spec.prompts, negative_prompt=spec.negative_prompt,
-                                  actor=actor)
+                                  actor=actor, team=team)
     wanted = set(spec.prompts) | ({spec.negative_prompt} if spec.negative_prompt else set())
     if authorization.target_key != (target.version.id, target.lora.id if target.lora else None) or not (
             wanted <= authorization.prompts):

@@ -13,8 +13,14 @@ decision(violations) := {"allow": count(violations) == 0, "deny": violations}
 # Every role the subject holds, in any team.
 roles(subject) := {m.role | some m in subject.memberships}
 
-# The teams the subject belongs to.
-teams(subject) := {m.team | some m in subject.memberships}
+# The teams the subject belongs to. The local console operator belongs to none, but acts for the
+# team its command names (``--team``, sent as ``acting_for``): grants to that team count for it.
+teams(subject) := {m.team | some m in subject.memberships} | acting_for(subject)
+
+acting_for(subject) := {subject.acting_for} if {
+	subject.kind == "console"
+	is_string(subject.acting_for)
+} else := set()
 
 # The subject's role in one team ("" when not a member).
 role_in(subject, team) := r if {

@@ -23,6 +23,12 @@ test_console_operator_gets_configured_roles if {
 	lib.effective_roles(alice, ["admin"]) == {"submitter", "data_scientist"}
 }
 
+test_console_operator_acts_for_the_team_it_names if {
+	lib.teams({"kind": "console", "memberships": [], "acting_for": "vision"}) == {"vision"}
+	lib.teams({"kind": "console", "memberships": []}) == set()
+	lib.teams(object.union(alice, {"acting_for": "legal"})) == {"design", "research"}
+}
+
 test_decision_allows_only_without_violations if {
 	lib.decision(set()).allow == true
 	lib.decision({lib.violation("x.y", "no")}).allow == false
