@@ -241,3 +241,23 @@ def test_models_commands_end_to_end(cli, tmp_path: Path, tiny_dirs) -> None:  # 
     assert hub.returncode == 1 and "hub id" in hub.stderr and "Traceback" not in hub.stderr
     assert cli("models", "remove", "tiny-sd3").returncode == 0
     assert cli("models", "list", "--json").stdout.strip() == ""
+
+
+def test_import_sets_the_label_and_owner_team_and_refuses_unknown_ones(sqlite_url: str, tmp_path: Path, tiny_dirs) -> None:  # type: ignore[no-untyped-def]
+    from latentops.platform.services import users
+
+    store = tmp_path / "store"
+    with session_scope(sqlite_url) as db:
+        users.get_or_create_team(db, name="vision", actor=ACTOR)
+    with (pytest.raises(InvalidInput, match=r"^sensitivity: 'topsecret' is not a label .*; choose one of internal, public, restricted$"),
+          session_scope(sqlite_url) as db):
+        models_service.import_model(db, source=tiny_dirs["sd1"], name="m", actor=ACTOR, store_root=store, sensitivity="topsecret")
+    with (pytest.raises(InvalidInput, match=r"^owner_team: no team named 'visoin'; existing teams: vision$"),
+          session_scope(sqlite_url) as db):
+        models_service.import_model(db, source=tiny_dirs["sd1"], name="m", actor=ACTOR, store_root=store, owner_team="visoin")
+    assert _rows(sqlite_url)[:2] == (0, 0) and not store.exists()  # refused before anything was stored
+    with session_scope(sqlite_url) as db:
+        models_service.import_model(db, source=tiny_dirs["sd1"], name="m", actor=ACTOR, store_root=store,
+                                    sensitivity="Restricted", owner_team="vision")
+        info = models_service.describe(db, name="m")
+    assert info["sensitivity"] == "restricted" and info["owner_team"] == "vision"

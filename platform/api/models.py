@@ -41,7 +41,8 @@ class ImportRequest(BaseModel):
     source: str = Field(min_length=1, max_length=500, description="Path relative to the server's import folder.")
     description: str = Field(default="", max_length=2000)
     licence: str = Field(default="", max_length=200)
-    sensitivity: str = Field(default="internal", max_length=32)
+    sensitivity: str = Field(default="internal", max_length=32, description="A label of policy data models.sensitivity.")
+    owner_team: str | None = Field(default=None, max_length=100, description="The team that owns the model (an existing one).")
 
 
 class GrantRequest(BaseModel):
@@ -94,7 +95,7 @@ def import_model(body: ImportRequest, session: SessionDep, settings: SettingsDep
     assert settings.model_store is not None
     version = models_service.import_model(session, source=source, name=body.name, actor=principal.email,
                                           store_root=settings.model_store, description=body.description,
-                                          licence=body.licence, sensitivity=body.sensitivity)
+                                          licence=body.licence, sensitivity=body.sensitivity, owner_team=body.owner_team)
     record = session.get(ModelRecord, version.model_id)
     assert record is not None
     return summary_json(session, record)

@@ -32,10 +32,15 @@ def import_(
         False, "--allow-pickle", help="Accept pickle checkpoints (.ckpt): loading them can run code. Audited."
     ),
     description: str = typer.Option("", help="What the model is for."),
+    sensitivity: str = typer.Option("internal", "--sensitivity",
+                                    help="Sensitivity label (policy data models.sensitivity: public, internal, restricted "
+                                    "by default). public: anyone may use it; otherwise a grant is needed."),
+    owner_team: str | None = typer.Option(None, "--owner-team", help="The existing team that owns the model."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Import local weights into the store (content-addressed; audited). Nothing is downloaded."""
-    result = backends.backend().import_model(source=source, name=name, allow_pickle=allow_pickle, description=description)
+    result = backends.backend().import_model(source=source, name=name, allow_pickle=allow_pickle, description=description,
+                                             sensitivity=sensitivity, owner_team=owner_team)
     if json_output:
         output.emit_json(result)
     else:
@@ -72,7 +77,8 @@ def show(
         output.emit_json(info)
         return
     removed = f" (removed {info['removed_at']})" if info["removed_at"] else ""
-    output.say(f"{info['name']}: {info['family']}, {info['sensitivity']}{removed}")
+    owner = f", owned by team {info['owner_team']}" if info.get("owner_team") else ""
+    output.say(f"{info['name']}: {info['family']}, {info['sensitivity']}{owner}{removed}")
     if info["description"]:
         output.say(info["description"])
     output.table(

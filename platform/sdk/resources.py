@@ -133,11 +133,11 @@ class Models:
         return cast(Model, self._http.json("GET", f"/models/{name}"))
 
     def import_(self, name: str, *, source: str, description: str = "", licence: str = "",
-                sensitivity: str = "internal") -> Model:
+                sensitivity: str = "internal", owner_team: str | None = None) -> Model:
         """Import from the server's import folder (``source`` is relative to it)."""
         return cast(Model, self._http.json("POST", "/models", body={
             "name": name, "source": source, "description": description, "licence": licence,
-            "sensitivity": sensitivity}))
+            "sensitivity": sensitivity, "owner_team": owner_team}))
 
     def grants(self, name: str) -> builtins.list[Grant]:
         return cast(builtins.list[Grant], self._http.json("GET", f"/models/{name}/grants"))

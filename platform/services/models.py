@@ -58,9 +58,16 @@ def import_model(
     description: str = "",
     licence: str = "",
     sensitivity: str = "internal",
+    owner_team: str | None = None,
 ) -> ModelVersion:
-    """Register ``source`` (a local diffusers folder or checkpoint) as model ``name``, version 1."""
+    """Register ``source`` (a local diffusers folder or checkpoint) as model ``name``, version 1.
+
+    ``sensitivity`` must be a label the models policy knows (policy data ``models.sensitivity``);
+    ``owner_team`` an existing team. Both are checked before anything is stored.
+    """
     name = _check_name(name)
+    sensitivity = check_sensitivity(sensitivity)
+    owner = _existing_team(session, owner_team) if owner_team else None
     existing = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == name))
     if existing is not None:
         state = "a removed model" if existing.removed_at else "a model"
@@ -69,7 +76,8 @@ def import_model(
     inspection = store.inspect(source, allow_pickle=allow_pickle)
     path, copied = store.put(inspection)
     record = ModelRecord(
-        name=name, family=inspection.family, description=description, licence=licence, sensitivity=sensitivity
+        name=name, family=inspection.family, description=description, licence=licence, sensitivity=sensitivity,
+        owner_team_id=owner.id if owner else None,
     )
     session.add(record)
     session.flush()
@@ -85,9 +93,29 @@ def import_model(
     audit.record(
         session, actor=actor, action="model.import", resource=f"model:{record.id}",
         details={"name": name, "family": inspection.family, "format": inspection.format, "version": 1,
-                 "content_hash": inspection.content_hash, "stored_copy": copied, "allow_pickle": allow_pickle},
+                 "content_hash": inspection.content_hash, "stored_copy": copied, "allow_pickle": allow_pickle,
+                 "sensitivity": sensitivity, "owner_team": owner.name if owner else None},
     )
     return version
+
+
+def check_sensitivity(label: str) -> str:
+    """``label`` if the models policy knows it, else ``InvalidInput`` naming it and the known ones."""
+    from latentops.governance import policy
+
+    known = sorted(policy.policy_data("models.sensitivity"))
+    value = label.strip().lower()
+    if value not in known:
+        raise InvalidInput(f"sensitivity: {label!r} is not a label the models policy knows; choose one of {', '.join(known)}")
+    return value
+
+
+def _existing_team(session: Session, name: str) -> Team:
+    row = session.scalar(sa.select(Team).where(Team.name == name.strip().lower()))
+    if row is None:
+        known = list(session.scalars(sa.select(Team.name).order_by(Team.name)))
+        raise InvalidInput(f"owner_team: no team named {name!r}; existing teams: {', '.join(known) or 'none yet'}")
+    return row
 
 
 def get_model(session: Session, *, name: str, include_removed: bool = False) -> ModelRecord:
@@ -143,9 +171,11 @@ def list_models(session: Session, *, include_removed: bool = False) -> list[Mode
 def describe(session: Session, *, name: str) -> dict[str, Any]:
     """Everything ``models show`` prints, as plain data."""
     record = get_model(session, name=name, include_removed=True)
+    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
     return {
         "name": record.name, "family": record.family, "description": record.description,
-        "sensitivity": record.sensitivity, "licence": record.licence, "created_at": record.created_at,
+        "sensitivity": record.sensitivity, "owner_team": owner.name if owner else None, "licence": record.licence,
+        "created_at": record.created_at,
         "removed_at": record.removed_at,
         "versions": [
             {"version": v.version, "content_hash": v.content_hash, "path": v.path, "size_bytes": v.size_bytes,

@@ -165,14 +165,16 @@ class LocalBackend:
         with context.session() as db:
             return grants.list_grants(db, model=model)
 
-    def import_model(self, *, source: str, name: str, allow_pickle: bool, description: str) -> dict[str, Any]:
+    def import_model(self, *, source: str, name: str, allow_pickle: bool, description: str, sensitivity: str,
+                     owner_team: str | None) -> dict[str, Any]:
         from latentops.platform.services import models
 
         store = context.settings().model_store
         assert store is not None  # Settings always fills it in
         with context.session() as db:
             version = models.import_model(db, source=source, name=name, actor=context.actor(), store_root=store,
-                                          allow_pickle=allow_pickle, description=description)
+                                          allow_pickle=allow_pickle, description=description, sensitivity=sensitivity,
+                                          owner_team=owner_team)
             return {"name": name, "version": version.version, "family": version.config["family"],
                     "content_hash": version.content_hash, "path": version.path, "format": version.config["format"]}
 

@@ -139,10 +139,11 @@ class RemoteBackend:
     def list_grants(self, model: str) -> list[dict[str, Any]]:
         return [dict(g) for g in self.api.models.grants(model)]
 
-    def import_model(self, *, source: str, name: str, allow_pickle: bool, description: str) -> dict[str, Any]:
+    def import_model(self, *, source: str, name: str, allow_pickle: bool, description: str, sensitivity: str,
+                     owner_team: str | None) -> dict[str, Any]:
         if allow_pickle:
             raise _unsupported("--allow-pickle", "the server imports safetensors files and diffusers folders only")
-        self.api.models.import_(name, source=source, description=description)
+        self.api.models.import_(name, source=source, description=description, sensitivity=sensitivity, owner_team=owner_team)
         found = self.api.models.get(name)
         latest = max(found["versions"], key=lambda v: int(v["version"]))
         return {"name": found["name"], "version": latest["version"], "family": found["family"],
