@@ -9,6 +9,7 @@ audit verification and the admin's prompt tester answer in place.
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -16,9 +17,10 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from latentops.core.errors import InvalidInput, LatentopsError
+from latentops.core.errors import InvalidInput, LatentopsError, PolicyDenied
 from latentops.governance import access, policy
 from latentops.pipelines.finetune.config import build_config
+from latentops.platform import database
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import (
     dataset_views,
@@ -43,6 +45,23 @@ router = APIRouter(include_in_schema=False)
 def service_available(module: str) -> bool:
     """Whether a capability's service is installed (fine-tuning, generation and datasets land separately)."""
     return importlib.util.find_spec(module) is not None
+
+
+def _keep_only_evidence(session: Any, error: LatentopsError) -> None:
+    """What a refused form leaves in the request's transaction: a policy denial's decisions (they are
+    evidence, as ``session_scope`` keeps them), nothing else; the work it registered is dropped too."""
+    if isinstance(error, PolicyDenied):
+        return
+    session.rollback()
+    session.info.pop(database._AFTER_COMMIT, None)
+
+
+_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
+
+
+def _shown(text: str) -> str:
+    """A message for a person: server paths are reduced to their last part (the file's own name)."""
+    return _SERVER_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -134,11 +153,18 @@ def _usable_models(session: Any, principal: Any) -> list[str]:
 
 
 @router.get("/generate", response_class=HTMLResponse)
-def generate_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+def generate_page(request: Request, session: SessionDep, principal: PortalUser,
+                  model: Annotated[str, Query(max_length=200)] = "",
+                  lora: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
+    """The generate form; ``model`` and ``lora`` preselect a base model and an adapter (a fine-tune's link)."""
     access.check(session, principal=principal, action="prompt.check")
     can_generate = access.allowed(session, principal=principal, action="generations.create")
+    adapters = generation_views.usable_adapters(session, principal) if can_generate else []
+    chosen = next((a for a in adapters if a["ref"] == lora or a["name"] == lora), None) if lora else None
     return render(request, "generate.html", session=session, principal=principal, generation=True,
-                  can_generate=can_generate, models=_usable_models(session, principal) if can_generate else [])
+                  can_generate=can_generate, models=_usable_models(session, principal) if can_generate else [],
+                  adapters=adapters, form={"model": chosen["model"] if chosen else model,
+                                           "lora": chosen["ref"] if chosen else ""})
 
 
 @router.post("/generate", response_class=HTMLResponse)
@@ -148,35 +174,54 @@ def generate_submit(request: Request, session: SessionDep, settings: SettingsDep
                     negative_prompt: Annotated[str, Form(max_length=20_000)] = "",
                     n: Annotated[int, Form(ge=1, le=64)] = 4, seed: Annotated[int, Form(ge=0)] = 0,
                     steps: Annotated[int, Form(ge=1, le=500)] = 20, guidance: Annotated[float, Form(ge=0, le=50)] = 5.0,
+                    lora: Annotated[str, Form(max_length=200)] = "",
                     team: Annotated[str, Form(max_length=100)] = "") -> Response:
-    body = job_requests.parse(job_requests.GenerationBody, {
-        "model": model, "prompt": prompt, "negative_prompt": negative_prompt or None, "n": n, "seed": seed,
-        "steps": steps, "guidance": guidance, "team": team or None}, source="")
-    job = generations_submit.submit(session, settings, principal, body)
+    form = {"model": model, "lora": lora, "prompt": prompt, "negative_prompt": negative_prompt, "n": n, "seed": seed,
+            "steps": steps, "guidance": guidance, "team": team}
+    try:
+        body = job_requests.parse(job_requests.GenerationBody, {
+            "model": model, "lora": lora or None, "prompt": prompt, "negative_prompt": negative_prompt or None, "n": n,
+            "seed": seed, "steps": steps, "guidance": guidance, "team": team or None}, source="")
+        job = generations_submit.submit(session, settings, principal, body)
+    except LatentopsError as error:  # shown on the form, with everything the user entered
+        _keep_only_evidence(session, error)
+        return render(request, "generate.html", session=session, principal=principal, generation=True,
+                      can_generate=True, models=_usable_models(session, principal),
+                      adapters=generation_views.usable_adapters(session, principal), form=form,
+                      error=_shown(error.detail), reasons=[_shown(str(r)) for r in error.reasons
+                                                           if str(r) != error.detail],
+                      status_code=error.status_code)
     return RedirectResponse(f"/generate/{job.id}", status_code=303)
 
 
 @router.get("/generate/{job_id:int}", response_class=HTMLResponse)
 def generation_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    data = generation_views.generation_json(session, principal, job_id)  # NotFound unless visible
+    row = jobs_service.get(session, job_id)
     return render(request, "generation.html", session=session, principal=principal,
-                  **generation_views.generation_json(session, principal, job_id))
+                  request_params=generation_views.request_view(row.params or {}), **data)
 
 
 @router.get("/generate/{job_id:int}/status", response_class=HTMLResponse)
 def generation_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    return render(request, "fragments/generation_status.html", **generation_views.generation_json(session, principal, job_id))
+    """The generation's live part; once it has finished, status 286 tells htmx to stop polling."""
+    data = generation_views.generation_json(session, principal, job_id)
+    finished = data["job"]["state"] in {"succeeded", "failed", "cancelled"}
+    return render(request, "fragments/generation_status.html", status_code=286 if finished else 200, **data)
 
 
 @router.post("/generate/check", response_class=HTMLResponse)
 def prompt_check(request: Request, session: SessionDep, principal: PortalUser,
                  prompt: Annotated[str, Form(max_length=20_000)] = "") -> HTMLResponse:
+    """The prompt policy's verdict, and the Generate button (out of band): disabled while the prompt is refused."""
     access.check(session, principal=principal, action="prompt.check")
+    can_generate = access.allowed(session, principal=principal, action="generations.create")
     if not prompt.strip():
-        return render(request, "fragments/verdict.html", decision=None)
+        return render(request, "fragments/prompt_verdict.html", decision=None, can_generate=can_generate)
     policy.get_service().refresh(session)
     decision = policy.evaluate("prompt", {"prompt": prompt})
     reasons = list(zip(decision.rule_ids, decision.reasons, strict=True))
-    return render(request, "fragments/verdict.html", decision=decision, reasons=reasons)
+    return render(request, "fragments/prompt_verdict.html", decision=decision, reasons=reasons, can_generate=can_generate)
 
 
 DATASET_EXAMPLE = """name: digits-aug
