@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from latentops.core.errors import InvalidInput, LatentopsError, PolicyDenied
+from latentops.core.errors import InvalidInput, LatentopsError, NotFound, PolicyDenied
 from latentops.governance import access, policy
 from latentops.pipelines.finetune.config import build_config
 from latentops.platform import database
@@ -116,17 +117,50 @@ def _loss_points(job: dict[str, Any]) -> str:
     return " ".join(f"{i * step:.1f},{110 - 100 * (v - low) / span:.1f}" for i, v in enumerate(values))
 
 
-@router.get("/jobs/{job_id:int}", response_class=HTMLResponse)
-def job_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+JOB_IMAGE_PURPOSES = ("validation", "samples", "generation")  # a job's own renders; not class or dataset images
+LOG_TAIL = 200
+
+
+def _job_view(request: Request, session: Any, principal: Any, job_id: int) -> dict[str, Any]:
+    """Everything the job page shows: state, ETA, loss chart, validation images, the log's tail and,
+    for a finished fine-tune, the adapter it registered."""
     job = job_views.job_json(session, job_views.visible_job(session, principal, job_id))
     events = jobs_service.events(session, job_id)
     can_control = access.allowed(session, principal=principal, action="jobs.control")
-    # Validation images and samples are the job's released assets (they took the governed path).
-    images = [str(asset_id) for asset_id in session.scalars(
-        sa.select(Asset.id).where(Asset.job_id == job_id, Asset.status == "released").order_by(Asset.id))]
-    return render(request, "job.html", session=session, principal=principal, job=job, events=events,
-                  loss_points=_loss_points(job), images=images, can_control=can_control,
-                  mlflow_run=job["result"].get("mlflow_run_id"))
+    # Validation images and samples are the job's assets: released ones are shown, held ones counted.
+    assets = session.execute(sa.select(Asset.id, Asset.status).where(
+        Asset.job_id == job_id, Asset.purpose.in_(JOB_IMAGE_PURPOSES)).order_by(Asset.id)).all()
+    return {"job": job, "events": events[-LOG_TAIL:], "events_hidden": max(0, len(events) - LOG_TAIL),
+            "loss_points": _loss_points(job), "can_control": can_control,
+            "images": [str(a.id) for a in assets if a.status == "released"],
+            "held": sum(1 for a in assets if a.status != "released"),
+            "adapter": generation_views.adapter_of_job(session, job_id) if job["state"] == "succeeded" else None,
+            "mlflow_run": job["result"].get("mlflow_run_id")}
+
+
+@router.get("/jobs/{job_id:int}", response_class=HTMLResponse)
+def job_page(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    return render(request, "job.html", session=session, principal=principal,
+                  **_job_view(request, session, principal, job_id))
+
+
+@router.get("/jobs/{job_id:int}/live", response_class=HTMLResponse)
+def job_live(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    """The job view as one fragment: the page swaps it in every two seconds until the job has finished."""
+    return render(request, "fragments/job_live.html", principal=principal,
+                  **_job_view(request, session, principal, job_id))
+
+
+@router.get("/jobs/{job_id:int}/images/{asset_id:int}")
+def job_image(job_id: int, asset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> Response:
+    """A released image of a job the caller may see (its validation images and samples)."""
+    job_views.visible_job(session, principal, job_id)
+    asset = session.get(Asset, asset_id)
+    if asset is None or asset.job_id != job_id or asset.status != "released" or not asset.path \
+            or not Path(asset.path).is_file():
+        raise NotFound(f"image: job {job_id} has no released image {asset_id}")
+    return Response(content=Path(asset.path).read_bytes(), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/jobs/{job_id:int}/status", response_class=HTMLResponse)
