@@ -82,7 +82,9 @@ def jobs_page(request: Request, session: SessionDep, principal: PortalUser,
               offset: int = Query(default=0, ge=0)) -> HTMLResponse:
     can_submit = access.allowed(session, principal=principal, action="jobs.submit")
     return render(request, "jobs.html", session=session, principal=principal, can_submit=can_submit,
-                  kinds=list(job_requests.FORM_KINDS), finetune=service_available("latentops.platform.services.finetune"),
+                  finetune=service_available("latentops.platform.services.finetune"),
+                  can_generate=access.allowed(session, principal=principal, action="generations.create"),
+                  can_dataset=access.allowed(session, principal=principal, action="datasets.create"),
                   **_jobs_page(request, session, principal, offset))
 
 
@@ -90,19 +92,6 @@ def jobs_page(request: Request, session: SessionDep, principal: PortalUser,
 def jobs_table(request: Request, session: SessionDep, principal: PortalUser,
                offset: int = Query(default=0, ge=0)) -> HTMLResponse:
     return render(request, "fragments/jobs_table.html", **_jobs_page(request, session, principal, offset))
-
-
-@router.post("/jobs", response_class=HTMLResponse)
-def submit_job(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
-               kind: Annotated[str, Form(max_length=32)], team: Annotated[str, Form(max_length=100)] = "") -> Response:
-    access.check(session, principal=principal, action="jobs.submit")
-    if kind not in job_requests.FORM_KINDS:  # the others have their own pages (generate, datasets, fine-tune)
-        raise InvalidInput(f"kind: {kind!r} is not submitted here; one of {', '.join(job_requests.FORM_KINDS)}")
-    team_row = teams.resolve(session, principal, team or None)
-    params = job_requests.build_diagnostics(job_requests.DiagnosticsRequest())
-    job = jobs_service.submit(session, settings, kind=kind, params=params, actor=principal.email, owner=principal.user,
-                              team=team_row, subject=principal.subject)
-    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
 def _loss_points(job: dict[str, Any]) -> str:
