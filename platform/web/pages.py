@@ -22,8 +22,10 @@ from latentops.core.errors import InvalidInput, LatentopsError, NotFound, Policy
 from latentops.governance import access, policy
 from latentops.pipelines.finetune.config import build_config
 from latentops.platform import database
+from latentops.platform.api import limits
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import (
+    dataset_checks,
     dataset_views,
     finetune_policy,
     finetune_uploads,
@@ -170,9 +172,7 @@ def cancel_job(job_id: int, request: Request, session: SessionDep, principal: Po
 
 
 def _usable_models(session: Any, principal: Any) -> list[str]:
-    rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
-    return [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
-                                                   resource=models_service.resource_of(session, principal, r))]
+    return _usable_model_names(session, principal)
 
 
 @router.get("/generate", response_class=HTMLResponse)
@@ -311,14 +311,61 @@ def dataset_download(dataset_id: int, request: Request, session: SessionDep, pri
 # --- fine-tuning --------------------------------------------------------------------------------
 
 
-@router.get("/jobs/new", response_class=HTMLResponse)
-def finetune_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    access.check(session, principal=principal, action="jobs.submit")
+def _native_resolution(session: Any, model: str) -> int:
+    """The pixels the model makes natively (its latest version's UNet sample size × VAE scale); 0 when unknown."""
+    record = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == model, ModelRecord.removed_at.is_(None)))
+    versions = models_service.versions_of(session, model=record) if record is not None else []
+    if not versions:
+        return 0
+    return dataset_checks._native_resolution(models_service.weights_ref(session, version=versions[-1]).path)
+
+
+def _presets(native: int) -> dict[str, dict[str, Any]]:
+    """The presets for a base model: each trains at the model's native resolution when it is known."""
+    return {name: {**values, "resolution": native or values["resolution"]}
+            for name, values in finetune_uploads.PRESETS.items()}
+
+
+def _recipe(session: Any, settings: Any, *, model: str, preset: str, params: str, instance_prompt: str) -> dict[str, Any]:
+    """The recipe values: the preset at the model's native resolution, overridden by the explicit ``params``."""
+    values = finetune_uploads.recipe_values(preset, params, instance_prompt, max_depth=settings.max_json_depth)
+    explicit = limits.loads(params, field="params", max_depth=settings.max_json_depth) if params.strip() else {}
+    native = _native_resolution(session, model)
+    if native and "resolution" not in explicit:
+        values["resolution"] = native
+    return values
+
+
+def _usable_model_names(session: Any, principal: Any) -> list[str]:
     rows = session.scalars(sa.select(ModelRecord).where(ModelRecord.removed_at.is_(None)).order_by(ModelRecord.name))
-    names = [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
-                                                     resource=models_service.resource_of(session, principal, r))]
-    return render(request, "finetune.html", session=session, principal=principal, models=names,
-                  presets=finetune_uploads.PRESETS)
+    return [r.name for r in rows if access.allowed(session, principal=principal, action="models.read",
+                                                   resource=models_service.resource_of(session, principal, r))]
+
+
+def _finetune_form(request: Request, session: Any, principal: Any, *, form: dict[str, Any], error: str = "",
+                   reasons: list[str] | None = None, status_code: int = 200) -> HTMLResponse:
+    models = _usable_model_names(session, principal)
+    model = form.get("model") if form.get("model") in models else (models[0] if models else "")
+    return render(request, "finetune.html", session=session, principal=principal, models=models,
+                  presets=_presets(_native_resolution(session, model) if model else 0),
+                  form={**form, "model": model}, error=error, reasons=reasons or [], status_code=status_code)
+
+
+@router.get("/jobs/new", response_class=HTMLResponse)
+def finetune_page(request: Request, session: SessionDep, principal: PortalUser,
+                  model: Annotated[str, Query(max_length=100)] = "") -> HTMLResponse:
+    access.check(session, principal=principal, action="jobs.submit")
+    return _finetune_form(request, session, principal, form={"model": model, "preset": "standard"})
+
+
+@router.get("/jobs/new/presets", response_class=HTMLResponse)
+def finetune_presets(request: Request, session: SessionDep, principal: PortalUser,
+                     model: Annotated[str, Query(max_length=100)] = "",
+                     preset: Annotated[str, Query(max_length=32)] = "standard") -> HTMLResponse:
+    """The preset options for the chosen base model (at its native resolution)."""
+    access.check(session, principal=principal, action="jobs.submit")
+    native = _native_resolution(session, model) if model in _usable_model_names(session, principal) else 0
+    return render(request, "fragments/preset_options.html", presets=_presets(native), selected=preset)
 
 
 @router.post("/jobs/new/check", response_class=HTMLResponse)
@@ -331,8 +378,9 @@ def finetune_check(request: Request, session: SessionDep, settings: SettingsDep,
     problems: list[tuple[str, str]] = []
     revision = ""
     try:
-        values = finetune_uploads.recipe_values(preset, "", instance_prompt or "x", max_depth=settings.max_json_depth)
         record = models_service.visible_model(session, principal, model)
+        values = _recipe(session, settings, model=record.name, preset=preset, params="",
+                         instance_prompt=instance_prompt or "x")
         team_row = teams.resolve(session, principal, team or None)
         policy.get_service().refresh(session)
         # The submit path's document (services.finetune.preflight): the same limits and the team's real usage.
@@ -361,11 +409,23 @@ async def finetune_submit(request: Request, session: SessionDep, settings: Setti
                           team: Annotated[str, Form(max_length=100)] = "",
                           attest_licence: Annotated[bool, Form()] = False,
                           attest_consent: Annotated[bool, Form()] = False) -> Response:
-    values = finetune_uploads.recipe_values(preset, params, instance_prompt, max_depth=settings.max_json_depth)
-    folder = await finetune_uploads.stage_uploads(settings, images, captions or [])
-    job = await run_in_threadpool(finetune_uploads.submit_staged, session, settings, principal, folder=folder, model=model,
-                                  values=values, team=team or None, adapter_name=None, attest_licence=attest_licence,
-                                  attest_consent=attest_consent, priority=None)
+    """Submit a fine-tune; a refusal is shown on the form (naming the file and the reason, no server
+    paths) with everything entered kept, except the files, which a browser never lets a page refill."""
+    form = {"model": model, "instance_prompt": instance_prompt, "preset": preset, "params": params, "team": team,
+            "attest_licence": attest_licence, "attest_consent": attest_consent,
+            "files": [upload.filename or "" for upload in images]}
+    try:
+        values = await run_in_threadpool(_recipe, session, settings, model=model, preset=preset, params=params,
+                                         instance_prompt=instance_prompt)
+        folder = await finetune_uploads.stage_uploads(settings, images, captions or [])
+        job = await run_in_threadpool(finetune_uploads.submit_staged, session, settings, principal, folder=folder,
+                                      model=model, values=values, team=team or None, adapter_name=None,
+                                      attest_licence=attest_licence, attest_consent=attest_consent, priority=None)
+    except LatentopsError as error:
+        await run_in_threadpool(_keep_only_evidence, session, error)
+        reasons = [_shown(str(r)) for r in error.reasons if str(r) != error.detail]
+        return await run_in_threadpool(_finetune_form, request, session, principal, form=form,
+                                       error=_shown(error.detail), reasons=reasons, status_code=error.status_code)
     return RedirectResponse(f"/jobs/{job['id']}", status_code=303)
 
 
