@@ -287,18 +287,43 @@ def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep
     return RedirectResponse(f"/datasets/{row.id}", status_code=303)
 
 
+def _dataset_view(session: Any, principal: Any, dataset_id: int) -> dict[str, Any]:
+    row = dataset_views.visible_dataset(session, principal, dataset_id)
+    data = dataset_views.dataset_json(session, row)
+    data["shown_state"] = dataset_views.shown_state(data)
+    ready = row.state == "ready"
+    return {"dataset": data, "card": dataset_views.card_html(dataset_views.card_text(row)) if ready else "",
+            "thumbnails": dataset_views.thumbnail_ids(session, row) if ready else [],
+            "manifest": dataset_views.manifest_preview(row) if ready else None}
+
+
 @router.get("/datasets/{dataset_id:int}", response_class=HTMLResponse)
 def dataset_page(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    row = dataset_views.visible_dataset(session, principal, dataset_id)
-    card = dataset_views.card_text(row) if row.state == "ready" else ""
     return render(request, "dataset.html", session=session, principal=principal,
-                  dataset=dataset_views.dataset_json(session, row), card=card)
+                  **_dataset_view(session, principal, dataset_id))
 
 
 @router.get("/datasets/{dataset_id:int}/status", response_class=HTMLResponse)
 def dataset_status(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
+    """The dataset's live part; it replaces itself every two seconds until the run has ended."""
+    return render(request, "fragments/dataset_live.html", principal=principal,
+                  **_dataset_view(session, principal, dataset_id))
+
+
+@router.get("/datasets/{dataset_id:int}/images/{asset_id:int}")
+def dataset_image(dataset_id: int, asset_id: int, request: Request, session: SessionDep,
+                  principal: PortalUser) -> Response:
     row = dataset_views.visible_dataset(session, principal, dataset_id)
-    return render(request, "fragments/dataset_status.html", dataset=dataset_views.dataset_json(session, row))
+    return Response(content=dataset_views.dataset_image(session, row, asset_id), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/datasets/{dataset_id:int}/manifest")
+def dataset_manifest(dataset_id: int, request: Request, session: SessionDep, principal: PortalUser) -> Response:
+    """The dataset's Croissant manifest (JSON-LD), to read or load without downloading the images."""
+    row = dataset_views.visible_dataset(session, principal, dataset_id)
+    return Response(content=dataset_views.manifest_text(row), media_type="application/ld+json",
+                    headers={"Content-Disposition": f'inline; filename="{row.name}-croissant.json"'})
 
 
 @router.get("/datasets/{dataset_id:int}/download")
