@@ -263,27 +263,51 @@ classes:
 """
 
 
+def _datasets_page(request: Request, session: Any, principal: Any, *, spec: str = DATASET_EXAMPLE, error: str = "",
+                   reasons: list[str] | None = None, where: dict[str, int] | None = None,
+                   status_code: int = 200) -> HTMLResponse:
+    datasets = dataset_views.list_visible(session, principal)
+    for item in datasets:
+        item["shown_state"] = dataset_views.shown_state(item)
+    return render(request, "datasets.html", session=session, principal=principal, available=True, datasets=datasets,
+                  spec=spec, error=error, reasons=reasons or [], where=where or {}, status_code=status_code,
+                  can_create=access.allowed(session, principal=principal, action="datasets.create"))
+
+
 @router.get("/datasets", response_class=HTMLResponse)
 def datasets_page(request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    return render(request, "datasets.html", session=session, principal=principal, available=True,
-                  datasets=dataset_views.list_visible(session, principal), example=DATASET_EXAMPLE,
-                  can_create=access.allowed(session, principal=principal, action="datasets.create"))
+    return _datasets_page(request, session, principal)
 
 
 @router.post("/datasets", response_class=HTMLResponse)
 def datasets_submit(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
                     spec: Annotated[str, Form(min_length=1, max_length=200_000)]) -> Response:
+    """Queue a dataset from its YAML spec; a problem is shown on the form, the spec text kept as typed."""
     import yaml
 
+    from latentops.pipelines.datasets import spec as spec_module
     from latentops.platform.services import datasets as datasets_service
 
     try:
         data = yaml.safe_load(spec)
     except yaml.YAMLError as error:
-        raise InvalidInput(f"spec: not valid YAML ({error})") from None
-    from latentops.pipelines.datasets import spec as spec_module
-
-    row, _job = datasets_service.submit_request(session, settings, principal, spec_module.parse(data))
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = {"line": mark.line + 1, "column": mark.column + 1} if mark is not None else {}
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        at = f" at line {where['line']}, column {where['column']}" if where else ""
+        return _datasets_page(request, session, principal, spec=spec, error=f"spec: not valid YAML{at}: {problem}",
+                              where=where, status_code=422)
+    try:
+        parsed = spec_module.parse(data)
+        problem = dataset_views.split_problem(parsed)
+        if problem:
+            raise InvalidInput(problem)
+        row, _job = datasets_service.submit_request(session, settings, principal, parsed)
+    except LatentopsError as error:
+        _keep_only_evidence(session, error)
+        reasons = [_shown(str(r)) for r in error.reasons if str(r) != error.detail]
+        return _datasets_page(request, session, principal, spec=spec, error=_shown(error.detail), reasons=reasons,
+                              status_code=error.status_code)
     return RedirectResponse(f"/datasets/{row.id}", status_code=303)
 
 
