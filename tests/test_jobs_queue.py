@@ -197,7 +197,7 @@ def test_gpu_hours_count_every_process_of_a_multi_process_fine_tune(database_url
                        state=JobState.SUCCEEDED, started_at=end - dt.timedelta(minutes=30), finished_at=end))
         db.add(Job(kind="diagnostics", queue="gpu", params={"steps": 1}, team_id=team_id, state=JobState.QUEUED))
     with session_scope(database_url) as db:
-        assert jobs.usage(db, team_id) == {"queued_jobs": 1, "gpu_hours": 2.5}
+        assert jobs.usage(db, team_id) == {"queued_jobs": 1, "gpu_hours": 2.5, "period": "rolling_days:30"}
 
 
 def test_queue_positions_count_the_queued_jobs_ahead_on_the_same_queue(database_url: str) -> None:

@@ -7,7 +7,8 @@
 #         "params": {"steps", "resolution", "rank", "batch", "processes"},  # absent keys are not checked
 #         "uploads": {"count": int, "attestation": {"licence": bool, "consent": bool}},
 #         "priority": int | null,                                   # requested; null: the role's default
-#         "usage": {"queued_jobs": int, "gpu_hours": number}}       # the team's current use
+#         "usage": {"queued_jobs": int, "gpu_hours": number,        # the team's current use: GPU-hours
+#                   "period": "rolling_days:N"|"calendar_month"|""}} # counted in the team's quota period
 #
 # "queue" is any other job a member puts on the queue (diagnostics, datasets): role, priority and
 # the queue quota apply, model limits do not. The decision carries the job's effective priority
@@ -82,10 +83,17 @@ quotas(inp) := {lib.violation(
 	inp.usage.queued_jobs >= quota(inp.team).max_queued_jobs
 } | {lib.violation(
 	"jobs.quota.gpu_hours",
-	sprintf("team has used %v GPU-hours; the quota is %v", [inp.usage.gpu_hours, quota(inp.team).max_gpu_hours]),
+	sprintf("team has used %v GPU-hours%v; the quota is %v", [inp.usage.gpu_hours, period_words(object.get(inp.usage, "period", "")), quota(inp.team).max_gpu_hours]),
 ) |
 	inp.usage.gpu_hours >= quota(inp.team).max_gpu_hours
 }
+
+# The quota period as the refusal names it ("" when GPU-hours count since the first job).
+period_words(period) := " this calendar month" if {
+	period == "calendar_month"
+} else := sprintf(" in the last %s days", [substring(period, count("rolling_days:"), -1)]) if {
+	startswith(period, "rolling_days:")
+} else := ""
 
 attestation(inp) := {lib.violation(
 	"jobs.attestation_missing",

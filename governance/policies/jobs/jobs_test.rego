@@ -62,10 +62,21 @@ test_generate_needs_no_attestation if {
 	rule_ids({"action": "generate", "uploads": {"count": 0}}) == set()
 }
 
+# The quotas in force (data, editable): the table follows them rather than the shipped values.
+quota := data.policy_data.jobs.quotas["default"]
+
 test_quota_table if {
-	rule_ids({"usage": {"queued_jobs": 50, "gpu_hours": 1}}) == {"jobs.quota.queued_jobs"}
-	rule_ids({"usage": {"queued_jobs": 49, "gpu_hours": 1}}) == set()
-	rule_ids({"usage": {"queued_jobs": 0, "gpu_hours": 100}}) == {"jobs.quota.gpu_hours"}
+	rule_ids({"usage": {"queued_jobs": quota.max_queued_jobs, "gpu_hours": 1}}) == {"jobs.quota.queued_jobs"}
+	rule_ids({"usage": {"queued_jobs": quota.max_queued_jobs - 1, "gpu_hours": 0}}) == set()
+	rule_ids({"usage": {"queued_jobs": 0, "gpu_hours": quota.max_gpu_hours}}) == {"jobs.quota.gpu_hours"}
+}
+
+gpu_reason(usage) := [v.reason | some v in jobs.evaluate(object.union(base, {"usage": usage})).deny; v.rule_id == "jobs.quota.gpu_hours"][0]
+
+test_gpu_hours_refusal_names_the_period if {
+	endswith(gpu_reason({"queued_jobs": 0, "gpu_hours": quota.max_gpu_hours, "period": "rolling_days:30"}), sprintf(" GPU-hours in the last 30 days; the quota is %v", [quota.max_gpu_hours]))
+	contains(gpu_reason({"queued_jobs": 0, "gpu_hours": quota.max_gpu_hours, "period": "calendar_month"}), " GPU-hours this calendar month; ")
+	contains(gpu_reason({"queued_jobs": 0, "gpu_hours": quota.max_gpu_hours}), " GPU-hours; the quota is ")
 }
 
 test_unknown_job_action_denied if {
@@ -112,5 +123,5 @@ test_queue_action_checks_role_priority_and_quota_not_model if {
 	jobs.evaluate(queue).allow == true
 	jobs.evaluate(queue).priority == 0
 	{v.rule_id | some v in jobs.evaluate(object.union(queue, {"subject": dora})).deny} == {"jobs.role"}
-	{v.rule_id | some v in jobs.evaluate(object.union(queue, {"usage": {"queued_jobs": 50, "gpu_hours": 0}})).deny} == {"jobs.quota.queued_jobs"}
+	{v.rule_id | some v in jobs.evaluate(object.union(queue, {"usage": {"queued_jobs": quota.max_queued_jobs, "gpu_hours": 0}})).deny} == {"jobs.quota.queued_jobs"}
 }

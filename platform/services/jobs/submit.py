@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import InvalidInput, ServiceUnavailable
 from latentops.core.settings import Settings
 from latentops.governance import audit
+from latentops.governance.policy_bundle import parse_period
 from latentops.platform import metrics as ops_metrics
 from latentops.platform.database import after_commit, session_scope
 from latentops.platform.services.jobs.kinds import JOB_KINDS, load_function
@@ -74,19 +75,81 @@ def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
 WAITING_STATES = (JobState.QUEUED, JobState.RETRYING)
 
 
-def usage(session: Session, team_id: int | None) -> dict[str, float]:
-    """A team's use of the queue, as the jobs policy sees it: jobs waiting and GPU-hours so far."""
+def team_quota(quotas: dict[str, Any], team: str) -> dict[str, Any]:
+    """A team's quotas: the default ones with the team's overrides (policy data ``jobs.quotas``)."""
+    return {**quotas.get("default", {}), **quotas.get("teams", {}).get(team, {})}
+
+
+def period_start(period: str | None, now: dt.datetime) -> dt.datetime | None:
+    """Where a GPU-hour quota period began: ``calendar_month`` at 00:00 UTC on the 1st,
+    ``rolling_days:N`` N days before ``now``; None (no period) counts since the first job."""
+    if not period:
+        return None
+    parsed = parse_period(period)
+    if parsed is None:
+        raise InvalidInput(f"period: {period!r} must be \"calendar_month\" or \"rolling_days:N\"")
+    kind, days = parsed
+    if kind == "calendar_month":
+        return now.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return now - dt.timedelta(days=days)
+
+
+def _team_period(session: Session, team_id: int) -> str:
+    from latentops.governance import policy
+
+    name = session.scalar(sa.select(Team.name).where(Team.id == team_id))
+    policy.get_service().refresh(session)
+    return str(team_quota(policy.policy_data("jobs.quotas"), name or "").get("period") or "")
+
+
+def usage(session: Session, team_id: int | None, *, period: str | None = None) -> dict[str, Any]:
+    """A team's use of the queue, as the jobs policy sees it: jobs waiting, and GPU-hours in the
+    team's quota period (policy data ``jobs.quotas``, ``period``; ``period`` given here overrides it).
+
+    GPU time counts only inside the period: a job that started before it counts from its start.
+    """
     if team_id is None:
-        return {"queued_jobs": 0, "gpu_hours": 0.0}
+        return {"queued_jobs": 0, "gpu_hours": 0.0, "period": period or ""}
+    if period is None:
+        period = _team_period(session, team_id)
+    now = utcnow()
+    since = period_start(period, now)
     waiting = session.scalar(sa.select(sa.func.count(Job.id)).where(Job.team_id == team_id, Job.state.in_(WAITING_STATES)))
     # A fine-tune in N processes holds N GPUs (or N CPU processes) for its wall time. The count is
     # read in the database: the job's whole parameters need not travel for one number.
     processes = sa.func.coalesce(Job.params[("config", "processes")].as_integer(), 1)
-    spans = session.execute(sa.select(Job.started_at, Job.finished_at, processes).where(
-        Job.team_id == team_id, Job.queue == "gpu", Job.started_at.is_not(None))).all()
+    query = sa.select(Job.started_at, Job.finished_at, processes).where(
+        Job.team_id == team_id, Job.queue == "gpu", Job.started_at.is_not(None))
+    if since is not None:
+        query = query.where(sa.or_(Job.finished_at.is_(None), Job.finished_at > since))
+    seconds = 0.0
+    for start, end, count in session.execute(query):
+        begun = _utc(start) if since is None else max(_utc(start), since)
+        seconds += max(0.0, ((_utc(end) if end else now) - begun).total_seconds()) * count
+    return {"queued_jobs": int(waiting or 0), "gpu_hours": round(seconds / 3600.0, 4), "period": period}
+
+
+def quota_report(session: Session, *, teams: list[str] | None = None) -> dict[str, Any]:
+    """Per team: its quotas, the GPU-hour period (and when it began) and its use now."""
+    from latentops.governance import policy
+
+    policy.get_service().refresh(session)
+    quotas = policy.policy_data("jobs.quotas")
+    query = sa.select(Team.id, Team.name).order_by(Team.name)
+    if teams is not None:
+        query = query.where(Team.name.in_(teams))
     now = utcnow()
-    seconds = sum(((_utc(end) if end else now) - _utc(start)).total_seconds() * count for start, end, count in spans)
-    return {"queued_jobs": int(waiting or 0), "gpu_hours": round(seconds / 3600.0, 4)}
+    rows = []
+    for team_id, name in session.execute(query):
+        quota = team_quota(quotas, name)
+        period = str(quota.get("period") or "")
+        since = period_start(period, now)
+        used = usage(session, team_id, period=period)
+        rows.append({"team": name, "period": period or "all_time", "since": since.isoformat() if since else None,
+                     "quota": {key: quota.get(key) for key in ("max_gpu_hours", "max_queued_jobs", "max_concurrent_jobs")},
+                     "usage": {"gpu_hours": used["gpu_hours"], "queued_jobs": used["queued_jobs"]},
+                     "override": name in quotas.get("teams", {})})
+    return {"default": quotas.get("default", {}), "teams": rows, "at": now.isoformat()}
 
 
 def admit(session: Session, *, actor: audit.Actor | str, team: Team, priority: int | None,
