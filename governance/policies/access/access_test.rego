@@ -47,6 +47,16 @@ cases := [
 	{"in": {"action": "policies.bundle", "subject": submitter, "token": {"scopes": ["policy:bundle"]}}, "ids": set()},
 	{"in": {"action": "policies.bundle", "subject": admin, "token": {"scopes": ["read", "admin"]}}, "ids": {"access.scope"}},
 	{"in": {"action": "jobs.read", "subject": submitter, "token": {"scopes": ["policy:bundle"]}}, "ids": {"access.scope"}},
+	{"in": {"action": "policies.data.read", "subject": officer}, "ids": set()},
+	{"in": {"action": "policies.data.read", "subject": submitter}, "ids": {"access.role"}},
+	{"in": {"action": "policies.data.manage", "subject": admin}, "ids": set()},
+	{"in": {"action": "policies.data.manage", "subject": officer}, "ids": set()},
+	{"in": {"action": "policies.data.manage", "subject": submitter}, "ids": {"access.role"}},
+	{"in": {"action": "policies.data.manage", "subject": admin, "token": {"scopes": ["read"]}}, "ids": {"access.scope"}},
+	{"in": {"action": "screening.read", "subject": officer, "token": {"scopes": ["read"]}}, "ids": set()},
+	{"in": {"action": "screening.read", "subject": submitter}, "ids": {"access.role"}},
+	{"in": {"action": "screening.calibrate", "subject": officer}, "ids": set()},
+	{"in": {"action": "screening.calibrate", "subject": submitter}, "ids": {"access.role"}},
 ]
 
 test_access_decision_table if {
