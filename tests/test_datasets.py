@@ -236,3 +236,15 @@ def test_cli_generates_a_dataset_with_a_progress_bar_and_refuses_a_bad_spec(cli,
     assert [row["state"] for row in json.loads(listed.stdout)] == ["ready"]
     refused = cli("datasets", "generate", "--spec", str(bad), "--out", str(tmp_path / "x"))
     assert refused.returncode == 1 and "per_class" in refused.stderr and "extra_key: unknown key" in refused.stderr
+
+
+def test_cli_dataset_with_every_image_held_exits_3(cli, settings_env, source: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    catalogue(settings_env, source, release_unscreened=False)  # no detector, and policy holds unscreened images
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(per_class=1)))
+    done = cli("datasets", "generate", "--spec", str(spec_file), "--out", str(tmp_path / "d"))
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "0 released, 2 quarantined" in done.stdout
+    assert "nothing released: all 2 images are held for review" in " ".join(done.stderr.split())

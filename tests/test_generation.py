@@ -180,3 +180,17 @@ def test_no_code_path_generates_pixels_outside_the_governed_path() -> None:
     assert _engine_calls(REPO / "platform/services/generation.py")
     # ... and the engine's own pipeline call is the one place diffusers runs.
     assert _engine_calls(REPO / "pipelines/engine.py") or "pipeline(**kwargs)" in (REPO / "pipelines/engine.py").read_text()
+
+
+def test_cli_generate_exits_3_and_says_what_would_release_when_every_image_is_held(cli, settings_env, source: Path,
+                                                                                  tmp_path: Path) -> None:
+    catalogue(settings_env, source, release_unscreened=False)  # no detector, and policy holds unscreened images
+    out = tmp_path / "out"
+    held = cli("generate", "--model", "tiny", "--prompt", "a green triangle", "-n", "2", "--steps", "1", "--out", str(out))
+    assert held.returncode == 3, held.stderr[-2000:]
+    assert "0 released, 2 quarantined" in held.stdout and not list(out.glob("*.png"))
+    message = " ".join(held.stderr.split())
+    assert "nothing released: all 2 images are held for review in the quarantine (assets 1, 2)" in message
+    assert "latentops quarantine release ID --reason" in message and "screening.release_uncovered" in message
+    scripted = cli("generate", "--model", "tiny", "--prompt", "a green triangle", "--steps", "1", "--out", str(out), "--json")
+    assert scripted.returncode == 3 and json.loads(scripted.stdout)["released"] == 0

@@ -37,7 +37,10 @@ def generate(
     as_user: Annotated[str | None, typer.Option("--as", help="Act as this user (email) instead of the console (local only).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Generate a dataset: screened images, ImageFolder or WebDataset, manifest, card, MLflow run."""
+    """Generate a dataset: screened images, ImageFolder or WebDataset, manifest, card, MLflow run.
+
+    Exits 3 when no image was released (every one held for review, or every class refused).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from latentops.core.errors import InvalidInput
@@ -64,12 +67,16 @@ def generate(
         summary = datasets.run(context.settings(), spec=spec, out=out, actor=actor, hooks=_ProgressHooks(progress, task))
     if json_output:
         output.emit_json(summary)
-        return
-    output.say(f"dataset {summary['dataset_id']}: {summary['images']} images in {summary['out']} "
-               f"({summary['released']} released, {summary['quarantined']} quarantined, "
-               f"{sum(summary['filtered'].values())} filtered)")
-    for denied in summary["denied_classes"]:
-        output.error(f"class {denied['class']!r} refused by policy", reasons=denied["reasons"])
+    else:
+        output.say(f"dataset {summary['dataset_id']}: {summary['images']} images in {summary['out']} "
+                   f"({summary['released']} released, {summary['quarantined']} quarantined, "
+                   f"{sum(summary['filtered'].values())} filtered)")
+        for denied in summary["denied_classes"]:
+            output.error(f"class {denied['class']!r} refused by policy", reasons=denied["reasons"])
+    if not summary["released"]:  # an empty dataset is not a success a script should build on
+        if not json_output:
+            output.nothing_released(int(summary["quarantined"]), [])
+        raise typer.Exit(output.EXIT_NOTHING_RELEASED)
 
 
 @datasets_app.command("submit")

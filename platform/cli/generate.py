@@ -1,7 +1,8 @@
 """``latentops generate``: images from a prompt, through the governed path, into a folder.
 
-A denied prompt (or model or adapter access) prints the policy's reasons and exits non-zero;
-nothing is generated. Released images are written as signed PNGs (C2PA manifest, watermark where
+A denied prompt (or model or adapter access) prints the policy's reasons and exits 1; nothing is
+generated. When every image was held for review, it says where they are and what would release
+them, and exits 3 (``output.EXIT_NOTHING_RELEASED``). Released images are written as signed PNGs (C2PA manifest, watermark where
 the image is large enough); quarantined ones are reported by asset id and never written.
 """
 
@@ -42,9 +43,18 @@ def generate(
             path = out / f"asset-{image['asset_id']}-seed{image['seed']}.png"
             path.write_bytes(pngs[image["asset_id"]])
             written.append(str(path))
+    held = [image["asset_id"] for image in summary["images"] if image["asset_id"] not in pngs]
     if json_output:
         output.emit_json({**summary, "files": written})
-        return
+    else:
+        _report(summary, pngs, written)
+    if summary["images"] and not written:
+        if not json_output:
+            output.nothing_released(len(held), held)
+        raise typer.Exit(output.EXIT_NOTHING_RELEASED)
+
+
+def _report(summary: dict, pngs: dict[int, bytes], written: list[str]) -> None:
     for written_path in written:
         output.say(f"released {written_path}")
     for image in summary["images"]:

@@ -37,6 +37,22 @@ def error(message: str, *, reasons: Sequence[object] = ()) -> None:
         err_console.print(f"  - {_escape(str(reason))}", highlight=False, soft_wrap=True)
 
 
+# Exit codes scripts can rely on (README, "A tour of the CLI"): 0 done, 1 refused or failed (one
+# line, Name: detail), 2 a usage error (unknown option, missing argument), 3 nothing was released
+# because every image was held for review, 130 interrupted.
+EXIT_NOTHING_RELEASED = 3
+
+
+def nothing_released(held: int, asset_ids: Sequence[int]) -> None:
+    """Say where held images are and what would release them; the caller exits ``EXIT_NOTHING_RELEASED``."""
+    ids = ", ".join(str(i) for i in asset_ids[:10]) + (", ..." if len(asset_ids) > 10 else "")
+    error(f"nothing released: all {held} images are held for review in the quarantine" + (f" (assets {ids})" if ids else ""),
+          reasons=[("a compliance officer reviews them with `latentops quarantine list`, then `latentops quarantine "
+                    "release ID --reason ...` or `reject`, or in the portal under Quarantine"),
+                   ("images held because no detector covers a category are released automatically only when policy "
+                    "data screening.release_uncovered is true (`latentops screening status` lists uncovered categories)")])
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     grid = Table(title=title, show_lines=False)
     for column in columns:
