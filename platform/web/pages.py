@@ -1,9 +1,10 @@
 """The portal's pages for submitters and data scientists: jobs, fine-tuning, generate and datasets.
 
 Each page asks the access policy like its REST twin (and calls the same services for team
-isolation), then renders a template. Live parts are htmx fragments: the jobs table and a job's
-progress poll every two seconds, the prompt box asks the prompt policy as the user types, the
-audit verification and the admin's prompt tester answer in place.
+isolation), then renders a template. Live parts are htmx fragments: the jobs table, a job's whole
+view, a generation and a dataset poll every two seconds until they have finished; the prompt box
+asks the prompt policy as the user types and enables Generate only for an allowed prompt. A form
+that is refused is shown again with the reason and what the user entered.
 """
 
 from __future__ import annotations
@@ -152,13 +153,6 @@ def job_image(job_id: int, asset_id: int, request: Request, session: SessionDep,
         raise NotFound(f"image: job {job_id} has no released image {asset_id}")
     return Response(content=Path(asset.path).read_bytes(), media_type="image/png",
                     headers={"Cache-Control": "private, max-age=3600"})
-
-
-@router.get("/jobs/{job_id:int}/status", response_class=HTMLResponse)
-def job_status(job_id: int, request: Request, session: SessionDep, principal: PortalUser) -> HTMLResponse:
-    job = job_views.job_json(session, job_views.visible_job(session, principal, job_id))
-    can_control = access.allowed(session, principal=principal, action="jobs.control")
-    return render(request, "fragments/job_status.html", principal=principal, job=job, can_control=can_control)
 
 
 @router.post("/jobs/{job_id:int}/cancel", response_class=HTMLResponse)
