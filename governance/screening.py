@@ -249,6 +249,86 @@ def _warn_unscreened() -> None:
         _warned = True
 
 
+# --- labelled sets uploaded for calibration -----------------------------------------------------
+
+NEGATIVE_LABELS = ("", "none", "benign", "safe", "negative")
+LABEL_SEPARATORS = (";", "|")
+
+
+def read_labelled_set(name: str, data: bytes) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """``(categories, {file: {category: 0|1}})`` from an uploaded labelled set, as ``calibration``
+    fits it: CSV with a header, or JSON Lines (``.jsonl``), each row a ``file`` and a ``label``.
+
+    ``label`` names the image's categories (several separated by ``;`` or ``|``), or ``none`` (also
+    ``benign``, ``safe``, ``negative`` or empty) for a benign image. The categories fitted are those
+    some row names; every image not labelled with one is a negative for it. A missing column, an
+    unknown category or a file given twice is refused naming the column, line and value.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"labels: {name} is not UTF-8 text") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if name.lower().endswith((".jsonl", ".ndjson")):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InvalidInput(f"labels: line {number} of {name} is not JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise InvalidInput(f"labels: line {number} of {name} must be an object with 'file' and 'label'")
+            rows.append((number, row))
+        columns = set().union(*(row.keys() for _, row in rows)) if rows else set()
+        for column in ("file", "label"):
+            missing = [number for number, row in rows if column not in row]
+            if missing:
+                raise InvalidInput(f"labels: column '{column}' is missing in {name} (line {missing[0]})")
+    else:
+        import csv
+        import io
+
+        reader = csv.DictReader(io.StringIO(text))
+        columns = {c.strip() for c in (reader.fieldnames or [])}
+        for column in ("file", "label"):
+            if column not in columns:
+                raise InvalidInput(f"labels: column '{column}' is missing in {name} (columns: {', '.join(sorted(columns)) or 'none'})")
+        rows = [(number, {(k or "").strip(): v for k, v in row.items()}) for number, row in enumerate(reader, start=2)]
+    found: dict[str, set[str]] = {}
+    for number, row in rows:
+        file = str(row.get("file") or "").strip()
+        if not file:
+            raise InvalidInput(f"labels: line {number}: column 'file' is empty")
+        if file in found:
+            raise InvalidInput(f"labels: line {number}: file {file!r} is labelled twice")
+        raw = row.get("label")
+        parts = raw if isinstance(raw, list) else str(raw if raw is not None else "").replace("|", ";").split(";")
+        labels = {str(p).strip().lower().replace(" ", "_") for p in parts} - set(NEGATIVE_LABELS)
+        unknown = sorted(labels - set(CATEGORIES))
+        if unknown:
+            raise InvalidInput(f"labels: line {number}: column 'label' names unknown categories {', '.join(unknown)}; "
+                               f"use {', '.join(CATEGORIES)} or none")
+        found[file] = labels
+    if not found:
+        raise InvalidInput(f"labels: {name} has no rows")
+    categories = [c for c in CATEGORIES if any(c in labels for labels in found.values())]
+    if not categories:
+        raise InvalidInput(f"labels: column 'label' names no category in {name}; label positives with one of {', '.join(CATEGORIES)}")
+    return categories, {file: {c: int(c in labels) for c in categories} for file, labels in found.items()}
+
+
+def write_labels_csv(categories: Sequence[str], table: dict[str, dict[str, int]], target: Path) -> Path:
+    """The labels as ``calibration.read_labels`` reads them (``file,<category>,...``)."""
+    import csv
+
+    with target.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", *categories])
+        writer.writerows([file, *(row[c] for c in categories)] for file, row in sorted(table.items()))
+    return target
+
+
 # --- scoring and screening ----------------------------------------------------------------------
 
 

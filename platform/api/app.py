@@ -40,6 +40,7 @@ from latentops.platform.api import (
     models,
     policies,
     quarantine,
+    screening,
     users,
 )
 from latentops.platform.api.limits import (
@@ -202,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router, prefix="/api/v1")
     for module in (auth, users, jobs, finetune, generations, datasets, models, assets, audit, policies, quarantine,
-                   copyright):
+                   copyright, screening):
         app.include_router(module.router, prefix="/api/v1")
     portal.install(app, pages.router, admin_pages.router)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus

@@ -141,6 +141,96 @@ def status(session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     return policy.status()
 
 
+# --- policy data: in force, history, diff, edit, rollback, quotas ---------------------------------
+# Declared before ``/policies/{path}``, which would otherwise take ``/policies/data`` for a domain.
+
+DATA_READ = "policies.data.read"
+DATA_MANAGE = "policies.data.manage"
+
+
+def _required_note(value: str) -> str:
+    if not value.strip():
+        raise ValueError("required: say why the data changes (kept with the edit and in the audit trail)")
+    return value.strip()
+
+
+class DataEdit(BaseModel):
+    key: str = Field(min_length=3, max_length=200, description="Dotted key, <domain>.<field>[.<field>...], e.g. screening.thresholds.sexual.")
+    value: Any = Field(description="The new value (any JSON).")
+    note: str = Field(max_length=2000, description="Why; required, kept with the edit and in the audit trail.")
+
+    @field_validator("note")
+    @classmethod
+    def _note(cls, value: str) -> str:
+        return _required_note(value)
+
+
+class Rollback(BaseModel):
+    to: int = Field(ge=0, description="The revision (edit id) whose data is restored; 0 is the policy files' data.")
+    note: str = Field(max_length=2000, description="Why; required.")
+
+    @field_validator("note")
+    @classmethod
+    def _note(cls, value: str) -> str:
+        return _required_note(value)
+
+
+@router.get("/policies/data")
+def data_in_force(session: SessionDep, principal: PrincipalDep,
+                  domain: str | None = Query(default=None, max_length=50, description="One domain only.")) -> dict[str, Any]:
+    """The policy data in force per domain, the bundle revision and the latest edit (revision) id."""
+    access.check(session, principal=principal, action=DATA_READ)
+    return policy.data_in_force(session, domain)
+
+
+@router.get("/policies/data/history")
+def data_history(session: SessionDep, principal: PrincipalDep,
+                 key: str | None = Query(default=None, max_length=200, description="Edits of this key or below it."),
+                 limit: int = Query(default=50, ge=1, le=policy.MAX_HISTORY_PAGE),
+                 offset: int = Query(default=0, ge=0)) -> dict[str, Any]:
+    """The data edits (revisions: key, value, actor, note, time), newest first."""
+    access.check(session, principal=principal, action=DATA_READ)
+    return policy.history(session, key=key, limit=limit, offset=offset)
+
+
+@router.get("/policies/data/diff")
+def data_diff(session: SessionDep, principal: PrincipalDep,
+              to: int = Query(ge=0, description="The revision (edit id) to compare."),
+              from_: int | None = Query(default=None, alias="from", ge=0,
+                                        description="The revision to compare with; default the one before 'to'.")) -> dict[str, Any]:
+    """What changed in the data from one revision to another, per dotted key."""
+    access.check(session, principal=principal, action=DATA_READ)
+    return policy.diff(session, to=to, since=from_)
+
+
+@router.post("/policies/data", status_code=201)
+def data_edit(body: DataEdit, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Edit one key: checked (shape, compilation, Rego tests), stored as a new revision, audited."""
+    access.check(session, principal=principal, action=DATA_MANAGE)
+    previous = policy.data_in_force(session)
+    revision = policy.set_policy_data(session, key=body.key.strip(), value=body.value, actor=principal.user, note=body.note)
+    latest = policy.history(session, limit=1)["items"][0]
+    return {"key": body.key.strip(), "revision": revision, "previous_revision": previous["revision"], "edit": latest}
+
+
+@router.post("/policies/data/rollback", status_code=201)
+def data_rollback(body: Rollback, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Restore a revision's data with new, audited edits (history keeps everything)."""
+    access.check(session, principal=principal, action=DATA_MANAGE)
+    previous = policy.data_in_force(session)
+    return {**policy.rollback(session, to=body.to, actor=principal.user, note=body.note),
+            "previous_revision": previous["revision"]}
+
+
+@router.get("/policies/jobs/quotas")
+def job_quotas(session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Per team: its GPU-hour and queue quotas, the quota period (and when it began) and its use now."""
+    access.check(session, principal=principal, action=DATA_READ)
+    from latentops.platform.services.jobs.submit import quota_report
+
+    return quota_report(session)
+
+
 @router.get("/policies/{path}")
 def source(path: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     """One domain's Rego modules, tests and effective data, with the revision."""
