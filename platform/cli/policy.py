@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from latentops.core.errors import InvalidInput, ServiceUnavailable
 from latentops.governance import native, policy
@@ -129,16 +130,72 @@ def revision(json_output: bool = typer.Option(False, "--json", help="Print JSON.
 def set_data(
     key: str = typer.Argument(..., help="Dotted key, e.g. prompt.max_length."),
     value: str = typer.Argument(..., help="The new value as JSON."),
-    note: str = typer.Option("", help="Why the change is made (kept in the audit trail)."),
+    note: str = typer.Option("", help="Why the change is made (kept in the audit trail; required with --server)."),
 ) -> None:
-    """Edit policy data through the product (shape-checked, compiled, audited; new revision)."""
+    """Edit policy data (shape-checked, compiled, Rego-tested, audited; a new revision)."""
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as error:
         raise InvalidInput(f"value: not valid JSON ({error.msg})") from None
-    with context.session() as db:
-        new_revision = policy.set_policy_data(db, key=key, value=parsed, actor=context.actor(), note=note)
-    output.emit_json({"key": key, "revision": new_revision})
+    result = backends.backend().policy_set_data(key, parsed, note=note)
+    output.emit_json({"key": result["key"], "revision": result["revision"], "edit": result["edit"]["id"]})
+
+
+def _short(value: object, width: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return escape(text if len(text) <= width else text[:width - 3] + "...")
+
+
+@policy_app.command("history")
+def history(
+    key: str = typer.Option("", "--key", help="Only edits of this key or below it (screening, screening.thresholds)."),
+    limit: int = typer.Option(20, "--limit", min=1, max=200, help="How many revisions, newest first."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many of the newest."),
+    json_output: bool = typer.Option(False, "--json", help="Print the page as one JSON line."),
+) -> None:
+    """The policy-data revisions (edits), newest first: id, time, actor, key, value and note."""
+    page = backends.backend().policy_history(key=key or None, offset=offset, limit=limit)
+    if json_output:
+        output.emit_json(page)
+        return
+    output.table(f"policy data revisions ({page['total']})", ["revision", "at", "actor", "key", "value", "note"],
+                 [(item["id"], (item["at"] or "")[:19], escape(item["actor"]), escape(item["key"]), _short(item["value"]),
+                   escape(item["note"]))
+                  for item in page["items"]])
+    if page["next_offset"] is not None:
+        output.say(f"more: --offset {page['next_offset']}")
+
+
+@policy_app.command("diff")
+def diff(
+    to: int = typer.Argument(..., help="The revision (edit id) to show; 0 is the policy files' data."),
+    since: int | None = typer.Option(None, "--from", help="Compare with this revision (default: the one before)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the diff as one JSON line."),
+) -> None:
+    """What a revision changed in the policy data, per dotted key."""
+    found = backends.backend().policy_diff(to, since=since)
+    if json_output:
+        output.emit_json(found)
+        return
+    output.say(f"revision {found['from']} -> {found['to']}: {len(found['changes'])} change(s)")
+    for change in found["changes"]:
+        if "before" in change or "after" in change:
+            output.say(f"  {escape(change['key'])}: {_short(change.get('before'))} -> {_short(change.get('after'))}"
+                       if change["change"] == "changed" else f"  {escape(change['key'])} {change['change']}: "
+                       f"{_short(change.get('after', change.get('before')))}")
+        else:
+            output.say(f"  {escape(change['key'])}: {len(change['added'])} added, {len(change['removed'])} removed")
+
+
+@policy_app.command("rollback")
+def rollback(
+    to: int = typer.Argument(..., help="The revision (edit id) whose data is restored; 0 is the policy files' data."),
+    note: str = typer.Option(..., "--note", help="Why (required; kept with the edits and in the audit trail)."),
+) -> None:
+    """Restore a revision's policy data with new, audited edits (the history keeps everything)."""
+    result = backends.backend().policy_rollback(to, note=note)
+    output.emit_json({"revision": result["revision"], "restored": result["restored"],
+                      "edits": [edit["id"] for edit in result["edits"]], "keys": [edit["key"] for edit in result["edits"]]})
 
 
 @policy_app.command("bundle")

@@ -104,9 +104,7 @@ def detector(
 @screening_app.command("status")
 def status(json_output: bool = JSON) -> None:
     """What screens images now, which detector covers each category; says loudly what is not screened."""
-    from latentops.governance import screening
-
-    report = screening.status(context.settings())
+    report = backends.backend().screening_status()
     if json_output:
         output.emit_json(report)
         return

@@ -238,6 +238,34 @@ class LocalBackend:
             policy.get_service().refresh(db)
         return policy.status()
 
+    def policy_set_data(self, key: str, value: Any, *, note: str) -> dict[str, Any]:
+        from latentops.governance import policy
+
+        with context.session() as db:
+            previous = policy.data_in_force(db)["revision"]
+            revision = policy.set_policy_data(db, key=key, value=value, actor=context.actor(), note=note)
+            latest = policy.history(db, limit=1)["items"][0]
+        return {"key": key, "revision": revision, "previous_revision": previous, "edit": latest}
+
+    def policy_history(self, *, key: str | None, offset: int, limit: int) -> dict[str, Any]:
+        from latentops.governance import policy
+
+        with context.session() as db:
+            return policy.history(db, key=key, offset=offset, limit=limit)
+
+    def policy_diff(self, to: int, *, since: int | None) -> dict[str, Any]:
+        from latentops.governance import policy
+
+        with context.session() as db:
+            return policy.diff(db, to=to, since=since)
+
+    def policy_rollback(self, to: int, *, note: str) -> dict[str, Any]:
+        from latentops.governance import policy
+
+        with context.session() as db:
+            previous = policy.data_in_force(db)["revision"]
+            return {**policy.rollback(db, to=to, actor=context.actor(), note=note), "previous_revision": previous}
+
     # --- audit --------------------------------------------------------------------------------
 
     def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]:
@@ -357,6 +385,11 @@ class LocalBackend:
 
         with context.session() as db:
             return copyright.list_references(db, owner=owner, offset=offset, limit=limit)
+
+    def screening_status(self) -> dict[str, Any]:
+        from latentops.governance import screening
+
+        return screening.status(context.settings())
 
     def screen(self, image: Path, *, team: str | None) -> dict[str, Any]:
         from latentops.governance import screening

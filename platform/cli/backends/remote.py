@@ -194,6 +194,18 @@ class RemoteBackend:
     def policy_status(self) -> dict[str, Any]:
         return self.api.policies.status()
 
+    def policy_set_data(self, key: str, value: Any, *, note: str) -> dict[str, Any]:
+        return dict(self.api.policies.set_data(key, value, note=note))
+
+    def policy_history(self, *, key: str | None, offset: int, limit: int) -> dict[str, Any]:
+        return dict(self.api.policies.data_history(key=key, offset=offset, limit=limit))
+
+    def policy_diff(self, to: int, *, since: int | None) -> dict[str, Any]:
+        return dict(self.api.policies.data_diff(to, since=since))
+
+    def policy_rollback(self, to: int, *, note: str) -> dict[str, Any]:
+        return dict(self.api.policies.rollback(to, note=note))
+
     # --- audit --------------------------------------------------------------------------------
 
     def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]:
@@ -300,6 +312,11 @@ class RemoteBackend:
             if page["next_offset"] is None:
                 break
         return rows
+
+    def screening_status(self) -> dict[str, Any]:
+        report = dict(self.api.screening.status())
+        report.pop("categories", None)  # the local report's keys (coverage and thresholds say the same)
+        return report
 
     def screen(self, image: Path, *, team: str | None) -> dict[str, Any]:
         from latentops.governance.imagefile import read_bytes  # the size limit and messages of a local screen
