@@ -86,8 +86,14 @@ def _fill_finetune(page, pictures: list[str], recipe: str | None) -> None:  # ty
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_fine_tune_page_updates_live_names_its_adapter_and_generates_with_it(  # type: ignore[no-untyped-def]
-        portal_with_worker: str, browser, database_url: str, home: Path) -> None:
+        portal_with_worker: str, browser, database_url: str, home: Path, queue_settings) -> None:
+    from latentops.pipelines import tiny
+    from latentops.platform.services import models as models_service
+
     make_user(database_url, "alice@example.com", "submitter", "design")
+    with session_scope(database_url) as session:  # a second base model, for the adapter's model to stand out
+        models_service.import_model(session, source=tiny.create("sd1", home / "imports" / "tiny-b"), name="tiny-b",
+                                    actor="system", store_root=queue_settings.model_store, sensitivity="public")
     page = new_page(browser, portal_with_worker)
     login(page, "alice@example.com")
     _fill_finetune(page, _pictures(home), TINY_RECIPE)
@@ -115,6 +121,11 @@ def test_fine_tune_page_updates_live_names_its_adapter_and_generates_with_it(  #
     page.get_by_role("link", name="Generate with this adapter").click()
     page.wait_for_url("**/generate?*")
     assert page.get_by_label("LoRA adapter").input_value() == "tiny-lora@1"
+    assert page.get_by_label("Model").input_value() == "tiny"
+    # Choosing the adapter again after another model selects the adapter's own base model.
+    page.get_by_label("Model").select_option("tiny-b")
+    page.get_by_label("LoRA adapter").select_option("")
+    page.get_by_label("LoRA adapter").select_option("tiny-lora@1")
     assert page.get_by_label("Model").input_value() == "tiny"
     page.get_by_label("Prompt", exact=True).fill("a photo of sks pattern on a table")
     expect(page.locator("#verdict").get_by_role("status")).to_contain_text("Allowed by policy")

@@ -202,9 +202,10 @@ def generate_submit(request: Request, session: SessionDep, settings: SettingsDep
         job = generations_submit.submit(session, settings, principal, body)
     except LatentopsError as error:  # shown on the form, with everything the user entered
         _keep_only_evidence(session, error)
+        can_generate = access.allowed(session, principal=principal, action="generations.create")
         return render(request, "generate.html", session=session, principal=principal, generation=True,
-                      can_generate=True, models=_usable_models(session, principal),
-                      adapters=generation_views.usable_adapters(session, principal), form=form,
+                      can_generate=can_generate, models=_usable_models(session, principal) if can_generate else [],
+                      adapters=generation_views.usable_adapters(session, principal) if can_generate else [], form=form,
                       error=_shown(error.detail), reasons=[_shown(str(r)) for r in error.reasons
                                                            if str(r) != error.detail],
                       status_code=error.status_code)
