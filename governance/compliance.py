@@ -1,8 +1,9 @@
 """The audit trail for compliance officers: queries, proofs and evidence exports.
 
 * ``query``: filter by time range, actor, action, resource (exact, or a prefix ending in ``*``) and
-  outcome; keyset pagination on ``seq`` (``after`` is the last seq of the previous page), so pages
-  stay stable while new entries arrive.
+  outcome; keyset pagination on ``seq`` (``after`` is the last seq of the previous page, ``before``
+  the first of the next one), so pages stay stable while new entries arrive. Oldest first unless
+  ``newest_first``.
 * ``inclusion`` / ``consistency``: RFC 9162 proofs against signed checkpoints.
 * ``export``: JSON lines or CSV, one row per entry with its inclusion proof, and beside it
   ``<file>.proofs.json`` holding the signed checkpoint, the public key and consistency proofs from
@@ -61,7 +62,8 @@ class Filters:
 @dataclass
 class Page:
     entries: list[dict[str, Any]]
-    next_after: int | None  # pass as ``after`` for the next page; None on the last page
+    next_after: int | None  # pass as ``after`` for the page of higher seqs; None when there is none
+    next_before: int | None = None  # pass as ``before`` for the page of lower seqs; None when there is none
 
 
 def _match(column: Any, pattern: str) -> Any:
@@ -90,25 +92,47 @@ def as_dict(row: Any) -> dict[str, Any]:
     return {**audit.entry_payload(row), "hash": row.hash}
 
 
-def query(session: Session, *, filters: Filters = Filters(), after: int | None = None, limit: int = 100,
-          reveal: bool = False) -> Page:
-    """One page of entries in seq order; ``reveal`` decrypts sealed personal data still held."""
+def query(session: Session, *, filters: Filters = Filters(), after: int | None = None, before: int | None = None,
+          limit: int = 100, reveal: bool = False, newest_first: bool = False) -> Page:
+    """One page of entries in seq order (descending with ``newest_first``); ``after`` and
+    ``before`` are keyset cursors (at most one of them); ``reveal`` decrypts sealed personal data
+    still held."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE} (got {limit})")
+    if after is not None and before is not None:
+        raise InvalidInput("before: give either after or before, not both")
     try:
         integration.catch_up(session)
     except IntegrityViolation as error:
         # A damaged chain cannot be extended (and has alarmed); what it holds can still be read.
         log.warning("audit query without integrating pending entries: %s", error)
-    statement = sa.select(*audit.ENTRY_COLUMNS).where(*_where(filters))
+    where = _where(filters)
+    statement = sa.select(*audit.ENTRY_COLUMNS).where(*where)
+    # Read towards lower seqs from ``before`` (or from the newest), towards higher ones otherwise.
+    downwards = before is not None or (newest_first and after is None)
     if after is not None:
         statement = statement.where(AuditEntry.seq > after)
-    rows = session.execute(statement.order_by(AuditEntry.seq).limit(limit + 1)).all()
+    if before is not None:
+        statement = statement.where(AuditEntry.seq < before)
+    order = AuditEntry.seq.desc() if downwards else AuditEntry.seq
+    rows = session.execute(statement.order_by(order).limit(limit + 1)).all()
+    more = len(rows) > limit
     entries = [as_dict(row) for row in rows[:limit]]
+    if downwards != newest_first:
+        entries.reverse()
     if reveal:
         for entry in entries:
             entry["details_revealed"] = erasure.reveal(session, entry["details"])
-    return Page(entries, entries[-1]["seq"] if len(rows) > limit else None)
+    if not entries:
+        return Page(entries, None)
+    low, high = min(e["seq"] for e in entries), max(e["seq"] for e in entries)
+
+    def exists(clause: Any) -> bool:
+        return session.execute(sa.select(AuditEntry.seq).where(*where, clause).limit(1)).first() is not None
+
+    higher = more if not downwards else exists(AuditEntry.seq > high)
+    lower = more if downwards else (after is not None and exists(AuditEntry.seq < low))
+    return Page(entries, high if higher else None, low if lower else None)
 
 
 # --- proofs ------------------------------------------------------------------------------------
