@@ -14,6 +14,7 @@ every later checkpoint. ``GET /audit/public-keys`` hands auditors the checkpoint
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import tempfile
 import zipfile
@@ -159,7 +160,25 @@ def export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
            ) -> StreamingResponse:
     """Export matching entries with inclusion proofs and the signed checkpoint, as a zip (audited)."""
     access.check(session, principal=principal, action="audit.export")
-    data = export_zip(session, settings, principal, fmt=format,
-                      filters=filters_of(since, until, actor, action, resource, outcome), name=name)
+    filters = filters_of(since, until, actor, action, resource, outcome)
+    data = export_zip(session, settings, principal, fmt=format, filters=filters, name=name)
     return StreamingResponse(iter([data]), media_type="application/zip",
-                             headers={"Content-Disposition": 'attachment; filename="latentops-audit-export.zip"'})
+                             headers={"Content-Disposition": f'attachment; filename="{download_name(format, filters)}"'})
+
+
+def _stamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def download_name(fmt: str, filters: compliance.Filters, now: dt.datetime | None = None) -> str:
+    """The zip's file name: what it holds (format), which time range, and when it was made, e.g.
+    ``latentops-audit-csv-all-20261206T041500Z.zip`` or
+    ``latentops-audit-jsonl-from-20260101T000000Z-to-20260201T000000Z-20261206T041500Z.zip``;
+    ``-filtered`` marks an export narrowed by actor, action, resource or outcome."""
+    if filters.since is None and filters.until is None:
+        span = "all"
+    else:
+        span = "-".join(part for part in (f"from-{_stamp(filters.since)}" if filters.since else "",
+                                           f"to-{_stamp(filters.until)}" if filters.until else "") if part)
+    narrowed = any(getattr(filters, key) for key in ("actor", "action", "resource", "outcome"))
+    return f"latentops-audit-{fmt}-{span}{'-filtered' if narrowed else ''}-{_stamp(now or dt.datetime.now(dt.UTC))}.zip"
