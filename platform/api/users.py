@@ -1,7 +1,9 @@
 """``/api/v1/users`` and ``/api/v1/teams``: accounts, teams and roles, for admins.
 
-Creating users, changing memberships and disabling accounts are ``users.manage`` actions of the
-access policy; reading them is ``users.read``. Disabling an account ends its browser sessions.
+Creating users and teams, changing memberships and disabling accounts are ``users.manage`` actions
+of the access policy; reading them is ``users.read``. Disabling an account ends its browser
+sessions. A user or membership names an existing team: an unknown name is refused (422) with the
+teams there are, and ``POST /teams`` creates one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class UserRequest(BaseModel):
     display_name: str = Field(default="", max_length=200)
 
 
+class TeamRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=63)
+
+
 class MembershipRequest(BaseModel):
     team: str = Field(min_length=1, max_length=63)
     role: str = Field(min_length=1, max_length=32)
@@ -42,18 +48,19 @@ def list_users(session: SessionDep, principal: PrincipalDep, offset: int = Query
 
 @router.post("/users", status_code=201)
 def create_user(body: UserRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Create a user with a role in a team (the team is created when new)."""
+    """Create a user with a role in an existing team (an unknown team is refused, naming the teams)."""
     access.check(session, principal=principal, action="users.manage")
     user = users_service.create_user(session, email=body.email, role=body.role, team=body.team, password=body.password,
-                                     actor=principal.email, display_name=body.display_name)
+                                     actor=principal.email, display_name=body.display_name, create_team=False)
     return memberships.describe(session, user)
 
 
 @router.put("/users/{user_id}/memberships")
 def set_membership(user_id: int, body: MembershipRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Give the user a role in a team, replacing their previous role there."""
+    """Give the user a role in an existing team, replacing their previous role there."""
     access.check(session, principal=principal, action="users.manage")
-    memberships.set_membership(session, user_id=user_id, team=body.team, role=body.role, actor=principal.email)
+    memberships.set_membership(session, user_id=user_id, team=body.team, role=body.role, actor=principal.email,
+                               create_team=False)
     return memberships.describe(session, memberships.get_user(session, user_id))
 
 
@@ -86,3 +93,11 @@ def list_teams(session: SessionDep, principal: PrincipalDep) -> list[dict[str, A
     """Teams with their member counts."""
     access.check(session, principal=principal, action="users.read")
     return memberships.list_teams(session)
+
+
+@router.post("/teams", status_code=201)
+def create_team(body: TeamRequest, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Create a team (an existing name is 409)."""
+    access.check(session, principal=principal, action="users.manage")
+    team = users_service.create_team(session, name=body.name, actor=principal.email)
+    return {"id": team.id, "name": team.name, "members": 0}

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import InvalidInput, NotFound
 from latentops.governance import audit
 from latentops.platform.services.auth import end_sessions
-from latentops.platform.services.users import get_or_create_team, get_user_by_email, parse_role
+from latentops.platform.services.users import get_user_by_email, parse_role, team_for
 from latentops.platform.tables import Membership, Team, User
 
 
@@ -24,11 +24,13 @@ def get_user(session: Session, user_id: int) -> User:
     return user
 
 
-def set_membership(session: Session, *, user_id: int, team: str, role: str, actor: audit.Actor | str) -> Membership:
-    """Give the user ``role`` in ``team`` (created if new), replacing their previous role there."""
+def set_membership(session: Session, *, user_id: int, team: str, role: str, actor: audit.Actor | str,
+                   create_team: bool = True) -> Membership:
+    """Give the user ``role`` in ``team`` (created if new, unless ``create_team`` is false: then
+    an unknown team is refused naming the existing ones), replacing their previous role there."""
     parsed = parse_role(role)
     user = get_user(session, user_id)
-    team_row = get_or_create_team(session, name=team, actor=actor)
+    team_row = team_for(session, name=team, actor=actor, create=create_team)
     membership = session.scalar(sa.select(Membership).where(Membership.user_id == user.id, Membership.team_id == team_row.id))
     previous = membership.role.value if membership is not None else None
     if membership is None:

@@ -99,10 +99,15 @@ def team_names(session: Session) -> dict[int, str]:
     return dict(session.execute(sa.select(Team.id, Team.name)).all())
 
 
-def get_or_create_team(session: Session, *, name: str, actor: audit.Actor | str) -> Team:
+def _team_name(name: str) -> str:
     name = name.strip().lower()
     if not TEAM_RE.match(name):
         raise InvalidInput(f"team: {name!r} is not a valid team name (lowercase letters, digits, '-' and '_')")
+    return name
+
+
+def get_or_create_team(session: Session, *, name: str, actor: audit.Actor | str) -> Team:
+    name = _team_name(name)
     team = session.scalar(sa.select(Team).where(Team.name == name))
     if team is None:
         team = Team(name=name)
@@ -110,6 +115,31 @@ def get_or_create_team(session: Session, *, name: str, actor: audit.Actor | str)
         session.flush()
         audit.record(session, actor=actor, action="team.create", resource=f"team:{team.id}", details={"name": name})
     return team
+
+
+def create_team(session: Session, *, name: str, actor: audit.Actor | str) -> Team:
+    """Create a team (audited); an existing name is a ``Conflict``."""
+    name = _team_name(name)
+    if session.scalar(sa.select(Team.id).where(Team.name == name)) is not None:
+        raise Conflict(f"team: a team named {name!r} already exists")
+    return get_or_create_team(session, name=name, actor=actor)
+
+
+def existing_team(session: Session, name: str) -> Team:
+    """The team named ``name``; an unknown name is ``InvalidInput`` naming it and the teams there are,
+    so a mistyped name is never taken for a new team."""
+    team = session.scalar(sa.select(Team).where(Team.name == name.strip().lower()))
+    if team is None:
+        names = list(session.scalars(sa.select(Team.name).order_by(Team.name).limit(51)))
+        known = ", ".join(names[:50]) + (", ..." if len(names) > 50 else "") if names else "none yet"
+        raise InvalidInput(f"team: no team named {name.strip()!r}; existing teams: {known}",
+                           reasons=[{"field": "team", "reason": "no such team", "allowed": names[:50]}])
+    return team
+
+
+def team_for(session: Session, *, name: str, actor: audit.Actor | str, create: bool) -> Team:
+    """The team ``name``: created when new if ``create``, else it must exist (``existing_team``)."""
+    return get_or_create_team(session, name=name, actor=actor) if create else existing_team(session, name)
 
 
 def create_user(
@@ -121,8 +151,12 @@ def create_user(
     password: str | None,
     actor: audit.Actor | str,
     display_name: str = "",
+    create_team: bool = True,
 ) -> User:
-    """Create a user with one membership. Nothing is written if any input is invalid."""
+    """Create a user with one membership. Nothing is written if any input is invalid.
+
+    ``create_team`` false refuses a team that does not exist yet (the REST API and the portal:
+    creating a team is its own action there), naming the teams there are."""
     email = email.strip().lower()
     if not EMAIL_RE.match(email):
         raise InvalidInput(f"email: {email!r} is not an email address")
@@ -130,7 +164,7 @@ def create_user(
     password_hash = hash_password(password, email=email) if password is not None else None
     if session.scalar(sa.select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"email: a user with email {email!r} already exists")
-    team_row = get_or_create_team(session, name=team, actor=actor)
+    team_row = team_for(session, name=team, actor=actor, create=create_team)
     user = User(email=email, display_name=display_name or email.split("@")[0], password_hash=password_hash)
     session.add(user)
     session.flush()
