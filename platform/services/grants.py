@@ -70,6 +70,13 @@ def _grantee_name(team: Team | None, user: User | None) -> str:
 def grant(session: Session, *, model: str, action: str, actor: audit.Actor | str | User,
           team: str | None = None, user: str | None = None) -> AccessGrant:
     """Grant ``action`` on base model ``model`` to a team or a user; an identical active grant is returned as is."""
+    return grant_once(session, model=model, action=action, actor=actor, team=team, user=user)[0]
+
+
+def grant_once(session: Session, *, model: str, action: str, actor: audit.Actor | str | User,
+               team: str | None = None, user: str | None = None) -> tuple[AccessGrant, bool]:
+    """``grant``, and whether it made a new grant: an identical active grant is returned with
+    ``False``, and nothing is written or audited for it."""
     _check_action(action)
     record = get_model(session, model)
     team_row, user_row = _grantee(session, team, user)
@@ -77,7 +84,7 @@ def grant(session: Session, *, model: str, action: str, actor: audit.Actor | str
     for existing in active_grants(session, record):
         if existing.action == action and existing.team_id == (team_row.id if team_row else None) \
                 and existing.user_id == (user_row.id if user_row else None):
-            return existing
+            return existing, False
     granted_by = actor.id if isinstance(actor, User) else None
     row = AccessGrant(resource_type="model", resource_id=record.id, action=action,
                       team_id=team_row.id if team_row else None, user_id=user_row.id if user_row else None, granted_by=granted_by)
@@ -86,7 +93,7 @@ def grant(session: Session, *, model: str, action: str, actor: audit.Actor | str
     audit.record(session, actor=actor.email if isinstance(actor, User) else actor, action="model.grant",
                  resource=f"model:{record.name}",
                  details={"grant_id": row.id, "action": action, "grantee": _grantee_name(team_row, user_row)})
-    return row
+    return row, True
 
 
 def revoke(session: Session, *, model: str, action: str, actor: audit.Actor | str | User,
