@@ -289,17 +289,23 @@ def read_labelled_set(name: str, data: bytes) -> tuple[list[str], dict[str, dict
         import csv
         import io
 
-        reader = csv.DictReader(io.StringIO(text))
-        columns = {c.strip() for c in (reader.fieldnames or [])}
-        for column in ("file", "label"):
-            if column not in columns:
-                raise InvalidInput(f"labels: column '{column}' is missing in {name} (columns: {', '.join(sorted(columns)) or 'none'})")
-        rows = [(number, {(k or "").strip(): v for k, v in row.items()}) for number, row in enumerate(reader, start=2)]
+        try:
+            reader = csv.DictReader(io.StringIO(text))
+            columns = {c.strip() for c in (reader.fieldnames or [])}
+            for column in ("file", "label"):
+                if column not in columns:
+                    raise InvalidInput(f"labels: column '{column}' is missing in {name} "
+                                       f"(columns: {', '.join(sorted(columns)) or 'none'})")
+            rows = [(number, {(k or "").strip(): v for k, v in row.items()}) for number, row in enumerate(reader, start=2)]
+        except csv.Error as error:
+            raise InvalidInput(f"labels: {name} is not CSV ({error})") from None
     found: dict[str, set[str]] = {}
     for number, row in rows:
         file = str(row.get("file") or "").strip()
         if not file:
             raise InvalidInput(f"labels: line {number}: column 'file' is empty")
+        if file in (".", "..") or any(c in file for c in "/\\") or any(ord(c) < 32 for c in file) or len(file.encode()) > 200:
+            raise InvalidInput(f"labels: line {number}: column 'file' must name an uploaded file (a name, not a path), got {file[:80]!r}")
         if file in found:
             raise InvalidInput(f"labels: line {number}: file {file!r} is labelled twice")
         raw = row.get("label")

@@ -17,9 +17,10 @@ from api_helpers import bearer, make_user
 from fastapi.testclient import TestClient
 from PIL import Image
 from portal_helpers import serving
-from test_screening import no_default_nsfwjs, picture, tiny_clip_files, with_clip  # noqa: F401 (fixtures)
+from test_screening import picture, tiny_clip_files  # noqa: F401  (a fixture)
 
 from latentops.client import Client, InvalidInput, PolicyDenied
+from latentops.governance import nsfwjs, screening
 from latentops.governance.detectors import CATEGORIES
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
@@ -53,6 +54,17 @@ def _post(api: TestClient, who: dict[str, str], labels: tuple[str, bytes], image
 def _stored(database_url: str) -> list[str]:
     with session_scope(database_url) as session:
         return list(session.scalars(sa.select(PolicyDataEdit.key).order_by(PolicyDataEdit.id)))
+
+
+@pytest.fixture
+def with_clip(settings_env, database_url: str, tiny_clip_files, fresh_policy, tmp_path: Path,  # type: ignore[no-untyped-def]  # noqa: F811
+              monkeypatch: pytest.MonkeyPatch):
+    """The tiny CLIP imported as the only detector (no converted nsfwjs where screening looks by default)."""
+    monkeypatch.setenv(nsfwjs.ENV_DIR, str(tmp_path / "no-nsfwjs"))
+    config, weights = tiny_clip_files
+    with session_scope(database_url) as db:
+        screening.import_clip(db, settings=settings_env, arch="tiny-clip", weights=weights, config=config, actor="cli:test")
+    return settings_env
 
 
 @pytest.fixture

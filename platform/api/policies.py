@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from latentops.core.errors import AuthenticationFailed, NotFound, ServiceUnavailable
-from latentops.governance import access, policy
+from latentops.governance import access, policy, policy_edits
 from latentops.governance.access import Principal
 from latentops.governance.policy_bundle import DATA_ROOT
 from latentops.governance.policy_engine import EmbeddedEngine
@@ -180,17 +180,17 @@ def data_in_force(session: SessionDep, principal: PrincipalDep,
                   domain: str | None = Query(default=None, max_length=50, description="One domain only.")) -> dict[str, Any]:
     """The policy data in force per domain, the bundle revision and the latest edit (revision) id."""
     access.check(session, principal=principal, action=DATA_READ)
-    return policy.data_in_force(session, domain)
+    return policy_edits.data_in_force(session, domain)
 
 
 @router.get("/policies/data/history")
 def data_history(session: SessionDep, principal: PrincipalDep,
                  key: str | None = Query(default=None, max_length=200, description="Edits of this key or below it."),
-                 limit: int = Query(default=50, ge=1, le=policy.MAX_HISTORY_PAGE),
+                 limit: int = Query(default=50, ge=1, le=policy_edits.MAX_HISTORY_PAGE),
                  offset: int = Query(default=0, ge=0)) -> dict[str, Any]:
     """The data edits (revisions: key, value, actor, note, time), newest first."""
     access.check(session, principal=principal, action=DATA_READ)
-    return policy.history(session, key=key, limit=limit, offset=offset)
+    return policy_edits.history(session, key=key, limit=limit, offset=offset)
 
 
 @router.get("/policies/data/diff")
@@ -200,16 +200,16 @@ def data_diff(session: SessionDep, principal: PrincipalDep,
                                         description="The revision to compare with; default the one before 'to'.")) -> dict[str, Any]:
     """What changed in the data from one revision to another, per dotted key."""
     access.check(session, principal=principal, action=DATA_READ)
-    return policy.diff(session, to=to, since=from_)
+    return policy_edits.diff(session, to=to, since=from_)
 
 
 @router.post("/policies/data", status_code=201)
 def data_edit(body: DataEdit, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     """Edit one key: checked (shape, compilation, Rego tests), stored as a new revision, audited."""
     access.check(session, principal=principal, action=DATA_MANAGE)
-    previous = policy.data_in_force(session)
+    previous = policy_edits.data_in_force(session)
     revision = policy.set_policy_data(session, key=body.key.strip(), value=body.value, actor=principal.user, note=body.note)
-    latest = policy.history(session, limit=1)["items"][0]
+    latest = policy_edits.history(session, limit=1)["items"][0]
     return {"key": body.key.strip(), "revision": revision, "previous_revision": previous["revision"], "edit": latest}
 
 
@@ -217,8 +217,8 @@ def data_edit(body: DataEdit, session: SessionDep, principal: PrincipalDep) -> d
 def data_rollback(body: Rollback, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     """Restore a revision's data with new, audited edits (history keeps everything)."""
     access.check(session, principal=principal, action=DATA_MANAGE)
-    previous = policy.data_in_force(session)
-    return {**policy.rollback(session, to=body.to, actor=principal.user, note=body.note),
+    previous = policy_edits.data_in_force(session)
+    return {**policy_edits.rollback(session, to=body.to, actor=principal.user, note=body.note),
             "previous_revision": previous["revision"]}
 
 

@@ -53,6 +53,8 @@ def _file_name(upload: UploadFile, index: int) -> str:
     name = PurePosixPath((upload.filename or "").replace("\\", "/")).name.strip()
     if not name or name in {".", ".."}:
         raise InvalidInput(f"images[{index}]: the file has no name; the labels match images by file name")
+    if any(ord(c) < 32 for c in name) or len(name.encode()) > 200:
+        raise InvalidInput(f"images[{index}]: the file name {name[:80]!r} has control characters or is over 200 bytes")
     return name
 
 

@@ -239,32 +239,32 @@ class LocalBackend:
         return policy.status()
 
     def policy_set_data(self, key: str, value: Any, *, note: str) -> dict[str, Any]:
-        from latentops.governance import policy
+        from latentops.governance import policy, policy_edits
 
         with context.session() as db:
-            previous = policy.data_in_force(db)["revision"]
+            previous = policy_edits.data_in_force(db)["revision"]
             revision = policy.set_policy_data(db, key=key, value=value, actor=context.actor(), note=note)
-            latest = policy.history(db, limit=1)["items"][0]
+            latest = policy_edits.history(db, limit=1)["items"][0]
         return {"key": key, "revision": revision, "previous_revision": previous, "edit": latest}
 
     def policy_history(self, *, key: str | None, offset: int, limit: int) -> dict[str, Any]:
-        from latentops.governance import policy
+        from latentops.governance import policy_edits
 
         with context.session() as db:
-            return policy.history(db, key=key, offset=offset, limit=limit)
+            return policy_edits.history(db, key=key, offset=offset, limit=limit)
 
     def policy_diff(self, to: int, *, since: int | None) -> dict[str, Any]:
-        from latentops.governance import policy
+        from latentops.governance import policy_edits
 
         with context.session() as db:
-            return policy.diff(db, to=to, since=since)
+            return policy_edits.diff(db, to=to, since=since)
 
     def policy_rollback(self, to: int, *, note: str) -> dict[str, Any]:
-        from latentops.governance import policy
+        from latentops.governance import policy_edits
 
         with context.session() as db:
-            previous = policy.data_in_force(db)["revision"]
-            return {**policy.rollback(db, to=to, actor=context.actor(), note=note), "previous_revision": previous}
+            previous = policy_edits.data_in_force(db)["revision"]
+            return {**policy_edits.rollback(db, to=to, actor=context.actor(), note=note), "previous_revision": previous}
 
     # --- audit --------------------------------------------------------------------------------
 
