@@ -42,6 +42,8 @@ NAVIGATION = [
     ("Audit", "/audit", "audit.read"),
     ("Quarantine", "/quarantine", "quarantine.review"),
     ("Protected names", "/protected-names", "policies.names.manage"),
+    ("Policy data", "/policy-data", "policies.data.read"),
+    ("Screening", "/screening", "screening.read"),
     ("Models", "/models", "models.read"),
     ("Admin", "/admin", "users.read"),
 ]
