@@ -18,7 +18,8 @@ ROLES = ", ".join(role.value for role in Role)
 def create(
     email: str = typer.Option(..., help="The user's email address (their login)."),
     role: str = typer.Option(..., help=f"Role in the team: {ROLES}."),
-    team: str = typer.Option(..., help="Team name; created if it does not exist."),
+    team: str = typer.Option(..., help="Team name. On this machine's database a new team is created; a server "
+                                       "(--server) refuses an unknown team, naming the existing ones."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
