@@ -248,3 +248,14 @@ def test_cli_dataset_with_every_image_held_exits_3(cli, settings_env, source: Pa
     assert done.returncode == 3, done.stderr[-2000:]
     assert "0 released, 2 quarantined" in done.stdout
     assert "nothing released: all 2 images are held for review" in " ".join(done.stderr.split())
+
+
+@pytest.mark.parametrize(("per_class", "fraction", "validation"), [(3, 0.1, 1), (10, 0.1, 1), (20, 0.25, 5), (1, 0.5, 0),
+                                                                  (2, 0.9, 1), (8, 0.0, 0)])
+def test_the_split_is_per_class_and_never_leaves_a_class_without_training_images(per_class: int, fraction: float,
+                                                                                validation: int) -> None:
+    spec = spec_module.parse(_spec(split={"validation": fraction}))
+    seeds = list(range(100, 100 + per_class))
+    chosen = datasets._validation_seeds(spec, seeds)
+    assert len(chosen) == validation and chosen <= set(seeds)
+    assert chosen == datasets._validation_seeds(spec, list(reversed(seeds)))  # the same spec, the same split

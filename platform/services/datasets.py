@@ -253,11 +253,14 @@ def _mark_failed(settings: Settings, dataset_id: int, message: str) -> None:
 # --- 3-4. filter, split, write -------------------------------------------------------------------
 
 
-def _split_of(spec: DatasetSpec, seed: int) -> str:
-    if spec.split.validation <= 0:
-        return "train"
-    draw = int.from_bytes(hashlib.sha256(f"{spec.seed}:{seed}".encode()).digest()[:8], "big") / 2**64
-    return "validation" if draw < spec.split.validation else "train"
+def _validation_seeds(spec: DatasetSpec, seeds: list[int]) -> set[int]:
+    """The validation share of one class's kept images: round(n x fraction), at least one once the
+    fraction is above 0 and the class has two or more, never all; chosen by a seeded hash, so the
+    same spec gives the same split. (A draw per image let 10 % of 3 images leave 1 to train on.)"""
+    if spec.split.validation <= 0 or len(seeds) < 2:
+        return set()
+    count = min(len(seeds) - 1, max(1, round(len(seeds) * spec.split.validation)))
+    return set(sorted(seeds, key=lambda s: hashlib.sha256(f"{spec.seed}:{s}".encode()).digest())[:count])
 
 
 def _filter_class(settings: Settings, spec: DatasetSpec, label: int, records: list[dict[str, Any]], state: Path,
@@ -310,8 +313,10 @@ def _finish(settings: Settings, *, spec: DatasetSpec, out: Path, plan: Plan, act
             records += json.loads(path.read_text())["records"]
         released += sum(1 for r in records if r.get("file"))
         quarantined += sum(1 for r in records if not r.get("file"))
-        for record in _filter_class(settings, spec, label, records, state, clip, classifier, stats):
-            split = _split_of(spec, record["seed"])
+        kept = _filter_class(settings, spec, label, records, state, clip, classifier, stats)
+        validation = _validation_seeds(spec, [r["seed"] for r in kept])
+        for record in kept:
+            split = "validation" if record["seed"] in validation else "train"
             counts.setdefault(split, {}).setdefault(cls.name, 0)
             counts[split][cls.name] += 1
             samples.append(formats.Sample(
