@@ -9,7 +9,6 @@ prompt is denied is reported in the :class:`Plan` with its reasons and skipped; 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from latentops.governance import audit, policy
 from latentops.pipelines.datasets import filters
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.platform.services import generation, teams
+from latentops.platform.services import models as models_service
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,6 @@ class Plan:
     decision_ids: list[int] = field(default_factory=list)
 
 
-def _native_resolution(path: Path) -> int:
-    """Pixels of the model's default output (UNet sample size × VAE scale), 0 when unknown."""
-    try:
-        unet = json.loads((path / "unet" / "config.json").read_text())
-        vae = json.loads((path / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, KeyError, ValueError, TypeError):
-        return 0
-
-
 def resolve_target(session: Session, model: str, lora: str | None) -> generation.Target:
     """The model (and adapter) a spec names; a missing one is ``InvalidInput`` naming the field."""
     try:
@@ -67,7 +57,7 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
         filters.classifier_file(classifier_root(settings), spec.filters.classifier.id)
     team_row = teams.resolve(session, actor, spec.team)
     team, team_id = (team_row.name, team_row.id) if team_row else (None, None)
-    resolution = spec.resolution() or _native_resolution(base.weights.path)
+    resolution = spec.resolution() or models_service.native_resolution(base.weights.path)
     decision = policy.require("datasets", {"action": "generate", "team": team or "", "dataset": {
         "images": spec.total_images, "resolution": resolution, "team": team or ""}}, session=session, actor=actor)
     plan = Plan(team=team, team_id=team_id, revision=decision.revision,

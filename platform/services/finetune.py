@@ -99,13 +99,18 @@ def _freeze_uploads(settings: Settings, folder: Path, images: list[data.Instance
 def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str, request: Request) -> Preflight:
     """Every check a fine-tuning request must pass; raises before anything is stored but decisions."""
     # 1. Config, base model and version.
+    version = models_service.get_version(session, name=request.model, version=request.model_version)
+    weights = models_service.weights_ref(session, version=version)
     values = {**request.values}
+    if values.get("resolution") is None:  # unset: the model's own resolution (32 px for a tiny model, not 512)
+        values.pop("resolution", None)
+        native = models_service.native_resolution(weights.path)
+        if native:
+            values["resolution"] = native
     config = build_config(values)
     for name in ("instance_prompt", "class_prompt"):
         if normalize.is_blank(str(getattr(config, name, "x"))):
             raise InvalidInput(f"{name}: is empty once control and zero-width characters are removed")
-    version = models_service.get_version(session, name=request.model, version=request.model_version)
-    weights = models_service.weights_ref(session, version=version)
     model = session.get(ModelRecord, version.model_id)
     assert model is not None
     adapter_name = (request.adapter_name or f"{model.name}-{config.method}").strip().lower()

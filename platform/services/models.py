@@ -12,6 +12,7 @@ and to roles that see every team; any other caller gets ``NotFound``, like a mis
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,16 @@ def import_model(
                  "sensitivity": sensitivity, "owner_team": owner.name if owner else None},
     )
     return version
+
+
+def native_resolution(path: Path) -> int:
+    """Pixels of a diffusers model's default output (UNet sample size x VAE scale), 0 when unknown."""
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError, TypeError):
+        return 0
 
 
 def check_sensitivity(label: str) -> str:

@@ -26,7 +26,6 @@ from latentops.platform import database
 from latentops.platform.api import limits
 from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import (
-    dataset_checks,
     dataset_views,
     finetune_policy,
     finetune_uploads,
@@ -57,7 +56,7 @@ def _keep_only_evidence(session: Any, error: LatentopsError) -> None:
     if isinstance(error, PolicyDenied):
         return
     session.rollback()
-    session.info.pop(database._AFTER_COMMIT, None)
+    database.discard_after_commit(session)
 
 
 _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
@@ -361,7 +360,7 @@ def _native_resolution(session: Any, model: str) -> int:
     versions = models_service.versions_of(session, model=record) if record is not None else []
     if not versions:
         return 0
-    return dataset_checks._native_resolution(models_service.weights_ref(session, version=versions[-1]).path)
+    return models_service.native_resolution(models_service.weights_ref(session, version=versions[-1]).path)
 
 
 def _presets(native: int) -> dict[str, dict[str, Any]]:
