@@ -73,6 +73,11 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
 _AFTER_COMMIT = "latentops.after_commit"
 
 
+def discard_after_commit(session: Session) -> None:
+    """Forget the callbacks queued by ``after_commit`` (a caller that rolls back a refused request)."""
+    session.info.pop(_AFTER_COMMIT, None)
+
+
 def after_commit(session: Session, callback: Callable[[], object]) -> None:
     """Run ``callback`` once the transaction of ``session`` has committed.
 

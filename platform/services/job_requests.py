@@ -33,7 +33,6 @@ from latentops.platform.tables import AccessGrant, LoraAdapter, Team
 MAX_PROMPT = 20_000
 FINETUNE_ROUTE = "POST /api/v1/finetune"
 CLIENT_KINDS = ("diagnostics", "generate", "dataset")  # what POST /jobs accepts; each has a typed request
-FORM_KINDS = ("diagnostics",)  # what the portal's jobs page submits (the others have their own pages)
 
 
 def check_prompt(value: str, field_name: str) -> str:

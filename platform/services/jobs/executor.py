@@ -59,6 +59,7 @@ class JobContext:
         self.workdir: Path = settings.jobs_dir / str(job.id)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._last_progress = 0.0
+        self._losses: list[float] = []  # the loss history so far, so the job page draws the curve while it runs
         self._started = time.monotonic()
         self._first_step: int | None = None
 
@@ -74,6 +75,8 @@ class JobContext:
         now = time.monotonic()
         if self._first_step is None:
             self._first_step, self._started = step, now
+        if "loss" in metrics:
+            self._losses.append(float(metrics["loss"]))
         if now - self._last_progress < PROGRESS_INTERVAL_S and step < total:
             return
         self._last_progress = now
@@ -81,8 +84,10 @@ class JobContext:
         rate = done / (now - self._started) if done > 0 and now > self._started else 0.0
         eta = (total - step) / rate if rate > 0 else None
         ops_metrics.training_rate(kind=self.kind, steps_per_second=rate)
-        payload = {"step": step, "total": total, "percent": round(100.0 * step / max(total, 1), 1),
+        payload: dict[str, Any] = {"step": step, "total": total, "percent": round(100.0 * step / max(total, 1), 1),
                    "eta_s": None if eta is None else round(eta, 1), **{k: float(v) for k, v in metrics.items()}}
+        if self._losses:  # at most 200 evenly spaced points
+            payload["losses"] = self._losses[::max(1, -(-len(self._losses) // 200))]
         with session_scope(self.settings.database_url) as session:
             self._guarded_update(session, progress=payload, heartbeat_at=utcnow())
 
