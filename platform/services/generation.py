@@ -43,7 +43,7 @@ from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
 from latentops.platform.services import teams
 from latentops.platform.services.users import team_names
-from latentops.platform.tables import AccessGrant, LoraAdapter, ModelRecord, ModelVersion, User
+from latentops.platform.tables import AccessGrant, Job, LoraAdapter, ModelRecord, ModelVersion, Team, User
 
 if TYPE_CHECKING:  # the engine imports torch lazily; keep this module cheap to import
     from latentops.pipelines.engine import AdapterRef, Engine, WeightsRef
@@ -385,9 +385,13 @@ def _render(session: Session, *, settings: Settings, actor: str, request: Render
     pictures = engine.generate(request.weights, generation, adapters)
     engine.cache.clear()  # training keeps its own copy of the model; do not hold a second one
     images = []
+    # The renders belong to the job's team, so the team that runs the fine-tune may see them.
+    job = session.get(Job, request.job_id) if request.job_id is not None else None
+    team = session.get(Team, job.team_id) if job is not None and job.team_id else None
     admissions = quarantine.admit_batch(
         session, settings=settings, images=pictures, actor=actor, seeds=[spec.seed + i for i in range(len(pictures))],
         prompt_refs=[prompt_ref(spec.prompt_of(i)) for i in range(len(pictures))], job_id=request.job_id,
+        team=team.name if team else None, team_id=team.id if team else None,
         model_version_id=version.id if version else None, purpose=request.purpose,
         params={"steps": spec.steps, "weights": request.weights.content_hash,
                 "adapter": request.adapter.content_hash if request.adapter else None, "request_decisions": decision_ids})
