@@ -15,6 +15,7 @@ from job_helpers import queued_job
 from PIL import Image, ImageDraw
 from portal_helpers import login, new_page, shot
 
+from latentops.core.errors import InvalidInput
 from latentops.core.settings import get_settings
 from latentops.governance import policy, quarantine, screening
 from latentops.platform.database import session_scope
@@ -227,3 +228,37 @@ def test_released_tab_is_paged_newest_first_and_the_unscreened_banner_names_cate
 
 def _csrf(page) -> str:  # type: ignore[no-untyped-def]
     return str(page.locator("input[name=csrf_token]").first.get_attribute("value"))
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_audit_query_pages_cover_every_entry_once_in_both_directions(settings_env, newest_first: bool) -> None:  # type: ignore[no-untyped-def]
+    from latentops.governance import compliance
+
+    for index in range(12):
+        make_user(settings_env.database_url, f"user{index:02d}@example.com", "submitter", "design")
+    only = compliance.Filters(action="user.create")
+    with session_scope(settings_env.database_url) as session:
+        every = [e["seq"] for e in compliance.query(session, filters=only, limit=1000).entries]
+        assert len(every) == 12
+        expected = list(reversed(every)) if newest_first else every
+        # Forward through the pages, then back again from the last one.
+        pages, page = [], compliance.query(session, filters=only, limit=5, newest_first=newest_first)
+        while True:
+            pages.append([e["seq"] for e in page.entries])
+            cursor = page.next_before if newest_first else page.next_after
+            if cursor is None:
+                break
+            page = compliance.query(session, filters=only, limit=5, newest_first=newest_first,
+                                    **({"before": cursor} if newest_first else {"after": cursor}))
+        assert [len(p) for p in pages] == [5, 5, 2] and [s for p in pages for s in p] == expected
+        back = []
+        while True:
+            cursor = page.next_after if newest_first else page.next_before
+            if cursor is None:
+                break
+            page = compliance.query(session, filters=only, limit=5, newest_first=newest_first,
+                                    **({"after": cursor} if newest_first else {"before": cursor}))
+            back.append([e["seq"] for e in page.entries])
+        assert back == [pages[1], pages[0]]
+        with pytest.raises(InvalidInput, match="either after or before"):
+            compliance.query(session, after=1, before=5)
