@@ -21,19 +21,18 @@ input is the policy's documented input (see each ``governance/policies/<path>/<p
 ``decide`` adds ``subject`` from ``actor`` when the input has none, and for ``prompt`` replaces
 the raw ``prompt`` string by the analysed section (``latentops.governance.normalize``).
 
-Fail closed: only an explicit ``allow: true`` with no violations allows. An engine error, a
-timeout, an undefined or malformed result, or an unreachable OPA server gives a deny with the
-reason ``policy engine unavailable`` (rule id ``policy.engine_unavailable``), recorded like any
-other decision.
+Fail closed: only an explicit ``allow: true`` with no violations allows. An engine error, a timeout, an undefined
+or malformed result, or an unreachable OPA server gives a deny with the reason ``policy engine unavailable``
+(rule id ``policy.engine_unavailable``), recorded like any other decision.
 
-Every ``decide`` stores a ``PolicyDecision`` (input hash, masked input, result, reasons, rule
-ids, revision, engine) and an audit entry ``policy.decision`` in the caller's transaction; the
-decision row keeps the audit entry's ``seq``.
+Every ``decide`` stores a ``PolicyDecision`` (input hash, masked input, result, reasons, rule ids, revision,
+engine) and an audit entry ``policy.decision`` in the caller's transaction; the row keeps the entry's ``seq``.
 
-Revisions and reload: a process checks at most every ``RELOAD_CHECK_S`` seconds whether the
-policy files or the data edits changed and, if so, loads the new bundle. A bundle that does not
-load (bad data shape, Rego that does not compile) leaves the previous revision in force; the
-error is logged and reported by ``reload()`` and ``status()``.
+Revisions and reload: a process checks at most every ``RELOAD_CHECK_S`` seconds whether the policy files or the
+data edits changed and, if so, loads the new bundle. A bundle that does not load (bad data shape, Rego that does
+not compile) leaves the previous revision in force; the error is logged and reported by ``reload()`` and
+``status()``. Data edits (``set_policy_data``) are checked first (``check_edits``); ``policy_edits`` reads them
+as revisions (history, diff, rollback).
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ from latentops.governance.policy_bundle import (
     DEFAULT_POLICY_DIR,
     DOMAINS,
     PolicyBundle,
-    check_data,
     fingerprint,
     load_bundle,
 )
@@ -392,8 +390,7 @@ def status() -> dict[str, Any]:
 
 
 def set_policy_data(session: Session, *, key: str, value: Any, actor: audit.Actor | str | User, note: str = "") -> str:
-    """Edit policy data (``"prompt.max_length"``, 1500): checked (``check_edits``; nothing is stored
-    when it is refused), stored, audited. Returns the new revision."""
+    """Edit policy data (``"prompt.max_length"``, 1500): checked (``check_edits``), stored, audited; the new revision."""
     domain = key.split(".")[0]
     if domain not in DOMAINS or "." not in key or not all(key.split(".")):
         raise InvalidInput(f"key: {key!r} must be <domain>.<field>, domain one of {', '.join(DOMAINS)}")
@@ -416,32 +413,37 @@ def _store_edit(session: Session, *, key: str, value: Any, actor: audit.Actor | 
 
 
 def check_edits(session: Session, new: Sequence[tuple[str, Any]]) -> PolicyBundle:
-    """The bundle the edits in force plus ``new`` give; ``InvalidInput`` naming the key and the reason
-    when its data has the wrong shape, it does not compile, or a Rego test on the edited data cannot
-    be evaluated or fails in another domain than the edited ones (tests of an edited domain pin the
-    shipped value an edit exists to change: the prompt policy's ``max_length`` of 2000)."""
-    service = get_service()
-    keys = ", ".join(key for key, _ in new)
+    """The bundle with ``new`` applied, or ``InvalidInput`` naming the key and why: a wrong data shape, Rego
+    that does not compile, or a Rego test passing with the data in force that cannot be evaluated with ``new``
+    or fails in another domain than the edited ones (an edited domain's tests pin the value an edit changes)."""
+    keys, edits = ", ".join(key for key, _ in new), _edits(session)
     try:
-        bundle = load_bundle(service.directory, [*_edits(session), *new])
-    except InvalidInput as error:
-        raise InvalidInput(f"{keys}: {error.detail}") from None
-    domains = {key.split(".")[0] for key, _ in new}
-    for domain in sorted(domains):
-        check_data(domain, bundle.data[DATA_ROOT].get(domain), f"policy data {domain}")
-    engine = EmbeddedEngine()
-    try:
+        bundle = load_bundle(get_service().directory, [*edits, *new])
+        engine = EmbeddedEngine()
         engine.load(bundle)
-    except CompileError as error:
-        raise InvalidInput(f"{keys}: the policies do not compile with this edit: {error}") from None
-    report = run_tests(bundle, engine)
-    broken = [result for result in report.failed
-              if result.error or result.package.split("/")[-1].removesuffix("_test") not in domains]
+    except (InvalidInput, CompileError) as error:
+        raise InvalidInput(f"{keys}: {getattr(error, 'detail', f'the policies do not compile with this edit: {error}')}") from None
+    failed, domains = run_tests(bundle, engine).failed, {key.split(".")[0] for key, _ in new}
+    before = _failing_in_force(edits) if failed else set()
+    broken = [r for r in failed if (r.package, r.name) not in before
+              and (r.error or r.package.split("/")[-1].removesuffix("_test") not in domains)]
     if broken:
         named = "; ".join(f"data.{r.package.replace('/', '.')}.{r.name}" + (f" ({r.error[:200]})" if r.error else "")
                           for r in broken)
         raise InvalidInput(f"{keys}: the policies' Rego tests fail with this edit: {named}")
     return bundle
+
+
+def _failing_in_force(edits: list[tuple[str, Any]], cache: dict[str, set[tuple[str, str]]] = {}) -> set[tuple[str, str]]:  # noqa: B006
+    """The Rego tests that already fail with the data edits in force (``cache``: per revision)."""
+    try:
+        bundle, engine = load_bundle(get_service().directory, edits), EmbeddedEngine()
+        if bundle.revision not in cache:
+            engine.load(bundle)
+            cache[bundle.revision] = {(r.package, r.name) for r in run_tests(bundle, engine).failed}
+        return cache[bundle.revision]
+    except (InvalidInput, CompileError):  # the edits in force do not load: nothing to compare with
+        return set()
 
 
 def _jsonable(value: Any) -> Any:

@@ -205,9 +205,8 @@ def _check_jobs(data: Mapping[str, Any], where: str) -> None:
         for key in ("max_concurrent_jobs", "max_queued_jobs", "max_gpu_hours"):
             _expect(key not in quota or (isinstance(quota[key], _NUMBER) and not isinstance(quota[key], bool) and quota[key] >= 0),
                     f"{where}.quotas.{name}.{key}", "must be a non-negative number")
-        if "period" in quota:
-            _expect(parse_period(quota["period"]) is not None, f"{where}.quotas.{name}.period",
-                    f"must be \"calendar_month\" or \"rolling_days:N\" with N from 1 to {MAX_PERIOD_DAYS}, got {quota['period']!r}")
+        _expect("period" not in quota or parse_period(quota["period"]), f"{where}.quotas.{name}.period",
+                f"must be \"calendar_month\" or \"rolling_days:N\" with N from 1 to {MAX_PERIOD_DAYS}, got {quota.get('period')!r}")
     _str_list(data.get("attestation_required_for"), f"{where}.attestation_required_for")
     priority: Any = data.get("priority")
     _expect(isinstance(priority, dict) and isinstance(priority.get("roles", {}), dict), f"{where}.priority",
@@ -224,12 +223,9 @@ _ROLLING = re.compile(r"rolling_days:([0-9]{1,3})")
 
 def parse_period(period: Any) -> tuple[str, int] | None:
     """A GPU-hour quota period: ``("calendar_month", 0)``, ``("rolling_days", N)``; None when malformed."""
-    if period == "calendar_month":
-        return ("calendar_month", 0)
     match = _ROLLING.fullmatch(period) if isinstance(period, str) else None
-    if match and 1 <= int(match.group(1)) <= MAX_PERIOD_DAYS:
-        return ("rolling_days", int(match.group(1)))
-    return None
+    days = int(match.group(1)) if match else 0
+    return ("calendar_month", 0) if period == "calendar_month" else ("rolling_days", days) if 1 <= days <= MAX_PERIOD_DAYS else None
 
 
 def _check_models(data: Mapping[str, Any], where: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
+from latentops.client.admin import PolicyData, ScreeningAdmin
 from latentops.client.http import Http, server_events
 from latentops.client.types import (
     AuditPage,
@@ -119,9 +120,6 @@ class Users:
 
     def teams(self) -> builtins.list[Team]:
         return cast(builtins.list[Team], self._http.json("GET", "/teams"))
-
-    def create_team(self, name: str) -> Team:
-        return cast(Team, self._http.json("POST", "/teams", body={"name": name}))
 
 
 class Models:
@@ -289,7 +287,7 @@ class Audit:
         return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip", method="POST")
 
 
-class Policies:
+class Policies(PolicyData):
     def __init__(self, http: Http) -> None:
         self._http = http
 
@@ -326,33 +324,6 @@ class Policies:
     def recategorise_protected_name(self, name: str, category: str, *, note: str = "") -> ProtectedNamesEdit:
         return cast(ProtectedNamesEdit, self._http.json("PATCH", f"{_NAMES}/{quote(name, safe='')}",
                                                         body={"category": category, "note": note}))
-
-    # policy data: in force, history, diff, edit, rollback (compliance officers and admins)
-
-    def data(self, *, domain: str | None = None) -> dict[str, Any]:
-        """The policy data in force per domain, with the bundle revision and the latest edit id."""
-        return cast(dict[str, Any], self._http.json("GET", "/policies/data", params={"domain": domain}))
-
-    def data_history(self, *, key: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        """The data edits (revisions), newest first: ``{items: [{id, key, value, actor, note, at, revision}], total, next_offset}``."""
-        return cast(dict[str, Any], self._http.json("GET", "/policies/data/history",
-                                                    params={"key": key, "offset": offset, "limit": limit}))
-
-    def data_diff(self, to: int, *, since: int | None = None) -> dict[str, Any]:
-        """The changes from revision ``since`` (default: the one before) to revision ``to``, per dotted key."""
-        return cast(dict[str, Any], self._http.json("GET", "/policies/data/diff", params={"to": to, "from": since}))
-
-    def set_data(self, key: str, value: Any, *, note: str) -> dict[str, Any]:
-        """Edit one key (checked, a new revision, audited); ``InvalidInput`` names the key and the reason."""
-        return cast(dict[str, Any], self._http.json("POST", "/policies/data", body={"key": key, "value": value, "note": note}))
-
-    def rollback(self, to: int, *, note: str) -> dict[str, Any]:
-        """Restore revision ``to``'s data (0: the policy files') with new, audited edits."""
-        return cast(dict[str, Any], self._http.json("POST", "/policies/data/rollback", body={"to": to, "note": note}))
-
-    def quotas(self) -> dict[str, Any]:
-        """Per team: quotas, the GPU-hour period and when it began, and the team's use now."""
-        return cast(dict[str, Any], self._http.json("GET", "/policies/jobs/quotas"))
 
 
 class Quarantine:
@@ -458,7 +429,7 @@ class Copyright:
             offset = page["next_offset"]
 
 
-class Screening:
+class Screening(ScreeningAdmin):
     def __init__(self, http: Http) -> None:
         self._http = http
 
@@ -469,17 +440,3 @@ class Screening:
         form = {"team": team} if team else {}
         return cast(ScreeningVerdict, self._http.json("POST", "/screen", data=form,
                                                       files=[("file", (name, data, "application/octet-stream"))]))
-
-    def status(self) -> dict[str, Any]:
-        """The detectors in force and, per category (``categories``), the detectors covering it and its threshold."""
-        return cast(dict[str, Any], self._http.json("GET", "/screening/status"))
-
-    def calibrate(self, labels: Path | tuple[str, bytes], images: Sequence[Path | tuple[str, bytes]], *,
-                  target_fpr: float = 0.01) -> dict[str, Any]:
-        """Fit thresholds on a labelled set (CSV or ``.jsonl`` with ``file`` and ``label`` columns, and the
-        images by file name); stored as a new policy-data revision. Answers the per-category report."""
-        label_name, label_data = _upload(labels)
-        parts = [("labels", (label_name, label_data, "text/plain"))]
-        parts += [("images", (name, data, "application/octet-stream")) for name, data in map(_upload, images)]
-        return cast(dict[str, Any], self._http.json("POST", "/screening/calibrate", data={"target_fpr": str(target_fpr)},
-                                                    files=parts))
