@@ -207,9 +207,9 @@ def _when(value: dt.datetime | None) -> str | None:
 def _prompt_of(session: Session, asset: Asset, job: Job | None) -> str | None:
     """The prompt of a generated image: from its job's request, else from the generation's audit
     entry (sealed to the requester; an erased requester's prompt is gone)."""
-    if job is not None:
-        for text in job.params.get("prompts") or []:
-            if isinstance(text, str) and generation_service.prompt_ref(text) == asset.prompt_ref:
+    if job is not None:  # a generation's prompts, a fine-tune's instance and validation prompts, ...
+        for text in _texts(job.params):
+            if generation_service.prompt_ref(text) == asset.prompt_ref:
                 return text
     if asset.created_at is None:
         return None
@@ -230,6 +230,16 @@ def _prompt_of(session: Session, asset: Asset, job: Job | None) -> str | None:
                 return text
         return "(erased)" if personal.get("erased") else None
     return None
+
+
+def _texts(value: Any, depth: int = 0) -> list[str]:
+    """The strings in a job's parameters (nested two levels at most), where its prompts are."""
+    if isinstance(value, str):
+        return [value]
+    if depth > 2:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [text for item in items for text in _texts(item, depth + 1)]
 
 
 def _model_of(session: Session, asset: Asset) -> str | None:
