@@ -121,6 +121,9 @@ class Users:
     def teams(self) -> builtins.list[Team]:
         return cast(builtins.list[Team], self._http.json("GET", "/teams"))
 
+    def create_team(self, name: str) -> Team:
+        return cast(Team, self._http.json("POST", "/teams", body={"name": name}))
+
 
 class Models:
     def __init__(self, http: Http) -> None:
