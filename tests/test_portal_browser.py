@@ -5,6 +5,7 @@ real app served by uvicorn on loopback. Each page visited is saved as a screensh
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_compliance_officer_filters_and_verifies_the_audit_log(portal: str, brow
     with page.expect_download() as download:
         page.goto("/audit")
         page.get_by_role("button", name="Export CSV").click()
-    assert download.value.suggested_filename == "latentops-audit-export.zip"
+    assert re.fullmatch(r"latentops-audit-csv-all-\d{8}T\d{6}Z\.zip", download.value.suggested_filename)
 
 
 def test_admin_grants_a_team_access_to_a_model(portal: str, browser, sqlite_url: str, home: Path) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
+from latentops.platform.services import users as users_service
 from latentops.platform.tables import User
 
 WEAK = {
@@ -36,6 +37,8 @@ def _users(database_url: str) -> set[str]:
 @pytest.fixture
 def admin(settings_env) -> tuple[TestClient, dict[str, str]]:  # type: ignore[no-untyped-def]
     token = make_user(settings_env.database_url, "dave@example.com", "admin", "ops")
+    with session_scope(settings_env.database_url) as session:  # new users join an existing team
+        users_service.create_team(session, name="design", actor="system")
     return TestClient(create_app(settings_env)), bearer(token)
 
 
