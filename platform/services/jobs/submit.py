@@ -47,10 +47,16 @@ def dispatch(settings: Settings, job: Job, *, countdown: float | None = None, ma
             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
     except Exception as error:  # noqa: BLE001 - kombu raises several unrelated connection errors
-        raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
+        raise _unreachable(settings, error) from None
     if mark:
         with session_scope(settings.database_url) as session:
             session.execute(sa.update(Job).where(Job.id == job.id).values(dispatched_at=utcnow()))
+
+
+def _unreachable(settings: Settings, error: Exception) -> ServiceUnavailable:
+    hint = ("; this machine's broker runs while `latentops up` does (it also starts a worker)"
+            if settings.uses_local_broker else "")
+    return ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}{hint}")
 
 
 def broker_priority(settings: Settings, priority: int) -> int:
@@ -68,7 +74,7 @@ def ping_broker(settings: Settings, *, timeout: float = 3.0) -> None:
         with celery_app().connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     except Exception as error:  # noqa: BLE001 - kombu raises several unrelated connection errors
-        raise ServiceUnavailable(f"broker unreachable at {settings.broker_url}: {error}") from None
+        raise _unreachable(settings, error) from None
     _broker_seen[settings.broker_url] = time.monotonic()
 
 
