@@ -54,7 +54,7 @@ from latentops.platform.api.security import (
     TrustedProxyMiddleware,
 )
 from latentops.platform.services.auth import LoginThrottle
-from latentops.platform.web import admin_pages, pages, policy_pages, portal
+from latentops.platform.web import admin_pages, compliance_pages, dataset_pages, pages, policy_pages, portal
 
 log = logging.getLogger(__name__)
 # What FastAPI says (400) when a request body cannot be decoded at all, e.g. invalid UTF-8.
@@ -205,7 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (auth, users, jobs, finetune, generations, datasets, models, assets, audit, policies, quarantine,
                    copyright, screening):
         app.include_router(module.router, prefix="/api/v1")
-    portal.install(app, pages.router, admin_pages.router, policy_pages.router)
+    portal.install(app, pages.router, dataset_pages.router, compliance_pages.router, admin_pages.router, policy_pages.router)
     app.include_router(metrics_route.router)  # GET /metrics for Prometheus
     docs.install(app)
     # Outermost last: latency > forwarded client > headers > last resort > JSON limits > upload limit.

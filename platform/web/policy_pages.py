@@ -28,6 +28,7 @@ from latentops.core.errors import InvalidInput, LatentopsError, NotFound
 from latentops.governance import access, policy, policy_edits
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import SessionDep, SettingsDep
+from latentops.platform.services.screening_admin import calibrate_upload, status_report, upload_name
 from latentops.platform.web.portal import PortalUser, render
 
 router = APIRouter(include_in_schema=False)
@@ -149,8 +150,6 @@ def rollback(request: Request, session: SessionDep, principal: PortalUser, to: A
 
 def _screening(request: Request, session: Any, settings: Any, principal: Principal, *, report: dict[str, Any] | None = None,
                error: str = "", target_fpr: str = "0.01", status_code: int = 200) -> HTMLResponse:
-    from latentops.platform.api.screening import status_report
-
     try:
         status = status_report(settings)
     except LatentopsError as problem:  # a broken configuration is shown, not a 500
@@ -171,8 +170,6 @@ def screening_calibrate(request: Request, session: SessionDep, settings: Setting
                         labels: Annotated[UploadFile | None, File()] = None,
                         images: Annotated[list[UploadFile] | None, File()] = None,
                         target_fpr: Annotated[str, Form(max_length=20)] = "0.01") -> HTMLResponse:
-    from latentops.platform.api.screening import _file_name, calibrate_upload
-
     access.check(session, principal=principal, action="screening.calibrate")
     try:
         if labels is None or not labels.filename:
@@ -181,7 +178,7 @@ def screening_calibrate(request: Request, session: SessionDep, settings: Setting
             fpr = float(target_fpr)
         except ValueError:
             raise InvalidInput(f"target_fpr: {target_fpr!r} is not a number; e.g. 0.01") from None
-        uploads = [(_file_name(upload, i), upload.file.read()) for i, upload in enumerate(images or []) if upload.filename]
+        uploads = [(upload_name(upload.filename, i), upload.file.read()) for i, upload in enumerate(images or []) if upload.filename]
         report = calibrate_upload(session, settings, labels=(labels.filename, labels.file.read()), images=uploads,
                                   target_fpr=fpr, actor=principal.email)
     except InvalidInput as problem:

@@ -11,6 +11,7 @@ in a SameSite=Strict cookie that the form must repeat.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,6 +56,11 @@ class LoginRequired(Exception):
     def __init__(self, next_url: str) -> None:
         super().__init__(next_url)
         self.next_url = next_url
+
+
+def when(value: dt.datetime | None) -> str | None:
+    """A timestamp as pages show it (UTC, to the second)."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else None
 
 
 def wants_html(request: Request) -> bool:
