@@ -111,3 +111,35 @@ def judge_accuracy_on_base() -> float:
     """How well the judge reads real digits it never saw (the base split): its own error bar."""
     base = load("base")
     return float((judge().predict(features(base.images)) == base.labels).mean())
+
+
+def _unit_ink(images: torch.Tensor) -> np.ndarray:
+    """32×32 images in [-1, 1] -> ink maps, centred and scaled to unit length (for correlations)."""
+    ink = (1.0 - (images.float().mean(dim=1).clamp(-1, 1) + 1.0) / 2.0).flatten(1).numpy()
+    ink = ink - ink.mean(axis=1, keepdims=True)
+    return ink / (np.linalg.norm(ink, axis=1, keepdims=True) + 1e-8)
+
+
+@dataclass(frozen=True)
+class GlyphVerdict:
+    """How many samples read as the new glyph: their ink correlates with the glyph's drawings more
+    than any of the 1,797 real digits does (``bar``), so a blob or a digit does not count."""
+
+    scores: list[float]
+    bar: float
+
+    @property
+    def recognised(self) -> int:
+        return sum(score > self.bar for score in self.scores)
+
+
+def glyph_verdict(samples: torch.Tensor, drawings: torch.Tensor) -> GlyphVerdict:
+    """Judge generated ``samples`` against the instance ``drawings`` (both (N, 3, 32, 32) in [-1, 1]).
+
+    A judge that is not the training loss: each sample's correlation with the drawings' mean ink
+    map, against the highest correlation any real digit reaches with it.
+    """
+    template = _unit_ink(drawings).mean(axis=0)
+    template /= np.linalg.norm(template) + 1e-8
+    bar = float((_unit_ink(load("all").images) @ template).max())
+    return GlyphVerdict(scores=[round(float(v), 4) for v in _unit_ink(samples) @ template], bar=round(bar, 4))

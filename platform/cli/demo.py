@@ -36,6 +36,10 @@ DEMO_TEAM = "demo"
 GLYPH = "A"
 GLYPH_PROMPT = "a handwritten letter A"
 DENIED_PROMPT = "Mickey Mouse writing a handwritten digit seven"
+# The fine-tune recipe: enough to make the letter recognisable (tests/test_demo_learning.py judges
+# it, not by the loss), in well under a minute of training on a laptop CPU.
+STEPS = 150
+RECIPE = {"method": "lora", "rank": 8, "lr": 2e-3, "resolution": 32, "batch_size": 5, "samples": False}
 
 
 def _glyph_images(count: int = 5) -> list[tuple[str, bytes]]:
@@ -142,7 +146,7 @@ def _generate(client: Any, out: Path, *, prompt: str, lora: str | None, n: int) 
 
 
 def demo(port: int = typer.Option(0, help="API port for the demo stack (0 picks a free one)."),
-         steps: int = typer.Option(60, min=10, max=2000, help="Fine-tuning steps.")) -> None:
+         steps: int = typer.Option(STEPS, min=10, max=2000, help="Fine-tuning steps.")) -> None:
     """Run the main job end to end on the embedded stack: fine-tune, generate, govern, verify, stop."""
     context.require_local()
     from latentops.client import Client
@@ -161,8 +165,7 @@ def demo(port: int = typer.Option(0, help="API port for the demo stack (0 picks 
             job = client.finetune.submit(
                 model="digits-demo", images=_glyph_images(), instance_prompt=GLYPH_PROMPT, team=DEMO_TEAM,
                 adapter_name="demo-letter-a", attest_licence=True, attest_consent=True,
-                params={"method": "lora", "steps": steps, "rank": 4, "lr": 1e-3, "resolution": 32,
-                        "batch_size": 5, "checkpoint_every": max(steps // 3, 1), "samples": False},
+                params={**RECIPE, "steps": steps, "checkpoint_every": max(steps // 3, 1)},
             )
             output.say(f"3. fine-tune job {job['id']} queued: LoRA on 5 images of the letter {GLYPH}")
             finished = _watch(client, job["id"], "fine-tune")
@@ -172,6 +175,7 @@ def demo(port: int = typer.Option(0, help="API port for the demo stack (0 picks 
             adapter = result.get("adapter") or "demo-letter-a"
             output.say(f"   adapter {adapter} registered; final loss {result.get('final_loss', 'n/a')}")
             saved = _generate(client, out, prompt=GLYPH_PROMPT, lora=adapter, n=4)
+            _say_learned(saved)
             saved += _generate(client, out, prompt="a handwritten digit seven", lora=None, n=4)
             output.say(f"   {len(saved)} released images with content credentials in {out}")
             # 4. Governance at work.
@@ -187,6 +191,20 @@ def demo(port: int = typer.Option(0, help="API port for the demo stack (0 picks 
         stack.send_signal(signal.SIGTERM)
         stack.wait(90)
         output.say("5. stack stopped")
+
+
+def _say_learned(samples: list[Path]) -> None:
+    """How many adapter samples read as the letter (``digits.glyph_verdict``): learning, shown."""
+    from PIL import Image
+
+    from latentops.pipelines.demo import digits
+
+    if not samples:
+        return
+    drawings = digits.pil_to_tensor([Image.open(io.BytesIO(data)) for _, data in _glyph_images()])
+    verdict = digits.glyph_verdict(digits.pil_to_tensor([Image.open(path) for path in samples]), drawings)
+    output.say(f"   {verdict.recognised} of {len(samples)} adapter samples read as the letter {GLYPH} (their ink "
+               f"correlates with the drawings above {verdict.bar:.2f}, more than any real digit does)")
 
 
 def _describe(report: Any) -> str:
