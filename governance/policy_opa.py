@@ -27,6 +27,7 @@ from latentops.governance.policy_engine import (
 
 OPA_MODES = ("push", "bundle")
 DEFAULT_BUNDLE_WAIT_S = 15.0
+LOAD_TIMEOUT_S = 60.0  # pushing policies and data (compiled by OPA on upload), not deciding
 _SYNC_POLL_S = 0.25
 
 
@@ -76,8 +77,12 @@ class OpaEngine:
         self.url = url
         self.mode = mode
         self.bundle_wait_s = bundle_wait_s
-        self.client = OpaClient(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8181),
-                                ssl=parsed.scheme == "https", timeout=timeout_s, retries=0)
+        port = parsed.port or (443 if parsed.scheme == "https" else 8181)
+        self.client = OpaClient(host=parsed.hostname, port=port, ssl=parsed.scheme == "https", timeout=timeout_s, retries=0)
+        # Loading policies is not on a request's path: OPA compiles every module it is sent, which
+        # on a busy host can take longer than a decision may wait; only decisions keep the short timeout.
+        self.admin = OpaClient(host=parsed.hostname, port=port, ssl=parsed.scheme == "https",
+                               timeout=max(timeout_s, LOAD_TIMEOUT_S), retries=0)
         self._bundle: PolicyBundle | None = None
         # Bundle mode: by when OPA must serve the revision in force (replaced whole on each load, so a
         # thread still deciding with an older revision finds no time left); one thread at a time waits.
@@ -92,8 +97,8 @@ class OpaEngine:
             self._bundle = bundle
             return
         try:
-            self.client.update_or_create_data(bundle.data["policy_data"], "policy_data")
-            self.client.update_or_create_data({"revision": bundle.revision}, "latentops_meta")
+            self.admin.update_or_create_data(bundle.data["policy_data"], "policy_data")
+            self.admin.update_or_create_data({"revision": bundle.revision}, "latentops_meta")
             self._upload({**bundle.modules, **(bundle.tests if with_tests else {})})
         except CompileError as error:
             raise CompileError(f"the OPA server at {self.url} refused the bundle: {error}") from None
@@ -108,7 +113,7 @@ class OpaEngine:
             failures: dict[str, Exception] = {}
             for path, source in pending.items():
                 try:
-                    self.client.update_policy_from_string(source, path.replace("/", "_").removesuffix(".rego"), rego_compat=False)
+                    self.admin.update_policy_from_string(source, path.replace("/", "_").removesuffix(".rego"), rego_compat=False)
                 except Exception as error:  # noqa: BLE001 - retried once its dependencies are uploaded
                     failures[path] = error
             if len(failures) == len(pending):
