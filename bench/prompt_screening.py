@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -192,7 +193,7 @@ def report(args: argparse.Namespace) -> int:
     rows = load(args.split)
     counts = Counter((r["label"], r["split"]) for r in load())
     print(f"benchmark: {sum(counts.values())} prompts; " + ", ".join(f"{k[0]}/{k[1]} {v}" for k, v in sorted(counts.items())))
-    print(f"reporting on split '{args.split}': {len(rows)} prompts\n")
+    print(f"reporting on split '{args.split}': {len(rows)} prompts; encoder forward pass: {args.backend}\n")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("keywords", "semantic", "both"):
@@ -258,7 +259,11 @@ def main() -> None:
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICY_DIR, help="policy folder (default: the shipped one)")
     parser.add_argument("--fpr-weight", type=float, default=FPR_WEIGHT, help="fit: weight of dev false positives vs misses")
     parser.add_argument("--misses", action="store_true", help="list the prompts the shipped policy gets wrong")
+    parser.add_argument("--backend", choices=("numpy", "torch"), default="torch",
+                        help="the encoder's forward pass (default torch: what the API server and workers run; "
+                        "numpy: what the CLI's check-prompt runs)")
     args = parser.parse_args()
+    os.environ[sentence_encoder.BACKEND_ENV] = args.backend
     if args.command in ("fit", "split"):
         (fit if args.command == "fit" else split)(args)
         return

@@ -25,9 +25,10 @@ When the model is unavailable, policy data (``prompt.semantic.unavailable``) say
 policy denies (``"deny"``, the default: fail closed) or decides by keyword rules alone
 (``"keywords_only"``); it never silently allows.
 
-Cost: one encode (about 5 ms for a 20-word prompt on one core of the reference machine; the
-cost grows with the number of word pieces, ``bench/prompt_screening.py`` reports p50/p99), then a
-(categories x 384) product.
+Cost: one encode per prompt (its windows in one batch), then a (categories x 384) product. On the
+reference machine (2 cores) an encode takes about 6 ms at the median with the torch pass the API
+server runs, about 10 ms with the NumPy pass; it grows with the number of word pieces
+(``bench/prompt_screening.py --backend torch|numpy`` reports p50/p99 per decision).
 """
 
 from __future__ import annotations
