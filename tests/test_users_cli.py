@@ -38,7 +38,7 @@ def test_create_user_reads_password_from_stdin_and_is_audited(cli, database_url:
 def test_duplicate_email_is_refused_and_nothing_is_written(cli, database_url: str) -> None:  # type: ignore[no-untyped-def]
     assert cli("users", "create", "--email", "a@x.io", "--role", "admin", "--team", "ops").returncode == 0
     before = _counts(database_url)
-    done = cli("users", "create", "--email", "A@X.io", "--role", "submitter", "--team", "other")
+    done = cli("users", "create", "--email", "A@X.io", "--role", "submitter", "--team", "other", "--new-team")
     assert done.returncode == 1
     assert done.stderr.strip() == "Conflict: email: a user with email 'a@x.io' already exists"
     assert "Traceback" not in done.stderr
@@ -99,3 +99,13 @@ def test_worker_with_unreachable_broker_prints_one_line(cli) -> None:  # type: i
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ServiceUnavailable: broker unreachable at redis://127.0.0.1:1/0")
+
+
+def test_an_unknown_team_is_refused_naming_the_teams_unless_new_team_is_asked_for(cli, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    assert cli("users", "create", "--email", "first@x.io", "--role", "admin", "--team", "ops").returncode == 0  # founds ops
+    before = _counts(database_url)
+    typo = cli("users", "create", "--email", "b@x.io", "--role", "submitter", "--team", "opps")
+    assert typo.returncode == 1 and "team: no team named 'opps'" in typo.stderr and "ops" in typo.stderr, typo.stderr
+    assert _counts(database_url) == before  # nothing written
+    created = cli("users", "create", "--email", "b@x.io", "--role", "submitter", "--team", "design", "--new-team", "--json")
+    assert created.returncode == 0 and json.loads(created.stdout)["team"] == "design"

@@ -18,8 +18,9 @@ ROLES = ", ".join(role.value for role in Role)
 def create(
     email: str = typer.Option(..., help="The user's email address (their login)."),
     role: str = typer.Option(..., help=f"Role in the team: {ROLES}."),
-    team: str = typer.Option(..., help="Team name. On this machine's database a new team is created; a server "
-                                       "(--server) refuses an unknown team, naming the existing ones."),
+    team: str = typer.Option(..., help="An existing team; an unknown one is refused, naming the existing ones "
+                                       "(the first user of an installation founds its first team)."),
+    new_team: bool = typer.Option(False, "--new-team", help="Create the team first if it does not exist (audited)."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -29,7 +30,7 @@ def create(
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise InvalidInput("password: --password-stdin was given but standard input was empty")
-    result = backends.backend().create_user(email=email, role=role, team=team, password=password)
+    result = backends.backend().create_user(email=email, role=role, team=team, password=password, new_team=new_team)
     if json_output:
         output.emit_json(result)
     else:

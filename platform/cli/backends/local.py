@@ -37,11 +37,14 @@ class LocalBackend:
 
     # --- users and tokens ---------------------------------------------------------------------
 
-    def create_user(self, *, email: str, role: str, team: str, password: str | None) -> dict[str, Any]:
+    def create_user(self, *, email: str, role: str, team: str, password: str | None, new_team: bool) -> dict[str, Any]:
         from latentops.platform.services import users
 
         with context.session() as db:
-            user = users.create_user(db, email=email, role=role, team=team, password=password, actor=context.actor())
+            # A new team only when asked for, or as the installation's first (the first admin founds it).
+            create = new_team or not users.team_names(db)
+            user = users.create_user(db, email=email, role=role, team=team, password=password, actor=context.actor(),
+                                     create_team=create)
             return {"id": user.id, "email": user.email, "team": team.strip().lower(), "role": role}
 
     def list_users(self, *, offset: int, limit: int) -> list[dict[str, Any]]:

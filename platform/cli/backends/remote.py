@@ -57,7 +57,9 @@ class RemoteBackend:
 
     # --- users and tokens ---------------------------------------------------------------------
 
-    def create_user(self, *, email: str, role: str, team: str, password: str | None) -> dict[str, Any]:
+    def create_user(self, *, email: str, role: str, team: str, password: str | None, new_team: bool) -> dict[str, Any]:
+        if new_team and team.strip().lower() not in {t["name"] for t in self.api.users.teams()}:
+            self.api.users.create_team(team)
         user = self.api.users.create(email, role=role, team=team, password=password)
         return {"id": user["id"], "email": user["email"], "team": team.strip().lower(), "role": role}
 
