@@ -340,9 +340,11 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     last = stop_after if stop_after is not None else config.steps
     step_times: list[float] = []
+    loop_started = 0.0  # wall clock at the first step, and the loop's wall time: every per-step cost counted
     seen = config.batch_size * world
     family.denoiser.train()
     for step in range(start + 1, last + 1):
+        loop_started = loop_started or time.time()
         hooks.check_cancelled()
         began = time.perf_counter()
         if model is None:
@@ -387,6 +389,7 @@ def train(
             distributed.barrier(process)
         hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"])
     stopped_early = last < config.steps
+    loop_seconds = time.time() - loop_started if loop_started else 0.0
     seconds_per_step = sum(step_times) / len(step_times) if step_times else 0.0
 
     # 7. Outputs (rank 0): LoRA weights (EMA when on), a kohya-format export, the sample grid, a manifest.
@@ -406,7 +409,7 @@ def train(
         out_dir=out_dir, weights_path=weights_path, kohya_path=kohya_path, steps=last, final_loss=losses[-1] if losses else 0.0,
         losses=losses, resumed_from=start, stopped_early=stopped_early, base_model_hash=weights.content_hash,
         dataset_hash=dataset_hash, samples=samples, sample_grid=grid_path, seconds_per_step=seconds_per_step,
-        step_times=step_times, images_per_second=(seen * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
+        step_times=step_times, first_step_at=loop_started, loop_seconds=loop_seconds, images_per_second=(seen * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
         peak_memory_mb=_peak_memory_mb(device), optimizer=optimizer_name, mixed_precision=precision,
         processes=world, effective_batch_size=seen,
     )

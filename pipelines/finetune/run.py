@@ -69,6 +69,8 @@ class TrainingResult:
     sample_grid: Path | None = None
     seconds_per_step: float = 0.0
     step_times: list[float] = field(default_factory=list)
+    first_step_at: float = 0.0  # epoch seconds when the first step began (time to first step, from outside)
+    loop_seconds: float = 0.0  # wall time of the whole loop: steps plus every per-step hook, check and write
     images_per_second: float = 0.0
     peak_memory_mb: float = 0.0
     optimizer: str = "adamw"

@@ -240,7 +240,8 @@ def _summary(result: TrainingResult, adapter: LoraAdapter, tracker: tracking.Mlf
             "kohya": shown(result.kohya_path), "steps": result.steps,
             "final_loss": result.final_loss, "resumed_from": result.resumed_from,
             "mlflow_run_id": tracker.run_id if tracker else None, "mlflow_model_uri": adapter.mlflow_model_uri,
-            "seconds_per_step": result.seconds_per_step, "losses": _thinned(result.losses)}
+            "seconds_per_step": result.seconds_per_step, "first_step_at": result.first_step_at,
+            "loop_seconds": result.loop_seconds, "losses": _thinned(result.losses)}
 
 
 def _thinned(values: list[float], points: int = 200) -> list[float]:
