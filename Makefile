@@ -45,7 +45,7 @@ demo: install  ## Fresh home -> migrate -> start the stack -> run the main job -
 
 TEST_WORKERS ?= 2
 test: install  ## The whole suite in parallel (PostgreSQL/Redis tests need LATENTOPS_TEST_POSTGRES_URL/_REDIS_URL).
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 lint: install  ## ruff, mypy and the import contract (pyproject's [tool.importlinter]).
 	$(BIN)/ruff check core platform governance pipelines tests bench

@@ -82,10 +82,11 @@ class _ProgressHooks:
 
         self.bar = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=output.err_console)
-        self.task = self.bar.add_task("train", total=None, loss="")
+        # Hidden until the first step: a run refused by its checks shows no empty bar.
+        self.task = self.bar.add_task("train", total=None, loss="", visible=False)
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
-        self.bar.update(self.task, completed=step, total=total, loss=f"loss {metrics.get('loss', 0.0):.4f}")
+        self.bar.update(self.task, completed=step, total=total, loss=f"loss {metrics.get('loss', 0.0):.4f}", visible=True)
 
     def log(self, message: str) -> None:
         self.bar.console.print(message, highlight=False)
