@@ -364,4 +364,4 @@ def policy_dir(tmp_path: Path) -> Path:
 
 
 # The portal browser tests' fixtures, shared by every test module that drives the portal.
-from portal_helpers import browser, portal  # noqa: F401
+from portal_helpers import browser, portal, portal_with_worker  # noqa: F401

@@ -90,3 +90,29 @@ def login(page, email: str) -> None:  # type: ignore[no-untyped-def]
 
 def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def tiny_public_model(settings, home: Path) -> None:  # type: ignore[no-untyped-def]
+    """A tiny SD1 model catalogued as ``tiny`` (public), and policy data releasing what no detector covers."""
+    from latentops.governance import policy
+    from latentops.pipelines import tiny
+    from latentops.platform.database import session_scope
+    from latentops.platform.services import models as models_service
+
+    source = tiny.create("sd1", home / "imports" / "tiny-sd1")
+    with session_scope(settings.database_url) as session:
+        models_service.import_model(session, source=source, name="tiny", actor="system",
+                                    store_root=settings.model_store, sensitivity="public")
+        # Uploads are content-screened; with no detector for most categories, policy data releases them.
+        policy.set_policy_data(session, key="screening.release_without_detector", value=True, actor="cli:test")
+
+
+@pytest.fixture
+def portal_with_worker(queue_settings, start_worker, home: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app on loopback with the test's database and Redis, a tiny public model, and a real worker."""
+    from latentops.platform.api.app import create_app
+
+    tiny_public_model(queue_settings, home)
+    start_worker("gpu,cpu")
+    with serving(create_app(queue_settings)) as url:
+        yield url

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from api_helpers import make_user, team_id
 from job_helpers import queued_job
-from portal_helpers import ARTIFACTS, login, new_page, serving, shot
+from portal_helpers import ARTIFACTS, login, new_page, shot
 
-from latentops.governance import policy
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs as jobs_service
 
@@ -150,24 +148,6 @@ def test_admin_grants_a_team_access_to_a_model(portal: str, browser, sqlite_url:
     page.get_by_label("Instance images").set_input_files([str(picture)])
     assert page.get_by_label("Caption for mug.png").count() == 1
     shot(page, "finetune-form")
-
-
-@pytest.fixture
-def portal_with_worker(queue_settings, start_worker, home: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The app on loopback with the test's database and Redis, a tiny public model, and a real worker."""
-    from latentops.pipelines import tiny
-    from latentops.platform.api.app import create_app
-    from latentops.platform.services import models as models_service
-
-    source = tiny.create("sd1", home / "imports" / "tiny-sd1")
-    with session_scope(queue_settings.database_url) as session:
-        models_service.import_model(session, source=source, name="tiny", actor="system",
-                                    store_root=queue_settings.model_store, sensitivity="public")
-        # Uploads are content-screened; with no detector for most categories, policy data releases them.
-        policy.set_policy_data(session, key="screening.release_without_detector", value=True, actor="cli:test")
-    start_worker("gpu")
-    with serving(create_app(queue_settings)) as url:
-        yield url
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

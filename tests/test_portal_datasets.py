@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from api_helpers import make_user, team_id
 from job_helpers import queued_job
 from playwright.sync_api import expect
-from portal_helpers import login, new_page, serving, shot
+from portal_helpers import login, new_page, shot
 
-from latentops.governance import policy
 from latentops.platform.database import session_scope
 from latentops.platform.tables import Dataset
 
@@ -55,23 +52,6 @@ classes:
   - name: "7"
     prompts: ["a handwritten digit seven"]
 """
-
-
-@pytest.fixture
-def portal_with_worker(queue_settings, start_worker, home: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The app with the test's database and Redis, a tiny public model, and a real worker."""
-    from latentops.pipelines import tiny
-    from latentops.platform.api.app import create_app
-    from latentops.platform.services import models as models_service
-
-    source = tiny.create("sd1", home / "imports" / "tiny-sd1")
-    with session_scope(queue_settings.database_url) as session:
-        models_service.import_model(session, source=source, name="tiny", actor="system",
-                                    store_root=queue_settings.model_store, sensitivity="public")
-        policy.set_policy_data(session, key="screening.release_without_detector", value=True, actor="cli:test")
-    start_worker("gpu,cpu")
-    with serving(create_app(queue_settings)) as url:
-        yield url
 
 
 def _submit_spec(page, text: str) -> None:  # type: ignore[no-untyped-def]

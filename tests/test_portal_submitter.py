@@ -15,9 +15,8 @@ import pytest
 from api_helpers import make_user, team_id
 from job_helpers import queued_job
 from playwright.sync_api import expect
-from portal_helpers import login, new_page, serving, shot
+from portal_helpers import login, new_page, serving, shot, tiny_public_model
 
-from latentops.governance import policy
 from latentops.platform.database import session_scope
 from latentops.platform.tables import Asset, Job
 
@@ -27,35 +26,12 @@ TINY_RECIPE = ('{"steps": 4, "rank": 4, "resolution": 32, "checkpoint_every": 4,
                '"validation_every": 2, "validation_steps": 2}')
 
 
-def _tiny_model(settings, home: Path) -> None:  # type: ignore[no-untyped-def]
-    from latentops.pipelines import tiny
-    from latentops.platform.services import models as models_service
-
-    source = tiny.create("sd1", home / "imports" / "tiny-sd1")
-    with session_scope(settings.database_url) as session:
-        models_service.import_model(session, source=source, name="tiny", actor="system",
-                                    store_root=settings.model_store, sensitivity="public")
-        # Uploads are content-screened; with no detector for most categories, policy data releases them.
-        policy.set_policy_data(session, key="screening.release_without_detector", value=True, actor="cli:test")
-
-
 @pytest.fixture
 def portal_with_queue(queue_settings, home: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app with the test's database and Redis and a tiny public model; no worker."""
     from latentops.platform.api.app import create_app
 
-    _tiny_model(queue_settings, home)
-    with serving(create_app(queue_settings)) as url:
-        yield url
-
-
-@pytest.fixture
-def portal_with_worker(queue_settings, start_worker, home: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The app with the test's database and Redis, a tiny public model, and a real worker."""
-    from latentops.platform.api.app import create_app
-
-    _tiny_model(queue_settings, home)
-    start_worker("gpu")
+    tiny_public_model(queue_settings, home)
     with serving(create_app(queue_settings)) as url:
         yield url
 
