@@ -26,6 +26,7 @@ from latentops.governance import access, audit
 from latentops.governance.access import Principal
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.store import ModelStore
+from latentops.platform.services import users
 from latentops.platform.tables import AccessGrant, ModelRecord, ModelVersion, Team, utcnow
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -68,7 +69,7 @@ def import_model(
     """
     name = _check_name(name)
     sensitivity = check_sensitivity(sensitivity)
-    owner = _existing_team(session, owner_team) if owner_team else None
+    owner = users.existing_team(session, owner_team, field="owner_team") if owner_team else None
     existing = session.scalar(sa.select(ModelRecord).where(ModelRecord.name == name))
     if existing is not None:
         state = "a removed model" if existing.removed_at else "a model"
@@ -119,14 +120,6 @@ def check_sensitivity(label: str) -> str:
     if value not in known:
         raise InvalidInput(f"sensitivity: {label!r} is not a label the models policy knows; choose one of {', '.join(known)}")
     return value
-
-
-def _existing_team(session: Session, name: str) -> Team:
-    row = session.scalar(sa.select(Team).where(Team.name == name.strip().lower()))
-    if row is None:
-        known = list(session.scalars(sa.select(Team.name).order_by(Team.name)))
-        raise InvalidInput(f"owner_team: no team named {name!r}; existing teams: {', '.join(known) or 'none yet'}")
-    return row
 
 
 def get_model(session: Session, *, name: str, include_removed: bool = False) -> ModelRecord:
@@ -182,10 +175,9 @@ def list_models(session: Session, *, include_removed: bool = False) -> list[Mode
 def describe(session: Session, *, name: str) -> dict[str, Any]:
     """Everything ``models show`` prints, as plain data."""
     record = get_model(session, name=name, include_removed=True)
-    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
     return {
         "name": record.name, "family": record.family, "description": record.description,
-        "sensitivity": record.sensitivity, "owner_team": owner.name if owner else None, "licence": record.licence,
+        "sensitivity": record.sensitivity, "owner_team": owner_team_name(session, record), "licence": record.licence,
         "created_at": record.created_at,
         "removed_at": record.removed_at,
         "versions": [
@@ -207,12 +199,18 @@ def _granted(session: Session, principal: Principal, record: ModelRecord) -> boo
     return bool(session.scalar(query))
 
 
+def owner_team_name(session: Session, record: ModelRecord) -> str | None:
+    """The name of the team that owns ``record``; None for a platform-wide model."""
+    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
+    return owner.name if owner else None
+
+
 def resource_of(session: Session, principal: Principal, record: ModelRecord) -> dict[str, Any]:
     """The access policy's resource for ``record``: its owning team and whether the caller holds a grant."""
-    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
+    owner = owner_team_name(session, record)
     if owner is None:  # a platform-wide base model belongs to no team: everyone may see it
         return {"team": None, "granted": True}
-    return {"team": owner.name, "granted": _granted(session, principal, record)}
+    return {"team": owner, "granted": _granted(session, principal, record)}
 
 
 def visible_model(session: Session, principal: Principal, name: str, action: str = "models.read") -> ModelRecord:
@@ -231,9 +229,8 @@ def summary_json(session: Session, record: ModelRecord) -> dict[str, Any]:
     """A model as the API and the portal list it: catalogue fields, owner, latest version's hash and size."""
     versions = versions_of(session, model=record)
     latest = versions[-1] if versions else None
-    owner = session.get(Team, record.owner_team_id) if record.owner_team_id else None
     return {"name": record.name, "family": record.family, "description": record.description,
-            "sensitivity": record.sensitivity, "licence": record.licence, "owner_team": owner.name if owner else None,
+            "sensitivity": record.sensitivity, "licence": record.licence, "owner_team": owner_team_name(session, record),
             "versions": len(versions), "latest_hash": latest.content_hash if latest else "",
             "size_bytes": latest.size_bytes if latest else 0}
 

@@ -125,15 +125,15 @@ def create_team(session: Session, *, name: str, actor: audit.Actor | str) -> Tea
     return get_or_create_team(session, name=name, actor=actor)
 
 
-def existing_team(session: Session, name: str) -> Team:
-    """The team named ``name``; an unknown name is ``InvalidInput`` naming it and the teams there are,
-    so a mistyped name is never taken for a new team."""
+def existing_team(session: Session, name: str, *, field: str = "team") -> Team:
+    """The team named ``name``; an unknown name is ``InvalidInput`` naming ``field``, the value and the
+    teams there are, so a mistyped name is never taken for a new team."""
     team = session.scalar(sa.select(Team).where(Team.name == name.strip().lower()))
     if team is None:
         names = list(session.scalars(sa.select(Team.name).order_by(Team.name).limit(51)))
         known = ", ".join(names[:50]) + (", ..." if len(names) > 50 else "") if names else "none yet"
-        raise InvalidInput(f"team: no team named {name.strip()!r}; existing teams: {known}",
-                           reasons=[{"field": "team", "reason": "no such team", "allowed": names[:50]}])
+        raise InvalidInput(f"{field}: no team named {name.strip()!r}; existing teams: {known}",
+                           reasons=[{"field": field, "reason": "no such team", "allowed": names[:50]}])
     return team
 
 
