@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from latentops.core.errors import InvalidInput
+from latentops.core.errors import InvalidInput, LatentopsError
 from latentops.governance import calibration, screening
 
 MAX_CALIBRATION_FILES = 2000
@@ -26,6 +26,14 @@ def status_report(settings: Any) -> dict[str, Any]:
     report["categories"] = [{"category": category, "detectors": covering, "covered": bool(covering),
                              "threshold": thresholds.get(category)} for category, covering in report["coverage"].items()]
     return report
+
+
+def status_shown(settings: Any) -> dict[str, Any]:
+    """``status_report`` for a page: a broken screening configuration is shown (``{"error": ...}``), not a 500."""
+    try:
+        return status_report(settings)
+    except LatentopsError as error:
+        return {"error": error.detail}
 
 
 def upload_name(filename: str | None, index: int) -> str:

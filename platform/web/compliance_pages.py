@@ -23,6 +23,7 @@ from latentops.platform.api.deps import SessionDep, SettingsDep
 from latentops.platform.services import audit_trail
 from latentops.platform.services import generation as generation_service
 from latentops.platform.services import users as users_service
+from latentops.platform.services.screening_admin import status_shown
 from latentops.platform.tables import (
     Asset,
     AuditEntry,
@@ -68,7 +69,7 @@ def audit_page(request: Request, session: SessionDep, settings: SettingsDep, pri
                   entries=page.entries if page else [], order=order, limit=limit, page_sizes=PAGE_SIZES, query=query, latest=latest,
                   newer=f"/audit?after={page.next_after}&{urlencode(kept)}" if page and page.next_after is not None else "",
                   older=f"/audit?before={page.next_before}&{urlencode(kept)}" if page and page.next_before is not None else "",
-                  unscreened=unscreened_categories(_screening_status(settings)),
+                  unscreened=unscreened_categories(status_shown(settings)),
                   can_export=access.allowed(session, principal=principal, action="audit.export"))
 
 
@@ -146,7 +147,7 @@ def _quarantine(request: Request, session: Session, settings: Any, principal: Pr
                 message: str = "", error: str = "", error_asset: int | None = None, typed: str = "", status_code: int = 200) -> HTMLResponse:
     access.check(session, principal=principal, action="quarantine.review")
     items, more = review_items(session, principal, status=status, offset=offset)
-    screening_status = _screening_status(settings)
+    screening_status = status_shown(settings)
     return render(request, "quarantine.html", session=session, principal=principal, items=items, status=status,
                   offset=offset, page=REVIEW_PAGE, more=more, screening_status=screening_status,
                   unscreened=unscreened_categories(screening_status), error=error, error_asset=error_asset,
@@ -237,16 +238,6 @@ def _model_of(session: Session, asset: Asset) -> str | None:
     if adapter is not None:
         parts.append(f"LoRA {adapter.name} v{adapter.version}")
     return " + ".join(parts) or None
-
-
-def _screening_status(settings: Any) -> dict[str, Any]:
-    """What screens images (detectors, coverage per category, uncovered ones); a broken configuration is shown."""
-    from latentops.governance import screening
-
-    try:
-        return screening.status(settings)
-    except LatentopsError as error:
-        return {"error": error.detail}
 
 
 def unscreened_categories(status: dict[str, Any]) -> list[str]:

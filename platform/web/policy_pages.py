@@ -28,7 +28,7 @@ from latentops.core.errors import InvalidInput, LatentopsError, NotFound
 from latentops.governance import access, policy, policy_edits
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import SessionDep, SettingsDep
-from latentops.platform.services.screening_admin import calibrate_upload, status_report, upload_name
+from latentops.platform.services.screening_admin import calibrate_upload, status_shown, upload_name
 from latentops.platform.web.portal import PortalUser, render
 
 router = APIRouter(include_in_schema=False)
@@ -150,11 +150,7 @@ def rollback(request: Request, session: SessionDep, principal: PortalUser, to: A
 
 def _screening(request: Request, session: Any, settings: Any, principal: Principal, *, report: dict[str, Any] | None = None,
                error: str = "", target_fpr: str = "0.01", status_code: int = 200) -> HTMLResponse:
-    try:
-        status = status_report(settings)
-    except LatentopsError as problem:  # a broken configuration is shown, not a 500
-        status = {"error": problem.detail}
-    return render(request, "screening.html", session=session, principal=principal, status=status, report=report,
+    return render(request, "screening.html", session=session, principal=principal, status=status_shown(settings), report=report,
                   error=error, target_fpr=target_fpr, status_code=status_code,
                   can_calibrate=access.allowed(session, principal=principal, action="screening.calibrate"))
 
