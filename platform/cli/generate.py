@@ -43,14 +43,13 @@ def generate(
             path = out / f"asset-{image['asset_id']}-seed{image['seed']}.png"
             path.write_bytes(pngs[image["asset_id"]])
             written.append(str(path))
-    held = [image["asset_id"] for image in summary["images"] if image["asset_id"] not in pngs]
     if json_output:
         output.emit_json({**summary, "files": written})
     else:
         _report(summary, pngs, written)
     if summary["images"] and not written:
         if not json_output:
-            output.nothing_released(len(held), held)
+            output.nothing_released(len(summary["images"]), [image["asset_id"] for image in summary["images"]])
         raise typer.Exit(output.EXIT_NOTHING_RELEASED)
 
 
