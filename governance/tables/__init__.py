@@ -13,6 +13,7 @@ from latentops.governance.tables.audit import (
 )
 from latentops.governance.tables.policy import PolicyDataEdit, PolicyDecision
 from latentops.governance.tables.screening import CopyrightLicence, CopyrightReference, ScreeningResult
+from latentops.governance.tables import identity, witness  # noqa: F401 - their tables join the metadata
 
 __all__ = [
     "AuditCheckpoint", "AuditEntry", "AuditPending", "AuditSubjectKey", "AuditTreeNode", "CopyrightLicence",

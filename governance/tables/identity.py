@@ -1,0 +1,1 @@
+"""Erasable identities of audit actors: pseudonyms and the per-subject keys that reveal them."""
