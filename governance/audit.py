@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput, NotFound
 from latentops.core.orm import utcnow
-from latentops.governance import audit_mac, integration, placement, sealing
+from latentops.governance import audit_mac, identities, integration, payload_keys, placement
 from latentops.governance.audit_chain import (
     ADVISORY_LOCK_KEY,
     ALARMS,
@@ -236,8 +236,14 @@ def record(
     ``IntegrityViolation`` when the chain head does not verify, so the change is refused with it.
 
     ``personal`` holds personal data (prompts, emails) about ``subject`` (e.g. ``user:42``); it is
-    encrypted with the subject's key and stored under ``details["sealed"]``, so erasing the subject
-    (``erasure.erase_subject``) makes it unreadable while every hash still verifies.
+    encrypted with a data key of its own, wrapped by the subject's key (``payload_keys``), and
+    stored under ``details["sealed"]``, so retention (``retention``) can shred this payload alone
+    and erasing the subject (``erasure.erase_subject``) makes all of theirs unreadable while every
+    hash still verifies.
+
+    The actor is written as its pseudonym unless it is a system actor, and every e-mail address in
+    ``resource`` and ``details`` as that address's pseudonym (``identities``): the chain holds no
+    identity in clear, so erasing one leaves every hash intact.
     """
     name = actor.name if isinstance(actor, Actor) else actor
     _check_fields({"actor": name, "action": action, "resource": resource, "outcome": outcome})
@@ -251,10 +257,17 @@ def record(
     trusted = trusted_head(session)
     if trusted is None:
         verified_head(session)  # a process's first append anchors on the checkpoint
+    seen: dict[str, str] = {}  # e-mail address -> pseudonym, once per entry
+    stored_actor = identities.pseudonym_for(session, name)
+    if "@" in resource:
+        resource = identities.pseudonymise(session, resource, seen)
+        _check_fields({"resource": resource})
+    if "@" in canonical:
+        plain = identities.pseudonymise(session, plain, seen)
     if personal:
-        plain[SEALED_KEY] = sealing.seal(session, subject=str(subject), data=personal, context=action)
-    values = {"at": utcnow(), "actor": name, "action": action, "resource": resource, "outcome": outcome,
-              "details": canonical_details(plain) if personal else canonical}
+        plain[SEALED_KEY] = payload_keys.seal(session, subject=str(subject), data=personal, action=action)
+    values = {"at": utcnow(), "actor": stored_actor, "action": action, "resource": resource, "outcome": outcome,
+              "details": canonical_details(plain) if personal or seen else canonical}
     values["mac"] = audit_mac.seal(values)  # the integrator refuses a pending row without it
     check = trusted is not None and trusted.seq >= 0
     # The cheap check, in the same round trip: the head this process trusts still carries its

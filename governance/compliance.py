@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import IntegrityViolation, InvalidInput, NotFound
-from latentops.governance import audit, checkpoints, erasure, integration, merkle, merkle_store
+from latentops.governance import audit, checkpoints, erasure, identities, integration, merkle, merkle_store
 from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def query(session: Session, *, filters: Filters = Filters(), after: int | None =
     except IntegrityViolation as error:
         # A damaged chain cannot be extended (and has alarmed); what it holds can still be read.
         log.warning("audit query without integrating pending entries: %s", error)
-    where = _where(filters)
+    where = _where(identities.stored_filters(session, filters))  # an identity is found by its pseudonym
     statement = sa.select(*audit.ENTRY_COLUMNS).where(*where)
     # Read towards lower seqs from ``before`` (or from the newest), towards higher ones otherwise.
     downwards = before is not None or (newest_first and after is None)
@@ -306,7 +306,7 @@ def export(session: Session, *, path: Path, fmt: Literal["jsonl", "csv"], filter
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS) if fmt == "csv" else None
         if writer is not None:
             writer.writeheader()
-        for row in _rows(session, filters, checkpoint.tree_size):
+        for row in _rows(session, identities.stored_filters(session, filters), checkpoint.tree_size):
             proof = [node.hex() for node in tree.inclusion_proof(row.seq)]
             item = as_dict(row)
             if writer is not None:
