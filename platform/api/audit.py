@@ -7,6 +7,9 @@ a zip holding the entries (JSON lines or CSV, each with its inclusion proof) and
 ``<file>.proofs.json`` (the signed checkpoint, the public key, consistency proofs): the
 standalone verifier checks both without the database. ``name`` names ``<file>`` (the remote CLI
 passes its ``--out`` name, so the proofs file refers to the file the user keeps).
+``POST /audit/exports`` (same query) queues the same export as an ``audit_export`` job on the
+``cpu`` queue and answers the job (201); ``GET /audit/exports/{job_id}`` downloads its zip once it
+succeeded (audited). Both are for the roles that may export (compliance officers and admins).
 ``GET /audit/proofs/later?from_size=N`` gives the consistency proofs from an export's tree size to
 every later checkpoint. ``GET /audit/public-keys`` hands auditors the checkpoint keyring, as
 ``latentops audit public-key`` does on the server's machine.
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput, NotFound
@@ -164,6 +167,40 @@ def export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
     data = export_zip(session, settings, principal, fmt=format, filters=filters, name=name)
     return StreamingResponse(iter([data]), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{download_name(format, filters)}"'})
+
+
+@router.post("/audit/exports", status_code=201)
+def queue_export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+                 format: Literal["jsonl", "csv"] = Query(default="jsonl"),
+                 since: str | None = _text("At or after this ISO 8601 time."), until: str | None = _text("Before this time."),
+                 actor: str | None = _text("Actor filter."), action: str | None = _text("Action filter."),
+                 resource: str | None = _text("Resource filter."), outcome: str | None = _text("Outcome filter."),
+                 name: str | None = Query(default=None, max_length=MAX_EXPORT_NAME_BYTES,
+                                          description="File name of the entries inside the zip.")
+                 ) -> dict[str, Any]:
+    """Queue the export as an ``audit_export`` job (cpu queue); fetch the zip from ``GET /audit/exports/{job_id}``."""
+    from latentops.platform.services import cpu_jobs
+    from latentops.platform.services.jobs.views import submitted_json
+
+    access.check(session, principal=principal, action="audit.export")
+    job = cpu_jobs.submit_audit_export(session, settings, actor=principal.email, fmt=format, name=name, filters={
+        "since": since, "until": until, "actor": actor, "action": action, "resource": resource, "outcome": outcome})
+    return submitted_json(session, job)
+
+
+@router.get("/audit/exports/{job_id}", response_class=FileResponse,
+            responses={200: {"content": {"application/zip": {}}, "description": "entries and proofs"}})
+def download_export(job_id: int, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> FileResponse:
+    """The zip of a finished ``audit_export`` job (409 while it runs; audited)."""
+    from latentops.platform.services import cpu_jobs
+    from latentops.platform.services.jobs.views import visible_job
+
+    access.check(session, principal=principal, action="audit.export")
+    job = visible_job(session, principal, job_id)
+    path = cpu_jobs.result_file(settings, job, kind="audit_export")
+    cpu_jobs.record_download(session, actor=principal.email, job=job, path=path, action="audit.export.download",
+                             resource="audit:log")
+    return FileResponse(path, media_type="application/zip", filename=path.name)
 
 
 def _stamp(value: dt.datetime) -> str:

@@ -7,6 +7,10 @@ screening of one image, over HTTP.
   listed under ``failures`` with its reason while the rest import; a file already indexed is
   listed under ``duplicates``. One ``copyright.reference.add`` audit entry covers the request.
   When every file fails the answer is 422 with one ``{file, reason}`` per file in ``reasons``.
+* ``POST /copyright/references/jobs`` (the same form) queues the import as a ``copyright_index``
+  job on the ``cpu`` queue instead (``services.cpu_jobs``): the files are staged on the server and
+  indexed by a cpu worker with per-file progress; the answer is the job (201). For folders too
+  large to index within a request.
 * ``GET /copyright/references?owner&offset&limit``: the index in id order, one page at a time
   (``{items, offset, limit, next_offset}`` like ``GET /jobs``).
 * ``POST /screen`` (multipart: ``file``, optional ``team``) screens one image exactly as
@@ -119,6 +123,30 @@ def add_references(session: SessionDep, settings: SettingsDep, principal: Princi
         session.commit()  # the audit entry of the failed import is evidence too
         raise InvalidInput(f"files: none of the {len(items)} files could be indexed", reasons=report.failures)
     return report.to_json()
+
+
+@router.post("/copyright/references/jobs", status_code=201)
+def queue_references(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+                     files: Annotated[list[UploadFile], File(description="Images of the protected works.")],
+                     owner: Annotated[str, Form(min_length=1, max_length=200, description="The rights holder.")],
+                     licence: Annotated[str, Form(min_length=1, max_length=200,
+                                                  description="Licence under which the works are held.")]
+                     ) -> dict[str, Any]:
+    """Queue the import of uploaded works as a ``copyright_index`` job (cpu queue; audited)."""
+    from latentops.platform.services import cpu_jobs
+    from latentops.platform.services.jobs.views import submitted_json
+
+    access.check(session, principal=principal, action="copyright.manage")
+    folder = cpu_jobs.stage_uploads(settings, [(_label(upload, i), _read(upload)) for i, upload in enumerate(files)])
+    try:
+        job = cpu_jobs.submit_copyright_index(session, settings, actor=principal.email, folder=folder, owner=owner,
+                                              licence=licence, source="upload")
+    except Exception:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # nothing was queued: the staged files go
+        raise
+    return submitted_json(session, job)
 
 
 @router.get("/copyright/references", response_model=ReferencePage)

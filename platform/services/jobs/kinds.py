@@ -18,7 +18,7 @@ from typing import Any
 @dataclass(frozen=True)
 class JobKind:
     handler: str  # "module:function" run on the worker
-    queue: str  # gpu | cpu
+    queue: str  # gpu | cpu (a worker's --queues; a cpu kind never waits for an accelerator)
     description: str
     validator: str | None = None  # "module:function" checking params at submit time
 
@@ -36,6 +36,16 @@ JOB_KINDS: dict[str, JobKind] = {
                         validator="latentops.platform.services.job_params:validate_generate"),
     "dataset": JobKind("latentops.platform.services.datasets:run_job", "gpu", "synthetic dataset generation",
                        validator="latentops.platform.services.job_params:validate_dataset"),
+    # The cpu queue: work that needs no accelerator but outlasts a request (services.cpu_jobs).
+    "copyright_index": JobKind("latentops.platform.services.cpu_jobs:run_copyright_index", "cpu",
+                               "indexes a folder of protected works for copyright screening",
+                               validator="latentops.platform.services.cpu_jobs:validate_copyright_index"),
+    "audit_export": JobKind("latentops.platform.services.cpu_jobs:run_audit_export", "cpu",
+                            "exports audit entries with proofs and a signed checkpoint, as a zip",
+                            validator="latentops.platform.services.cpu_jobs:validate_audit_export"),
+    "dataset_package": JobKind("latentops.platform.services.cpu_jobs:run_dataset_package", "cpu",
+                               "packages a ready dataset as one zip, manifest and card included",
+                               validator="latentops.platform.services.cpu_jobs:validate_dataset_package"),
 }
 # The validators check params the server built (``services.job_params``); clients send typed
 # requests (``services.job_requests``), never params.
