@@ -22,15 +22,15 @@ import io
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Form, Query
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput, NotFound
 from latentops.core.settings import Settings
-from latentops.governance import access, audit, checkpoints, compliance
+from latentops.governance import access, audit, checkpoints, compliance, evidence
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
 from latentops.platform.services.audit_trail import filters_of, signing_key_path, verify_report
@@ -219,3 +219,28 @@ def download_name(fmt: str, filters: compliance.Filters, now: dt.datetime | None
                                            f"to-{_stamp(filters.until)}" if filters.until else "") if part)
     narrowed = any(getattr(filters, key) for key in ("actor", "action", "resource", "outcome"))
     return f"latentops-audit-{fmt}-{span}{'-filtered' if narrowed else ''}-{_stamp(now or dt.datetime.now(dt.UTC))}.zip"
+
+
+# --- the evidence pack -------------------------------------------------------------------------
+
+
+def _bound(description: str) -> Any:
+    return Query(default=None, alias=description.split(":")[0], max_length=64, description=description)
+
+
+@router.post("/audit/evidence", response_class=StreamingResponse,
+             responses={200: {"content": {"application/zip": {}}, "description": "the evidence pack"}})
+def evidence_pack(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+                  start: str | None = _bound("from: window start, an ISO 8601 date or time (UTC when no zone)."),
+                  end: str | None = _bound("to: window end, exclusive; a date alone includes that whole day."),
+                  start_field: Annotated[str | None, Form(alias="from", max_length=64)] = None,
+                  end_field: Annotated[str | None, Form(alias="to", max_length=64)] = None) -> StreamingResponse:
+    """The evidence pack of a window as a zip: entries, inclusion and consistency proofs, signed
+    checkpoints (a fresh one included), policy revisions, public keys and a standalone ``verify.py``.
+    ``from`` and ``to`` come as query parameters or form fields (the portal's form); audited."""
+    access.check(session, principal=principal, action="audit.export")
+    window = evidence.parse_window(start or start_field, end or end_field)
+    pack = evidence.make(session, window=window, key_path=signing_key_path(settings),
+                         sink=checkpoints.open_sink(checkpoints.default_sink_location(settings)), actor=principal.email)
+    return StreamingResponse(iter([pack.data]), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{evidence.file_name(window)}"'})

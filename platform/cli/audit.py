@@ -15,7 +15,7 @@ import typer
 
 from latentops.core.errors import IntegrityViolation
 from latentops.governance import compliance, erasure, integration, key_rotation, verification
-from latentops.platform.cli import backends, context, output
+from latentops.platform.cli import audit_evidence, backends, context, output
 from latentops.platform.cli.backends import AuditFilters
 from latentops.platform.cli.backends.local import audit_key_path, audit_sink
 
@@ -231,6 +231,9 @@ def erase(
     with context.session() as db:
         count = erasure.erase_subject(db, subject=subject, actor=context.actor(), reason=reason)
     output.say(f"erased {count} key(s) of {subject}: their personal data in the trail is unreadable")
+
+
+audit_app.command("evidence")(audit_evidence.evidence_command)
 
 
 def register(app: typer.Typer) -> None:

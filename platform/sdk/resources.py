@@ -289,6 +289,13 @@ class Audit:
         # A POST: the export signs a checkpoint and writes an audit entry.
         return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip", method="POST")
 
+    def evidence(self, dest: Path, *, start: str, end: str) -> Path:
+        """Download the evidence pack of the window ``[start, end)`` (ISO 8601 dates or times; a date
+        alone as ``end`` includes that day) to ``dest`` (a folder takes the server's file name). Unzip
+        it and run ``python3 verify.py`` inside; the server signs a fresh checkpoint and audits it."""
+        return _download(self._http, "/audit/evidence", Path(dest), {"from": start, "to": end},
+                         "latentops-evidence.zip", method="POST")
+
 
 class Policies(PolicyData):
     def __init__(self, http: Http) -> None:

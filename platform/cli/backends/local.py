@@ -351,6 +351,17 @@ class LocalBackend:
             return checkpoints.public_key_pem(signing_key.public_key())
         return checkpoints.keyring_pem(checkpoints.signing_keyring(key_path))
 
+    def audit_evidence(self, out: Path, *, window: Any, key: Path | None, sink: str | None) -> dict[str, Any]:
+        """Sign a fresh checkpoint, build the evidence pack of ``window``, record it, write the zip to ``out``."""
+        from latentops.governance import checkpoints, evidence
+
+        with context.session() as db:
+            pack = evidence.make(db, window=window, key_path=audit_key_path(key), sink=audit_sink(sink),
+                                 actor=context.actor())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        checkpoints.write_atomically(out, pack.data, 0o644)
+        return {"path": out, **pack.summary()}
+
     # --- quarantine ---------------------------------------------------------------------------
 
     def quarantine_list(self, status: str) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import shutil
 import tempfile
@@ -271,6 +272,18 @@ class RemoteBackend:
         _server_keys_only(key, None)
         keys = self.api.audit.public_keys()
         return keys["current_pem"] if current else keys["keyring_pem"]
+
+    def audit_evidence(self, out: Path, *, window: Any, key: Path | None, sink: str | None) -> dict[str, Any]:
+        """The server's evidence pack, written to ``out`` as it came; the summary read from its manifest."""
+        _server_keys_only(key, sink)
+        bounds = window.to_json()
+        path = self.api.audit.evidence(out, start=bounds["from"], end=bounds["to"])
+        with zipfile.ZipFile(path) as archive:
+            manifest = json.loads(archive.read("manifest.json"))
+        return {"path": path, "window": manifest["window"], "entries": manifest["entries"]["in_window"],
+                "tree_size": manifest["checkpoint"]["tree_size"], "root_hash": manifest["checkpoint"]["root_hash"],
+                "policy_revisions": len(manifest["policy"]["revisions"]),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
     # --- quarantine ---------------------------------------------------------------------------
 
