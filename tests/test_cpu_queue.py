@@ -206,3 +206,35 @@ def test_bad_input_and_callers_without_the_role_are_refused_before_anything_is_q
 
     with session_scope(url) as db:
         assert db.scalar(sa.select(sa.func.count(Job.id))) == 0
+
+
+def test_the_console_queues_each_cpu_kind_and_writes_the_files(  # type: ignore[no-untyped-def]
+        start_worker, queue_settings, people, cli, tmp_path: Path) -> None:
+    url = queue_settings.database_url
+    start_worker(queues="cpu")
+    works = tmp_path / "works"
+    works.mkdir()
+    for i in range(3):
+        picture(3000 + i, 96).save(works / f"w{i}.png")
+    missing = cli("copyright", "add", str(tmp_path / "nowhere"), "--owner", "Acme", "--licence", "x", "--queue")
+    assert missing.returncode != 0 and "folder: " in missing.stderr and "does not exist" in missing.stderr
+    queued = cli("copyright", "add", str(works), "--owner", "Acme", "--licence", "x", "--queue", "--json")
+    assert queued.returncode == 0, queued.stderr
+    (job_id,) = json.loads(queued.stdout)["jobs"]
+    watched = cli("jobs", "watch", str(job_id))
+    assert watched.returncode == 0 and "succeeded 100.0%" in watched.stdout, watched.stdout + watched.stderr
+    with session_scope(url) as db:
+        assert db.scalar(sa.select(sa.func.count(CopyrightReference.id))) == 3
+
+    out = tmp_path / "evidence" / "trail.jsonl"
+    exported = cli("audit", "export", "--out", str(out), "--queue")
+    assert exported.returncode == 0, exported.stderr
+    assert "on the cpu queue" in exported.stdout and "succeeded 100.0%" in exported.stdout
+    proofs = json.loads(out.with_name("trail.jsonl.proofs.json").read_text())
+    assert proofs["entries_file"] == "trail.jsonl" and proofs["entries"] == len(out.read_text().splitlines()) > 0
+
+    dataset_id = make_dataset(queue_settings, team="design")
+    packaged = cli("datasets", "package", str(dataset_id), "--out", str(tmp_path))
+    assert packaged.returncode == 0, packaged.stderr
+    with zipfile.ZipFile(tmp_path / f"digits-aug-{dataset_id}.zip") as archive:
+        assert "croissant.json" in archive.namelist()

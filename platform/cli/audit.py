@@ -10,6 +10,7 @@ on this machine's database and key files only and refuse ``--server``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -156,15 +157,38 @@ def export(
     resource: str | None = RESOURCE, outcome: str | None = OUTCOME,
     key: Path | None = typer.Option(None, "--key", help=KEY_HELP),
     sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
+    queue: bool = typer.Option(False, "--queue", help="Run the export as an audit_export job on the cpu queue, "
+                                                     "follow its progress, then write the files here."),
 ) -> None:
     """Export entries with inclusion proofs, after signing a fresh checkpoint (audited; with --server the
     server signs and exports, and the files are written here)."""
     if fmt not in ("jsonl", "csv"):
         raise typer.BadParameter(f"must be jsonl or csv (got {fmt!r})", param_hint="--format")
     filters = AuditFilters(since=since, until=until, actor=actor, action=action, resource=resource, outcome=outcome)
-    summary = backends.backend().audit_export(out, fmt=fmt, filters=filters, key=key, sink=sink)
+    if queue:
+        if key is not None or sink is not None:
+            raise typer.BadParameter("a queued export signs with the workers' key and sink", param_hint="--key/--sink")
+        summary = _queued_export(out, fmt=fmt, filters=filters)
+    else:
+        summary = backends.backend().audit_export(out, fmt=fmt, filters=filters, key=key, sink=sink)
     output.say(f"exported {summary['entries']} entries to {summary['path']} with proofs in {summary['proofs_path']} "
                f"(tree size {summary['tree_size']}, root {summary['root_hash']})")
+
+
+def _queued_export(out: Path, *, fmt: str, filters: AuditFilters) -> dict[str, Any]:
+    """Queue the export, print its progress as the job reports it, and write its files to ``out``."""
+    backend = backends.backend()
+    job = backend.audit_export_queue(name=out.name, fmt=fmt, filters=filters)
+    output.say(f"queued audit export as job {job['id']} on the {job['queue']} queue")
+    last: dict[str, Any] = {}
+    for update in backend.follow_job(int(job["id"])):
+        last = update
+        progress = update.get("progress") or {}
+        output.say(f"job {job['id']}: {update['state']} {progress.get('percent', 0)}%")
+    if last.get("state") != "succeeded":
+        output.error(f"job {job['id']} {last.get('state')}: {last.get('error') or 'no file'}")
+        raise typer.Exit(1)
+    return backend.audit_export_fetch(int(job["id"]), out)
 
 
 @audit_app.command("query")

@@ -126,5 +126,34 @@ def import_classifier(
     output.say(filters.import_classifier(datasets.classifier_root(context.settings()), source))
 
 
+@datasets_app.command("package")
+def package(
+    dataset_id: Annotated[int, typer.Argument(help="A ready dataset's id.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the zip (a folder takes its own name).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job and write the zip (default), or only "
+                                                                "queue it.")] = True,
+) -> None:
+    """Package a ready dataset as one zip (splits, manifest, card) on the cpu queue, then download it.
+
+    The zip loads without unpacking: ``datasets.load_dataset("imagefolder", data_files={"train":
+    "zip://train/**::PKG.zip", "validation": "zip://validation/**::PKG.zip"})``.
+    """
+    backend = backends.backend()
+    job = backend.package_dataset(dataset_id)
+    output.say(f"queued package of dataset {dataset_id} as job {job['id']} on the {job['queue']} queue")
+    if not wait:
+        return
+    last: dict[str, Any] = {}
+    for update in backend.follow_job(int(job["id"])):
+        last = update
+        progress = update.get("progress") or {}
+        output.say(f"job {job['id']}: {update['state']} {progress.get('percent', 0)}%")
+    if last.get("state") != "succeeded":
+        output.error(f"job {job['id']} {last.get('state')}: {last.get('error') or 'no package'}")
+        raise typer.Exit(1)
+    path = backend.fetch_dataset_package(dataset_id, int(job["id"]), out or Path.cwd())
+    output.say(f"wrote {path}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(datasets_app, name="datasets")

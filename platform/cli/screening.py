@@ -155,8 +155,19 @@ def copyright_add(
     owner: str = typer.Option(..., "--owner", help="The rights holder."),
     licence: str = typer.Option(..., "--licence", help="Licence under which the works are held."),
     json_output: bool = JSON,
+    queue: bool = typer.Option(False, "--queue", help="Index it as a copyright_index job on the cpu queue (per-file "
+                                                     "progress: latentops jobs watch ID); for large folders."),
 ) -> None:
     """Add the images of a folder to the reference index; unreadable files are listed."""
+    if queue:
+        queued = backends.backend().copyright_queue(directory=directory, owner=owner, licence=licence)
+        if json_output:
+            output.emit_json({"jobs": [job["id"] for job in queued]})
+            return
+        for job in queued:
+            output.say(f"queued copyright index of {directory} as job {job['id']} on the {job['queue']} queue; "
+                       f"follow it with: latentops jobs watch {job['id']}")
+        return
     report = backends.backend().copyright_add(directory=directory, owner=owner, licence=licence)
     if json_output:
         output.emit_json(report)

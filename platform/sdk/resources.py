@@ -289,6 +289,19 @@ class Audit:
         # A POST: the export signs a checkpoint and writes an audit entry.
         return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip", method="POST")
 
+    def queue_export(self, *, format: str = "jsonl", since: str | None = None, until: str | None = None,
+                     actor: str | None = None, action: str | None = None, resource: str | None = None,
+                     outcome: str | None = None, name: str | None = None) -> Job:
+        """Queue the same export as an ``audit_export`` job on the cpu queue; follow it with
+        ``jobs.wait`` and fetch its zip with :meth:`download_export`."""
+        params = {"format": format, "since": since, "until": until, "actor": actor, "action": action,
+                  "resource": resource, "outcome": outcome, "name": name}
+        return cast(Job, self._http.json("POST", "/audit/exports", params=params))
+
+    def download_export(self, job_id: int, dest: Path) -> Path:
+        """The zip of a finished ``audit_export`` job (``dest``: a file, or a folder for the server's name)."""
+        return _download(self._http, f"/audit/exports/{job_id}", Path(dest), {}, f"latentops-audit-export-{job_id}.zip")
+
     def evidence(self, dest: Path, *, start: str, end: str) -> Path:
         """Download the evidence pack of the window ``[start, end)`` (ISO 8601 dates or times; a date
         alone as ``end`` includes that day) to ``dest`` (a folder takes the server's file name). Unzip
@@ -411,6 +424,15 @@ class Datasets:
 def _upload(item: Path | tuple[str, bytes]) -> tuple[str, bytes]:
     return (item.name, item.read_bytes()) if isinstance(item, Path) else item
 
+    def package(self, dataset_id: int) -> Job:
+        """Queue a ``dataset_package`` job (cpu queue): the dataset as one zip with manifest and card."""
+        return cast(Job, self._http.json("POST", f"/datasets/{dataset_id}/packages"))
+
+    def download_package(self, dataset_id: int, job_id: int, dest: Path) -> Path:
+        """The zip of a finished ``dataset_package`` job (decided by the datasets policy and audited)."""
+        return _download(self._http, f"/datasets/{dataset_id}/packages/{job_id}", Path(dest), {},
+                         f"dataset-{dataset_id}-package.zip")
+
 
 class Copyright:
     def __init__(self, http: Http) -> None:
@@ -425,6 +447,15 @@ class Copyright:
         parts = [("files", (name, data, "application/octet-stream")) for name, data in map(_upload, files)]
         return cast(ReferenceImport, self._http.json("POST", "/copyright/references",
                                                      data={"owner": owner, "licence": licence}, files=parts))
+
+    def queue(self, files: Sequence[Path | tuple[str, bytes]], *, owner: str, licence: str) -> Job:
+        """Upload works and queue their indexing as a ``copyright_index`` job (cpu queue) instead of
+        importing them within the request; the job's result counts added, duplicate and failed files."""
+        if not files:
+            raise InvalidInput("files: upload at least one image")
+        parts = [("files", (name, data, "application/octet-stream")) for name, data in map(_upload, files)]
+        return cast(Job, self._http.json("POST", "/copyright/references/jobs",
+                                         data={"owner": owner, "licence": licence}, files=parts))
 
     def list(self, *, owner: str | None = None, offset: int = 0, limit: int = 100) -> ReferencePage:
         return cast(ReferencePage, self._http.json("GET", "/copyright/references",

@@ -39,12 +39,12 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import Conflict, InvalidInput, NotFound
 from latentops.core.settings import Settings
 from latentops.governance import audit
+from latentops.governance.image_formats import IMAGE_SUFFIXES
 from latentops.platform.database import session_scope
 from latentops.platform.tables import Dataset, Job, JobState, Team, User
 
 RESULTS_DIR = "job-results"  # ARTIFACTS/job-results/<job id>/<file>
 UPLOADS_DIR = "copyright-uploads"  # ARTIFACTS/copyright-uploads/<token>/: files sent to POST .../references/jobs
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_INDEX_FILES = 100_000  # files per queued folder
 INDEX_BATCH = 25  # files per transaction (and per copyright.reference.add entry); progress after each
 STATE_FILE = "index-state.json"  # in the job's work folder: how far an interrupted index got

@@ -25,7 +25,7 @@ from typing import Any
 from latentops.client import Client
 from latentops.core.errors import IntegrityViolation, InvalidInput, ServiceUnavailable
 from latentops.governance.image_formats import IMAGE_SUFFIXES
-from latentops.platform.cli.backends.base import AuditFilters, GenerateOptions
+from latentops.platform.cli.backends.base import AuditFilters, GenerateOptions, unpack_export
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
 
 
@@ -177,6 +177,12 @@ class RemoteBackend:
     def list_datasets(self) -> list[dict[str, Any]]:
         return [_dataset_row(row) for row in self.api.datasets.list()]
 
+    def package_dataset(self, dataset_id: int) -> dict[str, Any]:
+        return dict(self.api.datasets.package(dataset_id))
+
+    def fetch_dataset_package(self, dataset_id: int, job_id: int, out: Path) -> Path:
+        return self.api.datasets.download_package(dataset_id, job_id, out)
+
     def show_dataset(self, dataset_id: int) -> dict[str, Any]:
         return _dataset_row(self.api.datasets.get(dataset_id))
 
@@ -268,6 +274,13 @@ class RemoteBackend:
         return {"path": out, "proofs_path": proofs_path, "entries": proofs["entries"],
                 "tree_size": proofs["checkpoint"]["tree_size"], "root_hash": proofs["checkpoint"]["root_hash"]}
 
+    def audit_export_queue(self, *, name: str, fmt: str, filters: AuditFilters) -> dict[str, Any]:
+        return dict(self.api.audit.queue_export(format=fmt, name=name, **dataclasses.asdict(filters)))
+
+    def audit_export_fetch(self, job_id: int, out: Path) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="latentops-export-") as folder:
+            return unpack_export(self.api.audit.download_export(job_id, Path(folder) / "export.zip"), out)
+
     def audit_public_keys(self, *, key: Path | None, current: bool) -> str:
         _server_keys_only(key, None)
         keys = self.api.audit.public_keys()
@@ -318,6 +331,16 @@ class RemoteBackend:
                 rows += found[key]
         # File names as a local import reports them: the path under the folder given.
         return {key: [{**row, "file": str(directory / row["file"])} for row in rows] for key, rows in report.items()}
+
+    def copyright_queue(self, *, directory: Path, owner: str, licence: str) -> list[dict[str, Any]]:
+        """Upload the folder's files in batches; each batch is one ``copyright_index`` job on the server."""
+        failures: list[dict[str, Any]] = []
+        queued = [dict(self.api.copyright.queue(batch, owner=owner, licence=licence))
+                  for batch in upload_batches(directory, failures)]
+        if not queued:
+            raise InvalidInput(f"folder: {directory} holds no file that could be read: "
+                               + "; ".join(f"{f['file']}: {f['reason']}" for f in failures[:3]))
+        return queued
 
     def copyright_list(self, *, owner: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
