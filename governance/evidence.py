@@ -260,9 +260,9 @@ def build(session: Session, *, window: Window, signing_key: Ed25519PrivateKey, k
                                      "run `latentops audit verify`")
     files[CONSISTENCY] = (json.dumps({"format": PACK_FORMAT, "proofs": proofs}, indent=2, sort_keys=True) + "\n").encode()
     files[KEYRING] = checkpoints.keyring_pem(keyring).encode("ascii")
-    # Witness cosignatures: when checkpoints carry them, add the witness keys and policy here
-    # (keys/witnesses.json: {"keys": {name: key}, "policy": {"threshold": M}}); verify.py checks
-    # them when that file is present.
+    # Witness cosignatures (hook): once checkpoints carry them, write each checkpoint with its
+    # cosignature lines above and keys/witnesses.json here: {"keys": [witness vkeys], "required": M,
+    # "tree_size": the newest cosigned checkpoint's}. verify.py checks that file when present.
     policy_files, revisions = _policy(session, window, _named_revisions(entries, window))
     files.update(policy_files)
     files[REVISIONS] = (json.dumps(revisions, indent=2, sort_keys=True) + "\n").encode()

@@ -190,21 +190,33 @@ def check_checkpoints(root: Path, keyring: dict[str, bytes], manifest: dict[str,
 
 
 def check_cosignatures(root: Path, items: list[dict[str, Any]]) -> None:
-    """Witness cosignatures, M of N, when the pack carries witness keys (``keys/witnesses.json``).
+    """Witness cosignatures when the pack carries witness keys (``keys/witnesses.json``:
+    ``{"keys": [vkey, ...], "required": M, "tree_size": N}``): every cosignature present must verify,
+    and the checkpoint of tree size N must carry at least M of them. The fresh checkpoint is signed
+    as the pack is made, before any witness saw it, so N names an earlier one.
 
-    The checks themselves are the standalone verifier's; a pack without witness keys has none to check.
+    The checks are the standalone verifier's (``read_witness_key``, ``check_cosignatures``); a pack
+    without witness keys has none to check.
     """
     if not (root / WITNESSES).is_file():
         return
-    witnesses = _json(root, WITNESSES)
-    check = getattr(v, "check_cosignatures", None)
-    if check is None:
+    policy = _json(root, WITNESSES)
+    read, check = getattr(v, "read_witness_key", None), getattr(v, "check_cosignatures", None)
+    if read is None or check is None:
         raise Failure("malformed file", f"{WITNESSES}: this latentops_audit_verify.py cannot check witness cosignatures")
-    for item in items:
-        try:
-            check(item, witnesses)
-        except v.Damaged as damage:
-            raise Failure("forged cosignature", damage.detail) from None
+    try:
+        keys = [read(str(key)) for key in policy.get("keys") or []]
+        required, size = int(policy.get("required") or 0), policy.get("tree_size")
+        for item in items:
+            check(item, keys, required if item.get("tree_size") == size else 0,
+                  f"checkpoints.json: checkpoint of tree size {item.get('tree_size')}")
+    except v.Unusable as error:
+        raise Failure("damaged key", f"{WITNESSES}: {error}") from None
+    except v.Damaged as damage:
+        raise Failure("forged cosignature" if damage.kind == "witness_bad" else "missing cosignature",
+                      damage.detail) from None
+    if required and not any(item.get("tree_size") == size for item in items):
+        raise Failure("missing cosignature", f"{WITNESSES}: no checkpoint of tree size {size} in checkpoints.json")
 
 
 def check_entries(root: Path, manifest: dict[str, Any], latest: dict[str, Any]) -> list[dict[str, Any]]:
