@@ -303,11 +303,8 @@ class Audit:
         return _download(self._http, f"/audit/exports/{job_id}", Path(dest), {}, f"latentops-audit-export-{job_id}.zip")
 
     def evidence(self, dest: Path, *, start: str, end: str) -> Path:
-        """Download the evidence pack of the window ``[start, end)`` (ISO 8601 dates or times; a date
-        alone as ``end`` includes that day) to ``dest`` (a folder takes the server's file name). Unzip
-        it and run ``python3 verify.py`` inside; the server signs a fresh checkpoint and audits it."""
-        return _download(self._http, "/audit/evidence", Path(dest), {"from": start, "to": end},
-                         "latentops-evidence.zip", method="POST")
+        """The evidence pack of ``[start, end)`` to ``dest`` (docs/audit.md#evidence-pack); signs and is audited."""
+        return _download(self._http, "/audit/evidence", Path(dest), {"from": start, "to": end}, "evidence.zip", method="POST")
 
 
 class Policies(PolicyData):
