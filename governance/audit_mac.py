@@ -95,7 +95,7 @@ def _read_or_create(path: Path) -> bytes:
             os.fsync(handle.fileno())
         try:
             os.link(temporary, path)
-            log.warning("created the audit pending-entry MAC key %s", path)
+            log.warning("created the audit key %s", path)
         except FileExistsError:
             pass
         finally:

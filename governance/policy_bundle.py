@@ -53,7 +53,7 @@ DATA_ROOT = "policy_data"
 META_ROOT = "latentops_meta"
 # The parts of OPA's data tree a bundle owns: OPA refuses REST writes under them while it serves it.
 BUNDLE_ROOTS = ("latentops", DATA_ROOT, META_ROOT)
-DOMAINS = ("prompt", "jobs", "models", "datasets", "screening", "access", "copyright")
+DOMAINS = ("prompt", "jobs", "models", "datasets", "screening", "access", "copyright", "audit")
 # Data the host matches and no policy reads: kept out of the engines' document (``PolicyBundle.data``),
 # which every interpreter copies (10,000 names made loading a bundle take 30 s), and in ``host_data``.
 HOST_KEYS = (NAMES_KEY,)
@@ -299,10 +299,26 @@ def _check_copyright(data: Mapping[str, Any], where: str) -> None:
                     f"{where}.thresholds.{key}", f"must be a number above {low:g} and at most {high:g}, {got}")
 
 
+# The longest retention of a personal payload in the audit trail, in days (100 years).
+MAX_RETENTION_DAYS = 36_500
+
+
+def _check_audit(data: Mapping[str, Any], where: str) -> None:
+    """``retention_days``: action (or ``default``) -> days a sealed personal payload is kept."""
+    retention: Any = data.get("retention_days")
+    _expect(isinstance(retention, dict) and "default" in retention, f"{where}.retention_days",
+            "must map actions (and \"default\") to days, e.g. {\"generation.request\": 90, \"default\": 365}")
+    for action, days in retention.items():
+        _expect(isinstance(action, str) and 0 < len(action) <= 64, f"{where}.retention_days",
+                f"action names must be 1 to 64 characters, got {action!r}")
+        _expect(isinstance(days, int) and not isinstance(days, bool) and 1 <= days <= MAX_RETENTION_DAYS,
+                f"{where}.retention_days.{action}", f"must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, got {days!r}")
+
+
 DATA_SHAPES = {
     "prompt": _check_prompt, "jobs": _check_jobs, "models": _check_models,
     "datasets": _check_datasets, "screening": _check_screening, "access": _check_access,
-    "copyright": _check_copyright,
+    "copyright": _check_copyright, "audit": _check_audit,
 }
 
 

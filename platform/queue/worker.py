@@ -3,7 +3,8 @@
 The worker's main process runs a housekeeping thread that re-dispatches jobs left behind by
 crashed workers (see ``jobs.sweep``) and signs a periodic audit checkpoint when one is due (many
 workers may find it due at once; the checkpoint writer serialises them and skips an unchanged
-tree), plus a thread that moves audit entries of writers that died between commit and
+tree) and, hourly, shreds audit personal payloads past their retention period
+(``governance/retention.py``), plus a thread that moves audit entries of writers that died between commit and
 integration into the chain. Each prefork child gets its own GPU when the worker was started with
 ``--gpus``, and drops database connections inherited from its parent.
 
@@ -48,12 +49,23 @@ def _checkpoint_if_due() -> None:
                            keyring=checkpoints.signing_keyring(key))
 
 
+def _retention_if_due() -> None:
+    """Shred audit personal payloads past their retention period (at most hourly per worker)."""
+    from latentops.governance import retention
+
+    settings = get_settings()
+    if retention.due(settings.database_url):
+        with database.session_scope(settings.database_url) as session:
+            retention.run(session)
+
+
 def _housekeeping_forever(worker: str) -> None:
     from latentops.platform.services import jobs
 
     settings = get_settings()
     while not _stop.wait(settings.sweep_interval_s):
-        for name, task in (("sweep", lambda: jobs.sweep(settings, worker=worker)), ("checkpoint", _checkpoint_if_due)):
+        for name, task in (("sweep", lambda: jobs.sweep(settings, worker=worker)), ("checkpoint", _checkpoint_if_due),
+                           ("retention", _retention_if_due)):
             try:
                 task()
             except Exception:  # a database or broker blip: log it and try again next interval
