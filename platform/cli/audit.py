@@ -197,17 +197,19 @@ def query(
     resource: str | None = RESOURCE, outcome: str | None = OUTCOME,
     after: int | None = typer.Option(None, "--after", help="Start after this seq (the previous page's next cursor)."),
     limit: int = typer.Option(50, "--limit", help=f"Entries per page (1 to {compliance.MAX_PAGE})."),
-    reveal: bool = typer.Option(False, "--reveal", help="Decrypt sealed personal data that is not erased."),
+    reveal: bool = typer.Option(False, "--reveal", help="Show who is behind the pseudonyms (compliance officers and "
+                                "admins; audited) and, locally, decrypt sealed personal data that is not erased."),
     json_output: bool = typer.Option(False, "--json", help="Print the page as JSON."),
 ) -> None:
-    """Search the trail by time, actor, action, resource and outcome, a page at a time."""
+    """Search the trail by time, actor, action, resource and outcome, a page at a time. Actors are
+    shown as pseudonyms unless --reveal; --actor alice@example.com finds alice's pseudonym."""
     filters = AuditFilters(since=since, until=until, actor=actor, action=action, resource=resource, outcome=outcome)
     page = backends.backend().audit_query(filters, after=after, limit=limit, reveal=reveal)
     if json_output:
         output.emit_json(page)
         return
     output.table("audit entries", ["seq", "at", "actor", "action", "resource", "outcome", "details"],
-                 [[e["seq"], e["at"], e["actor"], e["action"], e["resource"], e["outcome"],
+                 [[e["seq"], e["at"], e.get("identity") or e["actor"], e["action"], e["resource"], e["outcome"],
                    e.get("details_revealed", e["details"])] for e in page["entries"]])
     if page["next_after"] is not None:
         output.say(f"more: --after {page['next_after']}")
@@ -250,11 +252,34 @@ def erase(
     subject: str = typer.Argument(..., help="The data subject, e.g. user:42."),
     reason: str = typer.Option("", "--reason", help="Why (e.g. the erasure request's reference)."),
 ) -> None:
-    """Crypto-shred a data subject's personal data in the trail (audited; hashes stay valid; this machine's database)."""
+    """Crypto-shred a data subject (user:42, an e-mail address or a pseudonym): their personal data,
+    their identity behind the pseudonym (audited; hashes stay valid; this machine's database)."""
     context.require_local()
     with context.session() as db:
-        count = erasure.erase_subject(db, subject=subject, actor=context.actor(), reason=reason)
-    output.say(f"erased {count} key(s) of {subject}: their personal data in the trail is unreadable")
+        done = erasure.erase(db, subject=subject, actor=context.actor(), reason=reason)
+    output.say(f"erased {subject}: {done.keys} key(s), {done.payload_keys} data key(s) and {len(done.pseudonyms)} "
+               f"identit{'y' if len(done.pseudonyms) == 1 else 'ies'}; their personal data and identity in the trail "
+               f"are unreadable (recorded as subject:{done.subject})")
+
+
+@audit_app.command("retention")
+def retention(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be shredded; change nothing."),
+    json_output: bool = typer.Option(False, "--json", help="Print the run as JSON."),
+) -> None:
+    """Shred personal payloads past their retention period (policy data audit.retention_days) now;
+    audited; workers run this hourly (this machine's database)."""
+    from latentops.governance import retention as retention_job
+
+    context.require_local()
+    with context.session() as db:
+        run = retention_job.run(db, actor=context.actor(), dry_run=dry_run)
+    if json_output:
+        output.emit_json(run.to_json())
+        return
+    counts = ", ".join(f"{action} {count}" for action, count in sorted(run.by_action.items())) or "none"
+    output.say(f"{'would shred' if dry_run else 'shredded'} {run.shredded} personal payload(s) past their retention "
+               f"period ({counts})")
 
 
 audit_app.command("evidence")(audit_evidence.evidence_command)

@@ -8,7 +8,6 @@ that run locally only.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.orm import Session
 
 from latentops.platform.cli import context
-from latentops.platform.cli.backends.base import AuditFilters, GenerateOptions, unpack_export
+from latentops.platform.cli.backends.base import AuditFilters, GenerateOptions
+from latentops.platform.cli.backends.local_cpu import LocalCpuJobs
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def run_recorded(work: Callable[[Session], T]) -> T:
         return work(db)
 
 
-class LocalBackend:
+class LocalBackend(LocalCpuJobs):
     """The services on this machine's database, acting as the console user (``cli:<login>``)."""
 
     # --- users and tokens ---------------------------------------------------------------------
@@ -223,24 +223,6 @@ class LocalBackend:
         with context.session() as db:
             return datasets.as_dict(db, datasets.get(db, dataset_id))
 
-    def package_dataset(self, dataset_id: int) -> dict[str, Any]:
-        from latentops.platform.services import cpu_jobs, jobs
-
-        with context.session() as db:  # a denial commits its decision; the job goes to the broker once this commits
-            job = cpu_jobs.submit_dataset_package(db, context.settings(), actor=context.actor(), dataset_id=dataset_id)
-            return jobs.as_dict(job)
-
-    def fetch_dataset_package(self, dataset_id: int, job_id: int, out: Path) -> Path:
-        import shutil
-
-        from latentops.platform.services import cpu_jobs, jobs
-
-        with context.session() as db:
-            path = cpu_jobs.result_file(context.settings(), jobs.get(db, job_id), kind="dataset_package")
-        target = out / path.name if out.is_dir() else out
-        shutil.copyfile(path, target)
-        return target
-
     # --- policies -----------------------------------------------------------------------------
 
     def decide(self, path: str, value: dict[str, Any]) -> dict[str, Any]:
@@ -361,21 +343,6 @@ class LocalBackend:
         return {"path": summary.path, "proofs_path": summary.proofs_path, "entries": summary.entries,
                 "tree_size": summary.tree_size, "root_hash": summary.root_hash}
 
-    def audit_export_queue(self, *, name: str, fmt: str, filters: AuditFilters) -> dict[str, Any]:
-        from latentops.platform.services import cpu_jobs, jobs
-
-        with context.session() as db:  # the job goes to the broker once this commits
-            job = cpu_jobs.submit_audit_export(db, context.settings(), actor=context.actor(), fmt=fmt, name=name,
-                                               filters=dataclasses.asdict(filters))
-            return jobs.as_dict(job)
-
-    def audit_export_fetch(self, job_id: int, out: Path) -> dict[str, Any]:
-        from latentops.platform.services import cpu_jobs, jobs
-
-        with context.session() as db:
-            path = cpu_jobs.result_file(context.settings(), jobs.get(db, job_id), kind="audit_export")
-        return unpack_export(path, out)
-
     def audit_public_keys(self, *, key: Path | None, current: bool) -> str:
         from latentops.governance import checkpoints
 
@@ -427,15 +394,6 @@ class LocalBackend:
         with context.session() as db:
             return copyright.add_references(db, settings=context.settings(), directory=directory, owner=owner,
                                             licence=licence, actor=context.actor()).to_json()
-
-    def copyright_queue(self, *, directory: Path, owner: str, licence: str) -> list[dict[str, Any]]:
-        """One ``copyright_index`` job for the folder; a cpu worker reads it where it lies."""
-        from latentops.platform.services import cpu_jobs, jobs
-
-        with context.session() as db:  # the job goes to the broker once this commits
-            job = cpu_jobs.submit_copyright_index(db, context.settings(), actor=context.actor(), folder=directory,
-                                                  owner=owner, licence=licence)
-            return [jobs.as_dict(job)]
 
     def copyright_list(self, *, owner: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
         from latentops.governance import copyright
