@@ -62,6 +62,29 @@ def query(session: SessionDep, principal: PrincipalDep,
     return {"entries": page.entries, "next_after": page.next_after}
 
 
+@router.post("/audit/entries/reveal")
+def reveal(session: SessionDep, principal: PrincipalDep,
+           since: str | None = _text("At or after this ISO 8601 time (UTC when no zone)."),
+           until: str | None = _text("Before this ISO 8601 time."),
+           actor: str | None = _text("Exact, or a prefix ending in *."),
+           action: str | None = _text("Exact (job.submit), or a prefix ending in * (job.*)."),
+           resource: str | None = _text("Exact (job:12), or a prefix ending in *."),
+           outcome: str | None = _text("success, failure, deny, ..."),
+           after: int | None = Query(default=None, ge=-1, description="The last seq of the previous page."),
+           limit: int = Query(default=50, ge=1, le=compliance.MAX_PAGE)) -> dict[str, Any]:
+    """The page ``GET /audit/entries`` gives, with the identities behind its pseudonyms (each
+    entry's ``identity``; ``identities``: pseudonym -> identity, null once erased). Compliance
+    officers and admins only (``audit.reveal``); a POST because every reveal is recorded in the trail
+    (who revealed which entries and pseudonyms). Sealed personal data stays sealed here."""
+    from latentops.governance import erasure
+
+    access.check(session, principal=principal, action="audit.reveal")
+    page = compliance.query(session, filters=filters_of(since, until, actor, action, resource, outcome), after=after,
+                            limit=limit)
+    identities = erasure.reveal_identities(session, page.entries, actor=principal.email)
+    return {"entries": page.entries, "next_after": page.next_after, "identities": identities}
+
+
 @router.post("/audit/verify")
 def verify(session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> dict[str, Any]:
     """Recompute the hash chain and Merkle tree and check every signed checkpoint."""

@@ -251,11 +251,15 @@ class Audit:
 
     def query(self, *, since: str | None = None, until: str | None = None, actor: str | None = None,
               action: str | None = None, resource: str | None = None, outcome: str | None = None,
-              after: int | None = None, limit: int = 50) -> AuditPage:
-        """One page in sequence order; pass ``next_after`` back as ``after`` for the next."""
-        return cast(AuditPage, self._http.json("GET", "/audit/entries", params={
-            "since": since, "until": until, "actor": actor, "action": action, "resource": resource,
-            "outcome": outcome, "after": after, "limit": limit}))
+              after: int | None = None, limit: int = 50, reveal: bool = False) -> AuditPage:
+        """One page in sequence order; pass ``next_after`` back as ``after`` for the next. Actors are
+        pseudonyms; ``reveal`` (compliance officers and admins; recorded in the trail) adds each
+        entry's ``identity`` and the page's ``identities`` (pseudonym -> identity, None once erased)."""
+        params = {"since": since, "until": until, "actor": actor, "action": action, "resource": resource,
+                  "outcome": outcome, "after": after, "limit": limit}
+        if reveal:  # a POST: the reveal writes an audit entry
+            return cast(AuditPage, self._http.json("POST", "/audit/entries/reveal", params=params))
+        return cast(AuditPage, self._http.json("GET", "/audit/entries", params=params))
 
     def verify(self) -> VerifyReport:
         """Recompute the chain and the Merkle tree on the server and check every checkpoint (audited)."""

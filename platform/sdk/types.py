@@ -158,9 +158,10 @@ class ProtectedNamesEdit(TypedDict):
     total: int
 
 
-class AuditPage(TypedDict):
+class AuditPage(TypedDict, total=False):
     entries: list[dict[str, Any]]
     next_after: int | None
+    identities: dict[str, str | None]  # with reveal: pseudonym -> identity (None once erased)
 
 
 class VerifyReport(TypedDict, total=False):

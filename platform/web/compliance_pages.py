@@ -52,7 +52,25 @@ def audit_page(request: Request, session: SessionDep, settings: SettingsDep, pri
                after: int | None = Query(default=None, ge=-1), before: int | None = Query(default=None, ge=0),
                limit: int = Query(default=25, ge=1, le=200),
                order: str = Query(default="newest", pattern="^(newest|oldest)$")) -> HTMLResponse:
-    """The trail newest first (or oldest first), a page at a time in either direction."""
+    """The trail newest first (or oldest first), a page at a time in either direction; actors as
+    pseudonyms (system actors in clear)."""
+    return _audit_page(request, session, settings, principal, after=after, before=before, limit=limit, order=order)
+
+
+@router.post("/audit/reveal", response_class=HTMLResponse)
+def audit_reveal(request: Request, session: SessionDep, settings: SettingsDep, principal: PortalUser,
+                 after: int | None = Query(default=None, ge=-1), before: int | None = Query(default=None, ge=0),
+                 limit: int = Query(default=25, ge=1, le=200),
+                 order: str = Query(default="newest", pattern="^(newest|oldest)$")) -> HTMLResponse:
+    """The same page with the identities behind its pseudonyms: compliance officers and admins
+    (``audit.reveal``); a POST with the CSRF token, because the reveal is recorded in the trail."""
+    access.check(session, principal=principal, action="audit.reveal")
+    return _audit_page(request, session, settings, principal, after=after, before=before, limit=limit, order=order,
+                       reveal=True)
+
+
+def _audit_page(request: Request, session: Session, settings: Any, principal: Principal, *, after: int | None,
+                before: int | None, limit: int, order: str, reveal: bool = False) -> HTMLResponse:
     access.check(session, principal=principal, action="audit.read")
     values = {name: (request.query_params.get(name) or "").strip()[:400] for name in AUDIT_FIELDS}
     error, page = "", None
@@ -62,7 +80,11 @@ def audit_page(request: Request, session: SessionDep, settings: SettingsDep, pri
                                 limit=limit, newest_first=order == "newest")
     except InvalidInput as problem:
         error = problem.detail
+    if reveal and page is not None and page.entries:
+        erasure.reveal_identities(session, page.entries, actor=principal.email)
     kept = {**{k: v for k, v in values.items() if v}, "limit": str(limit), "order": order}
+    here = urlencode({**kept, **({"after": str(after)} if after is not None else {}),
+                      **({"before": str(before)} if before is not None and after is None else {})})
     query = urlencode({k: v for k, v in values.items() if v})
     latest = checkpoints.latest(session)
     return render(request, "audit.html", session=session, principal=principal, filters=values, error=error,
@@ -70,7 +92,9 @@ def audit_page(request: Request, session: SessionDep, settings: SettingsDep, pri
                   newer=f"/audit?after={page.next_after}&{urlencode(kept)}" if page and page.next_after is not None else "",
                   older=f"/audit?before={page.next_before}&{urlencode(kept)}" if page and page.next_before is not None else "",
                   unscreened=unscreened_categories(status_shown(settings)),
-                  can_export=access.allowed(session, principal=principal, action="audit.export"))
+                  can_export=access.allowed(session, principal=principal, action="audit.export"),
+                  can_reveal=access.allowed(session, principal=principal, action="audit.reveal"), revealed=reveal,
+                  reveal_query=here)
 
 
 @router.get("/audit/{seq}", response_class=HTMLResponse)

@@ -273,11 +273,15 @@ class LocalBackend(LocalCpuJobs):
     # --- audit --------------------------------------------------------------------------------
 
     def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]:
-        from latentops.governance import compliance
+        from latentops.governance import compliance, erasure
 
         with context.session() as db:
             page = compliance.query(db, filters=_compliance_filters(filters), after=after, limit=limit, reveal=reveal)
-        return {"entries": page.entries, "next_after": page.next_after}
+            if not reveal:
+                return {"entries": page.entries, "next_after": page.next_after}
+            # The console holds the console roles (admin); the reveal is recorded with who asked.
+            identities = erasure.reveal_identities(db, page.entries, actor=context.actor(), personal=True)
+        return {"entries": page.entries, "next_after": page.next_after, "identities": identities}
 
     def audit_verify(self, *, public_keys: list[Path], sink: str | None) -> dict[str, Any]:
         """Verify the trail and record the verification; a damaged chain refuses the record, not the report."""

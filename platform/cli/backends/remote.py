@@ -218,11 +218,11 @@ class RemoteBackend:
     # --- audit --------------------------------------------------------------------------------
 
     def audit_query(self, filters: AuditFilters, *, after: int | None, limit: int, reveal: bool) -> dict[str, Any]:
-        if reveal:
-            raise _unsupported("--reveal", "sealed personal data is revealed on the server's console only")
+        # --reveal shows identities (the server checks audit.reveal and records it); sealed personal
+        # data is revealed on the server's console only.
         return dict(self.api.audit.query(since=filters.since, until=filters.until, actor=filters.actor,
                                          action=filters.action, resource=filters.resource, outcome=filters.outcome,
-                                         after=after, limit=limit))
+                                         after=after, limit=limit, reveal=reveal))
 
     def audit_verify(self, *, public_keys: list[Path], sink: str | None) -> dict[str, Any]:
         if public_keys:
