@@ -18,7 +18,7 @@ from api_helpers import PASSWORD, bearer, expire_token, make_token, team_id
 from fastapi.testclient import TestClient
 from job_helpers import queued_job
 
-from latentops.governance import integration
+from latentops.governance import identities, integration
 from latentops.platform.api.app import create_app
 from latentops.platform.database import get_engine, session_scope
 from latentops.platform.tables import (
@@ -145,7 +145,8 @@ def test_compliance_officer_queries_verifies_exports_and_proves(api: TestClient,
     proof = api.get("/api/v1/audit/proofs/inclusion", params={"seq": 0}, headers=officer).json()
     assert proof["leaf_index"] == 0 and proof["checkpoint"]["tree_size"] >= 1
     with session_scope(settings_env.database_url) as session:
-        actions = set(session.scalars(sa.select(AuditEntry.action).where(AuditEntry.actor == "carol@example.com")))
+        carol = identities.stored_actor(session, "carol@example.com")
+        actions = set(session.scalars(sa.select(AuditEntry.action).where(AuditEntry.actor == carol)))
     assert {"audit.verify", "audit.export"} <= actions
 
 
@@ -223,7 +224,8 @@ def test_model_visibility_grants_and_audited_download(api: TestClient, people, s
     assert members and all(m.startswith(f"{name}-v1/") for m in members)
     with session_scope(url) as session:
         entry = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "model.download")).one()
-    assert entry.actor == "alice@example.com" and json.loads(entry.details)["name"] == name
+        alice = identities.stored_actor(session, "alice@example.com")
+    assert entry.actor == alice and json.loads(entry.details)["name"] == name
 
 
 def test_bad_input_is_a_clear_4xx_and_stores_nothing(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
@@ -429,6 +431,7 @@ def test_a_started_server_integrates_its_requests_audit_entries_in_the_backgroun
     assert _count(settings_env.database_url, AuditPending) == 0
     with session_scope(settings_env.database_url) as db:
         names = db.execute(sa.select(AuditEntry.details).where(AuditEntry.action == "token.create",
-                                                               AuditEntry.actor == "alice@example.com")
+                                                               AuditEntry.actor == identities.stored_actor(
+                                                                   db, "alice@example.com"))
                            .order_by(AuditEntry.seq)).scalars().all()
     assert [json.loads(details)["name"] for details in names] == ["ci", "ci2"]

@@ -17,7 +17,7 @@ import rfc8785
 import sqlalchemy as sa
 
 from latentops.core.errors import InvalidInput
-from latentops.governance import audit, checkpoints, verification
+from latentops.governance import audit, checkpoints, identities, verification
 from latentops.platform.database import session_scope
 from latentops.platform.tables import AuditCheckpoint, AuditEntry, AuditPending
 
@@ -175,6 +175,8 @@ def test_eight_processes_append_sixteen_thousand_gapless_verifying_entries(postg
         assert db.execute(sa.select(sa.func.count()).select_from(AuditPending)).scalar_one() == 0
         seqs = db.execute(sa.select(AuditEntry.seq).order_by(AuditEntry.seq)).scalars().all()
         per_writer = dict(db.execute(sa.select(AuditEntry.actor, sa.func.count()).group_by(AuditEntry.actor)).all())
+        names = identities.reveal(db, per_writer)  # actors are stored as pseudonyms
+        per_writer = {names[actor]: count for actor, count in per_writer.items()}
         report = verification.verify(db, public_key=None)
     assert seqs == list(range(writers * each))
     assert sorted(returned) == seqs  # every writer learnt its own entries' seqs, none shared

@@ -13,6 +13,7 @@ from api_helpers import bearer, make_user
 from fastapi.testclient import TestClient
 from generation_helpers import catalogue, tiny_source
 
+from latentops.governance import identities
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs as jobs_service
@@ -83,7 +84,8 @@ def test_dataset_job_via_api_card_and_audited_download(queue_settings, people) -
     assert "shapes/croissant.json" in names and "shapes/train/metadata.jsonl" in names
     assert not any(".latentops" in n for n in names)
     with session_scope(queue_settings.database_url) as db:
-        assert db.scalar(sa.select(AuditEntry.actor).where(AuditEntry.action == "dataset.export")) == "erin@example.com"
+        assert db.scalar(sa.select(AuditEntry.actor).where(AuditEntry.action == "dataset.export")) == identities.stored_actor(
+            db, "erin@example.com")
     # The portal pages render the list and the dataset card.
     page = api.get("/datasets", headers=bearer(people["erin"]))
     assert page.status_code == 200 and "shapes" in page.text and "Queue dataset" in page.text

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from api_helpers import bearer, make_token
 from fastapi.testclient import TestClient
 
-from latentops.governance import policy
+from latentops.governance import identities, policy
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
 from latentops.platform.tables import AuditEntry, Job, JobState, PolicyDataEdit, Team, utcnow
@@ -35,8 +35,9 @@ def _edit_count(database_url: str) -> int:
 def _audited(database_url: str) -> list[tuple[str, dict[str, Any]]]:
     with session_scope(database_url) as session:
         rows = session.execute(sa.select(AuditEntry.actor, AuditEntry.details).where(AuditEntry.action == "policy.data.edit")
-                               .order_by(AuditEntry.seq))
-        return [(actor, json.loads(details)) for actor, details in rows]
+                               .order_by(AuditEntry.seq)).all()
+        who = identities.reveal(session, [actor for actor, _ in rows])  # actors are stored as pseudonyms
+        return [(who.get(actor) or actor, json.loads(details)) for actor, details in rows]
 
 
 def _in_force(database_url: str, key: str) -> Any:

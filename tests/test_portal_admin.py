@@ -15,6 +15,7 @@ from api_helpers import PASSWORD, bearer, make_user, team_id
 from fastapi.testclient import TestClient
 from portal_helpers import login, new_page, shot
 
+from latentops.governance import identities
 from latentops.platform.database import session_scope
 from latentops.platform.tables import AuditEntry, LoraAdapter
 
@@ -158,7 +159,8 @@ def test_rest_refuses_an_unknown_team_naming_the_existing_ones(settings_env) -> 
     assert api.post(f"/api/v1/users/{user_id}/disable", headers=admin).json()["active"] is False
     with session_scope(settings_env.database_url) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(AuditEntry)
-                              .where(AuditEntry.action == "team.create", AuditEntry.actor == ADMIN)) == 1
+                              .where(AuditEntry.action == "team.create",
+                                     AuditEntry.actor == identities.stored_actor(session, ADMIN))) == 1
 
 
 def test_admin_grants_once_revokes_after_confirming_and_sees_adapters(  # type: ignore[no-untyped-def]

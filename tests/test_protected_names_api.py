@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from latentops.client import Client
 from latentops.core.errors import InvalidInput, PolicyDenied
-from latentops.governance import policy
+from latentops.governance import identities, policy
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
 from latentops.platform.tables import AuditEntry, PolicyDataEdit
@@ -38,8 +38,9 @@ def _edits(database_url: str) -> list[tuple[str, dict[str, Any], str, str]]:
 def _audited(database_url: str) -> list[tuple[str, dict[str, Any]]]:
     with session_scope(database_url) as session:
         rows = session.execute(sa.select(AuditEntry.actor, AuditEntry.details).where(AuditEntry.action == "policy.data.edit")
-                               .order_by(AuditEntry.seq))
-        return [(actor, json.loads(details)) for actor, details in rows]
+                               .order_by(AuditEntry.seq)).all()
+        who = identities.reveal(session, [actor for actor, _ in rows])  # actors are stored as pseudonyms
+        return [(who.get(actor) or actor, json.loads(details)) for actor, details in rows]
 
 
 def _decide(database_url: str, prompt: str) -> policy.Decision:

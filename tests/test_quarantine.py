@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from test_screening import picture
 
 from latentops.core.errors import Conflict, PolicyDenied
-from latentops.governance import policy, quarantine
+from latentops.governance import identities, policy, quarantine
 from latentops.platform.database import session_scope
 from latentops.platform.services import users
 from latentops.platform.tables import Asset, AuditEntry
@@ -56,7 +56,7 @@ def test_flagged_image_is_kept_not_returned_and_only_officers_see_it(people, dat
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
     with session_scope(database_url) as db:
         denied = db.scalars(sa.select(AuditEntry).where(AuditEntry.action == "policy.decision", AuditEntry.outcome == "deny",
-                                                        AuditEntry.actor == SUBMITTER)).all()
+                                                        AuditEntry.actor == identities.stored_actor(db, SUBMITTER))).all()
     assert len(denied) >= 2  # the refused looks are evidence too
 
 
@@ -86,7 +86,7 @@ def test_reject_keeps_the_image_and_records_who_and_why(people, database_url: st
         asset = db.get(Asset, asset_id)
         assert asset is not None and asset.status == "rejected" and Path(asset.path).is_file()
         entry = db.scalars(sa.select(AuditEntry).where(AuditEntry.action == "asset.reject")).one()
-        assert entry.actor == OFFICER and "protected character" in entry.details
+        assert entry.actor == identities.stored_actor(db, OFFICER) and "protected character" in entry.details
         assert [r["asset_id"] for r in quarantine.list_quarantined(db, actor=OFFICER, status="rejected")] == [asset_id]
         assert quarantine.list_quarantined(db, actor=OFFICER) == []
     with pytest.raises(Conflict), session_scope(database_url) as db:

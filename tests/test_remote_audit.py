@@ -25,7 +25,7 @@ from test_audit_proofs import run_verifier
 from test_audit_verify import append, checkpoint, tamper
 
 from latentops.core.settings import Settings
-from latentops.governance import checkpoints, integration
+from latentops.governance import checkpoints, identities, integration
 from latentops.platform.database import dispose_all, session_scope
 from latentops.platform.tables import AuditCheckpoint, AuditEntry
 
@@ -105,7 +105,8 @@ def test_remote_verify_reports_the_servers_chain_and_finds_damage_done_to_its_da
         with session_scope(settings_env.database_url) as db:
             verifications = db.execute(sa.select(AuditEntry.actor).where(
                 AuditEntry.action == "audit.verify").order_by(AuditEntry.seq)).scalars().all()
-        assert verifications[:2] == ["olga@example.com", "olga@example.com"]
+            olga = identities.stored_actor(db, "olga@example.com")
+        assert verifications[:2] == [olga, olga]
 
         # A superuser edits an entry in the server's database, around the append-only triggers.
         tamper(settings_env.database_url, "UPDATE audit_entries SET details = '{\"index\":99}' WHERE seq = 5")

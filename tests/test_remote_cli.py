@@ -92,8 +92,8 @@ def test_remote_commands_act_as_the_token_user_under_the_servers_policy(server: 
     assert (expired.returncode, expired.stderr.strip()) == (1, "AuthenticationFailed: token: this token has expired")
 
     # The audit trail through the server: an auditor's query sees the remote user's changes; a submitter may not.
-    page = json.loads(remote(cli, server, admin, "audit", "query", "--action", "user.create", "--json").stdout)
-    assert any(e["actor"] == "dave@example.com" for e in page["entries"])
+    page = json.loads(remote(cli, server, admin, "audit", "query", "--action", "user.create", "--reveal", "--json").stdout)
+    assert any(e["identity"] == "dave@example.com" for e in page["entries"])
     assert remote(cli, server, alice, "audit", "query").stderr.startswith("PolicyDenied: ")
 
     # Commands that act on this machine refuse --server instead of touching the local database.

@@ -20,7 +20,7 @@ from portal_helpers import serving
 from test_screening import picture, tiny_clip_files  # noqa: F401  (a fixture)
 
 from latentops.client import Client, InvalidInput, PolicyDenied
-from latentops.governance import nsfwjs, screening
+from latentops.governance import identities, nsfwjs, screening
 from latentops.governance.detectors import CATEGORIES
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
@@ -106,7 +106,8 @@ def test_calibration_on_an_uploaded_csv_stores_an_audited_revision(with_clip, pe
     assert history[0]["key"] == "screening.thresholds" and history[0]["actor"] == "carol@example.com"
     assert history[0]["note"] == "calibrated on 30 images at target FPR 0.1" and history[0]["revision"] == report["revision"]
     with session_scope(url) as session:
-        actions = list(session.scalars(sa.select(AuditEntry.action).where(AuditEntry.actor == "carol@example.com")))
+        carol = identities.stored_actor(session, "carol@example.com")
+        actions = list(session.scalars(sa.select(AuditEntry.action).where(AuditEntry.actor == carol)))
     assert "policy.data.edit" in actions and "screening.calibrate" in actions
 
 
