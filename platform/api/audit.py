@@ -17,7 +17,6 @@ every later checkpoint. ``GET /audit/public-keys`` hands auditors the checkpoint
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import tempfile
 import zipfile
@@ -28,19 +27,23 @@ from fastapi import APIRouter, Form, Query
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import InvalidInput, NotFound
+from latentops.core.errors import NotFound
 from latentops.core.settings import Settings
 from latentops.governance import access, audit, checkpoints, compliance, evidence
 from latentops.governance.access import Principal
 from latentops.platform.api.deps import PrincipalDep, SessionDep, SettingsDep
-from latentops.platform.services.audit_trail import filters_of, signing_key_path, verify_report
+from latentops.platform.services.audit_trail import (
+    MAX_EXPORT_NAME_BYTES,
+    download_name,
+    export_name,
+    filters_of,
+    signing_key_path,
+    verify_report,
+)
 
 router = APIRouter(tags=["audit"])
 
 # The entries file and ``<name>.proofs.json`` must fit a file name on every filesystem (255 bytes).
-MAX_EXPORT_NAME_BYTES = 200
-
-
 def _text(description: str) -> Any:
     return Query(default=None, max_length=400, description=description)
 
@@ -140,17 +143,6 @@ def later(session: SessionDep, principal: PrincipalDep, from_size: int = Query(g
     return compliance.consistency_bundle(session, from_size=from_size)
 
 
-def export_name(name: str | None, fmt: str) -> str:
-    """The entries file's name inside the zip: ``name`` when given (a plain file name), else ``audit.<fmt>``."""
-    if name is None:
-        return f"audit.{fmt}"
-    if (not name.strip() or name.startswith(".") or not name.isprintable() or "/" in name or "\\" in name
-            or len(name.encode("utf-8")) > MAX_EXPORT_NAME_BYTES):
-        raise InvalidInput(f"name: must be a plain file name (no folders, not hidden, at most "
-                           f"{MAX_EXPORT_NAME_BYTES} bytes), got {name!r}")
-    return name
-
-
 def export_zip(session: Session, settings: Settings, principal: Principal, *, fmt: Literal["jsonl", "csv"],
                filters: compliance.Filters, name: str | None = None) -> bytes:
     entries_name = export_name(name, fmt)
@@ -224,24 +216,6 @@ def download_export(job_id: int, session: SessionDep, settings: SettingsDep, pri
     cpu_jobs.record_download(session, actor=principal.email, job=job, path=path, action="audit.export.download",
                              resource="audit:log")
     return FileResponse(path, media_type="application/zip", filename=path.name)
-
-
-def _stamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def download_name(fmt: str, filters: compliance.Filters, now: dt.datetime | None = None) -> str:
-    """The zip's file name: what it holds (format), which time range, and when it was made, e.g.
-    ``latentops-audit-csv-all-20261206T041500Z.zip`` or
-    ``latentops-audit-jsonl-from-20260101T000000Z-to-20260201T000000Z-20261206T041500Z.zip``;
-    ``-filtered`` marks an export narrowed by actor, action, resource or outcome."""
-    if filters.since is None and filters.until is None:
-        span = "all"
-    else:
-        span = "-".join(part for part in (f"from-{_stamp(filters.since)}" if filters.since else "",
-                                           f"to-{_stamp(filters.until)}" if filters.until else "") if part)
-    narrowed = any(getattr(filters, key) for key in ("actor", "action", "resource", "outcome"))
-    return f"latentops-audit-{fmt}-{span}{'-filtered' if narrowed else ''}-{_stamp(now or dt.datetime.now(dt.UTC))}.zip"
 
 
 # --- the evidence pack -------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def validate_audit_export(params: dict[str, Any]) -> None:
     parsed = _parse(AuditExportParams, params)
     _filters(parsed.filters)  # times that do not parse are refused here, not on the worker
     if parsed.name is not None:
-        from latentops.platform.api.audit import export_name
+        from latentops.platform.services.audit_trail import export_name
 
         export_name(parsed.name, parsed.format)
 
@@ -313,8 +313,7 @@ def run_audit_export(ctx: Any) -> dict[str, Any]:
     import tempfile
 
     from latentops.governance import checkpoints, compliance
-    from latentops.platform.api.audit import download_name, export_name
-    from latentops.platform.services.audit_trail import signing_key_path
+    from latentops.platform.services.audit_trail import download_name, export_name, signing_key_path
 
     params = _parse(AuditExportParams, ctx.params)
     _check_owner(ctx, params.actor)
