@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from latentops.core.errors import InvalidInput
 from latentops.governance import audit, checkpoints, compliance, erasure, identities, retention, verification
-from latentops.governance.policy_bundle import check_data
+from latentops.governance.policy_shapes import check_data
 from latentops.governance.tables.identity import AuditPayloadKey
 from latentops.platform.database import session_scope
 from latentops.platform.tables import AuditEntry

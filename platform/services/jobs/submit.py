@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import InvalidInput, ServiceUnavailable
 from latentops.core.settings import Settings
 from latentops.governance import audit
-from latentops.governance.policy_bundle import parse_period
+from latentops.governance.policy_shapes import parse_period
 from latentops.platform import metrics as ops_metrics
 from latentops.platform.database import after_commit, session_scope
 from latentops.platform.services.jobs.kinds import JOB_KINDS, load_function
