@@ -4,6 +4,7 @@ their foreign keys name the shared tables of :mod:`latentops.core.tables`, impor
 the metadata is whole wherever governance is used on its own."""
 
 import latentops.core.tables  # noqa: F401 - the tables this layer's foreign keys refer to
+from latentops.governance.tables import identity, witness  # noqa: F401 - their tables join the metadata
 from latentops.governance.tables.audit import (
     AuditCheckpoint,
     AuditEntry,
@@ -13,7 +14,6 @@ from latentops.governance.tables.audit import (
 )
 from latentops.governance.tables.policy import PolicyDataEdit, PolicyDecision
 from latentops.governance.tables.screening import CopyrightLicence, CopyrightReference, ScreeningResult
-from latentops.governance.tables import identity, witness  # noqa: F401 - their tables join the metadata
 
 __all__ = [
     "AuditCheckpoint", "AuditEntry", "AuditPending", "AuditSubjectKey", "AuditTreeNode", "CopyrightLicence",
