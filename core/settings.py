@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     # seconds, lie beyond the last one (0 turns either rule off).
     audit_checkpoint_entries: int = Field(default=1000, ge=0)
     audit_checkpoint_s: float = Field(default=300.0, ge=0)
+    # The log's origin, the first line of every C2SP checkpoint note and its key name: stable for the
+    # deployment (e.g. latentops.example/audit/prod). Empty: derived from the first entry's hash.
+    audit_origin: str = Field(default="", max_length=100, pattern=r"^[^\s+]*$")
+    # Witnesses that cosign each checkpoint (C2SP tlog-witness), as name+keyhash+base64key@url (their
+    # vkey, then the submission prefix), comma-separated or a JSON list; each gets this many seconds
+    # per request, and is asked again after this many seconds when it missed the latest checkpoint.
+    audit_witnesses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    audit_witness_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    audit_witness_retry_s: float = Field(default=60.0, ge=0)
 
     @field_validator("home", "model_store", "audit_signing_key", "audit_mac_key", mode="after")
     @classmethod
@@ -120,6 +129,19 @@ class Settings(BaseSettings):
                     ipaddress.ip_network(str(item), strict=False)
                 except ValueError:
                     raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    @field_validator("audit_witnesses", mode="before")
+    @classmethod
+    def _witness_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        if isinstance(value, list):
+            for item in value:
+                vkey, at, url = str(item).rpartition("@")
+                if not at or len(vkey.split("+", 2)) != 3 or not url.startswith(("http://", "https://")):
+                    raise ValueError(f"{item!r} is not name+keyhash+base64key@http(s)://url")
         return value
 
     @field_validator("database_url")

@@ -1,8 +1,13 @@
 """Signed checkpoints of the audit log, and the external sink they are also written to.
 
 A checkpoint states "the first ``tree_size`` entries have Merkle root ``root_hash`` and the last of
-them has entry hash ``head_hash``, at time ``at``", signed with Ed25519. The signed bytes are a
-short text (``statement_body``) that the stdlib-only verifier rebuilds the same way.
+them has entry hash ``head_hash``, at time ``at``", signed with Ed25519. New checkpoints are C2SP
+``tlog-checkpoint`` signed notes (``note_text``: origin, size, base64 root, then the extension lines
+``head <hex>`` and ``time <UTC>``), so independent witnesses can cosign them
+(``governance/witness_client.py`` submits each one after its commit). The ``signature`` column then
+holds the note's signature line, whose key name is the origin (``Settings.audit_origin``).
+Checkpoints signed before that hold a bare base64 signature over ``statement_body`` (``latentops
+audit checkpoint v1``); both verify, here and in the stdlib-only verifier.
 
 Each checkpoint is written twice: to ``audit_checkpoints`` (append-only) and to an external
 append-only sink. The sink is what makes truncation visible: whoever deletes the tail of the log
@@ -45,12 +50,13 @@ from sqlalchemy.orm import Session
 from latentops.core.errors import IntegrityViolation, InvalidInput, LatentopsError, NotFound
 from latentops.core.orm import utcnow
 from latentops.core.settings import Settings
-from latentops.governance import audit_chain, merkle, merkle_store, placement
+from latentops.governance import audit_chain, merkle, merkle_store, placement, signed_note, witness_client
 from latentops.governance.tables import AuditCheckpoint, AuditEntry
 
 log = logging.getLogger(__name__)
 
 STATEMENT_HEADER = "latentops audit checkpoint v1"
+DEFAULT_ORIGIN_PREFIX = "latentops.example/audit/"
 KEYRING_FILE = "checkpoint-keyring.pem"
 # key id -> public key: every key that ever signed checkpoints of this log.
 Keyring = dict[str, Ed25519PublicKey]
@@ -189,25 +195,87 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
 
 
 def statement_body(tree_size: int, root_hash: str, head_hash: str, at: str) -> bytes:
-    """The exact bytes that are signed."""
+    """The exact bytes that checkpoints of the first form (``latentops audit checkpoint v1``) sign."""
     return f"{STATEMENT_HEADER}\ntree_size {tree_size}\nroot {root_hash}\nhead {head_hash}\ntime {at}\n".encode()
 
 
+def note_text(origin: str, tree_size: int, root_hash: str, head_hash: str, at: str) -> str:
+    """The C2SP checkpoint text a checkpoint signs: origin, size, base64 root, ``head`` and ``time``.
+
+    The two extension lines keep what the first form signed: the writer anchors on the signed head
+    hash, and the time says when. Witnesses cosign them with the rest (cosignature/v1)."""
+    extensions = (f"head {head_hash}", f"time {at}")
+    return signed_note.Checkpoint(origin, tree_size, bytes.fromhex(root_hash), extensions).text()
+
+
+def is_note_signature(signature: str) -> bool:
+    """Whether a stored signature is a signed-note line (second form) rather than bare base64."""
+    return signature.startswith(signed_note.EM_DASH + " ")
+
+
+def origin_for(session: Session) -> str:
+    """The log's origin: ``Settings.audit_origin``, else one derived from the first entry's hash
+    (stable for the life of the log). Set it explicitly before configuring witnesses."""
+    from latentops.core.settings import get_settings
+
+    configured = get_settings().audit_origin
+    if configured:
+        return configured
+    first = session.execute(sa.select(AuditEntry.hash).where(AuditEntry.seq == 0)).scalar()
+    return DEFAULT_ORIGIN_PREFIX + (first[:16] if first else "empty")
+
+
 def statement(checkpoint: AuditCheckpoint) -> dict[str, Any]:
-    """A checkpoint as exported and as written to the sink."""
-    return {
+    """A checkpoint as exported and as written to the sink; the second form adds ``origin`` and
+    ``note`` (the signed note with the log's signature line)."""
+    item: dict[str, Any] = {
         "tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash, "head_hash": checkpoint.head_hash,
         "at": audit_chain.format_time(checkpoint.at), "key_id": checkpoint.key_id, "signature": checkpoint.signature,
     }
+    if is_note_signature(checkpoint.signature):
+        line = signed_note.parse_signature_line(checkpoint.signature)
+        text = note_text(line.name, checkpoint.tree_size, checkpoint.root_hash, checkpoint.head_hash, item["at"])
+        item["origin"] = line.name
+        item["note"] = signed_note.Note(text, [line]).render()
+    return item
+
+
+def cosigned_statement(session: Session, checkpoint: AuditCheckpoint) -> dict[str, Any]:
+    """``statement`` whose note also carries every witness cosignature stored for it."""
+    item = statement(checkpoint)
+    if "note" in item:
+        item["note"] += "".join(witness_client.cosignature_lines(session, checkpoint.id))
+    return item
+
+
+def await_witnesses() -> bool:
+    """Wait (at most about twice ``Settings.audit_witness_timeout_s``) for the submissions of
+    checkpoints this process committed, so an export made right after carries their cosignatures."""
+    from latentops.core.settings import get_settings
+
+    return witness_client.wait_idle(2 * get_settings().audit_witness_timeout_s + 1)
 
 
 def signature_valid(item: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
+    """Whether a statement (either form) is signed by ``public_key``."""
     try:
+        signature = str(item["signature"])
+        if is_note_signature(signature):
+            line = signed_note.parse_signature_line(signature)
+            text = note_text(line.name, int(item["tree_size"]), str(item["root_hash"]), str(item["head_hash"]),
+                             str(item["at"]))
+            return signed_note.signature_valid(text, line, signed_note.verifier(line.name, signed_note.ED25519,
+                                                                                public_key))
         body = statement_body(int(item["tree_size"]), str(item["root_hash"]), str(item["head_hash"]), str(item["at"]))
-        public_key.verify(base64.b64decode(str(item["signature"])), body)
-    except (InvalidSignature, ValueError, KeyError, TypeError):
+        public_key.verify(base64.b64decode(signature), body)
+    except (InvalidSignature, ValueError, KeyError, TypeError, LatentopsError):
         return False
     return True
+
+
+def log_verifier(origin: str, public_key: Ed25519PublicKey) -> str:
+    """The log's vkey (``origin+keyhash+base64(0x01 || key)``): what a witness is configured with."""
+    return signed_note.verifier(origin, signed_note.ED25519, public_key).vkey()
 
 
 # --- sinks -------------------------------------------------------------------------------------
@@ -331,18 +399,30 @@ def create(session: Session, *, signing_key: Ed25519PrivateKey, sink: Checkpoint
     merkle_store.extend(session, head.size)
     at = utcnow()
     root = frontier.root().hex()
-    body = statement_body(head.size, root, head.hash, audit_chain.format_time(at))
+    origin = origin_for(session)
+    text = note_text(origin, head.size, root, head.hash, audit_chain.format_time(at))
     checkpoint = AuditCheckpoint(
         tree_size=head.size, root_hash=root, head_hash=head.hash, at=at, key_id=key_id(public_key),
-        signature=base64.b64encode(signing_key.sign(body)).decode("ascii"), frontier=json.dumps(frontier.to_hex()),
+        signature=signed_note.sign(text, origin, signing_key).line().rstrip("\n"),
+        frontier=json.dumps(frontier.to_hex()),
     )
     session.add(checkpoint)
     session.flush()
     # The sink is written last, after everything that can fail in the database but before commit;
     # a commit that still fails leaves a true statement about committed entries in the sink.
-    sink.append(statement(checkpoint))
+    item = statement(checkpoint)
+    sink.append(item)
+    # Witnesses see it only once it is committed, from a thread of their own: appends never wait.
+    witness_client.submit_after_commit(session, checkpoint.id, item["note"])
     log.info("audit checkpoint %s: %d entries, root %s", checkpoint.id, head.size, root)
     return checkpoint
+
+
+def _latest_note(session: Session) -> tuple[int, str] | None:
+    """The latest checkpoint's id and signed note, if it is of the note form."""
+    checkpoint = latest(session)
+    note = None if checkpoint is None else statement(checkpoint).get("note")
+    return None if checkpoint is None or note is None else (checkpoint.id, note)
 
 
 def due(session: Session, *, every_entries: int = 1000, every: dt.timedelta = dt.timedelta(minutes=5)) -> bool:
@@ -403,6 +483,9 @@ def maybe_checkpoint(engine: Engine, *, size: int | None = None) -> None:
     from latentops.core.settings import get_settings
 
     settings = get_settings()
+    if size is None and settings.audit_witnesses and _deployment_database(engine, settings.database_url):
+        # The periodic call: a witness that missed the latest checkpoint is asked again.
+        witness_client.resubmit_due(engine, _latest_note)
     if not (settings.audit_checkpoint_entries or settings.audit_checkpoint_s):
         return
     known = _covered.get(str(engine.url))

@@ -298,6 +298,7 @@ def export(session: Session, *, path: Path, fmt: Literal["jsonl", "csv"], filter
     """Write the entries matching ``filters`` that the latest checkpoint covers, with proofs."""
     if fmt not in ("jsonl", "csv"):
         raise InvalidInput(f"format: must be jsonl or csv (got {fmt!r})")
+    checkpoints.await_witnesses()  # before the first read: the note carries the cosignatures just returned
     integration.catch_up(session)
     checkpoint, tree = _signed(session)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +325,7 @@ def export(session: Session, *, path: Path, fmt: Literal["jsonl", "csv"], filter
         "entries": count,
         "complete": filters.empty,
         "filters": filters.to_json(),
-        "checkpoint": checkpoints.statement(checkpoint),
+        "checkpoint": checkpoints.cosigned_statement(session, checkpoint),
         "public_key_pem": public_key_pem,
         # Every key that signed a checkpoint here, old ones included; auditors compare it with the
         # keys they got out of band (the verifier trusts only those).

@@ -6,7 +6,7 @@ its code:
 
     python3 latentops_audit_verify.py audit.jsonl --public-key latentops-audit.pub \
         [--public-key older-key.pub ...] [--proofs audit.jsonl.proofs.json] [--checkpoints checkpoints.jsonl] \
-        [--consistency later-proofs.json ...]
+        [--consistency later-proofs.json ...] [--witness-key VKEY-or-FILE ... --witnesses-required M]
 
 A public key file may hold several PEM keys (the operator's keyring from
 ``latentops audit public-key``): every checkpoint is checked with the key its ``key_id`` names, so
@@ -27,7 +27,21 @@ hashing and proof verification) and RFC 8032 (Ed25519 verification):
    growth only with a consistency proof from the export's tree to it (the proofs file's ``later``
    list, or ``--consistency`` files from ``latentops audit consistency --from-size N --json``).
    Without one it is evidence that the log was cut back and re-exported: the verifier reports
-   possible truncation and exits 1.
+   possible truncation and exits 1;
+6. with ``--witness-key`` (cosignature/v1 vkeys of independent witnesses, obtained from the witness
+   operators): every cosignature by those keys on the export's checkpoint note verifies, and at
+   least ``--witnesses-required`` of them (default: all) cosigned it. A witness cosigns only a
+   checkpoint consistent with everything it cosigned before, so the operator could not have shown
+   it a rewritten or rolled-back history.
+
+Checkpoints come in two forms: the first signs ``latentops audit checkpoint v1`` text with a bare
+base64 signature; the second is a C2SP signed note (``checkpoint_note_text``: origin, size, base64
+root, ``head`` and ``time`` extension lines) whose ``signature`` is the note signature line
+``— <origin> base64(key hash || signature)``. Both verify (``check_statement``).
+
+Functions for other tools (an evidence pack re-runs these checks): ``parse_vkey``,
+``parse_signature_line``, ``parse_note``, ``note_key_hash``, ``checkpoint_note_text``,
+``verify_note_signature``, ``verify_cosignature`` and ``check_cosignatures``.
 
 Exit status: 0 verified, 1 damage found (first bad seq and kind printed), 2 unusable input.
 """
@@ -313,15 +327,141 @@ def key_id(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()[:32]
 
 
+# --- C2SP signed notes, checkpoints and cosignatures -------------------------------------------
+
+EM_DASH = "\u2014"
+NOTE_ED25519 = 0x01
+COSIGNATURE_V1 = 0x04
+
+
+def note_key_hash(name: str, kind: int, public: bytes) -> bytes:
+    """signed-note key hash: SHA-256(name || 0x0A || type || public key)[:4]."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([kind]) + public).digest()[:4]
+
+
+def parse_vkey(text: str) -> tuple[str, bytes, int, bytes]:
+    """``name+hex(key hash)+base64(type || key)`` -> (name, key hash, type, 32-byte key); the hash
+    must be the one the key gives."""
+    parts = text.strip().split("+", 2)
+    if len(parts) != 3 or not parts[0]:
+        raise Unusable(f"vkey: expected name+keyhash+base64key, got {text.strip()[:80]!r}")
+    try:
+        declared, material = bytes.fromhex(parts[1]), base64.b64decode(parts[2], validate=True)
+    except (ValueError, binascii.Error):
+        raise Unusable(f"vkey {parts[0]}: the key hash or key is not hex/base64") from None
+    if len(declared) != 4 or len(material) != 33:
+        raise Unusable(f"vkey {parts[0]}: expected a 4-byte key hash and a 32-byte Ed25519 key with its type byte")
+    if note_key_hash(parts[0], material[0], material[1:]) != declared:
+        raise Unusable(f"vkey {parts[0]}: the key hash does not match the key")
+    return parts[0], declared, material[0], material[1:]
+
+
+def parse_signature_line(line: str) -> tuple[str, bytes, bytes]:
+    """``— name base64(key hash || signature)`` -> (name, key hash, signature)."""
+    parts = line.rstrip("\n").split(" ")
+    if len(parts) != 3 or parts[0] != EM_DASH or not parts[1]:
+        raise Unusable(f"not a note signature line: {line[:80]!r}")
+    try:
+        blob = base64.b64decode(parts[2], validate=True)
+    except (ValueError, binascii.Error):
+        raise Unusable(f"the signature of {parts[1]} is not base64") from None
+    if len(blob) < 5:
+        raise Unusable(f"the signature of {parts[1]} is too short")
+    return parts[1], blob[:4], blob[4:]
+
+
+def parse_note(note: str) -> tuple[str, list[tuple[str, bytes, bytes]]]:
+    """A signed note -> (its text with the final newline, its signature lines); the last blank line
+    separates them."""
+    split = note.rfind("\n\n")
+    if split < 0 or not note.endswith("\n"):
+        raise Unusable("not a signed note: no blank line before the signatures, or no final newline")
+    return note[:split + 1], [parse_signature_line(line) for line in note[split + 2:].splitlines()]
+
+
+def checkpoint_note_text(item: dict[str, Any], origin: str) -> str:
+    """The C2SP checkpoint text a second-form checkpoint signs, rebuilt from its fields."""
+    root = base64.b64encode(bytes.fromhex(str(item["root_hash"]))).decode("ascii")
+    return f"{origin}\n{int(item['tree_size'])}\n{root}\nhead {item['head_hash']}\ntime {item['at']}\n"
+
+
+def verify_note_signature(text: str, name: str, key_hash: bytes, signature: bytes, public: bytes) -> bool:
+    """An Ed25519 (type 0x01) note signature by ``public`` named ``name`` over ``text``."""
+    return key_hash == note_key_hash(name, NOTE_ED25519, public) and ed25519_verify(public, text.encode(), signature)
+
+
+def verify_cosignature(text: str, name: str, key_hash: bytes, signature: bytes, vkey: tuple[str, bytes, int, bytes]) -> int | None:
+    """The timestamp of a valid cosignature/v1 by ``vkey`` over checkpoint ``text``, else None.
+
+    The signature is the 8-byte big-endian timestamp then Ed25519 over ``cosignature/v1``,
+    ``time <timestamp>`` and the checkpoint text."""
+    key_name, key_id, kind, public = vkey
+    if (name, key_hash) != (key_name, key_id) or kind != COSIGNATURE_V1 or len(signature) != 72:
+        return None
+    timestamp = int.from_bytes(signature[:8], "big")
+    message = f"cosignature/v1\ntime {timestamp}\n{text}".encode()
+    return timestamp if 0 < timestamp < 2 ** 63 and ed25519_verify(public, message, signature[8:]) else None
+
+
+def check_cosignatures(item: dict[str, Any], witness_keys: Sequence[tuple[str, bytes, int, bytes]],
+                       required: int, where: str) -> list[str]:
+    """The witnesses (``name+keyhash``) whose cosignature on checkpoint ``item`` verifies.
+
+    A cosignature line from a given key that does not verify fails (``witness_bad``); fewer than
+    ``required`` valid ones fail (``witness_missing``, naming the keys without one)."""
+    signature = str(item.get("signature", ""))
+    if not signature.startswith(EM_DASH + " ") or "note" not in item:
+        cosigned: list[str] = []
+        text = ""
+        lines: list[tuple[str, bytes, bytes]] = []
+    else:
+        text = checkpoint_note_text(item, parse_signature_line(signature)[0])
+        lines = parse_note(str(item["note"]))[1]
+        cosigned = []
+    for key in witness_keys:
+        label = f"{key[0]}+{key[1].hex()}"
+        for name, key_hash, blob in lines:
+            if (name, key_hash) == (key[0], key[1]):
+                if verify_cosignature(text, name, key_hash, blob, key) is None:
+                    raise Damaged("witness_bad", None, f"{where}: the cosignature of {label} does not verify")
+                cosigned.append(label)
+                break
+    if len(cosigned) < required:
+        missing = [f"{key[0]}+{key[1].hex()}" for key in witness_keys if f"{key[0]}+{key[1].hex()}" not in cosigned]
+        raise Damaged("witness_missing", None, f"{where} (tree size {item.get('tree_size')}): {len(cosigned)} of "
+                      f"{len(witness_keys)} witnesses cosigned it, {required} required; missing: {', '.join(missing)}")
+    return cosigned
+
+
+def read_witness_key(value: str) -> tuple[str, bytes, int, bytes]:
+    """A witness's cosignature/v1 vkey, given as text (``vkey`` or ``vkey@url``) or a file holding it."""
+    text = value.strip()
+    if text.count("+") < 2:
+        try:
+            text = Path(text).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise Unusable(f"--witness-key {value}: neither a vkey nor a readable file ({error})") from None
+    key = parse_vkey(text.rpartition("@")[0] if "@" in text else text)
+    if key[2] != COSIGNATURE_V1:
+        raise Unusable(f"--witness-key {key[0]}: type {key[2]:#04x}, a witness cosignature key has type 0x04")
+    return key
+
+
 def statement_body(item: dict[str, Any]) -> bytes:
     return (f"{STATEMENT_HEADER}\ntree_size {int(item['tree_size'])}\nroot {item['root_hash']}\n"
             f"head {item['head_hash']}\ntime {item['at']}\n").encode()
 
 
 def check_statement(item: dict[str, Any], keyring: dict[str, bytes], where: str) -> None:
+    """A checkpoint statement of either form is signed by the key its ``key_id`` names."""
+    line = None
     try:
-        signature = base64.b64decode(str(item["signature"]), validate=True)
-        body = statement_body(item)
+        if str(item["signature"]).startswith(EM_DASH + " "):
+            line = parse_signature_line(str(item["signature"]))
+            signature, body = b"", b""
+        else:
+            signature = base64.b64decode(str(item["signature"]), validate=True)
+            body = statement_body(item)
     except (KeyError, ValueError, TypeError, binascii.Error) as error:
         raise Unusable(f"{where}: not a checkpoint statement ({error})") from None
     public = keyring.get(str(item.get("key_id")))
@@ -329,6 +469,11 @@ def check_statement(item: dict[str, Any], keyring: dict[str, bytes], where: str)
         raise Damaged("forged_checkpoint", None, f"{where}: signed by key {item.get('key_id')}, which is not among "
                       f"the given public keys ({', '.join(sorted(keyring))}): a forged checkpoint, or the key given is wrong "
                       "(give every key of the keyring, old ones too)")
+    if line is not None:  # the second form: a C2SP checkpoint note signed by the origin's key
+        name, key_hash, note_signature = line
+        if not verify_note_signature(checkpoint_note_text(item, name), name, key_hash, note_signature, public):
+            raise Damaged("forged_checkpoint", None, f"{where}: the signature does not verify (note signature of {name})")
+        return
     if not ed25519_verify(public, body, signature):
         raise Damaged("forged_checkpoint", None, f"{where}: the signature does not verify")
 
@@ -420,7 +565,8 @@ def check_later(item: dict[str, Any], where: str, size: int, root: bytes,
 
 
 def verify(export: Path, proofs_path: Path, keyring: dict[str, bytes], sink: Path | None,
-           consistency: Sequence[Path] = ()) -> str:
+           consistency: Sequence[Path] = (), witness_keys: Sequence[tuple[str, bytes, int, bytes]] = (),
+           witnesses_required: int = 0) -> str:
     proofs = read_json(proofs_path)
     if not isinstance(proofs, dict) or proofs.get("format") != EXPORT_FORMAT:
         raise Unusable(f"{proofs_path}: not a {EXPORT_FORMAT} proofs file")
@@ -512,9 +658,14 @@ def verify(export: Path, proofs_path: Path, keyring: dict[str, bytes], sink: Pat
         grown = max([int(item["tree_size"]) for _, item in statements] + [size])
         if grown > size:
             sink_note += f" (the log has grown to {grown} entries since this export, proven consistent)"
+    witness_note = ""
+    if witness_keys:
+        cosigned = check_cosignatures(checkpoint, witness_keys, witnesses_required, f"{proofs_path}: checkpoint")
+        witness_note = f", cosigned by {len(cosigned)} of {len(witness_keys)} witnesses ({', '.join(cosigned) or 'none'})"
     kind = "complete chain" if proofs.get("complete") else "filtered entries"
     return (f"OK: {len(entries)} {kind} verified against the checkpoint of tree size {size} "
-            f"(root {checkpoint['root_hash']}), {len(proofs.get('consistency') or [])} consistency proofs{sink_note}")
+            f"(root {checkpoint['root_hash']}), {len(proofs.get('consistency') or [])} consistency proofs{sink_note}"
+            f"{witness_note}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,11 +678,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--consistency", type=Path, action="append", default=[],
                         help="consistency proofs from the export's tree size to later checkpoints "
                              "(`latentops audit consistency --from-size N --json`); repeatable")
+    parser.add_argument("--witness-key", action="append", default=[],
+                        help="a witness's cosignature vkey (name+keyhash+base64key) or a file holding it; repeatable")
+    parser.add_argument("--witnesses-required", type=int, default=None,
+                        help="how many of the witness keys must have cosigned the export's checkpoint (default: all)")
     args = parser.parse_args(argv)
     proofs = args.proofs or args.export.with_name(args.export.name + ".proofs.json")
     try:
         keyring = read_keyring(args.public_key)
-        print(verify(args.export, proofs, keyring, args.checkpoints, args.consistency))
+        witness_keys = [read_witness_key(value) for value in args.witness_key]
+        required = len(witness_keys) if args.witnesses_required is None else args.witnesses_required
+        if not 0 <= required <= len(witness_keys):
+            raise Unusable(f"--witnesses-required: must be between 0 and the {len(witness_keys)} witness keys given")
+        print(verify(args.export, proofs, keyring, args.checkpoints, args.consistency, witness_keys, required))
         return 0
     except Damaged as damage:
         where = f" at seq {damage.seq}" if damage.seq is not None else ""

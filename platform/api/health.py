@@ -61,6 +61,18 @@ def _screening(settings: Settings) -> dict[str, Any]:
         return {"status": "error", "detail": f"{type(error).__name__}: {error}"}
 
 
+def _audit_witnesses(settings: Settings) -> dict[str, Any]:
+    """Whether every configured witness cosigned the newest audit checkpoint (``missing`` names why not)."""
+    from latentops.governance import witness_client, witness_policy
+    from latentops.platform.database import session_scope
+
+    try:
+        with session_scope(settings.database_url) as db:
+            return witness_policy.health(db, witness_client.configured())
+    except Exception as error:  # noqa: BLE001 - the report must still come back
+        return {"status": "error", "detail": f"{type(error).__name__}: {error}"}
+
+
 def health_report(settings: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {}
     try:
@@ -77,6 +89,8 @@ def health_report(settings: Settings) -> dict[str, Any]:
         report["workers"] = {"status": "unknown", "workers": []}
     report["policy"] = _policy()
     report["screening"] = _screening(settings)
+    if settings.audit_witnesses:
+        report["audit_witnesses"] = _audit_witnesses(settings)
     healthy = report["database"]["status"] == "ok" and report["broker"]["status"] == "ok"
     report["status"] = "ok" if healthy and report["workers"]["status"] == "ok" else ("degraded" if healthy else "error")
     report["mode"] = settings.mode

@@ -14,8 +14,16 @@ from typing import Any
 
 import typer
 
-from latentops.core.errors import IntegrityViolation
-from latentops.governance import compliance, erasure, integration, key_rotation, verification
+from latentops.core.errors import IntegrityViolation, InvalidInput
+from latentops.governance import (
+    compliance,
+    erasure,
+    integration,
+    key_rotation,
+    verification,
+    witness_client,
+    witness_policy,
+)
 from latentops.platform.cli import audit_evidence, backends, context, output
 from latentops.platform.cli.backends import AuditFilters
 from latentops.platform.cli.backends.local import audit_key_path, audit_sink
@@ -40,11 +48,21 @@ def verify(
         None, "--public-key", help="Public key or keyring file the checkpoints are signed with; repeat for old keys "
         "(default: the keyring beside the signing key). Local only."),
     sink: str | None = typer.Option(None, "--sink", help=SINK_HELP),
+    witness_key: list[str] | None = typer.Option(
+        None, "--witness-key", help="A witness's cosignature vkey (name+keyhash+base64key) or a file holding it; repeat "
+        "(default: the witnesses of LATENTOPS_AUDIT_WITNESSES, reported but not required). Local only."),
+    witnesses_required: int | None = typer.Option(
+        None, "--witnesses-required", help="Fail unless this many of the witness keys cosigned the latest checkpoint "
+        "(default: all keys given with --witness-key, none for configured ones)."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Integrate pending entries, recompute the chain and the Merkle tree and check every checkpoint
-    with the key each names; exit non-zero on damage (with --server: the server's trail)."""
+    with the key each names, and witness cosignatures; exit non-zero on damage (with --server: the
+    server's trail)."""
     report = backends.backend().audit_verify(public_keys=list(public_key or []), sink=sink)
+    witnesses = _witness_check(list(witness_key or []), witnesses_required)
+    if witnesses is not None:
+        report["witnesses"] = witnesses.to_json()
     if json_output:
         output.emit_json(report)
     for warning in report["warnings"]:
@@ -52,12 +70,37 @@ def verify(
     if not report["ok"]:
         damage = [verification.Damage(kind=d["kind"], seq=d["seq"], detail=d["detail"]).line() for d in report["damage"]]
         raise IntegrityViolation(f"audit trail damaged: {damage[0]}", reasons=damage[1:])
+    if witnesses is not None and not witnesses.ok:
+        raise IntegrityViolation(f"audit witnesses: {witnesses.failure()}")
+    if witnesses is not None and witnesses.missing:
+        output.error(f"warning: {witnesses.failure()}")
     if not json_output:
         output.say(f"audit trail intact: {report['entries']} entries, {report['checkpoints']} checkpoints "
                    f"({report['sink_checkpoints']} in the sink) verified; tree size {report['tree_size']}, "
                    f"root {report['root_hash']}" + (f"; {report['pending']} entries pending" if report["pending"] else "")
                    + f"; {report.get('beyond_checkpoint', 0)} entries beyond the last checkpoint (a deletion of "
                    "these from the tail cannot be proven until the next one)")
+        if witnesses is not None:
+            output.say(f"witnesses: {len(witnesses.cosigned)} of {len(witnesses.keys)} cosigned the latest checkpoint "
+                       f"(tree size {witnesses.tree_size}; {witnesses.required} required)"
+                       + "".join(f"; {key}" for key in witnesses.cosigned))
+
+
+def _witness_check(keys: list[str], required: int | None) -> witness_policy.WitnessReport | None:
+    """The M-of-N witness check on this machine's database (None when no witness is given or configured)."""
+    if context.remote():
+        if keys or required is not None:
+            raise InvalidInput("--witness-key: checked against the local database only; with --server, export and "
+                               "run the standalone verifier with --witness-key")
+        return None
+    given = witness_policy.read_keys(keys) if keys else [witness.key for witness in witness_client.configured()]
+    if not given:
+        if required:
+            raise InvalidInput("--witnesses-required: no witness keys given (--witness-key) or configured "
+                               "(LATENTOPS_AUDIT_WITNESSES)")
+        return None
+    with context.session() as db:
+        return witness_policy.check(db, given, required if required is not None else (len(given) if keys else 0))
 
 
 @audit_app.command("integrate")

@@ -29,7 +29,7 @@ app = typer.Typer(
 
 # Modules under latentops.platform.cli; each has ``register(app)`` adding its commands.
 COMMAND_MODULES = ["stack", "demo", "db", "users", "tokens", "jobs", "models", "grants", "audit", "policy", "screening", "finetune", "generate",
-                   "datasets"]
+                   "datasets", "witness"]
 
 
 @app.callback()

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from latentops.governance.tables.witness import AuditCosignature, AuditWitnessStatus
 from latentops.platform.database import session_scope
 from latentops.platform.metrics.counters import METRIC_ERRORS
 from latentops.platform.tables import Asset, AuditCheckpoint, AuditEntry, Job, JobState
@@ -56,6 +57,7 @@ def _read_database(url: str, timeout_s: float) -> dict[str, Any]:
         checkpoint = session.execute(
             sa.select(AuditCheckpoint.tree_size, AuditCheckpoint.at).order_by(AuditCheckpoint.id.desc()).limit(1)
         ).first()
+        witnesses = _witnesses(session, now)
         verify = sa.select(AuditEntry.at, AuditEntry.outcome, AuditEntry.details).where(AuditEntry.action == "audit.verify")
         last_verify = session.execute(verify.order_by(AuditEntry.seq.desc()).limit(1)).first()
         last_ok = session.execute(
@@ -77,7 +79,19 @@ def _read_database(url: str, timeout_s: float) -> dict[str, Any]:
         "last_verify": None if last_verify is None else (last_verify.outcome == "success", _age(now, last_verify.at)),
         "last_ok_age": None if last_ok is None else _age(now, last_ok.at),
         "verified_checkpoint_age": _age(now, verified_checkpoint_at),
+        "witnesses": witnesses,
     }
+
+
+def _witnesses(session: Any, now: dt.datetime) -> dict[str, Any]:
+    """Per witness (name+keyhash) that was ever asked: cosigned the latest checkpoint, age of its
+    last cosignature; and how many cosignatures the latest checkpoint has."""
+    latest = session.scalar(sa.select(sa.func.max(AuditCheckpoint.id)))
+    done = {f"{name}+{key_hash}" for name, key_hash in session.execute(
+        sa.select(AuditCosignature.witness, AuditCosignature.key_hash).where(AuditCosignature.checkpoint_id == latest))}
+    rows = session.execute(sa.select(AuditWitnessStatus.witness, AuditWitnessStatus.last_success_at)).all()
+    return {"cosignatures": len(done),
+            "each": [(witness, witness in done, _age(now, last)) for witness, last in rows]}
 
 
 def _verified_tree_size(details: str) -> int | None:
@@ -151,6 +165,12 @@ class DatabaseCollector(Collector):
         verification_age = _gauge("latentops_audit_verification_age_seconds",
                                   "Time since the audit trail last verified intact (latentops audit verify)")
         verification_ok = _gauge("latentops_audit_verification_ok", "1 if the latest audit verification found the trail intact")
+        cosignatures = _gauge("latentops_audit_checkpoint_cosignatures",
+                              "Witness cosignatures on the newest audit checkpoint")
+        cosigned = _gauge("latentops_audit_witness_cosigned_latest",
+                          "1 if the witness cosigned the newest audit checkpoint", ["witness"])
+        cosigned_age = _gauge("latentops_audit_witness_last_cosignature_age_seconds",
+                              "Time since the witness last cosigned an audit checkpoint", ["witness"])
         if data is not None:
             counts = {(queue, state): count for queue, state, count in data["jobs"]}
             for queue in sorted(set(QUEUES) | {queue for queue, _ in counts}):
@@ -172,5 +192,10 @@ class DatabaseCollector(Collector):
                 verification_age.add_metric([], data["last_ok_age"])
             if data["last_verify"] is not None:
                 verification_ok.add_metric([], 1.0 if data["last_verify"][0] else 0.0)
+            cosignatures.add_metric([], data["witnesses"]["cosignatures"])
+            for witness, done, age in data["witnesses"]["each"]:
+                cosigned.add_metric([witness], 1.0 if done else 0.0)
+                if age is not None:
+                    cosigned_age.add_metric([witness], age)
         yield from (jobs, depth, oldest, quarantine, entries, checkpoint_age, unsigned, verified_age,
-                    verification_age, verification_ok)
+                    verification_age, verification_ok, cosignatures, cosigned, cosigned_age)
