@@ -71,6 +71,9 @@ def serve(
             raise InvalidInput(f"--log: expected ORIGIN=FILE (got {item!r})")
         trusted.setdefault(signed_note.check_name(origin, "--log origin"), []).append(
             witness.read_log_key(origin, Path(path).expanduser()))
+    if key_file is None and name and not (state / witness.KEY_FILE).exists():
+        # First start of a container: create the key; `witness key` prints the vkey to publish.
+        witness.init(state, name)
     private = witness.load_key(key_file or state / witness.KEY_FILE)
     the_witness = witness.Witness(name=witness.load_name(state, name), key=private, state=state, logs=trusted)
     httpd = witness.server(the_witness, host, port)
