@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import datetime as dt
 import logging
 import threading
 import time
@@ -336,9 +335,3 @@ def resubmit_due(engine: Engine, latest: Callable[[Session], tuple[int, str] | N
     if due:
         _start(lambda: submit(engine, checkpoint_id, note, due), f"witness-retry-{checkpoint_id}")
 
-
-def seconds_since(at: dt.datetime | None) -> float | None:
-    if at is None:
-        return None
-    at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
-    return max((dt.datetime.now(dt.UTC) - at).total_seconds(), 0.0)
