@@ -17,13 +17,14 @@ every later checkpoint. ``GET /audit/public-keys`` hands auditors the checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Query
+from fastapi import APIRouter, Depends, Form, Query
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -48,31 +49,47 @@ def _text(description: str) -> Any:
     return Query(default=None, max_length=400, description=description)
 
 
+@dataclasses.dataclass(frozen=True)
+class EntryFilterText:
+    """The entry filters of a query, reveal or export, as the client sent them."""
+
+    since: str | None
+    until: str | None
+    actor: str | None
+    action: str | None
+    resource: str | None
+    outcome: str | None
+
+    def parsed(self) -> compliance.Filters:
+        return filters_of(self.since, self.until, self.actor, self.action, self.resource, self.outcome)
+
+
+def _entry_filter_text(since: str | None = _text("At or after this ISO 8601 time (UTC when no zone)."),
+                       until: str | None = _text("Before this ISO 8601 time."),
+                       actor: str | None = _text("Exact, or a prefix ending in *."),
+                       action: str | None = _text("Exact (job.submit), or a prefix ending in * (job.*)."),
+                       resource: str | None = _text("Exact (job:12), or a prefix ending in *."),
+                       outcome: str | None = _text("success, failure, deny, ...")) -> EntryFilterText:
+    return EntryFilterText(since, until, actor, action, resource, outcome)
+
+
+FiltersDep = Annotated[EntryFilterText, Depends(_entry_filter_text)]
+
+
 @router.get("/audit/entries")
 def query(session: SessionDep, principal: PrincipalDep,
-          since: str | None = _text("At or after this ISO 8601 time (UTC when no zone)."),
-          until: str | None = _text("Before this ISO 8601 time."),
-          actor: str | None = _text("Exact, or a prefix ending in *."),
-          action: str | None = _text("Exact (job.submit), or a prefix ending in * (job.*)."),
-          resource: str | None = _text("Exact (job:12), or a prefix ending in *."),
-          outcome: str | None = _text("success, failure, deny, ..."),
+          filters: FiltersDep,
           after: int | None = Query(default=None, ge=-1, description="The last seq of the previous page."),
           limit: int = Query(default=50, ge=1, le=compliance.MAX_PAGE)) -> dict[str, Any]:
     """One page of entries in sequence order; pass ``next_after`` back as ``after`` for the next."""
     access.check(session, principal=principal, action="audit.read")
-    page = compliance.query(session, filters=filters_of(since, until, actor, action, resource, outcome), after=after,
-                            limit=limit)
+    page = compliance.query(session, filters=filters.parsed(), after=after, limit=limit)
     return {"entries": page.entries, "next_after": page.next_after}
 
 
 @router.post("/audit/entries/reveal")
 def reveal(session: SessionDep, principal: PrincipalDep,
-           since: str | None = _text("At or after this ISO 8601 time (UTC when no zone)."),
-           until: str | None = _text("Before this ISO 8601 time."),
-           actor: str | None = _text("Exact, or a prefix ending in *."),
-           action: str | None = _text("Exact (job.submit), or a prefix ending in * (job.*)."),
-           resource: str | None = _text("Exact (job:12), or a prefix ending in *."),
-           outcome: str | None = _text("success, failure, deny, ..."),
+           filters: FiltersDep,
            after: int | None = Query(default=None, ge=-1, description="The last seq of the previous page."),
            limit: int = Query(default=50, ge=1, le=compliance.MAX_PAGE)) -> dict[str, Any]:
     """The page ``GET /audit/entries`` gives, with the identities behind its pseudonyms (each
@@ -82,8 +99,7 @@ def reveal(session: SessionDep, principal: PrincipalDep,
     from latentops.governance import erasure
 
     access.check(session, principal=principal, action="audit.reveal")
-    page = compliance.query(session, filters=filters_of(since, until, actor, action, resource, outcome), after=after,
-                            limit=limit)
+    page = compliance.query(session, filters=filters.parsed(), after=after, limit=limit)
     identities = erasure.reveal_identities(session, page.entries, actor=principal.email)
     return {"entries": page.entries, "next_after": page.next_after, "identities": identities}
 
@@ -167,29 +183,23 @@ def export_zip(session: Session, settings: Settings, principal: Principal, *, fm
 
 @router.post("/audit/export", response_class=StreamingResponse,
             responses={200: {"content": {"application/zip": {}}, "description": "entries and proofs"}})
-def export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+def export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep, text: FiltersDep,
            format: Literal["jsonl", "csv"] = Query(default="jsonl"),
-           since: str | None = _text("At or after this ISO 8601 time."), until: str | None = _text("Before this time."),
-           actor: str | None = _text("Actor filter."), action: str | None = _text("Action filter."),
-           resource: str | None = _text("Resource filter."), outcome: str | None = _text("Outcome filter."),
            name: str | None = Query(default=None, max_length=MAX_EXPORT_NAME_BYTES,
                                     description="File name of the entries inside the zip (default audit.<format>); "
                                                 "the proofs file is <name>.proofs.json.")
            ) -> StreamingResponse:
     """Export matching entries with inclusion proofs and the signed checkpoint, as a zip (audited)."""
     access.check(session, principal=principal, action="audit.export")
-    filters = filters_of(since, until, actor, action, resource, outcome)
+    filters = text.parsed()
     data = export_zip(session, settings, principal, fmt=format, filters=filters, name=name)
     return StreamingResponse(iter([data]), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{download_name(format, filters)}"'})
 
 
 @router.post("/audit/exports", status_code=201)
-def queue_export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+def queue_export(session: SessionDep, settings: SettingsDep, principal: PrincipalDep, text: FiltersDep,
                  format: Literal["jsonl", "csv"] = Query(default="jsonl"),
-                 since: str | None = _text("At or after this ISO 8601 time."), until: str | None = _text("Before this time."),
-                 actor: str | None = _text("Actor filter."), action: str | None = _text("Action filter."),
-                 resource: str | None = _text("Resource filter."), outcome: str | None = _text("Outcome filter."),
                  name: str | None = Query(default=None, max_length=MAX_EXPORT_NAME_BYTES,
                                           description="File name of the entries inside the zip.")
                  ) -> dict[str, Any]:
@@ -198,8 +208,7 @@ def queue_export(session: SessionDep, settings: SettingsDep, principal: Principa
     from latentops.platform.services.jobs.views import submitted_json
 
     access.check(session, principal=principal, action="audit.export")
-    job = cpu_jobs.submit_audit_export(session, settings, actor=principal.email, fmt=format, name=name, filters={
-        "since": since, "until": until, "actor": actor, "action": action, "resource": resource, "outcome": outcome})
+    job = cpu_jobs.submit_audit_export(session, settings, actor=principal.email, fmt=format, name=name, filters=dataclasses.asdict(text))
     return submitted_json(session, job)
 
 
