@@ -27,6 +27,7 @@ from latentops.governance import (
 from latentops.platform.cli import audit_evidence, backends, context, output
 from latentops.platform.cli.backends import AuditFilters
 from latentops.platform.cli.backends.local import audit_key_path, audit_sink
+from latentops.platform.cli.jobs import follow_to_success
 
 audit_app = typer.Typer(help="The tamper-evident audit trail: verify it, sign checkpoints, prove and export.",
                         no_args_is_help=True)
@@ -223,14 +224,7 @@ def _queued_export(out: Path, *, fmt: str, filters: AuditFilters) -> dict[str, A
     backend = backends.backend()
     job = backend.audit_export_queue(name=out.name, fmt=fmt, filters=filters)
     output.say(f"queued audit export as job {job['id']} on the {job['queue']} queue")
-    last: dict[str, Any] = {}
-    for update in backend.follow_job(int(job["id"])):
-        last = update
-        progress = update.get("progress") or {}
-        output.say(f"job {job['id']}: {update['state']} {progress.get('percent', 0)}%")
-    if last.get("state") != "succeeded":
-        output.error(f"job {job['id']} {last.get('state')}: {last.get('error') or 'no file'}")
-        raise typer.Exit(1)
+    follow_to_success(job, "no file")
     return backend.audit_export_fetch(int(job["id"]), out)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from latentops.platform.cli import backends, context, output
+from latentops.platform.cli.jobs import follow_to_success
 
 datasets_app = typer.Typer(help="Synthetic datasets from a spec, through the governed path.", no_args_is_help=True)
 
@@ -143,14 +144,7 @@ def package(
     output.say(f"queued package of dataset {dataset_id} as job {job['id']} on the {job['queue']} queue")
     if not wait:
         return
-    last: dict[str, Any] = {}
-    for update in backend.follow_job(int(job["id"])):
-        last = update
-        progress = update.get("progress") or {}
-        output.say(f"job {job['id']}: {update['state']} {progress.get('percent', 0)}%")
-    if last.get("state") != "succeeded":
-        output.error(f"job {job['id']} {last.get('state')}: {last.get('error') or 'no package'}")
-        raise typer.Exit(1)
+    follow_to_success(job, "no package")
     path = backend.fetch_dataset_package(dataset_id, int(job["id"]), out or Path.cwd())
     output.say(f"wrote {path}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from latentops.platform.cli import backends, output
@@ -73,6 +75,20 @@ def watch(job_id: int, json_output: bool = typer.Option(False, "--json", help="P
         place = f", queue position {update['queue_position']}" if update.get("queue_position") else ""
         output.say(f"job {job_id}: {update['state']} {percent}%{place}")
     if last.get("state") != "succeeded":
+        raise typer.Exit(1)
+
+
+def follow_to_success(job: dict[str, Any], missing: str) -> None:
+    """Print a queued job's progress as it reports it; exit 1, naming its state and error, unless it
+    succeeded (``missing``: what the caller then has not got, e.g. "no package")."""
+    job_id = int(job["id"])
+    last: dict[str, Any] = {}
+    for update in backends.backend().follow_job(job_id):
+        last = update
+        progress = update.get("progress") or {}
+        output.say(f"job {job_id}: {update['state']} {progress.get('percent', 0)}%")
+    if last.get("state") != "succeeded":
+        output.error(f"job {job_id} {last.get('state')}: {last.get('error') or missing}")
         raise typer.Exit(1)
 
 
