@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     audit_witnesses: Annotated[list[str], NoDecode] = Field(default_factory=list)
     audit_witness_timeout_s: float = Field(default=3.0, gt=0, le=60)
     audit_witness_retry_s: float = Field(default=60.0, ge=0)
+    # How many of the witnesses must cosign for the deployment's own policy (evidence packs state
+    # it; `audit verify --witnesses-required` is the auditor's). None: all of them.
+    audit_witnesses_required: int | None = Field(default=None, ge=0)
 
     @field_validator("home", "model_store", "audit_signing_key", "audit_mac_key", mode="after")
     @classmethod

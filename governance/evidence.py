@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import IntegrityViolation, InvalidInput
-from latentops.governance import audit, checkpoints, compliance, merkle
+from latentops.governance import audit, checkpoints, compliance, merkle, witness_client
 from latentops.governance.policy import get_service
 from latentops.governance.policy_bundle import PolicyBundle, load_bundle
 from latentops.governance.tables import AuditCheckpoint, AuditEntry, PolicyDataEdit
@@ -52,6 +52,7 @@ SHIPPED = {"verify.py": "verify_pack.py", "latentops_audit_verify.py": "latentop
            "README.md": "evidence_pack_README.md"}
 ENTRIES, INCLUSION, CONSISTENCY = "entries.jsonl", "proofs/inclusion.jsonl", "proofs/consistency.json"
 CHECKPOINTS, KEYRING, REVISIONS, MANIFEST = "checkpoints.json", "keys/checkpoint-keyring.pem", "policy/revisions.json", "manifest.json"
+WITNESSES = "keys/witnesses.json"  # the deployment's witness keys and requirement (verify_pack.WITNESSES)
 _REVISION = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -232,6 +233,21 @@ def _zip(files: Mapping[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _witness_policy(earlier: Sequence[AuditCheckpoint]) -> dict[str, Any] | None:
+    """The deployment's witnesses and how many must cosign, applied to the newest checkpoint signed
+    before the pack (the fresh one has not been seen by any witness yet); None without witnesses."""
+    from latentops.core.settings import get_settings
+
+    witnesses = witness_client.configured()
+    if not witnesses:
+        return None
+    required = get_settings().audit_witnesses_required
+    newest = max((cp.tree_size for cp in earlier), default=None)
+    return {"keys": [witness.key.vkey() for witness in witnesses],
+            "required": len(witnesses) if required is None else min(required, len(witnesses)),
+            "tree_size": newest}
+
+
 def build(session: Session, *, window: Window, signing_key: Ed25519PrivateKey, keyring: checkpoints.Keyring,
           sink: checkpoints.CheckpointSink) -> Pack:
     """Sign a fresh checkpoint and assemble the pack for ``window`` (in the caller's transaction)."""
@@ -248,7 +264,7 @@ def build(session: Session, *, window: Window, signing_key: Ed25519PrivateKey, k
                                for e in entries).encode("utf-8")
     signed = _checkpoints(session, window, fresh)
     files[CHECKPOINTS] = (json.dumps({"format": PACK_FORMAT, "latest": checkpoints.statement(fresh),
-                                      "checkpoints": [checkpoints.statement(cp) for cp in signed]},
+                                      "checkpoints": [checkpoints.cosigned_statement(session, cp) for cp in signed]},
                                      indent=2, sort_keys=True) + "\n").encode()
     proofs = [{"old_size": cp.tree_size, "old_root": cp.root_hash, "new_size": size, "new_root": fresh.root_hash,
                "proof": [node.hex() for node in tree.consistency_proof(cp.tree_size, size)]}
@@ -260,9 +276,9 @@ def build(session: Session, *, window: Window, signing_key: Ed25519PrivateKey, k
                                      "run `latentops audit verify`")
     files[CONSISTENCY] = (json.dumps({"format": PACK_FORMAT, "proofs": proofs}, indent=2, sort_keys=True) + "\n").encode()
     files[KEYRING] = checkpoints.keyring_pem(keyring).encode("ascii")
-    # Witness cosignatures (hook): once checkpoints carry them, write each checkpoint with its
-    # cosignature lines above and keys/witnesses.json here: {"keys": [witness vkeys], "required": M,
-    # "tree_size": the newest cosigned checkpoint's}. verify.py checks that file when present.
+    policy = _witness_policy([cp for cp in signed if cp.id != fresh.id])
+    if policy is not None:
+        files[WITNESSES] = (json.dumps(policy, indent=2, sort_keys=True) + "\n").encode()
     policy_files, revisions = _policy(session, window, _named_revisions(entries, window))
     files.update(policy_files)
     files[REVISIONS] = (json.dumps(revisions, indent=2, sort_keys=True) + "\n").encode()

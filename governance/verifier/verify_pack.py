@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,8 @@ def read_keys(root: Path, given: list[Path]) -> tuple[dict[str, bytes], str]:
     return outside, "the keys given with --public-key"
 
 
-def check_checkpoints(root: Path, keyring: dict[str, bytes], manifest: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def check_checkpoints(root: Path, keyring: dict[str, bytes], manifest: dict[str, Any], witness_keys: Sequence[str] = (),
+                      witnesses_required: int | None = None) -> tuple[dict[str, Any], int, str]:
     """Every checkpoint is signed by a key of the keyring; every earlier one is consistent with the latest."""
     document = _json(root, "checkpoints.json")
     latest, items = document.get("latest"), document.get("checkpoints")
@@ -167,7 +169,7 @@ def check_checkpoints(root: Path, keyring: dict[str, bytes], manifest: dict[str,
         raise Failure("forged checkpoint", "checkpoints.json: the latest checkpoint is not the one the manifest names")
     if not any(item == latest for item in items):
         raise Failure("forged checkpoint", "checkpoints.json: the latest checkpoint is missing from the list")
-    check_cosignatures(root, [latest] + items)
+    witnessed = check_cosignatures(root, [latest] + items, witness_keys, witnesses_required)
     proofs = _json(root, "proofs/consistency.json").get("proofs") or []
     by_old = {(p.get("old_size"), p.get("old_root")): p for p in proofs if isinstance(p, dict)}
     for item in items:
@@ -186,37 +188,51 @@ def check_checkpoints(root: Path, keyring: dict[str, bytes], manifest: dict[str,
                                                                       root_hash, nodes):
             raise Failure("broken consistency proof", f"proofs/consistency.json: the proof from tree size {old} to "
                           f"{size} does not lead from one signed root to the other")
-    return latest, len(items)
+    return latest, len(items), witnessed
 
 
-def check_cosignatures(root: Path, items: list[dict[str, Any]]) -> None:
-    """Witness cosignatures when the pack carries witness keys (``keys/witnesses.json``:
-    ``{"keys": [vkey, ...], "required": M, "tree_size": N}``): every cosignature present must verify,
-    and the checkpoint of tree size N must carry at least M of them. The fresh checkpoint is signed
-    as the pack is made, before any witness saw it, so N names an earlier one.
+def check_cosignatures(root: Path, items: list[dict[str, Any]], given_keys: Sequence[str] = (),
+                       given_required: int | None = None) -> str:
+    """Witness cosignatures (C2SP tlog-cosignature): every cosignature present from a known witness
+    must verify, and the checkpoint the policy names must carry at least M of them.
 
-    The checks are the standalone verifier's (``read_witness_key``, ``check_cosignatures``); a pack
-    without witness keys has none to check.
+    The policy is the auditor's when given (``--witness-key`` ... ``--witnesses-required M``, keys
+    obtained out of band; M defaults to all of them), else the pack's ``keys/witnesses.json``
+    (``{"keys": [vkey, ...], "required": M, "tree_size": N}``: the operator's witnesses and
+    requirement). The fresh checkpoint is signed as the pack is made, before any witness saw it, so
+    N names the newest earlier one (the auditor's policy applies to that one too). The checks are
+    the standalone verifier's (``read_witness_key``, ``check_cosignatures``). Returns what was found.
     """
-    if not (root / WITNESSES).is_file():
-        return
-    policy = _json(root, WITNESSES)
+    policy = _json(root, WITNESSES) if (root / WITNESSES).is_file() else {}
+    if not given_keys and not policy:
+        return "no witness policy"
     read, check = getattr(v, "read_witness_key", None), getattr(v, "check_cosignatures", None)
     if read is None or check is None:
         raise Failure("malformed file", f"{WITNESSES}: this latentops_audit_verify.py cannot check witness cosignatures")
+    earlier = [int(item.get("tree_size") or 0) for item in items[1:] if item.get("tree_size") != items[0].get("tree_size")]
+    size = policy.get("tree_size") if policy.get("tree_size") is not None else max(earlier, default=None)
+    texts, source = ([str(key) for key in given_keys], "--witness-key") if given_keys else (
+        [str(key) for key in policy.get("keys") or []], WITNESSES)
     try:
-        keys = [read(str(key)) for key in policy.get("keys") or []]
-        required, size = int(policy.get("required") or 0), policy.get("tree_size")
-        for item in items:
-            check(item, keys, required if item.get("tree_size") == size else 0,
-                  f"checkpoints.json: checkpoint of tree size {item.get('tree_size')}")
+        keys = [read(text) for text in texts]
+        required = (len(keys) if given_required is None else given_required) if given_keys else int(policy.get("required") or 0)
+        best: tuple[dict[str, Any], list[str]] | None = None
+        for item in items:  # every cosignature present must verify
+            cosigned = check(item, keys, 0, f"checkpoints.json: checkpoint of tree size {item.get('tree_size')}")
+            if item.get("tree_size") == size and (best is None or len(cosigned) > len(best[1])):
+                best = (item, cosigned)  # the fresh checkpoint may share the size, uncosigned
+        if required and best is None:
+            raise Failure("missing cosignature", f"{source}: no checkpoint of tree size {size} in checkpoints.json")
+        if required and best is not None:
+            check(best[0], keys, required, f"checkpoints.json: checkpoint of tree size {size}")
+        found = best[1] if best else []
     except v.Unusable as error:
-        raise Failure("damaged key", f"{WITNESSES}: {error}") from None
+        raise Failure("damaged key", f"{source}: {error}") from None
     except v.Damaged as damage:
         raise Failure("forged cosignature" if damage.kind == "witness_bad" else "missing cosignature",
                       damage.detail) from None
-    if required and not any(item.get("tree_size") == size for item in items):
-        raise Failure("missing cosignature", f"{WITNESSES}: no checkpoint of tree size {size} in checkpoints.json")
+    return (f"{len(found)} of {len(keys)} witnesses ({source}) cosigned the checkpoint of tree size {size}, "
+            f"{required} required")
 
 
 def check_entries(root: Path, manifest: dict[str, Any], latest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -306,10 +322,11 @@ def check_policy(root: Path, entries: list[dict[str, Any]], window: dict[str, st
     return len(revisions), sorted(unavailable)
 
 
-def verify(root: Path, public_keys: list[Path]) -> str:
+def verify(root: Path, public_keys: list[Path], witness_keys: Sequence[str] = (),
+           witnesses_required: int | None = None) -> str:
     manifest = check_files(root)
     keyring, source = read_keys(root, public_keys)
-    latest, count = check_checkpoints(root, keyring, manifest)
+    latest, count, witnessed = check_checkpoints(root, keyring, manifest, witness_keys, witnesses_required)
     entries = check_entries(root, manifest, latest)
     revisions, unavailable = check_policy(root, entries, manifest["window"])
     window, stated = manifest["window"], manifest["entries"]
@@ -319,7 +336,7 @@ def verify(root: Path, public_keys: list[Path]) -> str:
     return (f"OK: {stated['in_window']} entries in the window {window['from']} to {window['to']}, {len(entries)} "
             f"entries{span} verified against the checkpoint of tree size {latest['tree_size']} (root "
             f"{latest['root_hash']}, key {latest['key_id']}, signed {latest['at']}); {count} checkpoints signed and "
-            f"consistent; {revisions} policy revision(s) hash to their ids{note}; keys from {source}: "
+            f"consistent; {witnessed}; {revisions} policy revision(s) hash to their ids{note}; keys from {source}: "
             f"{', '.join(sorted(keyring))}")
 
 
@@ -327,10 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify a latentops evidence pack (run inside the unpacked pack).")
     parser.add_argument("--public-key", type=Path, action="append", default=[],
                         help="check the checkpoints with this keyring (obtained out of band) instead of the pack's")
+    parser.add_argument("--witness-key", action="append", default=[], metavar="VKEY_OR_FILE",
+                        help="a witness's cosignature key (obtained out of band); replaces the pack's witness list")
+    parser.add_argument("--witnesses-required", type=int, default=None, metavar="M",
+                        help="with --witness-key: how many of them must have cosigned (default: all)")
     parser.add_argument("--pack", type=Path, default=HERE, help="the unpacked pack (default: this file's folder)")
     args = parser.parse_args(argv)
+    if args.witnesses_required is not None and not (0 <= args.witnesses_required <= len(args.witness_key)):
+        parser.error("--witnesses-required: must be between 0 and the number of --witness-key given")
     try:
-        print(verify(args.pack.resolve(), args.public_key))
+        print(verify(args.pack.resolve(), args.public_key, args.witness_key, args.witnesses_required))
         return 0
     except Failure as failure:
         print(f"FAIL: {failure.kind}: {failure.detail}")
