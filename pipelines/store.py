@@ -164,8 +164,11 @@ def family_of_diffusers(folder: Path) -> str:
     if pipeline.startswith("StableDiffusionXL") or unet.get("addition_embed_type") == "text_time":
         return "sdxl"
     if pipeline.startswith("StableDiffusion") and denoiser == "UNet2DConditionModel":
-        # SD 2.x conditions on OpenCLIP ViT-H (1024 wide); SD 1.x on CLIP ViT-L (768) or narrower.
-        return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+        # SD 2.x conditions on OpenCLIP ViT-H (1024 wide); SD 1.x on CLIP ViT-L (768) or narrower. SD 2.x
+        # UNets (base and 768-v) also project into attention with linear layers, SD 1.x with 1x1 convolutions:
+        # that tells them apart at any width (the tiny models, pruned or distilled variants).
+        sd2 = unet.get("cross_attention_dim") == 1024 or unet.get("use_linear_projection") is True
+        return "sd2" if sd2 else "sd1"
     raise InvalidInput(
         f"{folder}: unknown architecture: pipeline {pipeline or '<none>'!r} with denoiser {denoiser or '<none>'!r}; "
         f"supported families are {', '.join(FAMILIES)}"

@@ -5,6 +5,9 @@ MB on disk), saved in diffusers format so plain ``DiffusionPipeline.from_pretrai
 Tests and benchmarks use these instead of downloading anything. Text encoders use the real CLIP
 tokenizer (:mod:`latentops.pipelines.tokenizers`); SD3 and Flux also get a small T5-style one.
 
+``sd2`` is the 768-v model in miniature (v-prediction, OpenCLIP-style text encoder, a native size
+1.5x SD1's), so the one difference that changes training, the objective, is exercised offline.
+
 Weights are random but seeded, so two calls with the same seed write identical weights and the
 model store sees the same content hash.
 """
@@ -35,14 +38,16 @@ from latentops.pipelines import tokenizers
 
 logger = logging.getLogger(__name__)
 
-TinyFamily = Literal["sd1", "sdxl", "sd3", "flux"]
-TINY_FAMILIES: tuple[str, ...] = ("sd1", "sdxl", "sd3", "flux")
+TinyFamily = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
+TINY_FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3", "flux")
 TEXT_HIDDEN = 16
 
 
-def _clip_config(hidden: int = TEXT_HIDDEN, projection: int | None = None) -> CLIPTextConfig:
+def _clip_config(hidden: int = TEXT_HIDDEN, projection: int | None = None, **extra: Any) -> CLIPTextConfig:
     vocab, _ = tokenizers.clip_vocabulary()
-    extra: dict[str, Any] = {"projection_dim": projection} if projection else {}
+    if projection:
+        extra["projection_dim"] = projection
+    settings: dict[str, Any] = {"pad_token_id": vocab["<|endoftext|>"], **extra}
     return CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -52,8 +57,7 @@ def _clip_config(hidden: int = TEXT_HIDDEN, projection: int | None = None) -> CL
         max_position_embeddings=tokenizers.CLIP_MAX_LENGTH,
         bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-        **extra,
+        **settings,
     )
 
 
@@ -83,6 +87,38 @@ def build_sd1() -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
         vae=_vae(), text_encoder=CLIPTextModel(_clip_config()), tokenizer=tokenizers.build_clip_tokenizer(),
         unet=unet, scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def build_sd2() -> StableDiffusionPipeline:
+    """SD 2.x-v at toy widths: what tells it from SD1 is kept, the sizes are not.
+
+    * The text encoder stands for OpenCLIP ViT-H: a ``CLIPTextModel`` with exact GELU (SD1's CLIP
+      uses quick-GELU), twice SD1's width (1024 vs 768 in the real models). SD2 conditions on the
+      penultimate layer followed by the final layer norm; diffusers' SD2 weights store the encoder
+      without its last layer, so ``last_hidden_state`` (what ``encode_prompt`` returns) is exactly
+      that. This one is stored the same way: its layers are the ones SD2 uses.
+    * The tokenizer pads with ``!`` (id 0), as OpenCLIP and SD2's tokenizer do; SD1 pads with
+      ``<|endoftext|>``. The ids of the text itself are the same BPE ids.
+    * The UNet gives ``attention_head_dim`` per block (read by diffusers as heads per block, a
+      constant head width as in SD2) and projects into attention with linear layers.
+    * The scheduler predicts velocity (``v_prediction``), as the 768-v model does.
+    * ``sample_size`` 24 with the VAE's 2x scale makes 48 px natively, 1.5x SD1's 32, as 768 is to 512.
+    """
+    text_hidden = TEXT_HIDDEN * 2
+    unet = UNet2DConditionModel(
+        sample_size=24, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_hidden, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    )
+    tokenizer = tokenizers.build_clip_tokenizer()
+    tokenizer.pad_token = "!"
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                       prediction_type="v_prediction")
+    return StableDiffusionPipeline(
+        vae=_vae(), text_encoder=CLIPTextModel(_clip_config(text_hidden, hidden_act="gelu", pad_token_id=0)),
+        tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
@@ -140,7 +176,7 @@ def build_flux() -> FluxPipeline:
     )
 
 
-_BUILDERS = {"sd1": build_sd1, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux}
+_BUILDERS = {"sd1": build_sd1, "sd2": build_sd2, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux}
 
 
 def build(family: str, *, seed: int = 0) -> DiffusionPipeline:

@@ -74,7 +74,7 @@ def test_tiny_pipeline_loads_with_plain_from_pretrained_and_generates(tmp_path: 
     assert size < 20_000_000
     pipeline = DiffusionPipeline.from_pretrained(str(out))
     assert pipeline.__class__.__name__ == {
-        "sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+        "sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
         "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline",
     }[family]
     pipeline.set_progress_bar_config(disable=True)

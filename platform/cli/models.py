@@ -98,7 +98,7 @@ def remove(name: str = typer.Argument(..., help="Model name.")) -> None:
 @models_app.command("create-tiny")
 def create_tiny(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the diffusers pipeline to.")],
-    family: str = typer.Option(..., "--family", help="sd1, sdxl, sd3 or flux."),
+    family: str = typer.Option(..., "--family", help="sd1, sd2, sdxl, sd3 or flux."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
 ) -> None:
     """Write a tiny random-init pipeline (a few MB) for tests and benchmarks; built offline."""
