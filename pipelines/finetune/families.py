@@ -10,7 +10,10 @@ Everything else in a recipe is family-agnostic. A :class:`Family` knows, for one
   family's pipeline un-does them);
 * the training objective: noise or v-prediction on a DDPM schedule for ``sd1``/``sd2``/``sdxl``
   (with optional min-SNR-gamma weighting), rectified flow matching for ``sd3`` and ``flux``
-  (velocity ``noise - latents`` at logit-normal sampled sigmas, shifted like the scheduler);
+  (velocity ``noise - latents`` at logit-normal sampled sigmas, shifted like the scheduler). Which
+  of noise or velocity is the one the model was trained for, read from its scheduler config
+  (``prediction_type``): SD 2.x-v (768 px) predicts velocity, SD 2.x base (512 px) and SD1 noise.
+  Training for the other would teach the model a target its sampler misreads;
 * how to write ``pytorch_lora_weights.safetensors`` with the pipeline class's own
   ``save_lora_weights`` so plain diffusers loads it.
 """
@@ -61,6 +64,11 @@ class Family:
             from diffusers import DDPMScheduler
 
             self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+
+    @property
+    def objective(self) -> str:
+        """What the denoiser learns to predict: ``epsilon``, ``v_prediction`` or ``flow_matching``."""
+        return "flow_matching" if self.flow else str(self.scheduler.config.prediction_type)
 
     # -- modules ------------------------------------------------------------------------------------
     @property
@@ -163,7 +171,7 @@ class Family:
             time_ids = torch.tensor(micro, dtype=dtype, device=device)
             extra["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(device, dtype), "time_ids": time_ids}
         prediction = self.denoiser(noisy.to(dtype), timesteps, cond["prompt_embeds"].to(device, dtype), **extra).sample
-        kind = self.scheduler.config.prediction_type
+        kind = self.objective
         target = noise if kind == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
         per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if min_snr_gamma is not None:
@@ -194,6 +202,9 @@ class Family:
 
     def check(self, *, min_snr_gamma: float | None, resolution: int) -> None:
         """Settings this family cannot honour, refused before any work starts."""
+        if self.objective not in ("epsilon", "v_prediction", "flow_matching"):
+            raise InvalidInput(f"model: scheduler prediction_type {self.objective!r} cannot be trained; "
+                               "this recipe trains epsilon or v_prediction models")
         if self.flow and min_snr_gamma is not None:
             raise InvalidInput(f"min_snr_gamma: applies to noise-prediction models; {self.name} trains with flow matching")
         limit = getattr(self.denoiser.config, "pos_embed_max_size", None)

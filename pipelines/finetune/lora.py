@@ -305,7 +305,7 @@ def train(
 
     # 5. Resume: restore every piece of state, then check it belongs to this very run.
     meta = {"base_model_hash": weights.content_hash, "dataset_hash": dataset_hash, "family": weights.family,
-            "config_fingerprint": config.fingerprint(), "method": config.method}
+            "config_fingerprint": config.fingerprint(), "method": config.method, "objective": family.objective}
     start, losses = 0, []
     if resume and existing is not None:
         for key in ("base_model_hash", "dataset_hash", "config_fingerprint"):
