@@ -60,10 +60,11 @@ class Erasure:
     keys: int = 0  # subject keys destroyed
     payload_keys: int = 0  # wrapped data keys dropped
     pseudonyms: list[str] = field(default_factory=list)  # identities unlinked
+    decisions: int = 0  # policy decision records whose actor was replaced by the pseudonym
 
     def to_json(self) -> dict[str, Any]:
         return {"subject": self.subject, "keys_erased": self.keys, "payload_keys_erased": self.payload_keys,
-                "identities_erased": self.pseudonyms}
+                "identities_erased": self.pseudonyms, "decisions_pseudonymised": self.decisions}
 
 
 def _user_email(session: Session, subject: str) -> str | None:
@@ -104,6 +105,7 @@ def erase(session: Session, *, subject: str, actor: audit.Actor | str, reason: s
     subjects, rows = _scope(session, subject)
     if not rows and not _known(session, subjects):
         raise NotFound(f"subject: the audit trail holds no personal data or identity of {subject!r}")
+    decisions = _pseudonymise_decisions(session, rows)  # while the identities can still be read
     # No chain lock needed: an entry sealed concurrently either read the key before this update
     # (its ciphertext is shredded with the key) or reads NULL after it and gets a fresh key.
     result: Any = session.execute(
@@ -115,7 +117,7 @@ def erase(session: Session, *, subject: str, actor: audit.Actor | str, reason: s
         rows[0].pseudonym if rows else "sha256:" + hashlib.sha256(subject.encode()).hexdigest()[:24])
     done = Erasure(subject=named, keys=int(result.rowcount),
                    payload_keys=payload_keys.shred_subject(session, sorted(subjects)),
-                   pseudonyms=identities.erase(session, rows))
+                   pseudonyms=identities.erase(session, rows), decisions=decisions)
     # The reason must not bring an erased address back into the chain (it would get a new pseudonym).
     told = identities.EMAIL_RE.sub("(address removed)", reason.replace(subject, named))
     audit.record(session, actor=actor, action="audit.subject.erase", resource=f"subject:{named}",
@@ -123,6 +125,21 @@ def erase(session: Session, *, subject: str, actor: audit.Actor | str, reason: s
     log.info("erased subject %s: %d key(s), %d data key(s), %d identit(ies)", named, done.keys, done.payload_keys,
              len(done.pseudonyms))
     return done
+
+
+def _pseudonymise_decisions(session: Session, rows: Sequence[Any]) -> int:
+    """Policy decision records (``policy_decisions``, outside the chain) name their actor in clear:
+    replace each of the subject's identities there by its pseudonym, before the identity is gone."""
+    from latentops.governance.tables import PolicyDecision
+
+    revealed = identities.reveal(session, [row.pseudonym for row in rows])
+    changed = 0
+    for pseudonym, identity in revealed.items():
+        if identity:
+            result: Any = session.execute(sa.update(PolicyDecision).where(PolicyDecision.actor == identity)
+                                          .values(actor=pseudonym))
+            changed += int(result.rowcount)
+    return changed
 
 
 def erase_subject(session: Session, *, subject: str, actor: audit.Actor | str, reason: str = "") -> int:

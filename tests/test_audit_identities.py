@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from latentops.core.errors import NotFound
 from latentops.governance import audit, checkpoints, compliance, erasure, identities, verification
+from latentops.governance.tables import PolicyDecision
 from latentops.governance.tables.identity import AuditIdentity
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
@@ -81,6 +82,10 @@ def test_erasure_unlinks_the_identity_shreds_prompts_and_the_chain_verifies(data
                      details={"requested_by": "erin@example.com"}, personal={"prompts": ["erin's garden"]}, subject=subject)
         audit.record(db, actor="frank@example.com", action="job.submit", resource="job:8",
                      personal={"prompts": ["frank's boat"]}, subject="user:999")
+    with session_scope(database_url) as db:  # decision records name their actor outside the chain
+        for who in ("erin@example.com", "frank@example.com"):
+            db.add(PolicyDecision(path="prompt", input_hash="0" * 64, input_masked={}, allow=True, reasons=[],
+                                  rule_ids=[], revision="r" * 64, engine="regopy", actor=who))
     with session_scope(database_url) as db:
         before = db.execute(sa.select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq)).all()
         pseudonym = identities.stored_actor(db, "erin@example.com")
@@ -93,7 +98,10 @@ def test_erasure_unlinks_the_identity_shreds_prompts_and_the_chain_verifies(data
 
     with session_scope(database_url) as db:
         done = erasure.erase(db, subject=subject, actor="dpo@example.com", reason="request 7 from erin@example.com")
-    assert done.keys >= 1 and done.payload_keys == 1 and done.pseudonyms == [pseudonym]
+    assert done.keys >= 1 and done.payload_keys == 1 and done.pseudonyms == [pseudonym] and done.decisions == 1
+    with session_scope(database_url) as db:
+        actors = sorted(db.execute(sa.select(PolicyDecision.actor)).scalars())
+    assert actors == sorted(["frank@example.com", pseudonym])  # hers pseudonymised, his untouched
 
     with session_scope(database_url) as db:
         after = db.execute(sa.select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq)).all()
