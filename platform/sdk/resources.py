@@ -421,10 +421,6 @@ class Datasets:
         """The dataset as a zip (the export is decided by the datasets policy and audited)."""
         return _download(self._http, f"/datasets/{dataset_id}/download", Path(dest), {}, f"dataset-{dataset_id}.zip")
 
-
-def _upload(item: Path | tuple[str, bytes]) -> tuple[str, bytes]:
-    return (item.name, item.read_bytes()) if isinstance(item, Path) else item
-
     def package(self, dataset_id: int) -> Job:
         """Queue a ``dataset_package`` job (cpu queue): the dataset as one zip with manifest and card."""
         return cast(Job, self._http.json("POST", f"/datasets/{dataset_id}/packages"))
@@ -433,6 +429,10 @@ def _upload(item: Path | tuple[str, bytes]) -> tuple[str, bytes]:
         """The zip of a finished ``dataset_package`` job (decided by the datasets policy and audited)."""
         return _download(self._http, f"/datasets/{dataset_id}/packages/{job_id}", Path(dest), {},
                          f"dataset-{dataset_id}-package.zip")
+
+
+def _upload(item: Path | tuple[str, bytes]) -> tuple[str, bytes]:
+    return (item.name, item.read_bytes()) if isinstance(item, Path) else item
 
 
 class Copyright:
