@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import load_file
 from test_finetune_recipe import _release_unscreened, draw_glyphs
 
@@ -18,6 +19,7 @@ from latentops.pipelines.finetune import data, lora
 from latentops.pipelines.finetune.config import build_config
 from latentops.pipelines.finetune.families import Family
 from latentops.pipelines.store import ModelStore
+from latentops.platform.services.generation import render_for_training
 from latentops.platform.services.models import native_resolution
 
 BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 1, "lr": 5e-3,
@@ -33,6 +35,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return draw_glyphs(tmp_path_factory.mktemp("instances"))
+
+
+@pytest.fixture
+def governed(home: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A migrated database and home, for runs that render through the governed generation path."""
+    from latentops.core.settings import get_settings
+
+    monkeypatch.setenv("LATENTOPS_HOME", str(home))
+    monkeypatch.setenv("LATENTOPS_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    get_settings.cache_clear()
+    _release_unscreened(get_settings())
+    yield
+    get_settings.cache_clear()
 
 
 def _weights(models: dict[str, Path], family: str) -> WeightsRef:
@@ -145,10 +161,14 @@ def test_sd2_stopped_and_resumed_ends_bit_identical(models: dict[str, Path], ins
     assert any(k.startswith("text_encoder.") for k in a) and any(k.startswith("unet.") for k in a)
 
 
-def test_sd2_lora_loads_in_stable_diffusion_pipeline_and_through_the_kohya_converter(
-        models: dict[str, Path], instances: Path, tmp_path: Path) -> None:
-    config = build_config({**BASE, "steps": 3, "checkpoint_every": 3, "train_text_encoder": True})
-    result = lora.train(config, weights=_weights(models, "sd2"), instance_dir=instances, out_dir=tmp_path / "run")
+def test_sd2_lora_loads_in_stable_diffusion_pipeline_and_through_the_kohya_converter(  # type: ignore[no-untyped-def]
+        models: dict[str, Path], instances: Path, tmp_path: Path, governed) -> None:
+    config = build_config({**BASE, "steps": 3, "checkpoint_every": 3, "train_text_encoder": True, "samples": True})
+    result = lora.train(config, weights=_weights(models, "sd2"), instance_dir=instances, out_dir=tmp_path / "run",
+                        renderer=render_for_training)
+    # The final samples went through the governed engine with the sd2 LoRA loaded (48 px: the native size).
+    assert result.sample_grid is not None and len(result.samples) == 2
+    assert {Image.open(path).size for path in result.samples} == {(48, 48)}
     keys = load_file(str(result.weights_path)).keys()
     # diffusers' names: the UNet's attention projections (its linear-projection transformer blocks too).
     assert any(".transformer_blocks.0.attn2.to_k." in k for k in keys if k.startswith("unet."))
