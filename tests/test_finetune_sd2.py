@@ -18,7 +18,7 @@ from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import data, lora
 from latentops.pipelines.finetune.config import build_config
 from latentops.pipelines.finetune.families import Family
-from latentops.pipelines.store import ModelStore
+from latentops.pipelines.store import ModelStore, family_of_diffusers
 from latentops.platform.services.generation import render_for_training
 from latentops.platform.services.models import native_resolution
 
@@ -93,6 +93,20 @@ def test_tiny_sd2_keeps_what_tells_sd2_from_sd1_and_is_detected_as_sd2(models: d
     other = tiny.create("sd2", tmp_path / "other", seed=1)
     hashes = [store.inspect(path).content_hash for path in (models["sd2"], again, other)]
     assert hashes[0] == hashes[1] != hashes[2]
+
+
+@pytest.mark.parametrize(("unet", "family"), [
+    ({"cross_attention_dim": 1024, "use_linear_projection": True, "attention_head_dim": [5, 10, 20, 20]}, "sd2"),
+    ({"cross_attention_dim": 1024}, "sd2"),  # an SD 2.0 conversion that predates use_linear_projection
+    ({"cross_attention_dim": 256, "use_linear_projection": True}, "sd2"),  # a narrower SD2 (pruned, tiny)
+    ({"cross_attention_dim": 768, "use_linear_projection": False, "attention_head_dim": 8}, "sd1"),
+    ({"cross_attention_dim": 768}, "sd1"),
+])
+def test_sd2_is_told_from_sd1_by_its_unet_config(tmp_path: Path, unet: dict[str, object], family: str) -> None:
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", **unet}))
+    assert family_of_diffusers(tmp_path) == family
 
 
 def test_sd2_loss_is_against_the_velocity_and_sd1_against_the_noise(models: dict[str, Path], instances: Path) -> None:
