@@ -26,7 +26,7 @@ from latentops.governance import (
 )
 from latentops.platform.cli import audit_evidence, backends, context, output
 from latentops.platform.cli.backends import AuditFilters
-from latentops.platform.cli.backends.local import audit_key_path, audit_sink
+from latentops.platform.cli.backends.audit_files import audit_key_path, audit_sink
 from latentops.platform.cli.jobs import follow_to_success
 
 audit_app = typer.Typer(help="The tamper-evident audit trail: verify it, sign checkpoints, prove and export.",

@@ -11,17 +11,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
 from latentops.platform.cli import context
+from latentops.platform.cli.backends.audit_files import (
+    audit_key_path,
+    audit_keyring,
+    audit_sink,
+    compliance_filters,
+)
 from latentops.platform.cli.backends.base import AuditFilters, GenerateOptions
 from latentops.platform.cli.backends.local_cpu import LocalCpuJobs
 from latentops.platform.services.finetune_request import Request as FinetuneRequest
-
-if TYPE_CHECKING:
-    from latentops.governance.checkpoints import CheckpointSink, Keyring
 
 T = TypeVar("T")
 
@@ -276,7 +279,7 @@ class LocalBackend(LocalCpuJobs):
         from latentops.governance import compliance, erasure
 
         with context.session() as db:
-            page = compliance.query(db, filters=_compliance_filters(filters), after=after, limit=limit, reveal=reveal)
+            page = compliance.query(db, filters=compliance_filters(filters), after=after, limit=limit, reveal=reveal)
             if not reveal:
                 return {"entries": page.entries, "next_after": page.next_after}
             # The console holds the console roles (admin); the reveal is recorded with who asked.
@@ -332,7 +335,7 @@ class LocalBackend(LocalCpuJobs):
         """Sign a fresh checkpoint, write the entries with proofs and ``OUT.proofs.json``, record the export."""
         from latentops.governance import audit, checkpoints, compliance
 
-        chosen = _compliance_filters(filters)
+        chosen = compliance_filters(filters)
         key_path = audit_key_path(key)
         signing_key = checkpoints.load_or_create_signing_key(key_path)
         keyring = checkpoints.signing_keyring(key_path)
@@ -417,37 +420,3 @@ class LocalBackend(LocalCpuJobs):
             outcome = screening.screen(db, settings=context.settings(), image=image, name=str(image),
                                        actor=context.actor(), team=team)
             return outcome.to_json()
-
-
-def audit_key_path(key: Path | None) -> Path:
-    """The audit signing key given, else this machine's (``LATENTOPS_AUDIT_SIGNING_KEY``)."""
-    from latentops.governance import checkpoints
-
-    return key or checkpoints.default_key_path(context.settings())
-
-
-def audit_sink(location: str | None) -> CheckpointSink:
-    """The checkpoint sink given, else this machine's (``LATENTOPS_AUDIT_SINK``)."""
-    from latentops.governance import checkpoints
-
-    return checkpoints.open_sink(location or checkpoints.default_sink_location(context.settings()))
-
-
-def audit_keyring(paths: list[Path] | None) -> Keyring:
-    """The public keys given (each file may hold several), else the keyring beside the signing key."""
-    from latentops.governance import checkpoints
-
-    if paths:
-        keys: Keyring = {}
-        for path in paths:
-            keys.update(checkpoints.load_public_keys(path))
-        return keys
-    return checkpoints.signing_keyring(checkpoints.default_key_path(context.settings()))
-
-
-def _compliance_filters(filters: AuditFilters) -> Any:
-    from latentops.governance import compliance
-
-    return compliance.Filters(since=compliance.parse_time(filters.since, "since"),
-                              until=compliance.parse_time(filters.until, "until"), actor=filters.actor,
-                              action=filters.action, resource=filters.resource, outcome=filters.outcome)
