@@ -27,6 +27,7 @@ from typing import Self
 import httpx
 
 from latentops.client import resources, types
+from latentops.client.audit import Audit
 from latentops.client.http import DEFAULT_TIMEOUT_S, SERVER_ENV, TOKEN_ENV, Http, from_environment
 from latentops.core.errors import (
     AuthenticationFailed,
@@ -75,7 +76,7 @@ class Client:
         self.models = resources.Models(self.http)
         self.jobs = resources.Jobs(self.http)
         self.finetune = resources.Finetune(self.http)
-        self.audit = resources.Audit(self.http)
+        self.audit = Audit(self.http)
         self.policies = resources.Policies(self.http)
         self.quarantine = resources.Quarantine(self.http)
         self.assets = resources.Assets(self.http)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -143,3 +145,25 @@ def from_environment(server: str | None = None, token: str | None = None) -> tup
     if not found_server:
         raise errors.InvalidInput(f"server: no server URL given (pass one or set {SERVER_ENV})")
     return found_server, token or os.environ.get(TOKEN_ENV, "")
+
+
+_FILENAME = re.compile(r'filename="([^"/\\]+)"')
+CHUNK = 1024 * 1024
+
+
+def download(http: Http, path: str, dest: Path, params: dict[str, Any], default_name: str,
+              method: str = "GET") -> Path:
+    """Stream ``path`` into ``dest`` (a folder takes the server's file name); a partial file is removed."""
+    with http.stream(method, path, params=params, timeout=None) as response:
+        found = _FILENAME.search(response.headers.get("content-disposition", ""))
+        target = dest / (found.group(1) if found else default_name) if dest.is_dir() else dest
+        partial = target.with_name(target.name + ".part")
+        try:
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes(CHUNK):
+                    handle.write(chunk)
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    return target

@@ -1,5 +1,6 @@
 """One class per REST resource: auth, tokens, users and teams, models and grants, jobs, fine-tuning,
-audit, policies, quarantine, assets, generations, datasets, the copyright reference index and screening.
+policies, quarantine, assets, generations, datasets, the copyright reference index and screening (the
+audit trail is ``latentops.client.audit``).
 
 Methods mirror the routes of ``docs/api.md`` one to one and return their JSON (typed in
 ``latentops.client.types``). Streams stay streams: a model download and an audit export are
@@ -9,7 +10,6 @@ written to disk chunk by chunk, a job's progress is an iterator over its Server-
 from __future__ import annotations
 
 import builtins
-import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,9 +17,8 @@ from typing import Any, cast
 from urllib.parse import quote
 
 from latentops.client.admin import PolicyData, ScreeningAdmin
-from latentops.client.http import Http, server_events
+from latentops.client.http import Http, download, server_events
 from latentops.client.types import (
-    AuditPage,
     Decision,
     Grant,
     Job,
@@ -32,7 +31,6 @@ from latentops.client.types import (
     ProtectedName,
     ProtectedNamesEdit,
     ProtectedNamesPage,
-    PublicKeys,
     QuarantinedImage,
     Reference,
     ReferenceImport,
@@ -42,31 +40,10 @@ from latentops.client.types import (
     Team,
     Token,
     User,
-    VerifyReport,
 )
 from latentops.core.errors import InvalidInput, ServiceUnavailable
 
 _NAMES = "/policies/prompt/protected-names"
-_FILENAME = re.compile(r'filename="([^"/\\]+)"')
-CHUNK = 1024 * 1024
-
-
-def _download(http: Http, path: str, dest: Path, params: dict[str, Any], default_name: str,
-              method: str = "GET") -> Path:
-    """Stream ``path`` into ``dest`` (a folder takes the server's file name); a partial file is removed."""
-    with http.stream(method, path, params=params, timeout=None) as response:
-        found = _FILENAME.search(response.headers.get("content-disposition", ""))
-        target = dest / (found.group(1) if found else default_name) if dest.is_dir() else dest
-        partial = target.with_name(target.name + ".part")
-        try:
-            with partial.open("wb") as handle:
-                for chunk in response.iter_bytes(CHUNK):
-                    handle.write(chunk)
-            partial.replace(target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-    return target
 
 
 class Auth:
@@ -156,7 +133,7 @@ class Models:
 
     def download(self, name: str, dest: Path, *, version: int | None = None) -> Path:
         """Stream the weights to ``dest`` (a folder or a file path); needs a ``download`` grant."""
-        return _download(self._http, f"/models/{name}/download", Path(dest), {"version": version}, f"{name}.tar")
+        return download(self._http, f"/models/{name}/download", Path(dest), {"version": version}, f"{name}.tar")
 
 
 class Jobs:
@@ -243,72 +220,6 @@ class Finetune:
         if captions is not None:
             form["captions"] = list(captions)
         return cast(Job, self._http.json("POST", "/finetune", data=form, files=files))
-
-
-class Audit:
-    def __init__(self, http: Http) -> None:
-        self._http = http
-
-    def query(self, *, since: str | None = None, until: str | None = None, actor: str | None = None,
-              action: str | None = None, resource: str | None = None, outcome: str | None = None,
-              after: int | None = None, limit: int = 50, reveal: bool = False) -> AuditPage:
-        """One page in sequence order; pass ``next_after`` back as ``after`` for the next. Actors are
-        pseudonyms; ``reveal`` (compliance officers and admins; recorded in the trail) adds each
-        entry's ``identity`` and the page's ``identities`` (pseudonym -> identity, None once erased)."""
-        params = {"since": since, "until": until, "actor": actor, "action": action, "resource": resource,
-                  "outcome": outcome, "after": after, "limit": limit}
-        if reveal:  # a POST: the reveal writes an audit entry
-            return cast(AuditPage, self._http.json("POST", "/audit/entries/reveal", params=params))
-        return cast(AuditPage, self._http.json("GET", "/audit/entries", params=params))
-
-    def verify(self) -> VerifyReport:
-        """Recompute the chain and the Merkle tree on the server and check every checkpoint (audited)."""
-        return cast(VerifyReport, self._http.json("POST", "/audit/verify", timeout=None))
-
-    def checkpoint(self, *, force: bool = False) -> dict[str, Any]:
-        """Sign the current tree; the latest checkpoint comes back unchanged when nothing was added, unless ``force``."""
-        return cast(dict[str, Any], self._http.json("POST", "/audit/checkpoints", params={"force": force or None}))
-
-    def public_keys(self) -> PublicKeys:
-        """The checkpoint public keys as PEM: the current key and the keyring (rotated-out keys too)."""
-        return cast(PublicKeys, self._http.json("GET", "/audit/public-keys"))
-
-    def inclusion(self, seq: int) -> dict[str, Any]:
-        return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/inclusion", params={"seq": seq}))
-
-    def consistency(self, old: int, new: int) -> dict[str, Any]:
-        return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/consistency", params={"old": old, "new": new}))
-
-    def consistency_from(self, from_size: int) -> dict[str, Any]:
-        """Consistency proofs from tree size ``from_size`` (an export's) to every later signed checkpoint."""
-        return cast(dict[str, Any], self._http.json("GET", "/audit/proofs/later", params={"from_size": from_size}))
-
-    def export(self, dest: Path, *, format: str = "jsonl", since: str | None = None, until: str | None = None,
-               actor: str | None = None, action: str | None = None, resource: str | None = None,
-               outcome: str | None = None, name: str | None = None) -> Path:
-        """Download the evidence zip (entries with proofs, signed checkpoint, public keys) to ``dest``;
-        ``name`` names the entries file inside it (default ``audit.<format>``)."""
-        params = {"format": format, "since": since, "until": until, "actor": actor, "action": action,
-                  "resource": resource, "outcome": outcome, "name": name}
-        # A POST: the export signs a checkpoint and writes an audit entry.
-        return _download(self._http, "/audit/export", Path(dest), params, "latentops-audit-export.zip", method="POST")
-
-    def queue_export(self, *, format: str = "jsonl", since: str | None = None, until: str | None = None,
-                     actor: str | None = None, action: str | None = None, resource: str | None = None,
-                     outcome: str | None = None, name: str | None = None) -> Job:
-        """Queue the same export as an ``audit_export`` job on the cpu queue; follow it with
-        ``jobs.wait`` and fetch its zip with :meth:`download_export`."""
-        params = {"format": format, "since": since, "until": until, "actor": actor, "action": action,
-                  "resource": resource, "outcome": outcome, "name": name}
-        return cast(Job, self._http.json("POST", "/audit/exports", params=params))
-
-    def download_export(self, job_id: int, dest: Path) -> Path:
-        """The zip of a finished ``audit_export`` job (``dest``: a file, or a folder for the server's name)."""
-        return _download(self._http, f"/audit/exports/{job_id}", Path(dest), {}, f"latentops-audit-export-{job_id}.zip")
-
-    def evidence(self, dest: Path, *, start: str, end: str) -> Path:
-        """The evidence pack of ``[start, end)`` to ``dest`` (docs/audit.md#evidence-pack); signs and is audited."""
-        return _download(self._http, "/audit/evidence", Path(dest), {"from": start, "to": end}, "evidence.zip", method="POST")
 
 
 class Policies(PolicyData):
@@ -419,7 +330,7 @@ class Datasets:
 
     def download(self, dataset_id: int, dest: Path) -> Path:
         """The dataset as a zip (the export is decided by the datasets policy and audited)."""
-        return _download(self._http, f"/datasets/{dataset_id}/download", Path(dest), {}, f"dataset-{dataset_id}.zip")
+        return download(self._http, f"/datasets/{dataset_id}/download", Path(dest), {}, f"dataset-{dataset_id}.zip")
 
     def package(self, dataset_id: int) -> Job:
         """Queue a ``dataset_package`` job (cpu queue): the dataset as one zip with manifest and card."""
@@ -427,7 +338,7 @@ class Datasets:
 
     def download_package(self, dataset_id: int, job_id: int, dest: Path) -> Path:
         """The zip of a finished ``dataset_package`` job (decided by the datasets policy and audited)."""
-        return _download(self._http, f"/datasets/{dataset_id}/packages/{job_id}", Path(dest), {},
+        return download(self._http, f"/datasets/{dataset_id}/packages/{job_id}", Path(dest), {},
                          f"dataset-{dataset_id}-package.zip")
 
 
