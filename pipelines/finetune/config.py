@@ -66,6 +66,8 @@ class LoraConfig(BaseModel):
     optimizer: Optimizer = "auto"
     crop: Crop = "center"
     flip: bool = True
+    caption_dropout: float = Field(default=0.0, ge=0, le=1)  # share of instance samples trained on the empty prompt
+    validation_split: float = Field(default=0, ge=0, le=100_000)  # held-out images: a fraction below 1, or a count
     validation_prompts: tuple[str, ...] = ()
     validation_every: int = Field(default=0, ge=0, le=100_000)  # 0: only the final sample grid
     samples: bool = True  # render the final sample grid (through the governed generation path)
@@ -84,6 +86,13 @@ class LoraConfig(BaseModel):
     def _multiple_of_8(cls, value: int) -> int:
         if value % 8:
             raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @field_validator("validation_split")
+    @classmethod
+    def _fraction_or_count(cls, value: float) -> float:
+        if value >= 1 and not float(value).is_integer():
+            raise ValueError("must be a fraction below 1 or a whole number of images")
         return value
 
     @model_validator(mode="after")
@@ -107,11 +116,13 @@ class LoraConfig(BaseModel):
         """SHA-256 of the config: what must match for a checkpoint to be resumed.
 
         A single-process config hashes without ``processes``, as it did before the setting
-        existed, so checkpoints of earlier runs still resume.
+        existed, so checkpoints of earlier runs still resume; so do ``caption_dropout`` and
+        ``validation_split`` at their defaults (off).
         """
         values = self.model_dump(mode="json")
-        if values["processes"] == 1:
-            del values["processes"]
+        for key, default in (("processes", 1), ("caption_dropout", 0.0), ("validation_split", 0)):
+            if values[key] == default:
+                del values[key]
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
     def params(self) -> dict[str, Any]:

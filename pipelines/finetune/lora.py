@@ -39,7 +39,7 @@ import torch
 from latentops.core.errors import Conflict, InvalidInput
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import checkpoint as ckpt
-from latentops.pipelines.finetune import data, distributed, interop, launcher, outputs, validation
+from latentops.pipelines.finetune import data, distributed, heldout, interop, launcher, outputs, validation
 from latentops.pipelines.finetune.cache import FeatureCache
 from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import LoraConfig
@@ -142,13 +142,14 @@ class _Stream:
 
 def _batch(family: Family, cache: FeatureCache, stream: _Stream, samples: list[data.Sample], device: torch.device,
            generator: torch.Generator, text_cache: dict[str, dict[str, torch.Tensor]] | None,
-           ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[tuple[int, int, int, int, int, int]]]:
+           dropped: frozenset[int] = frozenset()) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[tuple[int, int, int, int, int, int]]]:
     entries = [_latents(family, cache, stream.folder, stream.images[s.index], s.transform, min_side=stream.min_side)
                for s in samples]
     mean = torch.stack([e["mean"] for e in entries])
     std = torch.stack([e["std"] for e in entries])
     latents = family.to_model_latents(mean, std, generator)
-    captions = [stream.images[s.index].caption for s in samples]
+    # A dropped caption (caption_dropout) trains on the empty prompt's conditioning.
+    captions = [heldout.EMPTY_PROMPT if i in dropped else stream.images[s.index].caption for i, s in enumerate(samples)]
     if text_cache is not None:
         cond = {k: torch.stack([text_cache[c][k] for c in captions]) for k in text_cache[captions[0]]}
     else:
@@ -211,6 +212,7 @@ def train(
     images = data.require_instances(instance_dir, instance_prompt=config.instance_prompt)
     _, refused = data.load_instances(instance_dir, instance_prompt=config.instance_prompt)
     dataset_hash = data.dataset_hash(images)
+    images, held = heldout.split(images, config.validation_split, seed=config.seed)  # held out: never in the plan
     plan_args = {"steps": config.steps, "batch_size": config.batch_size * world, "resolution": config.resolution,
                  "crop": config.crop, "flip": config.flip}
     streams = [_Stream(Path(instance_dir), images, data.batch_plan(images, seed=config.seed, **plan_args), 1.0,
@@ -248,10 +250,14 @@ def train(
                 _latents(family, cache, stream.folder, stream.images[sample.index], sample.transform, min_side=stream.min_side)
     text_cache = None
     if not config.train_text_encoder:
-        captions = {image.caption for stream in streams for image in stream.images}
+        captions = {image.caption for stream in streams for image in stream.images} | {i.caption for i in held}
+        captions |= {heldout.EMPTY_PROMPT} if config.caption_dropout else set()
         text_cache = {c: _conditioning(family, cache, c, device) for c in sorted(captions)}
         for encoder in family.all_text_encoders():
             encoder.to("cpu")  # not needed again until validation renders
+    held_loss = heldout.HeldOutLoss(family, held, [_latents(family, cache, Path(instance_dir), i, heldout.transform(
+        i, config.resolution), min_side=data.MIN_SIDE) for i in held], resolution=config.resolution,
+        batch_size=config.batch_size, seed=config.seed) if held and main else None
     family.vae.to("cpu")
     if main:
         distributed.barrier(process)
@@ -287,7 +293,9 @@ def train(
         total = torch.zeros((), device=device)
         for stream in streams:
             samples = distributed.share(stream.plan[step - 1], rank, config.batch_size)
-            latents, cond, micro = _batch(family, cache, stream, samples, device, generator, text_cache)
+            dropped = heldout.dropped_slots(config.seed, step, rank * config.batch_size, len(samples), config.caption_dropout) \
+                if config.caption_dropout and stream is streams[0] else frozenset()  # instance captions only
+            latents, cond, micro = _batch(family, cache, stream, samples, device, generator, text_cache, dropped)
             with accelerator.autocast():
                 per_sample = family.loss(latents, cond, generator=generator, micro=micro, noise_offset=config.noise_offset,
                                          min_snr_gamma=config.min_snr_gamma, dtype=dtype)
@@ -305,8 +313,9 @@ def train(
 
     # 5. Resume: restore every piece of state, then check it belongs to this very run.
     meta = {"base_model_hash": weights.content_hash, "dataset_hash": dataset_hash, "family": weights.family,
-            "config_fingerprint": config.fingerprint(), "method": config.method, "objective": family.objective}
-    start, losses = 0, []
+            "config_fingerprint": config.fingerprint(), "method": config.method, "objective": family.objective,
+            **({"heldout_images": [i.file for i in held]} if held else {})}
+    start, losses, val_losses = 0, [], []
     if resume and existing is not None:
         for key in ("base_model_hash", "dataset_hash", "config_fingerprint"):
             if existing.state.get(key) != meta[key]:
@@ -323,6 +332,7 @@ def train(
         ckpt.restore_rng(ckpt.read_torch(existing, "rng.pt"))
         streams[0].plan = data.plan_from_json(existing.state["plan"])
         start, losses = existing.step, list(existing.state.get("losses", []))
+        val_losses = [(int(s), float(v)) for s, v in existing.state.get("val_losses", [])]
         hooks.log(f"resuming from checkpoint at step {start}")
     if tracker is not None:
         tracker.start(config=config, meta={**meta, "optimizer": optimizer_name, "mixed_precision": precision,
@@ -332,7 +342,8 @@ def train(
     def save_checkpoint(step: int) -> None:
         ckpt.save(checkpoints, step=step, trainable=named, optimizer=optimizer.state_dict(),
                   scheduler=lr_scheduler.state_dict(), ema=ema, keep=config.keep_checkpoints,
-                  state={**meta, "config": config.params(), "plan": data.plan_to_json(streams[0].plan), "losses": losses})
+                  state={**meta, "config": config.params(), "plan": data.plan_to_json(streams[0].plan), "losses": losses,
+                         "val_losses": val_losses})
 
     # 6. The loop. Several processes: each step starts with the ranks' stop vote (in hooks.check_cancelled),
     #    and the loss and the number of images trained are summed over ranks before the backward pass.
@@ -376,6 +387,11 @@ def train(
         metrics = {"loss": loss_value, "lr": float(lr_scheduler.get_last_lr()[0]), "step_time_s": elapsed,
                    "images_per_s": seen * len(streams) / elapsed if elapsed > 0 else 0.0,
                    "peak_memory_mb": _peak_memory_mb(device)}
+        if held_loss is not None and (step == config.steps or (config.validation_every and step % config.validation_every == 0)):
+            val_losses.append((step, held_loss(text=text_cache or (lambda c: family.encode(c, device)), dtype=dtype,
+                                               autocast=accelerator.autocast, noise_offset=config.noise_offset,
+                                               min_snr_gamma=config.min_snr_gamma)))
+            metrics["val_loss"] = val_losses[-1][1]
         if tracker is not None:
             tracker.metrics(step, metrics)
         if step % config.checkpoint_every == 0 or step == last:
@@ -387,7 +403,7 @@ def train(
                 outputs.validation_images(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir,
                                           step=step, device=device, job_id=job_id, renderer=renderer)
             distributed.barrier(process)
-        hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"])
+        hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"], **({"val_loss": val_losses[-1][1]} if val_losses else {}))
     stopped_early = last < config.steps
     loop_seconds = time.time() - loop_started if loop_started else 0.0
     seconds_per_step = sum(step_times) / len(step_times) if step_times else 0.0
@@ -411,7 +427,7 @@ def train(
         dataset_hash=dataset_hash, samples=samples, sample_grid=grid_path, seconds_per_step=seconds_per_step,
         step_times=step_times, first_step_at=loop_started, loop_seconds=loop_seconds, images_per_second=(seen * len(streams) / seconds_per_step) if seconds_per_step else 0.0,
         peak_memory_mb=_peak_memory_mb(device), optimizer=optimizer_name, mixed_precision=precision,
-        processes=world, effective_batch_size=seen,
+        processes=world, effective_batch_size=seen, val_losses=val_losses,
     )
     if main:
         (out_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))

@@ -77,6 +77,7 @@ class TrainingResult:
     mixed_precision: str = "no"
     processes: int = 1
     effective_batch_size: int = 0  # images per step over all processes, as counted by the ranks
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss); none without a split
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "samples" else v)

@@ -35,7 +35,7 @@ from latentops.core.errors import InvalidInput, NotFound
 from latentops.core.settings import Settings
 from latentops.governance import audit, copyright, normalize, policy
 from latentops.pipelines.engine import WeightsRef
-from latentops.pipelines.finetune import data, dreambooth, interop, tracking
+from latentops.pipelines.finetune import data, dreambooth, heldout, interop, tracking
 from latentops.pipelines.finetune.config import FinetuneConfig, build_config
 from latentops.pipelines.finetune.lora import Hooks, TrainingResult
 from latentops.platform.database import session_scope
@@ -118,6 +118,7 @@ def preflight(session: Session, *, settings: Settings, actor: audit.Actor | str,
         raise InvalidInput(f"name: {adapter_name!r} is not a valid adapter name (lowercase letters, digits, '.', '-', '_')")
     # 2. Images: nothing is queued for a folder without one valid image.
     images = data.require_instances(Path(request.instance_dir), instance_prompt=config.instance_prompt)
+    heldout.split(images, config.validation_split, seed=config.seed)  # a split that leaves none to train is refused
     team_row = teams.resolve(session, actor, request.team)
     team, team_id = (team_row.name, team_row.id) if team_row else ("", None)
     # 3. Copyright screening of each upload (normalised pixels, so 16-bit and CMYK files screen too).
@@ -241,7 +242,8 @@ def _summary(result: TrainingResult, adapter: LoraAdapter, tracker: tracking.Mlf
             "final_loss": result.final_loss, "resumed_from": result.resumed_from,
             "mlflow_run_id": tracker.run_id if tracker else None, "mlflow_model_uri": adapter.mlflow_model_uri,
             "seconds_per_step": result.seconds_per_step, "first_step_at": result.first_step_at,
-            "loop_seconds": result.loop_seconds, "losses": _thinned(result.losses)}
+            "loop_seconds": result.loop_seconds, "losses": _thinned(result.losses),
+            "val_losses": [[step, value] for step, value in result.val_losses]}
 
 
 def _thinned(values: list[float], points: int = 200) -> list[float]:
