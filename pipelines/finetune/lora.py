@@ -400,8 +400,10 @@ def train(
             distributed.barrier(process)
         if config.validation_every and step % config.validation_every == 0 and step < config.steps:
             if main:
-                outputs.validation_images(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir,
-                                          step=step, device=device, job_id=job_id, renderer=renderer)
+                shown = outputs.validation_images(family, named, ema=ema, weights=weights, config=config, out_dir=out_dir,
+                                                  step=step, device=device, job_id=job_id, renderer=renderer)
+                if tracker is not None:  # the released images of this step go to the run (tracking.VALIDATION_IMAGES)
+                    tracker.metrics(step, {"validation_images": float(len(shown))})
             distributed.barrier(process)
         hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"], **({"val_loss": val_losses[-1][1]} if val_losses else {}))
     stopped_early = last < config.steps

@@ -4,9 +4,15 @@
   a crash, a retry) find that run and continue it instead of opening another. Without a job id
   (a local ``finetune run``) the run is found by the output folder.
 * **Params**: every config value, plus base model hash, dataset hash, family, optimizer and
-  precision. **Metrics** per step: loss, lr, step time, images/s, peak memory.
+  precision. **Metrics** per step: loss, lr, step time, images/s, peak memory; ``val_loss`` (the
+  held-out loss, see :mod:`heldout`) at each evaluation.
 * **Artifacts**: the LoRA weights (diffusers and kohya layouts), the sample grid and samples, the
-  config and the data manifest.
+  config and the data manifest; the validation images of each ``validation_every`` step as they
+  are rendered, under ``validation/step-NNNNNN/``. The recipe reports them as the metric
+  ``validation_images`` (how many the governed renderer released) once they are on disk in the
+  output folder, which is shared by every process of a run: that call is what uploads them, so it
+  reaches this tracker through the same relay as every other metric of a multi-process run. Only
+  released images are ever written there (a quarantined one never reaches the run).
 * **Registry**: the LoRA is logged with MLflow's ``mlflow.diffusers`` flavour (adapter weights plus
   the base model's local path; a ``python_function`` flavour rides along) and registered as a
   version of the adapter's registered model, with lineage tags (job id, policy decision ids,
@@ -33,6 +39,7 @@ JOB_TAG = "latentops.job_id"
 OUT_TAG = "latentops.out_dir"
 MODEL_ARTIFACT = "lora_model"
 CANDIDATE, PRODUCTION = "candidate", "production"
+VALIDATION_IMAGES = "validation_images"  # the metric that says a step's validation images are on disk
 
 
 def client(tracking_uri: str) -> Any:
@@ -98,6 +105,18 @@ class MlflowTracker:
 
         stamp = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in values.items()])
+        if VALIDATION_IMAGES in values:
+            self.validation_images(step)
+
+    def validation_images(self, step: int) -> list[str]:
+        """Upload the released validation images of ``step`` as ``validation/step-NNNNNN/sample-NNN.png``."""
+        assert self.run_id is not None
+        name = f"step-{step:06d}"
+        logged = []
+        for path in sorted((self.out_dir / "validation" / name).glob("sample-*.png")):
+            self.client.log_artifact(self.run_id, str(path), f"validation/{name}")
+            logged.append(f"validation/{name}/{path.name}")
+        return logged
 
     def finish(self, *, result: TrainingResult) -> None:
         assert self.run_id is not None

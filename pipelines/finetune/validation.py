@@ -82,7 +82,12 @@ def grid(images: list[Image.Image], *, columns: int | None = None) -> Image.Imag
 
 
 def save_images(images: list[Image.Image], folder: Path, prefix: str) -> list[Path]:
+    """``images`` as ``folder/PREFIX-NNN.png``. Files of an earlier render there (an attempt that died
+    after rendering) are removed first, so the folder holds exactly this render's released images:
+    the run logs the folder to MLflow, and a quarantined image must never reach it."""
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{prefix}-*.png"):
+        stale.unlink()
     paths = []
     for index, image in enumerate(images):
         path = folder / f"{prefix}-{index:03d}.png"
