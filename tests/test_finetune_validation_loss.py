@@ -133,3 +133,29 @@ def test_a_job_whose_split_leaves_nothing_to_train_is_refused_before_screening( 
         assert db.scalar(sa.select(sa.func.count()).select_from(PolicyDecision)) == decisions
     assert not (settings.home / "artifacts" / "finetune-uploads").exists()
     get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_finetune_run_reports_val_loss_and_refuses_a_split_that_leaves_nothing(  # type: ignore[no-untyped-def]
+        weights: WeightsRef, instances: Path, tmp_path: Path, settings_env, cli) -> None:
+    from latentops.platform.database import session_scope
+    from latentops.platform.services import models as models_service
+
+    with session_scope(settings_env.database_url) as db:
+        models_service.import_model(db, source=weights.path, name="tiny", actor="cli:tester",
+                                    store_root=settings_env.model_store, sensitivity="public")
+    job = tmp_path / "job.toml"
+    job.write_text(f'[finetune]\nmodel = "tiny"\ninstance-dir = "{instances}"\ninstance-prompt = "a sks glyph"\n'
+                   'steps = 3\nrank = 4\nresolution = 32\nsamples = false\nvalidation-split = 0.34\n'
+                   'attest-licence = true\nattest-consent = true\n')
+    done = cli("finetune", "run", "--config", str(job), "--out", str(tmp_path / "out"), "--no-track")
+    assert done.returncode == 0, done.stderr
+    assert "val_loss " in done.stderr and ", val_loss " in done.stdout  # the progress bar and the last line
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert [step for step, _ in result["val_losses"]] == [3]
+    assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["heldout_images"]) == 2
+    job.write_text(job.read_text().replace("validation-split = 0.34", "validation-split = 6"))
+    refused = cli("finetune", "run", "--config", str(job), "--out", str(tmp_path / "o2"))
+    assert refused.returncode == 1
+    assert "validation_split: 6 holds out 6 of the 6 instance image(s), leaving none to train on" in refused.stderr
+    assert not (tmp_path / "o2").exists()

@@ -86,7 +86,8 @@ class _ProgressHooks:
         self.task = self.bar.add_task("train", total=None, loss="", visible=False)
 
     def progress(self, step: int, total: int, **metrics: float) -> None:
-        self.bar.update(self.task, completed=step, total=total, loss=f"loss {metrics.get('loss', 0.0):.4f}", visible=True)
+        shown = f"loss {metrics.get('loss', 0.0):.4f}" + (f"  val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else "")
+        self.bar.update(self.task, completed=step, total=total, loss=shown, visible=True)
 
     def log(self, message: str) -> None:
         self.bar.console.print(message, highlight=False)
@@ -130,8 +131,9 @@ def run(
     elif "stopped_at" in result:
         output.say(f"stopped after step {result['stopped_at']}; continue with --resume")
     else:
+        held = f", val_loss {result['val_losses'][-1][1]:.4f}" if result.get("val_losses") else ""
         output.say(f"adapter {result['adapter']} v{result['adapter_version']}: {result['weights']} "
-                   f"(final loss {result['final_loss']:.4f})")
+                   f"(final loss {result['final_loss']:.4f}{held})")
 
 
 @finetune_app.command("submit")
