@@ -34,7 +34,8 @@ what runs and records:
   and whatever runs after the last step are outside it;
 * the loss passed to ``Accelerator.backward`` at every step (both trainers call it once per step);
 * peak allocated memory: on CUDA ``torch.cuda.max_memory_allocated`` over the whole process (a reset by
-  the trainer is read first) and over the training steps after the first; on the CPU the peak RSS.
+  the trainer is read first) and over the training steps after the first; on the CPU the peak RSS;
+* the number of parameters the optimizer steps (the LoRA matrices: each trainer picks its own layers).
 
 Once the last step is recorded the probe ends the process (``--full-runs`` lets both finish and write
 their outputs). A side that fails is reported with the tail of its log and its family's remaining rounds
@@ -65,6 +66,7 @@ LR = 1e-4
 WEIGHT_DECAY = 1e-2
 MAX_GRAD_NORM = 1.0
 IMAGES = 5
+UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # the layers latentops puts LoRA on (families.UNET_TARGETS)
 
 
 @dataclass
@@ -84,9 +86,12 @@ class Family:
 
 def families(dry_run: bool, sizes: argparse.Namespace) -> dict[str, Family]:
     """The benchmark's families; ``dry_run``: the tiny models at 64 px, batch 1, rank 4, 4 steps."""
-    # The FLUX peer's defaults differ from what latentops trains with; these make them the same:
-    # T5 prompt length 128 (ours) instead of 512, and guidance 1 (ours) instead of 3.5.
+    # The FLUX peer's defaults differ from what latentops trains with; these make them the same: T5 prompt
+    # length 128 (ours) instead of 512, guidance 1 (ours) instead of 3.5, and LoRA on the attention's
+    # q, k, v and output projections as ours (its default adds the context projections and the feed-forwards).
     flux_extra = ["--max_sequence_length", "128", "--guidance_scale", "1.0"]
+    if not sizes.peer_default_layers:
+        flux_extra += ["--lora_layers", ",".join(UNET_TARGETS)]
     if dry_run:
         steps, warmup = sizes.steps or 4, 1
         return {
@@ -304,6 +309,7 @@ def probe(result_path: Path, steps: int, full_run: bool, target: list[str]) -> N
     stamps: list[float] = []
     losses: list[Any] = []
     peaks = {"process": 0.0, "train": 0.0}
+    trained = {"parameters": 0}
 
     def allocated_peak() -> float:
         return torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
@@ -312,6 +318,7 @@ def probe(result_path: Path, steps: int, full_run: bool, target: list[str]) -> N
         peaks["process"] = max(peaks["process"], allocated_peak())
         peaks["train"] = allocated_peak() if len(stamps) > 1 else 0.0
         record = {"stamps": stamps, "losses": [float(v) for v in losses], "cuda": cuda,
+                  "trainable_parameters": trained["parameters"],
                   "peak_allocated_mb": peaks["process"] if cuda else None,
                   "train_peak_allocated_mb": peaks["train"] if cuda else None,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -329,6 +336,8 @@ def probe(result_path: Path, steps: int, full_run: bool, target: list[str]) -> N
 
     def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
         stamps.append(time.perf_counter())
+        if len(stamps) == 1:
+            trained["parameters"] = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
         if cuda and len(stamps) == 1:  # from here on: the peak of the training steps after the first
             peaks["process"] = max(peaks["process"], allocated_peak())
             original_reset()
@@ -379,6 +388,7 @@ class Run:
     peak_allocated_mb: float | None = None
     train_peak_allocated_mb: float | None = None
     peak_rss_mb: float | None = None
+    trainable_parameters: int = 0
     error: str | None = None
     device: str | None = None
 
@@ -437,6 +447,7 @@ def run_side(side: str, spec: Family, command: list[str], result: Path, log: Pat
     run.losses = record["losses"]
     run.peak_allocated_mb, run.train_peak_allocated_mb = record["peak_allocated_mb"], record["train_peak_allocated_mb"]
     run.peak_rss_mb, run.device = record["peak_rss_mb"], record["device"]
+    run.trainable_parameters = record["trainable_parameters"]
     return run
 
 
@@ -472,6 +483,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peers", default=os.environ.get("PEERS"), help="Folder of diffusers' scripts (default shared/peers).")
     parser.add_argument("--work", default=None, help="Scratch folder for models and runs (default: a temporary one, removed).")
     parser.add_argument("--full-runs", action="store_true", help="Let each run finish and write its outputs.")
+    parser.add_argument("--peer-default-layers", action="store_true",
+                        help="Let the FLUX script put LoRA on its default layers (more than latentops trains).")
     parser.add_argument("--sdxl-transformer-layers", type=_pairs, default=(1, 2, 4),
                         help="SDXL transformer layers per down block (real: 1,2,10; default 1,2,4).")
     parser.add_argument("--flux-double-blocks", type=int, default=2, help="FLUX double-stream blocks (real: 19).")
@@ -525,6 +538,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                  "first); train_peak_allocated_mb: over the steps after the first",
             "peak_rss_mb": "peak resident memory of the process (getrusage)",
             "losses": "the loss passed to Accelerator.backward at each step",
+            "trainable_parameters": "parameters the optimizer steps (the LoRA matrices)",
             "ratio": "peer s/step / latentops s/step (median over rounds); above 1: latentops is faster",
         },
         "families": {}, "skipped": [],
@@ -559,7 +573,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         # public: the console operator may use it without a grant. The peer reads the store's copy
                         # too, so both sides load the very same files (and the disk holds one copy).
                         shutil.rmtree(work / f"model-{name}")
-
                     except Exception as error:  # noqa: BLE001 - the report says which family could not be set up
                         entry["failed"] = f"setup: {type(error).__name__}: {error}"[-3000:]
                         failed.add(name)
@@ -589,7 +602,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     shutil.rmtree(run_dir, ignore_errors=True)
                     runs[name].append(run)
                     report["device"] = report["device"] or run.device
-                    shown = f"{run.seconds_per_step:.4f} s/step" if run.ok else "FAILED"
+                    shown = f"{run.seconds_per_step:.4f} s/step" if run.ok else (run.error or "").splitlines()[0]
                     print(f"{name} round {round_number} {side}: {shown} (wall {run.wall_s:.1f} s)", flush=True)
                     if not run.ok:
                         if run.error and run.error.startswith("stopped at the deadline"):
@@ -601,8 +614,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for name in chosen:
             entry = report["families"][name]
             entry.update(summarise(runs[name], specs[name]))
-            entry["status"] = ("failed" if "failed" in entry else "done" if "ratio" in entry
-                               and len(entry["runs"]) == 2 * args.rounds else "partial" if "ratio" in entry else "skipped")
+            good = sum(run.ok for run in runs[name])
+            entry["status"] = ("failed" if "failed" in entry else "done" if good == 2 * args.rounds
+                               else "partial" if good else "skipped")
         report["elapsed_s"] = round(time.monotonic() - started, 1)
         (out / "report.json").write_text(json.dumps(report, indent=2))
         return report
@@ -631,6 +645,7 @@ def summarise(runs: list[Run], spec: Family) -> dict[str, Any]:
             "peak_allocated_mb": most([run.peak_allocated_mb for run in good]),
             "train_peak_allocated_mb": most([run.train_peak_allocated_mb for run in good]),
             "peak_rss_mb": most([run.peak_rss_mb for run in good]),
+            "trainable_parameters": first.trainable_parameters,
             "loss_at_steps": {str(step): round(first.losses[step - 1], 5) for step in sorted({1, middle, spec.steps})
                               if step <= len(first.losses)},
             "mean_loss": round(statistics.fmean(first.losses), 5) if first.losses else None,
@@ -647,7 +662,7 @@ def print_report(report: dict[str, Any]) -> None:
     print("s/step: median interval between optimizer steps after warm-up (probe hook, both sides); "
           "ratio = peer / latentops")
     header = f"{'family':<7}{'side':<6}{'res':>6}{'batch':>6}{'rank':>5}{'steps':>6}{'s/step':>10}{memory:>15}" \
-             f"{'train MB':>10}{'loss@1':>9}{'loss@mid':>10}{'loss@last':>10}{'ratio':>8}"
+             f"{'train MB':>10}{'LoRA params':>13}{'loss@1':>9}{'loss@mid':>10}{'loss@last':>10}{'ratio':>8}"
     print(header)
     for name, entry in report["families"].items():
         for side in ("peer", "ours"):
@@ -659,7 +674,7 @@ def print_report(report: dict[str, Any]) -> None:
             losses = list(row["loss_at_steps"].values()) + [float("nan")] * 3
             ratio = f"{entry['ratio']:.2f}" if side == "ours" and "ratio" in entry else ""
             print(f"{name:<7}{side:<6}{entry['resolution']:>6}{entry['batch']:>6}{entry['rank']:>5}{entry['steps']:>6}"
-                  f"{row['s_per_step']:>10.4f}{(peak or 0):>15.0f}{train:>10.0f}"
+                  f"{row['s_per_step']:>10.4f}{(peak or 0):>15.0f}{train:>10.0f}{row['trainable_parameters']:>13,}"
                   f"{losses[0]:>9.4f}{losses[1]:>10.4f}{losses[2]:>10.4f}{ratio:>8}")
         if "failed" in entry:
             print(f"{name}: FAILED {entry['failed']}")

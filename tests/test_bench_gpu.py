@@ -65,6 +65,8 @@ def test_dry_run_trains_every_family_on_both_sides_and_reports_it(tmp_path: Path
             assert row["peak_rss_mb"] > 100 and row["peak_allocated_mb"] is None
             assert list(row["loss_at_steps"]) == ["1", "2", "4"]
             assert all(math.isfinite(v) and 0 < v < 10 for v in row["loss_at_steps"].values()), row
+        # Both train the same LoRA: the same number of parameters in the optimizer.
+        assert family["peer"]["trainable_parameters"] == family["ours"]["trainable_parameters"] > 0, name
         assert family["ratio"] == pytest.approx(family["peer"]["s_per_step"] / family["ours"]["s_per_step"], rel=0.01)
         # Each side's log starts with its command line: diffusers' own script, and our CLI.
         peer_log, ours_log = (Path(run["log"]).read_text() for run in family["runs"])
@@ -135,6 +137,9 @@ def test_both_sides_get_the_same_settings_on_the_gpu(tmp_path: Path) -> None:
         assert ours["optimizer"] == "adamw" and ours["flip"] is False and ours["samples"] is False
     flux = _peer_args(bench.peer_command(specs["flux"], PEERS / "x.py", tmp_path, tmp_path, tmp_path, "bf16"))
     assert (flux["max_sequence_length"], flux["guidance_scale"]) == ("128", "1.0")  # what ours trains with
+    assert flux["lora_layers"] == "to_k,to_q,to_v,to_out.0"
+    with_defaults = bench.families(False, bench.parse_args(["--peer-default-layers"]))["flux"]
+    assert "--lora_layers" not in bench.peer_command(with_defaults, PEERS / "x.py", tmp_path, tmp_path, tmp_path, "bf16")
 
 
 @pytest.mark.slow
