@@ -110,10 +110,13 @@ class HeldOutLoss:
         items = [(image, entry, transform(image, resolution)) for image, entry in zip(images, latents, strict=True)]
         items.sort(key=lambda item: item[2].bucket)
         drawn = [item for item in items for _ in range(DRAWS)]
+        # Without gradients a forward pass keeps no activations, so an evaluation batch holds all the
+        # draws of a training batch's worth of images: a quarter of the calls, in the training's memory.
+        per_batch = batch_size * DRAWS
         self.batches: list[list[tuple[data.InstanceImage, dict[str, torch.Tensor], data.Transform]]] = []
         for item in drawn:
             last = self.batches[-1] if self.batches else None
-            if last is not None and len(last) < batch_size and last[0][2].bucket == item[2].bucket:
+            if last is not None and len(last) < per_batch and last[0][2].bucket == item[2].bucket:
                 last.append(item)
             else:
                 self.batches.append([item])
