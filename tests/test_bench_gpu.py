@@ -95,6 +95,17 @@ def test_a_family_failing_on_one_side_is_reported_and_the_others_still_run(tmp_p
     # Interleaved: peer then ours in round 1, ours then peer in round 2.
     assert [(run["side"], run["round"]) for run in flux["runs"]] == [("peer", 1), ("ours", 1), ("ours", 2), ("peer", 2)]
     assert "failed" not in flux and len(flux["ours"]["s_per_step_rounds"]) == 2 and flux["ratio"] > 0
+    # Same seed, same inputs: each side repeats its own losses from one round to the next.
+    for side in ("peer", "ours"):
+        first, second = (run["losses"] for run in flux["runs"] if run["side"] == side)
+        assert len(first) == 3 and first == pytest.approx(second, rel=1e-5), side
+
+
+def test_the_wrapper_runs_the_benchmark_from_anywhere(tmp_path: Path) -> None:
+    done = subprocess.run([str(ROOT / "bench" / "gpu.sh"), "--help"], capture_output=True, text=True, cwd=tmp_path,
+                          env={"OUT": str(tmp_path / "out"), "PATH": "/usr/bin:/bin"}, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--dry-run" in done.stdout and "diffusers" in done.stdout
 
 
 @requires_peers
