@@ -149,7 +149,7 @@ def build_sd15() -> tuple[Any, dict[str, Any]]:
     pipe = StableDiffusionPipeline(
         vae=_vae(4, 512), text_encoder=_clip_text(768, 12, 12, "quick_gelu"), tokenizer=tokenizers.build_clip_tokenizer(),
         unet=unet, scheduler=_cpu(DDPMScheduler, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                                     clip_sample=False),
+                                                     clip_sample=False, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return pipe, {"unet": "block_out (320, 640, 1280, 1280), layers_per_block 2, cross_attention 768 (SD1.5, full)",
                   "text_encoder": "CLIP-L 12 layers x 768 (full)", "vae": "(128, 256, 512, 512), 4 latent channels (full)"}
