@@ -35,9 +35,12 @@ ARGS: dict[str, list[str]] = {
     "models revoke": ["tiny", "--action", "use", "--team", "design"], "models grants": ["tiny"],
     "models access": ["tiny", "--action", "use"], "models remove": ["tiny"], "models bootstrap-demo": [],
     "models create-tiny": ["--out", "{tmp}/tiny", "--family", "sd1"], "models train-demo": ["--out", "{tmp}/demo"],
-    "audit verify": [], "audit checkpoint": [], "audit export": ["--out", "{tmp}/trail.jsonl"], "audit query": [],
+    "audit verify": [], "audit checkpoint": [], "audit export": ["--out", "{tmp}/trail.jsonl"],
+    "audit evidence": ["--from", "2026-01-01", "--to", "2026-02-01", "--out", "{tmp}/pack.zip"], "audit query": [],
     "audit prove": ["1"], "audit consistency": ["1", "2"], "audit public-key": [], "audit integrate": [],
     "audit rotate-key": [], "audit erase": ["user:1"], "audit retention": [],
+    "witness init": ["--name", "witness.example/w1"], "witness key": [],
+    "witness serve": ["--log", "latentops.example/audit/x={tmp}/log.vkey"], "witness log-key": [],
     "policy eval": ["--path", "prompt", "--input", '{"prompt": "a cat"}'], "policy check-prompt": ["a cat"],
     "policy revision": [], "policy test": [], "policy bundle": ["--output", "{tmp}/bundle.tar.gz"], "policy reload": [],
     "policy set-data": ["prompt.max_length", "500"], "policy history": [], "policy diff": ["1"],
@@ -56,7 +59,7 @@ ARGS: dict[str, list[str]] = {
     "finetune validate-images": ["{tmp}/images"], "finetune adapters": [], "finetune promote": ["pattern", "--version", "1"],
     "generate": ["--model", "tiny", "--prompt", "a cat", "--out", "{tmp}/generated"],
     "datasets generate": ["--spec", "{tmp}/spec.yaml", "--submit"], "datasets submit": ["--spec", "{tmp}/spec.yaml"],
-    "datasets list": [], "datasets show": ["1"], "datasets import-classifier": ["{tmp}/images/cat.png"],
+    "datasets list": [], "datasets show": ["1"], "datasets package": ["1"], "datasets import-classifier": ["{tmp}/images/cat.png"],
 }
 
 # Options that only mean something on this machine: refused by commands that otherwise go to the server.

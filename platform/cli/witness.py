@@ -33,6 +33,7 @@ def init(
     state: Path = STATE,
 ) -> None:
     """Create the witness's key (mode 0600) and name in STATE and print its vkey."""
+    context.require_local()
     from latentops.governance import witness
 
     output.say(witness.init(state.expanduser(), name).vkey())
@@ -41,6 +42,7 @@ def init(
 @witness_app.command("key")
 def key(state: Path = STATE, key_file: Path | None = KEY, name: str | None = NAME) -> None:
     """Print the witness's vkey: name+keyhash+base64(0x04 || public key)."""
+    context.require_local()
     from latentops.governance import signed_note, witness
 
     state = state.expanduser()
@@ -61,6 +63,7 @@ def serve(
                                         "public key; repeat (for several logs, or a log's old and new key)."),
 ) -> None:
     """Serve POST /add-checkpoint (and GET /<origin hash>/checkpoint) until stopped."""
+    context.require_local()
     from latentops.governance import signed_note, witness
 
     state = state.expanduser()
