@@ -104,7 +104,8 @@ def test_erasure_shreds_personal_data_and_the_chain_still_verifies(database_url:
         last = db.execute(sa.select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).scalar_one()
         assert (last.action, last.resource, json.loads(last.details)) == (
             "audit.subject.erase", "subject:user:7", {"subject": "user:7", "keys_erased": 1, "payload_keys_erased": 1,
-                                                      "identities_erased": [], "reason": "request 42"})
+                                                      "identities_erased": [], "decisions_pseudonymised": 0,
+                                                      "reason": "request 42"})
         report = verification.verify(db, public_key=key.public_key(), sink=sink)
     assert report.ok and report.entries == 3, report.damage
 

@@ -19,7 +19,7 @@ from test_remote_cli import lines, remote, server  # noqa: F401  (a fixture)
 from test_screening import _bomb_png, _png, picture
 
 from latentops.core.errors import InvalidInput
-from latentops.governance import copyright, policy
+from latentops.governance import copyright, identities, policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.api.app import create_app
@@ -57,10 +57,14 @@ def _image(name: str, image: Image.Image) -> dict[str, tuple[str, bytes, str]]:
 
 
 def _audit(database_url: str, action: str) -> list[AuditEntry]:
+    """The entries of ``action``, each actor shown as who it is (people are stored as pseudonyms)."""
     with session_scope(database_url) as db:
         rows = list(db.scalars(sa.select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq)))
+        who = identities.reveal(db, [row.actor for row in rows])
         db.expunge_all()
-        return rows
+    for row in rows:
+        row.actor = who.get(row.actor) or row.actor
+    return rows
 
 
 def _release_unscreened(database_url: str) -> None:

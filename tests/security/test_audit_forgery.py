@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from latentops.core.settings import Settings, get_settings
-from latentops.governance import audit, audit_mac, checkpoints, integration, verification
+from latentops.governance import audit, audit_mac, checkpoints, identities, integration, verification
 from latentops.platform.database import session_scope
 from latentops.platform.tables import AuditCheckpoint, AuditEntry, AuditPending
 
@@ -28,9 +28,12 @@ def _insert_pending(url: str, *, at: dt.datetime, mac: str | None, actor: str = 
 
 
 def _entries(url: str) -> list[tuple[int, str, str]]:
+    """(seq, actor, action) of every entry; people are stored as pseudonyms, shown here as who they are
+    (a row inserted with SQL carries whatever its forger wrote)."""
     with session_scope(url) as db:
-        return [tuple(row) for row in db.execute(sa.select(AuditEntry.seq, AuditEntry.actor, AuditEntry.action)
-                                                 .order_by(AuditEntry.seq))]  # type: ignore[misc]
+        rows = db.execute(sa.select(AuditEntry.seq, AuditEntry.actor, AuditEntry.action).order_by(AuditEntry.seq)).all()
+        who = identities.reveal(db, [row.actor for row in rows])
+        return [(row.seq, who.get(row.actor) or row.actor, row.action) for row in rows]
 
 
 def _verify(url: str) -> verification.Report:
