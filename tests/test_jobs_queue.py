@@ -182,7 +182,7 @@ def test_workers_sign_the_first_audit_checkpoint_without_being_asked(start_worke
     assert queue_settings.audit_signing_key is not None and queue_settings.audit_signing_key.exists()
 
 
-def test_gpu_hours_count_every_process_of_a_multi_process_fine_tune(database_url: str) -> None:
+def test_gpu_hours_count_every_process_of_a_multi_process_fine_tune(database_url: str, fresh_policy) -> None:  # type: ignore[no-untyped-def]
     import datetime as dt
 
     from latentops.platform.tables import utcnow
