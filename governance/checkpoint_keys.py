@@ -60,10 +60,15 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    return load_private_key(path, missing="no audit signing key there (`latentops audit checkpoint` creates one)")
+
+
+def load_private_key(path: Path, *, missing: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM file; ``missing`` says what to do when there is none."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise NotFound(f"{path}: no audit signing key there (`latentops audit checkpoint` creates one)") from None
+        raise NotFound(f"{path}: {missing}") from None
     except ValueError as error:
         raise InvalidInput(f"{path}: not a PEM private key ({error})") from None
     if not isinstance(key, Ed25519PrivateKey):

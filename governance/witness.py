@@ -78,15 +78,9 @@ def init(state: Path, name: str) -> signed_note.Verifier:
 
 
 def load_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise NotFound(f"{path}: no witness key there (`latentops witness init` creates one)") from None
-    except ValueError as error:
-        raise InvalidInput(f"{path}: not a PEM private key ({error})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise InvalidInput(f"{path}: not an Ed25519 key")
-    return key
+    from latentops.governance.checkpoint_keys import load_private_key
+
+    return load_private_key(path, missing="no witness key there (`latentops witness init` creates one)")
 
 
 def load_name(state: Path, name: str | None = None) -> str:
