@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 	# the environment, peft would import it in every test process. Only the test that trains with it puts it on its path.
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/opt/bitsandbytes \
 		"$$($(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bnb"])')"
+	# torchao (the `quantization` extra: int8/fp8 frozen base) likewise: diffusers imports it in every process once installed.
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/opt/torchao \
+		"$$($(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["quantization"])')"
 	# Portal browser tests drive Debian's chromium (never a downloaded browser); installing it needs root.
 	command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } \
 		|| echo "chromium is not installed (installing it needs root): the portal's browser tests will fail"

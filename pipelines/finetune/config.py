@@ -12,6 +12,13 @@ seed is never ``None``: it defaults to ``DEFAULT_SEED`` and that value is what t
 ``processes`` asks for that many training processes (data parallel, see
 :mod:`latentops.pipelines.finetune.distributed`); ``batch_size`` stays per process, so a step
 trains on ``batch_size * processes`` images.
+
+Memory modes (docs/finetune.md, "Memory modes"): ``gradient_checkpointing`` is ``false``, ``true``
+(every block of the denoiser) or a whole number n (every n-th block); ``base_quantization`` stores
+the frozen Linear weights of the denoiser in ``int8`` or ``fp8`` (torchao) or ``nf4``
+(bitsandbytes); ``offload_encoders`` frees the text encoders and VAE (moves them off the GPU) once
+the feature cache holds everything they compute; ``compile = "blocks"`` compiles each repeated
+block with ``torch.compile``. :mod:`latentops.pipelines.finetune.memory` applies them.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 Optimizer = Literal["auto", "adamw", "adamw_8bit"]
 Crop = Literal["center", "random"]
 Schedule = Literal["constant", "constant_with_warmup", "cosine", "linear"]
+Quantization = Literal["none", "int8", "fp8", "nf4"]
+Compile = Literal[False, "blocks"]
+MAX_CHECKPOINT_INTERVAL = 64
 
 
 class LoraConfig(BaseModel):
@@ -62,7 +72,10 @@ class LoraConfig(BaseModel):
     noise_offset: float = Field(default=0.0, ge=0, le=1)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)
     mixed_precision: MixedPrecision = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | int = False  # true: every block; n: every n-th block of the denoiser
+    base_quantization: Quantization = "none"  # the frozen Linear weights of the denoiser
+    offload_encoders: bool = False  # text encoders and VAE leave the device once the feature cache is full
+    compile: Compile = False  # "blocks": torch.compile each repeated block of the denoiser
     optimizer: Optimizer = "auto"
     crop: Crop = "center"
     flip: bool = True
@@ -88,6 +101,16 @@ class LoraConfig(BaseModel):
             raise ValueError(f"must be a multiple of 8, got {value}")
         return value
 
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _every_nth_block(cls, value: Any) -> bool | int:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and 1 <= value <= MAX_CHECKPOINT_INTERVAL:
+            return value
+        raise ValueError(f"must be true, false or a whole number n from 1 to {MAX_CHECKPOINT_INTERVAL} "
+                         "(checkpoint every n-th block)")
+
     @field_validator("validation_split")
     @classmethod
     def _fraction_or_count(cls, value: float) -> float:
@@ -108,6 +131,12 @@ class LoraConfig(BaseModel):
         return float(self.alpha if self.alpha is not None else self.rank)
 
     @property
+    def checkpoint_interval(self) -> int:
+        """Gradient checkpointing every n-th block of the denoiser; 0 when it is off."""
+        value = self.gradient_checkpointing
+        return (1 if value else 0) if isinstance(value, bool) else int(value)
+
+    @property
     def effective_batch_size(self) -> int:
         """Images per optimizer step, over all processes."""
         return self.batch_size * self.processes
@@ -117,10 +146,11 @@ class LoraConfig(BaseModel):
 
         A single-process config hashes without ``processes``, as it did before the setting
         existed, so checkpoints of earlier runs still resume; so do ``caption_dropout`` and
-        ``validation_split`` at their defaults (off).
+        ``validation_split`` at their defaults (off), and the memory modes at theirs.
         """
         values = self.model_dump(mode="json")
-        for key, default in (("processes", 1), ("caption_dropout", 0.0), ("validation_split", 0)):
+        for key, default in (("processes", 1), ("caption_dropout", 0.0), ("validation_split", 0),
+                             ("base_quantization", "none"), ("offload_encoders", False), ("compile", False)):
             if values[key] == default:
                 del values[key]
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()

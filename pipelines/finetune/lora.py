@@ -39,7 +39,16 @@ import torch
 from latentops.core.errors import Conflict, InvalidInput
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import checkpoint as ckpt
-from latentops.pipelines.finetune import data, distributed, heldout, interop, launcher, outputs, validation
+from latentops.pipelines.finetune import (
+    data,
+    distributed,
+    heldout,
+    interop,
+    launcher,
+    memory,
+    outputs,
+    validation,
+)
 from latentops.pipelines.finetune.cache import FeatureCache
 from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import LoraConfig
@@ -189,6 +198,7 @@ def train(
     if stop_after is not None and not 1 <= stop_after <= config.steps:
         raise InvalidInput(f"stop_after: must be between 1 and steps ({config.steps}), got {stop_after}")
     _bitsandbytes(config, device)  # an optimizer this machine cannot run is refused before any work
+    memory.require_quantization(config.base_quantization, device)  # so is a quantisation it cannot run
     existing = ckpt.load_latest(checkpoints)
     if existing is not None and not resume:
         raise Conflict(f"out: {out_dir} already holds a run (checkpoint at step {existing.step}); pass --resume "
@@ -259,6 +269,13 @@ def train(
         i, config.resolution), min_side=data.MIN_SIDE) for i in held], resolution=config.resolution,
         batch_size=config.batch_size, seed=config.seed) if held and main else None
     family.vae.to("cpu")
+    if config.offload_encoders:
+        # Every latent (and, unless the text encoders train, every text embedding) is cached: the loop needs
+        # neither the VAE nor the encoders again. Validation and samples render from the stored model.
+        offloaded = [family.vae, *(family.all_text_encoders() if text_cache is not None else [])]
+        released = memory.offload(offloaded, device)
+        hooks.log(f"offload_encoders: {len(offloaded)} modules ({released / 2**20:.1f} MB) "
+                  f"{'freed' if device.type == 'cpu' else 'moved to the CPU'}")
     if main:
         distributed.barrier(process)
     hooks.log(f"feature cache ready in {time.perf_counter() - started_cache:.1f}s "
@@ -270,11 +287,22 @@ def train(
 
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu") if process is None \
         else distributed.accelerator(precision, device)
+    # Memory modes (memory.py): the frozen base quantised before the LoRA wraps it, so that peft wraps the
+    # quantised layers; blocks compiled, then checkpointed (the checkpoint recomputes the compiled forward).
+    denoiser_bytes = memory.module_bytes(family.denoiser)
+    quantized = memory.quantize_base(family.denoiser, config.base_quantization, compute_dtype=dtype)
     family.denoiser.to(device)
+    modes: dict[str, Any] = {"denoiser_mb": round(memory.module_bytes(family.denoiser) / 2**20, 3)}
+    if quantized:
+        hooks.log(f"base_quantization: {quantized} Linear layers in {config.base_quantization}, denoiser "
+                  f"{denoiser_bytes / 2**20:.1f} -> {modes['denoiser_mb']:.1f} MB")
     torch.manual_seed(config.seed)  # LoRA initialisation depends only on the seed
     trained = family.add_lora(rank=config.rank, alpha=config.lora_alpha, text_encoder=config.train_text_encoder)
-    if config.gradient_checkpointing:
-        family.denoiser.enable_gradient_checkpointing()
+    compile_fallback = None
+    if config.compile == "blocks":
+        modes["compiled_blocks"], compile_fallback = memory.compile_blocks(family.denoiser)
+    if config.checkpoint_interval:
+        modes["checkpointed_blocks"] = memory.checkpoint_blocks(family.denoiser, config.checkpoint_interval)
     named = {f"{attr}.{name}": p for attr, module in trained.items() for name, p in module.named_parameters()
              if p.requires_grad}
     for parameter in named.values():
@@ -335,7 +363,7 @@ def train(
         val_losses = [(int(s), float(v)) for s, v in existing.state.get("val_losses", [])]
         hooks.log(f"resuming from checkpoint at step {start}")
     if tracker is not None:
-        tracker.start(config=config, meta={**meta, "optimizer": optimizer_name, "mixed_precision": precision,
+        tracker.start(config=config, meta={**meta, **modes, "optimizer": optimizer_name, "mixed_precision": precision,
                                            "images": len(images), "refused": len(refused),
                                            "effective_batch_size": config.batch_size * world}, resumed_from=start)
 
@@ -407,6 +435,8 @@ def train(
             distributed.barrier(process)
         hooks.progress(step, config.steps, loss=loss_value, lr=metrics["lr"], **({"val_loss": val_losses[-1][1]} if val_losses else {}))
     stopped_early = last < config.steps
+    if compile_fallback is not None and compile_fallback.reason is not None:
+        hooks.log(f"compile: the blocks ran eagerly, torch.compile failed ({compile_fallback.reason})")
     loop_seconds = time.time() - loop_started if loop_started else 0.0
     seconds_per_step = sum(step_times) / len(step_times) if step_times else 0.0
 
