@@ -22,7 +22,7 @@ from latentops.platform.database import session_scope
 from latentops.platform.services import finetune, jobs, users
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
-from latentops.platform.tables import AuditEntry, Job, LoraAdapter, PolicyDecision
+from latentops.platform.tables import AuditEntry, Job, JobEvent, LoraAdapter, PolicyDecision
 
 CONSOLE = "cli:tester"
 SETTINGS = {"instance_prompt": "a sks pattern", "steps": 4, "rank": 4, "resolution": 32, "checkpoint_every": 2,
@@ -131,6 +131,9 @@ def test_a_submitted_job_trains_on_a_worker_registers_once_and_needs_an_approver
     assert job.state.value == "succeeded", job.error
     assert job.result["adapter"] == "pattern" and job.result["steps"] == 4
     assert job.progress["step"] == 4 and "loss" in job.progress
+    with session_scope(settings.database_url) as db:  # trained in a fresh process, relayed to the job
+        events = db.scalars(sa.select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
+    assert "starting the training process" in events and any(e.startswith("feature cache ready") for e in events)
     client = tracking.client(settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`latentops.job_id` = '{job_id}'")

@@ -107,6 +107,8 @@ def barrier(process: Rank | None) -> None:
 
 def any_rank(flag: bool, process: Rank) -> bool:
     """True on every rank when it is true on one of them."""
+    if process.world_size == 1:
+        return flag
     vote = torch.tensor([1.0 if flag else 0.0], device=process.device)
     dist.all_reduce(vote, op=dist.ReduceOp.MAX)
     return bool(vote.item())
@@ -267,19 +269,25 @@ def _process_main() -> None:
     device = torch.device("cuda", rank) if spec.device_type == "cuda" else torch.device("cpu")
     process = Rank(rank=rank, world_size=spec.world_size, device=device)
     outcome: tuple[str, int, Any]
+    # A run of one process (a queued job training in a process of its own) has no group to join: it
+    # trains as a single process would, and only its reports travel.
+    grouped = spec.world_size > 1
     try:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend(spec.device_type), rank=rank, world_size=spec.world_size,
-                                timeout=PROCESS_GROUP_TIMEOUT)  # rendezvous at MASTER_ADDR:MASTER_PORT
-        result = spec.train(**spec.train_kwargs, device=device, process=process, hooks=_RankHooks(process, channel),
+        if grouped:
+            dist.init_process_group(backend(spec.device_type), rank=rank, world_size=spec.world_size,
+                                    timeout=PROCESS_GROUP_TIMEOUT)  # rendezvous at MASTER_ADDR:MASTER_PORT
+        result = spec.train(**spec.train_kwargs, device=device, process=process if grouped else None,
+                            hooks=_RankHooks(process, channel),
                             tracker=_RelayTracker(channel) if process.is_main and spec.tracked else None)
         outcome = ("done", rank, result if process.is_main else None)
     except StopRequested:
         outcome = ("stopped", rank, None)
     except BaseException as error:  # noqa: BLE001 - everything is reported to the launcher
         _leave(connection, ("error", rank, _failure(error)), code=1)  # peers may be mid-collective: no teardown
-    dist.destroy_process_group()
+    if grouped:
+        dist.destroy_process_group()
     _leave(connection, outcome, code=0)
 
 

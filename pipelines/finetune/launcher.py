@@ -69,11 +69,15 @@ def launch(train: Callable[..., TrainingResult], *, processes: int, device_type:
     spec = LaunchSpec(world_size=processes, device_type=device_type, parent_pid=os.getpid(),
                       tracked=tracker is not None, train=train, train_kwargs=train_kwargs)
     port = free_port()
+    # The CPU's threads are shared among the processes; a single one keeps the thread count it was given.
+    threads = os.environ.get("OMP_NUM_THREADS") if processes == 1 else None
     environment = {**os.environ, "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(port), "WORLD_SIZE": str(processes),
-                   "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+                   "LOCAL_WORLD_SIZE": str(processes),
+                   "OMP_NUM_THREADS": threads or str(max(1, (os.cpu_count() or 1) // processes))}
     if device_type == "cpu" and sys.platform.startswith("linux"):
         environment.setdefault("GLOO_SOCKET_IFNAME", "lo")  # every rank is on this machine
-    hooks.log(f"starting {processes} training processes ({backend(device_type)}, rendezvous at {LOOPBACK}:{port})")
+    hooks.log(f"starting {processes} training processes ({backend(device_type)}, rendezvous at {LOOPBACK}:{port})"
+              if processes > 1 else "starting the training process")
     supervisor = _Supervisor(hooks, tracker)
     try:
         for rank in range(processes):

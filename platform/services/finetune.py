@@ -186,7 +186,7 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
     result = dreambooth.run(config, weights=weights, instance_dir=Path(params["instance_dir"]), out_dir=ctx.workdir / "out",
                             class_dir=Path(params["class_dir"]) if params.get("class_dir") else None, hooks=ctx,
                             tracker=tracker, resume=True, job_id=ctx.job_id, cache_dir=cache_dir(ctx.settings),
-                            renderer=generation.render_for_training)
+                            renderer=generation.render_for_training, own_process=True)
     with session_scope(ctx.settings.database_url) as session:
         adapter = register_adapter(session, name=params["adapter_name"], version_id=params["version_id"], job_id=ctx.job_id,
                                    team=params.get("team") or None, result=result, model_uri=tracker.model_uri,
