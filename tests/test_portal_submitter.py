@@ -23,7 +23,7 @@ from latentops.platform.tables import Asset, Job
 pytestmark = pytest.mark.slow
 
 TINY_RECIPE = ('{"steps": 4, "rank": 4, "resolution": 32, "checkpoint_every": 4, "samples": false, "lr": 0.001, '
-               '"validation_every": 2, "validation_steps": 2}')
+               '"validation_every": 2, "validation_steps": 2, "validation_split": 1}')
 
 
 @pytest.fixture
@@ -80,7 +80,10 @@ def test_fine_tune_page_updates_live_names_its_adapter_and_generates_with_it(  #
     expect(page.locator("#job-state")).to_have_text("succeeded", timeout=600_000)
     expect(page.locator("#job-live")).to_have_attribute("data-finished", "true")
     assert page.locator("#job-live").get_attribute("hx-trigger") is None  # polling stopped
-    expect(page.get_by_role("img", name="Training loss curve")).to_be_visible()
+    # One of the three pictures is held out: its loss at steps 2 and 4 is drawn beside the training loss.
+    expect(page.get_by_role("img", name="Training loss curve and held-out loss")).to_be_visible()
+    assert len(page.locator("#held-out-loss").get_attribute("points").split()) == 2
+    expect(page.locator("#loss-chart").locator("..")).to_contain_text("held-out loss (2 evaluations)")
     expect(page.locator("#job-log li").first).to_be_visible()
     assert "succeeded" in page.locator("#job-log").inner_text()
     thumbnails = page.locator("#validation-images img")

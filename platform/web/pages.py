@@ -95,16 +95,25 @@ def jobs_table(request: Request, session: SessionDep, principal: PortalUser,
     return render(request, "fragments/jobs_table.html", **_jobs_page(request, session, principal, offset))
 
 
-def _loss_points(job: dict[str, Any]) -> str:
-    """SVG polyline points (300x120 box) for the job's loss history, or "" when it has none."""
+def _loss_chart(job: dict[str, Any]) -> dict[str, str]:
+    """SVG polyline points (300x120 box) for the job's training loss history and, once the run has
+    evaluated its held-out images (``validation_split``), the held-out loss at its steps, on one
+    scale; "" for a series with too few points."""
     series = job["result"].get("losses") or job["result"].get("loss_history") or job["progress"].get("losses") or []
     values = [float(v) for v in series if isinstance(v, int | float)]
+    held = [(int(s), float(v)) for s, v in job["result"].get("val_losses") or [] if isinstance(v, int | float)]
     if len(values) < 2:
-        return ""
-    low, high = min(values), max(values)
+        return {"train": "", "held_out": ""}
+    steps = max(int(job["progress"].get("total") or 0), len(job["result"].get("losses") or []), 2)
+    low, high = min(values + [v for _, v in held]), max(values + [v for _, v in held])
     span = (high - low) or 1.0
-    step = 300.0 / (len(values) - 1)
-    return " ".join(f"{i * step:.1f},{110 - 100 * (v - low) / span:.1f}" for i, v in enumerate(values))
+
+    def y(value: float) -> str:
+        return f"{110 - 100 * (value - low) / span:.1f}"
+
+    every = 300.0 / (len(values) - 1)
+    return {"train": " ".join(f"{i * every:.1f},{y(v)}" for i, v in enumerate(values)),
+            "held_out": " ".join(f"{300.0 * (s - 1) / (steps - 1):.1f},{y(v)}" for s, v in held) if held else ""}
 
 
 JOB_IMAGE_PURPOSES = ("validation", "samples", "generation")  # a job's own renders; not class or dataset images
@@ -121,7 +130,7 @@ def _job_view(request: Request, session: Any, principal: Any, job_id: int) -> di
     assets = session.execute(sa.select(Asset.id, Asset.status).where(
         Asset.job_id == job_id, Asset.purpose.in_(JOB_IMAGE_PURPOSES)).order_by(Asset.id)).all()
     return {"job": job, "events": events[-LOG_TAIL:], "events_hidden": max(0, len(events) - LOG_TAIL),
-            "loss_points": _loss_points(job), "can_control": can_control,
+            "loss_chart": _loss_chart(job), "can_control": can_control,
             "images": [str(a.id) for a in assets if a.status == "released"],
             "held": sum(1 for a in assets if a.status != "released"),
             "adapter": generation_views.adapter_of_job(session, job_id) if job["state"] == "succeeded" else None,
