@@ -78,9 +78,10 @@ def admit_batch(session: Session, *, settings: Settings, images: Sequence[Image.
                 owner_id: int | None = None, job_id: int | None = None, dataset_id: int | None = None,
                 model_version_id: int | None = None, lora_adapter_id: int | None = None, purpose: str = "generation",
                 params: dict[str, Any] | None = None) -> list[Admission]:
-    """``admit`` for the images of one request, in order: each is screened and released or
-    quarantined on its own; the release entries of the batch take their places in the chain
-    together, so the manifests can name them (one chain-lock acquisition, not one per image)."""
+    """``admit`` for the images of one request, in order: the content detectors score the images
+    in one batch, then each is screened and released or quarantined on its own; the release
+    entries of the batch take their places in the chain together, so the manifests can name them
+    (one chain-lock acquisition, not one per image)."""
     if not len(images) == len(seeds) == len(prompt_refs):
         raise InvalidInput("images, seeds and prompt_refs: must have the same length")
     pictures = [load_image(image, name="generated image") if isinstance(image, bytes) else image.convert("RGB")
@@ -94,9 +95,12 @@ def admit_batch(session: Session, *, settings: Settings, images: Sequence[Image.
     session.add_all(assets)
     session.flush()
     licences = copyright.licences_of(session, team)
+    # The detectors score the batch at once (one batched encode); each image is still decided on its own.
+    contents = screening.content_scores(settings, pictures)
     outcomes = [screening.screen(session, settings=settings, image=picture, actor=actor, name=f"asset:{asset.id}",
-                                 kind="output", team=team, model_version_id=model_version_id, licences=licences)
-                for asset, picture in zip(assets, pictures, strict=True)]
+                                 kind="output", team=team, model_version_id=model_version_id, licences=licences,
+                                 scored=scored)
+                for asset, picture, scored in zip(assets, pictures, contents, strict=True)]
     for asset, outcome in zip(assets, outcomes, strict=True):
         asset.status = "released" if outcome.released else "quarantined"
         asset.screening_result_id = outcome.result_id

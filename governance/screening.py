@@ -351,6 +351,24 @@ def score_content(images: Sequence[Image.Image], found: Sequence[Detector]) -> t
     return "+".join(d.name for d in found), merged
 
 
+@dataclass(frozen=True)
+class ContentScores:
+    """One image's content scores, the detector label and the categories the detectors cover."""
+
+    detector: str
+    scores: dict[str, float]
+    covered: list[str]
+
+
+def content_scores(settings: Settings, images: Sequence[Image.Image]) -> list[ContentScores]:
+    """Score RGB ``images`` with every detector in force, one batched pass per detector (a model's
+    forward pass over the batch costs far less per image than one pass per image); one row per image."""
+    found = active_detectors(settings)
+    label, rows = score_content(images, found)
+    covered = sorted({category for detector in found for category in detector.categories})
+    return [ContentScores(label, scores, covered) for scores in rows]
+
+
 @dataclass
 class ScreeningOutcome:
     verdict: str
@@ -382,10 +400,13 @@ _RESULT_INSERT = sa.insert(ScreeningResult.__table__).returning(ScreeningResult.
 
 def screen(session: Session, *, settings: Settings, image: Image.Image | Path | bytes, actor: audit.Actor | str,
            name: str = "image", kind: str = "output", team: str | None = None,
-           model_version_id: int | None = None, licences: list[dict[str, Any]] | None = None) -> ScreeningOutcome:
+           model_version_id: int | None = None, licences: list[dict[str, Any]] | None = None,
+           scored: ContentScores | None = None) -> ScreeningOutcome:
     """Screen one image (steps in the module docstring); records the result and its audit entry.
 
     ``licences``: the team's copyright licences, when a caller screening several images read them once.
+    ``scored``: the image's content scores, when a caller scored several images in one batch
+    (``content_scores`` on the RGB image).
     """
     if kind not in KINDS:
         raise InvalidInput(f"kind: {kind!r} must be one of {', '.join(KINDS)}")
@@ -394,10 +415,9 @@ def screen(session: Session, *, settings: Settings, image: Image.Image | Path | 
     picture = picture.convert("RGB")
     image_hash = hashlib.sha256(picture.tobytes() + repr(picture.size).encode()).hexdigest()
     # 2. Content scores, and the categories the detectors cover (the policy decides about the rest).
-    found = active_detectors(settings)
-    label, rows = score_content([picture], found)
-    scores = rows[0]
-    covered = sorted({category for detector in found for category in detector.categories})
+    if scored is None:
+        scored = content_scores(settings, [picture])[0]
+    label, scores, covered = scored.detector, scored.scores, scored.covered
     # 3. Copyright matches.
     matches = copyright.find_matches(session, settings=settings, image=picture)
     # 4. Policy decisions (each recorded and audited by the policy module).

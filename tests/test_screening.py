@@ -111,6 +111,30 @@ def test_import_clip_then_screen_scores_every_category_and_policy_decides(with_c
     assert actions[0] == "screening.clip.import" and actions.count("policy.decision") == 2 and actions[-1] == "screening.result"
 
 
+def test_a_batch_is_encoded_in_one_pass_and_each_image_keeps_its_own_scores(with_clip, database_url: str) -> None:
+    from latentops.governance import clip, quarantine
+
+    images = [picture(seed) for seed in (11, 12, 13)]
+    visual = clip.load_clip(with_clip).model.visual  # type: ignore[union-attr]
+    batches: list[int] = []
+    hook = visual.register_forward_hook(lambda module, inputs, output: batches.append(int(inputs[0].shape[0])))
+    try:
+        with session_scope(database_url) as db:
+            admissions = quarantine.admit_batch(db, settings=with_clip, images=images, actor="cli:test", seeds=[0, 1, 2],
+                                                prompt_refs=["0" * 64] * 3)
+        assert batches == [3]  # one image encode for the three images
+        with session_scope(database_url) as db:
+            alone = [screening.screen(db, settings=with_clip, image=image, actor="cli:test") for image in images]
+        assert batches == [3, 1, 1, 1]
+    finally:
+        hook.remove()
+    for admission, single in zip(admissions, alone, strict=True):
+        assert admission.outcome.detector == "clip" and set(admission.outcome.scores) == set(CATEGORIES)
+        assert admission.outcome.scores == pytest.approx(single.scores, abs=1e-5)
+        assert admission.outcome.verdict == single.verdict and admission.outcome.result_id is not None
+    assert len({tuple(sorted(a.outcome.scores.items())) for a in admissions}) == 3  # each image its own row
+
+
 def test_threshold_in_policy_data_flags_the_category_with_its_rule_id(with_clip, database_url: str) -> None:
     with session_scope(database_url) as db:
         before = screening.screen(db, settings=with_clip, image=picture(2), actor="cli:test")
