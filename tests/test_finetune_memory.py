@@ -22,7 +22,7 @@ from test_finetune_recipe import draw_glyphs
 from latentops.core.errors import InvalidInput
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef
-from latentops.pipelines.finetune import lora, memory, validation
+from latentops.pipelines.finetune import lora, memory, tracking, validation
 from latentops.pipelines.finetune.config import build_config
 from latentops.pipelines.finetune.families import Family
 
@@ -87,6 +87,22 @@ def test_memory_modes_at_their_defaults_fingerprint_as_before_and_reach_the_mlfl
         assert changed.params()[key] == value and config.params()[key] != value
         fingerprints.add(changed.fingerprint())
     assert len(fingerprints) == 6
+
+
+def test_the_mlflow_run_records_the_memory_modes_and_what_they_did(models, instances, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    weights = _weights(models, "sd1")
+    tracker = tracking.MlflowTracker(tracking_uri=uri, base_model_path=weights.path, registered_name="lora-memory",
+                                     out_dir=tmp_path / "run")
+    config = build_config({**BASE, "steps": 2, "gradient_checkpointing": 2, "offload_encoders": True})
+    lora.train(config, weights=weights, instance_dir=instances, out_dir=tmp_path / "run", tracker=tracker)
+    assert tracker.run_id is not None
+    params = tracking.client(uri).get_run(tracker.run_id).data.params
+    assert (params["gradient_checkpointing"], params["base_quantization"], params["offload_encoders"],
+            params["compile"]) == ("2", "none", "True", "False")
+    assert params["checkpointed_blocks"] == "6"  # 12 blocks in the tiny SD1 UNet, every second one
+    assert float(params["offloaded_mb"]) > 0 and float(params["denoiser_mb"]) > 0
+    assert "compiled_blocks" not in params
 
 
 # -- gradient checkpointing -----------------------------------------------------------------------
@@ -156,7 +172,7 @@ QUANTIZED_SCRIPT = textwrap.dedent("""
     import torch
     from diffusers import StableDiffusionPipeline
     from latentops.pipelines.engine import WeightsRef
-    from latentops.pipelines.finetune import lora, memory, validation
+    from latentops.pipelines.finetune import lora, memory, tracking, validation
     from latentops.pipelines.finetune.config import build_config
     from latentops.pipelines.finetune.families import Family
 

@@ -273,6 +273,7 @@ def train(
         i, config.resolution), min_side=data.MIN_SIDE) for i in held], resolution=config.resolution,
         batch_size=config.batch_size, seed=config.seed) if held and main else None
     family.vae.to("cpu")
+    released = None
     if config.offload_encoders:
         # Every latent (and, unless the text encoders train, every text embedding) is cached: the loop needs
         # neither the VAE nor the encoders again. Validation and samples render from the stored model.
@@ -296,7 +297,8 @@ def train(
     denoiser_bytes = memory.module_bytes(family.denoiser)
     quantized = memory.quantize_base(family.denoiser, config.base_quantization, compute_dtype=dtype)
     family.denoiser.to(device)
-    modes: dict[str, Any] = {"denoiser_mb": round(memory.module_bytes(family.denoiser) / 2**20, 3)}
+    modes: dict[str, Any] = {"denoiser_mb": round(memory.module_bytes(family.denoiser) / 2**20, 3),
+                             **({"offloaded_mb": round(released / 2**20, 3)} if released is not None else {})}
     if quantized:
         hooks.log(f"base_quantization: {quantized} Linear layers in {config.base_quantization}, denoiser "
                   f"{denoiser_bytes / 2**20:.1f} -> {modes['denoiser_mb']:.1f} MB")
