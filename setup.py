@@ -32,6 +32,6 @@ for folder, namespace in FOLDERS.items():
 setup(
     package_dir=package_dir,
     packages=packages,
-    package_data={"": ["*.rego", "*.json", "*.yaml", "*.html", "*.css", "*.js", "*.safetensors", "*.txt", "*.md", "*.mako"]},
+    package_data={"": ["*.rego", "*.json", "*.yaml", "*.html", "*.css", "*.js", "*.safetensors", "*.npz", "*.txt", "*.md", "*.mako"]},
     include_package_data=True,
 )

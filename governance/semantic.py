@@ -1,10 +1,14 @@
 """Semantic prompt screening: a score per content category, judged by meaning, not by keywords.
 
-The host embeds the normalised prompt with all-MiniLM-L6-v2 (``sentence_encoder``) and scores
-every category of the screening model (``governance/semantic_model.json``):
+The host embeds the normalised prompt with all-MiniLM-L6-v2 (``sentence_encoder``), tuned for
+screening by a low-rank adapter (``governance/semantic_adapter.npz``, merged into the encoder's
+weights at load), and scores every category of the screening model
+(``governance/semantic_model.json``):
 
-* a **head** per category: logistic regression on the embedding, fitted on the benchmark's train
-  split (``bench/prompt_screening.py fit``). Its probability is the category's ``score``.
+* a **head** per category: logistic regression on the embedding, fitted with the adapter on the
+  benchmark's train split (``bench/prompt_screening.py fit``). Its probability is the category's
+  ``score``. The model file records the SHA-256 of the adapter its heads belong to; an encoder
+  with another adapter (or none) makes the model unavailable rather than score with mismatched heads.
 * **exemplars** per category: short descriptions of what the category refuses (the train split's
   harmful prompts among them). The nearest exemplar and its cosine similarity are the evidence a
   submitter sees ("closest to: ..."), and the reason compliance can read.
@@ -123,6 +127,10 @@ def load_model(path: Path = MODEL_FILE, encoder: Encoder | None = None) -> Scree
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ModelUnavailable(f"{path}: not a screening model ({error})") from None
     encoder = encoder or sentence_encoder.shared()
+    adapter = document.get("adapter", "")
+    if adapter != encoder.adapter_sha:
+        raise ModelUnavailable(f"{path}: fitted with adapter {adapter[:12] or 'none'}, but the encoder has "
+                               f"{encoder.adapter_sha[:12] or 'none'} ({encoder.adapter or 'no adapter file'})")
     categories = []
     for name, entry in sorted(entries.items()):
         where = f"{path}: categories.{name}"
@@ -146,7 +154,7 @@ def load_model(path: Path = MODEL_FILE, encoder: Encoder | None = None) -> Scree
 
 
 def encoder_id(encoder: Encoder) -> str:
-    """Identifies the encoder weights (exemplar vectors are only reused for the same ones)."""
+    """Identifies the encoder weights and adapter (exemplar vectors are only reused for the same ones)."""
     cached = getattr(encoder, "_latentops_id", None)
     if cached is None:
         digest = hashlib.sha256()
@@ -154,6 +162,8 @@ def encoder_id(encoder: Encoder) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         cached = digest.hexdigest()[:16]
+        if encoder.adapter_sha:
+            cached += "+" + encoder.adapter_sha[:16]
         encoder._latentops_id = cached
     return cached
 

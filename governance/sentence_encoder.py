@@ -10,18 +10,29 @@ torch with bfloat16 projections where the CPU multiplies them natively, for the 
 the workers, which import torch at start-up anyway (``auto``, the default, picks it there).
 ``tests/test_semantic_screening.py`` checks both against sentence-transformers' own output.
 
+**Adapter.** Prompt screening tunes the encoder with a low-rank adapter
+(``governance/semantic_adapter.npz``, fitted with the screening heads by ``bench/prompt_screening.py
+fit``): for some layers ``l`` and projections ``p`` (``qkv``, ``out``, ``up``, ``down``) two float16
+factors ``layer.<l>.<p>.a`` (in x rank) and ``.b`` (rank x out, the scale already folded in). They are
+merged into the weights when the encoder loads (``W + a @ b``), so both forward passes run the same
+adapted weights at no extra cost per prompt. ``Encoder.load(adapter=None)`` is the base model
+(what sentence-transformers computes); ``shared()`` loads the shipped adapter.
+
 ``Encoder.load()`` reads the files once; ``shared()`` is the process-wide instance (loaded on
-first use, thread-safe). A missing or corrupt model raises ``EncoderUnavailable`` with the file
-and the reason: the prompt policy then treats the semantic signal as unavailable (policy data
-decides whether that denies or falls back to keyword rules).
+first use, thread-safe). A missing or corrupt model or adapter raises ``EncoderUnavailable`` with
+the file and the reason: the prompt policy then treats the semantic signal as unavailable (policy
+data decides whether that denies or falls back to keyword rules).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import sys
 import threading
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +49,8 @@ WHOLE = 64
 WINDOW = 32
 STRIDE = 16
 MODEL_ENV = "LATENTOPS_SENTENCE_MODEL"
+ADAPTER_FILE = Path(__file__).resolve().parent / "semantic_adapter.npz"
+PROJECTIONS = ("qkv", "out", "up", "down")
 # Which forward pass runs: ``numpy`` (no torch needed: the CLI's check-prompt starts in about a
 # second), ``torch`` (oneDNN matrix products, in bfloat16 where the CPU has native support: about
 # three times faster), or ``auto`` (the default): torch when this process has already imported it
@@ -95,8 +108,10 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 class Encoder:
     """all-MiniLM-L6-v2: ``encode(texts) -> (n, 384)`` unit vectors (float32)."""
 
-    def __init__(self, directory: Path, backend: str | None = None) -> None:
+    def __init__(self, directory: Path, backend: str | None = None, adapter: Path | None = None) -> None:
         self.directory = directory
+        self.adapter = adapter
+        self.adapter_sha = ""
         self.backend = _choose_backend(backend)
         config = self._json("config.json")
         try:
@@ -115,6 +130,8 @@ class Encoder:
             self.layers = [self._layer(weights, f"encoder.layer.{i}.") for i in range(layers)]
         except KeyError as error:
             raise EncoderUnavailable(f"{directory / 'model.safetensors'}: missing tensor {error}") from None
+        if adapter is not None:
+            self._merge_adapter(adapter)
         self.tokenizer = self._tokenizer()
         self._torch = _TorchForward(self) if self.backend == "torch" else None
 
@@ -142,6 +159,39 @@ class Encoder:
                     if value.dtype.kind == "f"}
         except (SafetensorError, OSError, ValueError) as error:
             raise EncoderUnavailable(f"{path}: not a readable safetensors file ({error})") from None
+
+    def _merge_adapter(self, path: Path) -> None:
+        """Add the adapter's low-rank products to the projection weights (see the module docstring)."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise EncoderUnavailable(f"{path}: file not found") from None
+        except OSError as error:
+            raise EncoderUnavailable(f"{path}: not readable ({error})") from None
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+                factors = {name: archive[name] for name in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise EncoderUnavailable(f"{path}: not a readable adapter ({error})") from None
+        names = {name.rsplit(".", 1)[0] for name in factors}
+        if not names:
+            raise EncoderUnavailable(f"{path}: the adapter holds no factors")
+        for name in sorted(names):
+            parts = name.split(".")
+            if (len(parts) != 3 or parts[0] != "layer" or not parts[1].isdigit() or int(parts[1]) >= len(self.layers)
+                    or parts[2] not in PROJECTIONS):
+                raise EncoderUnavailable(f"{path}: {name!r} is not layer.<0-{len(self.layers) - 1}>.<{'|'.join(PROJECTIONS)}>")
+            a, b = factors.get(name + ".a"), factors.get(name + ".b")
+            layer, projection = self.layers[int(parts[1])], parts[2]
+            weight = getattr(layer, projection)
+            if (a is None or b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != weight.shape[0]
+                    or b.shape[1] != weight.shape[1] or a.shape[1] != b.shape[0] or a.dtype.kind != "f" or b.dtype.kind != "f"):
+                raise EncoderUnavailable(f"{path}: {name}: needs .a ({weight.shape[0]} x rank) and .b (rank x {weight.shape[1]}) float factors")
+            merged = weight + a.astype(np.float32) @ b.astype(np.float32)
+            if not np.isfinite(merged).all():
+                raise EncoderUnavailable(f"{path}: {name}: factors are not finite")
+            object.__setattr__(layer, projection, merged)
+        self.adapter_sha = hashlib.sha256(raw).hexdigest()
 
     def _tokenizer(self):  # -> tokenizers.Tokenizer
         from tokenizers import Tokenizer
@@ -172,8 +222,9 @@ class Encoder:
         )
 
     @classmethod
-    def load(cls, directory: Path | None = None, backend: str | None = None) -> Encoder:
-        return cls(directory or default_model_dir(), backend)
+    def load(cls, directory: Path | None = None, backend: str | None = None, adapter: Path | None = None) -> Encoder:
+        """The base model, or with ``adapter`` (a ``semantic_adapter.npz``) merged into its weights."""
+        return cls(directory or default_model_dir(), backend, adapter)
 
     def _forward(self, ids: list[int]) -> np.ndarray:
         """One sequence (no padding needed): the mean-pooled, normalised embedding."""
@@ -315,11 +366,16 @@ class LoadOnce(Generic[T]):
             self._value, self._error = None, ""
 
 
-_shared = LoadOnce(Encoder.load, EncoderUnavailable)
+def _load_shared() -> Encoder:
+    return Encoder.load(adapter=ADAPTER_FILE)
+
+
+_shared = LoadOnce(_load_shared, EncoderUnavailable)
 
 
 def shared() -> Encoder:
-    """The process's encoder, loaded once; raises ``EncoderUnavailable`` (also on later calls)."""
+    """The process's encoder with the shipped adapter, loaded once; raises ``EncoderUnavailable``
+    (also on later calls)."""
     return _shared.get()
 
 

@@ -69,6 +69,31 @@ def test_encoder_reproduces_sentence_transformers(backend: str, tolerance: float
     assert np.abs(windows - sentence_encoder.Encoder.load(backend="numpy").encode_windows(long)).max() < tolerance
 
 
+@pytest.mark.parametrize(("backend", "tolerance"), [("numpy", 1e-3), ("torch", 5e-3)])
+def test_adapter_changes_the_embedding_and_both_passes_apply_it_alike(backend: str, tolerance: float) -> None:
+    texts = ["a watercolour of a lighthouse at dusk", "a man slicing into his forearm with a razor",
+             "soldado con las tripas fuera en una trinchera"]
+    base = sentence_encoder.Encoder.load(backend="numpy").encode(texts)
+    reference = sentence_encoder.Encoder.load(backend="numpy", adapter=sentence_encoder.ADAPTER_FILE)
+    adapted = sentence_encoder.Encoder.load(backend=backend, adapter=sentence_encoder.ADAPTER_FILE)
+    assert adapted.adapter_sha and adapted.adapter_sha == reference.adapter_sha
+    ours = adapted.encode(texts)
+    assert np.abs(ours - reference.encode(texts)).max() < tolerance  # NumPy and torch run the same merged weights
+    assert np.abs(ours - base).max() > 0.05  # the adapter is really in the weights
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_both_passes_give_the_same_scores(fresh_model: pytest.MonkeyPatch) -> None:
+    texts = ["a still life of pears", "a soldier's body torn apart by an explosion, intestines spilling onto the mud",
+             "nude-colour ballet flats on a white background", "eine Frau, die sich die Pulsadern aufschneidet"]
+    scores = {}
+    for backend in ("numpy", "torch"):
+        encoder = sentence_encoder.Encoder.load(backend=backend, adapter=sentence_encoder.ADAPTER_FILE)
+        model = semantic.load_model(encoder=encoder)
+        scores[backend] = np.array([[s["score"] for s in model.score(t).values()] for t in texts])
+    assert np.abs(scores["numpy"] - scores["torch"]).max() < 0.02
+
+
 def test_long_prompt_is_judged_in_windows_so_a_late_clause_counts(shipped: policy.PolicyService) -> None:
     filler = ", ".join(["a quiet harbour town with fishing boats and gulls in soft morning light"] * 22)
     assert len(sentence_encoder.shared().tokenizer.encode(filler).ids) > sentence_encoder.MAX_TOKENS
@@ -175,11 +200,42 @@ def test_model_loads_once_per_process() -> None:
     assert semantic.shared_model().encoder is sentence_encoder.shared()
 
 
+@pytest.mark.parametrize(("content", "reason"), [
+    (None, "file not found"),
+    (b"not a zip archive", "not a readable adapter"),
+    ("wrong_shape", "layer.5.qkv: needs .a (384 x rank) and .b (rank x 1152) float factors"),
+    ("wrong_name", "'layer.9.qkv' is not layer.<0-5>"),
+])
+def test_missing_or_corrupt_adapter_makes_the_signal_unavailable(fresh_model: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 content: object, reason: str) -> None:
+    adapter = tmp_path / "semantic_adapter.npz"
+    if isinstance(content, bytes):
+        adapter.write_bytes(content)
+    elif content == "wrong_shape":
+        np.savez(adapter, **{"layer.5.qkv.a": np.zeros((384, 4), "<f2"), "layer.5.qkv.b": np.zeros((4, 384), "<f2")})
+    elif content == "wrong_name":
+        np.savez(adapter, **{"layer.9.qkv.a": np.zeros((384, 4), "<f2"), "layer.9.qkv.b": np.zeros((4, 1152), "<f2")})
+    fresh_model.setattr(sentence_encoder, "ADAPTER_FILE", adapter)
+    decision, policy_input, _ = service_for().evaluate("prompt", {"prompt": "a still life of pears"})
+    error = policy_input["prompt"]["semantic"]["error"]
+    assert policy_input["prompt"]["semantic"]["available"] is False
+    assert error.startswith(f"{adapter}: ") and reason in error
+    assert decision.rule_ids == ["prompt.semantic_unavailable"] and str(adapter) in decision.reasons[0]
+
+
+def test_heads_fitted_with_another_adapter_are_refused(tmp_path: Path) -> None:
+    base = sentence_encoder.Encoder.load(backend="numpy")
+    with pytest.raises(semantic.ModelUnavailable, match=r"semantic_model.json: fitted with adapter [0-9a-f]{12}, but the encoder has none"):
+        semantic.load_model(encoder=base)
+
+
 def test_model_file_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "none.json"
     with pytest.raises(semantic.ModelUnavailable, match="none.json: file not found"):
         semantic.load_model(missing, encoder=sentence_encoder.shared())
     bad = tmp_path / "bad.json"
-    bad.write_text('{"format": 1, "width": 384, "categories": {"gore": {"weights": "!!", "bias": 0, "exemplars": ["x"]}}}')
+    adapter = sentence_encoder.shared().adapter_sha
+    bad.write_text(json.dumps({"format": 1, "width": 384, "adapter": adapter,
+                               "categories": {"gore": {"weights": "!!", "bias": 0, "exemplars": ["x"]}}}))
     with pytest.raises(semantic.ModelUnavailable, match=r"bad.json: categories.gore.weights"):
         semantic.load_model(bad, encoder=sentence_encoder.shared())
