@@ -22,6 +22,7 @@ nsfwjs off, the CLIP side too, so each side runs exactly the detector it names.
 
     nice -n 5 .venv/bin/python bench/datasets.py                       # demo model (committed weights)
     nice -n 5 .venv/bin/python bench/datasets.py --detector clip-vit-b-32-random
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/datasets.py --detector clip-vit-b-32-random --threads 1
     nice -n 5 .venv/bin/python bench/datasets.py --model tiny --steps 4  # tiny sd1 when the demo is absent
 """
 
@@ -113,13 +114,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--detector", default="none", choices=tuple(DETECTORS),
                         help="a governed side with this content detector, beside the one without")
+    parser.add_argument("--threads", type=int, default=2, choices=(1, 2),
+                        help="torch threads (1 on a busy machine: two threads wait on each other when one is "
+                             "descheduled)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home (printed) instead of removing it")
     args = parser.parse_args()
     for flag in ("batch", "batches", "steps", "runs"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")  # schema hints, once per run
 
     home = Path(tempfile.mkdtemp(prefix="latentops-bench-datasets-"))
