@@ -87,7 +87,7 @@ def test_imagefolder_dataset_loads_and_documents_itself_and_reruns_give_the_same
     spec = spec_module.parse(_spec(classes=[
         {"name": "square", "prompts": ["a photo of a {name}"]},
         {"name": "circle", "prompts": ["a drawing of a {name}", "a photo of a {name}"]},
-        {"name": "nude", "prompts": ["a nude {name}"]}]))
+        {"name": "nude", "prompts": ["a pornographic {name}"]}]))
     summary = datasets.run(ready, spec=spec, out=tmp_path / "a", actor="cli:test")
     assert summary["released"] == 6 and summary["quarantined"] == 0
     assert [d["class"] for d in summary["denied_classes"]] == ["nude"]

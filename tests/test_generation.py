@@ -91,7 +91,7 @@ def test_a_denied_prompt_stops_before_generation_and_the_decision_is_kept(settin
         target = generation.resolve(db, model="tiny")
         try:
             generation.generate(db, settings=settings_env, actor="cli:test", target=target,
-                                spec=generation.GenerationSpec(prompts=["a nude portrait"], steps=1))
+                                spec=generation.GenerationSpec(prompts=["a pornographic portrait"], steps=1))
         except PolicyDenied as error:
             denial = error
     assert denial is not None and any("prompt." in r for r in denial.reasons)
