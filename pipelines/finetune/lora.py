@@ -54,6 +54,9 @@ from latentops.pipelines.finetune.checkpoint import TrainingFailed
 from latentops.pipelines.finetune.config import LoraConfig
 from latentops.pipelines.finetune.distributed import Rank
 from latentops.pipelines.finetune.families import Family, micro_conditioning
+from latentops.pipelines.finetune.optimizers import bitsandbytes as _bitsandbytes
+from latentops.pipelines.finetune.optimizers import build as _optimizer
+from latentops.pipelines.finetune.optimizers import precision as _precision
 from latentops.pipelines.finetune.run import Hooks, PriorData, QuietHooks, Tracker, TrainingResult
 
 logger = logging.getLogger(__name__)
@@ -67,42 +70,6 @@ def _step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _precision(config: LoraConfig, device: torch.device) -> str:
-    if device.type != "cuda":
-        if config.mixed_precision in ("fp16", "bf16"):
-            raise InvalidInput(f"mixed_precision: {config.mixed_precision} needs a GPU; use 'no' or 'auto' on CPU")
-        return "no"
-    if config.mixed_precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return config.mixed_precision
-
-
-def _bitsandbytes(config: LoraConfig, device: torch.device) -> Any | None:
-    """bitsandbytes when the run uses 8-bit AdamW (asked for, or ``auto`` on CUDA with it installed), else None."""
-    if config.optimizer != "adamw_8bit" and not (config.optimizer == "auto" and device.type == "cuda"):
-        return None
-    # On CPUs with AVX512-BF16, bitsandbytes warns at import that it found no 4-bit matmul
-    # kernels (fetched from a hub, which never happens here); the optimizers do not use them.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        if config.optimizer == "adamw_8bit":
-            raise InvalidInput("optimizer: adamw_8bit needs the bitsandbytes package, which is not installed "
-                               "(pip install 'latentops[bnb]')") from None
-        return None
-    return bnb
-
-
-def _optimizer(config: LoraConfig, groups: list[dict[str, Any]], device: torch.device) -> tuple[torch.optim.Optimizer, str]:
-    bnb = _bitsandbytes(config, device)
-    if bnb is not None:
-        return bnb.optim.AdamW8bit(groups, weight_decay=config.weight_decay), "adamw_8bit"
-    # One fused kernel for all parameters (on the CPU torch's default steps them one at a time in Python:
-    # about 5% of a small model's step on the CPU). The state and its checkpoint format are AdamW's either way.
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")), "adamw"
 
 
 def _load_pipeline(weights: WeightsRef, dtype: torch.dtype) -> Any:
