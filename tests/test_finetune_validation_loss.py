@@ -6,22 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
+from finetune_helpers import TINY_RECIPE, tiny_sd1_weights
 from PIL import Image, ImageDraw
 
 from latentops.core.errors import InvalidInput
-from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import data, heldout, lora, validation
 from latentops.pipelines.finetune.config import build_config
 
-BASE = {"instance_prompt": "a sks glyph", "rank": 4, "resolution": 32, "batch_size": 2, "lr": 1e-3,
-        "validation_steps": 1, "seed": 7, "samples": False}
+BASE = TINY_RECIPE
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> WeightsRef:
-    path = tiny.create("sd1", tmp_path_factory.mktemp("models") / "sd1")
-    return WeightsRef(content_hash="tiny-sd1-seed0", path=path, family="sd1")
+    return tiny_sd1_weights(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
