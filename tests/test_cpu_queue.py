@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from api_helpers import bearer, make_user, team_id
 from fastapi.testclient import TestClient
+from test_jobs_queue import wait_finished
 from test_screening import _png, picture
 
 from latentops.core.errors import Conflict, InvalidInput
@@ -27,23 +27,13 @@ from latentops.platform.tables import AuditEntry, CopyrightReference, Dataset, J
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
+CPU_JOB_TIMEOUT_S = 180.0
 WORKS = 30  # more than one INDEX_BATCH, so progress moves more than once
 
 
 @pytest.fixture
 def api(queue_settings, fresh_policy) -> TestClient:  # type: ignore[no-untyped-def]
     return TestClient(create_app(queue_settings))
-
-
-def wait_finished(url: str, job_id: int, timeout: float = 180.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with session_scope(url) as db:
-            job = jobs.get(db, job_id)
-            if job.state.finished:
-                return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
 
 
 def make_dataset(settings: Any, *, team: str, state: str = "ready", name: str = "digits-aug") -> int:
@@ -106,7 +96,7 @@ def test_a_cpu_worker_runs_each_cpu_kind_while_a_gpu_job_waits(  # type: ignore[
     assert gpu.json()["queue"] == "gpu"
 
     # The copyright index: every file read, the non-image listed with its reason, progress in files.
-    indexed = wait_finished(url, index.json()["id"])
+    indexed = wait_finished(url, index.json()["id"], timeout=CPU_JOB_TIMEOUT_S)
     assert indexed.state == JobState.SUCCEEDED, indexed.error
     assert indexed.progress["step"] == indexed.progress["total"] == WORKS and indexed.progress["percent"] == 100.0
     assert indexed.progress["added"] == WORKS - 1
@@ -119,7 +109,7 @@ def test_a_cpu_worker_runs_each_cpu_kind_while_a_gpu_job_waits(  # type: ignore[
                                                  "copyright.reference.add"]
 
     # The audit export: the same zip as POST /audit/export, downloaded once the job succeeded.
-    exported = wait_finished(url, export.json()["id"])
+    exported = wait_finished(url, export.json()["id"], timeout=CPU_JOB_TIMEOUT_S)
     assert exported.state == JobState.SUCCEEDED, exported.error
     assert exported.progress["step"] == exported.progress["total"] == 3 and exported.progress["entries"] > 0
     download = api.get(f"/api/v1/audit/exports/{exported.id}", headers=carol)
@@ -133,7 +123,7 @@ def test_a_cpu_worker_runs_each_cpu_kind_while_a_gpu_job_waits(  # type: ignore[
 
     # The dataset package: splits, manifest and card at the zip's root, the run's files left out,
     # and it loads in one line of Hugging Face datasets.
-    packaged = wait_finished(url, package.json()["id"])
+    packaged = wait_finished(url, package.json()["id"], timeout=CPU_JOB_TIMEOUT_S)
     assert packaged.state == JobState.SUCCEEDED, packaged.error
     assert packaged.progress["step"] == packaged.progress["total"] == packaged.result["files"] == 10
     # A submitter of the team may read the dataset but not take it (the datasets policy's export).
@@ -162,7 +152,7 @@ def test_a_cpu_worker_runs_each_cpu_kind_while_a_gpu_job_waits(  # type: ignore[
     with session_scope(url) as db:
         assert jobs.get(db, gpu.json()["id"]).state == JobState.QUEUED
     start_worker(queues="gpu")
-    assert wait_finished(url, gpu.json()["id"]).state == JobState.SUCCEEDED
+    assert wait_finished(url, gpu.json()["id"], timeout=CPU_JOB_TIMEOUT_S).state == JobState.SUCCEEDED
 
 
 def test_bad_input_and_callers_without_the_role_are_refused_before_anything_is_queued(  # type: ignore[no-untyped-def]
