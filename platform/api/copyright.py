@@ -105,18 +105,25 @@ def _read(upload: UploadFile) -> bytes:
     return upload.file.read()
 
 
+def _items(files: list[UploadFile]) -> list[tuple[str, bytes]]:
+    """Each upload's label and bytes."""
+    return [(_label(upload, i), _read(upload)) for i, upload in enumerate(files)]
+
+
+# The form of an upload of protected works (direct import and queued job alike).
+WorkFiles = Annotated[list[UploadFile], File(description="Images of the protected works.")]
+Owner = Annotated[str, Form(min_length=1, max_length=200, description="The rights holder.")]
+Licence = Annotated[str, Form(min_length=1, max_length=200, description="Licence under which the works are held.")]
+
+
 @router.post("/copyright/references", status_code=201, response_model=ImportReport)
 def add_references(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
-                   files: Annotated[list[UploadFile], File(description="Images of the protected works.")],
-                   owner: Annotated[str, Form(min_length=1, max_length=200, description="The rights holder.")],
-                   licence: Annotated[str, Form(min_length=1, max_length=200,
-                                                description="Licence under which the works are held.")]
-                   ) -> dict[str, Any]:
+                   files: WorkFiles, owner: Owner, licence: Licence) -> dict[str, Any]:
     """Add uploaded works to the reference index; files that fail are listed with their reasons (audited)."""
     access.check(session, principal=principal, action="copyright.manage")
     if len(files) > copyright.MAX_FILES:
         raise InvalidInput(f"files: at most {copyright.MAX_FILES} files per request (got {len(files)})")
-    items = [(_label(upload, i), _read(upload)) for i, upload in enumerate(files)]
+    items = _items(files)
     report = copyright.import_references(session, settings=settings, files=items, owner=owner, licence=licence,
                                          actor=principal.email, source="upload")
     if report.failures and not report.added and not report.duplicates:
@@ -127,17 +134,13 @@ def add_references(session: SessionDep, settings: SettingsDep, principal: Princi
 
 @router.post("/copyright/references/jobs", status_code=201)
 def queue_references(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
-                     files: Annotated[list[UploadFile], File(description="Images of the protected works.")],
-                     owner: Annotated[str, Form(min_length=1, max_length=200, description="The rights holder.")],
-                     licence: Annotated[str, Form(min_length=1, max_length=200,
-                                                  description="Licence under which the works are held.")]
-                     ) -> dict[str, Any]:
+                     files: WorkFiles, owner: Owner, licence: Licence) -> dict[str, Any]:
     """Queue the import of uploaded works as a ``copyright_index`` job (cpu queue; audited)."""
     from latentops.platform.services import cpu_jobs
     from latentops.platform.services.jobs.views import submitted_json
 
     access.check(session, principal=principal, action="copyright.manage")
-    folder = cpu_jobs.stage_uploads(settings, [(_label(upload, i), _read(upload)) for i, upload in enumerate(files)])
+    folder = cpu_jobs.stage_uploads(settings, _items(files))
     try:
         job = cpu_jobs.submit_copyright_index(session, settings, actor=principal.email, folder=folder, owner=owner,
                                               licence=licence, source="upload")
