@@ -62,25 +62,11 @@ def _aad(subject: str, payload_key_id: int, action: str) -> bytes:
     return f"latentops-audit-personal/v2|{subject}|{payload_key_id}|{action}".encode()
 
 
-def subject_key(session: Session, subject: str) -> AuditSubjectKey:
-    """The subject's current key, made when it has none (first entry, or back after an erasure)."""
-    key = session.execute(
-        sa.select(AuditSubjectKey)
-        .where(AuditSubjectKey.subject == subject, AuditSubjectKey.key.is_not(None))
-        .order_by(AuditSubjectKey.id.desc()).limit(1)
-    ).scalar_one_or_none()
-    if key is None:
-        key = AuditSubjectKey(subject=subject, key=AESGCM.generate_key(bit_length=256), created_at=utcnow())
-        session.add(key)
-        session.flush()
-    return key
-
-
 def seal(session: Session, *, subject: str, data: Mapping[str, Any], action: str) -> dict[str, Any]:
     """Encrypt ``data`` for ``subject`` under a new data key wrapped by the subject's key."""
     sealing.check_subject(subject)
     plaintext = canonical_details(data).encode("utf-8")
-    key = subject_key(session, subject)
+    key = sealing.current_key(session, subject)
     assert key.key is not None
     data_key = AESGCM.generate_key(bit_length=256)
     wrap_nonce = os.urandom(NONCE_BYTES)

@@ -53,7 +53,8 @@ def _aad(subject: str, key_id: int) -> bytes:
     return f"latentops-audit-personal/v1|{subject}|{key_id}".encode()
 
 
-def _current_key(session: Session, subject: str) -> AuditSubjectKey:
+def current_key(session: Session, subject: str) -> AuditSubjectKey:
+    """The subject's current key, made when it has none (first entry, or back after an erasure)."""
     key = session.execute(
         sa.select(AuditSubjectKey)
         .where(AuditSubjectKey.subject == subject, AuditSubjectKey.key.is_not(None))
@@ -72,7 +73,7 @@ def seal(session: Session, *, subject: str, data: Mapping[str, Any], context: st
     """Encrypt ``data`` for ``subject`` (called by ``audit.record`` in the caller's transaction)."""
     check_subject(subject)
     plaintext = canonical_details(data).encode("utf-8")
-    key = _current_key(session, subject)
+    key = current_key(session, subject)
     assert key.key is not None
     nonce = os.urandom(12)
     ciphertext = AESGCM(key.key).encrypt(nonce, plaintext, _aad(subject, key.id))
