@@ -140,6 +140,7 @@ def test_a_submitted_job_trains_on_a_worker_registers_once_and_needs_an_approver
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["rank"] == "4" and run.data.params["base_model_hash"] and run.data.params["dataset_hash"]
+    assert run.data.params["distributed_type"] == "NO"  # one process: no process group, no DDP wrapper
     assert {"loss", "lr", "step_time_s", "images_per_s", "peak_memory_mb"} <= set(run.data.metrics)
     versions = client.search_model_versions("name = 'lora-pattern'")
     assert len(versions) == 1 and versions[0].tags["latentops.job_id"] == str(job_id)

@@ -264,8 +264,9 @@ def _process_main() -> None:
     spec: LaunchSpec = connection.recv()
     _die_with_parent(spec.parent_pid)
     channel = _Channel(connection, spec.parent_pid)
-    rank = int(os.environ["RANK"])
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    rank = int(os.environ.get("RANK", "0"))  # a run of one process has no rendezvous variables
+    if "OMP_NUM_THREADS" in os.environ:  # else torch's default, as in any process (launcher.launch)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     device = torch.device("cuda", rank) if spec.device_type == "cuda" else torch.device("cpu")
     process = Rank(rank=rank, world_size=spec.world_size, device=device)
     outcome: tuple[str, int, Any]

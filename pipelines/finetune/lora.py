@@ -213,8 +213,7 @@ def train(
     family = Family(weights.family, pipeline)
     family.check(min_snr_gamma=config.min_snr_gamma, resolution=config.resolution)
     for module in [family.vae, family.denoiser, *family.all_text_encoders()]:
-        module.requires_grad_(False)
-        module.eval()
+        module.requires_grad_(False).eval()
     family.vae.to(device)
     for encoder in family.all_text_encoders():
         encoder.to(device)
@@ -337,8 +336,9 @@ def train(
         hooks.log(f"resuming from checkpoint at step {start}")
     if tracker is not None:
         tracker.start(config=config, meta={**meta, **modes, "optimizer": optimizer_name, "mixed_precision": precision,
-                                           "images": len(images), "refused": len(refused),
-                                           "effective_batch_size": config.batch_size * world}, resumed_from=start)
+                                           "images": len(images), "refused": len(refused), "distributed_type":
+                                           accelerator.distributed_type.value, "effective_batch_size": config.batch_size * world},
+                      resumed_from=start)
 
     def save_checkpoint(step: int) -> None:
         ckpt.save(checkpoints, step=step, trainable=named, optimizer=optimizer.state_dict(),
