@@ -108,3 +108,31 @@ def test_validation_images_of_the_governed_path_reach_the_run_only_when_released
     assert [f.path for f in client.list_artifacts(tracker.run_id, "validation/step-000002")] == [
         "validation/step-000002/sample-000.png"]
     assert client.get_metric_history(tracker.run_id, "val_loss") == []  # no held-out split: no val_loss
+
+
+def test_metrics_go_to_the_run_in_batches_and_none_is_lost_when_the_run_fails(  # type: ignore[no-untyped-def]
+        weights: WeightsRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentops.platform.services import finetune
+
+    monkeypatch.setattr(tracking, "METRICS_FLUSH_S", 3600.0)  # no flush falls due by time during this test
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = tracking.MlflowTracker(tracking_uri=uri, base_model_path=weights.path, registered_name="lora-glyph",
+                                     out_dir=tmp_path / "run")
+    tracker.start(config=build_config({**BASE, "steps": 40}), meta={}, resumed_from=0)
+    assert tracker.run_id is not None
+    client = tracking.client(uri)
+
+    def steps_in_run() -> list[int]:
+        return [m.step for m in client.get_metric_history(tracker.run_id, "loss")]
+
+    with pytest.raises(RuntimeError, match="the run broke"), finetune._metrics_sent(tracker):
+        for step in range(1, 31):
+            tracker.metrics(step, {"loss": 1.0 / step, "lr": 1e-4})
+        assert steps_in_run() == [1]  # the first step's metrics at once, the others held for one write
+        raise RuntimeError("the run broke")
+    assert steps_in_run() == list(range(1, 31))  # the failure sent what was held
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "lr")] == [1e-4] * 30
+
+    tracker.metrics(31, {"loss": 0.5})
+    tracker.metrics(32, {tracking.VALIDATION_IMAGES: 0.0})  # a validation step sends everything at once
+    assert steps_in_run() == list(range(1, 32))

@@ -32,6 +32,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from latentops.core.errors import InvalidInput, LatentopsError
+from latentops.pipelines.finetune.run import METRICS_FLUSH_S, VALIDATION_IMAGES
 
 if TYPE_CHECKING:
     from latentops.pipelines.finetune.config import LoraConfig
@@ -180,6 +182,16 @@ class _Channel:
     def send(self, message: tuple[Any, ...]) -> None:
         self.connection.send(message)
 
+    def call(self, message: tuple[Any, ...]) -> None:
+        """Send ``message`` and wait until the launcher has handled it, or asks to stop (a launcher that
+        stops relays nothing more: the step that follows sees the stop)."""
+        self.connection.send(message)
+        try:
+            while not self.stop_asked and (reply := self.connection.recv()) != ("done",):
+                self.stop_asked = reply == ("stop",)
+        except (EOFError, OSError):
+            self.stop_asked = True  # the launcher is gone
+
     def stop_requested(self) -> bool:
         """Has the launcher asked to stop (or gone away)? Never blocks."""
         try:
@@ -211,18 +223,41 @@ class _RankHooks:
 
 
 class _RelayTracker:
-    """Rank 0's tracker: each call goes to the launcher, which makes it on the caller's tracker."""
+    """Rank 0's tracker: each call goes to the launcher, which makes it on the caller's tracker.
+
+    Metrics are held here and sent as one batch about once a second (and at once for a step with
+    validation images, before ``finish``, and when the process stops or fails), and rank 0 waits
+    while the launcher writes them, between two steps, as one process does: written beside the
+    training they would stall the next step's threads on the CPU.
+    """
 
     def __init__(self, channel: _Channel) -> None:
         self.channel = channel
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.due = 0.0  # monotonic time of the next batch; the first step's metrics go at once
 
     def start(self, *, config: LoraConfig, meta: dict[str, Any], resumed_from: int) -> None:
-        self.channel.send(("tracker", "start", {"config": config, "meta": meta, "resumed_from": resumed_from}))
+        # Waited for too: opening the MLflow run takes the launcher a good share of a CPU for a moment.
+        self.channel.call(("tracker", "start", {"config": config, "meta": meta, "resumed_from": resumed_from}))
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        self.channel.send(("tracker", "metrics", {"step": step, "values": values}))
+        self.pending.append((step, values))
+        if VALIDATION_IMAGES in values or time.monotonic() >= self.due:
+            self.flush(wait=True)
+
+    def metrics_batch(self, entries: list[tuple[int, dict[str, float]]]) -> None:
+        self.pending.extend(entries)
+        self.flush(wait=True)
+
+    def flush(self, *, wait: bool = False) -> None:
+        if self.pending:
+            message = ("tracker", "metrics_batch", {"entries": self.pending})
+            self.pending = []
+            (self.channel.call if wait else self.channel.send)(message)
+        self.due = time.monotonic() + METRICS_FLUSH_S
 
     def finish(self, *, result: TrainingResult) -> None:
+        self.flush()
         self.channel.send(("tracker", "finish", {"result": result}))
 
 
@@ -270,6 +305,7 @@ def _process_main() -> None:
     device = torch.device("cuda", rank) if spec.device_type == "cuda" else torch.device("cpu")
     process = Rank(rank=rank, world_size=spec.world_size, device=device)
     outcome: tuple[str, int, Any]
+    tracker = _RelayTracker(channel) if process.is_main and spec.tracked else None
     # A run of one process (a queued job training in a process of its own) has no group to join: it
     # trains as a single process would, and only its reports travel.
     grouped = spec.world_size > 1
@@ -280,22 +316,23 @@ def _process_main() -> None:
             dist.init_process_group(backend(spec.device_type), rank=rank, world_size=spec.world_size,
                                     timeout=PROCESS_GROUP_TIMEOUT)  # rendezvous at MASTER_ADDR:MASTER_PORT
         result = spec.train(**spec.train_kwargs, device=device, process=process if grouped else None,
-                            hooks=_RankHooks(process, channel),
-                            tracker=_RelayTracker(channel) if process.is_main and spec.tracked else None)
+                            hooks=_RankHooks(process, channel), tracker=tracker)
         outcome = ("done", rank, result if process.is_main else None)
     except StopRequested:
         outcome = ("stopped", rank, None)
     except BaseException as error:  # noqa: BLE001 - everything is reported to the launcher
-        _leave(connection, ("error", rank, _failure(error)), code=1)  # peers may be mid-collective: no teardown
+        _leave(connection, ("error", rank, _failure(error)), code=1, tracker=tracker)  # peers may be mid-collective
     if grouped:
         dist.destroy_process_group()
-    _leave(connection, outcome, code=0)
+    _leave(connection, outcome, code=0, tracker=tracker)
 
 
-def _leave(connection: Connection, message: tuple[str, int, Any], *, code: int) -> None:
-    """Send the last word and exit at once: the outputs are written and closed, and tearing down an
-    interpreter full of torch takes seconds the run has no use for."""
+def _leave(connection: Connection, message: tuple[str, int, Any], *, code: int, tracker: _RelayTracker | None) -> None:
+    """Send the metrics still held and the last word, and exit at once: the outputs are written and
+    closed, and tearing down an interpreter full of torch takes seconds the run has no use for."""
     try:
+        if tracker is not None:
+            tracker.flush()
         connection.send(message)
         connection.close()
     except OSError:

@@ -169,7 +169,17 @@ class _Supervisor:
                 self.hooks.log(message[1])
             elif kind == "tracker" and self.tracker is not None:
                 getattr(self.tracker, message[1])(**message[2])
+                if message[1] in ("start", "metrics_batch"):  # rank 0 waits for these (distributed._RelayTracker)
+                    self._answer(connection)
         return progressed
+
+    @staticmethod
+    def _answer(connection: Connection) -> None:
+        """Tell a rank that waits (distributed._Channel.call) that its report was handled."""
+        try:
+            connection.send(("done",))
+        except OSError:
+            pass  # it is gone: its exit code tells the rest
 
     def _silent(self) -> list[int]:
         """Ranks whose process ended without a word (killed, out of memory, a crash in C). A process

@@ -18,6 +18,9 @@ from latentops.pipelines.finetune.config import LoraConfig
 
 logger = logging.getLogger(__name__)
 
+VALIDATION_IMAGES = "validation_images"  # the metric that says a step's validation images are on disk
+METRICS_FLUSH_S = 1.0  # a tracker's metrics wait at most about this long before they are sent
+
 
 class Hooks(Protocol):
     """What the caller sees of a run: the CLI shows a progress bar, a job writes the database."""
@@ -39,8 +42,13 @@ class QuietHooks:
 
 
 class Tracker(Protocol):
+    """Where a run's parameters, metrics and outputs go (MLflow). ``metrics`` may hold values back
+    (``METRICS_FLUSH_S``), except a step that carries ``VALIDATION_IMAGES``; ``flush`` sends them."""
+
     def start(self, *, config: LoraConfig, meta: dict[str, Any], resumed_from: int) -> None: ...
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
+    def metrics_batch(self, entries: list[tuple[int, dict[str, float]]]) -> None: ...
+    def flush(self) -> None: ...
     def finish(self, *, result: TrainingResult) -> None: ...
 
 

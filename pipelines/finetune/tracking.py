@@ -5,7 +5,10 @@
   (a local ``finetune run``) the run is found by the output folder.
 * **Params**: every config value, plus base model hash, dataset hash, family, optimizer and
   precision. **Metrics** per step: loss, lr, step time, images/s, peak memory; ``val_loss`` (the
-  held-out loss, see :mod:`heldout`) at each evaluation.
+  held-out loss, see :mod:`heldout`) at each evaluation. They are sent in batches, at most about
+  once a second (``run.METRICS_FLUSH_S``) and at once for a step with validation images, at the end
+  and by :meth:`MlflowTracker.flush`: one store write per step cost a queued job's training process the
+  CPU its launcher spent beside it (docs/finetune.md, "Queued against in process").
 * **Artifacts**: the LoRA weights (diffusers and kohya layouts), the sample grid and samples, the
   config and the data manifest; the validation images of each ``validation_every`` step as they
   are rendered, under ``validation/step-NNNNNN/``. The recipe reports them as the metric
@@ -32,6 +35,7 @@ from typing import Any
 
 from latentops.pipelines.finetune.config import LoraConfig
 from latentops.pipelines.finetune.lora import TrainingResult
+from latentops.pipelines.finetune.run import METRICS_FLUSH_S, VALIDATION_IMAGES
 
 logger = logging.getLogger(__name__)
 EXPERIMENT = "latentops-finetune"
@@ -39,7 +43,7 @@ JOB_TAG = "latentops.job_id"
 OUT_TAG = "latentops.out_dir"
 MODEL_ARTIFACT = "lora_model"
 CANDIDATE, PRODUCTION = "candidate", "production"
-VALIDATION_IMAGES = "validation_images"  # the metric that says a step's validation images are on disk
+BATCH_LIMIT = 1000  # MLflow's limit on the metrics of one log_batch call
 
 
 def client(tracking_uri: str) -> Any:
@@ -64,6 +68,8 @@ class MlflowTracker:
         self.run_id: str | None = None
         self.model_version: str | None = None
         self.model_uri: str | None = None
+        self._pending: list[Any] = []  # mlflow Metric entries not sent yet
+        self._next_flush = 0.0  # monotonic time of the next flush; the first step's metrics go at once
 
     # -- the run -----------------------------------------------------------------------------------
     def _experiment_id(self) -> str:
@@ -99,14 +105,31 @@ class MlflowTracker:
             self.client.set_tag(self.run_id, f"latentops.{key}", _tag(value))
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
+        self.metrics_batch([(step, values)], flush=None)
+
+    def metrics_batch(self, entries: list[tuple[int, dict[str, float]]], *, flush: bool | None = True) -> None:
+        """Several steps' metrics; sent at once (``flush``), or when due (``None``)."""
         import time
 
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in values.items()])
-        if VALIDATION_IMAGES in values:
+        shown = [step for step, values in entries if VALIDATION_IMAGES in values]
+        self._pending.extend(Metric(k, float(v), stamp, step) for step, values in entries for k, v in values.items())
+        if flush or shown or time.monotonic() >= self._next_flush:
+            self.flush()
+        for step in shown:
             self.validation_images(step)
+
+    def flush(self) -> None:
+        """Send the metrics not sent yet."""
+        import time
+
+        pending, self._pending = self._pending, []
+        for first in range(0, len(pending), BATCH_LIMIT):
+            assert self.run_id is not None
+            self.client.log_batch(self.run_id, metrics=pending[first:first + BATCH_LIMIT])
+        self._next_flush = time.monotonic() + METRICS_FLUSH_S
 
     def validation_images(self, step: int) -> list[str]:
         """Upload the released validation images of ``step`` as ``validation/step-NNNNNN/sample-NNN.png``."""
@@ -121,6 +144,7 @@ class MlflowTracker:
     def finish(self, *, result: TrainingResult) -> None:
         assert self.run_id is not None
         run_id = self.run_id
+        self.flush()
         for path, folder in ((result.weights_path, "lora"), (result.kohya_path, "lora/kohya"),
                              (result.out_dir / "config.json", None), (result.out_dir / "manifest.json", None),
                              (result.sample_grid, "samples")):

@@ -24,6 +24,8 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,10 +185,11 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
     config, weights = build_config(params["config"]), WeightsRef(**{**params["weights"], "path": Path(params["weights"]["path"])})
     tracker = _tracker(ctx.settings, weights, params["adapter_name"], ctx.workdir / "out", ctx.job_id,
                        {**params["lineage"], "job_id": ctx.job_id})
-    result = dreambooth.run(config, weights=weights, instance_dir=Path(params["instance_dir"]), out_dir=ctx.workdir / "out",
-                            class_dir=Path(params["class_dir"]) if params.get("class_dir") else None, hooks=ctx,
-                            tracker=tracker, resume=True, job_id=ctx.job_id, cache_dir=cache_dir(ctx.settings),
-                            renderer=generation.render_for_training, own_process=True)
+    with _metrics_sent(tracker):
+        result = dreambooth.run(config, weights=weights, instance_dir=Path(params["instance_dir"]),
+                                out_dir=ctx.workdir / "out", class_dir=Path(params["class_dir"]) if params.get("class_dir") else None,
+                                hooks=ctx, tracker=tracker, resume=True, job_id=ctx.job_id, cache_dir=cache_dir(ctx.settings),
+                                renderer=generation.render_for_training, own_process=True)
     with session_scope(ctx.settings.database_url) as session:
         adapter = register_adapter(session, name=params["adapter_name"], version_id=params["version_id"], job_id=ctx.job_id,
                                    team=params.get("team") or None, result=result, model_uri=tracker.model_uri,
@@ -200,9 +203,10 @@ def run_local(settings: Settings, *, actor: audit.Actor | str, request: Request,
     with session_scope(settings.database_url) as session:  # a denial commits: it is evidence
         checked = preflight(session, settings=settings, actor=actor, request=request)
     tracker = _tracker(settings, checked.weights, checked.adapter_name, out_dir, None, checked.lineage(None)) if track else None
-    result = dreambooth.run(checked.config, weights=checked.weights, instance_dir=checked.instance_dir, out_dir=out_dir,
-                            class_dir=request.class_dir, hooks=hooks, tracker=tracker, resume=resume,
-                            stop_after=stop_after, cache_dir=cache_dir(settings), renderer=generation.render_for_training)
+    with _metrics_sent(tracker):
+        result = dreambooth.run(checked.config, weights=checked.weights, instance_dir=checked.instance_dir, out_dir=out_dir,
+                                class_dir=request.class_dir, hooks=hooks, tracker=tracker, resume=resume,
+                                stop_after=stop_after, cache_dir=cache_dir(settings), renderer=generation.render_for_training)
     if result.stopped_early:
         return {"stopped_at": result.steps, "out": str(out_dir), "losses": result.losses}
     with session_scope(settings.database_url) as session:
@@ -210,6 +214,21 @@ def run_local(settings: Settings, *, actor: audit.Actor | str, request: Request,
                                    team=checked.team or None, result=result,
                                    model_uri=tracker.model_uri if tracker else None, actor=actor)
         return _summary(result, adapter, tracker)
+
+
+@contextmanager
+def _metrics_sent(tracker: tracking.MlflowTracker | None) -> Iterator[None]:
+    """Whatever the run's end, the metrics the tracker still holds reach its MLflow run (a finished run
+    sends them itself; a failed or stopped one would lose its last second of them). A store that
+    cannot take them then does not hide the run's own error."""
+    try:
+        yield
+    finally:
+        if tracker is not None:
+            try:
+                tracker.flush()
+            except Exception as error:  # noqa: BLE001 - the run's own error, if any, is the one to report
+                logger.warning("finetune: the last metrics did not reach MLflow: %s", error)
 
 
 def cache_dir(settings: Settings) -> Path:
