@@ -15,7 +15,6 @@ their thresholds. A category needs at least one negative to be fitted.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,7 @@ from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput
 from latentops.core.settings import Settings
-from latentops.governance import audit, policy, screening
-from latentops.governance.detectors import CATEGORIES
+from latentops.governance import audit, labelled_sets, policy, screening
 from latentops.governance.imagefile import load_image
 
 BATCH = 16
@@ -60,26 +58,10 @@ class CalibrationReport:
 def read_labels(path: Path) -> tuple[list[str], dict[str, dict[str, int]]]:
     """``(categories, {file: {category: 0|1}})`` from ``labels.csv``, refusing bad rows by line."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as error:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
         raise InvalidInput(f"labels: {path} cannot be read ({error})") from None
-    if not rows or not rows[0] or rows[0][0].strip() != "file":
-        raise InvalidInput(f"labels: {path} must start with a header 'file,<category>,...'")
-    categories = [c.strip() for c in rows[0][1:]]
-    unknown = [c for c in categories if c not in CATEGORIES]
-    if unknown or not categories:
-        raise InvalidInput(f"labels: unknown or missing category columns {unknown}; use {', '.join(CATEGORIES)}")
-    labels: dict[str, dict[str, int]] = {}
-    for number, row in enumerate(rows[1:], start=2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) != len(categories) + 1 or any(v.strip() not in {"0", "1"} for v in row[1:]):
-            raise InvalidInput(f"labels: line {number} must have a file name and 0 or 1 for each of {', '.join(categories)}")
-        labels[row[0].strip()] = {c: int(v) for c, v in zip(categories, row[1:], strict=True)}
-    if not labels:
-        raise InvalidInput(f"labels: {path} has no rows")
-    return categories, labels
+    return labelled_sets.read_label_columns(str(path), text)
 
 
 def fit_threshold(negatives: np.ndarray, target_fpr: float) -> float:

@@ -116,6 +116,7 @@ def workspace(tmp_path: Path) -> Path:
     images.mkdir(parents=True)
     pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(images / "cat.png")
+    (folder / "labels.csv").write_text("file,sexual\ncat.png,0\n", encoding="utf-8")
     (folder / "spec.yaml").write_text("name: cats\nmodel: tiny\nper_class: 2\nclasses:\n"
                                       "  - name: cat\n    prompts: [\"a photo of a cat\"]\n", encoding="utf-8")
     return folder
@@ -169,4 +170,4 @@ def test_each_command_with_a_server_does_what_the_table_says(cli, workspace: Pat
         assert result.returncode == 1, (args, result.stdout)
         assert result.stderr.strip().startswith(f"InvalidInput: {option}: not available with --server"), (args, result.stderr)
     assert not absent.exists()  # nothing opened this machine's database
-    assert sorted(p.name for p in workspace.iterdir()) == ["client-home", "images", "spec.yaml"]  # nor wrote files here
+    assert sorted(p.name for p in workspace.iterdir()) == ["client-home", "images", "labels.csv", "spec.yaml"]  # nor wrote files here

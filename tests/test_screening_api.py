@@ -145,3 +145,33 @@ def test_the_sdk_reads_status_and_calibrates_from_jsonl(with_clip, people_with_c
         with Client(base, people_with_clip["alice"]) as api, pytest.raises(PolicyDenied):
             api.screening.status()
     assert _stored(with_clip.database_url) == ["screening.thresholds"]
+
+
+def test_the_console_calibrates_on_a_server_with_its_own_labels_file(  # type: ignore[no-untyped-def]
+        with_clip, people_with_clip, cli, tmp_path: Path) -> None:
+    """``screening calibrate --server``: the console's ``file,<category>,...`` labels go as they are,
+    with the images they name; a bad row is refused here, before anything is uploaded."""
+    images, rows = _labelled(12)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for name, data in images:
+        (folder / name).write_bytes(data)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,weapons,sexual\n" + "".join(f"{r['file']},{int(r['label'] == 'weapons')},0\n" for r in rows)
+                      + "gone.png,0,0\n", encoding="utf-8")
+    with serving(create_app(with_clip)) as base:
+        env = {"LATENTOPS_SERVER": base, "LATENTOPS_TOKEN": people_with_clip["carol"]}
+        bad = tmp_path / "bad.csv"
+        bad.write_text("file,weapons\n0.png,2\n", encoding="utf-8")
+        refused = cli("screening", "calibrate", "--images", str(folder), "--labels", str(bad), env=env)
+        assert refused.returncode == 1 and refused.stderr.strip() == (
+            "InvalidInput: labels: line 2 must have a file name and 0 or 1 for each of weapons")
+        assert _stored(with_clip.database_url) == []
+        done = cli("screening", "calibrate", "--images", str(folder), "--labels", str(labels), "--target-fpr", "0.2",
+                   "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["categories"]["weapons"]["positives"] == 4 and report["categories"]["weapons"]["fpr"] <= 0.2
+        assert report["categories"]["sexual"]["positives"] == 0  # a column with no positive is fitted on negatives
+        assert [f["file"] for f in report["failures"]] == ["gone.png"]  # named, not here: the server says so
+    assert _stored(with_clip.database_url) == ["screening.thresholds"]

@@ -8,7 +8,7 @@
   ``latentops screening calibrate`` does, and stores them as a new policy-data revision (audited
   ``policy.data.edit`` and ``screening.calibrate``). ``labels`` is CSV with a header or JSON Lines
   (``.jsonl``), one row per image with a ``file`` and a ``label`` column
-  (``screening.read_labelled_set``); ``images`` are the labelled files, matched by name. A missing
+  (``labelled_sets.read_labelled_set``); ``images`` are the labelled files, matched by name. A missing
   column is refused naming it; labelled files that are not uploaded or not readable are listed
   under ``failures`` while the rest are fitted.
 

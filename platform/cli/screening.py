@@ -132,13 +132,11 @@ def calibrate(
     target_fpr: float = typer.Option(0.01, "--target-fpr", help="Highest false-positive rate per category."),
     json_output: bool = JSON,
 ) -> None:
-    """Fit per-category thresholds and store them as a new policy-data revision (audited)."""
-    from latentops.governance import calibration
+    """Fit per-category thresholds and store them as a new policy-data revision (audited).
 
-    with context.session() as db:
-        report = calibration.calibrate(db, settings=context.settings(), images=images, labels=labels,
-                                       target_fpr=target_fpr, actor=context.actor())
-        payload = report.to_json()
+    With --server the labels file and the images it names are uploaded, and the server's detectors
+    are fitted (POST /screening/calibrate)."""
+    payload = backends.backend().screening_calibrate(images=images, labels=labels, target_fpr=target_fpr)
     if json_output:
         output.emit_json(payload)
         return

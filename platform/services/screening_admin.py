@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from latentops.core.errors import InvalidInput, LatentopsError
-from latentops.governance import calibration, screening
+from latentops.governance import calibration, labelled_sets, screening
 
 MAX_CALIBRATION_FILES = 2000
 
@@ -51,7 +51,7 @@ def calibrate_upload(session: Any, settings: Any, *, labels: tuple[str, bytes], 
     """Calibrate on uploaded files; ``labels`` is (file name, bytes), ``images`` (name, bytes) pairs."""
     if not 0 <= target_fpr < 1:
         raise InvalidInput(f"target_fpr: must be at least 0 and below 1 (got {target_fpr})")
-    categories, table = screening.read_labelled_set(*labels)
+    categories, table = labelled_sets.read_labelled_set(*labels)
     if not images:
         raise InvalidInput("images: upload the labelled images")
     if len(images) > MAX_CALIBRATION_FILES:
@@ -61,7 +61,7 @@ def calibrate_upload(session: Any, settings: Any, *, labels: tuple[str, bytes], 
         (root / "images").mkdir()
         for name, data in images:
             (root / "images" / name).write_bytes(data)
-        labels_csv = screening.write_labels_csv(categories, table, root / "labels.csv")
+        labels_csv = labelled_sets.write_labels_csv(categories, table, root / "labels.csv")
         report = calibration.calibrate(session, settings=settings, images=root / "images", labels=labels_csv,
                                        target_fpr=target_fpr, actor=actor)
     payload = report.to_json()

@@ -413,6 +413,14 @@ class LocalBackend(LocalCpuJobs):
 
         return screening.status(context.settings())
 
+    def screening_calibrate(self, *, images: Path, labels: Path, target_fpr: float) -> dict[str, Any]:
+        from latentops.governance import calibration
+
+        with context.session() as db:
+            report = calibration.calibrate(db, settings=context.settings(), images=images, labels=labels,
+                                           target_fpr=target_fpr, actor=context.actor())
+            return report.to_json()
+
     def screen(self, image: Path, *, team: str | None) -> dict[str, Any]:
         from latentops.governance import screening
 

@@ -356,6 +356,21 @@ class RemoteBackend:
         report.pop("categories", None)  # the local report's keys (coverage and thresholds say the same)
         return report
 
+    def screening_calibrate(self, *, images: Path, labels: Path, target_fpr: float) -> dict[str, Any]:
+        """Upload ``labels`` as it is and the images it names (read here, as a local calibration would
+        read them); the server fits and stores the thresholds. Named files that are missing here are
+        left for the server to report under ``failures``, as the local calibration does."""
+        from latentops.governance.labelled_sets import read_label_columns
+
+        try:
+            text = labels.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InvalidInput(f"labels: {labels} cannot be read ({error})") from None
+        _, table = read_label_columns(str(labels), text)  # refused here, by line, before any upload
+        named = [images / name for name in sorted(table)]
+        found = [path for path in named if path.is_file()]
+        return dict(self.api.screening.calibrate((labels.name, text.encode("utf-8")), found, target_fpr=target_fpr))
+
     def screen(self, image: Path, *, team: str | None) -> dict[str, Any]:
         from latentops.governance.imagefile import read_bytes  # the size limit and messages of a local screen
 
