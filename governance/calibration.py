@@ -57,11 +57,7 @@ class CalibrationReport:
 
 def read_labels(path: Path) -> tuple[list[str], dict[str, dict[str, int]]]:
     """``(categories, {file: {category: 0|1}})`` from ``labels.csv``, refusing bad rows by line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"labels: {path} cannot be read ({error})") from None
-    return labelled_sets.read_label_columns(str(path), text)
+    return labelled_sets.read_label_columns(str(path), labelled_sets.read_label_file(path))
 
 
 def fit_threshold(negatives: np.ndarray, target_fpr: float) -> float:

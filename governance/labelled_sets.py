@@ -128,6 +128,14 @@ def read_label_columns(name: str, text: str) -> tuple[list[str], dict[str, dict[
     return categories, labels
 
 
+def read_label_file(path: Path) -> str:
+    """The text of a labels file on this machine (a leading byte-order mark dropped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"labels: {path} cannot be read ({error})") from None
+
+
 def _labelled_file(value: Any, number: int) -> str:
     """The ``file`` of a labels row: a file name in the images folder, never a path."""
     file = str(value or "").strip()

@@ -360,12 +360,9 @@ class RemoteBackend:
         """Upload ``labels`` as it is and the images it names (read here, as a local calibration would
         read them); the server fits and stores the thresholds. Named files that are missing here are
         left for the server to report under ``failures``, as the local calibration does."""
-        from latentops.governance.labelled_sets import read_label_columns
+        from latentops.governance.labelled_sets import read_label_columns, read_label_file
 
-        try:
-            text = labels.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as error:
-            raise InvalidInput(f"labels: {labels} cannot be read ({error})") from None
+        text = read_label_file(labels)
         _, table = read_label_columns(str(labels), text)  # refused here, by line, before any upload
         named = [images / name for name in sorted(table)]
         found = [path for path in named if path.is_file()]
