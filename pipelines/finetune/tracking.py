@@ -105,10 +105,10 @@ class MlflowTracker:
             self.client.set_tag(self.run_id, f"latentops.{key}", _tag(value))
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        self.metrics_batch([(step, values)], flush=None)
+        self.metrics_batch([(step, values)], flush=False)
 
-    def metrics_batch(self, entries: list[tuple[int, dict[str, float]]], *, flush: bool | None = True) -> None:
-        """Several steps' metrics; sent at once (``flush``), or when due (``None``)."""
+    def metrics_batch(self, entries: list[tuple[int, dict[str, float]]], *, flush: bool = True) -> None:
+        """Several steps' metrics; sent at once (``flush``), else when due or for validation images."""
         import time
 
         from mlflow.entities import Metric
