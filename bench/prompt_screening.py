@@ -5,7 +5,9 @@ ones in every blocked category (mostly paraphrases, euphemisms, misspellings, in
 six other languages) and benign ones full of trap words (animals, food, medicine, sport, cosmetics,
 place names, museum nudes, ...). Every prompt carries its split: ``train`` (fits the semantic
 heads and supplies their exemplars), ``dev`` (chooses the regularisation and the severity cuts)
-and ``test`` (reported; never used for fitting).
+and ``test`` (reported; never used for fitting). ``prompt_screening_extra_train.jsonl`` holds
+training-only prompts; ``prompt_screening_holdout.jsonl`` is a second test set (``--split holdout``),
+written apart from all the others.
 
     .venv/bin/python bench/prompt_screening.py fit        # train + dev -> governance/semantic_model.json
                                                           # and the cuts in prompts' policy data
@@ -44,6 +46,9 @@ from latentops.governance.policy_engine import EmbeddedEngine
 
 DATA = Path(__file__).resolve().parent / "data" / "prompt_screening.jsonl"
 EXTRA = DATA.parent / "prompt_screening_extra_train.jsonl"
+# A second test set, written apart from every other prompt file after the term lists, the
+# training prompts and the fitting method were settled; like test, never used for fitting or choosing.
+HOLDOUT = DATA.parent / "prompt_screening_holdout.jsonl"
 CATEGORIES = ("sexual", "gore", "self_harm", "hate")
 # The heads the model fits, and which benchmark categories are their positives. ``minors`` is not
 # a blocked category but a presence signal: the policy refuses sexual content (keyword or semantic)
@@ -66,9 +71,14 @@ MINORS_FPR_WEIGHT = 3.0
 CUT_FRACTIONS = {"2": 0.5, "4": 0.75}
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def load(split: str | None = None) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in rows if split is None or r["split"] == split]
+    if split == "holdout":
+        return [row | {"split": "holdout"} for row in read_jsonl(HOLDOUT)]
+    return [r for r in read_jsonl(DATA) if split is None or r["split"] == split]
 
 
 # --- fitting ------------------------------------------------------------------------------------
@@ -81,7 +91,7 @@ def embed(encoder: sentence_encoder.Encoder, rows: list[dict[str, Any]]) -> np.n
 def training_rows() -> list[dict[str, Any]]:
     train = load("train")
     if EXTRA.exists():  # training-only prompts, kept apart from the benchmark's own splits
-        train += [json.loads(line) for line in EXTRA.read_text(encoding="utf-8").splitlines() if line.strip()]
+        train += read_jsonl(EXTRA)
     return train
 
 
@@ -371,7 +381,7 @@ def by_language(rows: list[dict[str, Any]], flagged: list[set[str]]) -> dict[str
 
 def report(args: argparse.Namespace) -> int:
     rows = load(args.split)
-    counts = Counter((r["label"], r["split"]) for r in load())
+    counts = Counter((r["label"], r["split"]) for r in load() + load("holdout"))
     print(f"benchmark: {sum(counts.values())} prompts; " + ", ".join(f"{k[0]}/{k[1]} {v}" for k, v in sorted(counts.items())))
     print(f"reporting on split '{args.split}': {len(rows)} prompts; encoder forward pass: {args.backend}\n")
     results = {}
@@ -418,7 +428,7 @@ def split(args: argparse.Namespace) -> None:
 
     rows = []
     for name in ("prompt_screening_harmful.jsonl", "prompt_screening_benign.jsonl"):
-        rows += [json.loads(line) for line in (DATA.parent / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows += read_jsonl(DATA.parent / name)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["label"], row["category"], row["language"])].append(row)
@@ -435,7 +445,8 @@ def split(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", choices=("report", "fit", "split"), default="report")
-    parser.add_argument("--split", choices=("train", "dev", "test"), default="test")
+    parser.add_argument("--split", choices=("train", "dev", "test", "holdout"), default="test",
+                        help="the split reported (holdout: the second test set, prompt_screening_holdout.jsonl)")
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICY_DIR, help="policy folder (default: the shipped one)")
     parser.add_argument("--fpr-weight", type=float, default=FPR_WEIGHT, help="fit: weight of dev false positives vs misses")
     parser.add_argument("--adapter-epochs", type=int, default=ADAPTER_EPOCHS,
