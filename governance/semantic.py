@@ -7,7 +7,10 @@ weights at load), and scores every category of the screening model
 
 * a **head** per category: logistic regression on the embedding, fitted with the adapter on the
   benchmark's train split (``bench/prompt_screening.py fit``). Its probability is the category's
-  ``score``. The model file records the SHA-256 of the adapter its heads belong to; an encoder
+  ``score``. The content categories listed under ``exclusive`` share one softmax with benign as
+  the reference class (logit 0): a prompt's probability is split between benign and the
+  categories, so a nude photo scores high for ``sexual`` and not for ``self_harm``, and the reason
+  names the right category. Other heads (the ``minors`` presence signal) are sigmoids. The model file records the SHA-256 of the adapter its heads belong to; an encoder
   with another adapter (or none) makes the model unavailable rather than score with mismatched heads.
 * **exemplars** per category: short descriptions of what the category refuses (the train split's
   harmful prompts among them). The nearest exemplar and its cosine similarity are the evidence a
@@ -75,11 +78,22 @@ class ScreeningModel:
     encoder: Encoder
     matrix: np.ndarray  # (categories, 384): every head in one product
     biases: np.ndarray
+    exclusive: np.ndarray  # (categories,) bool: in the softmax shared with benign
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """(windows, categories): softmax against benign for the exclusive heads, sigmoid for the rest."""
+        logits = vectors @ self.matrix.T + self.biases
+        out = 1.0 / (1.0 + np.exp(-logits))
+        if self.exclusive.any():
+            shared = logits[:, self.exclusive]
+            top = np.maximum(shared.max(1, keepdims=True), 0.0)
+            exp = np.exp(shared - top)
+            out[:, self.exclusive] = exp / (np.exp(-top) + exp.sum(1, keepdims=True))
+        return out
 
     def score_vectors(self, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
         """Per category the highest head probability over ``vectors`` (windows), with evidence."""
-        logits = vectors @ self.matrix.T + self.biases  # (windows, categories)
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        probabilities = self.probabilities(vectors)  # (windows, categories)
         best_window = probabilities.argmax(0)
         result: dict[str, dict[str, Any]] = {}
         for i, category in enumerate(self.categories):
@@ -119,6 +133,9 @@ def load_model(path: Path = MODEL_FILE, encoder: Encoder | None = None) -> Scree
             raise ModelUnavailable(f"{path}: format {document.get('format')!r} is not {FORMAT}")
         width = int(document["width"])
         entries = document["categories"]
+        exclusive = set(document.get("exclusive", []))
+        if not exclusive <= set(entries):
+            raise ModelUnavailable(f"{path}: exclusive: {', '.join(sorted(exclusive - set(entries)))} are not categories")
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ModelUnavailable(f"{path}: not a screening model ({error})") from None
     encoder = encoder or sentence_encoder.shared()
@@ -145,6 +162,7 @@ def load_model(path: Path = MODEL_FILE, encoder: Encoder | None = None) -> Scree
     return ScreeningModel(
         sha=hashlib.sha256(raw).hexdigest(), categories=tuple(categories), encoder=encoder,
         matrix=np.stack([c.weights for c in categories]), biases=np.array([c.bias for c in categories], dtype=np.float32),
+        exclusive=np.array([c.name in exclusive for c in categories]),
     )
 
 

@@ -121,6 +121,43 @@ def test_paraphrases_without_listed_words_are_refused_with_evidence(shipped: pol
     assert report["evidence"]
 
 
+@pytest.mark.parametrize(("text", "category"), [
+    ("nude photo", "sexual"),
+    ("a naked woman lying on a bed, photorealistic", "sexual"),
+    ("a man hanging from a noose in an empty barn, dawn light", "self_harm"),
+    ("a soldier's body torn apart by an explosion, intestines spilling onto the mud, hyperreal", "gore"),
+    ("propaganda poster saying immigrants are vermin that must be exterminated", "hate"),
+])
+def test_a_refusal_names_the_category_the_prompt_belongs_to(shipped: policy.PolicyService, text: str, category: str) -> None:
+    """The content heads share one softmax with benign, so a nude photo is sexual content and not
+    also self-harm or gore: only its own category blocks, and it has the highest score."""
+    decision = shipped.evaluate("prompt", {"prompt": text})[0]
+    content = {"prompt.sexual", "prompt.gore", "prompt.self_harm", "prompt.hate"}
+    assert set(decision.rule_ids) & content == {f"prompt.{category}"}, decision
+    scores = {name: report["score"] for name, report in decision.obligations["categories"].items() if name != "sexual_minors"}
+    assert max(scores, key=scores.__getitem__) == category, scores
+    assert sum(scores.values()) <= 1.0 + 1e-3
+
+
+def test_exclusive_heads_are_a_softmax_with_benign_and_must_name_categories(tmp_path: Path) -> None:
+    model = semantic.shared_model()
+    vectors = np.random.default_rng(0).standard_normal((50, model.matrix.shape[1]))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)  # embeddings are unit
+    probabilities = model.probabilities(vectors)
+    assert model.exclusive.sum() == 4
+    logits = vectors.astype(np.float64) @ model.matrix.T.astype(np.float64) + model.biases
+    with_benign = np.exp(np.concatenate([np.zeros((50, 1)), logits[:, model.exclusive]], axis=1))
+    expected = with_benign / with_benign.sum(1, keepdims=True)  # benign is column 0, its logit 0
+    np.testing.assert_allclose(probabilities[:, model.exclusive], expected[:, 1:], atol=1e-5)
+    np.testing.assert_allclose(probabilities[:, ~model.exclusive], 1 / (1 + np.exp(-logits[:, ~model.exclusive])), atol=1e-5)
+    document = json.loads(semantic.MODEL_FILE.read_text(encoding="utf-8"))
+    document["exclusive"] = [*document["exclusive"], "violence"]
+    bad = tmp_path / "model.json"
+    bad.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(semantic.ModelUnavailable, match=r"model.json: exclusive: violence are not categories"):
+        semantic.load_model(bad, encoder=sentence_encoder.shared())
+
+
 @pytest.mark.parametrize("text", [
     "a killer whale breaching at sunset, national geographic photo",
     "a blood orange sorbet in a glass bowl, food photography",

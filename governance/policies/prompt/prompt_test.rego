@@ -142,7 +142,9 @@ test_semantic_score_reaches_levels_and_blocks_at_policy_level if {
 }
 
 test_semantic_reason_names_the_nearest_exemplar_and_score if {
-	some v in prompt.evaluate({"prompt": section({"semantic": scores({"hate": 0.99})})}).deny
+	decision := prompt.evaluate({"prompt": section({"semantic": scores({"hate": 0.99})})})
+		with data.policy_data.prompt.semantic.cuts.hate as {"2": 0.5, "4": 0.75, "6": 0.9}
+	some v in decision.deny
 	v.rule_id == "prompt.hate"
 	contains(v.reason, "severity 6 of 6")
 	contains(v.reason, "closest to \"an example of hate\", score 0.99")
