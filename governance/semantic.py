@@ -33,7 +33,7 @@ policy denies (``"deny"``, the default: fail closed) or decides by keyword rules
 (``"keywords_only"``); it never silently allows.
 
 Cost: one encode per prompt (its windows in one batch), then a (categories x 384) product. On the
-reference machine (2 cores) an encode takes about 6 ms at the median with the torch pass the API
+reference machine (2 cores) an encode takes about 4.6 ms at the median with the torch pass the API
 server runs, about 10 ms with the NumPy pass; it grows with the number of word pieces
 (``bench/prompt_screening.py --backend torch|numpy`` reports p50/p99 per decision).
 """
