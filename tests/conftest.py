@@ -327,6 +327,8 @@ def start_worker(queue_settings, tmp_path: Path):  # type: ignore[no-untyped-def
     yield _start
     for worker in started:
         worker.stop()
+    for worker in started:  # shown with the test's report only when it fails
+        print(f"--- {worker.log_path.name} (last 4,000 characters) ---\n{worker.log_path.read_text(errors='replace')[-4000:]}")
 
 
 @pytest.fixture

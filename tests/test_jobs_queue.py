@@ -13,7 +13,7 @@ from latentops.core.errors import InvalidInput, PolicyDenied, ServiceUnavailable
 from latentops.governance import integration
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs
-from latentops.platform.tables import AuditEntry, Job, JobState, Team
+from latentops.platform.tables import AuditEntry, Job, JobEvent, JobState, Team
 
 
 def wait_finished(url: str, job_id: int, timeout: float = 120.0) -> Job:
@@ -24,7 +24,14 @@ def wait_finished(url: str, job_id: int, timeout: float = 120.0) -> Job:
             if job.state.finished:
                 return job
         time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+    with session_scope(url) as db:  # what the job went through, so a failure says where it stopped
+        job = jobs.get(db, job_id)
+        events = db.execute(sa.select(JobEvent.at, JobEvent.kind, JobEvent.message)
+                            .where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+        state = (f"state {job.state.value}, attempts {job.attempts}, lease {job.lease_owner} until "
+                 f"{job.lease_expires_at}, progress {job.progress}")
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {state}; events:\n"
+                         + "\n".join(f"  {at} {kind}: {message}" for at, kind, message in events))
 
 
 def test_job_runs_on_a_real_worker_and_records_progress_and_audit(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
