@@ -24,7 +24,6 @@ from latentops.core.errors import InvalidInput
 from latentops.governance.detectors import CATEGORIES
 
 NEGATIVE_LABELS = ("", "none", "benign", "safe", "negative")
-LABEL_SEPARATORS = (";", "|")
 
 
 def read_labelled_set(name: str, data: bytes) -> tuple[list[str], dict[str, dict[str, int]]]:
@@ -53,7 +52,6 @@ def read_labelled_set(name: str, data: bytes) -> tuple[list[str], dict[str, dict
             if not isinstance(row, dict):
                 raise InvalidInput(f"labels: line {number} of {name} must be an object with 'file' and 'label'")
             rows.append((number, row))
-        columns = set().union(*(row.keys() for _, row in rows)) if rows else set()
         for column in ("file", "label"):
             missing = [number for number, row in rows if column not in row]
             if missing:
