@@ -113,14 +113,6 @@ def content_class(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.array([CATEGORIES.index(r["category"]) + 1 if r["label"] == "harmful" else 0 for r in rows])
 
 
-def content_softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities of the content categories from their logits against benign (logit 0), as
-    ``semantic.ScreeningModel.probabilities`` computes them."""
-    full = np.concatenate([np.zeros((len(logits), 1)), logits], axis=1)
-    full = np.exp(full - full.max(1, keepdims=True))
-    return (full / full.sum(1, keepdims=True))[:, 1:]
-
-
 def dev_objective(p: np.ndarray, labels: np.ndarray, used: np.ndarray, weight: float) -> tuple[float, list[tuple[float, float, float]]]:
     """Sum over the content heads of dev recall - weight x FPR at each head's best cut (the minors
     presence head is refitted on the adapted embeddings, and blocks nothing alone), and
@@ -218,7 +210,7 @@ class AdapterTrainer:
             logits = np.concatenate([self.head(self._pooled(states[i:i + 64]) * 10).numpy()
                                      for i in range(0, len(states), 64)])
         content = len(CATEGORIES)
-        return np.concatenate([content_softmax(logits[:, :content]), 1 / (1 + np.exp(-logits[:, content:]))], axis=1)
+        return np.concatenate([semantic.benign_softmax(logits[:, :content]), 1 / (1 + np.exp(-logits[:, content:]))], axis=1)
 
     def fit(self, train: list[dict[str, Any]], dev: list[dict[str, Any]], epochs: int, lr: float, weight: float,
             seed: int) -> dict[str, np.ndarray]:
@@ -235,7 +227,8 @@ class AdapterTrainer:
         class_weight = len(classes) / ((content + 1) * torch.bincount(classes, minlength=content + 1).clamp(min=1).float())
         minors = labels[:, content:]
         balance = (1 - minors).sum(0) / minors.sum(0).clamp(min=1)
-        optimiser = torch.optim.AdamW([*self.factors.values(), *self.head.parameters()], lr=lr, weight_decay=0.01)
+        parameters = [*self.factors.values(), *self.head.parameters()]
+        optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
         order = sorted(range(len(train)), key=lambda i: len(train_states[i]))  # batches of similar length
         batches = [order[i:i + 32] for i in range(0, len(order), 32)]
         generator = torch.Generator().manual_seed(seed)
@@ -244,7 +237,6 @@ class AdapterTrainer:
         total = epochs * len(batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / len(batches))
                                                      * 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
-        parameters = [*self.factors.values(), *self.head.parameters()]
         best: tuple[float, int, dict[str, np.ndarray]] | None = None
         print(f"adapter: layers {self.start}-{len(self.base) - 1}, states cached in {time.perf_counter() - started:.0f} s")
         for epoch in range(epochs):
@@ -334,17 +326,18 @@ def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarra
 
     The content categories are one multinomial logistic regression with benign (stored as each
     category's weights minus benign's, so benign's logit is 0 and the policy host's softmax gives
-    the same probabilities); C is chosen on dev by the summed recall - weight x FPR of the four
-    categories at their best cuts. The minors presence head is a binary one against every other prompt."""
+    the same probabilities); C and the four cuts are chosen on dev together
+    (:func:`choose_cuts_jointly`: the most recall at a false-positive rate of at most ``max_fpr``,
+    counting the prompts ``refused`` by the term lists). The minors presence head is a binary one
+    against every other prompt."""
     from sklearn.linear_model import LogisticRegression
 
-    out: dict[str, tuple[np.ndarray, float, float, float, float, float]] = {}
     classes, dev_classes = content_class(train), content_class(dev)
     best_total, best = None, None
     for c in (0.3, 1.0, 3.0, 10.0, 30.0):
         head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train, classes)
         weights, biases = head.coef_[1:] - head.coef_[0], head.intercept_[1:] - head.intercept_[0]
-        p = content_softmax(x_dev @ weights.T + biases)
+        p = semantic.benign_softmax(x_dev @ weights.T + biases)
         blocks, total = choose_cuts_jointly(p, dev_classes, max_fpr, refused)
         per_category = {}
         for j, category in enumerate(CATEGORIES):
@@ -354,7 +347,7 @@ def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarra
         if best_total is None or (total, -abs(np.log10(c))) > best_total:
             best_total, best = (total, -abs(np.log10(c))), per_category
     assert best is not None
-    out.update(best)
+    out = dict(best)
     labels, _ = head_targets(train)
     dev_labels, _ = head_targets(dev)
     j = list(POSITIVES).index("minors")

@@ -60,6 +60,14 @@ class ModelUnavailable(Exception):
     """The screening model file is missing or malformed; the message names it."""
 
 
+def benign_softmax(logits: np.ndarray) -> np.ndarray:
+    """(rows, categories) logits against benign, whose logit is 0: each category's share of a
+    softmax over benign and the categories (what is left is benign's)."""
+    top = np.maximum(logits.max(1, keepdims=True), 0.0)
+    exp = np.exp(logits - top)
+    return exp / (np.exp(-top) + exp.sum(1, keepdims=True))
+
+
 @dataclass(frozen=True)
 class CategoryModel:
     name: str
@@ -85,10 +93,7 @@ class ScreeningModel:
         logits = vectors @ self.matrix.T + self.biases
         out = 1.0 / (1.0 + np.exp(-logits))
         if self.exclusive.any():
-            shared = logits[:, self.exclusive]
-            top = np.maximum(shared.max(1, keepdims=True), 0.0)
-            exp = np.exp(shared - top)
-            out[:, self.exclusive] = exp / (np.exp(-top) + exp.sum(1, keepdims=True))
+            out[:, self.exclusive] = benign_softmax(logits[:, self.exclusive])
         return out
 
     def score_vectors(self, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
