@@ -41,6 +41,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)  # stable: file order within each group
+    one_backend(config, items)
+
+
+def one_backend(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``one_backend`` run on one database backend instead of both.
+
+    They are end-to-end flows (CLI, API, workers) whose storage is the shared SQLAlchemy code,
+    and each took 10-80 s per backend. They run on PostgreSQL where it is configured (CI: the
+    production backend), on SQLite otherwise; the embedded default's end-to-end path on SQLite is
+    run by the demo, stack and README-tour tests, and every storage-level test still runs on both.
+    """
+    backend = "postgres" if POSTGRES_URL or IN_CI else "sqlite"
+    keep, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        other = params.get("database_url") in {"sqlite", "postgres"} and params["database_url"] != backend
+        (dropped if other and item.get_closest_marker("one_backend") else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def require_service(value: str, variable: str) -> str:

@@ -337,6 +337,7 @@ def test_a_bad_thresholds_file_leaves_the_previous_revision_in_force(tmp_path: P
 # --- the SDK and the remote CLI -------------------------------------------------------------------
 
 
+@pytest.mark.one_backend
 def test_remote_cli_adds_lists_and_screens_through_the_api(server: str, cli, database_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from latentops.client import Client, PolicyDenied
 

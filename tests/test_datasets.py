@@ -223,6 +223,7 @@ def test_a_full_disk_fails_cleanly_and_the_run_resumes(ready, tmp_path: Path) ->
     assert summary["resumed_images"] == 2 and summary["released"] == 6
 
 
+@pytest.mark.one_backend
 def test_cli_generates_a_dataset_with_a_progress_bar_and_refuses_a_bad_spec(cli, ready, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import yaml
 

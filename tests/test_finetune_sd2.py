@@ -200,6 +200,7 @@ def test_sd2_lora_loads_in_stable_diffusion_pipeline_and_through_the_kohya_conve
     assert torch.allclose(_render(pipeline), with_lora, atol=1e-5)
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_sd2_from_create_tiny_through_import_to_a_finetune_run_at_its_native_size(  # type: ignore[no-untyped-def]
         cli, settings_env, tmp_path: Path) -> None:

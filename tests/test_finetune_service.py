@@ -116,6 +116,7 @@ def test_a_protected_work_is_refused_unless_the_team_holds_a_licence(queue_setti
         assert sorted(p.name for p in Path(job.params["instance_dir"]).iterdir()) == ["metadata.jsonl", "p0.png", "p1.png", "p2.png"]
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_a_submitted_job_trains_on_a_worker_registers_once_and_needs_an_approver_for_production(  # type: ignore[no-untyped-def]
         queue_settings, catalogue, instances: Path, cli, start_worker) -> None:
@@ -187,6 +188,7 @@ def test_a_submitted_job_trains_on_a_worker_registers_once_and_needs_an_approver
         assert details["approved_by"].startswith("cli:") and details["policy_decision_id"]
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_finetune_run_in_process_stops_and_resumes_from_a_toml_config(catalogue, instances: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     job = tmp_path / "job.toml"

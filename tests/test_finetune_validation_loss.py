@@ -133,6 +133,7 @@ def test_a_job_whose_split_leaves_nothing_to_train_is_refused_before_screening( 
     get_settings.cache_clear()
 
 
+@pytest.mark.one_backend
 @pytest.mark.slow
 def test_finetune_run_reports_val_loss_and_refuses_a_split_that_leaves_nothing(  # type: ignore[no-untyped-def]
         weights: WeightsRef, instances: Path, tmp_path: Path, settings_env, cli) -> None:

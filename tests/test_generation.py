@@ -100,6 +100,7 @@ def test_a_denied_prompt_stops_before_generation_and_the_decision_is_kept(settin
         assert db.scalar(sa.select(sa.func.count(PolicyDecision.id)).where(PolicyDecision.allow.is_(False))) == 1
 
 
+@pytest.mark.one_backend
 def test_cli_generate_writes_released_images_and_a_denied_prompt_exits_non_zero(cli, settings_env, source: Path,
                                                                                tmp_path: Path) -> None:
     catalogue(settings_env, source)
@@ -182,6 +183,7 @@ def test_no_code_path_generates_pixels_outside_the_governed_path() -> None:
     assert _engine_calls(REPO / "pipelines/engine.py") or "pipeline(**kwargs)" in (REPO / "pipelines/engine.py").read_text()
 
 
+@pytest.mark.one_backend
 def test_cli_generate_exits_3_and_says_what_would_release_when_every_image_is_held(cli, settings_env, source: Path,
                                                                                   tmp_path: Path) -> None:
     catalogue(settings_env, source, release_unscreened=False)  # no detector, and policy holds unscreened images

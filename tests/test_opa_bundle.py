@@ -107,6 +107,7 @@ def _edit(database_url: str, key: str, value: Any) -> str:
         return policy.set_policy_data(db, key=key, value=value, actor="cli:admin", note="bundle test")
 
 
+@pytest.mark.one_backend
 def test_policy_edits_reach_the_pulling_opa_without_a_restart_and_a_stuck_opa_fails_closed(  # type: ignore[no-untyped-def]
         stack: Stack, monkeypatch) -> None:
     monkeypatch.setattr(policy, "RELOAD_CHECK_S", 0.0)

@@ -25,6 +25,7 @@ def _seed(url: str) -> None:
         db.add(ModelRecord(name="digits-demo", family="sd", sensitivity="internal"))
 
 
+@pytest.mark.one_backend
 def test_check_prompt_json_prints_one_line_and_exit_code(cli) -> None:  # type: ignore[no-untyped-def]
     denied = cli("policy", "check-prompt", "--json", "M1CKEY-MOUSE")
     assert denied.returncode == 2
@@ -39,6 +40,7 @@ def test_check_prompt_json_prints_one_line_and_exit_code(cli) -> None:  # type: 
     assert "prompt.self_harm" in paraphrase.stdout and "self_harm: severity 6 of 6 (blocks at 6); closest to" in paraphrase.stdout
 
 
+@pytest.mark.one_backend
 def test_eval_and_bad_input(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("policy", "eval", "--path", "screening", "--input", '{"detector": "none", "scores": {}}')
     assert result.returncode == 2 and json.loads(result.stdout)["rule_ids"] == ["screening.no_detector"]
@@ -48,6 +50,7 @@ def test_eval_and_bad_input(cli) -> None:  # type: ignore[no-untyped-def]
     assert wrong.returncode == 1 and "prompt: must be a string, got int" in wrong.stderr
 
 
+@pytest.mark.one_backend
 def test_policy_test_runs_all_tests_and_fails_on_zero(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = cli("policy", "test", "--json")
     assert result.returncode == 0, result.stderr
@@ -63,6 +66,7 @@ def test_policy_test_runs_all_tests_and_fails_on_zero(cli, tmp_path: Path) -> No
     assert failing.returncode == 1 and "FAIL: data.latentops.x_test.test_fails" in failing.stdout
 
 
+@pytest.mark.one_backend
 def test_revision_and_reload(cli) -> None:  # type: ignore[no-untyped-def]
     revision = cli("policy", "revision").stdout.strip()
     assert len(revision) == 64
@@ -70,6 +74,7 @@ def test_revision_and_reload(cli) -> None:  # type: ignore[no-untyped-def]
     assert reloaded.returncode == 0 and json.loads(reloaded.stdout)["revision"] == revision
 
 
+@pytest.mark.one_backend
 def test_models_grant_and_revoke_through_cli_are_audited(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
     _seed(settings_env.database_url)
     granted = cli("models", "grant", "digits-demo", "--team", "design", "--action", "use", "--json")

@@ -51,6 +51,7 @@ def _edit(api: TestClient, who: dict[str, str], key: str, value: Any, note: str 
     return api.post(DATA, headers=who, json={"key": key, "value": value, "note": note})
 
 
+@pytest.mark.one_backend
 def test_an_admin_edits_a_threshold_sees_the_revision_diffs_and_rolls_back(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
     url, dave = settings_env.database_url, bearer(people["dave"])
     before = api.get(DATA, headers=dave).json()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from api_helpers import api_server, make_user
 
 
@@ -15,6 +16,7 @@ def _json(result) -> dict:  # type: ignore[no-untyped-def,type-arg]
     return json.loads(result.stdout)
 
 
+@pytest.mark.one_backend
 def test_local_history_diff_and_rollback(cli) -> None:  # type: ignore[no-untyped-def]
     first = _json(cli("policy", "set-data", "screening.thresholds.weapons", "0.4", "--note", "knives in kitchen shots"))
     second = _json(cli("policy", "set-data", "prompt.max_length", "1500", "--note", "shorter prompts"))
@@ -46,6 +48,7 @@ def test_local_history_diff_and_rollback(cli) -> None:  # type: ignore[no-untype
     assert _json(cli("policy", "history", "--json"))["total"] == 3
 
 
+@pytest.mark.one_backend
 def test_remote_set_data_history_diff_and_rollback(cli, settings_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url = settings_env.database_url
     carol = make_user(url, "carol@example.com", "compliance_officer", "compliance")

@@ -73,6 +73,7 @@ def test_every_role_searches_and_pages_the_list(api: TestClient, people) -> None
     assert api.get(ROUTE).status_code == 401
 
 
+@pytest.mark.one_backend
 def test_a_compliance_officer_adds_recategorises_and_removes_a_name(api: TestClient, people, settings_env) -> None:  # type: ignore[no-untyped-def]
     url, carol = settings_env.database_url, bearer(people["carol"])
     before = api.get(ROUTE, headers=carol).json()
@@ -170,6 +171,7 @@ def test_bad_edits_name_the_field_and_store_nothing(api: TestClient, people, set
     assert api.get(ROUTE, headers=carol).json()["revision"] == revision
 
 
+@pytest.mark.one_backend
 def test_the_sdk_edits_and_reads_the_list(settings_env, people, fresh_policy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with api_server(tmp_path / "uvicorn.log") as (server, _process):
         with Client(server, people["carol"]) as client:

@@ -35,6 +35,7 @@ def lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.one_backend
 def test_remote_commands_act_as_the_token_user_under_the_servers_policy(server: str, cli, database_url: str) -> None:  # type: ignore[no-untyped-def]
     from latentops.client import Client, NotFound, PolicyDenied
 

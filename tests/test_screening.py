@@ -307,6 +307,7 @@ def test_nsfwjs_is_turned_off_and_on_again_with_the_detector_configuration(
     assert actions.count("screening.detector.configure") == 2
 
 
+@pytest.mark.one_backend
 def test_status_command_health_and_portal_show_the_coverage(default_nsfwjs, cli, people, nsfwjs_folder: Path) -> None:  # type: ignore[no-untyped-def]
     from api_helpers import PASSWORD
     from fastapi.testclient import TestClient
@@ -373,6 +374,7 @@ def test_bomb_limit_is_about_forty_megapixels() -> None:
     assert MAX_PIXELS == 40_000_000
 
 
+@pytest.mark.one_backend
 def test_screen_cli_prints_one_json_line_and_bad_files_fail_with_the_name(cli, tiny_clip_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config, weights = tiny_clip_files
     cli.env[nsfwjs.ENV_DIR] = str(tmp_path / "no-nsfwjs")

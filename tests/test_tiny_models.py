@@ -94,6 +94,7 @@ def test_tiny_weights_are_seeded(tmp_path: Path) -> None:
     assert first == again != other
 
 
+@pytest.mark.one_backend
 def test_create_tiny_command_writes_a_loadable_pipeline(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = cli("models", "create-tiny", "--family", "flux", "--out", str(tmp_path / "flux"))
     assert result.returncode == 0, result.stderr
