@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from latentops.governance import policy
-from latentops.governance.normalize import PromptIndex, mask_text, normalize_text, tokenize
-from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR
+from latentops.governance.normalize import mask_text, normalize_text, tokenize
 from latentops.governance.policy_engine import EmbeddedEngine
 
 
@@ -83,8 +80,8 @@ def test_misspelt_or_inflected_terms_are_denied_with_the_match_as_evidence(text:
     ("a poster for three movie sequels", "sequels"),  # one edit from French "sexuels", but an English word
     ("a massacre memorial at dawn, wreaths", "massacre"),  # one edit from Spanish "masacre"
 ])
-def test_english_words_one_edit_from_a_foreign_term_are_not_matched(text: str, token: str) -> None:
-    index = PromptIndex.from_data(json.loads((DEFAULT_POLICY_DIR / "prompt" / "data.json").read_text(encoding="utf-8")))
+def test_english_words_one_edit_from_a_foreign_term_are_not_matched(embedded_service, text: str, token: str) -> None:  # type: ignore[no-untyped-def]
+    index = embedded_service.bundle.prompt_index  # what the policy host matches with
     assert index.near_terms_of(token), "the token is one edit from a listed term"
     assert index.match_terms(tokenize(text)) == {}
 
