@@ -188,8 +188,10 @@ class OpaEngine:
             return None
 
     def query_test(self, package: str, rule: str) -> bool:
+        # A policy test is not a decision on a request's path: a decision table of dozens of cases can
+        # take OPA longer than a decision may wait, so it runs with the loading timeout.
         try:
-            response = self.client.query_rule({}, package, rule)
+            response = self.admin.query_rule({}, package, rule)
         except Exception as error:  # noqa: BLE001 - unreachable or an HTTP error
             raise EngineUnavailable(str(error)[:300]) from None
         return response.get("result") is True
