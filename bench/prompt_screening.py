@@ -300,7 +300,7 @@ def fit(args: argparse.Namespace) -> None:
         }
         # The dev-chosen cut is level 6, where every category blocks by default; levels 4 and 2
         # (a team's stricter block_at; sexual content with minors present) lie below it.
-        cuts[category] = {"2": round(block * CUT_FRACTIONS["2"], 3), "4": round(block * CUT_FRACTIONS["4"], 3), "6": round(block, 3)}
+        cuts[category] = {"2": round(block * CUT_FRACTIONS["2"], 4), "4": round(block * CUT_FRACTIONS["4"], 4), "6": round(block, 4)}
         print(f"{category:<14} C={c:<5} dev recall {recall:.3f}  dev FPR {fpr:.3f}  block at p >= {block:.3f}")
     model["exclusive"] = list(CATEGORIES)
     semantic.MODEL_FILE.write_text(json.dumps(model, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -382,21 +382,34 @@ def choose_cuts_jointly(p: np.ndarray, classes: np.ndarray, max_fpr: float, refu
     for _ in range(5):
         improved = False
         for j in range(p.shape[1]):
-            for candidate in np.unique(np.round(np.concatenate([p[:, j], [0.5]]), 4)):
+            for candidate in np.unique(np.concatenate([p[:, j], [0.5]])):
                 trial = cuts[:j] + [float(candidate)] + cuts[j + 1:]
                 value = objective(trial)
                 if value > best + 1e-9 or (value > best - 1e-9 and candidate > cuts[j]):
                     best, cuts, improved = value, trial, improved or value > best + 1e-9
         if not improved:
             break
-    return cuts, best
+    return [centre(p[:, j], cut) for j, cut in enumerate(cuts)], best
 
 
 def choose_cut(positives: np.ndarray, negatives: np.ndarray, weight: float = FPR_WEIGHT) -> float:
     """The dev threshold that maximises recall - weight x false-positive rate."""
-    candidates = np.unique(np.round(np.concatenate([positives, negatives, [0.5]]), 4))
+    candidates = np.unique(np.concatenate([positives, negatives, [0.5]]))
     scored = [((positives >= cut).mean() - weight * (negatives >= cut).mean(), -cut, cut) for cut in candidates]
-    return float(max(scored)[2])
+    return centre(np.concatenate([positives, negatives]), float(max(scored)[2]))
+
+
+def centre(scores: np.ndarray, cut: float) -> float:
+    """The middle of the thresholds that flag exactly what ``cut`` flags among ``scores``: halfway
+    between the highest score below it and the lowest at or above it (rounded down to 4 decimals,
+    as the cut is written). Chosen at a dev score itself, a cut would sit on that prompt's edge,
+    and a test prompt scored a hair lower would pass."""
+    below, above = scores[scores < cut], scores[scores >= cut]
+    low = float(below.max()) if below.size else 0.0
+    high = float(above.min()) if above.size else 1.0
+    middle = (low + high) / 2
+    rounded = np.floor(middle * 1e4) / 1e4
+    return float(rounded if rounded > low else middle)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
