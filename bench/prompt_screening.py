@@ -300,7 +300,8 @@ def fit(args: argparse.Namespace) -> None:
         }
         # The dev-chosen cut is level 6, where every category blocks by default; levels 4 and 2
         # (a team's stricter block_at; sexual content with minors present) lie below it.
-        cuts[category] = {"2": round(block * CUT_FRACTIONS["2"], 4), "4": round(block * CUT_FRACTIONS["4"], 4), "6": round(block, 4)}
+        # Level 6 is written as centre() placed it (rounding it again could carry it past a dev score).
+        cuts[category] = {"2": round(block * CUT_FRACTIONS["2"], 4), "4": round(block * CUT_FRACTIONS["4"], 4), "6": block}
         print(f"{category:<14} C={c:<5} dev recall {recall:.3f}  dev FPR {fpr:.3f}  block at p >= {block:.3f}")
     model["exclusive"] = list(CATEGORIES)
     semantic.MODEL_FILE.write_text(json.dumps(model, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -394,9 +395,10 @@ def choose_cuts_jointly(p: np.ndarray, classes: np.ndarray, max_fpr: float, refu
 
 def choose_cut(positives: np.ndarray, negatives: np.ndarray, weight: float = FPR_WEIGHT) -> float:
     """The dev threshold that maximises recall - weight x false-positive rate."""
-    candidates = np.unique(np.concatenate([positives, negatives, [0.5]]))
+    scores = np.concatenate([positives, negatives])
+    candidates = np.unique(np.concatenate([scores, [0.5]]))
     scored = [((positives >= cut).mean() - weight * (negatives >= cut).mean(), -cut, cut) for cut in candidates]
-    return centre(np.concatenate([positives, negatives]), float(max(scored)[2]))
+    return centre(scores, float(max(scored)[2]))
 
 
 def centre(scores: np.ndarray, cut: float) -> float:

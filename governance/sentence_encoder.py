@@ -6,8 +6,8 @@ is the BERT encoder (6 layers, 384 wide, 12 heads, GELU), mean pooling over the 
 and L2 normalisation, exactly what sentence-transformers computes for this model. Two forward
 passes (``LATENTOPS_SENTENCE_BACKEND``): NumPy, so that a process that decides one prompt needs
 neither torch nor transformers (importing them costs seconds: the CLI's ``check-prompt``), and
-torch with bfloat16 projections where the CPU has AMX, for the API server and
-the workers, which import torch at start-up anyway (``auto``, the default, picks it there).
+torch (float32 projections, bfloat16 where the CPU has AMX), for the API server and the
+workers, which import torch at start-up anyway (``auto``, the default, picks it there).
 ``tests/test_semantic_screening.py`` checks both against sentence-transformers' own output.
 
 **Adapter.** Prompt screening tunes the encoder with a low-rank adapter
@@ -53,8 +53,9 @@ MODEL_ENV = "LATENTOPS_SENTENCE_MODEL"
 ADAPTER_FILE = Path(__file__).resolve().parent / "semantic_adapter.npz"
 PROJECTIONS = ("qkv", "out", "up", "down")
 # Which forward pass runs: ``numpy`` (no torch needed: the CLI's check-prompt starts in about a
-# second), ``torch`` (matrix products in float32, in bfloat16 where the CPU has AMX), or ``auto`` (the default): torch when this process has already imported it
-# (the API server and the workers do at start-up), NumPy otherwise.
+# second), ``torch`` (matrix products in float32, in bfloat16 where the CPU has AMX), or ``auto``
+# (the default): torch when this process has already imported it (the API server and the workers
+# do at start-up), NumPy otherwise.
 BACKEND_ENV = "LATENTOPS_SENTENCE_BACKEND"
 BACKENDS = ("auto", "numpy", "torch")
 T = TypeVar("T")
@@ -300,8 +301,8 @@ def _choose_backend(requested: str | None) -> str:
 
 def _amx(torch: Any) -> bool:
     """Whether this CPU multiplies bfloat16 matrices with AMX tiles, where bfloat16 projections run
-    faster than float32. With AVX-512 BF16 alone they are slower: 1.1-2x at a
-    prompt's sizes (20-88 tokens x 384, measured on a 2-core Xeon), so float32 is kept there."""
+    faster than float32. With AVX-512 BF16 alone they are slower, 1.1-2x at a prompt's sizes
+    (20-88 tokens x 384, measured on a 2-core Xeon), so float32 is kept there."""
     init_amx = getattr(torch._C._cpu, "_init_amx", None)  # True once the kernel lets this process use AMX
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
                 and init_amx is not None and init_amx())
@@ -309,8 +310,8 @@ def _amx(torch: Any) -> bool:
 
 class _TorchForward:
     """The same encoder with torch's matrix products: the four projections of each layer in
-    bfloat16 where the CPU multiplies it with AMX, else float32; embeddings,
-    layer norms, softmax and pooling in float32. Windows of one prompt run as one padded batch.
+    bfloat16 where the CPU multiplies it with AMX, else float32; embeddings, layer norms, softmax
+    and pooling in float32. Windows of one prompt run as one padded batch.
     Embeddings differ from the NumPy pass by under 5e-3 per component (measured in the tests)."""
 
     def __init__(self, encoder: Encoder) -> None:
