@@ -304,6 +304,12 @@ class _State:
     def provenance(self) -> dict[str, Any]:
         return {"version": VERSION, "bundles": {name: {"revision": a.revision} for name, a in sorted(self.bundles.items())}}
 
+    def compile(self) -> None:
+        """Build the interpreter for every rule now, as OPA does when a policy is stored (this server
+        otherwise builds it on the first query after a change)."""
+        if self._compiled is None and self.modules:
+            self._compiled = _build(self.modules, self.data, set(self.entrypoints(self.modules)))
+
     def evaluate(self, path: list[str], input: Any) -> tuple[bool, Any]:
         """``(defined, value)`` of ``data.<path>`` with ``input``."""
         packages = [match.group(1).split(".") for match in map(_PACKAGE.search, self.modules.values()) if match]
@@ -588,6 +594,13 @@ class OpaCompatServer:
     def url(self) -> str:
         host, port = self._server.socket.getsockname()[:2]
         return f"http://{host}:{port}"
+
+    def compile(self) -> None:
+        """Build the interpreter for the stored policies now. OPA compiles when a policy is stored;
+        this server waits for the first query, which on a slow machine can outlast a decision's
+        2 s timeout. Call it after loading policies through the API when decisions are timed."""
+        with self._server.state.lock:
+            self._server.state.compile()
 
     def bundle_status(self, name: str) -> BundleStatus:
         """A copy of the named bundle's status (revision, ETag, counts, last error)."""
