@@ -288,9 +288,15 @@ def fit(args: argparse.Namespace) -> None:
                              "fitted_on": "train", "categories": {}}
     cuts: dict[str, dict[str, float]] = {}
     # The dev prompts the shipped term lists refuse on their own: the cuts are chosen for the whole policy.
+    # And the ambiguous terms each dev prompt matches, per category: such a term counts as listed
+    # where the meaning reaches semantic.ambiguous_confirmed_at in its category.
     with tempfile.TemporaryDirectory() as tmp:
-        refused = np.array([bool(f) for f in run_mode(policy_dir(args.policies, "terms", Path(tmp)), dev)[0]])
-    for category, (weights, bias, c, block, recall, fpr) in fit_heads(x_train, train, x_dev, dev, args.max_fpr, refused).items():
+        directory = policy_dir(args.policies, "terms", Path(tmp))
+        refused = np.array([bool(f) for f in run_mode(directory, dev)[0]])
+        ambiguous = ambiguous_matches(directory, dev)
+    level = json.loads((args.policies / "prompt" / "data.json").read_text(encoding="utf-8"))["semantic"].get("ambiguous_confirmed_at")
+    confirm = (ambiguous, CUT_FRACTIONS.get(str(level), 1.0)) if level else None
+    for category, (weights, bias, c, block, recall, fpr) in fit_heads(x_train, train, x_dev, dev, args.max_fpr, refused, confirm).items():
         positives = POSITIVES[category]
         exemplars = [r["text"] for r in train if r["category"] in positives]
         model["categories"][category] = {
@@ -322,15 +328,16 @@ def fit(args: argparse.Namespace) -> None:
 
 
 def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarray, dev: list[dict[str, Any]],
-              max_fpr: float, refused: np.ndarray) -> dict[str, tuple[np.ndarray, float, float, float, float, float]]:
+              max_fpr: float, refused: np.ndarray, confirm: tuple[np.ndarray, float] | None = None
+              ) -> dict[str, tuple[np.ndarray, float, float, float, float, float]]:
     """Per head: weights, bias, C, the level-6 cut, and dev recall and FPR at it.
 
     The content categories are one multinomial logistic regression with benign (stored as each
     category's weights minus benign's, so benign's logit is 0 and the policy host's softmax gives
     the same probabilities); C and the four cuts are chosen on dev together
     (:func:`choose_cuts_jointly`: the most recall at a false-positive rate of at most ``max_fpr``,
-    counting the prompts ``refused`` by the term lists). The minors presence head is a binary one
-    against every other prompt."""
+    counting the prompts ``refused`` by the term lists, and those whose ambiguous term the meaning
+    confirms: ``confirm``). The minors presence head is a binary one against every other prompt."""
     from sklearn.linear_model import LogisticRegression
 
     classes, dev_classes = content_class(train), content_class(dev)
@@ -339,7 +346,7 @@ def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarra
         head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train, classes)
         weights, biases = head.coef_[1:] - head.coef_[0], head.intercept_[1:] - head.intercept_[0]
         p = semantic.benign_softmax(x_dev @ weights.T + biases)
-        blocks, total = choose_cuts_jointly(p, dev_classes, max_fpr, refused)
+        blocks, total = choose_cuts_jointly(p, dev_classes, max_fpr, refused, confirm)
         per_category = {}
         for j, category in enumerate(CATEGORIES):
             positives, negatives = p[dev_classes == j + 1, j], p[dev_classes == 0, j]
@@ -367,15 +374,20 @@ def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarra
     return out
 
 
-def choose_cuts_jointly(p: np.ndarray, classes: np.ndarray, max_fpr: float, refused: np.ndarray) -> tuple[list[float], float]:
+def choose_cuts_jointly(p: np.ndarray, classes: np.ndarray, max_fpr: float, refused: np.ndarray,
+                        confirm: tuple[np.ndarray, float] | None = None) -> tuple[list[float], float]:
     """The content categories' cuts with the highest recall of the prompt as a whole (refused for
-    any category, or already by the term lists: ``refused``) whose false-positive rate stays at
-    most ``max_fpr``, the target. Each category's cut starts at its own best and is then moved,
-    one category at a time, while the whole improves; an excess false-positive rate costs 100x."""
+    any category, or already by the term lists: ``refused``, or by an ambiguous term the meaning
+    confirms: ``confirm`` is the (prompts, categories) matrix of ambiguous matches and the fraction
+    of the cut that confirms them) whose false-positive rate stays at most ``max_fpr``, the target.
+    Each category's cut starts at its own best and is then moved, one category at a time, while
+    the whole improves; an excess false-positive rate costs 100x."""
     harmful, benign = classes > 0, classes == 0
 
     def objective(cuts: list[float]) -> float:
         flagged = (p >= np.array(cuts)).any(1) | refused
+        if confirm is not None:
+            flagged |= (confirm[0] & (p >= confirm[1] * np.array(cuts))).any(1)
         return float(flagged[harmful].mean() - 100 * max(0.0, flagged[benign].mean() - max_fpr))
 
     cuts = [choose_cut(p[classes == j + 1, j], p[benign, j]) for j in range(p.shape[1])]
@@ -428,8 +440,9 @@ def policy_dir(source: Path, mode: str, root: Path) -> Path:
             data["blocked_terms"][category] = data["blocked_terms"].get(category, []) + terms
     elif mode == "terms":  # the shipped term lists alone (ambiguous terms stay level 2)
         data["semantic"]["enabled"] = False
-    elif mode == "semantic":
+    elif mode == "semantic":  # the meaning alone: no term list, ambiguous terms included
         data["blocked_terms"] = {category: [] for category in data["blocked_terms"]}
+        data["ambiguous_terms"] = {category: [] for category in data.get("ambiguous_terms", {})}
     path.write_text(json.dumps(data), encoding="utf-8")
     return target
 
@@ -448,6 +461,15 @@ def run_mode(directory: Path, rows: list[dict[str, Any]]) -> tuple[list[set[str]
         latency.append(time.perf_counter() - started)
         flagged.append({CONTENT_RULES[r] for r in decision.rule_ids if r in CONTENT_RULES})
     return flagged, latency
+
+
+def ambiguous_matches(directory: Path, rows: list[dict[str, Any]]) -> np.ndarray:
+    """(rows, ``CATEGORIES``): whether the prompt matches an ambiguous term of the category."""
+    service = policy.PolicyService(engine=EmbeddedEngine(), directory=directory)
+    if not (result := service.reload()).ok:
+        sys.exit(f"bundle did not load: {result.error}")
+    terms = [service.evaluate("prompt", {"prompt": row["text"]})[1]["prompt"].get("terms", {}) for row in rows]
+    return np.array([[bool(t.get(f"{category}:ambiguous")) for category in CATEGORIES] for t in terms])
 
 
 def metrics(rows: list[dict[str, Any]], flagged: list[set[str]]) -> dict[str, dict[str, float]]:

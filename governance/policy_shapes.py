@@ -68,6 +68,8 @@ def _check_severity(data: Mapping[str, Any], labels: Any, where: str) -> None:
     _expect(semantic.get("unavailable") in ("deny", "keywords_only"), f"{where}.semantic.unavailable",
             "must be \"deny\" or \"keywords_only\"")
     _expect(semantic.get("keyword_level") in _LEVELS, f"{where}.semantic.keyword_level", f"must be one of {_LEVELS}")
+    _expect(semantic.get("ambiguous_confirmed_at") in (None, *_LEVELS[1:]), f"{where}.semantic.ambiguous_confirmed_at",
+            "must be a level of 2, 4 or 6, or null (ambiguous terms never count as listed)")
     _expect(isinstance(semantic.get("minors_present"), _NUMBER) and 0 <= semantic["minors_present"] <= 1,
             f"{where}.semantic.minors_present", "must be a score between 0 and 1")
     cuts: Any = semantic.get("cuts")

@@ -74,9 +74,15 @@ keyword_terms(inp, category) := array.concat(matched(inp, category), matched(inp
 
 # A listed term gives its category the keyword level. A term listed as ambiguous ("nude" in
 # "nude lipstick", "gore" in "Al Gore") gives only level 2, which blocks nowhere by default: the
-# meaning (the semantic level) decides whether such a prompt is refused.
+# meaning (the semantic level) decides whether such a prompt is refused. When the meaning scores
+# the term's own category at semantic.ambiguous_confirmed_at or above (level 4 by default: "a nude
+# person"), the two signals agree and the term counts as listed. null turns this off.
 keyword_level(inp, category) := cfg.semantic.keyword_level if {
 	count(matched(inp, category)) > 0
+} else := cfg.semantic.keyword_level if {
+	count(matched(inp, concat("", [category, ":ambiguous"]))) > 0
+	is_number(cfg.semantic.ambiguous_confirmed_at)
+	level_of(category, score(inp, category)) >= cfg.semantic.ambiguous_confirmed_at
 } else := 2 if {
 	count(matched(inp, concat("", [category, ":ambiguous"]))) > 0
 } else := 0

@@ -168,6 +168,21 @@ test_ambiguous_term_alone_does_not_block_the_meaning_decides if {
 	rule_ids({"terms": {"sexual:ambiguous": ["nude"]}, "semantic": scores({"sexual": high})}) == {"prompt.sexual"}
 }
 
+test_ambiguous_term_confirmed_by_the_meaning_counts_as_listed if {
+	level := data.policy_data.prompt.semantic.ambiguous_confirmed_at
+	confirmed := cut("sexual", format_int(level, 10)) + 0.001
+	below := cut("sexual", format_int(level, 10)) - 0.001
+	rule_ids({"terms": {"sexual:ambiguous": ["nude"]}, "semantic": scores({"sexual": confirmed})}) == {"prompt.sexual"}
+	report({"terms": {"sexual:ambiguous": ["nude"]}, "semantic": scores({"sexual": confirmed})}).sexual.severity == 6
+	rule_ids({"terms": {"sexual:ambiguous": ["nude"]}, "semantic": scores({"sexual": below})}) == set()
+	# the meaning alone at that level does not block; an ambiguous term of another category does not confirm
+	rule_ids({"semantic": scores({"sexual": confirmed})}) == set()
+	rule_ids({"terms": {"gore:ambiguous": ["gore"]}, "semantic": scores({"sexual": confirmed})}) == set()
+	off := prompt.evaluate({"prompt": section({"terms": {"sexual:ambiguous": ["nude"]}, "semantic": scores({"sexual": confirmed})})})
+		with data.policy_data.prompt.semantic.ambiguous_confirmed_at as null
+	off.allow == true
+}
+
 test_sexual_content_with_minors_present_blocks_from_level_two if {
 	weak := cut("sexual", "2") + 0.001
 	rule_ids({"semantic": scores({"sexual": weak})}) == set()
