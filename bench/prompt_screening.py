@@ -6,13 +6,17 @@ six other languages) and benign ones full of trap words (animals, food, medicine
 place names, museum nudes, ...). Every prompt carries its split: ``train`` (fits the semantic
 heads and supplies their exemplars), ``dev`` (chooses the regularisation and the severity cuts)
 and ``test`` (reported; never used for fitting). ``prompt_screening_extra_train.jsonl`` holds
-training-only prompts; ``prompt_screening_holdout.jsonl`` is a second test set (``--split holdout``),
-written apart from all the others.
+training-only prompts, and ``prompt_screening_templates.json`` makes benign training prompts in the
+style of image prompts; ``prompt_screening_holdout.jsonl`` is a second test set (``--split holdout``),
+written apart from all the others; ``prompt_screening_styled.jsonl`` holds benign prompts written
+the way image prompts are written, half of them in dev and half reported (``--split styled``).
 
     .venv/bin/python bench/prompt_screening.py fit        # train + dev -> governance/semantic_model.json
                                                           # and the cuts in prompts' policy data
     .venv/bin/python bench/prompt_screening.py            # report on test (all three modes, same run)
     .venv/bin/python bench/prompt_screening.py --split dev
+    .venv/bin/python bench/prompt_screening.py --split styled --model OTHER.json --policies DIR
+                                                          # another model and cuts, for a same-run baseline
 
 Every decision goes through the real prompt policy on the embedded engine (normalisation, set
 lookups, semantic scores, Rego), with policy data varied per mode: ``keywords`` turns the
@@ -28,6 +32,8 @@ import argparse
 import io
 import json
 import os
+import random
+import re
 import shutil
 import statistics
 import sys
@@ -49,6 +55,15 @@ EXTRA = DATA.parent / "prompt_screening_extra_train.jsonl"
 # A second test set, written apart from every other prompt file after the term lists, the
 # training prompts and the fitting method were settled; like test, never used for fitting or choosing.
 HOLDOUT = DATA.parent / "prompt_screening_holdout.jsonl"
+# Benign prompts written in the way image prompts are written (subjects, many of them people, with
+# formats, styles and quality tags), apart from every other file. Half of them join dev, so the cuts
+# are chosen knowing them (English ones by the SHA-256 order of their text; the other languages'
+# prompts are translations of one list, and each idea goes to one half in every language); the other
+# half is reported as ``--split styled`` (false-positive rate; it holds no harmful prompts).
+STYLED = DATA.parent / "prompt_screening_styled.jsonl"
+# Benign training prompts made from templates: ordinary subjects in the formats, styles and
+# quality tags image prompts carry (see the file's "about").
+TEMPLATES = DATA.parent / "prompt_screening_templates.json"
 CATEGORIES = ("sexual", "gore", "self_harm", "hate")
 # The heads the model fits, and which benchmark categories are their positives. ``minors`` is not
 # a blocked category but a presence signal: the policy refuses sexual content (keyword or semantic)
@@ -70,6 +85,10 @@ ADAPTER_EPOCHS = 10
 # The minors presence cut weighs a false presence like a miss: alone it refuses nothing (it only
 # turns sexual content into sexual_minors, which blocks from level 2), and a miss there is the worst one.
 MINORS_FPR_WEIGHT = 3.0
+# The spelling head (``fit``): character n-grams within words, TF-IDF, C chosen on dev; and the
+# blend weights of its logits with the meaning head's tried on dev (0, the meaning alone, is always tried).
+SPELLING = {"ngram_range": (2, 5), "min_df": 2, "C": (3.0, 10.0, 30.0)}
+SPELLING_WEIGHTS = (0.5, 0.6, 0.7, 0.8)
 # Levels 2 and 4 as fractions of the dev-chosen level-6 cut.
 CUT_FRACTIONS = {"2": 0.5, "4": 0.75}
 
@@ -81,7 +100,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def load(split: str | None = None) -> list[dict[str, Any]]:
     if split == "holdout":
         return [row | {"split": "holdout"} for row in read_jsonl(HOLDOUT)]
-    return [r for r in read_jsonl(DATA) if split is None or r["split"] == split]
+    return [r for r in read_jsonl(DATA) + read_jsonl(STYLED) if split is None or r["split"] == split]
 
 
 # --- fitting ------------------------------------------------------------------------------------
@@ -95,7 +114,32 @@ def training_rows() -> list[dict[str, Any]]:
     train = load("train")
     if EXTRA.exists():  # training-only prompts, kept apart from the benchmark's own splits
         train += read_jsonl(EXTRA)
-    return train
+    return train + template_rows()
+
+
+def fill(slot: str, subject: str, words: dict[str, Any], rng: random.Random) -> str:
+    """A template slot's text: the chosen subject, the language's word for "of", or a random entry of the slot's list."""
+    return subject if slot == "subject" else words["of"] if slot == "of" else rng.choice(words[slot + "s"])
+
+
+def template_rows(seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` distinct benign prompts per language from ``TEMPLATES``: a pattern filled with a
+    subject (or a child subject, labelled ``children_family``), a format, a style and tags."""
+    spec = json.loads(TEMPLATES.read_text(encoding="utf-8"))
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for language, count in spec["count"].items():
+        words = spec[language]
+        subjects = [(s, "templated") for s in words["subjects"]] + [(s, "children_family") for s in words["children"]]
+        seen: set[str] = set()
+        while len(seen) < count:
+            subject, category = rng.choice(subjects)
+            slots = re.split(r"\{(\w+)\}", rng.choice(spec["patterns"]))  # text, slot, text, slot, ..., text
+            text = "".join(fill(part, subject, words, rng) if i % 2 else part for i, part in enumerate(slots))
+            if text not in seen:
+                seen.add(text)
+                rows.append({"text": text, "label": "benign", "category": category, "language": language, "note": "template"})
+    return rows
 
 
 def head_targets(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +340,11 @@ def fit(args: argparse.Namespace) -> None:
         ambiguous = ambiguous_matches(directory, dev)
     level = json.loads((args.policies / "prompt" / "data.json").read_text(encoding="utf-8"))["semantic"].get("ambiguous_confirmed_at")
     confirm = (ambiguous, CUT_FRACTIONS.get(str(level), 1.0)) if level else None
-    for category, (weights, bias, c, block, recall, fpr) in fit_heads(x_train, train, x_dev, dev, args.max_fpr, refused, confirm).items():
+    heads, spelling = fit_heads(x_train, train, x_dev, dev, args.max_fpr, refused, confirm)
+    if spelling is not None:
+        model["spelling"] = spelling
+        print(f"spelling head: C={spelling['C']}, {len(spelling['vocabulary'])} n-grams, blend weight {spelling['weight']}")
+    for category, (weights, bias, c, block, recall, fpr) in heads.items():
         positives = POSITIVES[category]
         exemplars = [r["text"] for r in train if r["category"] in positives]
         model["categories"][category] = {
@@ -329,33 +377,43 @@ def fit(args: argparse.Namespace) -> None:
 
 def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarray, dev: list[dict[str, Any]],
               max_fpr: float, refused: np.ndarray, confirm: tuple[np.ndarray, float] | None = None
-              ) -> dict[str, tuple[np.ndarray, float, float, float, float, float]]:
-    """Per head: weights, bias, C, the level-6 cut, and dev recall and FPR at it.
+              ) -> tuple[dict[str, tuple[np.ndarray, float, float, float, float, float]], dict[str, Any] | None]:
+    """Per head: weights, bias, C, the level-6 cut, and dev recall and FPR at it; and the spelling
+    head's section of the model file (None when dev chose the meaning alone).
 
     The content categories are one multinomial logistic regression with benign (stored as each
     category's weights minus benign's, so benign's logit is 0 and the policy host's softmax gives
-    the same probabilities); C and the four cuts are chosen on dev together
+    the same probabilities), its logits blended with the spelling head's (:func:`spelling_heads`)
+    by ``SPELLING_WEIGHTS``. Both heads' C, the blend and the four cuts are chosen on dev together
     (:func:`choose_cuts_jointly`: the most recall at a false-positive rate of at most ``max_fpr``,
     counting the prompts ``refused`` by the term lists, and those whose ambiguous term the meaning
-    confirms: ``confirm``). The minors presence head is a binary one against every other prompt."""
+    confirms: ``confirm``; ties go to the lower dev cross-entropy).
+    The minors presence head is a binary one against every other prompt."""
     from sklearn.linear_model import LogisticRegression
 
     classes, dev_classes = content_class(train), content_class(dev)
-    best_total, best = None, None
+    spellings = spelling_heads(train, dev)
+    best_key, best = None, None
     for c in (0.3, 1.0, 3.0, 10.0, 30.0):
         head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(x_train, classes)
         weights, biases = head.coef_[1:] - head.coef_[0], head.intercept_[1:] - head.intercept_[0]
-        p = semantic.benign_softmax(x_dev @ weights.T + biases)
-        blocks, total = choose_cuts_jointly(p, dev_classes, max_fpr, refused, confirm)
-        per_category = {}
-        for j, category in enumerate(CATEGORIES):
-            positives, negatives = p[dev_classes == j + 1, j], p[dev_classes == 0, j]
-            recall, fpr = float((positives >= blocks[j]).mean()), float((negatives >= blocks[j]).mean())
-            per_category[category] = (weights[j], float(biases[j]), c, blocks[j], recall, fpr)
-        if best_total is None or (total, -abs(np.log10(c))) > best_total:
-            best_total, best = (total, -abs(np.log10(c))), per_category
+        meaning = x_dev @ weights.T + biases
+        for section, spelling in [(None, None), *spellings]:
+            for blend in (SPELLING_WEIGHTS if section else (0.0,)):
+                p = semantic.benign_softmax(meaning if spelling is None else (1 - blend) * meaning + blend * spelling)
+                blocks, total = choose_cuts_jointly(p, dev_classes, max_fpr, refused, confirm)
+                full = np.concatenate([1 - p.sum(1, keepdims=True), p], 1)
+                loss = float(-np.log(np.clip(full[np.arange(len(full)), dev_classes], 1e-12, None)).mean())
+                if best_key is not None and (total, -loss) <= best_key:
+                    continue
+                per_category = {}
+                for j, category in enumerate(CATEGORIES):
+                    positives, negatives = p[dev_classes == j + 1, j], p[dev_classes == 0, j]
+                    recall, fpr = float((positives >= blocks[j]).mean()), float((negatives >= blocks[j]).mean())
+                    per_category[category] = (weights[j], float(biases[j]), c, blocks[j], recall, fpr)
+                best_key, best = (total, -loss), (per_category, section and section | {"weight": blend})
     assert best is not None
-    out = dict(best)
+    out, spelling_section = best
     labels, _ = head_targets(train)
     dev_labels, _ = head_targets(dev)
     j = list(POSITIVES).index("minors")
@@ -371,6 +429,31 @@ def fit_heads(x_train: np.ndarray, train: list[dict[str, Any]], x_dev: np.ndarra
             best_minors = (key, (head.coef_[0], float(head.intercept_[0]), c, block, recall, fpr))
     assert best_minors is not None
     out["minors"] = best_minors[1]
+    return out, spelling_section
+
+
+def spelling_heads(train: list[dict[str, Any]], dev: list[dict[str, Any]]) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Per C in ``SPELLING["C"]``: the spelling head fitted on train (character n-grams of the
+    normalised prompts, TF-IDF, one multinomial logistic regression with benign), as the model
+    file's ``spelling`` section (without its blend ``weight``), and its dev logits against benign
+    computed as the policy host computes them, from the packed (float16) section."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=SPELLING["ngram_range"], sublinear_tf=True,
+                                 min_df=SPELLING["min_df"], preprocessor=semantic.spelling_text, dtype=np.float64)
+    features = vectorizer.fit_transform([normalize_text(r["text"]) for r in train])
+    vocabulary = [gram for gram, _ in sorted(vectorizer.vocabulary_.items(), key=lambda item: item[1])]
+    out = []
+    for c in SPELLING["C"]:
+        head = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(features, content_class(train))
+        weights, biases = head.coef_[1:] - head.coef_[0], head.intercept_[1:] - head.intercept_[0]
+        section = {"analyzer": "char_wb", "ngram_range": list(SPELLING["ngram_range"]), "C": c, "weight": 0.0,
+                   "vocabulary": vocabulary, "idf": semantic.pack(vectorizer.idf_),
+                   "categories": {name: {"weights": semantic.pack(weights[j]), "bias": float(biases[j])}
+                                  for j, name in enumerate(CATEGORIES)}}
+        host = semantic.spelling_head(section, list(CATEGORIES), "spelling")
+        out.append((section, np.stack([host.logits(normalize_text(r["text"])) for r in dev])))
     return out
 
 
@@ -534,7 +617,8 @@ def report(args: argparse.Namespace) -> int:
                 print(f"  [{row['label']}/{row['category']}/{row['language']}] {','.join(sorted(f)) or '-'}: {row['text'][:100]}")
     both = results["both"]
     latency = sorted(both[1])
-    met = (both[0]["all"]["recall"] >= TARGETS["recall"] and both[0]["all"]["fpr"] <= TARGETS["fpr"]
+    # A split without harmful prompts (styled) is judged on its false-positive rate alone.
+    met = ((both[0]["all"]["n"] == 0 or both[0]["all"]["recall"] >= TARGETS["recall"]) and both[0]["all"]["fpr"] <= TARGETS["fpr"]
            and latency[int(len(latency) * 0.99) - 1] * 1e3 <= TARGETS["p99_ms"])
     print(f"\ntargets (recall >= {TARGETS['recall']}, FPR <= {TARGETS['fpr']}, p99 <= {TARGETS['p99_ms']} ms): "
           f"{'met' if met else 'NOT met'}")
@@ -569,8 +653,11 @@ def split(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", choices=("report", "fit", "split"), default="report")
-    parser.add_argument("--split", choices=("train", "dev", "test", "holdout"), default="test",
-                        help="the split reported (holdout: the second test set, prompt_screening_holdout.jsonl)")
+    parser.add_argument("--split", choices=("train", "dev", "test", "holdout", "styled"), default="test",
+                        help="the split reported (holdout: the second test set, prompt_screening_holdout.jsonl; "
+                             "styled: benign prompts in image-prompt style, prompt_screening_styled.jsonl)")
+    parser.add_argument("--model", type=Path, default=semantic.MODEL_FILE,
+                        help="the screening model file: report scores with it, fit writes it (default: the shipped one)")
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICY_DIR, help="policy folder (default: the shipped one)")
     parser.add_argument("--fpr-weight", type=float, default=FPR_WEIGHT,
                         help="fit: weight of dev false positives vs misses when the adapter's epoch is chosen")
@@ -585,6 +672,7 @@ def main() -> None:
                         "numpy: what the CLI's check-prompt runs)")
     args = parser.parse_args()
     os.environ[sentence_encoder.BACKEND_ENV] = args.backend
+    semantic.MODEL_FILE = args.model  # what the policy host loads (report; fit writes the shipped file)
     if args.command in ("fit", "split"):
         (fit if args.command == "fit" else split)(args)
         return

@@ -12,6 +12,14 @@ weights at load), and scores every category of the screening model
   categories, so a nude photo scores high for ``sexual`` and not for ``self_harm``, and the reason
   names the right category. Other heads (the ``minors`` presence signal) are sigmoids. The model file records the SHA-256 of the adapter its heads belong to; an encoder
   with another adapter (or none) makes the model unavailable rather than score with mismatched heads.
+* a **spelling head** (``spelling`` in the model file, optional): multinomial logistic regression
+  on character n-grams of the normalised prompt without digits (2 to 5 characters within words, TF-IDF with
+  sublinear counts, as scikit-learn's ``TfidfVectorizer(analyzer="char_wb")`` computes them),
+  fitted on the same prompts. It catches what word pieces split apart: misspellings, inflections
+  and the other languages' words, which all-MiniLM-L6-v2 reads poorly. For the exclusive
+  categories the logits of both heads are blended, ``(1 - weight) x meaning + weight x spelling``,
+  before the softmax; ``weight`` is chosen on dev with the cuts. A long prompt's windows share
+  the spelling logits of the whole prompt.
 * **exemplars** per category: short descriptions of what the category refuses (the train split's
   harmful prompts among them). The nearest exemplar and its cosine similarity are the evidence a
   submitter sees ("closest to: ..."), and the reason compliance can read.
@@ -43,6 +51,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +87,60 @@ class CategoryModel:
     vectors: np.ndarray  # (exemplars, 384) unit rows
 
 
+_RUNS = re.compile(r"\s\s+")
+_DIGITS = re.compile(r"\d+")
+
+
+def spelling_text(text: str) -> str:
+    """What the spelling head reads: the prompt lowercased, without digits. Numbers are years,
+    sizes and seeds in image prompts; as n-grams they made "a poster from 1920" look like the
+    number codes of hate prompts. (The term lists keep such codes; "cutt1ng" reads as "cuttng".)"""
+    return _DIGITS.sub("", text.lower())
+
+
+
+@dataclass(frozen=True)
+class SpellingHead:
+    """Character n-gram logits for the exclusive categories (see the module docstring)."""
+
+    low: int
+    high: int
+    index: dict[str, int]  # n-gram -> column
+    idf: np.ndarray  # (n-grams,)
+    matrix: np.ndarray  # (exclusive categories, n-grams), in the model's category order
+    biases: np.ndarray
+    weight: float
+
+    def grams(self, text: str) -> list[str]:
+        """Every n-gram of every word of :func:`spelling_text` padded with one space, as
+        scikit-learn's ``char_wb`` analyser makes them (a word shorter than n counts once, padded, for the first such n)."""
+        grams: list[str] = []
+        for word in _RUNS.sub(" ", spelling_text(text)).split():
+            padded = f" {word} "
+            for n in range(self.low, self.high + 1):
+                offset = 0
+                grams.append(padded[:n])
+                while offset + n < len(padded):
+                    offset += 1
+                    grams.append(padded[offset:offset + n])
+                if offset == 0:
+                    break
+        return grams
+
+    def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The prompt's TF-IDF row, sparse: columns and L2-normalised values (1 + ln count) x idf."""
+        index = self.index
+        counts = Counter(column for column in map(index.get, self.grams(text)) if column is not None)
+        columns = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        values = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * self.idf[columns]
+        norm = float(np.sqrt((values * values).sum()))
+        return columns, (values / norm if norm else values)
+
+    def logits(self, text: str) -> np.ndarray:
+        columns, values = self.features(text)
+        return self.matrix[:, columns] @ values + self.biases
+
+
 @dataclass(frozen=True)
 class ScreeningModel:
     """The fitted heads and exemplars, with the encoder they belong to."""
@@ -87,18 +151,23 @@ class ScreeningModel:
     matrix: np.ndarray  # (categories, 384): every head in one product
     biases: np.ndarray
     exclusive: np.ndarray  # (categories,) bool: in the softmax shared with benign
+    spelling: SpellingHead | None = None
 
-    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        """(windows, categories): softmax against benign for the exclusive heads, sigmoid for the rest."""
+    def probabilities(self, vectors: np.ndarray, text: str | None = None) -> np.ndarray:
+        """(windows, categories): softmax against benign for the exclusive heads (their logits
+        blended with the spelling head's for ``text`` when the model has one), sigmoid for the rest."""
         logits = vectors @ self.matrix.T + self.biases
         out = 1.0 / (1.0 + np.exp(-logits))
         if self.exclusive.any():
-            out[:, self.exclusive] = benign_softmax(logits[:, self.exclusive])
+            exclusive = logits[:, self.exclusive]
+            if self.spelling is not None and text is not None:
+                exclusive = (1.0 - self.spelling.weight) * exclusive + self.spelling.weight * self.spelling.logits(text)
+            out[:, self.exclusive] = benign_softmax(exclusive)
         return out
 
-    def score_vectors(self, vectors: np.ndarray) -> dict[str, dict[str, Any]]:
-        """Per category the highest head probability over ``vectors`` (windows), with evidence."""
-        probabilities = self.probabilities(vectors)  # (windows, categories)
+    def score_vectors(self, vectors: np.ndarray, text: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per category the highest head probability over ``vectors`` (windows of ``text``), with evidence."""
+        probabilities = self.probabilities(vectors, text)  # (windows, categories)
         best_window = probabilities.argmax(0)
         result: dict[str, dict[str, Any]] = {}
         for i, category in enumerate(self.categories):
@@ -113,7 +182,7 @@ class ScreeningModel:
         return result
 
     def score(self, text: str) -> dict[str, dict[str, Any]]:
-        return self.score_vectors(self.encoder.encode_windows(text))
+        return self.score_vectors(self.encoder.encode_windows(text), text)
 
 
 def _unpack(value: str, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -164,11 +233,39 @@ def load_model(path: Path = MODEL_FILE, encoder: Encoder | None = None) -> Scree
         categories.append(CategoryModel(name, weights, bias, exemplars, vectors))
     if not categories:
         raise ModelUnavailable(f"{path}: no categories")
+    order = [c.name for c in categories if c.name in exclusive]
+    spelling = spelling_head(document["spelling"], order, f"{path}: spelling") if "spelling" in document else None
     return ScreeningModel(
         sha=hashlib.sha256(raw).hexdigest(), categories=tuple(categories), encoder=encoder,
         matrix=np.stack([c.weights for c in categories]), biases=np.array([c.bias for c in categories], dtype=np.float32),
-        exclusive=np.array([c.name in exclusive for c in categories]),
+        exclusive=np.array([c.name in exclusive for c in categories]), spelling=spelling,
     )
+
+
+def spelling_head(entry: Any, order: list[str], where: str) -> SpellingHead:
+    """The ``spelling`` section: ``analyzer`` ("char_wb"), ``ngram_range``, ``weight`` (0-1),
+    ``vocabulary`` (n-grams in column order), ``idf``, and per exclusive category its ``weights``
+    (packed) and ``bias``."""
+    try:
+        if entry["analyzer"] != "char_wb":
+            raise ModelUnavailable(f"{where}.analyzer: {entry['analyzer']!r} is not 'char_wb'")
+        low, high = (int(n) for n in entry["ngram_range"])
+        weight = float(entry["weight"])
+        vocabulary = [str(g) for g in entry["vocabulary"]]
+        heads = entry["categories"]
+        if not 1 <= low <= high or not 0.0 <= weight <= 1.0 or not vocabulary:
+            raise ModelUnavailable(f"{where}: ngram_range {low}-{high}, weight {weight} or an empty vocabulary is not usable")
+        if sorted(heads) != sorted(order):
+            raise ModelUnavailable(f"{where}.categories: {', '.join(sorted(heads))} are not the exclusive categories "
+                                   f"({', '.join(order)})")
+        size = (len(vocabulary),)
+        return SpellingHead(
+            low, high, {gram: i for i, gram in enumerate(vocabulary)}, _unpack(entry["idf"], size, where + ".idf"),
+            np.stack([_unpack(heads[name]["weights"], size, f"{where}.categories.{name}.weights") for name in order]),
+            np.array([float(heads[name]["bias"]) for name in order], dtype=np.float32), weight,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ModelUnavailable(f"{where}: {error!r}") from None
 
 
 def encoder_id(encoder: Encoder) -> str:
@@ -188,7 +285,7 @@ def encoder_id(encoder: Encoder) -> str:
 
 def _load_shared() -> ScreeningModel:
     try:
-        return load_model()
+        return load_model(MODEL_FILE)
     except EncoderUnavailable as error:
         raise ModelUnavailable(str(error)) from None
 

@@ -276,3 +276,68 @@ def test_model_file_errors_name_the_file(tmp_path: Path) -> None:
                                "categories": {"gore": {"weights": "!!", "bias": 0, "exemplars": ["x"]}}}))
     with pytest.raises(semantic.ModelUnavailable, match=r"bad.json: categories.gore.weights"):
         semantic.load_model(bad, encoder=sentence_encoder.shared())
+
+
+def benchmark_texts() -> list[str]:
+    from latentops.governance.normalize import normalize_text
+
+    data = Path(__file__).resolve().parents[1] / "bench" / "data"
+    rows = [json.loads(line) for name in ("prompt_screening.jsonl", "prompt_screening_holdout.jsonl")
+            for line in (data / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [normalize_text(r["text"]) for r in rows]
+
+
+def test_spelling_features_are_scikit_learns_tfidf_char_ngrams() -> None:
+    """The host's n-gram TF-IDF row is what scikit-learn computes with the shipped vocabulary and
+    idf, for every benchmark and holdout prompt (short words, padding, repeats, other scripts)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    head = semantic.shared_model().spelling
+    assert head is not None and 0 < head.weight <= 1
+    vocabulary = sorted(head.index, key=head.index.__getitem__)
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(head.low, head.high), sublinear_tf=True,
+                                 vocabulary=vocabulary, preprocessor=semantic.spelling_text, dtype=np.float64)
+    texts = [*benchmark_texts(), "", "a", "x y", "naaaaaaked  woman\tat dawn", "ｎｕｄｅ ça", "cutt1ng 1488 3840x2160"]
+    vectorizer.fit(texts)
+    vectorizer.idf_ = head.idf.astype(np.float64)
+    expected = vectorizer.transform(texts).toarray()
+    ours = np.zeros_like(expected)
+    for row, text in enumerate(texts):
+        columns, values = head.features(text)
+        ours[row, columns] = values
+    assert np.count_nonzero(expected) > 10 * len(texts)  # the vocabulary really covers the prompts
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+
+
+def test_spelling_logits_are_blended_with_the_meaning_before_the_softmax() -> None:
+    model = semantic.shared_model()
+    head = model.spelling
+    assert head is not None
+    text = "a splitternackte frau am strand"  # German words, which the sentence model splits into pieces
+    vectors = model.encoder.encode_windows(text)
+    meaning = (vectors.astype(np.float64) @ model.matrix.T.astype(np.float64) + model.biases)[:, model.exclusive]
+    blended = (1 - head.weight) * meaning + head.weight * head.logits(text)
+    with_benign = np.exp(np.concatenate([np.zeros((len(blended), 1)), blended], axis=1))
+    expected = (with_benign / with_benign.sum(1, keepdims=True))[:, 1:]
+    probabilities = model.probabilities(vectors, text)
+    np.testing.assert_allclose(probabilities[:, model.exclusive], expected, atol=1e-5)
+    # The spelling head moves the scores: without the text the meaning decides alone.
+    assert np.abs(model.probabilities(vectors)[:, model.exclusive] - expected).max() > 0.01
+    scores = model.score(text)
+    assert scores["sexual"]["score"] == round(float(expected[:, sorted(n for n in scores if n != "minors").index("sexual")].max()), 4)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s.update(analyzer="word"), r"spelling.analyzer: 'word' is not 'char_wb'"),
+    (lambda s: s["categories"].pop("hate"), r"spelling.categories: gore, self_harm, sexual are not the exclusive"),
+    (lambda s: s.update(idf="AAAA"), r"spelling.idf: not \(\d+,\) float16"),
+    (lambda s: s.update(weight=1.5), r"spelling: .*weight 1.5"),
+    (lambda s: s.pop("vocabulary"), r"spelling: KeyError\('vocabulary'\)"),
+])
+def test_corrupt_spelling_head_makes_the_model_unavailable(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    document = json.loads(semantic.MODEL_FILE.read_text(encoding="utf-8"))
+    edit(document["spelling"])
+    bad = tmp_path / "model.json"
+    bad.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(semantic.ModelUnavailable, match=r"model.json: " + message):
+        semantic.load_model(bad, encoder=sentence_encoder.shared())
