@@ -87,7 +87,6 @@ class CategoryModel:
     vectors: np.ndarray  # (exemplars, 384) unit rows
 
 
-_RUNS = re.compile(r"\s\s+")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -96,7 +95,6 @@ def spelling_text(text: str) -> str:
     sizes and seeds in image prompts; as n-grams they made "a poster from 1920" look like the
     number codes of hate prompts. (The term lists keep such codes; "cutt1ng" reads as "cuttng".)"""
     return _DIGITS.sub("", text.lower())
-
 
 
 @dataclass(frozen=True)
@@ -113,9 +111,11 @@ class SpellingHead:
 
     def grams(self, text: str) -> list[str]:
         """Every n-gram of every word of :func:`spelling_text` padded with one space, as
-        scikit-learn's ``char_wb`` analyser makes them (a word shorter than n counts once, padded, for the first such n)."""
+        scikit-learn's ``char_wb`` analyser makes them (a word shorter than n counts once, padded,
+        for the first such n). Words are split at any run of whitespace, so the analyser's
+        collapsing of runs to one space changes nothing here."""
         grams: list[str] = []
-        for word in _RUNS.sub(" ", spelling_text(text)).split():
+        for word in spelling_text(text).split():
             padded = f" {word} "
             for n in range(self.low, self.high + 1):
                 offset = 0
