@@ -335,9 +335,7 @@ def fit(args: argparse.Namespace) -> None:
     # And the ambiguous terms each dev prompt matches, per category: such a term counts as listed
     # where the meaning reaches semantic.ambiguous_confirmed_at in its category.
     with tempfile.TemporaryDirectory() as tmp:
-        directory = policy_dir(args.policies, "terms", Path(tmp))
-        refused = np.array([bool(f) for f in run_mode(directory, dev)[0]])
-        ambiguous = ambiguous_matches(directory, dev)
+        refused, ambiguous = term_decisions(policy_dir(args.policies, "terms", Path(tmp)), dev)
     level = json.loads((args.policies / "prompt" / "data.json").read_text(encoding="utf-8"))["semantic"].get("ambiguous_confirmed_at")
     confirm = (ambiguous, CUT_FRACTIONS.get(str(level), 1.0)) if level else None
     heads, spelling = fit_heads(x_train, train, x_dev, dev, args.max_fpr, refused, confirm)
@@ -546,13 +544,19 @@ def run_mode(directory: Path, rows: list[dict[str, Any]]) -> tuple[list[set[str]
     return flagged, latency
 
 
-def ambiguous_matches(directory: Path, rows: list[dict[str, Any]]) -> np.ndarray:
-    """(rows, ``CATEGORIES``): whether the prompt matches an ambiguous term of the category."""
+def term_decisions(directory: Path, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over ``rows`` with the policy in ``directory``: whether each prompt is refused for
+    a content category, and (rows, ``CATEGORIES``) whether it matches an ambiguous term of the category."""
     service = policy.PolicyService(engine=EmbeddedEngine(), directory=directory)
     if not (result := service.reload()).ok:
         sys.exit(f"bundle did not load: {result.error}")
-    terms = [service.evaluate("prompt", {"prompt": row["text"]})[1]["prompt"].get("terms", {}) for row in rows]
-    return np.array([[bool(t.get(f"{category}:ambiguous")) for category in CATEGORIES] for t in terms])
+    refused, ambiguous = [], []
+    for row in rows:
+        decision, policy_input, _ = service.evaluate("prompt", {"prompt": row["text"]})
+        refused.append(any(r in CONTENT_RULES for r in decision.rule_ids))
+        terms = policy_input["prompt"].get("terms", {})
+        ambiguous.append([bool(terms.get(f"{category}:ambiguous")) for category in CATEGORIES])
+    return np.array(refused), np.array(ambiguous)
 
 
 def metrics(rows: list[dict[str, Any]], flagged: list[set[str]]) -> dict[str, dict[str, float]]:
@@ -672,7 +676,7 @@ def main() -> None:
                         "numpy: what the CLI's check-prompt runs)")
     args = parser.parse_args()
     os.environ[sentence_encoder.BACKEND_ENV] = args.backend
-    semantic.MODEL_FILE = args.model  # what the policy host loads (report; fit writes the shipped file)
+    semantic.MODEL_FILE = args.model  # what the policy host loads (report) and what fit writes
     if args.command in ("fit", "split"):
         (fit if args.command == "fit" else split)(args)
         return
