@@ -71,7 +71,7 @@ from latentops.governance.policy_engine import (
     EngineUnavailable,
 )
 from latentops.governance.policy_opa import OpaEngine
-from latentops.governance.policy_testing import run_tests
+from latentops.governance.policy_testing import failed_tests
 from latentops.governance.tables import AuditEntry, PolicyDataEdit, PolicyDecision
 
 log = logging.getLogger(__name__)
@@ -419,11 +419,10 @@ def check_edits(session: Session, new: Sequence[tuple[str, Any]]) -> PolicyBundl
     keys, edits = ", ".join(key for key, _ in new), _edits(session)
     try:
         bundle = load_bundle(get_service().directory, [*edits, *new])
-        engine = EmbeddedEngine()
-        engine.load(bundle)
+        failed = failed_tests(bundle)
     except (InvalidInput, CompileError) as error:
         raise InvalidInput(f"{keys}: {getattr(error, 'detail', f'the policies do not compile with this edit: {error}')}") from None
-    failed, domains = run_tests(bundle, engine).failed, {key.split(".")[0] for key, _ in new}
+    domains = {key.split(".")[0] for key, _ in new}
     before = _failing_in_force(edits) if failed else set()
     broken = [r for r in failed if (r.package, r.name) not in before
               and (r.error or r.package.split("/")[-1].removesuffix("_test") not in domains)]
@@ -434,14 +433,10 @@ def check_edits(session: Session, new: Sequence[tuple[str, Any]]) -> PolicyBundl
     return bundle
 
 
-def _failing_in_force(edits: list[tuple[str, Any]], cache: dict[str, set[tuple[str, str]]] = {}) -> set[tuple[str, str]]:  # noqa: B006
-    """The Rego tests that already fail with the data edits in force (``cache``: per revision)."""
+def _failing_in_force(edits: list[tuple[str, Any]]) -> set[tuple[str, str]]:
+    """The Rego tests that already fail with the data edits in force."""
     try:
-        bundle, engine = load_bundle(get_service().directory, edits), EmbeddedEngine()
-        if bundle.revision not in cache:
-            engine.load(bundle)
-            cache[bundle.revision] = {(r.package, r.name) for r in run_tests(bundle, engine).failed}
-        return cache[bundle.revision]
+        return {(r.package, r.name) for r in failed_tests(load_bundle(get_service().directory, edits))}
     except (InvalidInput, CompileError):  # the edits in force do not load: nothing to compare with
         return set()
 

@@ -9,11 +9,13 @@ tests fails, like ``opa test`` with no tests.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
 from latentops.governance.policy_bundle import PolicyBundle
-from latentops.governance.policy_engine import Engine, EngineUnavailable
+from latentops.governance.policy_engine import EmbeddedEngine, Engine, EngineUnavailable
 
 _LITERAL_ID = re.compile(r'lib\.violation\(\s*"([a-z_]+\.[a-z_.]+)"')
 _PREFIX_ID = re.compile(r'lib\.violation\(\s*(?:concat\(""\s*,\s*\[\s*"|sprintf\(\s*")([a-z_]+\.[a-z_.]*)')
@@ -82,3 +84,26 @@ def run_tests(bundle: PolicyBundle, engine: Engine) -> TestReport:
             results.append(TestResult(package, name, False, str(error)))
     rule_ids = declared_rule_ids(bundle)
     return TestReport(results, rule_ids, covered_rule_ids(bundle, rule_ids))
+
+
+_TEST_RUNS: dict[tuple[str, str], tuple[TestResult, ...]] = {}
+_TEST_RUNS_KEPT = 64
+
+
+def failed_tests(bundle: PolicyBundle) -> tuple[TestResult, ...]:
+    """The bundle's failing Rego tests on the embedded engine (``CompileError`` when it does not compile).
+
+    The outcome depends only on the modules and data (the revision) and the test files, so it is
+    kept per process for the last few of those. Compiling and testing a bundle takes 1-2 s; an
+    edit's check (the bundle with the edit, and the one in force to compare with) pays it only for
+    bundles this process has not tested yet.
+    """
+    tests = hashlib.sha256(json.dumps(bundle.tests, sort_keys=True).encode()).hexdigest()
+    key = (bundle.revision, tests)
+    if key not in _TEST_RUNS:
+        engine = EmbeddedEngine()
+        engine.load(bundle)
+        while len(_TEST_RUNS) >= _TEST_RUNS_KEPT:
+            _TEST_RUNS.pop(next(iter(_TEST_RUNS)))
+        _TEST_RUNS[key] = tuple(run_tests(bundle, engine).failed)
+    return _TEST_RUNS[key]
