@@ -138,3 +138,21 @@ def test_check_prompt_runs_without_torch_and_torch_is_refused_after() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == native.TORCH_REFUSED
+
+
+@pytest.mark.one_backend
+def test_policy_and_grant_commands_decide_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
+    # Commands marked runs_no_model load the policy engine without torch (``native``), a fresh process each.
+    _seed(settings_env.database_url)
+    for args, code in ((["policy", "revision"], 0),
+                       (["models", "access", "digits-demo", "--action", "use", "--as", "alice@example.com"], 1)):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "latentops.platform.cli.main", *args], env=cli.env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        lines = done.stderr.splitlines()
+        assert done.returncode == code, [line for line in lines if not line.startswith("import time:")]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+        assert "regopy" in imported and "torch" not in imported, args
+    assert "models.no_grant" in done.stderr
+    with session_scope(settings_env.database_url) as db:  # the denial was decided by the policy and kept
+        denied = db.scalars(sa.select(PolicyDecision).where(PolicyDecision.allow.is_(False))).all()
+        assert [d.rule_ids for d in denied] == [["models.no_grant"]]

@@ -9,14 +9,19 @@ quietly acting on a different installation than the one the user named.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session
 
 from latentops.core.errors import InvalidInput
 from latentops.core.settings import Settings, get_settings
 from latentops.platform.database import session_scope
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -72,3 +77,21 @@ def actor() -> str:
     import getpass
 
     return f"cli:{getpass.getuser()}"
+
+
+def runs_no_model(command: Callable[P, R]) -> Callable[P, R]:
+    """Mark a command that never runs a model: its policy engine (regopy) then loads without torch.
+
+    Loading regopy safely otherwise means importing torch first (``governance.native``), which is
+    most of the wall time of a command such as ``models grant``. In such a command the semantic
+    prompt screen runs on NumPy, which decides every benchmark prompt as the torch pass does.
+    """
+
+    @functools.wraps(command)
+    def without_torch(*args: P.args, **kwargs: P.kwargs) -> R:
+        from latentops.governance import native
+
+        native.without_torch()
+        return command(*args, **kwargs)
+
+    return without_torch

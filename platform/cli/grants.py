@@ -18,6 +18,7 @@ ACTION_HELP = "use, download or manage."
 
 
 @models_app.command("grant")
+@context.runs_no_model
 def grant(
     name: str = typer.Argument(..., help="Base model name."),
     action: str = typer.Option(..., "--action", help=ACTION_HELP),
@@ -34,6 +35,7 @@ def grant(
 
 
 @models_app.command("revoke")
+@context.runs_no_model
 def revoke(
     name: str = typer.Argument(..., help="Base model name."),
     action: str = typer.Option(..., "--action", help=ACTION_HELP),
@@ -50,6 +52,7 @@ def revoke(
 
 
 @models_app.command("grants")
+@context.runs_no_model
 def list_grants(
     name: str = typer.Argument(..., help="Base model name."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
@@ -65,6 +68,7 @@ def list_grants(
 
 
 @models_app.command("access")
+@context.runs_no_model
 def access(
     name: str = typer.Argument(..., help="Base model name."),
     action: str = typer.Option(..., "--action", help=ACTION_HELP),

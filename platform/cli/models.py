@@ -49,6 +49,7 @@ def import_(
 
 
 @models_app.command("list")
+@context.runs_no_model
 def list_(
     include_removed: bool = typer.Option(False, "--all", help="Include removed models."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON lines."),
@@ -67,6 +68,7 @@ def list_(
 
 
 @models_app.command("show")
+@context.runs_no_model
 def show(
     name: str = typer.Argument(..., help="Model name."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -88,6 +90,7 @@ def show(
 
 
 @models_app.command("remove")
+@context.runs_no_model
 def remove(name: str = typer.Argument(..., help="Model name.")) -> None:
     """Remove a model from the catalogue (soft: weights and history stay; audited)."""
     with context.session() as db:

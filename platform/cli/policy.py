@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from latentops.core.errors import InvalidInput, ServiceUnavailable
-from latentops.governance import native, policy
+from latentops.governance import policy
 from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, load_bundle, write_tarball
 from latentops.governance.policy_engine import CompileError, EmbeddedEngine
 from latentops.governance.policy_opa import OpaEngine
@@ -20,6 +20,7 @@ policy_app = typer.Typer(help="Policy-as-code: tests, evaluation, revisions.", n
 
 
 @policy_app.command("test")
+@context.runs_no_model
 def test(
     directory: Path = typer.Option(DEFAULT_POLICY_DIR, "--dir", help="Policy folder."),
     engine: str = typer.Option("embedded", "--engine", help="embedded, or opa (uses LATENTOPS_OPA_URL)."),
@@ -69,6 +70,7 @@ def _parse_input(raw: str) -> dict[str, object]:
 
 
 @policy_app.command("eval")
+@context.runs_no_model
 def eval_(
     path: str = typer.Option(..., "--path", help="Policy path: prompt, jobs, models, datasets, screening."),
     input_json: str = typer.Option(..., "--input", help="The input as a JSON object."),
@@ -81,13 +83,13 @@ def eval_(
 
 
 @policy_app.command("check-prompt")
+@context.runs_no_model
 def check_prompt(
     text: str = typer.Argument(..., help="The prompt to check."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON line: allow, reasons, rule_ids, revision and "
                                      "categories (per content category: severity 0-6, the level it blocks at, score, evidence)."),
 ) -> None:
     """Check a prompt against the prompt policy; exits 2 when it is denied."""
-    native.without_torch()  # no model runs here: regopy loads without torch's 1.3 s import
     decision = backends.backend().check_prompt(text)
     if json_output:
         output.emit_json({key: decision[key] for key in ("allow", "reasons", "rule_ids", "revision", "categories") if key in decision})
@@ -105,6 +107,7 @@ def check_prompt(
 
 
 @policy_app.command("reload")
+@context.runs_no_model
 def reload() -> None:
     """Load the policy files and data edits now; a bundle that fails keeps the previous revision."""
     with context.session() as db:
@@ -115,6 +118,7 @@ def reload() -> None:
 
 
 @policy_app.command("revision")
+@context.runs_no_model
 def revision(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the revision in force, the engine and the paths."""
     status = backends.backend().policy_status()
@@ -127,6 +131,7 @@ def revision(json_output: bool = typer.Option(False, "--json", help="Print JSON.
 
 
 @policy_app.command("set-data")
+@context.runs_no_model
 def set_data(
     key: str = typer.Argument(..., help="Dotted key, e.g. prompt.max_length."),
     value: str = typer.Argument(..., help="The new value as JSON."),
@@ -147,6 +152,7 @@ def _short(value: object, width: int = 60) -> str:
 
 
 @policy_app.command("history")
+@context.runs_no_model
 def history(
     key: str = typer.Option("", "--key", help="Only edits of this key or below it (screening, screening.thresholds)."),
     limit: int = typer.Option(20, "--limit", min=1, max=200, help="How many revisions, newest first."),
@@ -167,6 +173,7 @@ def history(
 
 
 @policy_app.command("diff")
+@context.runs_no_model
 def diff(
     to: int = typer.Argument(..., help="The revision (edit id) to show; 0 is the policy files' data."),
     since: int | None = typer.Option(None, "--from", help="Compare with this revision (default: the one before)."),
@@ -188,6 +195,7 @@ def diff(
 
 
 @policy_app.command("rollback")
+@context.runs_no_model
 def rollback(
     to: int = typer.Argument(..., help="The revision (edit id) whose data is restored; 0 is the policy files' data."),
     note: str = typer.Option(..., "--note", help="Why (required; kept with the edits and in the audit trail)."),
@@ -199,6 +207,7 @@ def rollback(
 
 
 @policy_app.command("bundle")
+@context.runs_no_model
 def bundle(target: Path = typer.Option(..., "--output", help="Where to write the OPA bundle (.tar.gz).")) -> None:
     """Write the policies and data as an OPA bundle for an OPA server or sidecar (this machine's files)."""
     context.require_local()
