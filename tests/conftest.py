@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_forkserver import ForkServer
 
 # Under pytest-xdist each worker runs torch, and so do the worker, server and CLI processes the tests
 # start. With torch's default of one thread per core in every one of them, the cores are oversubscribed
@@ -247,13 +248,20 @@ class CliResult:
 
 
 class Cli:
-    """Runs ``latentops`` in a subprocess with the test's environment."""
+    """Runs ``latentops`` as its own process with the test's environment.
 
-    def __init__(self, env: dict[str, str]) -> None:
+    Calls go through this test process's fork server (``cli_forkserver``), which saves each call
+    the CLI's imports; a call whose environment would change start-up runs a fresh interpreter.
+    """
+
+    def __init__(self, env: dict[str, str], forks: ForkServer | None = None) -> None:
         self.env = env
+        self.forks = forks
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
         merged = {**self.env, **(env or {})}
+        if self.forks is not None and self.forks.serves(merged):
+            return CliResult(*self.forks.run(list(args), merged, input, timeout))
         done = subprocess.run(
             [sys.executable, "-m", "latentops.platform.cli.main", *args], check=False, input=input, capture_output=True,
             text=True, timeout=timeout, env=merged, cwd=REPO,
@@ -261,11 +269,25 @@ class Cli:
         return CliResult(done.returncode, done.stdout, done.stderr)
 
 
+def _cli_env() -> dict[str, str]:
+    return {**os.environ, "COLUMNS": "200"}
+
+
+@pytest.fixture(scope="session")
+def _cli_forks() -> Iterator[ForkServer | None]:
+    """One CLI fork server per test process, started before any test changes the environment."""
+    if not hasattr(os, "fork"):
+        yield None
+        return
+    forks = ForkServer(REPO)
+    forks.start(_cli_env())
+    yield forks
+    forks.stop()
+
+
 @pytest.fixture
-def cli(settings_env) -> Cli:  # type: ignore[no-untyped-def]
-    env = {k: v for k, v in os.environ.items()}
-    env["COLUMNS"] = "200"
-    return Cli(env)
+def cli(settings_env, _cli_forks) -> Cli:  # type: ignore[no-untyped-def]
+    return Cli(_cli_env(), _cli_forks)
 
 
 # --- real worker processes --------------------------------------------------------------------

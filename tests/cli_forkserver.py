@@ -1,0 +1,184 @@
+"""A fork server for the ``cli`` fixture: each call is still its own ``latentops`` process.
+
+Importing the CLI (typer, SQLAlchemy's ORM, the policy and audit modules) costs most of a short
+command's wall time, and the suite runs a few hundred commands. One server per test process
+imports ``latentops.platform.cli.main`` once and forks for every call. The forked process takes
+the call's environment, working directory, stdin, stdout and stderr, runs the same ``run()`` that
+``python -m latentops.platform.cli.main`` runs, and exits the way that process would: through
+``SystemExit`` and the interpreter's normal shutdown, or killed by a signal.
+
+What a fork cannot reproduce is start-up: modules imported before the call see the server's
+environment, not the call's. ``Cli`` therefore forks only when the call's environment differs from
+the server's in ``LATENTOPS_*`` and ``MLFLOW_*`` variables alone, which the product reads when a
+command runs, never at import (and in pytest's ``PYTEST_CURRENT_TEST``, which it never reads);
+any other difference runs a fresh interpreter. Tests of start-up
+itself (import cost, unmigrated databases, ``--help``) keep starting their own processes.
+
+Protocol, one Unix-socket connection per call: the client sends one JSON line (``args``, ``env``,
+``cwd`` and the paths of the files standing in for the three standard streams); a supervisor
+forked for the connection forks the command, answers its pid, waits for it, and answers its exit
+code as ``subprocess`` reports it (negative: the signal that ended it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Read when a command runs, never at import; PYTEST_CURRENT_TEST (pytest's own) is read by nothing.
+CALL_TIME_PREFIXES = ("LATENTOPS_", "MLFLOW_", "PYTEST_CURRENT_TEST")
+
+
+def _serve(path: str) -> None:
+    from latentops.platform.cli import main  # the import every forked call saves
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    os.write(1, b"ready\n")
+    while True:
+        ready, _, _ = select.select([listener, 0], [], [])
+        if 0 in ready and not os.read(0, 1024):  # the test process is gone
+            return
+        if listener in ready:
+            connection, _ = listener.accept()
+            if os.fork() == 0:
+                listener.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _supervise(connection, main)  # the command's process leaves through SystemExit
+                return
+            connection.close()
+
+
+def _supervise(connection: socket.socket, main) -> None:  # type: ignore[no-untyped-def]
+    with connection.makefile("rb") as reader:
+        request = json.loads(reader.readline())
+    pid = os.fork()
+    if pid == 0:
+        connection.close()
+        _become_command(request, main)
+        return
+    try:
+        connection.sendall(f"{pid}\n".encode())
+        _, status = os.waitpid(pid, 0)
+        connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+    except OSError:  # the test gave up on the call (timeout) and closed the connection
+        pass
+    os._exit(0)
+
+
+def _become_command(request: dict, main) -> None:  # type: ignore[no-untyped-def, type-arg]
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, (name, flags) in enumerate([("stdin", os.O_RDONLY), ("stdout", os.O_WRONLY | os.O_TRUNC | os.O_CREAT),
+                                        ("stderr", os.O_WRONLY | os.O_TRUNC | os.O_CREAT)]):
+        opened = os.open(request[name], flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = [main.__file__, *request["args"]]
+    sys.modules["__main__"] = main  # so click names the program as for ``python -m``; so does multiprocessing
+    # as ``python -m`` run from that directory has it: the directory first, not this server's folder
+    sys.path[:] = [request["cwd"], *(entry for entry in sys.path if entry not in ("", str(Path(__file__).parent)))]
+    code = 0
+    try:
+        main.run(request["args"])
+    except SystemExit as leaving:
+        code = _exit_code(leaving.code)
+    except BaseException:  # noqa: BLE001 - an uncaught exception: traceback and exit 1, as the interpreter does
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    # The interpreter's shutdown less its module teardown, which is most of a short command's cost
+    # after the fork and which no command observes: threads joined, exit handlers, the streams.
+    if "threading" in sys.modules:
+        sys.modules["threading"]._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def _exit_code(code: object) -> int:
+    """What the interpreter exits with for ``SystemExit(code)``."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _text(data: bytes) -> str:
+    """Decoded as ``subprocess.run(..., text=True)`` decodes: the locale's encoding, universal newlines."""
+    import locale
+
+    return data.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
+
+
+class ForkServer:
+    """The server for this test process, started on first use."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.process: subprocess.Popen[bytes] | None = None
+        self.folder = ""
+        self.env: dict[str, str] = {}
+
+    def start(self, env: dict[str, str]) -> None:
+        """Start with ``env`` less the call-time variables, which each call brings."""
+        self.folder = tempfile.mkdtemp(prefix="latentops-cli-")
+        self.env = {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                                    f"import cli_forkserver; cli_forkserver._serve({self.socket!r})")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env, cwd=self.repo,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"the CLI fork server did not start (exit {self.process.wait()})")
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.folder, "socket")
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a call with ``env`` starts the same as a fresh ``python -m`` would."""
+        running = self.process is not None and self.process.poll() is None
+        return running and {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES)} == self.env
+
+    def run(self, args: list[str], env: dict[str, str], input: str | None, timeout: float) -> tuple[int, str, str]:
+        with tempfile.TemporaryDirectory(dir=self.folder) as scratch:
+            streams = {name: os.path.join(scratch, name) for name in ("stdin", "stdout", "stderr")}
+            Path(streams["stdin"]).write_text(input or "")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.connect(self.socket)
+                request = {"args": args, "env": env, "cwd": str(self.repo), **streams}
+                connection.sendall(json.dumps(request).encode() + b"\n")
+                connection.settimeout(timeout)
+                with connection.makefile("rb") as reader:
+                    pid = int(reader.readline())
+                    try:
+                        code = int(reader.readline())
+                    except TimeoutError:
+                        os.kill(pid, signal.SIGKILL)
+                        raise subprocess.TimeoutExpired(["latentops", *args], timeout) from None
+            return code, _text(Path(streams["stdout"]).read_bytes()), _text(Path(streams["stderr"]).read_bytes())
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+        if self.folder:
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
