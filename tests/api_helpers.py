@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import socket
 import subprocess
@@ -24,10 +25,17 @@ from latentops.platform.tables import ApiToken, Team
 PASSWORD = "correct horse battery staple"
 
 
+@functools.cache
+def _password_hash() -> str:
+    """``PASSWORD`` hashed once per test process by the service's hasher (argon2: ~0.1 s a hash)."""
+    return users_service.hash_password(PASSWORD)
+
+
 def make_user(database_url: str, email: str, role: str, team: str, *, scopes: list[str] | None = None) -> str:
-    """Create a user with a password and return a personal API token for them."""
+    """Create a user whose password is ``PASSWORD`` and return a personal API token for them."""
     with session_scope(database_url) as session:
-        users_service.create_user(session, email=email, role=role, team=team, password=PASSWORD, actor="system")
+        user = users_service.create_user(session, email=email, role=role, team=team, password=None, actor="system")
+        user.password_hash = _password_hash()
         _token, secret = tokens_service.create_token(session, email=email, name="test", actor="system", scopes=scopes)
     return secret
 
