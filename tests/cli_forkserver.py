@@ -4,15 +4,16 @@ Importing the CLI (typer, SQLAlchemy's ORM, the policy and audit modules) costs 
 command's wall time, and the suite runs a few hundred commands. One server per test process
 imports ``latentops.platform.cli.main`` once and forks for every call. The forked process takes
 the call's environment, working directory, stdin, stdout and stderr, runs the same ``run()`` that
-``python -m latentops.platform.cli.main`` runs, and exits the way that process would: through
-``SystemExit`` and the interpreter's normal shutdown, or killed by a signal.
+``python -m latentops.platform.cli.main`` runs, and exits with the code that process would: after
+the interpreter's shutdown steps a command can observe (threads joined, exit handlers, streams
+flushed) but without its module teardown, or killed by a signal.
 
 What a fork cannot reproduce is start-up: modules imported before the call see the server's
 environment, not the call's. ``Cli`` therefore forks only when the call's environment differs from
 the server's in ``LATENTOPS_*`` and ``MLFLOW_*`` variables alone, which the product reads when a
 command runs, never at import (and in pytest's ``PYTEST_CURRENT_TEST``, which it never reads);
-any other difference runs a fresh interpreter. Tests of start-up
-itself (import cost, unmigrated databases, ``--help``) keep starting their own processes.
+any other difference runs a fresh interpreter. Tests of start-up itself (import cost, unmigrated
+databases, ``--help``) keep starting their own processes.
 
 Protocol, one Unix-socket connection per call: the client sends one JSON line (``args``, ``env``,
 ``cwd`` and the paths of the files standing in for the three standard streams); a supervisor
@@ -26,15 +27,22 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 # Read when a command runs, never at import; PYTEST_CURRENT_TEST (pytest's own) is read by nothing.
 CALL_TIME_PREFIXES = ("LATENTOPS_", "MLFLOW_", "PYTEST_CURRENT_TEST")
+
+
+def _start_up_env(env: dict[str, str]) -> dict[str, str]:
+    """What of ``env`` a process can read while it starts: all but the call-time variables."""
+    return {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES)}
 
 
 def _serve(path: str) -> None:
@@ -54,19 +62,17 @@ def _serve(path: str) -> None:
             if os.fork() == 0:
                 listener.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _supervise(connection, main)  # the command's process leaves through SystemExit
-                return
+                _supervise(connection, main)  # never returns: supervisor and command both end in os._exit
             connection.close()
 
 
-def _supervise(connection: socket.socket, main) -> None:  # type: ignore[no-untyped-def]
+def _supervise(connection: socket.socket, main) -> NoReturn:  # type: ignore[no-untyped-def]
     with connection.makefile("rb") as reader:
         request = json.loads(reader.readline())
     pid = os.fork()
     if pid == 0:
         connection.close()
         _become_command(request, main)
-        return
     try:
         connection.sendall(f"{pid}\n".encode())
         _, status = os.waitpid(pid, 0)
@@ -76,7 +82,7 @@ def _supervise(connection: socket.socket, main) -> None:  # type: ignore[no-unty
     os._exit(0)
 
 
-def _become_command(request: dict, main) -> None:  # type: ignore[no-untyped-def, type-arg]
+def _become_command(request: dict, main) -> NoReturn:  # type: ignore[no-untyped-def, type-arg]
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -125,7 +131,7 @@ def _text(data: bytes) -> str:
 
 
 class ForkServer:
-    """The server for this test process, started on first use."""
+    """The server for this test process (``start`` it before any test changes the environment)."""
 
     def __init__(self, repo: Path) -> None:
         self.repo = repo
@@ -136,7 +142,7 @@ class ForkServer:
     def start(self, env: dict[str, str]) -> None:
         """Start with ``env`` less the call-time variables, which each call brings."""
         self.folder = tempfile.mkdtemp(prefix="latentops-cli-")
-        self.env = {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES)}
+        self.env = _start_up_env(env)
         self.process = subprocess.Popen(
             [sys.executable, "-c", (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
                                     f"import cli_forkserver; cli_forkserver._serve({self.socket!r})")],
@@ -153,7 +159,7 @@ class ForkServer:
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a call with ``env`` starts the same as a fresh ``python -m`` would."""
         running = self.process is not None and self.process.poll() is None
-        return running and {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES)} == self.env
+        return running and _start_up_env(env) == self.env
 
     def run(self, args: list[str], env: dict[str, str], input: str | None, timeout: float) -> tuple[int, str, str]:
         with tempfile.TemporaryDirectory(dir=self.folder) as scratch:
@@ -179,6 +185,4 @@ class ForkServer:
             self.process.stdin.close()
             self.process.wait(timeout=30)
         if self.folder:
-            import shutil
-
             shutil.rmtree(self.folder, ignore_errors=True)
