@@ -32,10 +32,12 @@ transaction (``placement.sequence``), holding the chain lock until it ends: corr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
@@ -332,16 +334,19 @@ def integrator_for(engine: Engine) -> Integrator | None:
     return _integrators.get(engine)
 
 
-def start_background(engine: Engine, *, interval_s: float = 1.0, stop: threading.Event | None = None) -> threading.Thread:
+def start_background(engine: Engine, *, interval_s: float = 1.0, stop: threading.Event | None = None,
+                     guard: AbstractContextManager[Any] | None = None) -> threading.Thread:
     """A daemon thread that integrates every ``interval_s``: for worker processes, so that entries
     of a writer that died between its commit and its integration do not wait for the next append
-    (API processes run an ``Integrator``, which does this too). Set ``stop`` to end it."""
+    (API processes run an ``Integrator``, which does this too). Set ``stop`` to end it. Each pass
+    runs inside ``guard`` when given (a worker's lock that keeps forks out of database calls)."""
     stop = stop or threading.Event()
 
     def loop() -> None:
         while not stop.wait(interval_s):
             try:
-                run_once(engine)
+                with guard or contextlib.nullcontext():
+                    run_once(engine)
             except (LatentopsError, sa.exc.SQLAlchemyError) as error:
                 log.warning("background audit integration failed: %s", error)
 

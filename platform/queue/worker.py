@@ -34,6 +34,22 @@ log = logging.getLogger(__name__)
 
 GPU_LIST_ENV = "LATENTOPS_WORKER_GPUS"
 _stop = threading.Event()
+# A fork copies only the forking thread, with every lock as it stands. A child forked while a
+# housekeeping thread was inside SQLite (or a database or broker client) inherits that thread's
+# locks with nobody left to release them, and hangs at its first connection: the pool replaces a
+# dead child in exactly that way, and the job it hands the new child never starts. So the threads
+# below work under this lock, and the pool's fork waits for it (``_guard_forks``).
+_fork_guard = threading.Lock()
+_forks_guarded = False
+
+
+def _guard_forks() -> None:
+    """From now on, every ``os.fork`` of this process waits until no housekeeping work is under way."""
+    global _forks_guarded
+    if not _forks_guarded:
+        os.register_at_fork(before=_fork_guard.acquire, after_in_parent=_fork_guard.release,
+                            after_in_child=_fork_guard.release)
+        _forks_guarded = True
 
 
 def _checkpoint_if_due() -> None:
@@ -67,7 +83,8 @@ def _housekeeping_forever(worker: str) -> None:
         for name, task in (("sweep", lambda: jobs.sweep(settings, worker=worker)), ("checkpoint", _checkpoint_if_due),
                            ("retention", _retention_if_due)):
             try:
-                task()
+                with _fork_guard:
+                    task()
             except Exception:  # a database or broker blip: log it and try again next interval
                 log.exception("%s failed", name)
 
@@ -77,8 +94,10 @@ def _start_housekeeping(sender: Any = None, **_: Any) -> None:
     from latentops.governance import integration
 
     name = getattr(sender, "hostname", None) or socket.gethostname()
+    _guard_forks()
     threading.Thread(target=_housekeeping_forever, args=(str(name),), daemon=True, name="housekeeping").start()
-    integration.start_background(database.get_engine(get_settings().database_url), interval_s=5.0, stop=_stop)
+    integration.start_background(database.get_engine(get_settings().database_url), interval_s=5.0, stop=_stop,
+                                 guard=_fork_guard)
     log.info("housekeeping started (every %.0fs)", get_settings().sweep_interval_s)
 
 
