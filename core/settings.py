@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     job_heartbeat_s: float = Field(default=5.0, gt=0)
     job_lease_s: float = Field(default=60.0, gt=0)
     # Each worker sweeps for jobs whose lease expired (a crashed worker) or whose broker message
-    # may be lost (queued longer than requeue_after_s since the last dispatch).
+    # may be lost (queued or retrying longer than requeue_after_s since the last dispatch).
     sweep_interval_s: float = Field(default=15.0, gt=0)
     requeue_after_s: float = Field(default=600.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -20,7 +20,7 @@ from test_jobs_queue import wait_finished
 from latentops.core.errors import ServiceUnavailable
 from latentops.platform.database import session_scope
 from latentops.platform.services import jobs
-from latentops.platform.tables import AuditEntry, Job, JobState, Team
+from latentops.platform.tables import AuditEntry, Job, JobState, Team, utcnow
 
 FAST_RECOVERY = {"LATENTOPS_JOB_LEASE_S": "3", "LATENTOPS_JOB_HEARTBEAT_S": "0.5", "LATENTOPS_SWEEP_INTERVAL_S": "1"}
 
@@ -141,6 +141,8 @@ def test_broker_restart_that_loses_every_message_loses_no_job(settings_env, priv
     celery_app.cache_clear()
     settings = get_settings()
     ids = [submit_job(settings, kind="diagnostics", params={"steps": 2}, actor="t") for _ in range(3)]
+    with session_scope(settings.database_url) as db:  # one as the sweep leaves a job whose worker was lost
+        db.execute(sa.update(Job).where(Job.id == ids[2]).values(state=JobState.RETRYING, attempts=1, dispatched_at=utcnow()))
     restart()  # every queued message is gone; the database still knows the jobs
     worker = WorkerProcess({**os.environ, **FAST_RECOVERY, "LATENTOPS_REQUEUE_AFTER_S": "1"}, tmp_path / "w.log")
     try:

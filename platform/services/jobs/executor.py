@@ -28,7 +28,7 @@ from latentops.platform import metrics as ops_metrics  # "metrics" is a progress
 from latentops.platform.database import session_scope
 from latentops.platform.services.jobs.control import get
 from latentops.platform.services.jobs.kinds import JOB_KINDS, load_function
-from latentops.platform.services.jobs.submit import _finish_unleased, _outcome, _utc, dispatch
+from latentops.platform.services.jobs.submit import WAITING_STATES, _finish_unleased, _outcome, _utc, dispatch
 from latentops.platform.tables import Job, JobEvent, JobState, Team, utcnow
 
 log = logging.getLogger(__name__)
@@ -266,10 +266,12 @@ def execute(settings: Settings, *, job_id: int, worker: str) -> JobState | None:
 
 
 def sweep(settings: Settings, *, worker: str) -> dict[str, int]:
-    """Re-dispatch jobs a crashed worker left behind and queued jobs whose message may be lost.
+    """Re-dispatch jobs a crashed worker left behind and waiting jobs whose message may be lost.
 
     A job whose lease expired is set to ``retrying`` (or ``failed`` when out of attempts) and its
-    id is sent again; the lease guarantees that duplicates never run twice. Each job is claimed
+    id is sent again; the lease guarantees that duplicates never run twice. A waiting job (queued, or
+    retrying) that no worker took within ``requeue_after_s`` of its last dispatch is sent again: its
+    message may be lost with the broker, or with a worker that died holding it. Each job is claimed
     for sweeping with a conditional update on ``dispatched_at``, so concurrent sweepers on many
     workers do not all re-send it.
     """
@@ -300,12 +302,13 @@ def sweep(settings: Settings, *, worker: str) -> dict[str, int]:
                              details={"attempts": job.attempts, "lost_worker": lost_worker})
                 to_dispatch.append(job)
                 counts["retried"] += 1
+        # Waiting jobs (queued, or retrying after a lost worker) whose message may be lost with the broker.
         lost = session.scalars(
-            sa.select(Job).where(Job.state == JobState.QUEUED, sa.func.coalesce(Job.dispatched_at, Job.created_at) < stale_queued)
+            sa.select(Job).where(Job.state.in_(WAITING_STATES), sa.func.coalesce(Job.dispatched_at, Job.created_at) < stale_queued)
         ).all()
         for job in lost:
             claimed = session.execute(
-                sa.update(Job).where(Job.id == job.id, Job.state == JobState.QUEUED,
+                sa.update(Job).where(Job.id == job.id, Job.state == job.state,
                                      Job.dispatched_at.is_(None) if job.dispatched_at is None else Job.dispatched_at == job.dispatched_at)
                 .values(dispatched_at=now)
             )
