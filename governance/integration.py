@@ -37,7 +37,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
@@ -335,17 +334,18 @@ def integrator_for(engine: Engine) -> Integrator | None:
 
 
 def start_background(engine: Engine, *, interval_s: float = 1.0, stop: threading.Event | None = None,
-                     guard: AbstractContextManager[Any] | None = None) -> threading.Thread:
+                     guard: contextlib.AbstractContextManager[Any] | None = None) -> threading.Thread:
     """A daemon thread that integrates every ``interval_s``: for worker processes, so that entries
     of a writer that died between its commit and its integration do not wait for the next append
     (API processes run an ``Integrator``, which does this too). Set ``stop`` to end it. Each pass
     runs inside ``guard`` when given (a worker's lock that keeps forks out of database calls)."""
     stop = stop or threading.Event()
+    held = guard or contextlib.nullcontext()
 
     def loop() -> None:
         while not stop.wait(interval_s):
             try:
-                with guard or contextlib.nullcontext():
+                with held:
                     run_once(engine)
             except (LatentopsError, sa.exc.SQLAlchemyError) as error:
                 log.warning("background audit integration failed: %s", error)
