@@ -11,8 +11,9 @@ flushed) but without its module teardown, or killed by a signal.
 What a fork cannot reproduce is start-up: modules imported before the call see the server's
 environment, not the call's. ``Cli`` therefore forks only when the call's environment differs from
 the server's in ``LATENTOPS_*`` and ``MLFLOW_*`` variables alone, which the product reads when a
-command runs, never at import (and in pytest's ``PYTEST_CURRENT_TEST``, which it never reads);
-any other difference runs a fresh interpreter. Tests of start-up itself (import cost, unmigrated
+command runs, never at import (and in pytest's ``PYTEST_CURRENT_TEST``, which it never reads, and
+in the variables libraries set on their own import, ``SET_BY_IMPORTS``); any other difference runs
+a fresh interpreter. Tests of start-up itself (import cost, unmigrated
 databases, ``--help``) keep starting their own processes.
 
 Protocol, one Unix-socket connection per call: the client sends one JSON line (``args``, ``env``,
@@ -38,11 +39,20 @@ from typing import NoReturn
 
 # Read when a command runs, never at import; PYTEST_CURRENT_TEST (pytest's own) is read by nothing.
 CALL_TIME_PREFIXES = ("LATENTOPS_", "MLFLOW_", "PYTEST_CURRENT_TEST")
+# Set by libraries as they are imported, to what each sets in any process that imports it: a test
+# process that ran diffusers (torch's inductor), open_clip, mlflow or scikit-learn (and joblib,
+# threadpoolctl) in-process has them, the server's start-up environment may not. Counted as
+# start-up differences, they sent every later call of that test process to a fresh interpreter
+# (tests/test_cli_forkserver.py). The KMP_ ones are read only by Intel's OpenMP runtime, which no
+# package here ships (torch and scikit-learn load GNU libgomp).
+SET_BY_IMPORTS = frozenset({"TORCHINDUCTOR_CACHE_DIR", "TOKENIZERS_PARALLELISM", "_MLFLOW_TELEMETRY_SESSION_ID",
+                            "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"})
 
 
 def _start_up_env(env: dict[str, str]) -> dict[str, str]:
-    """What of ``env`` a process can read while it starts: all but the call-time variables."""
-    return {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES)}
+    """What of ``env`` a process can read while it starts: all but the call-time variables and
+    those the libraries set on import."""
+    return {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES) and k not in SET_BY_IMPORTS}
 
 
 def _serve(path: str) -> None:
