@@ -13,8 +13,8 @@ environment, not the call's. ``Cli`` therefore forks only when the call's enviro
 the server's in ``LATENTOPS_*`` and ``MLFLOW_*`` variables alone, which the product reads when a
 command runs, never at import (and in pytest's ``PYTEST_CURRENT_TEST``, which it never reads, and
 in the variables libraries set on their own import, ``SET_BY_IMPORTS``); any other difference runs
-a fresh interpreter. Tests of start-up itself (import cost, unmigrated
-databases, ``--help``) keep starting their own processes.
+a fresh interpreter. Tests of start-up itself (import cost, unmigrated databases, ``--help``) keep
+starting their own processes.
 
 Protocol, one Unix-socket connection per call: the client sends one JSON line (``args``, ``env``,
 ``cwd`` and the paths of the files standing in for the three standard streams); a supervisor

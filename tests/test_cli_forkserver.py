@@ -2,8 +2,8 @@
 
 A call forks only when its environment matches the server's start-up environment (``cli_forkserver``).
 Libraries that set a variable when imported (torch's inductor through diffusers, open_clip, mlflow,
-scikit-learn) once made every later call of a test process that had run them in-process start a fresh interpreter:
-about a second of CPU each instead of a tenth.
+scikit-learn) once made every later call of a test process that had run them in-process start a
+fresh interpreter: about a second of CPU each instead of a tenth.
 """
 
 from __future__ import annotations
@@ -33,5 +33,6 @@ def test_importing_the_libraries_leaves_the_start_up_environment_as_it_was() -> 
     assert done.returncode == 0, done.stderr[-3000:]
     before, after = json.loads(done.stdout.splitlines()[-1])
     assert set(after) - set(before), "no library set a variable: the check below would pass vacuously"
-    changed = sorted(k for k in set(before) | set(after) if _start_up_env(before).get(k) != _start_up_env(after).get(k))
+    started, imported = _start_up_env(before), _start_up_env(after)
+    changed = sorted(k for k in started.keys() | imported.keys() if started.get(k) != imported.get(k))
     assert changed == [], f"set on import, and not known to cli_forkserver.SET_BY_IMPORTS: {changed}"
