@@ -15,8 +15,11 @@ workers, which import torch at start-up anyway (``auto``, the default, picks it 
 fit``): for some layers ``l`` and projections ``p`` (``qkv``, ``out``, ``up``, ``down``) two float16
 factors ``layer.<l>.<p>.a`` (in x rank) and ``.b`` (rank x out, the scale already folded in). They are
 merged into the weights when the encoder loads (``W + a @ b``), so both forward passes run the same
-adapted weights at no extra cost per prompt. ``Encoder.load(adapter=None)`` is the base model
-(what sentence-transformers computes); ``shared()`` loads the shipped adapter.
+adapted weights at no extra cost per prompt. An adapter may also hold ``layers`` (an integer): the
+encoder then runs its first ``layers`` layers only and pools their output, which the adapter and
+the heads were fitted for (``bench/prompt_screening.py fit --encoder-layers``; the shipped adapter
+runs all six, docs/policy.md "Encoder depth"). ``Encoder.load(adapter=None)``
+is the base model (what sentence-transformers computes); ``shared()`` loads the shipped adapter.
 
 ``Encoder.load()`` reads the files once; ``shared()`` is the process-wide instance (loaded on
 first use, thread-safe). A missing or corrupt model or adapter raises ``EncoderUnavailable`` with
@@ -52,6 +55,7 @@ STRIDE = 16
 MODEL_ENV = "LATENTOPS_SENTENCE_MODEL"
 ADAPTER_FILE = Path(__file__).resolve().parent / "semantic_adapter.npz"
 PROJECTIONS = ("qkv", "out", "up", "down")
+DEPTH_KEY = "layers"  # in an adapter: how many of the encoder's layers run (all when absent)
 # Which forward pass runs: ``numpy`` (no torch needed: the CLI's check-prompt starts in about a
 # second), ``torch`` (matrix products in float32, in bfloat16 where the CPU has AMX), or ``auto``
 # (the default): torch when this process has already imported it (the API server and the workers
@@ -191,6 +195,11 @@ class Encoder:
                 factors = {name: archive[name] for name in archive.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise EncoderUnavailable(f"{path}: not a readable adapter ({error})") from None
+        depth = factors.pop(DEPTH_KEY, None)
+        if depth is not None:
+            if depth.shape != () or depth.dtype.kind not in "iu" or not 1 <= int(depth) <= len(self.layers):
+                raise EncoderUnavailable(f"{path}: {DEPTH_KEY} must be one integer from 1 to {len(self.layers)}")
+            self.layers = self.layers[:int(depth)]
         names = {name.rsplit(".", 1)[0] for name in factors}
         if not names:
             raise EncoderUnavailable(f"{path}: the adapter holds no factors")

@@ -83,6 +83,19 @@ def test_adapter_changes_the_embedding_and_both_passes_apply_it_alike(backend: s
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_an_adapter_that_names_its_depth_runs_only_those_layers(tmp_path: Path, backend: str) -> None:
+    texts = ["a watercolour of a lighthouse at dusk", "a man slicing into his forearm with a razor"]
+    adapter = tmp_path / "two_layers.npz"
+    np.savez(adapter, layers=np.array(2), **{"layer.1.up.a": np.zeros((384, 4), "<f2"), "layer.1.up.b": np.zeros((4, 1536), "<f2")})
+    shallow = sentence_encoder.Encoder.load(backend=backend, adapter=adapter)
+    base = sentence_encoder.Encoder.load(backend="numpy")
+    assert len(shallow.layers) == 2
+    assert np.abs(shallow.encode(texts) - base.encode(texts)).max() > 0.05  # not the six-layer embedding
+    base.layers = base.layers[:2]  # what two layers and mean pooling give, factors of zero merged
+    assert np.abs(shallow.encode(texts) - base.encode(texts)).max() < 5e-3
+
+
 def test_both_passes_give_the_same_scores(fresh_model: pytest.MonkeyPatch) -> None:
     texts = ["a still life of pears", "a soldier's body torn apart by an explosion, intestines spilling onto the mud",
              "nude-colour ballet flats on a white background", "eine Frau, die sich die Pulsadern aufschneidet"]
@@ -242,6 +255,8 @@ def test_model_loads_once_per_process() -> None:
     (b"not a zip archive", "not a readable adapter"),
     ("wrong_shape", "layer.5.qkv: needs .a (384 x rank) and .b (rank x 1152) float factors"),
     ("wrong_name", "'layer.9.qkv' is not layer.<0-5>"),
+    ("bad_depth", "layers must be one integer from 1 to 6"),
+    ("beyond_depth", "'layer.4.qkv' is not layer.<0-2>"),
 ])
 def test_missing_or_corrupt_adapter_makes_the_signal_unavailable(fresh_model: pytest.MonkeyPatch, tmp_path: Path,
                                                                  content: object, reason: str) -> None:
@@ -252,6 +267,9 @@ def test_missing_or_corrupt_adapter_makes_the_signal_unavailable(fresh_model: py
         np.savez(adapter, **{"layer.5.qkv.a": np.zeros((384, 4), "<f2"), "layer.5.qkv.b": np.zeros((4, 384), "<f2")})
     elif content == "wrong_name":
         np.savez(adapter, **{"layer.9.qkv.a": np.zeros((384, 4), "<f2"), "layer.9.qkv.b": np.zeros((4, 1152), "<f2")})
+    elif content in ("bad_depth", "beyond_depth"):
+        np.savez(adapter, layers=np.array(7 if content == "bad_depth" else 3),
+                 **{"layer.4.qkv.a": np.zeros((384, 4), "<f2"), "layer.4.qkv.b": np.zeros((4, 1152), "<f2")})
     fresh_model.setattr(sentence_encoder, "ADAPTER_FILE", adapter)
     decision, policy_input, _ = service_for().evaluate("prompt", {"prompt": "a still life of pears"})
     error = policy_input["prompt"]["semantic"]["error"]
