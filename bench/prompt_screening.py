@@ -186,7 +186,6 @@ class AdapterTrainer:
 
         if not start < layers <= len(encoder.layers):
             sys.exit(f"--encoder-layers: must be from {start + 1} to {len(encoder.layers)}, got {layers}")
-        self.layers = layers
         encoder.layers = encoder.layers[:layers]  # the layers above never run (the adapter file says so)
         self.torch, self.encoder, self.start, self.scale = torch, encoder, start, scale
         tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()
@@ -315,7 +314,7 @@ class AdapterTrainer:
 
     def export(self) -> dict[str, np.ndarray]:
         """float16 factors, the scale folded into ``b`` (what ``semantic_adapter.npz`` holds)."""
-        out = {sentence_encoder.DEPTH_KEY: np.array(self.layers, dtype="<i4")}
+        out = {sentence_encoder.DEPTH_KEY: np.array(len(self.base), dtype="<i4")}
         for name, value in self.factors.items():
             array = value.detach().numpy() * (self.scale if name.endswith(".b") else 1.0)
             out[name] = array.astype("<f2")
