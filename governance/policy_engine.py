@@ -244,14 +244,22 @@ class EmbeddedEngine:
             raise CompileError("the policy bundle did not build")
         return _Compiled(interpreter, built, set(entrypoints))
 
-    def load(self, bundle: PolicyBundle) -> None:
+    def load(self, bundle: PolicyBundle, *, for_tests: bool = False) -> None:
+        """Make ``bundle`` the one in force. ``for_tests``: compile only what ``query_test`` runs (the
+        modules with their tests, one interpreter), not the per-path interpreters decisions use."""
         entrypoints = [bundle.entrypoint(path) for path in bundle.paths]
         if self.isolate_compile:
             compile_check(bundle.modules, bundle.data, entrypoints)
-        compiled = {path: self._compile(modules_for(path, bundle.modules), bundle.data, [bundle.entrypoint(path)])
-                    for path in bundle.paths}
+        compiled = {} if for_tests else {
+            path: self._compile(modules_for(path, bundle.modules), bundle.data, [bundle.entrypoint(path)])
+            for path in bundle.paths}
+        tests = self._compile_tests(bundle) if for_tests and bundle.test_names() else None
         with self._lock:
-            self._compiled, self._tests, self._bundle = compiled, None, bundle
+            self._compiled, self._tests, self._bundle = compiled, tests, bundle
+
+    def _compile_tests(self, bundle: PolicyBundle) -> _Compiled:
+        entrypoints = [f"{package}/{name}" for package, name in bundle.test_names()]
+        return self._compile({**bundle.modules, **bundle.tests}, bundle.data, entrypoints)
 
     def evaluate(self, path: str, input: dict[str, Any]) -> dict[str, Any]:
         load_regopy()
@@ -314,9 +322,7 @@ class EmbeddedEngine:
             raise EngineUnavailable("no policy bundle is loaded")
         with self._lock:
             if self._tests is None:
-                bundle = self._bundle
-                entrypoints = [f"{pkg}/{name}" for pkg, name in bundle.test_names()]
-                self._tests = self._compile({**bundle.modules, **bundle.tests}, bundle.data, entrypoints)
+                self._tests = self._compile_tests(self._bundle)
             output = rego_bundle_query_entrypoint(self._tests.interpreter._impl, self._tests.bundle._impl, f"{package}/{rule}")
             try:
                 ok, text = rego_output_ok(output), rego_output_string(output)

@@ -102,7 +102,7 @@ def failed_tests(bundle: PolicyBundle) -> tuple[TestResult, ...]:
     key = (bundle.revision, tests)
     if key not in _TEST_RUNS:
         engine = EmbeddedEngine()
-        engine.load(bundle)
+        engine.load(bundle, for_tests=True)
         while len(_TEST_RUNS) >= _TEST_RUNS_KEPT:
             _TEST_RUNS.pop(next(iter(_TEST_RUNS)))
         _TEST_RUNS[key] = tuple(run_tests(bundle, engine).failed)

@@ -36,7 +36,7 @@ def test(
     else:
         runner = EmbeddedEngine()
         try:
-            runner.load(bundle)
+            runner.load(bundle, for_tests=True)
         except CompileError as error:
             raise InvalidInput(f"policies: {error}") from None
     report = run_tests(bundle, runner)
