@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import TINY_RECIPE, tiny_sd1_weights
-from PIL import Image, ImageDraw
+from finetune_helpers import TINY_RECIPE, draw_glyphs, tiny_sd1_weights
 from safetensors.torch import load_file
 
 from latentops.core.errors import InvalidInput
@@ -29,11 +28,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> WeightsRef:
 
 @pytest.fixture(scope="module")
 def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("instances")
+    folder = draw_glyphs(tmp_path_factory.mktemp("instances"), widths=(64, 72, 80, 88))
     for index in range(4):
-        image = Image.new("RGB", (64 + 8 * index, 64), "white")
-        ImageDraw.Draw(image).text((20 + index, 24), "AB"[index % 2], fill=(20, 20, 120))
-        image.save(folder / f"glyph-{index}.png")
         (folder / f"glyph-{index}.txt").write_text(f"a sks glyph number {index}")
     return folder
 

@@ -17,9 +17,10 @@ import psutil
 import pytest
 import sqlalchemy as sa
 import torch
+from finetune_helpers import draw_glyphs
 from job_helpers import submit_finetune
 from safetensors.torch import load_file
-from test_finetune_recipe import _release_unscreened, draw_glyphs
+from test_finetune_recipe import _release_unscreened
 from test_jobs_queue import wait_finished
 
 from latentops.core.errors import InvalidInput

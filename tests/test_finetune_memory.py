@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import torch
+from finetune_helpers import draw_glyphs
 from PIL import Image
-from test_finetune_recipe import draw_glyphs
 
 from latentops.core.errors import InvalidInput
 from latentops.pipelines import tiny

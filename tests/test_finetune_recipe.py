@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from finetune_helpers import draw_glyphs
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from latentops.core.errors import Conflict, InvalidInput, ServiceUnavailable
@@ -58,15 +59,6 @@ def _release_unscreened(settings) -> None:  # type: ignore[no-untyped-def]
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {family: tiny.create(family, root / family) for family in ("sd1", "sdxl", "sd3", "flux")}
-
-
-def draw_glyphs(folder: Path) -> Path:
-    """Five instance images of drawn letters, 64 to 96 px wide (so bucketing has work to do)."""
-    for index in range(5):
-        image = Image.new("RGB", (64 + 8 * index, 64), "white")
-        ImageDraw.Draw(image).text((20 + index, 24), "AB"[index % 2], fill=(20, 20, 120))
-        image.save(folder / f"glyph-{index}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
+from finetune_helpers import draw_glyphs
 from PIL import Image
 from safetensors.torch import load_file
-from test_finetune_recipe import _release_unscreened, draw_glyphs
+from test_finetune_recipe import _release_unscreened
 
 from latentops.pipelines import tiny
 from latentops.pipelines.engine import WeightsRef

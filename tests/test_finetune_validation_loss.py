@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from finetune_helpers import TINY_RECIPE, tiny_sd1_weights
-from PIL import Image, ImageDraw
+from finetune_helpers import TINY_RECIPE, draw_glyphs, tiny_sd1_weights
+from PIL import Image
 
 from latentops.core.errors import InvalidInput
 from latentops.pipelines.engine import WeightsRef
@@ -25,11 +25,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> WeightsRef:
 @pytest.fixture(scope="module")
 def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six drawn glyphs, two aspect ratios (so the held-out images fall in more than one bucket)."""
-    folder = tmp_path_factory.mktemp("instances")
-    for index in range(6):
-        image = Image.new("RGB", (64 + 48 * (index % 2), 64), "white")
-        ImageDraw.Draw(image).text((20 + index, 24), "ABC"[index % 3], fill=(20, 20, 120))
-        image.save(folder / f"glyph-{index}.png")
+    folder = draw_glyphs(tmp_path_factory.mktemp("instances"), widths=(64, 112) * 3, letters="ABC")
     (folder / "glyph-0.txt").write_text("a sks glyph, blue ink")
     return folder
 

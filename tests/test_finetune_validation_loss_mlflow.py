@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from finetune_helpers import TINY_RECIPE, tiny_sd1_weights
-from PIL import Image, ImageDraw
+from finetune_helpers import TINY_RECIPE, draw_glyphs, tiny_sd1_weights
+from PIL import Image
 
 from latentops.pipelines.engine import WeightsRef
 from latentops.pipelines.finetune import lora, tracking, validation
@@ -22,12 +22,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> WeightsRef:
 
 @pytest.fixture(scope="module")
 def instances(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("instances")
-    for index in range(3):
-        image = Image.new("RGB", (64, 64), "white")
-        ImageDraw.Draw(image).text((20 + index, 24), "ABC"[index], fill=(20, 20, 120))
-        image.save(folder / f"glyph-{index}.png")
-    return folder
+    return draw_glyphs(tmp_path_factory.mktemp("instances"), widths=(64, 64, 64), letters="ABC")
 
 
 def _first_prompt_released(request: validation.RenderRequest, *, device: str) -> list[Image.Image]:

@@ -217,7 +217,7 @@ def test_the_event_for_an_expired_lease_names_the_worker_that_held_it(queue_sett
 @pytest.mark.slow
 def test_sigkilled_up_takes_the_training_processes_of_a_running_fine_tune_with_it(stack_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The deepest tree ``up`` has: up -> worker -> pool child (the launcher) -> two training processes."""
-    from test_finetune_recipe import draw_glyphs
+    from finetune_helpers import draw_glyphs
 
     from latentops.core.settings import get_settings
     from latentops.pipelines import tiny
