@@ -417,13 +417,13 @@ def check_edits(session: Session, new: Sequence[tuple[str, Any]]) -> PolicyBundl
     that does not compile, or a Rego test passing with the data in force that cannot be evaluated with ``new``
     or fails in another domain than the edited ones (an edited domain's tests pin the value an edit changes)."""
     keys, edits = ", ".join(key for key, _ in new), _edits(session)
+    domains = {key.split(".")[0] for key, _ in new}
     try:
         bundle = load_bundle(get_service().directory, [*edits, *new])
-        failed = failed_tests(bundle)
+        failed = failed_tests(bundle, domains)  # the tests this edit can change
     except (InvalidInput, CompileError) as error:
         raise InvalidInput(f"{keys}: {getattr(error, 'detail', f'the policies do not compile with this edit: {error}')}") from None
-    domains = {key.split(".")[0] for key, _ in new}
-    before = _failing_in_force(edits) if failed else set()
+    before = _failing_in_force(edits, domains) if failed else set()
     broken = [r for r in failed if (r.package, r.name) not in before
               and (r.error or r.package.split("/")[-1].removesuffix("_test") not in domains)]
     if broken:
@@ -433,10 +433,10 @@ def check_edits(session: Session, new: Sequence[tuple[str, Any]]) -> PolicyBundl
     return bundle
 
 
-def _failing_in_force(edits: list[tuple[str, Any]]) -> set[tuple[str, str]]:
-    """The Rego tests that already fail with the data edits in force."""
+def _failing_in_force(edits: list[tuple[str, Any]], domains: set[str]) -> set[tuple[str, str]]:
+    """The Rego tests that can see ``domains`` and already fail with the data edits in force."""
     try:
-        return {(r.package, r.name) for r in failed_tests(load_bundle(get_service().directory, edits))}
+        return {(r.package, r.name) for r in failed_tests(load_bundle(get_service().directory, edits), domains)}
     except (InvalidInput, CompileError):  # the edits in force do not load: nothing to compare with
         return set()
 

@@ -9,12 +9,14 @@ tests fails, like ``opa test`` with no tests.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from latentops.governance.policy_bundle import PolicyBundle
+from latentops.governance.policy_bundle import DATA_ROOT, PolicyBundle, package_of
 from latentops.governance.policy_engine import EmbeddedEngine, Engine, EngineUnavailable
 
 _LITERAL_ID = re.compile(r'lib\.violation\(\s*"([a-z_]+\.[a-z_.]+)"')
@@ -90,14 +92,64 @@ _TEST_RUNS: dict[tuple[str, str], tuple[TestResult, ...]] = {}
 _TEST_RUNS_KEPT = 64
 
 
-def failed_tests(bundle: PolicyBundle) -> tuple[TestResult, ...]:
+# A reference to data (``data.policy_data.prompt``, ``data.latentops.jobs``), in Rego with its strings
+# and comments taken out. ``data`` alone, or a root without a name after it, names data it does not spell out.
+_DATA = re.compile(r"(?<![\w.])data\b(?:\.(\w+)(?:\.(\w+))?)?")
+_NOT_CODE = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
+
+
+def _references(source: str) -> tuple[set[str], set[str]] | None:
+    """The policy-data domains and ``latentops`` packages ``source`` reads, or None when it may read any."""
+    domains: set[str] = set()
+    packages: set[str] = set()
+    for root, name in (match.groups() for match in _DATA.finditer(_NOT_CODE.sub(" ", source))):
+        if root is None or (root in (DATA_ROOT, "latentops") and name is None):
+            return None
+        if root == DATA_ROOT:
+            domains.add(name)
+        elif root == "latentops":
+            packages.add(name)
+    return domains, packages
+
+
+def reached_domains(bundle: PolicyBundle, source: str) -> set[str] | None:
+    """The policy-data domains a test module can see: its own references and those of every module it
+    reaches through ``data.latentops.<package>`` (and modules outside ``latentops``, which every query
+    reaches); None when one of them may read any."""
+    by_package: dict[str, list[str]] = {}
+    for module in bundle.modules.values():
+        package = package_of(module)
+        by_package.setdefault(package.split(".")[1] if package.startswith("latentops.") else "", []).append(module)
+    domains: set[str] = set()
+    seen, pending = {""}, [source, *by_package.get("", [])]
+    while pending:
+        found = _references(pending.pop())
+        if found is None:
+            return None
+        domains |= found[0]
+        for package in found[1] - seen:
+            seen.add(package)
+            pending.extend(by_package.get(package, []))
+    return domains
+
+
+def failed_tests(bundle: PolicyBundle, domains: Collection[str] | None = None) -> tuple[TestResult, ...]:
     """The bundle's failing Rego tests on the embedded engine (``CompileError`` when it does not compile).
+
+    ``domains``: only the tests that can see one of these policy-data domains (``reached_domains``). An
+    edit of a domain changes no other test's outcome, and rego-cpp compiles a test that rebinds data
+    (``with data.policy_data...``) slowly, so an edit's check runs just the tests the edit can change.
 
     The outcome depends only on the modules and data (the revision) and the test files, so it is
     kept per process for the last few of those. Compiling and testing a bundle takes 1-2 s; an
     edit's check (the bundle with the edit, and the one in force to compare with) pays it only for
     bundles this process has not tested yet.
     """
+    if domains is not None:
+        wanted = set(domains)
+        bundle = dataclasses.replace(bundle, tests={
+            name: source for name, source in bundle.tests.items()
+            if (reached := reached_domains(bundle, source)) is None or reached & wanted})
     tests = hashlib.sha256(json.dumps(bundle.tests, sort_keys=True).encode()).hexdigest()
     key = (bundle.revision, tests)
     if key not in _TEST_RUNS:
