@@ -63,6 +63,7 @@ from latentops.governance.policy_bundle import (
     PolicyBundle,
     fingerprint,
     load_bundle,
+    policy_domains,
 )
 from latentops.governance.policy_engine import (
     CompileError,
@@ -417,13 +418,13 @@ def check_edits(session: Session, new: Sequence[tuple[str, Any]]) -> PolicyBundl
     that does not compile, or a Rego test passing with the data in force that cannot be evaluated with ``new``
     or fails in another domain than the edited ones (an edited domain's tests pin the value an edit changes)."""
     keys, edits = ", ".join(key for key, _ in new), _edits(session)
-    domains = {key.split(".")[0] for key, _ in new}
+    domains, seen = {key.split(".")[0] for key, _ in new}, policy_domains(key for key, _ in new)
     try:
         bundle = load_bundle(get_service().directory, [*edits, *new])
-        failed = failed_tests(bundle, domains)  # the tests this edit can change
+        failed = failed_tests(bundle, seen)  # the tests this edit can change (none for host data)
     except (InvalidInput, CompileError) as error:
         raise InvalidInput(f"{keys}: {getattr(error, 'detail', f'the policies do not compile with this edit: {error}')}") from None
-    before = _failing_in_force(edits, domains) if failed else set()
+    before = _failing_in_force(edits, seen) if failed else set()
     broken = [r for r in failed if (r.package, r.name) not in before
               and (r.error or r.package.split("/")[-1].removesuffix("_test") not in domains)]
     if broken:

@@ -188,6 +188,13 @@ def _read_json(path: Path, relative: str) -> Any:
         raise InvalidInput(f"{relative}: not valid JSON ({error.msg} at line {error.lineno})") from None
 
 
+def policy_domains(keys: Iterable[str]) -> set[str]:
+    """The domains of ``data.policy_data`` that edits of ``keys`` change for the policies: host data
+    (``HOST_KEYS``, the protected names), which no policy reads, changes none."""
+    return {key.split(".")[0] for key in keys
+            if not any(key == host or key.startswith(f"{host}.") for host in HOST_KEYS)}
+
+
 def load_bundle(directory: Path | None = None, edits: Sequence[tuple[str, Any]] = ()) -> PolicyBundle:
     """Read, shape-check and hash a bundle (compilation is the engine's job)."""
     directory = directory or DEFAULT_POLICY_DIR

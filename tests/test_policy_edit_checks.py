@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, PolicyBundle, load_bundle
+from latentops.governance.policy_bundle import DEFAULT_POLICY_DIR, PolicyBundle, load_bundle, policy_domains
 from latentops.governance.policy_testing import failed_tests, reached_domains
 
 
@@ -61,3 +61,11 @@ def test_an_edit_runs_the_tests_that_see_its_domain_and_not_the_others() -> None
     dynamic = _with_module(edited, 'package latentops.extra\n\nimport rego.v1\n\nx if data.policy_data[k].release_without_detector == false\n')
     dynamic = dataclasses.replace(dynamic, tests={**dynamic.tests, "extra/extra_test.rego": TEST})
     assert {(r.package, r.name) for r in failed_tests(dynamic, {"jobs"})} == {("latentops/extra_test", "test_x")}
+
+
+def test_host_data_is_no_domain_the_policies_see() -> None:
+    # The protected names are matched by the host and read by no policy: an edit of them runs no Rego test.
+    assert policy_domains(["prompt.protected_names"]) == set()
+    assert policy_domains(["prompt.protected_names", "prompt.max_length", "jobs.quotas"]) == {"prompt", "jobs"}
+    assert policy_domains(["prompt.protected_names_extra"]) == {"prompt"}  # another key, not the host's
+    assert failed_tests(load_bundle(DEFAULT_POLICY_DIR, [("screening.release_without_detector", True)]), set()) == ()
