@@ -114,10 +114,10 @@ def _references(source: str) -> tuple[set[str], set[str]] | None:
 
 def reached_domains(bundle: PolicyBundle, source: str) -> set[str] | None:
     """The policy-data domains a test module can see: its own references and those of every module it
-    reaches through ``data.latentops.<package>`` (and modules outside ``latentops``, which every query
-    reaches); None when one of them may read any."""
+    reaches through ``data.latentops.<package>``, test modules included (and modules outside
+    ``latentops``, which every query reaches); None when one of them may read any."""
     by_package: dict[str, list[str]] = {}
-    for module in bundle.modules.values():
+    for module in [*bundle.modules.values(), *bundle.tests.values()]:
         package = package_of(module)
         by_package.setdefault(package.split(".")[1] if package.startswith("latentops.") else "", []).append(module)
     domains: set[str] = set()

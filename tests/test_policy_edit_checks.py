@@ -34,6 +34,8 @@ TEST = "package latentops.extra_test\n\nimport data.latentops.extra\nimport rego
 @pytest.mark.parametrize(("body", "expected"), [
     # Named domains, also through a package it reads (jobs reads models).
     ("import data.latentops.jobs\nx if data.policy_data.audit.y", {"audit", "jobs", "models"}),
+    # A test package's helpers count too (jobs_test reads the jobs and models data).
+    ("import data.latentops.jobs_test\nx if jobs_test.quota", {"jobs", "models"}),
     # Strings and comments name nothing.
     ('# data.policy_data.jobs\nx if "data.policy_data.models" != "data"', set()),
     # Data it does not spell out: every domain.
