@@ -17,7 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from latentops.governance.policy_bundle import DATA_ROOT, PolicyBundle, package_of
-from latentops.governance.policy_engine import EmbeddedEngine, Engine, EngineUnavailable
+from latentops.governance.policy_engine import EmbeddedEngine, Engine, EngineUnavailable, modules_for
 
 _LITERAL_ID = re.compile(r'lib\.violation\(\s*"([a-z_]+\.[a-z_.]+)"')
 _PREFIX_ID = re.compile(r'lib\.violation\(\s*(?:concat\(""\s*,\s*\[\s*"|sprintf\(\s*")([a-z_]+\.[a-z_.]*)')
@@ -92,44 +92,35 @@ _TEST_RUNS: dict[tuple[str, str], tuple[TestResult, ...]] = {}
 _TEST_RUNS_KEPT = 64
 
 
-# A reference to data (``data.policy_data.prompt``, ``data.latentops.jobs``), in Rego with its strings
-# and comments taken out. ``data`` alone, or a root without a name after it, names data it does not spell out.
+# A reference to data (``data.policy_data.prompt``), in Rego with its strings and comments taken out.
+# ``data`` alone, or ``data.policy_data`` / ``data.latentops`` without a name after it, names data it
+# does not spell out.
 _DATA = re.compile(r"(?<![\w.])data\b(?:\.(\w+)(?:\.(\w+))?)?")
 _NOT_CODE = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
 
 
-def _references(source: str) -> tuple[set[str], set[str]] | None:
-    """The policy-data domains and ``latentops`` packages ``source`` reads, or None when it may read any."""
+def _domains_read(source: str) -> set[str] | None:
+    """The policy-data domains ``source`` reads, or None when it may read any."""
     domains: set[str] = set()
-    packages: set[str] = set()
     for root, name in (match.groups() for match in _DATA.finditer(_NOT_CODE.sub(" ", source))):
         if root is None or (root in (DATA_ROOT, "latentops") and name is None):
             return None
         if root == DATA_ROOT:
             domains.add(name)
-        elif root == "latentops":
-            packages.add(name)
-    return domains, packages
+    return domains
 
 
 def reached_domains(bundle: PolicyBundle, source: str) -> set[str] | None:
-    """The policy-data domains a test module can see: its own references and those of every module it
-    reaches through ``data.latentops.<package>``, test modules included (and modules outside
-    ``latentops``, which every query reaches); None when one of them may read any."""
-    by_package: dict[str, list[str]] = {}
-    for module in [*bundle.modules.values(), *bundle.tests.values()]:
-        package = package_of(module)
-        by_package.setdefault(package.split(".")[1] if package.startswith("latentops.") else "", []).append(module)
+    """The policy-data domains a test module can see: those read by every module a query of its package
+    reaches (``policy_engine.modules_for``, test modules included); None when one of them may read any."""
+    package = package_of(source)
+    path = package.removeprefix("latentops.") if package.startswith("latentops.") else ""
     domains: set[str] = set()
-    seen, pending = {""}, [source, *by_package.get("", [])]
-    while pending:
-        found = _references(pending.pop())
+    for module in modules_for(path, {**bundle.modules, **bundle.tests, "(tested)": source}).values():
+        found = _domains_read(module)
         if found is None:
             return None
-        domains |= found[0]
-        for package in found[1] - seen:
-            seen.add(package)
-            pending.extend(by_package.get(package, []))
+        domains |= found
     return domains
 
 
