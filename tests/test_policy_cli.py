@@ -28,7 +28,7 @@ def _seed(url: str) -> None:
 @pytest.mark.one_backend
 def test_check_prompt_json_prints_one_line_and_exit_code(cli) -> None:  # type: ignore[no-untyped-def]
     denied = cli("policy", "check-prompt", "--json", "M1CKEY-MOUSE")
-    assert denied.returncode == 2
+    assert denied.returncode == 1
     line = json.loads(denied.stdout.strip())
     assert set(line) == {"allow", "reasons", "rule_ids", "revision", "categories"}
     assert line["allow"] is False and line["rule_ids"] == ["prompt.protected_name"] and len(line["revision"]) == 64
@@ -36,14 +36,14 @@ def test_check_prompt_json_prints_one_line_and_exit_code(cli) -> None:  # type: 
     allowed = cli("policy", "check-prompt", "--json", "grapes in Scunthorpe")
     assert allowed.returncode == 0 and json.loads(allowed.stdout)["allow"] is True
     paraphrase = cli("policy", "check-prompt", "a man standing on the bridge railing, ready to end it all")
-    assert paraphrase.returncode == 2
+    assert paraphrase.returncode == 1
     assert "prompt.self_harm" in paraphrase.stdout and "self_harm: severity 6 of 6 (blocks at 6); closest to" in paraphrase.stdout
 
 
 @pytest.mark.one_backend
 def test_eval_and_bad_input(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("policy", "eval", "--path", "screening", "--input", '{"detector": "none", "scores": {}}')
-    assert result.returncode == 2 and json.loads(result.stdout)["rule_ids"] == ["screening.no_detector"]
+    assert result.returncode == 1 and json.loads(result.stdout)["rule_ids"] == ["screening.no_detector"]
     bad = cli("policy", "eval", "--path", "prompt", "--input", "{nope")
     assert bad.returncode == 1 and "input: not valid JSON" in bad.stderr
     wrong = cli("policy", "eval", "--path", "prompt", "--input", '{"prompt": 5}')

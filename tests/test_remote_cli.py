@@ -74,7 +74,7 @@ def test_remote_commands_act_as_the_token_user_under_the_servers_policy(server: 
     # Policies through the server: the prompt check names the rule; the revision is the server's.
     blocked = remote(cli, server, alice, "policy", "check-prompt", "Mickey Mouse on a skateboard", "--json")
     decision = json.loads(blocked.stdout)
-    assert blocked.returncode == 2 and decision["allow"] is False and decision["rule_ids"]
+    assert blocked.returncode == 1 and decision["allow"] is False and decision["rule_ids"]
     revision = json.loads(remote(cli, server, alice, "policy", "revision", "--json").stdout)["revision"]
     assert revision == decision["revision"]
     assert remote(cli, server, alice, "models", "list", "--json").stdout == ""

@@ -75,11 +75,11 @@ def eval_(
     path: str = typer.Option(..., "--path", help="Policy path: prompt, jobs, models, datasets, screening."),
     input_json: str = typer.Option(..., "--input", help="The input as a JSON object."),
 ) -> None:
-    """Evaluate one input and print the decision as JSON (the decision is recorded)."""
+    """Evaluate one input and print the decision as JSON (the decision is recorded); exits 1 when it is denied."""
     decision = backends.backend().decide(path, _parse_input(input_json))
     output.emit_json(decision)
     if not decision["allow"]:
-        raise typer.Exit(2)
+        raise typer.Exit(1)
 
 
 @policy_app.command("check-prompt")
@@ -89,12 +89,12 @@ def check_prompt(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON line: allow, reasons, rule_ids, revision and "
                                      "categories (per content category: severity 0-6, the level it blocks at, score, evidence)."),
 ) -> None:
-    """Check a prompt against the prompt policy; exits 2 when it is denied."""
+    """Check a prompt against the prompt policy; exits 1 when it is denied."""
     decision = backends.backend().check_prompt(text)
     if json_output:
         output.emit_json({key: decision[key] for key in ("allow", "reasons", "rule_ids", "revision", "categories") if key in decision})
         if not decision["allow"]:
-            raise typer.Exit(2)
+            raise typer.Exit(1)
         return
     output.say(f"{'allowed' if decision['allow'] else 'denied'} (revision {decision['revision'][:12]})")
     for rule_id, reason in zip(decision["rule_ids"], decision["reasons"], strict=True):
@@ -103,7 +103,7 @@ def check_prompt(
         if category["severity"]:
             output.say(f"  {name}: severity {category['severity']} of 6 (blocks at {category['blocks_at']}); {category['evidence']}")
     if not decision["allow"]:
-        raise typer.Exit(2)
+        raise typer.Exit(1)
 
 
 @policy_app.command("reload")
