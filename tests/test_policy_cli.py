@@ -141,10 +141,10 @@ def test_check_prompt_runs_without_torch_and_torch_is_refused_after() -> None:
 
 
 @pytest.mark.one_backend
-def test_policy_and_grant_commands_decide_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
+def test_policy_grant_and_quarantine_commands_decide_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
     # Commands marked runs_no_model load the policy engine without torch (``native``), a fresh process each.
     _seed(settings_env.database_url)
-    for args, code in ((["policy", "revision"], 0),
+    for args, code in ((["policy", "revision"], 0), (["quarantine", "list"], 0), (["screening", "status", "--json"], 0),
                        (["models", "access", "digits-demo", "--action", "use", "--as", "alice@example.com"], 1)):
         done = subprocess.run([sys.executable, "-X", "importtime", "-m", "latentops.platform.cli.main", *args], env=cli.env,
                               capture_output=True, text=True, timeout=120, check=False)

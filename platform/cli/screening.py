@@ -102,6 +102,7 @@ def detector(
 
 
 @screening_app.command("status")
+@context.runs_no_model
 def status(json_output: bool = JSON) -> None:
     """What screens images now, which detector covers each category; says loudly what is not screened."""
     report = backends.backend().screening_status()
@@ -249,6 +250,7 @@ def provenance_use_chain(
 
 
 @quarantine_app.command("list")
+@context.runs_no_model
 def quarantine_list(
     status: str = typer.Option("quarantined", "--status", help="quarantined or rejected."),
     json_output: bool = JSON,
@@ -263,6 +265,7 @@ def quarantine_list(
 
 
 @quarantine_app.command("release")
+@context.runs_no_model
 def quarantine_release(
     asset_id: int = typer.Argument(..., help="The quarantined asset."),
     reason: str = typer.Option(..., "--reason", help="Why it may be released (recorded)."),
@@ -273,6 +276,7 @@ def quarantine_release(
 
 
 @quarantine_app.command("reject")
+@context.runs_no_model
 def quarantine_reject(
     asset_id: int = typer.Argument(..., help="The quarantined asset."),
     reason: str = typer.Option(..., "--reason", help="Why it is rejected (recorded)."),
