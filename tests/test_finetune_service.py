@@ -19,7 +19,7 @@ from latentops.governance import copyright
 from latentops.pipelines import tiny
 from latentops.pipelines.finetune import tracking
 from latentops.platform.database import session_scope
-from latentops.platform.services import finetune, jobs, users
+from latentops.platform.services import adapters, finetune, jobs, users
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
 from latentops.platform.tables import AuditEntry, Job, JobEvent, LoraAdapter, PolicyDecision
@@ -174,7 +174,7 @@ def test_a_submitted_job_trains_on_a_worker_registers_once_and_needs_an_approver
 
     # Production needs an approver: a submitter is refused, the console admin approves.
     with pytest.raises(PolicyDenied), session_scope(settings.database_url) as db:
-        finetune.promote(db, settings=settings, name="pattern", version=1, actor="sam@example.com")
+        adapters.promote(db, settings=settings, name="pattern", version=1, actor="sam@example.com")
     assert "production" not in tracking.aliases(settings.mlflow_tracking_uri, "lora-pattern")
     promoted = cli("finetune", "promote", "pattern", "--version", "1")
     assert promoted.returncode == 0, promoted.stderr

@@ -15,7 +15,14 @@ from latentops.governance import native, policy
 from latentops.governance.policy_engine import EmbeddedEngine
 from latentops.platform.database import session_scope
 from latentops.platform.services import grants, users
-from latentops.platform.tables import AccessGrant, AuditEntry, ModelRecord, PolicyDecision
+from latentops.platform.tables import (
+    AccessGrant,
+    AuditEntry,
+    LoraAdapter,
+    ModelRecord,
+    ModelVersion,
+    PolicyDecision,
+)
 
 
 def _seed(url: str) -> None:
@@ -140,19 +147,42 @@ def test_check_prompt_runs_without_torch_and_torch_is_refused_after() -> None:
     assert done.stdout.strip() == native.TORCH_REFUSED
 
 
+def _fresh(cli, *args: str, code: int = 0) -> tuple[subprocess.CompletedProcess[str], set[str]]:  # type: ignore[no-untyped-def]
+    """Run one command in a fresh interpreter; returns it and the modules it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "latentops.platform.cli.main", *args], env=cli.env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    lines = done.stderr.splitlines()
+    assert done.returncode == code, [line for line in lines if not line.startswith("import time:")]
+    return done, {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+
+
 @pytest.mark.one_backend
 def test_policy_grant_and_quarantine_commands_decide_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
     # Commands marked runs_no_model load the policy engine without torch (``native``), a fresh process each.
     _seed(settings_env.database_url)
     for args, code in ((["policy", "revision"], 0), (["quarantine", "list"], 0), (["screening", "status", "--json"], 0),
                        (["models", "access", "digits-demo", "--action", "use", "--as", "alice@example.com"], 1)):
-        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "latentops.platform.cli.main", *args], env=cli.env,
-                              capture_output=True, text=True, timeout=120, check=False)
-        lines = done.stderr.splitlines()
-        assert done.returncode == code, [line for line in lines if not line.startswith("import time:")]
-        imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+        done, imported = _fresh(cli, *args, code=code)
         assert "regopy" in imported and "torch" not in imported, args
     assert "models.no_grant" in done.stderr
     with session_scope(settings_env.database_url) as db:  # the denial was decided by the policy and kept
         denied = db.scalars(sa.select(PolicyDecision).where(PolicyDecision.allow.is_(False))).all()
         assert [d.rule_ids for d in denied] == [["models.no_grant"]]
+
+
+@pytest.mark.one_backend
+def test_adapter_list_reads_the_catalogue_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
+    _seed(settings_env.database_url)
+    with session_scope(settings_env.database_url) as db:
+        model = db.scalar(sa.select(ModelRecord))
+        version = ModelVersion(model_id=model.id, version=1, content_hash="b" * 64, path="/models/digits-demo/1")
+        db.add(version)
+        db.flush()
+        db.add(LoraAdapter(name="mug-style", version=2, base_version_id=version.id, team_id=None, job_id=None,
+                           content_hash="a" * 64, path="/adapters/mug-style-2", aliases=["candidate", "production"]))
+    done, imported = _fresh(cli, "finetune", "adapters", "--json")
+    assert "torch" not in imported and "diffusers" not in imported
+    row = json.loads(done.stdout)
+    assert (row["name"], row["version"], row["aliases"], row["path"]) == ("mug-style", 2, ["candidate", "production"],
+                                                                           "/adapters/mug-style-2")
+    assert _fresh(cli, "finetune", "adapters", "--name", "other", "--json")[0].stdout == ""

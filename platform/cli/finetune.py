@@ -182,7 +182,7 @@ def validate_images(
 def adapters(name: str = typer.Option(None, help="Only this adapter."),
              json_output: bool = typer.Option(False, "--json", help="Print JSON lines.")) -> None:
     """List trained LoRA adapters and their aliases."""
-    from latentops.platform.services import finetune as service
+    from latentops.platform.services import adapters as service
 
     with context.session() as db:
         rows = service.list_adapters(db, name=name)
@@ -198,7 +198,7 @@ def adapters(name: str = typer.Option(None, help="Only this adapter."),
 def promote(name: str = typer.Argument(..., help="Adapter name."),
             version: int = typer.Option(..., "--version", help="Adapter version to put in production.")) -> None:
     """Approve an adapter version for production (admins and manage-grant holders; audited)."""
-    from latentops.platform.services import finetune as service
+    from latentops.platform.services import adapters as service
 
     with context.session() as db:
         adapter = service.promote(db, settings=context.settings(), name=name, version=version, actor=context.actor())

@@ -15,7 +15,7 @@ once that commits is the id handed to the broker.
 ``run`` is the handler the queue calls (kind ``finetune`` on queue ``gpu``); it delegates to the
 recipe with the job context for progress, logs, cancellation and its checkpoint folder, then
 registers the adapter. ``run_local`` is the same path for ``latentops finetune run`` in process.
-``promote`` moves the ``production`` alias once the policy says the actor may approve.
+Listing adapters and approving one for production are ``platform/services/adapters``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from latentops.core.errors import InvalidInput, NotFound
+from latentops.core.errors import InvalidInput
 from latentops.core.settings import Settings
 from latentops.governance import audit, copyright, normalize, policy
 from latentops.pipelines.engine import WeightsRef
@@ -41,14 +41,13 @@ from latentops.pipelines.finetune import data, dreambooth, heldout, interop, tra
 from latentops.pipelines.finetune.config import FinetuneConfig, build_config
 from latentops.pipelines.finetune.lora import Hooks, TrainingResult
 from latentops.platform.database import session_scope
-from latentops.platform.services import finetune_policy, generation, grants, jobs, teams
+from latentops.platform.services import finetune_policy, generation, jobs, teams
 from latentops.platform.services import models as models_service
 from latentops.platform.services.finetune_request import Request
 from latentops.platform.tables import (
     Job,
     LoraAdapter,
     ModelRecord,
-    ModelVersion,
     Team,
     User,
 )
@@ -293,54 +292,3 @@ def register_adapter(session: Session, *, name: str, version_id: int, job_id: in
                           "base_model_hash": result.base_model_hash, "dataset_hash": result.dataset_hash,
                           "mlflow_model_uri": model_uri})
     return adapter
-
-
-def get_adapter(session: Session, *, name: str, version: int) -> LoraAdapter:
-    adapter = session.scalar(sa.select(LoraAdapter).where(LoraAdapter.name == name, LoraAdapter.version == version,
-                                                          LoraAdapter.removed_at.is_(None)))
-    if adapter is None:
-        raise NotFound(f"adapter: no LoRA adapter {name!r} version {version}")
-    return adapter
-
-
-def promote(session: Session, *, settings: Settings, name: str, version: int, actor: audit.Actor | str) -> LoraAdapter:
-    """Move the ``production`` alias to this adapter version; the actor must be an approver.
-
-    Who may approve is the models policy's: whoever may administer access to the adapter's base
-    model (action ``grant``: admins, and holders of a manage grant). The approval and the decision id go into the audit
-    trail in the same transaction as the alias change; MLflow's alias follows.
-    """
-    adapter = get_adapter(session, name=name, version=version)
-    base = session.get(ModelVersion, adapter.base_version_id)
-    model = session.get(ModelRecord, base.model_id) if base else None
-    if model is None:
-        raise NotFound(f"adapter: the base model of {name!r} version {version} no longer exists")
-    # The policy's administrators of the base model approve: admins and holders of a manage grant.
-    decision = policy.require("models", {"action": "grant", **grants.model_input(session, model)}, session=session,
-                              actor=actor)
-    previous = [a for a in session.scalars(sa.select(LoraAdapter).where(LoraAdapter.name == name, LoraAdapter.id != adapter.id))
-                if "production" in (a.aliases or [])]
-    for other in previous:
-        other.aliases = [alias for alias in other.aliases if alias != "production"]
-    adapter.aliases = sorted({*(adapter.aliases or []), "production"})
-    session.flush()
-    audit.record(session, actor=actor, action="lora.promote", resource=f"lora:{adapter.id}",
-                 details={"name": name, "version": version, "alias": "production", "approved_by": _name(actor),
-                          "policy_decision_id": decision.decision_id, "previous_versions": [a.version for a in previous],
-                          "mlflow_model_uri": adapter.mlflow_model_uri})
-    if adapter.mlflow_model_uri:
-        registered, mlflow_version = adapter.mlflow_model_uri.removeprefix("models:/").rsplit("/", 1)
-        tracking.set_alias(settings.mlflow_tracking_uri, registered, tracking.PRODUCTION, mlflow_version)
-    return adapter
-
-
-def _name(actor: audit.Actor | str) -> str:
-    return actor.name if isinstance(actor, audit.Actor) else str(actor)
-
-
-def list_adapters(session: Session, *, name: str | None = None) -> list[dict[str, Any]]:
-    query = sa.select(LoraAdapter).where(LoraAdapter.removed_at.is_(None)).order_by(LoraAdapter.name, LoraAdapter.version)
-    if name:
-        query = query.where(LoraAdapter.name == name)
-    return [{"name": a.name, "version": a.version, "aliases": a.aliases, "job_id": a.job_id, "path": a.path,
-             "content_hash": a.content_hash, "mlflow_model_uri": a.mlflow_model_uri} for a in session.scalars(query)]
