@@ -7,7 +7,8 @@ wrong definitions and the process aborts with ``free(): invalid pointer``. When 
 both work. Every import of regopy goes through ``load_regopy`` so that torch is always first.
 
 A command that never runs a model (every ``latentops policy`` command, the grant commands, the
-quarantine commands and ``screening status``; see ``platform/cli/context.runs_no_model``) calls ``without_torch`` first: regopy then loads alone,
+quarantine commands, ``screening status`` and ``audit retention``; see
+``platform/cli/context.runs_no_model``) calls ``without_torch`` first: regopy then loads alone,
 which saves the seconds of importing torch, and a later attempt to import torch in that process
 fails with an ``ImportError`` that says why instead of aborting.
 """

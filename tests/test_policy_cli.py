@@ -157,10 +157,11 @@ def _fresh(cli, *args: str, code: int = 0) -> tuple[subprocess.CompletedProcess[
 
 
 @pytest.mark.one_backend
-def test_policy_grant_and_quarantine_commands_decide_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
+def test_commands_that_run_no_model_decide_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
     # Commands marked runs_no_model load the policy engine without torch (``native``), a fresh process each.
     _seed(settings_env.database_url)
     for args, code in ((["policy", "revision"], 0), (["quarantine", "list"], 0), (["screening", "status", "--json"], 0),
+                       (["audit", "retention", "--dry-run"], 0),
                        (["models", "access", "digits-demo", "--action", "use", "--as", "alice@example.com"], 1)):
         done, imported = _fresh(cli, *args, code=code)
         assert "regopy" in imported and "torch" not in imported, args

@@ -300,6 +300,7 @@ def erase(
 
 
 @audit_app.command("retention")
+@context.runs_no_model
 def retention(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be shredded; change nothing."),
     json_output: bool = typer.Option(False, "--json", help="Print the run as JSON."),
