@@ -219,6 +219,11 @@ _INSERT_CHECKED = PENDING.insert().returning(PENDING.c.id, sa.select(AuditEntry.
 APPENDS_KEY = "latentops.audit.appended"
 
 
+def actor_name(actor: Actor | str) -> str:
+    """The name an actor is recorded under: an ``Actor``'s name, or the string itself."""
+    return actor.name if isinstance(actor, Actor) else actor
+
+
 def record(
     session: Session,
     *,
@@ -245,7 +250,7 @@ def record(
     ``resource`` and ``details`` as that address's pseudonym (``identities``): the chain holds no
     identity in clear, so erasing one leaves every hash intact.
     """
-    name = actor.name if isinstance(actor, Actor) else actor
+    name = actor_name(actor)
     _check_fields({"actor": name, "action": action, "resource": resource, "outcome": outcome})
     plain = dict(details or {})
     if SEALED_KEY in plain:

@@ -170,8 +170,7 @@ def _release(session: Session, *, settings: Settings, asset: Asset, picture: Ima
 
 
 def _reviewer_id(session: Session, actor: audit.Actor | str) -> int | None:
-    name = actor.name if isinstance(actor, audit.Actor) else actor
-    return session.scalar(sa.select(User.id).where(User.email == name.strip().lower()))
+    return session.scalar(sa.select(User.id).where(User.email == audit.actor_name(actor).strip().lower()))
 
 
 def _asset(session: Session, asset_id: int, *, status: str = "quarantined") -> Asset:

@@ -49,7 +49,7 @@ def promote(session: Session, *, settings: Settings, name: str, version: int, ac
     adapter.aliases = sorted({*(adapter.aliases or []), "production"})
     session.flush()
     audit.record(session, actor=actor, action="lora.promote", resource=f"lora:{adapter.id}",
-                 details={"name": name, "version": version, "alias": "production", "approved_by": _name(actor),
+                 details={"name": name, "version": version, "alias": "production", "approved_by": audit.actor_name(actor),
                           "policy_decision_id": decision.decision_id, "previous_versions": [a.version for a in previous],
                           "mlflow_model_uri": adapter.mlflow_model_uri})
     if adapter.mlflow_model_uri:
@@ -58,10 +58,6 @@ def promote(session: Session, *, settings: Settings, name: str, version: int, ac
         registered, mlflow_version = adapter.mlflow_model_uri.removeprefix("models:/").rsplit("/", 1)
         tracking.set_alias(settings.mlflow_tracking_uri, registered, tracking.PRODUCTION, mlflow_version)
     return adapter
-
-
-def _name(actor: audit.Actor | str) -> str:
-    return actor.name if isinstance(actor, audit.Actor) else str(actor)
 
 
 def list_adapters(session: Session, *, name: str | None = None) -> list[dict[str, Any]]:

@@ -123,12 +123,8 @@ def results_dir(settings: Settings, job_id: int) -> Path:
     return settings.artifacts_dir / RESULTS_DIR / str(job_id)
 
 
-def _name_of(actor: audit.Actor | str) -> str:
-    return actor.name if isinstance(actor, audit.Actor) else actor
-
-
 def _owner(session: Session, actor: audit.Actor | str) -> User | None:
-    return session.scalar(sa.select(User).where(User.email == _name_of(actor).strip().lower()))
+    return session.scalar(sa.select(User).where(User.email == audit.actor_name(actor).strip().lower()))
 
 
 def _check_owner(ctx: Any, actor: str) -> None:
@@ -201,7 +197,7 @@ def submit_copyright_index(session: Session, settings: Settings, *, actor: audit
     files = image_files(folder)
     job = jobs.submit(session, settings, kind="copyright_index", actor=actor, owner=_owner(session, actor),
                       params={"folder": str(folder), "source": source, "owner": owner, "licence": licence,
-                              "actor": _name_of(actor)})
+                              "actor": audit.actor_name(actor)})
     audit.record(session, actor=actor, action="copyright.index.queue", resource=f"copyright_owner:{owner[:300]}",
                  details={"job_id": job.id, "files": len(files), "source": source,
                           "folder": folder.name if source == "upload" else str(folder)})
@@ -298,7 +294,7 @@ def submit_audit_export(session: Session, settings: Settings, *, actor: audit.Ac
     if fmt not in ("jsonl", "csv"):
         raise InvalidInput(f"format: must be jsonl or csv (got {fmt!r})")
     chosen = {key: value for key, value in filters.items() if value}
-    params = {"format": fmt, "filters": chosen, "name": name, "actor": _name_of(actor)}
+    params = {"format": fmt, "filters": chosen, "name": name, "actor": audit.actor_name(actor)}
     validate_audit_export(params)
     return jobs.submit(session, settings, kind="audit_export", actor=actor, owner=_owner(session, actor),
                        params=params)
@@ -392,7 +388,7 @@ def submit_dataset_package(session: Session, settings: Settings, *, actor: audit
     _package_decision(session, row, policy_actor if policy_actor is not None else actor)
     team = session.get(Team, row.team_id) if row.team_id else None
     return jobs.submit(session, settings, kind="dataset_package", actor=actor, owner=_owner(session, actor), team=team,
-                       params={"dataset_id": row.id, "actor": _name_of(actor)}, admitted=True)
+                       params={"dataset_id": row.id, "actor": audit.actor_name(actor)}, admitted=True)
 
 
 def package_files(root: Path) -> list[Path]:

@@ -413,7 +413,7 @@ def submit(session: Session, settings: Settings, *, actor: audit.Actor | str, sp
     team = session.get(Team, plan.team_id) if plan.team_id is not None else None
     job = jobs.submit(session, settings, kind="dataset", params={"spec": spec.model_dump(mode="json"),
                                                                  "dataset_id": row.id, "out": row.path,
-                                                                 "actor": audit_name(actor)},
+                                                                 "actor": audit.actor_name(actor)},
                       actor=actor, owner=owner, team=team, priority=priority, admitted=True)
     row.job_id, row.state = job.id, "queued"
     return row, job
@@ -430,10 +430,6 @@ def submit_request(session: Session, settings: Settings, principal: Principal, s
     access.check(session, principal=principal, action="datasets.create")
     job_requests.check_dataset_models(session, principal=principal, spec=spec)
     return submit(session, settings, actor=principal.email, spec=spec)
-
-
-def audit_name(actor: audit.Actor | str) -> str:
-    return actor.name if isinstance(actor, audit.Actor) else actor
 
 
 def run_job(ctx: Any) -> dict[str, Any]:

@@ -256,8 +256,7 @@ class GenerationResult:
 
 
 def actor_user(session: Session, actor: audit.Actor | str) -> User | None:
-    name = actor.name if isinstance(actor, audit.Actor) else actor
-    return session.scalar(sa.select(User).where(User.email == name.strip().lower()))
+    return session.scalar(sa.select(User).where(User.email == audit.actor_name(actor).strip().lower()))
 
 
 def resolve_team(session: Session, *, actor: audit.Actor | str, team: str | None) -> tuple[str | None, int | None]:
