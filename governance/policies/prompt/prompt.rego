@@ -21,12 +21,7 @@ input_report := category_report(input)
 
 input_violations := ((((shape(input) | too_long(input)) | semantic_unavailable(input)) | input_categories) | names(input)) | personal(input)
 
-input_categories := {lib.violation(concat("", ["prompt.", category]), category_reason(category, info)) |
-	some category in content_categories
-	info := input_report[category]
-	info.severity > 0
-	info.severity >= info.blocks_at
-}
+input_categories := blocking(input_report)
 
 # concat, not sprintf: rego-cpp quotes computed strings passed to sprintf's %s.
 category_reason(category, info) := concat("", [
@@ -70,21 +65,19 @@ matched(inp, category) := terms if {
 
 content_categories := object.keys(cfg.block_at)
 
-keyword_terms(inp, category) := array.concat(matched(inp, category), matched(inp, concat("", [category, ":ambiguous"])))
-
 # A listed term gives its category the keyword level. A term listed as ambiguous ("nude" in
 # "nude lipstick", "gore" in "Al Gore") gives only level 2, which blocks nowhere by default: the
 # meaning (the semantic level) decides whether such a prompt is refused. When the meaning scores
 # the term's own category at semantic.ambiguous_confirmed_at or above (level 4 by default: "a nude
 # person"), the two signals agree and the term counts as listed. null turns this off.
-keyword_level(inp, category) := cfg.semantic.keyword_level if {
-	count(matched(inp, category)) > 0
+keyword_level(listed, ambiguous, semantic_level) := cfg.semantic.keyword_level if {
+	count(listed) > 0
 } else := cfg.semantic.keyword_level if {
-	count(matched(inp, concat("", [category, ":ambiguous"]))) > 0
+	count(ambiguous) > 0
 	is_number(cfg.semantic.ambiguous_confirmed_at)
-	level_of(category, score(inp, category)) >= cfg.semantic.ambiguous_confirmed_at
+	semantic_level >= cfg.semantic.ambiguous_confirmed_at
 } else := 2 if {
-	count(matched(inp, concat("", [category, ":ambiguous"]))) > 0
+	count(ambiguous) > 0
 } else := 0
 
 semantic_on(inp) if {
@@ -98,14 +91,50 @@ score(inp, category) := s if {
 	is_number(s)
 } else := 0
 
-# The level a score reaches: the highest level whose cut it meets.
-level_of(category, s) := max(reached | {0}) if {
-	cuts := cfg.semantic.cuts[category]
-	reached := {to_number(level) |
-		some level in object.keys(cuts)
-		s >= cuts[level]
-	}
+# The level a score reaches: the highest level whose cut it meets (policy data gives the cuts for
+# levels 2, 4 and 6, not decreasing).
+level_of(cuts, s) := 6 if {
+	s >= cuts["6"]
+} else := 4 if {
+	s >= cuts["4"]
+} else := 2 if {
+	s >= cuts["2"]
+} else := 0
+
+# One content category, each signal computed once: {"severity", "score", "evidence"}. The severity
+# is the higher of the keyword level and the semantic level; the evidence names the listed terms
+# when they set it, else the nearest exemplar. semantic: the host's scores by category ({} while
+# the signal is off); terms: the host's matches by list.
+content(category, semantic, terms) := {"severity": max({keyword, semantic_level}), "score": s, "evidence": evidence} if {
+	s := semantic_score(semantic, category)
+	semantic_level := level_of(cfg.semantic.cuts[category], s)
+	listed := object.get(terms, category, [])
+	ambiguous := object.get(terms, concat("", [category, ":ambiguous"]), [])
+	keyword := keyword_level(listed, ambiguous, semantic_level)
+	evidence := content_evidence(category, semantic, array.concat(listed, ambiguous), keyword >= semantic_level, s)
 }
+
+# The host's scores while the semantic signal is on, else none; the host's term matches.
+scores_of(inp) := inp.prompt.semantic.scores if {
+	semantic_on(inp)
+	is_object(inp.prompt.semantic.scores)
+} else := {}
+
+terms_of(inp) := inp.prompt.terms if {
+	is_object(inp.prompt.terms)
+} else := {}
+
+semantic_score(semantic, category) := s if {
+	s := semantic[category].score
+	is_number(s)
+} else := 0
+
+content_evidence(category, semantic, terms, terms_decide, s) := concat("", ["matched: ", concat(", ", terms)]) if {
+	count(terms) > 0
+	terms_decide
+} else := concat("", ["closest to \"", semantic[category].exemplar, "\", score ", format_score(s)]) if {
+	is_number(semantic[category].score)
+} else := ""
 
 # Sexual content involving minors: the sexual severity, when minors are present in the prompt (a
 # listed minors term, or the semantic "minors" presence score at or above semantic.minors_present).
@@ -117,58 +146,59 @@ minors_evidence(inp) := concat("", ["minors matched: ", concat(", ", matched(inp
 	count(matched(inp, "minors")) > 0
 } else := concat("", ["minors: closest to \"", inp.prompt.semantic.scores.minors.exemplar, "\", score ", format_score(score(inp, "minors"))])
 
-content_severity(inp, category) := max({keyword_level(inp, category), level_of(category, score(inp, category))})
-
-severity(inp, category) := content_severity(inp, "sexual") if {
-	category == "sexual_minors"
+sexual_minors(inp, sexual) := {"severity": sexual.severity, "evidence": concat("; ", [sexual.evidence, minors_evidence(inp)])} if {
 	minors_present(inp)
-} else := 0 if {
-	category == "sexual_minors"
-} else := content_severity(inp, category)
+} else := {"severity": 0, "evidence": ""}
 
-block_at(inp, category) := 2 if {
-	category == "sexual_minors"
-} else := level if {
+block_at(inp, category) := level if {
 	level := cfg.team_block_at[inp.team][category]
 } else := cfg.block_at[category]
-
-evidence(inp, category) := concat("; ", [content_evidence(inp, "sexual"), minors_evidence(inp)]) if {
-	category == "sexual_minors"
-	minors_present(inp)
-} else := "" if {
-	category == "sexual_minors"
-} else := content_evidence(inp, category)
-
-content_evidence(inp, category) := concat("", ["matched: ", concat(", ", keyword_terms(inp, category))]) if {
-	count(keyword_terms(inp, category)) > 0
-	keyword_level(inp, category) >= level_of(category, score(inp, category))
-} else := concat("", ["closest to \"", inp.prompt.semantic.scores[category].exemplar, "\", score ", format_score(score(inp, category))]) if {
-	semantic_on(inp)
-} else := ""
 
 # Two decimals without sprintf (rego-cpp's sprintf quotes computed values).
 format_score(s) := concat("", [format_int(floor(s), 10), ".", substring(format_int(100 + floor((s - floor(s)) * 100), 10), 1, 2)])
 
-categories(inp) := {lib.violation(concat("", ["prompt.", category]), category_reason(category, info)) |
-	some category in content_categories
-	info := category_info(inp, category)
+categories(inp) := blocking(category_report(inp))
+
+# The categories whose severity reaches the level at which they block.
+blocking(report) := {lib.violation(concat("", ["prompt.", category]), category_reason(category, info)) |
+	info := report[category]
 	info.severity > 0
 	info.severity >= info.blocks_at
 }
 
-# What the decision reports per category, allowed or not: the prompt tester shows it.
-category_report(inp) := {category: info |
-	some category in content_categories
-	info := category_info(inp, category)
+judged_categories := (content_categories | {"sexual"}) - {"sexual_minors"}
+
+# What the decision reports per category, allowed or not: the prompt tester shows it. Each content
+# category is judged once; sexual_minors reuses the sexual judgement.
+# (In rego-cpp a binding inside a comprehension costs as much as computing it for every element,
+# so what the elements share is computed by the caller and passed in; and a function call in a
+# comprehension's head loses the enclosing function's arguments, so each element is bound in the
+# body.)
+category_report(inp) := report_of(inp, judge_all(scores_of(inp), terms_of(inp)))
+
+judge_all(semantic, terms) := {category: judged |
+	some category in judged_categories
+	judged := content(category, semantic, terms)
 }
 
-category_info(inp, category) := {
-	"severity": level,
-	"blocks_at": block_at(inp, category),
+report_of(inp, judged) := {category: info |
+	some category in content_categories
+	info := category_info(inp, category, judged)
+}
+
+category_info(inp, category, contents) := {
+	"severity": minors.severity,
+	"blocks_at": 2,
 	"score": score(inp, category),
-	"evidence": evidence(inp, category),
+	"evidence": minors.evidence,
 } if {
-	level := severity(inp, category)
+	category == "sexual_minors"
+	minors := sexual_minors(inp, contents.sexual)
+} else := {
+	"severity": contents[category].severity,
+	"blocks_at": block_at(inp, category),
+	"score": contents[category].score,
+	"evidence": contents[category].evidence,
 }
 
 # Fail closed when the semantic signal is missing, unless policy data says keyword rules alone
