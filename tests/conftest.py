@@ -315,17 +315,30 @@ class WorkerProcess:
             time.sleep(0.1)
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()}")
 
-    def stop(self, sig: int = 15) -> None:
+    def signal(self, sig: int = 15) -> None:
+        """Send ``sig`` to the worker's whole process group, if it still runs."""
+        import os
+
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait_stopped(self, timeout: float = 30.0) -> None:
+        """Wait for the worker to exit; after ``timeout`` its group is killed."""
         import os
         import signal as _signal
 
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, _signal.SIGKILL)
-                self.process.wait()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, _signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, sig: int = 15) -> None:
+        self.signal(sig)
+        self.wait_stopped()
 
 
 @pytest.fixture
@@ -367,8 +380,10 @@ def start_worker(queue_settings, tmp_path: Path):  # type: ignore[no-untyped-def
         return worker
 
     yield _start
+    for worker in started:  # all at once: each takes a while to shut down
+        worker.signal()
     for worker in started:
-        worker.stop()
+        worker.wait_stopped()
     for worker in started:  # shown with the test's report only when it fails
         print(f"--- {worker.log_path.name} (last 4,000 characters) ---\n{worker.log_path.read_text(errors='replace')[-4000:]}")
 
