@@ -41,6 +41,7 @@ from latentops.core.settings import Settings
 from latentops.governance import audit
 from latentops.governance.image_formats import IMAGE_SUFFIXES
 from latentops.platform.database import session_scope
+from latentops.platform.services import users
 from latentops.platform.tables import Dataset, Job, JobState, Team, User
 
 RESULTS_DIR = "job-results"  # ARTIFACTS/job-results/<job id>/<file>
@@ -123,10 +124,6 @@ def results_dir(settings: Settings, job_id: int) -> Path:
     return settings.artifacts_dir / RESULTS_DIR / str(job_id)
 
 
-def _owner(session: Session, actor: audit.Actor | str) -> User | None:
-    return session.scalar(sa.select(User).where(User.email == audit.actor_name(actor).strip().lower()))
-
-
 def _check_owner(ctx: Any, actor: str) -> None:
     """The params' actor is the job's owner (a console job has none): checked on the worker."""
     with session_scope(ctx.settings.database_url) as session:
@@ -195,7 +192,7 @@ def submit_copyright_index(session: Session, settings: Settings, *, actor: audit
             raise InvalidInput(f"{field_name}: must be 1 to 200 characters")
     folder = Path(folder).expanduser().resolve()
     files = image_files(folder)
-    job = jobs.submit(session, settings, kind="copyright_index", actor=actor, owner=_owner(session, actor),
+    job = jobs.submit(session, settings, kind="copyright_index", actor=actor, owner=users.actor_user(session, actor),
                       params={"folder": str(folder), "source": source, "owner": owner, "licence": licence,
                               "actor": audit.actor_name(actor)})
     audit.record(session, actor=actor, action="copyright.index.queue", resource=f"copyright_owner:{owner[:300]}",
@@ -296,7 +293,7 @@ def submit_audit_export(session: Session, settings: Settings, *, actor: audit.Ac
     chosen = {key: value for key, value in filters.items() if value}
     params = {"format": fmt, "filters": chosen, "name": name, "actor": audit.actor_name(actor)}
     validate_audit_export(params)
-    return jobs.submit(session, settings, kind="audit_export", actor=actor, owner=_owner(session, actor),
+    return jobs.submit(session, settings, kind="audit_export", actor=actor, owner=users.actor_user(session, actor),
                        params=params)
 
 
@@ -387,7 +384,7 @@ def submit_dataset_package(session: Session, settings: Settings, *, actor: audit
         raise Conflict(f"dataset {row.id} is {row.state}; it can be packaged when it is ready")
     _package_decision(session, row, policy_actor if policy_actor is not None else actor)
     team = session.get(Team, row.team_id) if row.team_id else None
-    return jobs.submit(session, settings, kind="dataset_package", actor=actor, owner=_owner(session, actor), team=team,
+    return jobs.submit(session, settings, kind="dataset_package", actor=actor, owner=users.actor_user(session, actor), team=team,
                        params={"dataset_id": row.id, "actor": audit.actor_name(actor)}, admitted=True)
 
 

@@ -49,7 +49,7 @@ from latentops.pipelines.datasets import filters, formats
 from latentops.pipelines.datasets.spec import DatasetSpec
 from latentops.pipelines.finetune.run import Hooks, QuietHooks
 from latentops.platform.database import session_scope
-from latentops.platform.services import generation
+from latentops.platform.services import generation, users
 from latentops.platform.services.dataset_checks import Plan, classifier_root, preflight, resolve_target
 from latentops.platform.tables import Dataset, Job, Team
 
@@ -64,7 +64,7 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 def create_record(session: Session, *, spec: DatasetSpec, actor: audit.Actor | str, team_id: int | None, path: Path,
                   job_id: int | None = None) -> Dataset:
-    user = generation.actor_user(session, actor)
+    user = users.actor_user(session, actor)
     row = Dataset(name=spec.name, team_id=team_id, owner_id=user.id if user else None, job_id=job_id,
                   spec=spec.model_dump(mode="json"), format=spec.format, path=str(path), state="pending", stats={})
     session.add(row)
@@ -409,7 +409,7 @@ def submit(session: Session, settings: Settings, *, actor: audit.Actor | str, sp
     plan = preflight(session, settings=settings, actor=actor, spec=spec)
     row = create_record(session, spec=spec, actor=actor, team_id=plan.team_id, path=Path(""))
     row.path = str(default_out(settings, row.id, spec.name))
-    owner = generation.actor_user(session, actor if owner_email is None else owner_email)
+    owner = users.actor_user(session, actor if owner_email is None else owner_email)
     team = session.get(Team, plan.team_id) if plan.team_id is not None else None
     job = jobs.submit(session, settings, kind="dataset", params={"spec": spec.model_dump(mode="json"),
                                                                  "dataset_id": row.id, "out": row.path,

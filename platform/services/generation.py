@@ -42,8 +42,8 @@ from latentops.governance.imagefile import load_image
 from latentops.platform.services import grants as grants_service
 from latentops.platform.services import models as models_service
 from latentops.platform.services import teams
-from latentops.platform.services.users import team_names
-from latentops.platform.tables import AccessGrant, Job, LoraAdapter, ModelRecord, ModelVersion, Team, User
+from latentops.platform.services.users import actor_user, team_names
+from latentops.platform.tables import AccessGrant, Job, LoraAdapter, ModelRecord, ModelVersion, Team
 
 if TYPE_CHECKING:  # the engine imports torch lazily; keep this module cheap to import
     from latentops.pipelines.engine import AdapterRef, Engine, WeightsRef
@@ -253,10 +253,6 @@ class GenerationResult:
                 "images": [{"index": i.index, "seed": i.seed, "asset_id": i.asset_id, "status": i.status,
                             "reasons": i.reasons} for i in self.images],
                 "released": len(self.released), "quarantined": len(self.quarantined)}
-
-
-def actor_user(session: Session, actor: audit.Actor | str) -> User | None:
-    return session.scalar(sa.select(User).where(User.email == audit.actor_name(actor).strip().lower()))
 
 
 def resolve_team(session: Session, *, actor: audit.Actor | str, team: str | None) -> tuple[str | None, int | None]:

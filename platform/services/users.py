@@ -186,6 +186,11 @@ def get_user_by_email(session: Session, email: str) -> User:
     return user
 
 
+def actor_user(session: Session, actor: audit.Actor | str) -> User | None:
+    """The user an actor (an ``Actor`` or an email) names; None for the console or an unknown email."""
+    return session.scalar(sa.select(User).where(User.email == audit.actor_name(actor).strip().lower()))
+
+
 def list_users(session: Session, *, offset: int = 0, limit: int = 100) -> list[User]:
     return list(session.scalars(sa.select(User).order_by(User.id).offset(offset).limit(limit)))
 
