@@ -171,19 +171,45 @@ def test_commands_that_run_no_model_decide_without_importing_torch(cli, settings
         assert [d.rule_ids for d in denied] == [["models.no_grant"]]
 
 
+def _seed_adapter(url: str, version: int, *, aliases: list[str], mlflow_model_uri: str | None = None) -> None:
+    """Adapter ``mug-style`` at ``version``, trained on digits-demo (``_seed``) version 1."""
+    with session_scope(url) as db:
+        model = db.scalar(sa.select(ModelRecord))
+        base = ModelVersion(model_id=model.id, version=1, content_hash="b" * 64, path="/models/digits-demo/1")
+        db.add(base)
+        db.flush()
+        db.add(LoraAdapter(name="mug-style", version=version, base_version_id=base.id, team_id=None, job_id=None,
+                           content_hash="a" * 64, path=f"/adapters/mug-style-{version}", aliases=aliases,
+                           mlflow_model_uri=mlflow_model_uri))
+
+
 @pytest.mark.one_backend
 def test_adapter_list_reads_the_catalogue_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
     _seed(settings_env.database_url)
-    with session_scope(settings_env.database_url) as db:
-        model = db.scalar(sa.select(ModelRecord))
-        version = ModelVersion(model_id=model.id, version=1, content_hash="b" * 64, path="/models/digits-demo/1")
-        db.add(version)
-        db.flush()
-        db.add(LoraAdapter(name="mug-style", version=2, base_version_id=version.id, team_id=None, job_id=None,
-                           content_hash="a" * 64, path="/adapters/mug-style-2", aliases=["candidate", "production"]))
+    _seed_adapter(settings_env.database_url, 2, aliases=["candidate", "production"])
     done, imported = _fresh(cli, "finetune", "adapters", "--json")
     assert "torch" not in imported and "diffusers" not in imported
     row = json.loads(done.stdout)
     assert (row["name"], row["version"], row["aliases"], row["path"]) == ("mug-style", 2, ["candidate", "production"],
                                                                            "/adapters/mug-style-2")
     assert _fresh(cli, "finetune", "adapters", "--name", "other", "--json")[0].stdout == ""
+
+
+@pytest.mark.one_backend
+def test_promote_moves_the_production_alias_in_mlflow_without_importing_torch(cli, settings_env) -> None:  # type: ignore[no-untyped-def]
+    from mlflow.tracking import MlflowClient
+
+    _seed(settings_env.database_url)
+    registry = MlflowClient(settings_env.mlflow_tracking_uri)
+    registry.create_registered_model("mug-style")
+    registry.create_model_version("mug-style", source=str(settings_env.home / "adapters" / "mug-style-1"))
+    _seed_adapter(settings_env.database_url, 1, aliases=["candidate"], mlflow_model_uri="models:/mug-style/1")
+    done, imported = _fresh(cli, "finetune", "promote", "mug-style", "--version", "1")
+    assert "regopy" in imported and "torch" not in imported and "diffusers" not in imported
+    assert "mug-style v1 approved for production" in done.stdout
+    assert registry.get_registered_model("mug-style").aliases == {"production": 1}
+    with session_scope(settings_env.database_url) as db:
+        adapter = db.scalar(sa.select(LoraAdapter).where(LoraAdapter.name == "mug-style"))
+        assert adapter.aliases == ["candidate", "production"]
+        entry = db.scalar(sa.select(AuditEntry).where(AuditEntry.action == "lora.promote"))
+        assert entry is not None and json.loads(entry.details)["mlflow_model_uri"] == "models:/mug-style/1"

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from latentops.pipelines.finetune.config import LoraConfig
-from latentops.pipelines.finetune.lora import TrainingResult
-from latentops.pipelines.finetune.run import METRICS_FLUSH_S, VALIDATION_IMAGES
+from latentops.pipelines.finetune.run import METRICS_FLUSH_S, VALIDATION_IMAGES, TrainingResult
 
 logger = logging.getLogger(__name__)
 EXPERIMENT = "latentops-finetune"

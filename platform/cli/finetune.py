@@ -195,6 +195,7 @@ def adapters(name: str = typer.Option(None, help="Only this adapter."),
 
 
 @finetune_app.command("promote")
+@context.runs_no_model
 def promote(name: str = typer.Argument(..., help="Adapter name."),
             version: int = typer.Option(..., "--version", help="Adapter version to put in production.")) -> None:
     """Approve an adapter version for production (admins and manage-grant holders; audited)."""

@@ -53,7 +53,7 @@ def promote(session: Session, *, settings: Settings, name: str, version: int, ac
                           "policy_decision_id": decision.decision_id, "previous_versions": [a.version for a in previous],
                           "mlflow_model_uri": adapter.mlflow_model_uri})
     if adapter.mlflow_model_uri:
-        from latentops.pipelines.finetune import tracking  # MLflow, and torch through the recipe's types
+        from latentops.pipelines.finetune import tracking  # MLflow (no torch)
 
         registered, mlflow_version = adapter.mlflow_model_uri.removeprefix("models:/").rsplit("/", 1)
         tracking.set_alias(settings.mlflow_tracking_uri, registered, tracking.PRODUCTION, mlflow_version)
