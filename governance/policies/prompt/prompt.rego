@@ -51,9 +51,7 @@ too_long(inp) := {lib.violation(
 	inp.prompt.length > cfg.max_length
 } else := set()
 
-matched(inp, category) := terms if {
-	terms := inp.prompt.terms[category]
-} else := []
+matched(inp, category) := object.get(terms_of(inp), category, [])
 
 # --- content categories: keyword matches and semantic scores, as severity levels ---------------
 #
@@ -85,11 +83,7 @@ semantic_on(inp) if {
 	inp.prompt.semantic.available == true
 }
 
-score(inp, category) := s if {
-	semantic_on(inp)
-	s := inp.prompt.semantic.scores[category].score
-	is_number(s)
-} else := 0
+score(inp, category) := semantic_score(scores_of(inp), category)
 
 # The level a score reaches: the highest level whose cut it meets (policy data gives the cuts for
 # levels 2, 4 and 6, not decreasing).
