@@ -16,6 +16,12 @@ in the variables libraries set on their own import, ``SET_BY_IMPORTS``); any oth
 a fresh interpreter. Tests of start-up itself (import cost, unmigrated databases, ``--help``) keep
 starting their own processes.
 
+A command that may run a model (one not marked ``runs_no_model``) imports torch, diffusers,
+transformers and peft, five seconds of CPU that each such call would pay again. Those calls go to
+a second server, started on the first of them, that imported the model libraries before the CLI,
+in the order such a command imports them (torch before regopy, ``governance.native``). A command
+marked ``runs_no_model`` never goes there: it must run without torch.
+
 Protocol, one Unix-socket connection per call: the client sends one JSON line (``args``, ``env``,
 ``cwd`` and the paths of the files standing in for the three standard streams); a supervisor
 forked for the connection forks the command, answers its pid, waits for it, and answers its exit
@@ -55,7 +61,41 @@ def _start_up_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith(CALL_TIME_PREFIXES) and k not in SET_BY_IMPORTS}
 
 
-def _serve(path: str) -> None:
+# What a command that runs a model imports, in that order: torch, regopy after it, the model libraries.
+MODEL_LIBRARIES = ("diffusers", "transformers", "peft", "accelerate")
+# diffusers and transformers import their classes on first use.
+MODEL_CLASSES = {"diffusers": ("DiffusionPipeline", "StableDiffusionPipeline", "UNet2DConditionModel", "AutoencoderKL",
+                               "DDPMScheduler"),
+                 "transformers": ("CLIPTextModel", "CLIPTokenizer")}
+
+
+def _import_models() -> None:
+    import importlib
+
+    from latentops.governance import native
+
+    native.load_regopy()  # imports torch first
+    for name in MODEL_LIBRARIES:
+        module = importlib.import_module(name)
+        for attribute in MODEL_CLASSES.get(name, ()):
+            getattr(module, attribute)
+
+
+def runs_model(args: list[str]) -> bool:
+    """Whether the command that ``args`` name may run a model: it is not marked ``runs_no_model``."""
+    import typer
+
+    from latentops.platform.cli.main import app
+
+    command = typer.main.get_command(app)
+    for token in args:  # options and their values match no command name
+        command = getattr(command, "commands", {}).get(token, command)
+    return not getattr(command.callback, "runs_no_model", False)
+
+
+def _serve(path: str, models: bool) -> None:
+    if models:
+        _import_models()
     from latentops.platform.cli import main  # the import every forked call saves
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -141,10 +181,11 @@ def _text(data: bytes) -> str:
 
 
 class ForkServer:
-    """The server for this test process (``start`` it before any test changes the environment)."""
+    """A server for this test process (``start`` it before any test changes the environment)."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, models: bool = False) -> None:
         self.repo = repo
+        self.models = models
         self.process: subprocess.Popen[bytes] | None = None
         self.folder = ""
         self.env: dict[str, str] = {}
@@ -155,7 +196,7 @@ class ForkServer:
         self.env = _start_up_env(env)
         self.process = subprocess.Popen(
             [sys.executable, "-c", (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                                    f"import cli_forkserver; cli_forkserver._serve({self.socket!r})")],
+                                    f"import cli_forkserver; cli_forkserver._serve({self.socket!r}, {self.models!r})")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env, cwd=self.repo,
         )
         assert self.process.stdout is not None
@@ -196,3 +237,30 @@ class ForkServer:
             self.process.wait(timeout=30)
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ForkServers:
+    """This test process's two servers: one with the CLI imported, and one, started on the first call
+    that may run a model, with the model libraries imported too."""
+
+    def __init__(self, repo: Path) -> None:
+        self.plain, self.models = ForkServer(repo), ForkServer(repo, models=True)
+        self.env: dict[str, str] = {}
+
+    def start(self, env: dict[str, str]) -> None:
+        self.env = dict(env)
+        self.plain.start(env)
+
+    def server(self, args: list[str], env: dict[str, str]) -> ForkServer | None:
+        """The server that runs ``args`` with ``env`` as a fresh process would, or None."""
+        if not self.plain.serves(env):
+            return None
+        if not runs_model(args):
+            return self.plain
+        if self.models.process is None:
+            self.models.start(self.env)
+        return self.models if self.models.serves(env) else None
+
+    def stop(self) -> None:
+        self.plain.stop()
+        self.models.stop()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_forkserver import ForkServer
+from cli_forkserver import ForkServers
 
 # Under pytest-xdist each worker runs torch, and so do the worker, server and CLI processes the tests
 # start. With torch's default of one thread per core in every one of them, the cores are oversubscribed
@@ -254,14 +254,15 @@ class Cli:
     the CLI's imports; a call whose environment would change start-up runs a fresh interpreter.
     """
 
-    def __init__(self, env: dict[str, str], forks: ForkServer | None = None) -> None:
+    def __init__(self, env: dict[str, str], forks: ForkServers | None = None) -> None:
         self.env = env
         self.forks = forks
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
         merged = {**self.env, **(env or {})}
-        if self.forks is not None and self.forks.serves(merged):
-            return CliResult(*self.forks.run(list(args), merged, input, timeout))
+        server = self.forks.server(list(args), merged) if self.forks is not None else None
+        if server is not None:
+            return CliResult(*server.run(list(args), merged, input, timeout))
         done = subprocess.run(
             [sys.executable, "-m", "latentops.platform.cli.main", *args], check=False, input=input, capture_output=True,
             text=True, timeout=timeout, env=merged, cwd=REPO,
@@ -274,12 +275,12 @@ def _cli_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def _cli_forks() -> Iterator[ForkServer | None]:
-    """One CLI fork server per test process, started before any test changes the environment."""
+def _cli_forks() -> Iterator[ForkServers | None]:
+    """This test process's CLI fork servers, started before any test changes the environment."""
     if not hasattr(os, "fork"):
         yield None
         return
-    forks = ForkServer(REPO)
+    forks = ForkServers(REPO)
     forks.start(_cli_env())
     yield forks
     forks.stop()
