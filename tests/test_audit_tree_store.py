@@ -3,10 +3,12 @@ against the signed root, and refused when a stored node was altered."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import fresh_database
 
 from latentops.core.errors import IntegrityViolation
 from latentops.governance import audit, checkpoints, compliance, merkle, merkle_store, verification
@@ -26,8 +28,7 @@ def _checkpoint(database_url: str, tmp_path: Path) -> None:
                            sink=checkpoints.FileSink(tmp_path / "sink.jsonl"))
 
 
-@pytest.fixture
-def grown(database_url: str, tmp_path: Path) -> merkle.MerkleTree:
+def _grow(database_url: str, tmp_path: Path) -> merkle.MerkleTree:
     """1,000 entries, checkpointed at 700 and at 1,000; returns the whole tree, built in memory."""
     _append(database_url, 700)
     _checkpoint(database_url, tmp_path)
@@ -37,8 +38,24 @@ def grown(database_url: str, tmp_path: Path) -> merkle.MerkleTree:
         return compliance.load_tree(db, 1000)
 
 
-def test_checkpoints_store_every_complete_subtree_of_256_leaves_and_up(grown: merkle.MerkleTree,
-                                                                       database_url: str) -> None:
+@pytest.fixture
+def grown(database_url: str, tmp_path: Path) -> merkle.MerkleTree:
+    """A database of this test's own with :func:`_grow`'s entries, for a test that alters it."""
+    return _grow(database_url, tmp_path)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def read_only(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, merkle.MerkleTree]]:
+    """One database per backend with :func:`_grow`'s entries, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("grown")
+    database = fresh_database(request.param, folder, request)
+    url = next(database)
+    yield url, _grow(url, folder)
+    next(database, None)
+
+
+def test_checkpoints_store_every_complete_subtree_of_256_leaves_and_up(read_only: tuple[str, merkle.MerkleTree]) -> None:
+    database_url, grown = read_only
     with session_scope(database_url) as db:
         stored = {(n.level, n.idx): n.hash for n in db.scalars(sa.select(AuditTreeNode))}
     # 1,000 leaves: three complete blocks of 256 (768 leaves) and one complete pair of them (512).
@@ -48,8 +65,9 @@ def test_checkpoints_store_every_complete_subtree_of_256_leaves_and_up(grown: me
 
 
 @pytest.mark.parametrize("seq", [0, 1, 255, 256, 511, 700, 767, 768, 999])
-def test_inclusion_proofs_equal_the_whole_trees_and_take_a_few_queries(grown: merkle.MerkleTree, database_url: str,
+def test_inclusion_proofs_equal_the_whole_trees_and_take_a_few_queries(read_only: tuple[str, merkle.MerkleTree],
                                                                         seq: int) -> None:
+    database_url, grown = read_only
     statements: list[str] = []
     engine = get_engine(database_url)
 
@@ -72,7 +90,8 @@ def test_inclusion_proofs_equal_the_whole_trees_and_take_a_few_queries(grown: me
 
 @pytest.mark.parametrize(("old", "new"), [(0, 1000), (700, 1000), (1, 1000), (300, 700), (256, 512), (999, 1000),
                                           (513, 768), (1000, 1000)])
-def test_consistency_proofs_equal_the_whole_trees(grown: merkle.MerkleTree, database_url: str, old: int, new: int) -> None:
+def test_consistency_proofs_equal_the_whole_trees(read_only: tuple[str, merkle.MerkleTree], old: int, new: int) -> None:
+    database_url, grown = read_only
     with session_scope(database_url) as db:
         result = compliance.consistency(db, old=old, new=new)
     assert result["old_root"] == grown.root(old).hex() and result["new_root"] == grown.root(new).hex()
