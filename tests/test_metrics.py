@@ -3,6 +3,7 @@ PostgreSQL; a failing or hanging database never fails the scrape or any other re
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 
@@ -17,6 +18,7 @@ from latentops.governance import audit
 from latentops.platform import metrics
 from latentops.platform.api.app import create_app
 from latentops.platform.database import session_scope
+from latentops.platform.metrics.db import DatabaseCollector
 from latentops.platform.services import jobs
 from latentops.platform.tables import Asset, AuditEntry
 
@@ -154,8 +156,10 @@ def test_a_hanging_database_query_times_out_instead_of_blocking_the_scrape(postg
         holder.join(30)
     assert took < 5.0
     assert value(text.decode(), "latentops_metrics_collector_up", collector="database") == 0.0
-    # Once the lock is gone the next scrape reads the database again.
-    time.sleep(0.6)  # let the abandoned read hit its statement timeout
+    # Once the lock is gone and the abandoned read has ended (its statement timeout, or the lock's
+    # release), the next scrape reads the database again.
+    abandoned = DatabaseCollector._in_flight[postgres_url]
+    assert abandoned in concurrent.futures.wait([abandoned], timeout=10).done
     again = metrics.render(database_url=postgres_url, timeout_s=5.0).decode()
     assert value(again, "latentops_metrics_collector_up", collector="database") == 1.0
 
