@@ -104,13 +104,17 @@ def test_cancelling_a_queued_job_ends_it_and_the_worker_skips_it(queue_settings,
 
 
 def test_redelivered_job_id_does_not_run_twice(start_worker, queue_settings) -> None:  # type: ignore[no-untyped-def]
-    start_worker()
+    worker = start_worker()
     job_id = submit_job(queue_settings, kind="diagnostics", params={"steps": 2}, actor="tester")
     assert wait_finished(queue_settings.database_url, job_id).state == JobState.SUCCEEDED
     with session_scope(queue_settings.database_url) as db:
         job = jobs.get(db, job_id)
     jobs.dispatch(queue_settings, job)  # the broker hands the same id out again
-    time.sleep(2.0)
+    ignored = f"job {job_id} already succeeded; redelivery ignored".encode()
+    deadline = time.monotonic() + 30
+    while ignored not in worker.log_path.read_bytes():
+        assert time.monotonic() < deadline, worker.log_path.read_text()[-3000:]
+        time.sleep(0.05)
     with session_scope(queue_settings.database_url) as db:
         assert jobs.get(db, job_id).attempts == 1
         integration.catch_up(db)
