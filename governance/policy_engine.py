@@ -23,6 +23,7 @@ lookups with a variable key scan the whole object.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -94,15 +95,25 @@ except Exception as error:
 """
 
 
+# The bundles (modules, data and entry points, as hashed) that this process saw compile and evaluate
+# in a child: compiling is deterministic, so a bundle loaded again (a reload, another service) is not
+# checked again.
+_CHECKED: set[str] = set()
+
+
 def compile_check(modules: dict[str, str], data: dict[str, Any], entrypoints: list[str], *, timeout_s: float = 60.0) -> None:
     """Compile in a child process; raise ``CompileError`` on an error or a compiler crash."""
     payload = json.dumps({"modules": modules, "data": data, "entrypoints": entrypoints})
+    key = hashlib.sha256(payload.encode()).hexdigest()
+    if key in _CHECKED:
+        return
     try:
         done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], input=payload, capture_output=True, text=True,
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         raise CompileError(f"compiling the policies took longer than {timeout_s:.0f} s") from None
     if done.returncode == 0:
+        _CHECKED.add(key)
         return
     detail = (done.stdout or done.stderr).strip()
     if done.returncode < 0:

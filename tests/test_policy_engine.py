@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from api_helpers import free_port
 from latentops.core.errors import InvalidInput, PolicyDenied
 from latentops.governance import policy
 from latentops.governance.policy_bundle import load_bundle
-from latentops.governance.policy_engine import EmbeddedEngine, modules_for
+from latentops.governance.policy_engine import CompileError, EmbeddedEngine, compile_check, modules_for
 from latentops.governance.policy_opa import OpaEngine
 from latentops.platform.database import session_scope
 from latentops.platform.tables import PolicyDataEdit, PolicyDecision
@@ -134,6 +136,30 @@ def test_policy_that_crashes_the_compiler_keeps_previous_revision(service, polic
     result = service.reload()
     assert result.ok is False and result.revision == before and "crashed" in result.error
     assert policy.evaluate("prompt", {"prompt": "a lighthouse"}).allow  # and this process still runs
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_a_bundle_is_checked_in_a_child_once_per_process_and_a_failing_one_every_time() -> None:
+    bundle = load_bundle()
+    entrypoints = [bundle.entrypoint(path) for path in bundle.paths]
+    data = {**bundle.data, "check_nonce": uuid.uuid4().hex}  # a bundle this process has not checked yet
+    before = _children_cpu()
+    compile_check(bundle.modules, data, entrypoints)
+    checked = _children_cpu()
+    assert checked - before > 0.02  # an interpreter that imported regopy and compiled the bundle
+    compile_check(bundle.modules, data, entrypoints)  # the same bundle again: no child
+    compile_check(dict(bundle.modules), json.loads(json.dumps(data)), list(entrypoints))  # equal, not the same objects
+    assert _children_cpu() - checked < 0.01
+    compile_check(bundle.modules, {**data, "check_nonce": uuid.uuid4().hex}, entrypoints)  # other data: checked
+    assert _children_cpu() - checked > 0.02
+    broken = {**bundle.modules, "broken.rego": "package latentops.broken\nimport rego.v1\nx := 1 +\n"}
+    for _ in range(2):  # a failure is never remembered as checked
+        with pytest.raises(CompileError, match="broken.rego"):
+            compile_check(broken, data, entrypoints)
 
 
 def test_data_file_with_wrong_shape_keeps_previous_revision(service, policy_dir: Path) -> None:  # type: ignore[no-untyped-def]
