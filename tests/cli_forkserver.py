@@ -16,11 +16,14 @@ in the variables libraries set on their own import, ``SET_BY_IMPORTS``); any oth
 a fresh interpreter. Tests of start-up itself (import cost, unmigrated databases, ``--help``) keep
 starting their own processes.
 
-A command that may run a model (one not marked ``runs_no_model``) imports torch, diffusers,
-transformers and peft, five seconds of CPU that each such call would pay again. Those calls go to
-a second server, started on the first of them, that imported the model libraries before the CLI,
-in the order such a command imports them (torch before regopy, ``governance.native``). A command
-marked ``runs_no_model`` never goes there: it must run without torch.
+A command that runs a model imports torch, diffusers, transformers and peft, five seconds of CPU
+that each such call would pay again. Each forked command reports whether it imported torch; once a
+command (``generate``, ``finetune run``: the command, whatever its arguments) has, its later calls
+go to a second server, started then, that imported the model libraries before the CLI, in the order
+such a command imports them (torch before regopy, ``governance.native``); the commands in
+``MODEL_COMMANDS`` go there from their first call. Every other command stays
+on the plain server: forking the larger process costs a tenth of a second more, and a command marked
+``runs_no_model`` must run without torch.
 
 Protocol, one Unix-socket connection per call: the client sends one JSON line (``args``, ``env``,
 ``cwd`` and the paths of the files standing in for the three standard streams); a supervisor
@@ -81,16 +84,24 @@ def _import_models() -> None:
             getattr(module, attribute)
 
 
-def runs_model(args: list[str]) -> bool:
-    """Whether the command that ``args`` name may run a model: it is not marked ``runs_no_model``."""
+# Commands known to run a model, so that even their first call forks from the model server.
+MODEL_COMMANDS = frozenset({("generate",), ("finetune", "run"), ("datasets", "generate"), ("models", "create-tiny"),
+                            ("models", "import"), ("screen",)})
+
+
+def command_of(args: list[str]) -> tuple[str, ...]:
+    """The names of the command (and its groups) that ``args`` run, such as ``("finetune", "run")``."""
     import typer
 
     from latentops.platform.cli.main import app
 
-    command = typer.main.get_command(app)
+    command, names = typer.main.get_command(app), []
     for token in args:  # options and their values match no command name
-        command = getattr(command, "commands", {}).get(token, command)
-    return not getattr(command.callback, "runs_no_model", False)
+        sub = getattr(command, "commands", {}).get(token)
+        if sub is not None:
+            command = sub
+            names.append(token)
+    return tuple(names)
 
 
 def _serve(path: str, models: bool) -> None:
@@ -160,6 +171,7 @@ def _become_command(request: dict, main) -> NoReturn:  # type: ignore[no-untyped
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    Path(request["report"]).write_text("torch" if "torch" in sys.modules else "")
     os._exit(code)
 
 
@@ -212,9 +224,10 @@ class ForkServer:
         running = self.process is not None and self.process.poll() is None
         return running and _start_up_env(env) == self.env
 
-    def run(self, args: list[str], env: dict[str, str], input: str | None, timeout: float) -> tuple[int, str, str]:
+    def run(self, args: list[str], env: dict[str, str], input: str | None, timeout: float) -> tuple[int, str, str, bool]:
+        """Exit code, stdout, stderr, and whether the command imported torch."""
         with tempfile.TemporaryDirectory(dir=self.folder) as scratch:
-            streams = {name: os.path.join(scratch, name) for name in ("stdin", "stdout", "stderr")}
+            streams = {name: os.path.join(scratch, name) for name in ("stdin", "stdout", "stderr", "report")}
             Path(streams["stdin"]).write_text(input or "")
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
                 connection.connect(self.socket)
@@ -228,7 +241,9 @@ class ForkServer:
                     except TimeoutError:
                         os.kill(pid, signal.SIGKILL)
                         raise subprocess.TimeoutExpired(["latentops", *args], timeout) from None
-            return code, _text(Path(streams["stdout"]).read_bytes()), _text(Path(streams["stderr"]).read_bytes())
+            report = Path(streams["report"])
+            torch = report.exists() and report.read_text() == "torch"
+            return code, _text(Path(streams["stdout"]).read_bytes()), _text(Path(streams["stderr"]).read_bytes()), torch
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -240,26 +255,32 @@ class ForkServer:
 
 
 class ForkServers:
-    """This test process's two servers: one with the CLI imported, and one, started on the first call
-    that may run a model, with the model libraries imported too."""
+    """This test process's two servers: one with the CLI imported, and one with the model libraries
+    imported too, started when a command first imported torch."""
 
     def __init__(self, repo: Path) -> None:
         self.plain, self.models = ForkServer(repo), ForkServer(repo, models=True)
         self.env: dict[str, str] = {}
+        self.model_commands = set(MODEL_COMMANDS)  # and the commands seen importing torch
 
     def start(self, env: dict[str, str]) -> None:
         self.env = dict(env)
         self.plain.start(env)
 
-    def server(self, args: list[str], env: dict[str, str]) -> ForkServer | None:
-        """The server that runs ``args`` with ``env`` as a fresh process would, or None."""
+    def run(self, args: list[str], env: dict[str, str], input: str | None, timeout: float) -> tuple[int, str, str] | None:
+        """Run ``args`` forked, as a fresh process with ``env`` would run; None when no server can."""
         if not self.plain.serves(env):
             return None
-        if not runs_model(args):
-            return self.plain
-        if self.models.process is None:
-            self.models.start(self.env)
-        return self.models if self.models.serves(env) else None
+        command = command_of(args)
+        if command in self.model_commands:
+            if self.models.process is None:
+                self.models.start(self.env)
+            code, out, err, _ = self.models.run(args, env, input, timeout)
+            return code, out, err
+        code, out, err, torch = self.plain.run(args, env, input, timeout)
+        if torch:
+            self.model_commands.add(command)
+        return code, out, err
 
     def stop(self) -> None:
         self.plain.stop()

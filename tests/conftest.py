@@ -260,9 +260,9 @@ class Cli:
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
         merged = {**self.env, **(env or {})}
-        server = self.forks.server(list(args), merged) if self.forks is not None else None
-        if server is not None:
-            return CliResult(*server.run(list(args), merged, input, timeout))
+        forked = self.forks.run(list(args), merged, input, timeout) if self.forks is not None else None
+        if forked is not None:
+            return CliResult(*forked)
         done = subprocess.run(
             [sys.executable, "-m", "latentops.platform.cli.main", *args], check=False, input=input, capture_output=True,
             text=True, timeout=timeout, env=merged, cwd=REPO,

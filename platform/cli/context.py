@@ -94,5 +94,4 @@ def runs_no_model(command: Callable[P, R]) -> Callable[P, R]:
         native.without_torch()
         return command(*args, **kwargs)
 
-    without_torch.runs_no_model = True  # type: ignore[attr-defined]  # read by typer's copy of the callback too
     return without_torch
